@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole scored test suite, from a bare Debian 12 machine: installs what the tests need
+# (idempotent, quiet when already there), then checks formatting and lints, then runs every test.
+# Heavy benchmarks are not part of this: see bench/ and `scripts/bench.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "dependencies"
+./scripts/install-deps.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --locked

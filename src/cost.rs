@@ -1,0 +1,351 @@
+//! The S-CORE cost model: Eq. 3.1 (overall communication cost of an allocation) and Eq. 3.2
+//! (benefit of moving one VM), as pure functions.
+//!
+//! Traffic is given as rates λ(u, v) in bytes/s between two VMs, both directions summed, so
+//! λ(u, v) = λ(v, u). Nothing here does I/O, reads a clock or knows where rates come from: the
+//! daemon, the simulator and the tests all call these same functions.
+
+use crate::topology::{HostId, Topology};
+use scored_proto::{Level, VmId};
+
+/// Link weights `c_1 < c_2 < …` with their prefix sums precomputed, so the weight of a path at
+/// level ℓ, `Σ_{i=1..ℓ} c_i`, is one array read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkWeights {
+    /// `prefix[ℓ] = Σ_{i=1..ℓ} c_i`; `prefix[0] = 0` (same server).
+    prefix: Vec<f64>,
+}
+
+/// Why a list of link weights was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WeightsError {
+    #[error("at least one link weight is needed")]
+    Empty,
+    #[error("link weight c_{level} = {value} must be a positive finite number")]
+    NotPositive { level: usize, value: f64 },
+    #[error("link weights must increase up the tree: c_{level} = {value} ≤ c_{prev_level}")]
+    NotIncreasing {
+        level: usize,
+        prev_level: usize,
+        value: f64,
+    },
+    #[error("{0} levels are more than scored supports (254)")]
+    TooMany(usize),
+}
+
+impl LinkWeights {
+    /// `c[i]` is the weight of an (i+1)-level link.
+    pub fn new(c: &[f64]) -> Result<Self, WeightsError> {
+        if c.is_empty() {
+            return Err(WeightsError::Empty);
+        }
+        if c.len() > 254 {
+            return Err(WeightsError::TooMany(c.len()));
+        }
+        let mut prefix = Vec::with_capacity(c.len() + 1);
+        prefix.push(0.0);
+        for (i, &w) in c.iter().enumerate() {
+            if !w.is_finite() || w <= 0.0 {
+                return Err(WeightsError::NotPositive {
+                    level: i + 1,
+                    value: w,
+                });
+            }
+            if i > 0 && w <= c[i - 1] {
+                return Err(WeightsError::NotIncreasing {
+                    level: i + 1,
+                    prev_level: i,
+                    value: w,
+                });
+            }
+            prefix.push(prefix[i] + w);
+        }
+        Ok(LinkWeights { prefix })
+    }
+
+    /// The thesis's weights: `c_i = e^0, e^1, e^3, e^5` (truncated to `levels`).
+    pub fn thesis(levels: usize) -> Self {
+        let exps = [0.0, 1.0, 3.0, 5.0, 7.0, 9.0];
+        let c: Vec<f64> = exps[..levels.min(exps.len())]
+            .iter()
+            .map(|e: &f64| e.exp())
+            .collect();
+        Self::new(&c).expect("thesis weights are valid")
+    }
+
+    /// Number of levels above "same server".
+    pub fn levels(&self) -> Level {
+        (self.prefix.len() - 1) as Level
+    }
+
+    /// `c_level` (1-based).
+    pub fn weight(&self, level: Level) -> f64 {
+        let l = level as usize;
+        self.prefix[l] - self.prefix[l - 1]
+    }
+
+    /// `Σ_{i=1..level} c_i`. Levels above the top are clamped to the top.
+    #[inline]
+    pub fn path_cost(&self, level: Level) -> f64 {
+        let l = (level as usize).min(self.prefix.len() - 1);
+        self.prefix[l]
+    }
+}
+
+/// Where VMs run: the allocation A of the thesis, σ_A(u).
+pub trait Placement {
+    fn host_of(&self, vm: VmId) -> Option<HostId>;
+}
+
+impl Placement for std::collections::HashMap<VmId, HostId> {
+    fn host_of(&self, vm: VmId) -> Option<HostId> {
+        self.get(&vm).copied()
+    }
+}
+
+impl<F: Fn(VmId) -> Option<HostId>> Placement for F {
+    fn host_of(&self, vm: VmId) -> Option<HostId> {
+        self(vm)
+    }
+}
+
+/// One partner of a VM as the decision sees it: where it runs and the rate between them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PartnerTraffic {
+    pub host: HostId,
+    /// λ(u, v), bytes/s, both directions.
+    pub rate: f64,
+}
+
+/// Eq. 3.1: `C_A = Σ_u Σ_{v ∈ V_u} λ(u,v) · Σ_{i=1..ℓ_A(u,v)} c_i`.
+///
+/// `pairs` lists each communicating pair once, as (u, v, λ(u, v)); since the sum of Eq. 3.1 runs
+/// over every VM and each of its partners, each pair is counted twice. Pairs with a VM whose host
+/// is unknown (traffic leaving the data centre) and self-pairs contribute nothing.
+pub fn total_cost<P: Placement>(
+    topo: &Topology,
+    pairs: impl IntoIterator<Item = (VmId, VmId, f64)>,
+    placement: &P,
+) -> f64 {
+    let mut sum = 0.0;
+    for (u, v, rate) in pairs {
+        if u == v {
+            continue;
+        }
+        if let (Some(a), Some(b)) = (placement.host_of(u), placement.host_of(v)) {
+            sum += rate * topo.path_cost(a, b);
+        }
+    }
+    2.0 * sum
+}
+
+/// Eq. 3.1 broken down by level: `out[ℓ]` is the part of the total carried at level ℓ.
+pub fn total_cost_by_level<P: Placement>(
+    topo: &Topology,
+    pairs: impl IntoIterator<Item = (VmId, VmId, f64)>,
+    placement: &P,
+) -> Vec<f64> {
+    let mut out = vec![0.0; topo.levels() as usize + 1];
+    for (u, v, rate) in pairs {
+        if u == v {
+            continue;
+        }
+        if let (Some(a), Some(b)) = (placement.host_of(u), placement.host_of(v)) {
+            let l = topo.level(a, b);
+            out[l as usize] += 2.0 * rate * topo.weights().path_cost(l);
+        }
+    }
+    out
+}
+
+/// A VM's own share of the cost if it runs on `at`: `Σ_{z ∈ V_u} λ(z,u) · Σ_{i ≤ ℓ(at, σ(z))} c_i`.
+pub fn vm_cost(topo: &Topology, at: HostId, partners: &[PartnerTraffic]) -> f64 {
+    partners
+        .iter()
+        .map(|p| p.rate * topo.path_cost(at, p.host))
+        .sum()
+}
+
+/// The left side of Eq. 3.2: the drop in the overall cost C_A if u moves from `from` to `to`,
+///
+/// `2 · Σ_{z ∈ V_u} λ(z,u) · (Σ_{i ≤ ℓ_A(z,u)} c_i − Σ_{i ≤ ℓ_{A:u→x̂}(z,u)} c_i)`.
+///
+/// Positive means the move saves cost. S-CORE migrates only when this exceeds `c_m`.
+pub fn benefit(topo: &Topology, from: HostId, to: HostId, partners: &[PartnerTraffic]) -> f64 {
+    if from == to {
+        return 0.0;
+    }
+    2.0 * partners
+        .iter()
+        .map(|p| p.rate * (topo.path_cost(from, p.host) - topo.path_cost(to, p.host)))
+        .sum::<f64>()
+}
+
+/// Eq. 3.2 itself: move when the benefit exceeds the migration cost `c_m`.
+pub fn should_migrate(benefit: f64, migration_cost: f64) -> bool {
+    benefit > migration_cost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn testbed() -> Topology {
+        Topology::parse(
+            Path::new("topology/testbed.toml"),
+            include_str!("../topology/testbed.toml"),
+        )
+        .unwrap()
+    }
+
+    fn fat_tree() -> Topology {
+        Topology::parse(
+            Path::new("topology/fat-tree-k4.toml"),
+            include_str!("../topology/fat-tree-k4.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn weights_prefix_sums() {
+        let w = LinkWeights::new(&[1.0, 3.0, 10.0]).unwrap();
+        assert_eq!(w.levels(), 3);
+        assert_eq!(w.path_cost(0), 0.0);
+        assert_eq!(w.path_cost(1), 1.0);
+        assert_eq!(w.path_cost(2), 4.0);
+        assert_eq!(w.path_cost(3), 14.0);
+        assert_eq!(w.path_cost(9), 14.0);
+        assert_eq!(w.weight(3), 10.0);
+        assert!(matches!(LinkWeights::new(&[]), Err(WeightsError::Empty)));
+        assert!(matches!(
+            LinkWeights::new(&[1.0, 1.0]),
+            Err(WeightsError::NotIncreasing { level: 2, .. })
+        ));
+        assert!(matches!(
+            LinkWeights::new(&[1.0, f64::NAN]),
+            Err(WeightsError::NotPositive { level: 2, .. })
+        ));
+        let t = LinkWeights::thesis(4);
+        assert!((t.path_cost(4) - (1.0 + 1f64.exp() + 3f64.exp() + 5f64.exp())).abs() < 1e-12);
+    }
+
+    /// The hand-computed example on the thesis testbed (topology/testbed.toml):
+    /// hv1, hv2 share rack tor1; hv3 is in tor2 under the same aggregation switch agg1;
+    /// hv4 is in tor3 under agg2. Weights e^0, e^1, e^3.
+    ///
+    /// VMs: a on hv1, b on hv4, c on hv3. λ(a,b) = 100 B/s, λ(a,c) = 10 B/s, λ(b,c) = 1 B/s.
+    ///   path costs: level 1 = 1, level 2 = 1 + e = 3.718281828, level 3 = 1 + e + e^3 = 23.803818751
+    ///   C_A = 2·(100·23.803818751 + 10·3.718281828 + 1·23.803818751)
+    ///       = 2·(2380.3818751 + 37.18281828 + 23.803818751) = 4882.7370244
+    ///   Moving a to hv4 (next to b): a–b becomes level 0, a–c becomes level 3:
+    ///   benefit = 2·(100·(23.803818751 − 0) + 10·(3.718281828 − 23.803818751))
+    ///           = 2·(2380.3818751 − 200.85536923) = 4359.0530118
+    #[test]
+    fn hand_example_on_thesis_testbed() {
+        let t = testbed();
+        let h = |n: &str| t.host_by_name(n).unwrap().id;
+        let (a, b, c) = (VmId(1), VmId(2), VmId(3));
+        let mut place: HashMap<VmId, HostId> = HashMap::new();
+        place.insert(a, h("hv1"));
+        place.insert(b, h("hv4"));
+        place.insert(c, h("hv3"));
+        let pairs = [(a, b, 100.0), (a, c, 10.0), (b, c, 1.0)];
+        let c_a = total_cost(&t, pairs, &place);
+        assert!((c_a - 4882.7370244).abs() < 1e-6, "{c_a}");
+
+        let partners = [
+            PartnerTraffic {
+                host: h("hv4"),
+                rate: 100.0,
+            },
+            PartnerTraffic {
+                host: h("hv3"),
+                rate: 10.0,
+            },
+        ];
+        let gain = benefit(&t, h("hv1"), h("hv4"), &partners);
+        assert!((gain - 4359.0530118).abs() < 1e-6, "{gain}");
+        assert!(should_migrate(gain, 0.0));
+        assert!(!should_migrate(gain, 5000.0));
+
+        place.insert(a, h("hv4"));
+        let after = total_cost(&t, pairs, &place);
+        assert!((c_a - after - gain).abs() < 1e-6);
+
+        let by_level = total_cost_by_level(&t, pairs, &place);
+        assert!((by_level.iter().sum::<f64>() - after).abs() < 1e-6);
+        assert_eq!(by_level[0], 0.0);
+    }
+
+    /// (host of each VM, random (a, b, λ) pairs, the VM that moves, its target host).
+    type Scenario = (Vec<u32>, Vec<(usize, usize, f64)>, usize, u32);
+
+    fn arb_scenario() -> impl Strategy<Value = Scenario> {
+        // 2..12 VMs placed on the 16 fat-tree hosts; random pairs; the VM to move and its target.
+        (2usize..12).prop_flat_map(|n| {
+            (
+                prop::collection::vec(0u32..16, n),
+                prop::collection::vec((0..n, 0..n, 0.0f64..1e6), 0..30),
+                0..n,
+                0u32..16,
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn level_is_symmetric_zero_on_same_host_and_cost_monotone(x in 0u32..16, y in 0u32..16, z in 0u32..16) {
+            let t = fat_tree();
+            let (x, y, z) = (HostId(x), HostId(y), HostId(z));
+            prop_assert_eq!(t.level(x, y), t.level(y, x));
+            prop_assert_eq!(t.level(x, x), 0);
+            prop_assert_eq!(t.path_cost(x, x), 0.0);
+            prop_assert!((x == y) == (t.level(x, y) == 0));
+            // Ultrametric: the tree's levels obey ℓ(x,z) ≤ max(ℓ(x,y), ℓ(y,z)).
+            prop_assert!(t.level(x, z) <= t.level(x, y).max(t.level(y, z)));
+            // Cost is monotone in level.
+            if t.level(x, y) < t.level(x, z) {
+                prop_assert!(t.path_cost(x, y) < t.path_cost(x, z));
+            }
+        }
+
+        #[test]
+        fn benefit_equals_drop_in_total_cost((hosts, raw_pairs, mover, target) in arb_scenario()) {
+            let t = fat_tree();
+            let vm = |i: usize| VmId(i as u32 + 100);
+            let mut place: HashMap<VmId, HostId> =
+                hosts.iter().enumerate().map(|(i, h)| (vm(i), HostId(*h))).collect();
+            // Merge duplicate pairs: λ is per unordered pair.
+            let mut lam: HashMap<(usize, usize), f64> = HashMap::new();
+            for (a, b, r) in raw_pairs {
+                if a != b {
+                    *lam.entry((a.min(b), a.max(b))).or_default() += r;
+                }
+            }
+            let pairs: Vec<(VmId, VmId, f64)> = lam.iter().map(|(&(a, b), &r)| (vm(a), vm(b), r)).collect();
+            let partners: Vec<PartnerTraffic> = lam
+                .iter()
+                .filter_map(|(&(a, b), &r)| {
+                    let other = if a == mover { b } else if b == mover { a } else { return None };
+                    Some(PartnerTraffic { host: place[&vm(other)], rate: r })
+                })
+                .collect();
+            let from = place[&vm(mover)];
+            let to = HostId(target);
+            let before = total_cost(&t, pairs.iter().copied(), &place);
+            let gain = benefit(&t, from, to, &partners);
+            place.insert(vm(mover), to);
+            let after = total_cost(&t, pairs.iter().copied(), &place);
+            let scale = before.abs().max(1.0);
+            prop_assert!(((before - after) - gain).abs() <= 1e-9 * scale,
+                "before {} after {} gain {}", before, after, gain);
+            prop_assert!(before >= 0.0 && after >= 0.0);
+            // The VM's own cost difference is half the benefit.
+            let own = vm_cost(&t, from, &partners) - vm_cost(&t, to, &partners);
+            prop_assert!((2.0 * own - gain).abs() <= 1e-9 * scale);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! scored: the S-CORE daemon. Every hypervisor runs one; together they move VMs closer to the
+//! VMs they talk to, passing a single token, with no central controller.
+//!
+//! Data flows one way: capture → flows → decide → migrate → announce. See docs/architecture.md.
+
+pub mod cost;
+pub mod hypervisor;
+pub mod identity;
+pub mod topology;
+
+pub use scored_proto as proto;
