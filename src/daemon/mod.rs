@@ -3,3 +3,4 @@
 //! migrates through the hypervisor. Never blocks its event loop on libvirt or capture.
 
 pub mod journal;
+pub mod ring;

@@ -1,0 +1,205 @@
+//! Token safety: fencing, duplicate detection, loss detection and deterministic regeneration.
+//!
+//! Pure state machine: time comes in as `Instant` arguments, nothing here sends or sleeps. The
+//! daemon feeds it every token it receives and every sign of token activity it hears (hand-off
+//! notices), and asks it when to regenerate.
+//!
+//! The rules (docs/protocol.md, "Token loss"):
+//! - An epoch is `(generation << 16) | host index`: unique to the host that minted it, ordered by
+//!   generation first. A token whose epoch is below the highest this host has seen is stale: it is
+//!   dropped and never acts. Within an epoch, a sequence number at or below the last one seen is a
+//!   duplicate (a retried hand-off whose ack was lost): acknowledged, not processed again.
+//! - A holder keeps the token at most `hold_limit` (decision + migration timeout). The token is
+//!   declared lost when no activity was heard for `loss_timeout`, which the configuration keeps
+//!   above `hold_limit + handoff_timeout`: a holder that is merely slow or cut off has finished
+//!   (or given up) its migration before anyone regenerates, so two decisions never overlap in time.
+//! - Among the hosts this one can reach, the one with the lowest rank regenerates first; rank r
+//!   waits `r × stagger` more, so a dead lowest host is replaced without a vote.
+
+use std::time::{Duration, Instant};
+
+/// Largest host index an epoch can carry.
+pub const MAX_HOSTS: u32 = 1 << 16;
+
+/// Builds the epoch a host mints after having seen `highest`.
+pub fn next_epoch(highest: u64, host_index: u32) -> u64 {
+    debug_assert!(host_index < MAX_HOSTS);
+    (((highest >> 16) + 1) << 16) | host_index as u64
+}
+
+/// The host index that minted `epoch`.
+pub fn epoch_minter(epoch: u64) -> u32 {
+    (epoch & 0xffff) as u32
+}
+
+/// Generation number of an epoch (for display and metrics).
+pub fn epoch_generation(epoch: u64) -> u64 {
+    epoch >> 16
+}
+
+/// What to do with a token that just arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Newer than anything seen: take it and act.
+    Fresh,
+    /// Already processed (same epoch, sequence not newer): acknowledge again, do nothing.
+    Duplicate,
+    /// From an older epoch: drop it, never act on it.
+    Stale,
+}
+
+/// Per-host view of the token's liveness.
+#[derive(Clone, Debug)]
+pub struct Ring {
+    highest_epoch: u64,
+    last_seq: u64,
+    last_activity: Instant,
+    loss_timeout: Duration,
+    stagger: Duration,
+}
+
+impl Ring {
+    pub fn new(now: Instant, loss_timeout: Duration, stagger: Duration) -> Self {
+        Ring {
+            highest_epoch: 0,
+            last_seq: 0,
+            last_activity: now,
+            loss_timeout,
+            stagger,
+        }
+    }
+
+    /// Classifies an arriving token and, when fresh, records it as the newest.
+    pub fn on_token(&mut self, epoch: u64, seq: u64, now: Instant) -> Arrival {
+        let arrival = self.classify(epoch, seq);
+        if arrival == Arrival::Fresh {
+            self.highest_epoch = epoch;
+            self.last_seq = seq;
+            self.last_activity = now;
+        }
+        arrival
+    }
+
+    /// Classifies without recording (e.g. before deciding whether to ack).
+    pub fn classify(&self, epoch: u64, seq: u64) -> Arrival {
+        if epoch < self.highest_epoch {
+            Arrival::Stale
+        } else if epoch == self.highest_epoch && seq <= self.last_seq && epoch != 0 {
+            Arrival::Duplicate
+        } else {
+            Arrival::Fresh
+        }
+    }
+
+    /// Another host reported token activity (a hand-off notice). Activity from a stale epoch does
+    /// not count: a fenced token must not keep the cluster from regenerating.
+    pub fn on_activity(&mut self, epoch: u64, seq: u64, now: Instant) {
+        if epoch > self.highest_epoch || (epoch == self.highest_epoch && seq >= self.last_seq) {
+            self.highest_epoch = epoch;
+            self.last_seq = seq;
+            self.last_activity = now;
+        }
+    }
+
+    /// This host holds the token and works on it: keep the detector quiet.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    pub fn highest_epoch(&self) -> u64 {
+        self.highest_epoch
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// When this host should regenerate if nothing is heard, given its rank among the hosts it can
+    /// reach (0 = lowest identity among them, itself included).
+    pub fn regeneration_deadline(&self, rank: usize) -> Instant {
+        self.last_activity + self.loss_timeout + self.stagger * rank as u32
+    }
+
+    /// Whether this host should mint a new token now.
+    pub fn should_regenerate(&self, rank: usize, now: Instant) -> bool {
+        now >= self.regeneration_deadline(rank)
+    }
+
+    /// Mints the next epoch (this host becomes the holder of a new token); the caller builds the
+    /// token and records it with [`Ring::on_token`].
+    pub fn mint(&self, host_index: u32) -> u64 {
+        next_epoch(self.highest_epoch, host_index)
+    }
+}
+
+/// Loss timeout that keeps regenerations from overlapping a slow holder: strictly above the longest
+/// a holder may keep the token plus one hand-off.
+pub fn safe_loss_timeout(
+    hold_limit: Duration,
+    handoff_timeout: Duration,
+    margin: Duration,
+) -> Duration {
+    hold_limit + handoff_timeout + margin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn epochs_are_unique_per_minter_and_ordered_by_generation() {
+        let a = next_epoch(0, 3);
+        let b = next_epoch(0, 1);
+        assert_ne!(a, b);
+        assert_eq!(epoch_generation(a), 1);
+        assert_eq!(epoch_minter(a), 3);
+        // Whoever mints after seeing `a` is above both.
+        let c = next_epoch(a.max(b), 0);
+        assert!(c > a && c > b);
+        assert_eq!(epoch_generation(c), 2);
+    }
+
+    #[test]
+    fn fencing_and_duplicates() {
+        let t0 = Instant::now();
+        let mut r = Ring::new(t0, 10 * S, S);
+        let e1 = next_epoch(0, 2);
+        assert_eq!(r.on_token(e1, 1, t0), Arrival::Fresh);
+        assert_eq!(r.on_token(e1, 1, t0), Arrival::Duplicate);
+        assert_eq!(r.on_token(e1, 0, t0), Arrival::Duplicate);
+        assert_eq!(r.on_token(e1, 2, t0), Arrival::Fresh);
+        let e2 = next_epoch(e1, 0);
+        assert_eq!(r.on_token(e2, 0, t0), Arrival::Fresh);
+        // The old epoch is fenced off for good, whatever its sequence.
+        assert_eq!(r.on_token(e1, 99, t0), Arrival::Stale);
+        assert_eq!(r.highest_epoch(), e2);
+    }
+
+    #[test]
+    fn loss_detection_staggers_by_rank_and_ignores_stale_activity() {
+        let t0 = Instant::now();
+        let mut r = Ring::new(t0, 10 * S, 2 * S);
+        let e = next_epoch(0, 0);
+        r.on_token(e, 5, t0);
+        assert!(!r.should_regenerate(0, t0 + 9 * S));
+        assert!(r.should_regenerate(0, t0 + 10 * S));
+        assert!(!r.should_regenerate(1, t0 + 11 * S));
+        assert!(r.should_regenerate(1, t0 + 12 * S));
+        // Fresh activity resets the clock; activity of a fenced epoch does not.
+        r.on_activity(e, 6, t0 + 9 * S);
+        assert!(!r.should_regenerate(0, t0 + 18 * S));
+        let newer = next_epoch(e, 1);
+        r.on_activity(newer, 0, t0 + 9 * S);
+        r.on_activity(e, 100, t0 + 30 * S);
+        assert!(r.should_regenerate(0, t0 + 30 * S));
+        assert!(r.mint(3) > newer);
+    }
+
+    #[test]
+    fn safe_timeout_exceeds_hold_and_handoff() {
+        let t = safe_loss_timeout(300 * S, 2 * S, S);
+        assert!(t > 302 * S);
+    }
+}
