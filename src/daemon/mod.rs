@@ -2,5 +2,6 @@
 //! the token while it is held; decides for local VMs with the shared policy/decision/cost code and
 //! migrates through the hypervisor. Never blocks its event loop on libvirt or capture.
 
+pub mod history;
 pub mod journal;
 pub mod ring;

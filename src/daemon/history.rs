@@ -1,0 +1,168 @@
+//! Migration history per VM: the cooldown that keeps a VM from moving again too soon, and the
+//! memory of where it was, so it does not bounce back for a small gain (ping-pong).
+//!
+//! Every daemon keeps the history of every VM it hears a migration announcement for, so the history
+//! follows a VM to its new host. The cooldown follows the rule operators know from KubeVirt:
+//! `max(base, last migration's duration)`, doubled for each further move inside the window, capped.
+//! Pure: instants come in as arguments.
+
+use crate::topology::HostId;
+use scored_proto::VmId;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Operator settings for the cooldown.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CooldownPolicy {
+    /// Shortest cooldown after any move (default 15 min).
+    pub base: Duration,
+    /// Longest cooldown (default 6 h).
+    pub cap: Duration,
+    /// Moves older than this are forgotten (default 24 h).
+    pub window: Duration,
+}
+
+impl Default for CooldownPolicy {
+    fn default() -> Self {
+        CooldownPolicy {
+            base: Duration::from_secs(15 * 60),
+            cap: Duration::from_secs(6 * 3600),
+            window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Move {
+    at: Instant,
+    from: HostId,
+    took: Duration,
+}
+
+/// The recent moves of every VM this host has heard of.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    moves: HashMap<VmId, VecDeque<Move>>,
+}
+
+impl History {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `vm` left `from` at `at`, the migration taking `took`.
+    pub fn record(&mut self, vm: VmId, from: HostId, took: Duration, at: Instant) {
+        self.moves
+            .entry(vm)
+            .or_default()
+            .push_back(Move { at, from, took });
+    }
+
+    /// Drops moves older than the window (call now and then; bounded work per VM).
+    pub fn forget_old(&mut self, policy: &CooldownPolicy, now: Instant) {
+        self.moves.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|m| now.saturating_duration_since(m.at) > policy.window)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+    }
+
+    fn recent<'a>(
+        &'a self,
+        vm: VmId,
+        policy: &'a CooldownPolicy,
+        now: Instant,
+    ) -> impl Iterator<Item = &'a Move> + 'a {
+        self.moves
+            .get(&vm)
+            .into_iter()
+            .flatten()
+            .filter(move |m| now.saturating_duration_since(m.at) <= policy.window)
+    }
+
+    /// Until when `vm` may not move, if it is cooling down now.
+    pub fn cooldown_until(
+        &self,
+        vm: VmId,
+        policy: &CooldownPolicy,
+        now: Instant,
+    ) -> Option<Instant> {
+        let recent: Vec<&Move> = self.recent(vm, policy, now).collect();
+        let last = recent.last()?;
+        let doublings = (recent.len() - 1).min(20) as u32;
+        let length = policy
+            .base
+            .max(last.took)
+            .saturating_mul(1 << doublings)
+            .min(policy.cap);
+        let until = last.at + length;
+        (until > now).then_some(until)
+    }
+
+    /// Hosts `vm` left inside the window: moving back to one of them needs a larger gain.
+    pub fn left_recently(&self, vm: VmId, policy: &CooldownPolicy, now: Instant) -> Vec<HostId> {
+        let mut hosts: Vec<HostId> = self.recent(vm, policy, now).map(|m| m.from).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
+    }
+
+    /// Number of moves of `vm` inside the window.
+    pub fn moves_in_window(&self, vm: VmId, policy: &CooldownPolicy, now: Instant) -> usize {
+        self.recent(vm, policy, now).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn cooldown_grows_doubles_and_caps() {
+        let p = CooldownPolicy::default();
+        let t0 = Instant::now();
+        let vm = VmId(7);
+        let mut h = History::new();
+        assert_eq!(h.cooldown_until(vm, &p, t0), None);
+
+        h.record(vm, HostId(1), Duration::from_secs(3), t0);
+        assert_eq!(h.cooldown_until(vm, &p, t0), Some(t0 + 15 * MIN));
+        assert_eq!(h.cooldown_until(vm, &p, t0 + 15 * MIN), None);
+
+        // A long migration sets the base.
+        let t1 = t0 + 20 * MIN;
+        h.record(vm, HostId(2), 40 * MIN, t1);
+        // Second move in the window: max(15 min, 40 min) × 2.
+        assert_eq!(h.cooldown_until(vm, &p, t1), Some(t1 + 80 * MIN));
+
+        for i in 0..10 {
+            h.record(vm, HostId(3), MIN, t1 + Duration::from_secs(i));
+        }
+        let last = t1 + Duration::from_secs(9);
+        assert_eq!(h.cooldown_until(vm, &p, last), Some(last + p.cap));
+        assert_eq!(h.moves_in_window(vm, &p, last), 12);
+        assert_eq!(
+            h.left_recently(vm, &p, last),
+            vec![HostId(1), HostId(2), HostId(3)]
+        );
+    }
+
+    #[test]
+    fn old_moves_are_forgotten() {
+        let p = CooldownPolicy::default();
+        let t0 = Instant::now();
+        let mut h = History::new();
+        h.record(VmId(1), HostId(0), MIN, t0);
+        let later = t0 + p.window + MIN;
+        assert_eq!(h.moves_in_window(VmId(1), &p, later), 0);
+        assert!(h.left_recently(VmId(1), &p, later).is_empty());
+        h.forget_old(&p, later);
+        assert!(h.moves.is_empty());
+    }
+}
