@@ -222,7 +222,7 @@ fn the_step_by_step_search_matches_the_one_call_decision() {
     let mut d = Decider::new(&t);
     let partners = [p(9, 50.0), p(8, 5.0), p(3, 20.0), p(14, 7.0)];
     let s = subject(&partners);
-    let room = |h: HostId| cap(if h.0 % 3 == 0 { 16 } else { 2 });
+    let room = |h: HostId| cap(if h.0.is_multiple_of(3) { 16 } else { 2 });
     let one = d.decide(&s, &Gates::thesis(0.0), room);
     let gates = Gates::thesis(0.0);
     let mut search = d.search(&s, &gates);
