@@ -7,6 +7,7 @@ pub mod cost;
 pub mod decide;
 pub mod hypervisor;
 pub mod identity;
+pub mod sim;
 pub mod token;
 pub mod topology;
 
