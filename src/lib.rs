@@ -5,8 +5,11 @@
 
 pub mod cost;
 pub mod daemon;
+pub mod decide;
 pub mod hypervisor;
 pub mod identity;
+pub mod sim;
+pub mod token;
 pub mod topology;
 
 pub use scored_proto as proto;

@@ -22,6 +22,8 @@ enum Command {
     /// Check or generate topology files.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Simulate S-CORE's token policies on a topology against a centralised baseline.
+    Sim(scored::sim::SimArgs),
     /// Write this host's key and print its PeerId for the topology file.
     Keygen {
         /// Where to write the key.
@@ -67,6 +69,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => topology::generate::fat_tree_k4(),
             };
             print!("{}", topology::generate::tree(&spec));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim(args) => {
+            scored::sim::run_cli(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out, force } => {

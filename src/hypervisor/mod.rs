@@ -6,6 +6,8 @@
 //! seconds): the daemon calls them from `spawn_blocking`, never from its event loop. Nothing here
 //! decides anything; it reports and executes.
 
+pub mod memory;
+
 use scored_proto::VmId;
 use std::time::Duration;
 

@@ -1,0 +1,447 @@
+//! One S-CORE decision for one VM u (thesis §4.2.5): rank candidate hosts, ask them for room,
+//! apply Eq. 3.2 with the migration cost `c_m` and the operator's safety gates, and say why.
+//!
+//! Pure: no I/O, no clock, no randomness. Partner locations, rates and capacity answers come in
+//! as arguments, so the daemon can ask its peers over the network (one query at a time through
+//! [`Search`], or all at once and answer from a cache) while the simulator answers from memory.
+//! This module never migrates anything and never touches the token.
+
+use crate::cost::{self, PartnerTraffic};
+use crate::hypervisor::Capacity;
+use crate::topology::{Host, HostId, Topology};
+use scored_proto::VmId;
+
+/// Why a host is a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// One or more of u's partners run there.
+    PartnerHost,
+    /// Same rack as a partner's host that had no room (or could not be used).
+    PartnerRack { of: HostId },
+}
+
+/// A host u could move to, with the Eq. 3.2 benefit of moving there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub host: HostId,
+    /// `Σ λ(u, z) · Σ_{i ≤ ℓ(x, σ(z))} c_i` over partners z on this host: their share of u's
+    /// current cost. The thesis asks hosts in this order.
+    pub contribution: f64,
+    /// Eq. 3.2 left side: the drop in C_A if u moves here.
+    pub benefit: f64,
+    pub via: Via,
+}
+
+/// The VM a decision is for, with everything its host knows about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub vm: VmId,
+    /// Where u runs now.
+    pub host: HostId,
+    /// Memory a destination must have free for u.
+    pub memory_mib: u64,
+    /// u's partners with their (resolved) hosts and rates λ(u, z).
+    pub partners: &'a [PartnerTraffic],
+}
+
+/// The operator's safety gates, as plain inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct Gates<'a> {
+    /// Pinned VMs never move.
+    pub pinned: bool,
+    /// `c_m` of Eq. 3.2, in the benefit's unit: a move must save more than this.
+    pub migration_cost: f64,
+    /// Hosts in maintenance: never a destination.
+    pub maintenance: &'a [HostId],
+    /// Hosts u ran on before (most recent first).
+    pub previous_hosts: &'a [HostId],
+    /// A return to a previous host must also remove at least this fraction of u's current cost
+    /// (its benefit ≥ `return_margin · 2 · current_cost`, the most a move can save), so a VM
+    /// does not bounce back for a tiny gain. 0 disables the gate.
+    pub return_margin: f64,
+    /// How many other hosts of a partner host's rack to try when that host cannot take u.
+    pub rack_alternates: usize,
+}
+
+impl Gates<'_> {
+    /// The thesis's rule alone: no pinning, no maintenance, no return memory.
+    pub fn thesis(migration_cost: f64) -> Gates<'static> {
+        Gates {
+            pinned: false,
+            migration_cost,
+            maintenance: &[],
+            previous_hosts: &[],
+            return_margin: 0.0,
+            rack_alternates: 3,
+        }
+    }
+}
+
+/// How a decision ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    /// Eq. 3.2 holds for `to` and it has room: migrate.
+    Migrate { to: HostId, benefit: f64, via: Via },
+    /// The VM is pinned.
+    Pinned,
+    /// The VM has no traffic with VMs whose location is known.
+    NoTraffic,
+    /// No candidate saves more than `c_m`.
+    NoBenefit,
+    /// Candidates beyond `c_m` exist but every one was in maintenance or a recent host whose
+    /// gain is too small to return to.
+    Excluded,
+    /// Candidates beyond `c_m` exist but none had room (or answered).
+    NoCapacity,
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Migrate { .. } => "migrate",
+            Outcome::Pinned => "pinned",
+            Outcome::NoTraffic => "no-traffic",
+            Outcome::NoBenefit => "no-benefit",
+            Outcome::Excluded => "excluded",
+            Outcome::NoCapacity => "no-capacity",
+        }
+    }
+}
+
+/// One decision with the numbers that justify it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decision {
+    pub vm: VmId,
+    pub from: HostId,
+    /// u's own share of C_A where it runs: `Σ_z λ(u, z) · Σ_{i ≤ ℓ} c_i`.
+    pub current_cost: f64,
+    pub migration_cost: f64,
+    /// The highest-benefit candidate before capacity and gates (what u could gain at best).
+    pub best: Option<Candidate>,
+    pub outcome: Outcome,
+    /// Capacity queries answered: full / not answered.
+    pub queries: u32,
+    pub full: u32,
+    pub unreachable: u32,
+    /// Candidates above `c_m` skipped: in maintenance / a recent host with too small a gain.
+    pub in_maintenance: u32,
+    pub returning: u32,
+}
+
+impl Decision {
+    pub fn migrates_to(&self) -> Option<HostId> {
+        match self.outcome {
+            Outcome::Migrate { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
+/// VM limit and memory reserve from the topology.
+pub fn room_for(host: &Host, capacity: &Capacity, memory_mib: u64) -> bool {
+    capacity.running_vms < host.max_vms
+        && capacity.free_memory_mib >= memory_mib.saturating_add(host.reserve_memory_mib)
+}
+
+/// Ranks candidates and runs searches; holds the rack index and scratch space so that deciding
+/// allocates nothing once warm.
+#[derive(Clone, Debug)]
+pub struct Decider<'t> {
+    topo: &'t Topology,
+    /// Rack number of each host, and the hosts of each rack.
+    rack_of: Vec<u32>,
+    rack_hosts: Vec<Vec<HostId>>,
+    candidates: Vec<Candidate>,
+    /// Candidates above `c_m` in benefit order, consumed by a search.
+    queue: Vec<Candidate>,
+    /// Hosts already in the queue or tried, so alternates are not proposed twice.
+    seen: Vec<HostId>,
+    alternates: Vec<Candidate>,
+}
+
+impl<'t> Decider<'t> {
+    pub fn new(topo: &'t Topology) -> Self {
+        let racks = topo.racks();
+        let mut number = vec![u32::MAX; topo.switches().len()];
+        for (i, r) in racks.iter().enumerate() {
+            number[r.0 as usize] = i as u32;
+        }
+        let mut rack_hosts = vec![Vec::new(); racks.len()];
+        let mut rack_of = Vec::with_capacity(topo.hosts().len());
+        for h in topo.hosts() {
+            let r = number[h.rack().0 as usize];
+            rack_of.push(r);
+            rack_hosts[r as usize].push(h.id);
+        }
+        Decider {
+            topo,
+            rack_of,
+            rack_hosts,
+            candidates: Vec::new(),
+            queue: Vec::new(),
+            seen: Vec::new(),
+            alternates: Vec::new(),
+        }
+    }
+
+    pub fn topology(&self) -> &'t Topology {
+        self.topo
+    }
+
+    /// The other hosts in `host`'s rack.
+    pub fn rack_of(&self, host: HostId) -> &[HostId] {
+        &self.rack_hosts[self.rack_of[host.index()] as usize]
+    }
+
+    /// The partners' hosts as candidates, in order of their contribution to u's current cost
+    /// (highest first, ties by host id), each with its Eq. 3.2 benefit. u's own host is not a
+    /// candidate. O(k log k + h·k) for k partners on h distinct hosts.
+    pub fn candidates(&mut self, current: HostId, partners: &[PartnerTraffic]) -> &[Candidate] {
+        let topo = self.topo;
+        self.candidates.clear();
+        for p in partners {
+            if p.host != current && p.rate > 0.0 {
+                self.candidates.push(Candidate {
+                    host: p.host,
+                    contribution: p.rate * topo.path_cost(current, p.host),
+                    benefit: 0.0,
+                    via: Via::PartnerHost,
+                });
+            }
+        }
+        // Merge partners that share a host.
+        self.candidates.sort_unstable_by_key(|c| c.host);
+        self.candidates.dedup_by(|later, first| {
+            if later.host == first.host {
+                first.contribution += later.contribution;
+                true
+            } else {
+                false
+            }
+        });
+        for c in &mut self.candidates {
+            c.benefit = cost::benefit(topo, current, c.host, partners);
+        }
+        self.candidates.sort_by(|a, b| {
+            b.contribution
+                .total_cmp(&a.contribution)
+                .then(a.host.cmp(&b.host))
+        });
+        &self.candidates
+    }
+
+    /// Starts a decision for `subject`: computes its candidates and applies the gates that need
+    /// no capacity answer. Drive it with [`Search::next_query`] / [`Search::answer`], then
+    /// [`Search::finish`].
+    pub fn search<'a>(
+        &'a mut self,
+        subject: &'a Subject<'a>,
+        gates: &'a Gates<'a>,
+    ) -> Search<'a, 't> {
+        let current_cost = cost::vm_cost(self.topo, subject.host, subject.partners);
+        let mut decision = Decision {
+            vm: subject.vm,
+            from: subject.host,
+            current_cost,
+            migration_cost: gates.migration_cost,
+            best: None,
+            outcome: Outcome::NoBenefit,
+            queries: 0,
+            full: 0,
+            unreachable: 0,
+            in_maintenance: 0,
+            returning: 0,
+        };
+        self.queue.clear();
+        self.seen.clear();
+        let mut done = false;
+        if gates.pinned {
+            decision.outcome = Outcome::Pinned;
+            done = true;
+        } else if !subject.partners.iter().any(|p| p.rate > 0.0) {
+            decision.outcome = Outcome::NoTraffic;
+            done = true;
+        } else {
+            self.candidates(subject.host, subject.partners);
+            decision.best = self
+                .candidates
+                .iter()
+                .copied()
+                .max_by(|a, b| a.benefit.total_cmp(&b.benefit).then(b.host.cmp(&a.host)));
+            let cands = std::mem::take(&mut self.candidates);
+            for c in &cands {
+                self.seen.push(c.host);
+                if Self::admit(&mut decision, gates, c) {
+                    self.queue.push(*c);
+                }
+            }
+            self.candidates = cands;
+            // Highest benefit first: the first candidate with room is the best one with room.
+            self.queue.sort_by(|a, b| {
+                b.benefit
+                    .total_cmp(&a.benefit)
+                    .then(b.contribution.total_cmp(&a.contribution))
+                    .then(a.host.cmp(&b.host))
+            });
+        }
+        Search {
+            decider: self,
+            subject,
+            gates,
+            next: 0,
+            decision,
+            done,
+        }
+    }
+
+    /// Eq. 3.2 and the gates that need no capacity answer; counts what it turns away.
+    fn admit(decision: &mut Decision, gates: &Gates<'_>, c: &Candidate) -> bool {
+        if !cost::should_migrate(c.benefit, gates.migration_cost) {
+            return false;
+        }
+        if gates.maintenance.contains(&c.host) {
+            decision.in_maintenance += 1;
+            return false;
+        }
+        if gates.return_margin > 0.0
+            && gates.previous_hosts.contains(&c.host)
+            && c.benefit < gates.return_margin * 2.0 * decision.current_cost
+        {
+            decision.returning += 1;
+            return false;
+        }
+        true
+    }
+
+    /// The decision in one call, asking `capacity_of` for each host in turn (`None`: no answer).
+    pub fn decide(
+        &mut self,
+        subject: &Subject<'_>,
+        gates: &Gates<'_>,
+        mut capacity_of: impl FnMut(HostId) -> Option<Capacity>,
+    ) -> Decision {
+        let mut search = self.search(subject, gates);
+        while let Some(h) = search.next_query() {
+            let answer = capacity_of(h);
+            search.answer(h, answer.as_ref());
+        }
+        search.finish()
+    }
+}
+
+/// A decision in progress, waiting for capacity answers one host at a time.
+///
+/// Hosts are asked in order of benefit, highest first, so the first host with room is the best
+/// destination among those with room; the thesis asks in order of cost contribution and takes the
+/// first fit, which is never better. When a partner's host cannot take u, up to
+/// `gates.rack_alternates` other hosts of that rack join the queue: every host of a rack is at the
+/// same level from that partner, so they differ only in where u's other partners run; they are
+/// ranked by their exact benefit (ties by host id) and only those above `c_m` are kept.
+pub struct Search<'a, 't> {
+    decider: &'a mut Decider<'t>,
+    subject: &'a Subject<'a>,
+    gates: &'a Gates<'a>,
+    next: usize,
+    decision: Decision,
+    done: bool,
+}
+
+impl Search<'_, '_> {
+    /// The candidates this search will ask, best first (grows when alternates join).
+    pub fn queue(&self) -> &[Candidate] {
+        &self.decider.queue
+    }
+
+    /// The host whose capacity the search needs next, or `None` when it is decided.
+    pub fn next_query(&self) -> Option<HostId> {
+        if self.done {
+            return None;
+        }
+        self.decider.queue.get(self.next).map(|c| c.host)
+    }
+
+    /// The capacity answer for `host` (`None`: it did not answer in time).
+    pub fn answer(&mut self, host: HostId, capacity: Option<&Capacity>) {
+        let Some(c) = self.decider.queue.get(self.next).copied() else {
+            return;
+        };
+        if self.done || c.host != host {
+            return;
+        }
+        self.next += 1;
+        self.decision.queries += 1;
+        let topo = self.decider.topo;
+        match capacity {
+            Some(cap) if room_for(topo.host(host), cap, self.subject.memory_mib) => {
+                self.decision.outcome = Outcome::Migrate {
+                    to: host,
+                    benefit: c.benefit,
+                    via: c.via,
+                };
+                self.done = true;
+                return;
+            }
+            Some(_) => self.decision.full += 1,
+            None => self.decision.unreachable += 1,
+        }
+        if c.via == Via::PartnerHost && self.gates.rack_alternates > 0 {
+            self.add_alternates(host);
+        }
+    }
+
+    fn add_alternates(&mut self, full: HostId) {
+        let d = &mut *self.decider;
+        let topo = d.topo;
+        let current = self.subject.host;
+        let mut found = std::mem::take(&mut d.alternates);
+        found.clear();
+        for &h in &d.rack_hosts[d.rack_of[full.index()] as usize] {
+            if h == current || d.seen.contains(&h) {
+                continue;
+            }
+            found.push(Candidate {
+                host: h,
+                contribution: 0.0,
+                benefit: cost::benefit(topo, current, h, self.subject.partners),
+                via: Via::PartnerRack { of: full },
+            });
+        }
+        found.sort_by(|a, b| b.benefit.total_cmp(&a.benefit).then(a.host.cmp(&b.host)));
+        let mut kept = 0;
+        for &c in &found {
+            if kept == self.gates.rack_alternates {
+                break;
+            }
+            d.seen.push(c.host);
+            if Decider::admit(&mut self.decision, self.gates, &c) {
+                // Keep the unasked part of the queue in benefit order.
+                let tail = &d.queue[self.next..];
+                let at = self.next + tail.partition_point(|q| q.benefit >= c.benefit);
+                d.queue.insert(at, c);
+                kept += 1;
+            }
+        }
+        d.alternates = found;
+    }
+
+    /// The decision, as far as the answers went.
+    pub fn finish(self) -> Decision {
+        let mut d = self.decision;
+        if !self.done {
+            // Hosts never asked count as not answering.
+            d.unreachable += self.decider.queue.len().saturating_sub(self.next) as u32;
+            d.outcome = if d.full + d.unreachable > 0 {
+                Outcome::NoCapacity
+            } else if d.in_maintenance + d.returning > 0 {
+                Outcome::Excluded
+            } else {
+                Outcome::NoBenefit
+            };
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+use super::*;
+use std::path::Path;
+
+/// k=4 fat-tree: hosts 2r and 2r+1 share rack r; racks 0-1 pod 1, 2-3 pod 2, …
+/// Path costs: rack 1, pod 1 + e = 3.718…, core 1 + e + e³ = 23.80….
+fn fat_tree() -> Topology {
+    Topology::parse(
+        Path::new("topology/fat-tree-k4.toml"),
+        include_str!("../../topology/fat-tree-k4.toml"),
+    )
+    .unwrap()
+}
+
+fn p(host: u32, rate: f64) -> PartnerTraffic {
+    PartnerTraffic {
+        host: HostId(host),
+        rate,
+    }
+}
+
+fn cap(running: u32) -> Option<Capacity> {
+    Some(Capacity {
+        running_vms: running,
+        free_memory_mib: 17408 - 1024 * running as u64,
+        total_memory_mib: 17408,
+        cpu_load: 0.0,
+    })
+}
+
+fn subject(partners: &[PartnerTraffic]) -> Subject<'_> {
+    Subject {
+        vm: VmId(7),
+        host: HostId(0),
+        memory_mib: 1024,
+        partners,
+    }
+}
+
+#[test]
+fn candidates_follow_cost_contribution_and_merge_hosts() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    // Host 8 (other pod) carries 10 B/s; host 2 (same pod) 100 + 50; host 1 (same rack) 200;
+    // a partner on u's own host is no candidate.
+    let partners = [
+        p(8, 10.0),
+        p(2, 100.0),
+        p(1, 200.0),
+        p(2, 50.0),
+        p(0, 999.0),
+    ];
+    let c = d.candidates(HostId(0), &partners).to_vec();
+    let hosts: Vec<u32> = c.iter().map(|c| c.host.0).collect();
+    // Contributions: host 2: 150·3.718 = 557.7; host 8: 10·23.80 = 238.0; host 1: 200·1 = 200.
+    assert_eq!(hosts, vec![2, 8, 1]);
+    for c in &c {
+        assert_eq!(c.via, Via::PartnerHost);
+        assert_eq!(c.benefit, cost::benefit(&t, HostId(0), c.host, &partners));
+    }
+    assert!((c[0].contribution - 150.0 * (1.0 + std::f64::consts::E)).abs() < 1e-9);
+}
+
+#[test]
+fn migrates_to_the_best_host_with_room() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(8, 10.0), p(2, 100.0), p(3, 90.0)];
+    let s = subject(&partners);
+    let mut asked = vec![];
+    let dec = d.decide(&s, &Gates::thesis(0.0), |h| {
+        asked.push(h.0);
+        cap(if h.0 == 2 { 16 } else { 3 })
+    });
+    // Host 2 (the best) is full; host 3 in the same rack is next best and has room.
+    assert_eq!(asked, vec![2, 3]);
+    let best = cost::benefit(&t, HostId(0), HostId(3), &partners);
+    assert_eq!(
+        dec.outcome,
+        Outcome::Migrate {
+            to: HostId(3),
+            benefit: best,
+            via: Via::PartnerHost
+        }
+    );
+    assert_eq!(dec.best.unwrap().host, HostId(2));
+    assert_eq!((dec.queries, dec.full), (2, 1));
+    assert!((dec.current_cost - cost::vm_cost(&t, HostId(0), &partners)).abs() < 1e-9);
+}
+
+#[test]
+fn a_full_partner_host_brings_in_its_rack_mates() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    // One partner across the core on host 9 (rack 4 = hosts 8, 9).
+    let partners = [p(9, 50.0)];
+    let s = subject(&partners);
+    let mut asked = vec![];
+    let dec = d.decide(&s, &Gates::thesis(0.0), |h| {
+        asked.push(h.0);
+        cap(if h.0 == 9 { 16 } else { 0 })
+    });
+    assert_eq!(asked, vec![9, 8]);
+    match dec.outcome {
+        Outcome::Migrate { to, benefit, via } => {
+            assert_eq!(to, HostId(8));
+            assert_eq!(via, Via::PartnerRack { of: HostId(9) });
+            // From the core (23.80) to the rack (1): 2·50·22.80.
+            assert!((benefit - 2.0 * 50.0 * (t.weights().path_cost(3) - 1.0)).abs() < 1e-9);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without alternates the decision runs out of room.
+    let gates = Gates {
+        rack_alternates: 0,
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&s, &gates, |_| cap(16));
+    assert_eq!(dec.outcome, Outcome::NoCapacity);
+    assert_eq!((dec.queries, dec.full), (1, 1));
+}
+
+#[test]
+fn eq_3_2_needs_more_than_the_migration_cost() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(1, 10.0)];
+    let s = subject(&partners);
+    // Moving next to the partner saves 2·10·1 = 20.
+    let dec = d.decide(&s, &Gates::thesis(20.0), |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::NoBenefit);
+    assert_eq!(dec.queries, 0, "no capacity query without a benefit");
+    assert_eq!(dec.best.unwrap().benefit, 20.0);
+    let dec = d.decide(&s, &Gates::thesis(19.9), |_| cap(0));
+    assert_eq!(dec.migrates_to(), Some(HostId(1)));
+}
+
+#[test]
+fn pinned_and_silent_vms_do_not_move() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(9, 50.0)];
+    let gates = Gates {
+        pinned: true,
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::Pinned);
+    let silent = [p(9, 0.0)];
+    let dec = d.decide(&subject(&silent), &Gates::thesis(0.0), |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::NoTraffic);
+    let dec = d.decide(&subject(&[]), &Gates::thesis(0.0), |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::NoTraffic);
+}
+
+#[test]
+fn maintenance_hosts_are_never_chosen() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(9, 50.0)];
+    let maintenance = [HostId(9), HostId(8)];
+    let gates = Gates {
+        maintenance: &maintenance,
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::Excluded);
+    assert_eq!(dec.in_maintenance, 1);
+    let maintenance = [HostId(9)];
+    let gates = Gates {
+        maintenance: &maintenance,
+        ..Gates::thesis(0.0)
+    };
+    // The partner's host is in maintenance; its rack-mate is not offered, since alternates
+    // come only from a host that was asked and could not take u.
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::Excluded);
+}
+
+#[test]
+fn a_vm_returns_to_a_host_it_left_only_for_a_large_gain() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    // Partners: 100 B/s on host 1 (rack-mate), 1 B/s on host 9 (core).
+    let partners = [p(1, 100.0), p(9, 1.0)];
+    let previous = [HostId(9), HostId(1)];
+    let gates = Gates {
+        previous_hosts: &previous,
+        return_margin: 0.5,
+        ..Gates::thesis(0.0)
+    };
+    // current cost = 100·1 + 1·23.80 = 123.80; the most a move saves is 2·123.80 = 247.6.
+    // To host 1: benefit 2·(100·1 + 1·(23.80 − 23.80)) = 200 ≥ 0.5·247.6: allowed.
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    assert_eq!(dec.migrates_to(), Some(HostId(1)));
+    let partners = [p(9, 10.0), p(1, 9.0)];
+    // current cost = 9·1 + 10·23.80 = 247.0. To host 9: 2·(10·23.80 + 9·(1 − 23.80)) = 65.6,
+    // to host 1: 2·(9·1 + 10·0) = 18; both are previous hosts and both gains are below
+    // 0.5·2·247.0, so neither is offered.
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    assert_eq!(dec.returning, 2);
+    assert_eq!(dec.outcome, Outcome::Excluded);
+    assert_eq!(dec.queries, 0);
+    // Without the memory the thesis's rule moves it to host 9.
+    let dec = d.decide(&subject(&partners), &Gates::thesis(0.0), |_| cap(0));
+    assert_eq!(dec.migrates_to(), Some(HostId(9)));
+}
+
+#[test]
+fn unanswered_hosts_count_as_unreachable() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(9, 50.0), p(4, 1.0)];
+    let dec = d.decide(&subject(&partners), &Gates::thesis(0.0), |_| None);
+    assert_eq!(dec.outcome, Outcome::NoCapacity);
+    assert_eq!(dec.full, 0);
+    assert!(dec.unreachable >= 2);
+}
+
+#[test]
+fn the_step_by_step_search_matches_the_one_call_decision() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(9, 50.0), p(8, 5.0), p(3, 20.0), p(14, 7.0)];
+    let s = subject(&partners);
+    let room = |h: HostId| cap(if h.0.is_multiple_of(3) { 16 } else { 2 });
+    let one = d.decide(&s, &Gates::thesis(0.0), room);
+    let gates = Gates::thesis(0.0);
+    let mut search = d.search(&s, &gates);
+    let listed: Vec<HostId> = search.queue().iter().map(|c| c.host).collect();
+    assert!(!listed.is_empty());
+    while let Some(h) = search.next_query() {
+        search.answer(h, room(h).as_ref());
+    }
+    assert_eq!(search.finish(), one);
+    // An early stop reports the unasked hosts as not answered.
+    let search = d.search(&s, &gates);
+    let left = search.queue().len() as u32;
+    let dec = search.finish();
+    assert_eq!((dec.outcome, dec.unreachable), (Outcome::NoCapacity, left));
+}
+
+#[test]
+fn room_keeps_the_vm_limit_and_the_reserve() {
+    let t = fat_tree();
+    let h = t.host(HostId(0));
+    assert!(room_for(h, &cap(15).unwrap(), 1024));
+    assert!(!room_for(h, &cap(16).unwrap(), 1024));
+    let tight = Capacity {
+        running_vms: 1,
+        free_memory_mib: 2047,
+        total_memory_mib: 17408,
+        cpu_load: 0.0,
+    };
+    assert!(
+        !room_for(h, &tight, 1024),
+        "1024 MiB reserve must stay free"
+    );
+}

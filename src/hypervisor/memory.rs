@@ -1,0 +1,518 @@
+//! The in-memory hypervisor: a whole cluster of hosts held in one shared structure, and one handle
+//! per host that implements [`Hypervisor`]. The simulator and the loopback daemon tests use it in
+//! place of libvirt.
+//!
+//! A migration moves the VM between hosts atomically under one lock, so every VM is on exactly one
+//! host at every moment, and it refuses a destination that is full (VM limit or memory). Its
+//! report is modelled from the thesis's measurements, not timed: nothing here sleeps or reads a
+//! clock. It decides nothing.
+
+use super::{
+    AbortReason, Capacity, Destination, Hypervisor, HypervisorError, Interface, MigrationParams,
+    MigrationReport, Result, Vm, VmState,
+};
+use crate::topology::{HostId, Topology};
+use scored_proto::VmId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long a modelled migration takes and what it sends.
+///
+/// The defaults are the thesis's testbed figures on an idle network (s-core.md §5): 196 MB guests
+/// sent 127 MB on average (65%) in 2.94 s (≈ 43 MB/s), with 16.38 ms of downtime.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MigrationModel {
+    /// Fraction of the guest's memory a migration sends.
+    pub sent_fraction: f64,
+    /// Effective transfer rate, bytes/s.
+    pub throughput_bytes_per_s: f64,
+    pub downtime: Duration,
+}
+
+impl Default for MigrationModel {
+    fn default() -> Self {
+        MigrationModel {
+            sent_fraction: 127.0 / 196.0,
+            throughput_bytes_per_s: 127e6 / 2.94,
+            downtime: Duration::from_micros(16_380),
+        }
+    }
+}
+
+impl MigrationModel {
+    /// The report of migrating a guest of `memory_mib` with `params`.
+    pub fn report(&self, memory_mib: u64, params: &MigrationParams) -> MigrationReport {
+        let bytes = (memory_mib as f64 * 1024.0 * 1024.0 * self.sent_fraction).round();
+        let mut rate = self.throughput_bytes_per_s;
+        if params.bandwidth_mib_s > 0 {
+            rate = rate.min(params.bandwidth_mib_s as f64 * 1024.0 * 1024.0);
+        }
+        MigrationReport {
+            elapsed: Duration::from_secs_f64(bytes / rate) + self.downtime,
+            downtime: self.downtime,
+            bytes: bytes as u64,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct HostState {
+    name: String,
+    max_vms: u32,
+    memory_mib: u64,
+    used_memory_mib: u64,
+    vms: Vec<Vm>,
+}
+
+#[derive(Debug)]
+struct Cluster {
+    hosts: Vec<HostState>,
+    by_name: HashMap<String, HostId>,
+    location: HashMap<VmId, HostId>,
+    model: MigrationModel,
+    migrations: u64,
+}
+
+/// A cluster of in-memory hosts shaped like a topology (names, VM limits, guest memory).
+/// Cloning shares the cluster.
+#[derive(Clone, Debug)]
+pub struct MemoryCluster {
+    inner: Arc<Mutex<Cluster>>,
+}
+
+/// One host of a [`MemoryCluster`], seen through the [`Hypervisor`] trait.
+#[derive(Clone, Debug)]
+pub struct MemoryHost {
+    cluster: MemoryCluster,
+    host: HostId,
+}
+
+/// A VM for simulations and tests: named after its id, one interface whose address is the id.
+pub fn synthetic_vm(id: VmId, memory_mib: u64) -> Vm {
+    let b = id.0.to_be_bytes();
+    let mut uuid = [0u8; 16];
+    uuid[12..].copy_from_slice(&b);
+    Vm {
+        id,
+        name: format!("vm-{id}"),
+        uuid,
+        memory_mib,
+        vcpus: 1,
+        interfaces: vec![Interface {
+            // Locally administered unicast MAC carrying the address.
+            mac: [0x02, 0x5c, b[0], b[1], b[2], b[3]],
+            tap: None,
+            addresses: vec![std::net::IpAddr::V4(id.to_ipv4())],
+        }],
+        pinned: false,
+    }
+}
+
+impl MemoryCluster {
+    /// Empty hosts, one per host of the topology, with its `max_vms` and `memory_mib`.
+    pub fn new(topo: &Topology) -> Self {
+        let hosts: Vec<HostState> = topo
+            .hosts()
+            .iter()
+            .map(|h| HostState {
+                name: h.name.clone(),
+                max_vms: h.max_vms,
+                memory_mib: h.memory_mib,
+                used_memory_mib: 0,
+                vms: Vec::new(),
+            })
+            .collect();
+        let by_name = topo
+            .hosts()
+            .iter()
+            .map(|h| (h.name.clone(), h.id))
+            .collect();
+        MemoryCluster {
+            inner: Arc::new(Mutex::new(Cluster {
+                hosts,
+                by_name,
+                location: HashMap::new(),
+                model: MigrationModel::default(),
+                migrations: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cluster> {
+        // A panic while holding the lock cannot leave a half-moved VM (moves are two Vec
+        // operations with no panic in between), so the state is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_model(&self, model: MigrationModel) {
+        self.lock().model = model;
+    }
+
+    /// Starts `vm` on `host`. Refused when the id is already running somewhere or the host is full.
+    pub fn add_vm(&self, host: HostId, vm: Vm) -> Result<()> {
+        let mut c = self.lock();
+        if let Some(at) = c.location.get(&vm.id) {
+            let name = c.hosts[at.index()].name.clone();
+            return Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "add_vm",
+                message: format!("already running on {name}"),
+            });
+        }
+        let Some(h) = c.hosts.get_mut(host.index()) else {
+            return Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "add_vm",
+                message: format!("no host {} in this cluster", host.0),
+            });
+        };
+        if let Some(why) = full(h, vm.memory_mib) {
+            return Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "add_vm",
+                message: format!("{} is full: {why}", h.name),
+            });
+        }
+        h.used_memory_mib += vm.memory_mib;
+        let id = vm.id;
+        h.vms.push(vm);
+        c.location.insert(id, host);
+        Ok(())
+    }
+
+    /// Pins or unpins a VM (as the operator's domain metadata flag would).
+    pub fn set_pinned(&self, vm: VmId, pinned: bool) -> Result<()> {
+        let mut c = self.lock();
+        let host = *c
+            .location
+            .get(&vm)
+            .ok_or(HypervisorError::NoSuchVm { vm })?;
+        if let Some(v) = c.hosts[host.index()].vms.iter_mut().find(|v| v.id == vm) {
+            v.pinned = pinned;
+        }
+        Ok(())
+    }
+
+    /// The handle through which host `host` is driven.
+    pub fn host(&self, host: HostId) -> MemoryHost {
+        MemoryHost {
+            cluster: self.clone(),
+            host,
+        }
+    }
+
+    /// Where a VM runs now.
+    pub fn host_of(&self, vm: VmId) -> Option<HostId> {
+        self.lock().location.get(&vm).copied()
+    }
+
+    /// Number of VMs on each host, by host id.
+    pub fn vm_counts(&self) -> Vec<u32> {
+        self.lock()
+            .hosts
+            .iter()
+            .map(|h| h.vms.len() as u32)
+            .collect()
+    }
+
+    /// Migrations completed so far.
+    pub fn migrations(&self) -> u64 {
+        self.lock().migrations
+    }
+
+    /// Checks the cluster's invariants: every VM on exactly one host (and where the location
+    /// index says), no host over its VM limit or memory. Describes the first violation.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let c = self.lock();
+        let mut seen: HashMap<VmId, usize> = HashMap::new();
+        for (i, h) in c.hosts.iter().enumerate() {
+            if h.vms.len() > h.max_vms as usize {
+                return Err(format!(
+                    "{} runs {} VMs, limit {}",
+                    h.name,
+                    h.vms.len(),
+                    h.max_vms
+                ));
+            }
+            let used: u64 = h.vms.iter().map(|v| v.memory_mib).sum();
+            if used != h.used_memory_mib || used > h.memory_mib {
+                return Err(format!(
+                    "{} uses {used} MiB (accounted {}), has {}",
+                    h.name, h.used_memory_mib, h.memory_mib
+                ));
+            }
+            for v in &h.vms {
+                if let Some(j) = seen.insert(v.id, i) {
+                    return Err(format!(
+                        "VM {} runs on both {} and {}",
+                        v.id, c.hosts[j].name, h.name
+                    ));
+                }
+                if c.location.get(&v.id) != Some(&HostId(i as u32)) {
+                    return Err(format!("VM {} on {} is indexed elsewhere", v.id, h.name));
+                }
+            }
+        }
+        if seen.len() != c.location.len() {
+            return Err(format!(
+                "{} VMs indexed, {} running",
+                c.location.len(),
+                seen.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn full(h: &HostState, memory_mib: u64) -> Option<String> {
+    if h.vms.len() >= h.max_vms as usize {
+        return Some(format!("{} of {} VMs", h.vms.len(), h.max_vms));
+    }
+    if h.used_memory_mib + memory_mib > h.memory_mib {
+        return Some(format!(
+            "{} MiB free, {memory_mib} MiB needed",
+            h.memory_mib - h.used_memory_mib
+        ));
+    }
+    None
+}
+
+impl MemoryHost {
+    pub fn id(&self) -> HostId {
+        self.host
+    }
+}
+
+impl Hypervisor for MemoryHost {
+    fn vms(&self) -> Result<Vec<Vm>> {
+        Ok(self.cluster.lock().hosts[self.host.index()].vms.clone())
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let c = self.cluster.lock();
+        let h = &c.hosts[self.host.index()];
+        Ok(Capacity {
+            running_vms: h.vms.len() as u32,
+            free_memory_mib: h.memory_mib - h.used_memory_mib,
+            total_memory_mib: h.memory_mib,
+            cpu_load: 0.0,
+        })
+    }
+
+    fn migrate(
+        &self,
+        vm: VmId,
+        dest: &Destination,
+        params: &MigrationParams,
+    ) -> Result<MigrationReport> {
+        let mut guard = self.cluster.lock();
+        let c = &mut *guard;
+        let fail = |call: &'static str, message: String| HypervisorError::Migration {
+            vm,
+            dest: dest.host.clone(),
+            call,
+            message,
+        };
+        let to = *c
+            .by_name
+            .get(&dest.host)
+            .ok_or_else(|| fail("lookup", "no such host in this cluster".into()))?;
+        let from = self.host;
+        let pos = c.hosts[from.index()]
+            .vms
+            .iter()
+            .position(|v| v.id == vm)
+            .ok_or(HypervisorError::NoSuchVm { vm })?;
+        if to == from {
+            return Err(fail("migrate", "the VM already runs there".into()));
+        }
+        let memory = c.hosts[from.index()].vms[pos].memory_mib;
+        if let Some(why) = full(&c.hosts[to.index()], memory) {
+            return Err(fail("prepare", format!("destination is full: {why}")));
+        }
+        let report = c.model.report(memory, params);
+        if report.elapsed > params.timeout {
+            return Err(HypervisorError::Aborted {
+                vm,
+                dest: dest.host.clone(),
+                reason: AbortReason::Timeout,
+            });
+        }
+        let moved = c.hosts[from.index()].vms.swap_remove(pos);
+        c.hosts[from.index()].used_memory_mib -= memory;
+        c.hosts[to.index()].used_memory_mib += memory;
+        c.hosts[to.index()].vms.push(moved);
+        c.location.insert(vm, to);
+        c.migrations += 1;
+        Ok(report)
+    }
+
+    fn state(&self, vm: VmId) -> Result<VmState> {
+        let c = self.cluster.lock();
+        Ok(if c.location.get(&vm) == Some(&self.host) {
+            VmState::Running
+        } else {
+            VmState::Absent
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cluster() -> (Topology, MemoryCluster) {
+        let t = Topology::parse(
+            Path::new("topology/fat-tree-k4.toml"),
+            include_str!("../../topology/fat-tree-k4.toml"),
+        )
+        .unwrap();
+        let c = MemoryCluster::new(&t);
+        (t, c)
+    }
+
+    fn to(t: &Topology, h: u32) -> Destination {
+        Destination {
+            host: t.host(HostId(h)).name.clone(),
+            libvirt_uri: None,
+            migration_uri: None,
+        }
+    }
+
+    #[test]
+    fn capacity_follows_the_topology_and_the_vms() {
+        let (t, c) = cluster();
+        let h = c.host(HostId(3));
+        let cap = h.capacity().unwrap();
+        assert_eq!(cap.running_vms, 0);
+        assert_eq!(cap.total_memory_mib, t.host(HostId(3)).memory_mib);
+        for i in 0..16 {
+            c.add_vm(HostId(3), synthetic_vm(VmId(100 + i), 1024))
+                .unwrap();
+        }
+        let cap = h.capacity().unwrap();
+        assert_eq!(cap.running_vms, 16);
+        assert_eq!(cap.free_memory_mib, 17408 - 16 * 1024);
+        let err = c
+            .add_vm(HostId(3), synthetic_vm(VmId(1), 1024))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r002h02 is full: 16 of 16 VMs"), "{err}");
+        let err = c
+            .add_vm(HostId(4), synthetic_vm(VmId(100), 1024))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already running on r002h02"), "{err}");
+        assert_eq!(h.vms().unwrap().len(), 16);
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn migration_moves_the_vm_and_reports_the_model() {
+        let (t, c) = cluster();
+        c.add_vm(HostId(0), synthetic_vm(VmId(7), 196)).unwrap();
+        let src = c.host(HostId(0));
+        let report = src
+            .migrate(VmId(7), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        assert_eq!(c.host_of(VmId(7)), Some(HostId(5)));
+        assert_eq!(src.state(VmId(7)).unwrap(), VmState::Absent);
+        assert_eq!(c.host(HostId(5)).state(VmId(7)).unwrap(), VmState::Running);
+        // 196 MiB · 127/196 sent at the thesis's 43 MB/s.
+        assert_eq!(report.bytes, 127 * 1024 * 1024);
+        let secs = report.elapsed.as_secs_f64();
+        assert!((secs - (127.0 * 1048576.0 / (127e6 / 2.94) + 0.01638)).abs() < 1e-6);
+        assert_eq!(c.migrations(), 1);
+        // Moving it again from the old host fails: it is not there.
+        let err = src
+            .migrate(VmId(7), &to(&t, 6), &MigrationParams::default())
+            .unwrap_err();
+        assert!(matches!(err, HypervisorError::NoSuchVm { .. }));
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn a_full_destination_or_a_timeout_leaves_the_vm_where_it_was() {
+        let (t, c) = cluster();
+        for i in 0..16 {
+            c.add_vm(HostId(1), synthetic_vm(VmId(100 + i), 1024))
+                .unwrap();
+        }
+        c.add_vm(HostId(0), synthetic_vm(VmId(7), 1024)).unwrap();
+        let err = c
+            .host(HostId(0))
+            .migrate(VmId(7), &to(&t, 1), &MigrationParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("destination is full"), "{err}");
+        let params = MigrationParams {
+            timeout: Duration::from_secs(1),
+            ..MigrationParams::default()
+        };
+        let err = c
+            .host(HostId(0))
+            .migrate(VmId(7), &to(&t, 2), &params)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            HypervisorError::Aborted {
+                reason: AbortReason::Timeout,
+                ..
+            }
+        ));
+        let err = c
+            .host(HostId(0))
+            .migrate(
+                VmId(7),
+                &Destination {
+                    host: "nowhere".into(),
+                    libvirt_uri: None,
+                    migration_uri: None,
+                },
+                &MigrationParams::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nowhere"), "{err}");
+        assert_eq!(c.host_of(VmId(7)), Some(HostId(0)));
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn concurrent_migrations_keep_every_vm_on_one_host() {
+        let (t, c) = cluster();
+        let n = 200u32;
+        for i in 0..n {
+            c.add_vm(HostId(i % 16), synthetic_vm(VmId(i), 1024))
+                .unwrap();
+        }
+        let threads: Vec<_> = (0..4u32)
+            .map(|k| {
+                let c = c.clone();
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut ok = 0;
+                    for step in 0..500u32 {
+                        let vm = VmId((step * 7 + k * 13) % n);
+                        let Some(from) = c.host_of(vm) else { continue };
+                        let dest = to(&t, (step + k) % 16);
+                        if c.host(from)
+                            .migrate(vm, &dest, &MigrationParams::default())
+                            .is_ok()
+                        {
+                            ok += 1;
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let moved: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(moved > 0);
+        assert_eq!(c.migrations(), moved);
+        assert_eq!(c.vm_counts().iter().sum::<u32>(), n);
+        c.check().unwrap();
+    }
+}

@@ -1,0 +1,257 @@
+//! One policy's run: the token goes round the VMs for a number of rounds; each holder decides
+//! with the shared decision code, migrates through the in-memory hypervisor, updates the token
+//! with the shared policy code and hands it on by a direct call. Records the cost after every
+//! token step.
+
+use super::Scenario;
+use crate::cost::PartnerTraffic;
+use crate::decide::{Decider, Gates, Outcome, Subject};
+use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
+use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
+use crate::token::{Neighbour, Next, Queue, Turn};
+use crate::topology::HostId;
+use scored_proto::{PolicyKind, Token, VmId};
+
+/// What one policy's run produced.
+#[derive(Clone, Debug)]
+pub struct PolicyRun {
+    pub policy: PolicyKind,
+    /// `c_m` used, absolute (benefit units).
+    pub migration_cost: f64,
+    /// Eq. 3.1 after each token step (one step = one VM's turn).
+    pub costs: Vec<f64>,
+    /// Where each VM ended.
+    pub placement: Vec<HostId>,
+    pub migrations: u64,
+    /// VMs that migrated at least once.
+    pub vms_moved: u64,
+    /// VMs that at some point migrated back to a host they had left.
+    pub moved_back: u64,
+    /// Migrations whose benefit was not positive or (with `verify_moves`) that did not lower the
+    /// recomputed cost: must stay 0.
+    pub bad_moves: u64,
+    /// Decisions by outcome: migrate, no-benefit, no-capacity, no-traffic, excluded.
+    pub outcomes: [u64; 5],
+    /// Capacity queries the decisions sent.
+    pub capacity_queries: u64,
+    /// Largest relative gap seen between the step-by-step cost and a full recomputation.
+    pub drift: f64,
+}
+
+impl PolicyRun {
+    pub fn final_cost(&self) -> f64 {
+        self.costs.last().copied().unwrap_or(0.0)
+    }
+}
+
+/// Options of a run that are not the scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    pub policy: PolicyKind,
+    pub migration_cost: f64,
+    pub rack_alternates: usize,
+    pub return_margin: f64,
+    /// Keep the per-step cost series (off for c_m sweeps).
+    pub record_steps: bool,
+    /// Recompute Eq. 3.1 in full after every migration and count any that did not lower it
+    /// (tests; O(pairs) per migration).
+    pub verify_moves: bool,
+}
+
+/// How many hosts a VM remembers having left.
+const MEMORY: usize = 4;
+
+pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> PolicyRun {
+    let topo = &sc.topology;
+    let n = sc.ids.len();
+    let cluster = MemoryCluster::new(topo);
+    for (i, &h) in sc.initial.iter().enumerate() {
+        cluster
+            .add_vm(h, synthetic_vm(sc.ids[i], sc.vm_memory_mib))
+            .expect("the scenario's placement respects capacity");
+    }
+    let hosts: Vec<MemoryHost> = topo.hosts().iter().map(|h| cluster.host(h.id)).collect();
+    let dests: Vec<Destination> = topo
+        .hosts()
+        .iter()
+        .map(|h| Destination {
+            host: h.name.clone(),
+            libvirt_uri: None,
+            migration_uri: None,
+        })
+        .collect();
+    let params = MigrationParams::default();
+
+    let mut loc = sc.initial.clone();
+    let mut token = Token::new(0, opt.policy, sc.ids.clone());
+    let mut queue = Queue::new(&token).expect("ids are sorted and unique");
+    let mut decider = Decider::new(topo);
+    let mut partners: Vec<PartnerTraffic> = Vec::new();
+    let mut neighbours: Vec<Neighbour> = Vec::new();
+    let mut previous: Vec<Vec<HostId>> = vec![Vec::new(); n];
+    let mut moved = vec![false; n];
+    let mut came_back = vec![false; n];
+
+    let mut run = PolicyRun {
+        policy: opt.policy,
+        migration_cost: opt.migration_cost,
+        costs: Vec::with_capacity(if opt.record_steps { sc.rounds() * n } else { 0 }),
+        placement: Vec::new(),
+        migrations: 0,
+        vms_moved: 0,
+        moved_back: 0,
+        bad_moves: 0,
+        outcomes: [0; 5],
+        capacity_queries: 0,
+        drift: 0.0,
+    };
+    let index = |vm: VmId| (vm.0 - sc.ids[0].0) as usize;
+
+    let mut round = 0usize;
+    let mut cost = sc.cost(0, &loc);
+    let mut next = queue.first(&token);
+    if next == Next::NeedsStatistics {
+        let stats = expected_benefits(sc, 0, &loc, &mut decider, &mut partners);
+        next = queue.start_round(&mut token, &stats);
+    }
+    let total = sc.rounds() * n;
+    for step in 0..total {
+        let Next::Holder(vm) = next else { break };
+        let i = index(vm);
+        let rates = &sc.rates[round];
+        partners.clear();
+        partners.extend(rates.of(i).iter().map(|&(j, rate)| PartnerTraffic {
+            host: loc[j as usize],
+            rate,
+        }));
+        let subject = Subject {
+            vm,
+            host: loc[i],
+            memory_mib: sc.vm_memory_mib,
+            partners: &partners,
+        };
+        let gates = Gates {
+            pinned: false,
+            migration_cost: opt.migration_cost,
+            maintenance: &[],
+            previous_hosts: &previous[i],
+            return_margin: opt.return_margin,
+            rack_alternates: opt.rack_alternates,
+        };
+        let decision = decider.decide(&subject, &gates, |h| hosts[h.index()].capacity().ok());
+        run.capacity_queries += decision.queries as u64;
+        run.outcomes[match decision.outcome {
+            Outcome::Migrate { .. } => 0,
+            Outcome::NoBenefit => 1,
+            Outcome::NoCapacity => 2,
+            Outcome::NoTraffic | Outcome::Pinned => 3,
+            Outcome::Excluded => 4,
+        }] += 1;
+        if let Outcome::Migrate { to, benefit, .. } = decision.outcome {
+            let from = loc[i];
+            if hosts[from.index()]
+                .migrate(vm, &dests[to.index()], &params)
+                .is_ok()
+            {
+                loc[i] = to;
+                if benefit <= 0.0 {
+                    run.bad_moves += 1;
+                }
+                if opt.verify_moves {
+                    let exact = sc.cost(round, &loc);
+                    let before = cost;
+                    if exact >= before || ((before - exact) - benefit).abs() > 1e-9 * before {
+                        run.bad_moves += 1;
+                    }
+                    cost = exact + benefit;
+                }
+                cost -= benefit;
+                run.migrations += 1;
+                if !moved[i] {
+                    moved[i] = true;
+                    run.vms_moved += 1;
+                }
+                let prev = &mut previous[i];
+                if prev.contains(&to) && !came_back[i] {
+                    came_back[i] = true;
+                    run.moved_back += 1;
+                }
+                prev.retain(|&h| h != from && h != to);
+                prev.insert(0, from);
+                prev.truncate(MEMORY);
+            }
+        }
+        neighbours.clear();
+        neighbours.extend(rates.of(i).iter().map(|&(j, rate)| Neighbour {
+            vm: sc.ids[j as usize],
+            level: topo.level(loc[i], loc[j as usize]),
+            rate,
+        }));
+        next = queue
+            .hand_off(
+                &mut token,
+                &Turn {
+                    vm,
+                    neighbours: &neighbours,
+                },
+            )
+            .expect("every VM has a slot");
+        if token.round as usize != round && (token.round as usize) < sc.rounds() {
+            let exact = sc.cost(round, &loc);
+            run.drift = run.drift.max(((cost - exact) / exact.max(1e-300)).abs());
+            round = token.round as usize;
+            cost = sc.cost(round, &loc);
+            if next == Next::NeedsStatistics {
+                let stats = expected_benefits(sc, round, &loc, &mut decider, &mut partners);
+                next = queue.start_round(&mut token, &stats);
+            }
+        }
+        if opt.record_steps {
+            run.costs.push(cost);
+        }
+        if step % 4096 == 4095 {
+            progress(4096);
+        }
+    }
+    progress((total % 4096) as u64);
+    let exact = sc.cost(round, &loc);
+    run.drift = run.drift.max(((cost - exact) / exact.max(1e-300)).abs());
+    if let Some(last) = run.costs.last_mut() {
+        *last = exact;
+    } else {
+        run.costs.push(exact);
+    }
+    debug_assert!(cluster.check().is_ok(), "{:?}", cluster.check());
+    for (i, &h) in loc.iter().enumerate() {
+        debug_assert_eq!(cluster.host_of(sc.ids[i]), Some(h));
+    }
+    run.placement = loc;
+    run
+}
+
+/// The global policy's statistics at round start: each VM's best Eq. 3.2 benefit over its
+/// candidates, capacity aside (what every host would report when asked).
+fn expected_benefits(
+    sc: &Scenario,
+    round: usize,
+    loc: &[HostId],
+    decider: &mut Decider<'_>,
+    partners: &mut Vec<PartnerTraffic>,
+) -> Vec<(VmId, f64)> {
+    let rates = &sc.rates[round];
+    (0..sc.ids.len())
+        .map(|i| {
+            partners.clear();
+            partners.extend(rates.of(i).iter().map(|&(j, rate)| PartnerTraffic {
+                host: loc[j as usize],
+                rate,
+            }));
+            let best = decider
+                .candidates(loc[i], partners)
+                .iter()
+                .map(|c| c.benefit)
+                .fold(0.0f64, f64::max);
+            (sc.ids[i], best)
+        })
+        .collect()
+}

@@ -1,0 +1,213 @@
+//! `scored sim`: a deterministic discrete simulation of S-CORE at data-centre scale, held against a
+//! centralised baseline, reproducing the thesis's evaluation (§5.1, Figs. 5.1–5.4).
+//!
+//! It drives the same token policies (`token`), decision (`decide`) and cost (`cost`) code as the
+//! daemon, with the in-memory hypervisor and direct calls in place of libvirt and libp2p. All
+//! randomness comes from one seeded ChaCha stream, so a seed names a result. This module and its
+//! children do no I/O except `output` (files) and `run_cli` (terminal).
+
+pub mod baseline;
+pub mod engine;
+pub mod output;
+pub mod plot;
+pub mod study;
+pub mod traffic;
+
+use crate::cost;
+use crate::topology::{HostId, Topology};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use scored_proto::{PolicyKind, VmId};
+use traffic::{Generator, Rates, Structure, TrafficParams};
+
+/// Why a scenario cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SimError {
+    #[error("{vms} VMs of {memory} MiB do not fit: the topology's hosts hold at most {slots}")]
+    TooManyVms {
+        vms: usize,
+        memory: u64,
+        slots: usize,
+    },
+    #[error("the scenario has no VMs (fill {fill}, {slots} slots)")]
+    NoVms { fill: f64, slots: usize },
+    #[error("--rounds must be at least 1")]
+    NoRounds,
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct ScenarioParams {
+    /// Number of VMs; `None`: `fill` of the hosts' slots.
+    pub vms: Option<usize>,
+    pub fill: f64,
+    pub vm_memory_mib: u64,
+    pub rounds: usize,
+    pub seed: u64,
+    pub traffic: TrafficParams,
+}
+
+impl Default for ScenarioParams {
+    fn default() -> Self {
+        ScenarioParams {
+            vms: None,
+            fill: 0.8,
+            vm_memory_mib: 1024,
+            rounds: 5,
+            seed: 1,
+            traffic: TrafficParams::default(),
+        }
+    }
+}
+
+/// A built scenario: topology, VMs and their initial hosts, traffic for every round. Shared
+/// read-only by all runs, so every policy and the baseline face the same data.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub topology: Topology,
+    pub params: ScenarioParams,
+    /// VM ids, dense and sorted: VM `i` is `ids[i]` (10.0.0.1 + i).
+    pub ids: Vec<VmId>,
+    pub vm_memory_mib: u64,
+    /// VMs each host can hold (VM limit and memory after the reserve).
+    pub slots: Vec<u32>,
+    pub initial: Vec<HostId>,
+    /// Rates of each round (traffic changes between rounds).
+    pub rates: Vec<Rates>,
+    pub structure: Structure,
+    /// Rack number (order of `Topology::racks`) of each host.
+    pub rack_number: Vec<u32>,
+}
+
+impl Scenario {
+    pub fn build(topology: Topology, params: ScenarioParams) -> Result<Scenario, SimError> {
+        if params.rounds == 0 {
+            return Err(SimError::NoRounds);
+        }
+        let mem = params.vm_memory_mib.max(1);
+        let slots: Vec<u32> = topology
+            .hosts()
+            .iter()
+            .map(|h| {
+                let by_memory = h.memory_mib.saturating_sub(h.reserve_memory_mib) / mem;
+                (h.max_vms as u64).min(by_memory) as u32
+            })
+            .collect();
+        let total: usize = slots.iter().map(|&s| s as usize).sum();
+        let n = params
+            .vms
+            .unwrap_or((params.fill * total as f64).floor() as usize);
+        if n > total {
+            return Err(SimError::TooManyVms {
+                vms: n,
+                memory: mem,
+                slots: total,
+            });
+        }
+        if n == 0 {
+            return Err(SimError::NoVms {
+                fill: params.fill,
+                slots: total,
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+        // Random placement, at most `slots` per host: shuffle every free slot, take the first n.
+        let mut free: Vec<HostId> = slots
+            .iter()
+            .enumerate()
+            .flat_map(|(h, &s)| std::iter::repeat_n(HostId(h as u32), s as usize))
+            .collect();
+        free.shuffle(&mut rng);
+        free.truncate(n);
+        let initial = free;
+
+        let racks = topology.racks();
+        let mut number = vec![0u32; topology.switches().len()];
+        for (i, r) in racks.iter().enumerate() {
+            number[r.0 as usize] = i as u32;
+        }
+        let rack_number: Vec<u32> = topology
+            .hosts()
+            .iter()
+            .map(|h| number[h.rack().0 as usize])
+            .collect();
+        let home: Vec<u32> = initial.iter().map(|h| rack_number[h.index()]).collect();
+        let structure = Structure::new(&home, &params.traffic, &mut rng);
+        let generator = Generator::new(&params.traffic, &structure);
+        let mut flows = generator.initial(&mut rng);
+        let mut rates = vec![Rates::from_flows(n, &flows, params.traffic.window_s)];
+        for _ in 1..params.rounds {
+            flows = generator.churn(&flows, &mut rng);
+            rates.push(Rates::from_flows(n, &flows, params.traffic.window_s));
+        }
+        let ids = (0..n as u32).map(|i| VmId(0x0a00_0001 + i)).collect();
+        Ok(Scenario {
+            topology,
+            vm_memory_mib: mem,
+            params,
+            ids,
+            slots,
+            initial,
+            rates,
+            structure,
+            rack_number,
+        })
+    }
+
+    pub fn rounds(&self) -> usize {
+        self.rates.len()
+    }
+
+    pub fn vms(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Eq. 3.1 of allocation `loc` under round `round`'s traffic (the shared cost code).
+    pub fn cost(&self, round: usize, loc: &[HostId]) -> f64 {
+        let base = self.ids[0].0;
+        let placement = |v: VmId| loc.get((v.0 - base) as usize).copied();
+        cost::total_cost(
+            &self.topology,
+            self.rates[round]
+                .pairs()
+                .iter()
+                .map(|&(a, b, r)| (self.ids[a as usize], self.ids[b as usize], r)),
+            &placement,
+        )
+    }
+
+    /// Traffic between racks under round `round` with allocation `loc`: `m[i][j]`, bytes/s, both
+    /// directions summed into both cells (symmetric); the diagonal is traffic inside a rack.
+    pub fn rack_matrix(&self, round: usize, loc: &[HostId]) -> Vec<Vec<f64>> {
+        let racks = self.topology.racks().len();
+        let mut m = vec![vec![0.0; racks]; racks];
+        for &(a, b, r) in self.rates[round].pairs() {
+            let ra = self.rack_number[loc[a as usize].index()] as usize;
+            let rb = self.rack_number[loc[b as usize].index()] as usize;
+            m[ra][rb] += r;
+            if ra != rb {
+                m[rb][ra] += r;
+            }
+        }
+        m
+    }
+}
+
+pub use cli::{SimArgs, run_cli};
+
+mod cli;
+
+/// Mean share of the overall cost per VM at the start, `C_A / |V|`: the unit in which `--cm` and
+/// the c_m sweep express the migration cost.
+pub fn cost_per_vm(sc: &Scenario) -> f64 {
+    sc.cost(0, &sc.initial) / sc.vms() as f64
+}
+
+/// Every policy, in the thesis's order.
+pub fn all_policies() -> Vec<PolicyKind> {
+    PolicyKind::ALL.to_vec()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! Writes a study's results: the per-step cost CSV, the summary table (text and CSV), the c_m
+//! sweep CSV and the figures. The only part of the simulator that touches files.
+
+use super::Scenario;
+use super::plot;
+use super::study::Report;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// A result file that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
+    move |e| OutputError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// One line of the summary table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub name: String,
+    /// Final cost / initial cost (round 0).
+    pub normalised: f64,
+    /// 1 − final / initial allocation's cost, both under the last round's traffic.
+    pub reduction: f64,
+    pub migrations: u64,
+    pub per_vm: f64,
+    pub vms_moved: u64,
+    /// VMs that moved back to a host they had left (`None` for the baseline, a plan).
+    pub moved_back: Option<u64>,
+    pub seconds: f64,
+}
+
+/// The summary rows: each policy, then the baseline.
+pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
+    let n = sc.vms() as f64;
+    let c0 = report.initial_costs[0];
+    let mut out: Vec<Row> = report
+        .runs
+        .iter()
+        .zip(&report.run_times)
+        .map(|(r, t)| Row {
+            name: r.policy.name().to_string(),
+            normalised: r.final_cost() / c0,
+            reduction: report.reduction(r.final_cost()),
+            migrations: r.migrations,
+            per_vm: r.migrations as f64 / n,
+            vms_moved: r.vms_moved,
+            moved_back: Some(r.moved_back),
+            seconds: t.as_secs_f64(),
+        })
+        .collect();
+    if let Some(b) = &report.baseline {
+        let last = *b.costs.last().expect("one cost per round");
+        out.push(Row {
+            name: "centralised baseline".into(),
+            normalised: last / c0,
+            reduction: report.reduction(last),
+            migrations: b.vms_moved,
+            per_vm: b.vms_moved as f64 / n,
+            vms_moved: b.vms_moved,
+            moved_back: None,
+            seconds: report.baseline_time.as_secs_f64(),
+        });
+    }
+    out
+}
+
+/// The summary as a Markdown table with a header describing the scenario.
+pub fn summary_text(sc: &Scenario, report: &Report) -> String {
+    let mut s = String::new();
+    let flows: usize = sc.rates[0].pairs().len();
+    let _ = writeln!(
+        s,
+        "scenario: {} ({} hosts, {} racks), {} VMs, {} communicating pairs, {} rounds, seed {}",
+        sc.topology.source().display(),
+        sc.topology.hosts().len(),
+        sc.topology.racks().len(),
+        sc.vms(),
+        flows,
+        sc.rounds(),
+        sc.params.seed
+    );
+    let _ = writeln!(
+        s,
+        "c_m = {:.0}% of the mean per-VM cost ({:.4e}); initial cost {:.4e}; wall {:.1} s\n",
+        report.cm_fraction * 100.0,
+        report.cm_fraction * report.cost_per_vm,
+        report.initial_costs[0],
+        report.wall.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "| run | cost reduction | final / initial cost | migrations | migrations per VM | VMs moved | VMs that moved back | run time |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows(sc, report) {
+        let back = r
+            .moved_back
+            .map_or("n/a (plan)".to_string(), |b| b.to_string());
+        let _ = writeln!(
+            s,
+            "| {} | {:.1}% | {:.4} | {} | {:.3} | {} | {} | {:.1} s |",
+            r.name,
+            r.reduction * 100.0,
+            r.normalised,
+            r.migrations,
+            r.per_vm,
+            r.vms_moved,
+            back,
+            r.seconds
+        );
+    }
+    if let Some(b) = &report.baseline {
+        let _ = writeln!(
+            s,
+            "\nbaseline: {} moves + {} swaps over {} sweeps; its migrations = VMs not on their initial host",
+            b.moves, b.swaps, b.sweeps
+        );
+    }
+    if !report.sweep.is_empty() {
+        let _ = writeln!(s, "\nc_m sweep (cost reduction):\n");
+        let mut fractions: Vec<f64> = report.sweep.iter().map(|p| p.cm_fraction).collect();
+        fractions.sort_by(f64::total_cmp);
+        fractions.dedup();
+        let _ = write!(s, "| policy |");
+        for f in &fractions {
+            let _ = write!(s, " c_m {:.0}% |", f * 100.0);
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "|---|{}", "---:|".repeat(fractions.len()));
+        for r in &report.runs {
+            let _ = write!(s, "| {} |", r.policy.name());
+            for f in &fractions {
+                match report
+                    .sweep
+                    .iter()
+                    .find(|p| p.policy == r.policy && p.cm_fraction == *f)
+                {
+                    Some(p) => {
+                        let _ = write!(s, " {:.1}% |", p.reduction * 100.0);
+                    }
+                    None => {
+                        let _ = write!(s, " |");
+                    }
+                }
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
+}
+
+fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>, OutputError> {
+    Ok(std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(io(path))?,
+    ))
+}
+
+/// Writes every result file into `dir` (created if missing); returns the paths written.
+pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathBuf>, OutputError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut written = Vec::new();
+    let n = sc.vms();
+    let c0 = report.initial_costs[0];
+
+    // Cost per token step, normalised to the initial cost, one column per policy.
+    let path = dir.join("cost_per_step.csv");
+    let mut f = create(&path)?;
+    let mut header = String::from("step,iteration");
+    for r in &report.runs {
+        let _ = write!(header, ",{}", r.policy.name());
+    }
+    if report.baseline.is_some() {
+        header.push_str(",baseline");
+    }
+    writeln!(f, "{header}").map_err(io(&path))?;
+    let steps = report.runs.iter().map(|r| r.costs.len()).max().unwrap_or(0);
+    let mut line = String::new();
+    for k in 0..steps {
+        line.clear();
+        let _ = write!(line, "{},{:.5}", k + 1, (k + 1) as f64 / n as f64);
+        for r in &report.runs {
+            match r.costs.get(k) {
+                Some(c) => {
+                    let _ = write!(line, ",{:.6}", c / c0);
+                }
+                None => line.push(','),
+            }
+        }
+        if let Some(b) = &report.baseline {
+            let round = (k / n).min(b.costs.len() - 1);
+            let _ = write!(line, ",{:.6}", b.costs[round] / c0);
+        }
+        writeln!(f, "{line}").map_err(io(&path))?;
+    }
+    f.flush().map_err(io(&path))?;
+    written.push(path);
+
+    let path = dir.join("summary.md");
+    std::fs::write(&path, summary_text(sc, report)).map_err(io(&path))?;
+    written.push(path);
+
+    let path = dir.join("summary.csv");
+    let mut f = create(&path)?;
+    writeln!(
+        f,
+        "run,reduction,normalised_final_cost,migrations,migrations_per_vm,vms_moved,vms_moved_back,seconds"
+    )
+    .map_err(io(&path))?;
+    for r in rows(sc, report) {
+        writeln!(
+            f,
+            "{},{:.6},{:.6},{},{:.6},{},{},{:.3}",
+            r.name,
+            r.reduction,
+            r.normalised,
+            r.migrations,
+            r.per_vm,
+            r.vms_moved,
+            r.moved_back.map_or(String::new(), |b| b.to_string()),
+            r.seconds
+        )
+        .map_err(io(&path))?;
+    }
+    f.flush().map_err(io(&path))?;
+    written.push(path);
+
+    if !report.runs.is_empty() {
+        let path = dir.join("fig5_2_cost_vs_iterations.svg");
+        plot::cost_over_iterations(&path, report, n)?;
+        written.push(path);
+    }
+
+    if !report.sweep.is_empty() {
+        let path = dir.join("cm_sweep.csv");
+        let mut f = create(&path)?;
+        writeln!(f, "policy,cm_fraction,cm_absolute,reduction,migrations").map_err(io(&path))?;
+        for p in &report.sweep {
+            writeln!(
+                f,
+                "{},{},{:.6e},{:.6},{}",
+                p.policy.name(),
+                p.cm_fraction,
+                p.cm_fraction * report.cost_per_vm,
+                p.reduction,
+                p.migrations
+            )
+            .map_err(io(&path))?;
+        }
+        f.flush().map_err(io(&path))?;
+        written.push(path);
+        let path = dir.join("fig5_3_reduction_vs_cm.svg");
+        plot::reduction_vs_cm(&path, &report.sweep)?;
+        written.push(path);
+    }
+
+    // Heat maps share one colour scale: the largest cell of the initial matrix.
+    let before = sc.rack_matrix(0, &sc.initial);
+    let max = before
+        .iter()
+        .flatten()
+        .copied()
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
+    let path = dir.join("fig5_1_tor_traffic_before.svg");
+    plot::rack_heat_map(
+        &path,
+        &before,
+        max,
+        "ToR x ToR traffic, initial placement (cf. Fig. 5.1)",
+    )?;
+    written.push(path);
+    let last = sc.rounds() - 1;
+    for r in &report.runs {
+        let m = sc.rack_matrix(last, &r.placement);
+        let path = dir.join(format!("fig5_4_tor_traffic_after_{}.svg", r.policy.name()));
+        let title = format!(
+            "ToR x ToR traffic after {} iterations, {} (cf. Fig. 5.4)",
+            sc.rounds(),
+            r.policy.name()
+        );
+        plot::rack_heat_map(&path, &m, max, &title)?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,270 @@
+//! The thesis's figures, redrawn from a study as SVG with plotters: Fig. 5.2 (normalised cost vs
+//! iterations), Fig. 5.3 (reduction vs c_m) and Figs. 5.1/5.4 (ToR×ToR traffic heat maps).
+//! Writes only the file it is given.
+
+use super::study::{Report, SweepPoint};
+use plotters::prelude::*;
+use scored_proto::PolicyKind;
+use std::path::Path;
+
+/// A figure that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot draw the figure: {message}")]
+pub struct PlotError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
+    move |message| PlotError {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+fn colour(p: PolicyKind) -> RGBColor {
+    match p {
+        PolicyKind::RoundRobin => RGBColor(0x1f, 0x77, 0xb4),
+        PolicyKind::Global => RGBColor(0x2c, 0xa0, 0x2c),
+        PolicyKind::Distributed => RGBColor(0xd6, 0x27, 0x28),
+        PolicyKind::LoadAware => RGBColor(0xff, 0x7f, 0x0e),
+    }
+}
+
+const FONT: &str = "sans-serif";
+
+/// Fig. 5.2: Eq. 3.1 normalised to the initial cost, against iterations (token rounds), one line
+/// per policy and the baseline's cost per round as a black step line.
+pub fn cost_over_iterations(path: &Path, report: &Report, vms: usize) -> Result<(), PlotError> {
+    let e = err(path);
+    let c0 = report.initial_costs[0];
+    let rounds = report.initial_costs.len() as f64;
+    let mut y_max: f64 = 1.05;
+    for r in &report.runs {
+        for c in &r.costs {
+            y_max = y_max.max(c / c0 * 1.02);
+        }
+    }
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Normalised communication cost vs. iterations (cf. thesis Fig. 5.2)",
+            (FONT, 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..rounds, 0f64..y_max)
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("iterations (one iteration = every VM holds the token once)")
+        .y_desc("cost / initial cost")
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    for r in &report.runs {
+        // At most ~4000 points a line: the cost only moves in small steps between rounds.
+        let stride = (r.costs.len() / 4000).max(1);
+        let mut pts: Vec<(f64, f64)> = vec![(0.0, 1.0)];
+        for (k, c) in r.costs.iter().enumerate() {
+            let boundary = (k + 1) % vms == 0 || k % vms == 0;
+            if k % stride == 0 || boundary || k + 1 == r.costs.len() {
+                pts.push(((k + 1) as f64 / vms as f64, c / c0));
+            }
+        }
+        let col = colour(r.policy);
+        chart
+            .draw_series(LineSeries::new(pts, col.stroke_width(2)))
+            .map_err(|x| e(x.to_string()))?
+            .label(r.policy.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
+    }
+    if let Some(b) = &report.baseline {
+        let mut pts = Vec::new();
+        for (r, c) in b.costs.iter().enumerate() {
+            pts.push((r as f64, c / c0));
+            pts.push(((r + 1) as f64, c / c0));
+        }
+        chart
+            .draw_series(LineSeries::new(pts, BLACK.stroke_width(2)))
+            .map_err(|x| e(x.to_string()))?
+            .label("centralised baseline")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 15))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    root.present().map_err(|x| e(x.to_string()))
+}
+
+/// Fig. 5.3: cost reduction after the run against c_m, one line per policy.
+pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotError> {
+    let e = err(path);
+    let x_max = points
+        .iter()
+        .map(|p| p.cm_fraction * 100.0)
+        .fold(1.0f64, f64::max);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Cost reduction vs. migration cost c_m (cf. thesis Fig. 5.3)",
+            (FONT, 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("c_m, % of the mean per-VM share of the initial overall cost")
+        .y_desc("cost reduction, %")
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    for policy in PolicyKind::ALL {
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.policy == policy)
+            .map(|p| (p.cm_fraction * 100.0, p.reduction * 100.0))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let col = colour(policy);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+            .map_err(|x| e(x.to_string()))?
+            .label(policy.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+            .map_err(|x| e(x.to_string()))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 15))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    root.present().map_err(|x| e(x.to_string()))
+}
+
+/// Figs. 5.1/5.4: ToR×ToR traffic, log colour scale shared through `max` (so before and after
+/// compare), white where no traffic. Racks are in topology order: neighbours share a switch.
+pub fn rack_heat_map(
+    path: &Path,
+    matrix: &[Vec<f64>],
+    max: f64,
+    title: &str,
+) -> Result<(), PlotError> {
+    let e = err(path);
+    let n = matrix.len() as i32;
+    let root = SVGBackend::new(path, (760, 720)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let (plot, bar) = root.split_horizontally(660);
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0i32..n, 0i32..n)
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("ToR switch")
+        .y_desc("ToR switch")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    // Five decades below the maximum are shown; less is drawn as the lightest shade.
+    let decades = 5.0;
+    let shade = |v: f64| {
+        let t = ((v / max).log10() / decades + 1.0).clamp(0.0, 1.0);
+        heat(t)
+    };
+    let mut cells = Vec::new();
+    for (i, row) in matrix.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            if v > 0.0 {
+                cells.push((i as i32, j as i32, v));
+            }
+        }
+    }
+    chart
+        .draw_series(
+            cells
+                .into_iter()
+                .map(|(i, j, v)| Rectangle::new([(i, j), (i + 1, j + 1)], shade(v).filled())),
+        )
+        .map_err(|x| e(x.to_string()))?;
+    // Colour bar.
+    let mut bar_chart = ChartBuilder::on(&bar)
+        .margin_top(52)
+        .margin_bottom(52)
+        .margin_right(40)
+        .y_label_area_size(0)
+        .right_y_label_area_size(0)
+        .build_cartesian_2d(0f64..1f64, -decades..0f64)
+        .map_err(|x| e(x.to_string()))?;
+    bar_chart
+        .draw_series((0..50).map(|k| {
+            let lo = -decades + decades * k as f64 / 50.0;
+            let hi = lo + decades / 50.0;
+            Rectangle::new(
+                [(0.0, lo), (1.0, hi)],
+                heat((lo + decades) / decades).filled(),
+            )
+        }))
+        .map_err(|x| e(x.to_string()))?;
+    for d in 0..=decades as i32 {
+        let y = -(d as f64);
+        let label = if d == 0 {
+            "max".to_string()
+        } else {
+            format!("1e-{d}")
+        };
+        bar_chart
+            .draw_series(std::iter::once(Text::new(
+                label,
+                (0.05, y + 0.08),
+                (FONT, 12).into_font().color(&BLACK),
+            )))
+            .map_err(|x| e(x.to_string()))?;
+    }
+    root.present().map_err(|x| e(x.to_string()))
+}
+
+/// White → yellow → red → dark red as `t` goes 0 → 1.
+fn heat(t: f64) -> RGBColor {
+    let stops = [
+        (0.0, (255.0, 255.0, 210.0)),
+        (0.35, (254.0, 204.0, 92.0)),
+        (0.7, (227.0, 26.0, 28.0)),
+        (1.0, (103.0, 0.0, 13.0)),
+    ];
+    let t = t.clamp(0.0, 1.0);
+    for w in stops.windows(2) {
+        let ((t0, c0), (t1, c1)) = (w[0], w[1]);
+        if t <= t1 {
+            let f = (t - t0) / (t1 - t0);
+            let mix = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
+            return RGBColor(mix(c0.0, c1.0), mix(c0.1, c1.1), mix(c0.2, c1.2));
+        }
+    }
+    RGBColor(103, 0, 13)
+}

@@ -1,0 +1,191 @@
+//! A whole evaluation over one scenario: every requested policy at the chosen `c_m`, the
+//! centralised baseline, and the c_m sweep of Fig. 5.3, spread over worker threads. Each run is
+//! independent and deterministic, so the thread count never changes a result.
+
+use super::baseline::{self, Baseline};
+use super::engine::{self, PolicyRun, RunOptions};
+use super::{Scenario, cost_per_vm};
+use scored_proto::PolicyKind;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Which runs make up the study.
+#[derive(Clone, Debug)]
+pub struct Study {
+    pub policies: Vec<PolicyKind>,
+    /// `c_m` as a fraction of the mean per-VM cost at the start (see [`cost_per_vm`]).
+    pub cm_fraction: f64,
+    /// Fractions for the c_m sweep (Fig. 5.3); empty: no sweep.
+    pub sweep: Vec<f64>,
+    pub baseline: bool,
+    pub rack_alternates: usize,
+    pub return_margin: f64,
+    pub threads: usize,
+}
+
+impl Default for Study {
+    fn default() -> Self {
+        Study {
+            policies: PolicyKind::ALL.to_vec(),
+            cm_fraction: 0.0,
+            sweep: vec![0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+            baseline: true,
+            rack_alternates: 3,
+            return_margin: 0.0,
+            threads: 2,
+        }
+    }
+}
+
+/// One point of the c_m sweep.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SweepPoint {
+    pub policy: PolicyKind,
+    pub cm_fraction: f64,
+    /// Cost reduction against the initial allocation under the last round's traffic.
+    pub reduction: f64,
+    pub migrations: u64,
+}
+
+/// Everything a study produced.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// One run per policy, in `Study::policies` order.
+    pub runs: Vec<PolicyRun>,
+    pub baseline: Option<Baseline>,
+    pub sweep: Vec<SweepPoint>,
+    /// Eq. 3.1 of the initial allocation under each round's traffic.
+    pub initial_costs: Vec<f64>,
+    pub cost_per_vm: f64,
+    pub cm_fraction: f64,
+    /// Wall time of each run (same order as `runs`), the baseline's, and the whole study's.
+    pub run_times: Vec<Duration>,
+    pub baseline_time: Duration,
+    pub wall: Duration,
+}
+
+impl Report {
+    /// `1 − final / initial` under the last round's traffic.
+    pub fn reduction(&self, final_cost: f64) -> f64 {
+        let start = *self.initial_costs.last().expect("at least one round");
+        if start > 0.0 {
+            1.0 - final_cost / start
+        } else {
+            0.0
+        }
+    }
+}
+
+enum Job {
+    Run(PolicyKind, f64, bool),
+    Baseline,
+}
+
+enum Done {
+    Run(Box<PolicyRun>, Duration),
+    Baseline(Box<Baseline>, Duration),
+}
+
+/// Runs the study. `progress` receives token steps as they complete (from several threads).
+pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -> Report {
+    let started = Instant::now();
+    let unit = cost_per_vm(sc);
+    let mut jobs: Vec<Job> = Vec::new();
+    if study.baseline {
+        // Longest job first keeps the threads evenly busy.
+        jobs.push(Job::Baseline);
+    }
+    for &p in &study.policies {
+        jobs.push(Job::Run(p, study.cm_fraction, true));
+    }
+    for &f in &study.sweep {
+        if f == study.cm_fraction {
+            continue;
+        }
+        for &p in &study.policies {
+            jobs.push(Job::Run(p, f, false));
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Done)>> = Mutex::new(Vec::new());
+    let threads = study.threads.clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(k) else { break };
+                    let t = Instant::now();
+                    let done = match *job {
+                        Job::Baseline => Done::Baseline(Box::new(baseline::run(sc)), t.elapsed()),
+                        Job::Run(policy, f, record_steps) => {
+                            let opt = RunOptions {
+                                policy,
+                                migration_cost: f * unit,
+                                rack_alternates: study.rack_alternates,
+                                return_margin: study.return_margin,
+                                record_steps,
+                                verify_moves: false,
+                            };
+                            let run = engine::run(sc, &opt, progress);
+                            Done::Run(Box::new(run), t.elapsed())
+                        }
+                    };
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((k, done));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|r| r.0);
+
+    let initial_costs: Vec<f64> = (0..sc.rounds()).map(|r| sc.cost(r, &sc.initial)).collect();
+    let mut report = Report {
+        runs: Vec::new(),
+        baseline: None,
+        sweep: Vec::new(),
+        initial_costs,
+        cost_per_vm: unit,
+        cm_fraction: study.cm_fraction,
+        run_times: Vec::new(),
+        baseline_time: Duration::ZERO,
+        wall: Duration::ZERO,
+    };
+    let in_sweep = |f: f64| study.sweep.contains(&f);
+    for (k, done) in results {
+        match done {
+            Done::Baseline(b, t) => {
+                report.baseline = Some(*b);
+                report.baseline_time = t;
+            }
+            Done::Run(run, t) => {
+                let Job::Run(_, f, main) = jobs[k] else {
+                    continue;
+                };
+                if in_sweep(f) {
+                    report.sweep.push(SweepPoint {
+                        policy: run.policy,
+                        cm_fraction: f,
+                        reduction: report.reduction(run.final_cost()),
+                        migrations: run.migrations,
+                    });
+                }
+                if main {
+                    report.runs.push(*run);
+                    report.run_times.push(t);
+                }
+            }
+        }
+    }
+    report.sweep.sort_by(|a, b| {
+        (a.policy as u8)
+            .cmp(&(b.policy as u8))
+            .then(a.cm_fraction.total_cmp(&b.cm_fraction))
+    });
+    report.wall = started.elapsed();
+    report
+}
