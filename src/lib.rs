@@ -4,6 +4,7 @@
 //! Data flows one way: capture → flows → decide → migrate → announce. See docs/architecture.md.
 
 pub mod cost;
+pub mod flows;
 pub mod hypervisor;
 pub mod identity;
 pub mod topology;
