@@ -6,6 +6,7 @@
 pub mod cost;
 pub mod daemon;
 pub mod decide;
+pub mod flows;
 pub mod hypervisor;
 pub mod identity;
 pub mod sim;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use scored::topology::{self, Topology};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,25 @@ enum Command {
     Topology(TopologyCommand),
     /// Simulate S-CORE's token policies on a topology against a centralised baseline.
     Sim(scored::sim::SimArgs),
+    /// Capture on VM taps and print the live per-(VM, partner) rates scored decides from.
+    Flows {
+        /// Tap to watch: TAP=MAC (the guest's MAC, e.g. from `virsh domiflist`), or TAP alone
+        /// for an interface whose own MAC and address are the VM's. Repeat for several.
+        #[arg(long = "iface", required = true, value_name = "TAP[=MAC]")]
+        iface: Vec<scored::flows::report::TapArg>,
+        /// Seconds between reports.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Reports to print before exiting (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Averaging window (time constant of the moving average), seconds.
+        #[arg(long, default_value_t = 30.0)]
+        window: f64,
+        /// Keep one frame in N (sampled in the kernel; rates are scaled back).
+        #[arg(long, default_value_t = 1)]
+        sample: u32,
+    },
     /// Write this host's key and print its PeerId for the topology file.
     Keygen {
         /// Where to write the key.
@@ -73,6 +93,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => {
             scored::sim::run_cli(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flows {
+            iface,
+            interval,
+            count,
+            window,
+            sample,
+        } => {
+            let secs = |what: &str, v: f64| {
+                Duration::try_from_secs_f64(v)
+                    .map_err(|_| anyhow::anyhow!("--{what} {v} is not a number of seconds"))
+            };
+            let opts = scored::flows::report::WatchOptions {
+                taps: iface,
+                interval: secs("interval", interval)?,
+                count,
+                window: secs("window", window)?,
+                sample_one_in: sample,
+            };
+            scored::flows::report::watch(&opts, &mut std::io::stdout().lock())
+                .context("scored flows")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out, force } => {

@@ -1,0 +1,664 @@
+//! The real flow source: AF_PACKET capture (through `pnet` datalink) on each local VM's tap.
+//!
+//! One thread per tap. Each thread attributes frames into a private [`TapTally`] and, at most
+//! every [`CaptureConfig::flush_every`] (or when the tally is full), takes the shared table's
+//! lock once to write the batch and to expire a bounded slice of idle entries. Readers
+//! ([`FlowSource::partners`]) take the same lock for the length of one VM's walk. So nobody waits
+//! on capture for more than one batch write, and capture never waits on a reader for more than
+//! one walk; the kernel socket buffer ([`CaptureConfig::rcvbuf_bytes`]) absorbs the gap.
+//!
+//! Taps come and go as VMs migrate: [`CaptureSource::set_taps`] starts threads for new taps,
+//! signals the threads of removed taps (they exit within [`CaptureConfig::poll`]; the caller is
+//! never blocked on a join), and restarts taps whose capture failed (a tap deleted and
+//! re-created). Sampling 1-in-N runs in the kernel (a classic BPF filter on the socket), so
+//! unsampled frames cost no copy and no system call; the table gets each sampled frame × N.
+//!
+//! Must not: decide anything, call the hypervisor, or block its caller.
+
+use super::attribute::{FrameCounters, Ipv6Aliases, TapTally};
+use super::frame::Mac;
+use super::table::{FlowTable, PartnerRate, TableConfig};
+use super::{FlowError, FlowSource, Result, SourceStats, TapStatus};
+use crate::hypervisor::Vm;
+use pnet::datalink::{self, DataLinkReceiver, NetworkInterface};
+use scored_proto::VmId;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::CString;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How capture runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CaptureConfig {
+    pub table: TableConfig,
+    /// Keep one frame in N, chosen at random by the kernel (1 = every frame).
+    pub sample_one_in: u32,
+    /// How long an idle capture thread sleeps in poll(2) before it checks whether to stop.
+    pub poll: Duration,
+    /// Longest time attributed traffic waits in a thread's tally before reaching the table.
+    pub flush_every: Duration,
+    /// Table slots examined for expiry per flush (bounds the lock hold).
+    pub expire_budget: usize,
+    /// Socket receive buffer: how much the kernel holds while a thread is busy.
+    pub rcvbuf_bytes: usize,
+    /// Largest frame read whole; longer ones (beyond GSO's 64 KiB) are counted by what fits.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            table: TableConfig::default(),
+            sample_one_in: 1,
+            poll: Duration::from_millis(100),
+            flush_every: Duration::from_millis(50),
+            expire_budget: 4096,
+            rcvbuf_bytes: 8 << 20,
+            read_buffer_bytes: 256 << 10,
+        }
+    }
+}
+
+/// One tap to watch: its device name and the VM behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapSpec {
+    pub name: String,
+    /// `None`: learn it from the first IPv4 or ARP frame the VM sends (the debug command).
+    pub vm: Option<VmId>,
+    /// The VM's MAC address(es) on this tap: frames from them are the VM's, frames to them too.
+    pub macs: Vec<Mac>,
+}
+
+struct Shared {
+    table: Mutex<FlowTable>,
+    epoch: Instant,
+    aliases: Mutex<Arc<Ipv6Aliases>>,
+    aliases_generation: AtomicU64,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, FlowTable> {
+        // A capture thread never panics while holding the lock; if one did, the table is still
+        // a consistent value (every write is a whole slot), so keep using it.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+/// What a capture thread publishes about itself.
+#[derive(Default)]
+struct TapShared {
+    counters: Mutex<FrameCounters>,
+    kernel_drops: AtomicU64,
+    cpu_ns: AtomicU64,
+    /// Learned VM id + 1 (0 = not learned yet).
+    vm: AtomicU64,
+    running: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+struct TapThread {
+    spec: TapSpec,
+    stop: Arc<AtomicBool>,
+    status: Arc<TapShared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// The capture source. See the module documentation.
+pub struct CaptureSource {
+    config: CaptureConfig,
+    shared: Arc<Shared>,
+    taps: BTreeMap<String, TapThread>,
+    /// Threads told to stop, joined once they have finished.
+    stopping: Vec<TapThread>,
+    /// Counters of taps no longer watched.
+    retired: FrameCounters,
+    retired_drops: u64,
+    retired_cpu_ns: u64,
+    remote_aliases: Ipv6Aliases,
+    local_aliases: Ipv6Aliases,
+}
+
+impl CaptureSource {
+    pub fn new(config: CaptureConfig) -> Result<Self> {
+        let table = FlowTable::new(config.table)?;
+        Ok(CaptureSource {
+            config,
+            shared: Arc::new(Shared {
+                table: Mutex::new(table),
+                epoch: Instant::now(),
+                aliases: Mutex::new(Arc::new(Ipv6Aliases::new())),
+                aliases_generation: AtomicU64::new(0),
+            }),
+            taps: BTreeMap::new(),
+            stopping: Vec::new(),
+            retired: FrameCounters::default(),
+            retired_drops: 0,
+            retired_cpu_ns: 0,
+            remote_aliases: Ipv6Aliases::new(),
+            local_aliases: Ipv6Aliases::new(),
+        })
+    }
+
+    /// The time on this source's clock (the table's `now`).
+    pub fn now(&self) -> Duration {
+        self.shared.now()
+    }
+
+    /// IPv6 addresses of VMs on other hosts (from their announcements), so IPv6 traffic with
+    /// them is attributed. Replaces the previous set.
+    pub fn set_ipv6_aliases(&mut self, aliases: Ipv6Aliases) {
+        self.remote_aliases = aliases;
+        self.publish_aliases();
+    }
+
+    fn publish_aliases(&self) {
+        let mut all = self.remote_aliases.clone();
+        all.extend(self.local_aliases.iter().map(|(a, v)| (*a, *v)));
+        *self
+            .shared
+            .aliases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
+        self.shared
+            .aliases_generation
+            .fetch_add(1, Ordering::Release);
+    }
+
+    /// Watches exactly these taps: starts the new ones, stops those not listed (forgetting the
+    /// traffic of VMs no longer behind any tap), restarts failed ones. Returns after starting
+    /// threads; never waits for one to stop. Errors list the taps that could not be opened.
+    pub fn set_taps(&mut self, specs: &[TapSpec]) -> Result<()> {
+        self.reap();
+        let wanted: BTreeMap<&str, &TapSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut departed: HashSet<VmId> = HashSet::new();
+        let names: Vec<String> = self.taps.keys().cloned().collect();
+        for name in names {
+            let keep = match (wanted.get(name.as_str()), self.taps.get(&name)) {
+                (Some(spec), Some(t)) => {
+                    **spec == t.spec && t.status.running.load(Ordering::Acquire)
+                }
+                _ => false,
+            };
+            if !keep && let Some(t) = self.taps.remove(&name) {
+                t.stop.store(true, Ordering::Release);
+                if let Some(vm) = t.spec.vm.or_else(|| learned(&t.status)) {
+                    departed.insert(vm);
+                }
+                self.stopping.push(t);
+            }
+        }
+        let mut errors = Vec::new();
+        for spec in specs {
+            if self.taps.contains_key(&spec.name) {
+                continue;
+            }
+            match self.start(spec) {
+                Ok(t) => {
+                    if let Some(vm) = spec.vm {
+                        departed.remove(&vm);
+                    }
+                    self.taps.insert(spec.name.clone(), t);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        // A VM still behind another tap (or restarted on this one) keeps its traffic.
+        for t in self.taps.values() {
+            if let Some(vm) = t.spec.vm.or_else(|| learned(&t.status)) {
+                departed.remove(&vm);
+            }
+        }
+        if !departed.is_empty() {
+            // The stop flags are set before this lock is taken and threads check them under
+            // it, so no batch of a departed VM lands after its traffic is forgotten.
+            let mut table = self.shared.table();
+            for vm in departed {
+                table.forget_vm(vm);
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(FlowError::Several(errors)),
+        }
+    }
+
+    fn start(&self, spec: &TapSpec) -> Result<TapThread> {
+        let err = |call: &'static str, e: io::Error| FlowError::Tap {
+            tap: spec.name.clone(),
+            vm: spec.vm,
+            call,
+            message: e.to_string(),
+        };
+        if spec.macs.is_empty() {
+            return Err(FlowError::Tap {
+                tap: spec.name.clone(),
+                vm: spec.vm,
+                call: "configure",
+                message: "no MAC address given for the VM".into(),
+            });
+        }
+        let (rx, fd) = open(&spec.name, &self.config).map_err(|(call, e)| err(call, e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(TapShared {
+            running: AtomicBool::new(true),
+            ..TapShared::default()
+        });
+        let worker = Worker {
+            spec: spec.clone(),
+            rx,
+            fd,
+            shared: self.shared.clone(),
+            status: status.clone(),
+            stop: stop.clone(),
+            config: self.config,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("capture-{}", spec.name))
+            .spawn(move || worker.run())
+            .map_err(|e| err("spawn capture thread", e))?;
+        Ok(TapThread {
+            spec: spec.clone(),
+            stop,
+            status,
+            handle: Some(handle),
+        })
+    }
+
+    /// Joins the stopped threads that have finished (never waits).
+    fn reap(&mut self) {
+        let mut still = Vec::new();
+        for mut t in self.stopping.drain(..) {
+            if t.handle.as_ref().is_some_and(|h| !h.is_finished()) {
+                still.push(t);
+                continue;
+            }
+            if let Some(h) = t.handle.take() {
+                let _ = h.join();
+            }
+            self.retired.add(&lock(&t.status.counters));
+            self.retired_drops += t.status.kernel_drops.load(Ordering::Acquire);
+            self.retired_cpu_ns += t.status.cpu_ns.load(Ordering::Acquire);
+        }
+        self.stopping = still;
+    }
+
+    /// Every tap and its state.
+    pub fn taps(&self) -> Vec<TapStatus> {
+        self.taps
+            .values()
+            .map(|t| TapStatus {
+                name: t.spec.name.clone(),
+                vm: t.spec.vm.or_else(|| learned(&t.status)),
+                frames: lock(&t.status.counters).frames,
+                kernel_drops: t.status.kernel_drops.load(Ordering::Acquire),
+                running: t.status.running.load(Ordering::Acquire),
+                error: lock(&t.status.error).clone(),
+            })
+            .collect()
+    }
+
+    /// Stops every thread and waits for them (at most about one poll interval).
+    pub fn shutdown(&mut self) {
+        let all: Vec<TapThread> = std::mem::take(&mut self.taps).into_values().collect();
+        for t in &all {
+            t.stop.store(true, Ordering::Release);
+        }
+        self.stopping.extend(all);
+        for t in &mut self.stopping {
+            if let Some(h) = t.handle.take() {
+                let _ = h.join();
+            }
+        }
+        self.reap();
+    }
+
+    /// Runs `f` on the table (under its lock) at the source's current time.
+    pub fn with_table<R>(&self, f: impl FnOnce(&FlowTable, Duration) -> R) -> R {
+        let now = self.now();
+        f(&self.shared.table(), now)
+    }
+}
+
+impl Drop for CaptureSource {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn learned(status: &TapShared) -> Option<VmId> {
+    match status.vm.load(Ordering::Acquire) {
+        0 => None,
+        v => Some(VmId((v - 1) as u32)),
+    }
+}
+
+impl FlowSource for CaptureSource {
+    fn follow(&mut self, vms: &[Vm]) -> Result<()> {
+        let mut specs = Vec::new();
+        let mut errors = Vec::new();
+        self.local_aliases.clear();
+        for vm in vms {
+            for iface in &vm.interfaces {
+                for a in &iface.addresses {
+                    if let IpAddr::V6(a) = a {
+                        self.local_aliases.insert(a.octets(), vm.id);
+                    }
+                }
+                match &iface.tap {
+                    Some(tap) => specs.push(TapSpec {
+                        name: tap.clone(),
+                        vm: Some(vm.id),
+                        macs: vec![iface.mac],
+                    }),
+                    None => errors.push(FlowError::NoTap {
+                        vm: vm.id,
+                        mac: iface.mac,
+                    }),
+                }
+            }
+        }
+        self.publish_aliases();
+        if let Err(e) = self.set_taps(&specs) {
+            match e {
+                FlowError::Several(v) => errors.extend(v),
+                e => errors.push(e),
+            }
+        }
+        // A VM that left without a tap of its own still must not keep its old traffic.
+        let local: HashSet<VmId> = vms.iter().map(|v| v.id).collect();
+        {
+            let mut table = self.shared.table();
+            for vm in table.vms() {
+                if !local.contains(&vm) {
+                    table.forget_vm(vm);
+                }
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(FlowError::Several(errors)),
+        }
+    }
+
+    fn partners(&self, vm: VmId) -> Vec<(VmId, f64)> {
+        let now = self.now();
+        self.shared.table().partners(vm, now)
+    }
+
+    fn partner_rates(&self, vm: VmId) -> Vec<PartnerRate> {
+        let now = self.now();
+        self.shared.table().partner_rates(vm, now)
+    }
+
+    fn vm_load(&self, vm: VmId) -> f64 {
+        let now = self.now();
+        self.shared.table().vm_load(vm, now)
+    }
+
+    fn stats(&self) -> SourceStats {
+        let mut frames = self.retired;
+        let mut drops = self.retired_drops;
+        let mut cpu = self.retired_cpu_ns;
+        for t in self.taps.values().chain(&self.stopping) {
+            frames.add(&lock(&t.status.counters));
+            drops += t.status.kernel_drops.load(Ordering::Acquire);
+            cpu += t.status.cpu_ns.load(Ordering::Acquire);
+        }
+        SourceStats {
+            frames,
+            table: self.shared.table().stats(),
+            kernel_drops: drops,
+            cpu: Duration::from_nanos(cpu),
+            taps: self.taps(),
+        }
+    }
+}
+
+/// A bound capture socket: pnet's receiver and the descriptor it owns.
+type Opened = (Box<dyn DataLinkReceiver>, RawFd);
+
+/// Opens an AF_PACKET socket on `name` with our options, then hands it to pnet.
+fn open(
+    name: &str,
+    config: &CaptureConfig,
+) -> std::result::Result<Opened, (&'static str, io::Error)> {
+    let cname = CString::new(name).map_err(|_| {
+        (
+            "interface name",
+            io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+        )
+    })?;
+    // SAFETY: `cname` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(("find interface", io::Error::last_os_error()));
+    }
+    // Protocol 0: the socket receives nothing until pnet binds it to this interface with
+    // ETH_P_ALL, so no frame of another interface slips in between socket() and bind().
+    // SAFETY: plain system call; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(("open AF_PACKET socket", io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let size = config.rcvbuf_bytes.min(i32::MAX as usize) as libc::c_int;
+    // SO_RCVBUFFORCE ignores rmem_max (needs CAP_NET_ADMIN, which capture needs anyway);
+    // fall back to the capped SO_RCVBUF.
+    if setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        &size,
+    )
+    .is_err()
+    {
+        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &size)
+            .map_err(|e| ("set receive buffer", e))?;
+    }
+    if config.sample_one_in > 1 {
+        attach_sampler(fd.as_raw_fd(), config.sample_one_in)
+            .map_err(|e| ("attach sampling filter", e))?;
+    }
+    let iface = NetworkInterface {
+        name: name.to_string(),
+        description: String::new(),
+        index,
+        mac: None,
+        ips: Vec::new(),
+        flags: 0,
+    };
+    let raw = fd.into_raw_fd();
+    let cfg = datalink::Config {
+        read_buffer_size: config.read_buffer_bytes,
+        write_buffer_size: 64,
+        read_timeout: Some(config.poll),
+        // Taps and veths deliver every frame to AF_PACKET anyway; leave the device as it was.
+        promiscuous: false,
+        socket_fd: Some(raw),
+        ..datalink::Config::default()
+    };
+    // pnet binds the socket to the interface and owns (and on error closes) the descriptor.
+    match datalink::channel(&iface, cfg) {
+        Ok(datalink::Channel::Ethernet(_tx, rx)) => Ok((rx, raw)),
+        Ok(_) => Err((
+            "open datalink channel",
+            io::Error::other("pnet returned a non-Ethernet channel"),
+        )),
+        Err(e) => Err(("bind AF_PACKET socket", e)),
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` points to a live value of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Classic BPF: keep a frame when the kernel's per-packet random number is 0 mod `n`.
+fn attach_sampler(fd: RawFd, n: u32) -> io::Result<()> {
+    let ins = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut prog = [
+        ins(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            0,
+            0,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+        ),
+        ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, 0, 0, n),
+        ins(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, 0),
+        ins(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+        ins(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+}
+
+/// Frames received and dropped by the kernel for this socket since the last call.
+fn kernel_stats(fd: RawFd) -> Option<(u64, u64)> {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: `st` and `len` are valid for the kernel to write.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some((st.tp_packets as u64, st.tp_drops as u64))
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for the kernel to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The body of one capture thread.
+struct Worker {
+    spec: TapSpec,
+    rx: Box<dyn DataLinkReceiver>,
+    /// The socket pnet owns; valid as long as `rx` lives. Used only for PACKET_STATISTICS.
+    fd: RawFd,
+    shared: Arc<Shared>,
+    status: Arc<TapShared>,
+    stop: Arc<AtomicBool>,
+    config: CaptureConfig,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut tally = TapTally::new(
+            self.spec.vm,
+            self.spec.macs.clone(),
+            self.config.sample_one_in,
+        );
+        let mut generation = u64::MAX;
+        let mut aliases = Arc::new(Ipv6Aliases::new());
+        let mut last_flush = Instant::now();
+        let failure = loop {
+            if self.stop.load(Ordering::Acquire) {
+                break None;
+            }
+            let g = self.shared.aliases_generation.load(Ordering::Acquire);
+            if g != generation {
+                generation = g;
+                aliases = lock(&self.shared.aliases).clone();
+            }
+            match self.rx.next() {
+                Ok(frame) => {
+                    if tally.frame(frame, &aliases)
+                        || last_flush.elapsed() >= self.config.flush_every
+                    {
+                        self.flush(&mut tally);
+                        last_flush = Instant::now();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    // Idle: still flush, publish, and expire, so quiet hosts age out too.
+                    self.flush(&mut tally);
+                    last_flush = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = failure {
+            // The tap went away (VM stopped or migrated) or the socket broke: keep what was
+            // counted, say why, and let `set_taps` restart it if the tap is still wanted.
+            *lock(&self.status.error) = Some(format!("read from tap {}: {e}", self.spec.name));
+        }
+        self.flush(&mut tally);
+        self.status.running.store(false, Ordering::Release);
+    }
+
+    fn flush(&self, tally: &mut TapTally) {
+        {
+            let mut table = self.shared.table();
+            if self.stop.load(Ordering::Acquire) {
+                tally.discard();
+            } else {
+                let now = self.shared.now();
+                tally.flush(&mut table, now);
+                table.expire(now, self.config.expire_budget);
+            }
+        }
+        if let Some(vm) = tally.vm() {
+            self.status.vm.store(vm.0 as u64 + 1, Ordering::Release);
+        }
+        lock(&self.status.counters).add(&tally.take_counters());
+        if let Some((_, drops)) = kernel_stats(self.fd) {
+            self.status.kernel_drops.fetch_add(drops, Ordering::AcqRel);
+        }
+        self.status
+            .cpu_ns
+            .store(thread_cpu().as_nanos() as u64, Ordering::Release);
+    }
+}
