@@ -11,6 +11,7 @@ pub mod hypervisor;
 pub mod identity;
 pub mod sim;
 pub mod token;
+pub mod p2p;
 pub mod topology;
 
 pub use scored_proto as proto;

@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run a bare p2p node that prints its events as JSON lines (tests, troubleshooting).
+    #[command(hide = true, name = "debug-p2p-node")]
+    DebugP2pNode(scored::p2p::node::NodeArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +125,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| "scored keygen".to_string())?;
             eprintln!("wrote {}", out.display());
             println!("{}", key.public().to_peer_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DebugP2pNode(args) => {
+            tokio::runtime::Runtime::new()?.block_on(scored::p2p::node::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -5,6 +5,14 @@
 //! size limits, compact token slots) lives beside these types so that a format change is always
 //! deliberate and visible in the golden vectors.
 
+pub mod codec;
+mod compact;
+pub mod message;
+
+pub use codec::{DecodeError, EncodeError, WIRE_VERSION, WireMessage, decode, encode};
+pub use compact::MAX_SLOT_LEVEL;
+pub use message::*;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -1,0 +1,90 @@
+//! The p2p layer's counters. Handed out as a bundle of prometheus-client metrics (cheap clones
+//! sharing one value) that the metrics module registers; nothing here serves HTTP.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Label set of per-protocol counters: `protocol="/scored/token/1"`.
+pub type ProtocolLabel = Vec<(String, String)>;
+
+#[derive(Clone, Debug, Default)]
+pub struct P2pMetrics {
+    /// Connections refused because the peer's PeerId is not in the topology.
+    pub refused_connections: Counter,
+    /// Frames that failed to decode (the peer is disconnected).
+    pub malformed_frames: Counter,
+    /// Requests refused because the peer uses another topology file.
+    pub topology_mismatches: Counter,
+    /// Gossip announcements rejected (undecodable, or a host speaking for another).
+    pub rejected_announcements: Counter,
+    /// Requests answered, by protocol.
+    pub requests_served: Family<ProtocolLabel, Counter>,
+}
+
+impl P2pMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "scored_p2p_refused_connections",
+            "Connections refused: the peer's PeerId is not in the topology",
+            self.refused_connections.clone(),
+        );
+        registry.register(
+            "scored_p2p_malformed_frames",
+            "Frames from peers that failed to decode; the peer was disconnected",
+            self.malformed_frames.clone(),
+        );
+        registry.register(
+            "scored_p2p_topology_mismatches",
+            "Requests refused because the peer was started with another topology file",
+            self.topology_mismatches.clone(),
+        );
+        registry.register(
+            "scored_p2p_rejected_announcements",
+            "Gossip announcements rejected as undecodable or not the author's to make",
+            self.rejected_announcements.clone(),
+        );
+        registry.register(
+            "scored_p2p_requests_served",
+            "Requests from peers answered, by protocol",
+            self.requests_served.clone(),
+        );
+    }
+
+    pub(crate) fn served(&self, protocol: &str) {
+        self.requests_served
+            .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
+            .inc();
+    }
+
+    /// Requests answered for `protocol` so far.
+    pub fn served_count(&self, protocol: &str) -> u64 {
+        self.requests_served
+            .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
+            .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_in_the_exposition() {
+        let m = P2pMetrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.refused_connections.inc();
+        m.served("/scored/token/1");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(
+            text.contains("scored_p2p_refused_connections_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scored_p2p_requests_served_total{protocol=\"/scored/token/1\"} 1"),
+            "{text}"
+        );
+    }
+}
