@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: capture → flows → decide → migrate → announce. See docs/architecture.md.
 
+pub mod config;
 pub mod cost;
 pub mod hypervisor;
 pub mod identity;
