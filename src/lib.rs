@@ -7,6 +7,7 @@ pub mod config;
 pub mod cost;
 pub mod hypervisor;
 pub mod identity;
+pub mod metrics;
 pub mod topology;
 
 pub use scored_proto as proto;
