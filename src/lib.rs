@@ -8,6 +8,7 @@ pub mod cost;
 pub mod hypervisor;
 pub mod identity;
 pub mod metrics;
+pub mod notify;
 pub mod topology;
 
 pub use scored_proto as proto;
