@@ -22,6 +22,9 @@ enum Command {
     /// Check or generate topology files.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Check the daemon configuration, or print it with defaults and overrides applied.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Write this host's key and print its PeerId for the topology file.
     Keygen {
         /// Where to write the key.
@@ -30,6 +33,25 @@ enum Command {
         /// Replace an existing key (the host's PeerId changes).
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (errors as file:line:col).
+    Check {
+        #[arg(default_value = scored::config::DEFAULT_PATH)]
+        file: PathBuf,
+        /// Override one option, as `scored run` will: section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<scored::config::Override>,
+    },
+    /// Print the effective configuration: the file, defaults and overrides merged.
+    Print {
+        #[arg(default_value = scored::config::DEFAULT_PATH)]
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<scored::config::Override>,
     },
 }
 
@@ -68,6 +90,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             print!("{}", topology::generate::tree(&spec));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file, overrides }) => {
+            match scored::config::Config::load(&file, &overrides) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Print { file, overrides }) => {
+            match scored::config::Config::load(&file, &overrides) {
+                Ok(c) => {
+                    print!("{}", c.to_toml());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Keygen { out, force } => {
             let key = scored::identity::generate(&out, force)

@@ -473,3 +473,46 @@ fn relative_paths_follow_the_file() {
     assert_eq!(c.host.topology, PathBuf::from("/srv/cluster/topo.toml"));
     assert_eq!(c.journal.path, PathBuf::from("/var/x.journal"));
 }
+
+#[test]
+fn config_check_command_reports_positions_and_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_scored");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("scored.toml");
+    std::fs::write(&bad, "[token]\npolicy = \"fastest\"\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!("{}:2:10: unknown token policy", bad.display())),
+        "{err}"
+    );
+
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/scored.toml");
+    let out = std::process::Command::new(bin)
+        .args(["config", "print", dist, "--set", "decision.dry_run=true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let c = parse(&printed).unwrap();
+    assert!(c.decision.dry_run);
+    assert_eq!(
+        Config {
+            decision: scored::config::DecisionConfig {
+                dry_run: false,
+                ..c.decision.clone()
+            },
+            ..c
+        },
+        Config::default()
+    );
+}
