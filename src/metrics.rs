@@ -676,31 +676,34 @@ async fn respond(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
         Ok(Err(Head::TooLarge)) => {
-            return reply(&mut stream, 431, "Request Header Fields Too Large", "", b"").await;
+            return reply(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "",
+                0,
+                b"",
+            )
+            .await;
         }
         Ok(Err(Head::Io(e))) => return Err(e),
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out")),
     };
-    let (status, reason, content_type, body): (u16, &str, &str, Vec<u8>) = match route(&head) {
+    let plain = |status, reason, body: &'static [u8]| (status, reason, "text/plain", body.to_vec());
+    let (status, reason, content_type, body) = match route(&head) {
         Route::Metrics { head_only } => {
-            let text = encode(registry);
-            let body = if head_only {
-                Vec::new()
-            } else {
-                text.into_bytes()
-            };
+            let body = encode(registry).into_bytes();
+            if head_only {
+                // HEAD: the headers GET would send, without the body.
+                return reply(&mut stream, 200, "OK", CONTENT_TYPE, body.len(), &[]).await;
+            }
             (200, "OK", CONTENT_TYPE, body)
         }
-        Route::NotFound => (404, "Not Found", "text/plain", b"not found\n".to_vec()),
-        Route::MethodNotAllowed => (
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            b"only GET and HEAD\n".to_vec(),
-        ),
-        Route::BadRequest => (400, "Bad Request", "text/plain", b"bad request\n".to_vec()),
+        Route::NotFound => plain(404, "Not Found", b"not found\n"),
+        Route::MethodNotAllowed => plain(405, "Method Not Allowed", b"only GET and HEAD\n"),
+        Route::BadRequest => plain(400, "Bad Request", b"bad request\n"),
     };
-    reply(&mut stream, status, reason, content_type, &body).await
+    reply(&mut stream, status, reason, content_type, body.len(), &body).await
 }
 
 enum Head {
@@ -769,6 +772,7 @@ async fn reply(
     status: u16,
     reason: &str,
     content_type: &str,
+    content_length: usize,
     body: &[u8],
 ) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\n");
@@ -778,8 +782,7 @@ async fn reply(
     if !content_type.is_empty() {
         let _ = write!(head, "Content-Type: {content_type}\r\n");
     }
-    // HEAD answers carry the length GET would have; the body is empty either way here.
-    let _ = write!(head, "Content-Length: {}\r\n\r\n", body.len());
+    let _ = write!(head, "Content-Length: {content_length}\r\n\r\n");
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await

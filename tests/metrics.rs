@@ -265,8 +265,14 @@ async fn endpoint_serves_metrics_and_nothing_else() {
     let e = openmetrics::check(std::str::from_utf8(&body).unwrap()).unwrap();
     assert_eq!(e.value("scored_peers_connected", &[]), Some(7.0));
 
-    let (status, _, body) = http(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
+    let (status, head, body) = http(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
     assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(header(&head, "content-type"), Some(CONTENT_TYPE));
+    let length: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    assert!(
+        length > 1000,
+        "HEAD announces the GET body length, got {length}"
+    );
     let (status, _, _) = http(addr, b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(status, 404);
     let (status, _, _) = http(addr, b"GET /metrics/../etc HTTP/1.0\r\n\r\n").await;
