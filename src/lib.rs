@@ -7,6 +7,7 @@ pub mod config;
 pub mod cost;
 pub mod hypervisor;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod topology;
