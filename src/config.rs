@@ -691,15 +691,10 @@ impl Config {
                 return Err(err(unknown_option(&o.key)));
             };
             t.insert(key.to_string(), o.value.clone());
-            // Each override is checked alone so the error names the one that is wrong.
+            // Checked after each override, so an error names the override that caused it.
             Config::from_table(table.clone()).map_err(|e| err(e.message().trim().to_string()))?;
         }
-        Config::from_table(table).map_err(|e| ConfigError {
-            origin: Origin::Override {
-                key: overrides.last().map(|o| o.key.clone()).unwrap_or_default(),
-            },
-            message: e.message().to_string(),
-        })
+        Ok(Config::from_table(table).expect("checked after the last override"))
     }
 
     /// What a SIGHUP with the freshly loaded `new` configuration does: options marked
