@@ -3,15 +3,19 @@
 //!
 //! Data flows one way: capture → flows → decide → migrate → announce. See docs/architecture.md.
 
+pub mod config;
 pub mod cost;
 pub mod daemon;
 pub mod decide;
 pub mod flows;
 pub mod hypervisor;
 pub mod identity;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod p2p;
 pub mod sim;
 pub mod token;
-pub mod p2p;
 pub mod topology;
 
 pub use scored_proto as proto;

@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         sample: u32,
     },
+    /// Check the daemon configuration, or print it with defaults and overrides applied.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Write this host's key and print its PeerId for the topology file.
     Keygen {
         /// Where to write the key.
@@ -56,6 +59,25 @@ enum Command {
     /// Run a bare p2p node that prints its events as JSON lines (tests, troubleshooting).
     #[command(hide = true, name = "debug-p2p-node")]
     DebugP2pNode(scored::p2p::node::NodeArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (errors as file:line:col).
+    Check {
+        #[arg(default_value = scored::config::DEFAULT_PATH)]
+        file: PathBuf,
+        /// Override one option, as `scored run` will: section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<scored::config::Override>,
+    },
+    /// Print the effective configuration: the file, defaults and overrides merged.
+    Print {
+        #[arg(default_value = scored::config::DEFAULT_PATH)]
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<scored::config::Override>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +141,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scored::flows::report::watch(&opts, &mut std::io::stdout().lock())
                 .context("scored flows")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file, overrides }) => {
+            match scored::config::Config::load(&file, &overrides) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Print { file, overrides }) => {
+            match scored::config::Config::load(&file, &overrides) {
+                Ok(c) => {
+                    print!("{}", c.to_toml());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Keygen { out, force } => {
             let key = scored::identity::generate(&out, force)

@@ -168,7 +168,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Rewrites serde/toml messages into the file's vocabulary.
-fn syntax_message(msg: &str) -> String {
+pub(crate) fn syntax_message(msg: &str) -> String {
     let msg = msg.trim();
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
@@ -187,7 +187,8 @@ fn syntax_message(msg: &str) -> String {
     msg.to_string()
 }
 
-fn valid_name(s: &str) -> bool {
+/// A host or switch name: 1–64 characters of `[A-Za-z0-9._-]`.
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

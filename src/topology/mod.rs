@@ -9,6 +9,8 @@ mod file;
 pub mod generate;
 
 pub use file::{TopologyError, TopologyErrors};
+// Shared with the other TOML files scored reads (the daemon configuration).
+pub(crate) use file::{line_col, syntax_message, valid_name};
 
 use crate::cost::LinkWeights;
 use scored_proto::Level;

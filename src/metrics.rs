@@ -1,0 +1,839 @@
+//! Every Prometheus metric scored exports, declared in one place, and the HTTP endpoint that
+//! serves them as OpenMetrics text.
+//!
+//! Names are `scored_*` with the unit in the name (prometheus-client appends the unit and, for
+//! counters, `_total`); the process collector uses the standard `process_*` names so stock
+//! dashboards work. libp2p-metrics registers into the same [`Registry`] under `libp2p_`. This
+//! module only counts and serves: it never decides anything, and holds no daemon state.
+
+use crate::hypervisor::AbortReason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// The content type of the OpenMetrics text format, as Prometheus expects it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A gauge holding a float (rates, costs).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Why a decision ended as it did: the `outcome` label of `scored_decisions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Eq. 3.2 held and the VM moved.
+    Migrated,
+    /// No candidate host gains more than `c_m`.
+    NoBenefit,
+    /// A host would gain, but none had room.
+    NoCapacity,
+    /// The VM moved recently and rests.
+    Cooldown,
+    /// The operator pinned the VM.
+    Pinned,
+    /// Eq. 3.2 held, but scored runs recommend-only.
+    DryRun,
+    /// No traffic observed for the VM: it cannot gain.
+    NoTraffic,
+    /// The move would send the VM back to a recent host for too small a gain.
+    Bounce,
+    /// Eq. 3.2 held, but the destination already takes as many migrations as it allows.
+    Busy,
+    /// The migration was tried and failed or was aborted.
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Migrated,
+        Outcome::NoBenefit,
+        Outcome::NoCapacity,
+        Outcome::Cooldown,
+        Outcome::Pinned,
+        Outcome::DryRun,
+        Outcome::NoTraffic,
+        Outcome::Bounce,
+        Outcome::Busy,
+        Outcome::Failed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Migrated => "migrated",
+            Outcome::NoBenefit => "no_benefit",
+            Outcome::NoCapacity => "no_capacity",
+            Outcome::Cooldown => "cooldown",
+            Outcome::Pinned => "pinned",
+            Outcome::DryRun => "dry_run",
+            Outcome::NoTraffic => "no_traffic",
+            Outcome::Bounce => "bounce",
+            Outcome::Busy => "busy",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.name())
+    }
+}
+
+impl EncodeLabelValue for AbortReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.name())
+    }
+}
+
+/// Which way a migration goes, seen from this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Direction::Outgoing => "outgoing",
+            Direction::Incoming => "incoming",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: AbortReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+/// A topology level by its name in the topology file (`rack`, `aggregation`, `core`, …).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LevelLabels {
+    pub level: String,
+}
+
+/// The token as this host sees it.
+#[derive(Clone, Debug)]
+pub struct TokenMetrics {
+    /// 1 while this host holds the token.
+    pub held: Gauge,
+    pub passes: Counter,
+    pub handoff_latency: Histogram,
+    pub epoch: Gauge,
+    pub regenerations: Counter,
+    pub skipped_hosts: Counter,
+    pub fenced: Counter,
+}
+
+#[derive(Clone, Debug)]
+pub struct MigrationMetrics {
+    pub started: Counter,
+    pub succeeded: Counter,
+    pub failed: Counter,
+    pub aborted: Family<ReasonLabels, Counter>,
+    pub in_flight: Family<DirectionLabels, Gauge>,
+    pub duration: Histogram,
+    pub downtime: Histogram,
+    pub transferred: Histogram,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FlowMetrics {
+    pub entries: Gauge,
+    pub evictions: Counter,
+    pub packets: Counter,
+    pub bytes: Counter,
+    pub drops: Counter,
+    pub unattributed: Counter,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PeerMetrics {
+    pub connected: Gauge,
+    pub refused: Counter,
+}
+
+/// Handles to every scored metric. Cloning is cheap (the values are shared), so each subsystem
+/// keeps a clone of the part it moves.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub token: TokenMetrics,
+    pub decisions: Family<OutcomeLabels, Counter>,
+    pub decision_duration: Histogram,
+    pub migrations: MigrationMetrics,
+    /// This host's share of Eq. 3.1 (its VMs' traffic × path cost), by level.
+    pub communication_cost: Family<LevelLabels, FloatGauge>,
+    /// This host's VMs' traffic by the level it crosses, unweighted.
+    pub traffic: Family<LevelLabels, FloatGauge>,
+    pub vms: Gauge,
+    pub maintenance: Gauge,
+    pub flows: FlowMetrics,
+    pub peers: PeerMetrics,
+}
+
+fn handoff_buckets() -> Histogram {
+    // 0.5 ms … 16 s: loopback hand-offs to a stuck peer hitting the timeout.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn decision_buckets() -> Histogram {
+    // 50 µs … 13 s: a cached decision to one with 1000 partners and cold lookups.
+    Histogram::new(exponential_buckets(0.000_05, 4.0, 10))
+}
+
+fn migration_duration_buckets() -> Histogram {
+    Histogram::new([
+        1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    ])
+}
+
+fn downtime_buckets() -> Histogram {
+    // 1 ms … 8 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+fn transferred_buckets() -> Histogram {
+    // 16 MiB … 32 GiB.
+    Histogram::new(exponential_buckets(16.0 * 1024.0 * 1024.0, 2.0, 12))
+}
+
+impl Metrics {
+    /// Creates every scored metric and registers it, with the process collector and build
+    /// information, in `registry` (the registry libp2p-metrics also uses). `levels` are the
+    /// topology's level names, rack first: the per-level series exist from the start.
+    pub fn register(registry: &mut Registry, levels: &[String]) -> Metrics {
+        let m = Metrics {
+            token: TokenMetrics {
+                held: Gauge::default(),
+                passes: Counter::default(),
+                handoff_latency: handoff_buckets(),
+                epoch: Gauge::default(),
+                regenerations: Counter::default(),
+                skipped_hosts: Counter::default(),
+                fenced: Counter::default(),
+            },
+            decisions: Family::default(),
+            decision_duration: decision_buckets(),
+            migrations: MigrationMetrics {
+                started: Counter::default(),
+                succeeded: Counter::default(),
+                failed: Counter::default(),
+                aborted: Family::default(),
+                in_flight: Family::default(),
+                duration: migration_duration_buckets(),
+                downtime: downtime_buckets(),
+                transferred: transferred_buckets(),
+            },
+            communication_cost: Family::default(),
+            traffic: Family::default(),
+            vms: Gauge::default(),
+            maintenance: Gauge::default(),
+            flows: FlowMetrics::default(),
+            peers: PeerMetrics::default(),
+        };
+        // Every label value a family can take exists from the start, so rate() and alerts see
+        // a zero rather than an absent series.
+        for o in Outcome::ALL {
+            let _ = m.decisions.get_or_create(&OutcomeLabels { outcome: o });
+        }
+        for reason in [
+            AbortReason::Timeout,
+            AbortReason::Stalled,
+            AbortReason::Cancelled,
+        ] {
+            let _ = m.migrations.aborted.get_or_create(&ReasonLabels { reason });
+        }
+        m.set_levels(levels, &[], &[]);
+        for direction in [Direction::Outgoing, Direction::Incoming] {
+            let _ = m
+                .migrations
+                .in_flight
+                .get_or_create(&DirectionLabels { direction });
+        }
+
+        registry.register_collector(Box::new(ProcessCollector));
+        let r = registry.sub_registry_with_prefix("scored");
+        r.register(
+            "build",
+            "scored version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+
+        let t = &m.token;
+        r.register(
+            "token_held",
+            "1 while this host holds the S-CORE token",
+            t.held.clone(),
+        );
+        r.register(
+            "token_passes",
+            "Token hand-offs this host made to another host",
+            t.passes.clone(),
+        );
+        r.register_with_unit(
+            "token_handoff_latency",
+            "Time from sending the token to its acceptance by the next host",
+            Unit::Seconds,
+            t.handoff_latency.clone(),
+        );
+        r.register(
+            "token_epoch",
+            "Epoch of the newest token this host has seen (raised on every regeneration)",
+            t.epoch.clone(),
+        );
+        r.register(
+            "token_regenerations",
+            "Tokens this host regenerated after detecting a loss",
+            t.regenerations.clone(),
+        );
+        r.register(
+            "token_skipped_hosts",
+            "Hand-offs skipped because the next host did not accept the token in time",
+            t.skipped_hosts.clone(),
+        );
+        r.register(
+            "token_fenced",
+            "Tokens dropped because their epoch was older than one already seen",
+            t.fenced.clone(),
+        );
+
+        r.register(
+            "decisions",
+            "Decisions made for local VMs while holding the token, by outcome",
+            m.decisions.clone(),
+        );
+        r.register_with_unit(
+            "decision_duration",
+            "Time one decision took (flows, locations, capacity queries, Eq. 3.2)",
+            Unit::Seconds,
+            m.decision_duration.clone(),
+        );
+
+        let g = &m.migrations;
+        r.register(
+            "migrations_started",
+            "Live migrations of local VMs started",
+            g.started.clone(),
+        );
+        r.register(
+            "migrations_succeeded",
+            "Live migrations that completed with the VM running at the destination",
+            g.succeeded.clone(),
+        );
+        r.register(
+            "migrations_failed",
+            "Live migrations that failed, leaving the VM running here",
+            g.failed.clone(),
+        );
+        r.register(
+            "migrations_aborted",
+            "Live migrations scored aborted, by reason",
+            g.aborted.clone(),
+        );
+        r.register(
+            "migrations_in_flight",
+            "Live migrations in progress on this host, by direction",
+            g.in_flight.clone(),
+        );
+        r.register_with_unit(
+            "migration_duration",
+            "Duration of completed live migrations",
+            Unit::Seconds,
+            g.duration.clone(),
+        );
+        r.register_with_unit(
+            "migration_downtime",
+            "Downtime (final stop-and-copy) of completed live migrations",
+            Unit::Seconds,
+            g.downtime.clone(),
+        );
+        r.register_with_unit(
+            "migration_transferred",
+            "Bytes sent by completed live migrations",
+            Unit::Bytes,
+            g.transferred.clone(),
+        );
+
+        r.register_with_unit(
+            "communication_cost",
+            "This host's share of the communication cost (Eq. 3.1): its VMs' traffic times the path cost, by level",
+            Unit::Other("bytes_per_second".into()),
+            m.communication_cost.clone(),
+        );
+        r.register_with_unit(
+            "traffic",
+            "Traffic of this host's VMs with their partners, by the level it crosses",
+            Unit::Other("bytes_per_second".into()),
+            m.traffic.clone(),
+        );
+        r.register("vms", "VMs running on this host", m.vms.clone());
+        r.register(
+            "maintenance",
+            "1 while this host is in maintenance (never a destination)",
+            m.maintenance.clone(),
+        );
+
+        let f = &m.flows;
+        r.register(
+            "flow_entries",
+            "Entries in the flow table",
+            f.entries.clone(),
+        );
+        r.register(
+            "flow_evictions",
+            "Flow entries evicted because the table was full",
+            f.evictions.clone(),
+        );
+        r.register(
+            "flow_packets",
+            "Packets captured on VM interfaces",
+            f.packets.clone(),
+        );
+        r.register_with_unit(
+            "flow",
+            "Bytes captured on VM interfaces (scaled by the sampling rate)",
+            Unit::Bytes,
+            f.bytes.clone(),
+        );
+        r.register(
+            "flow_drops",
+            "Packets the kernel dropped before capture read them",
+            f.drops.clone(),
+        );
+        r.register(
+            "flow_unattributed",
+            "Captured packets that matched no local VM",
+            f.unattributed.clone(),
+        );
+
+        r.register(
+            "peers_connected",
+            "scored peers this host is connected to",
+            m.peers.connected.clone(),
+        );
+        r.register(
+            "peers_refused",
+            "Connections refused because the peer is not in the topology file",
+            m.peers.refused.clone(),
+        );
+        m
+    }
+
+    /// Counts one decision.
+    pub fn decided(&self, outcome: Outcome, took: Duration) {
+        self.decisions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.decision_duration.observe(took.as_secs_f64());
+    }
+
+    /// Sets this host's communication cost and traffic per level (`names[i]` is level `i + 1`).
+    pub fn set_levels(&self, names: &[String], cost: &[f64], traffic: &[f64]) {
+        for (i, name) in names.iter().enumerate() {
+            let l = LevelLabels {
+                level: name.clone(),
+            };
+            self.communication_cost
+                .get_or_create(&l)
+                .set(cost.get(i).copied().unwrap_or(0.0));
+            self.traffic
+                .get_or_create(&l)
+                .set(traffic.get(i).copied().unwrap_or(0.0));
+        }
+    }
+}
+
+/// The registry as OpenMetrics text (ending in `# EOF`).
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` on every scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // A /proc read that fails leaves its metrics out of this scrape rather than failing it.
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu",
+            "Total user and system CPU time spent",
+            Some(&Unit::Seconds),
+            cpu.metric_type(),
+        )?)?;
+        for (name, help, unit, v) in [
+            (
+                "process_resident_memory",
+                "Resident memory size",
+                Some(Unit::Bytes),
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(Unit::Bytes),
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Some(Unit::Seconds),
+                p.start_time_seconds,
+            ),
+            ("process_threads", "OS threads", None, p.threads as f64),
+        ] {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
+        }
+        if let Some(fds) = p.open_fds {
+            let g = ConstGauge::new(fds as i64);
+            g.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        if let Some(max) = p.max_fds {
+            let g = ConstGauge::new(max as i64);
+            g.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Limit on open file descriptors",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the process collector reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub threads: u64,
+    pub start_time_seconds: f64,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    /// Reads this process's statistics from `/proc`.
+    pub fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        // SAFETY: sysconf only reads system constants.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if ticks <= 0 || page <= 0 {
+            return None;
+        }
+        let mut s = ProcessStats::parse(&stat, &boot, ticks as u64, page as u64)?;
+        s.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as u64);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            s.max_fds = Some(lim.rlim_cur);
+        }
+        Some(s)
+    }
+
+    /// Parses `/proc/<pid>/stat` and the `btime` line of `/proc/stat` (proc(5)).
+    pub fn parse(stat: &str, proc_stat: &str, ticks: u64, page: u64) -> Option<ProcessStats> {
+        // The command name may contain spaces and parentheses: fields start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0] is field 3 (state) of proc(5).
+        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let btime: u64 = proc_stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let ticks_f = ticks as f64;
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks_f,
+            threads: field(20)?,
+            start_time_seconds: btime as f64 + field(22)? as f64 / ticks_f,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * page,
+            open_fds: None,
+            max_fds: None,
+        })
+    }
+}
+
+/// Largest request head the endpoint reads: Prometheus sends a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// A client that has not sent its request by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once; more wait for a slot.
+const MAX_CONNECTIONS: usize = 8;
+
+/// The `/metrics` HTTP endpoint. Stops when dropped.
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` and serves `registry` until dropped. Must run inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr, registry: Arc<Registry>) -> io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("metrics endpoint: cannot listen on {addr}: {e}"),
+            )
+        })?;
+        let local_addr = listener.local_addr()?;
+        let task = tokio::spawn(serve(listener, registry));
+        Ok(MetricsServer { local_addr, task })
+    }
+
+    /// The address actually bound (the port is chosen by the OS when `addr` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the next scrape retries.
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = respond(stream, &registry).await {
+                tracing::debug!(error = %e, "metrics endpoint: request dropped");
+            }
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
+    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(Head::TooLarge)) => {
+            return reply(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "",
+                0,
+                b"",
+            )
+            .await;
+        }
+        Ok(Err(Head::Io(e))) => return Err(e),
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out")),
+    };
+    let plain = |status, reason, body: &'static [u8]| (status, reason, "text/plain", body.to_vec());
+    let (status, reason, content_type, body) = match route(&head) {
+        Route::Metrics { head_only } => {
+            let body = encode(registry).into_bytes();
+            if head_only {
+                // HEAD: the headers GET would send, without the body.
+                return reply(&mut stream, 200, "OK", CONTENT_TYPE, body.len(), &[]).await;
+            }
+            (200, "OK", CONTENT_TYPE, body)
+        }
+        Route::NotFound => plain(404, "Not Found", b"not found\n"),
+        Route::MethodNotAllowed => plain(405, "Method Not Allowed", b"only GET and HEAD\n"),
+        Route::BadRequest => plain(400, "Bad Request", b"bad request\n"),
+    };
+    reply(&mut stream, status, reason, content_type, body.len(), &body).await
+}
+
+enum Head {
+    TooLarge,
+    Io(io::Error),
+}
+
+/// Reads up to the blank line ending the request head, never more than [`MAX_REQUEST_BYTES`].
+async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(Head::Io)?;
+        if n == 0 {
+            return Err(Head::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the request ended",
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() > MAX_REQUEST_BYTES {
+            return Err(Head::TooLarge);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics { head_only: bool },
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Route::BadRequest;
+    };
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    let path = target.split('?').next().unwrap_or("");
+    if path != "/metrics" {
+        return Route::NotFound;
+    }
+    match method {
+        "GET" => Route::Metrics { head_only: false },
+        "HEAD" => Route::Metrics { head_only: true },
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+async fn reply(
+    stream: &mut TcpStream,
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    content_length: usize,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\n");
+    if status == 405 {
+        head.push_str("Allow: GET, HEAD\r\n");
+    }
+    if !content_type.is_empty() {
+        let _ = write!(head, "Content-Type: {content_type}\r\n");
+    }
+    let _ = write!(head, "Content-Length: {content_length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            route(b"GET /metrics?x=1 HTTP/1.0"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            route(b"HEAD /metrics HTTP/1.1"),
+            Route::Metrics { head_only: true }
+        );
+        assert_eq!(route(b"GET / HTTP/1.1"), Route::NotFound);
+        assert_eq!(route(b"GET /metricsx HTTP/1.1"), Route::NotFound);
+        assert_eq!(route(b"POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
+        assert_eq!(route(b"GET /metrics"), Route::BadRequest);
+        assert_eq!(route(b"GET /metrics SPDY/3"), Route::BadRequest);
+        assert_eq!(route(&[0xff, 0xfe]), Route::BadRequest);
+    }
+
+    #[test]
+    fn parses_proc_stat() {
+        // A command name with a space and a ')' (proc(5) allows both).
+        let stat = "4242 (sc ored) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 7 0 12345 104857600 2560 18446744073709551615";
+        let s = ProcessStats::parse(stat, "cpu 1 2 3\nbtime 1700000000\n", 100, 4096).unwrap();
+        assert_eq!(s.cpu_seconds, 3.0);
+        assert_eq!(s.threads, 7);
+        assert_eq!(s.start_time_seconds, 1_700_000_000.0 + 123.45);
+        assert_eq!(s.virtual_bytes, 104_857_600);
+        assert_eq!(s.resident_bytes, 2560 * 4096);
+        assert!(ProcessStats::parse("garbage", "btime 1\n", 100, 4096).is_none());
+        assert!(ProcessStats::parse(stat, "no boot time\n", 100, 4096).is_none());
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let s = ProcessStats::read().expect("/proc/self is readable on Linux");
+        assert!(s.resident_bytes > 0);
+        assert!(s.threads >= 1);
+        assert!(s.open_fds.unwrap() >= 3);
+        assert!(s.max_fds.unwrap() >= s.open_fds.unwrap());
+    }
+}

@@ -1,0 +1,369 @@
+//! The metrics registry and its endpoint: the exposition is strict OpenMetrics, the endpoint
+//! speaks just enough HTTP, and a real Prometheus server scrapes it and sees values move.
+
+#[path = "support/openmetrics.rs"]
+mod openmetrics;
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
+use prometheus_client::registry::Registry;
+use scored::hypervisor::AbortReason;
+use scored::metrics::{
+    CONTENT_TYPE, Direction, DirectionLabels, Metrics, MetricsServer, Outcome, ReasonLabels,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn levels() -> Vec<String> {
+    ["rack", "aggregation", "core"].map(String::from).to_vec()
+}
+
+fn registry() -> (Registry, Metrics) {
+    let mut r = Registry::default();
+    let m = Metrics::register(&mut r, &levels());
+    (r, m)
+}
+
+/// Moves a few values the way a working daemon would.
+fn exercise(m: &Metrics) {
+    m.token.held.set(1);
+    m.token.passes.inc_by(3);
+    m.token.handoff_latency.observe(0.003);
+    m.token.epoch.set(2);
+    m.decided(Outcome::Migrated, Duration::from_micros(80));
+    m.decided(Outcome::NoBenefit, Duration::from_micros(40));
+    m.migrations.started.inc();
+    m.migrations.succeeded.inc();
+    m.migrations
+        .aborted
+        .get_or_create(&ReasonLabels {
+            reason: AbortReason::Stalled,
+        })
+        .inc();
+    m.migrations
+        .in_flight
+        .get_or_create(&DirectionLabels {
+            direction: Direction::Incoming,
+        })
+        .set(1);
+    m.migrations.duration.observe(4.2);
+    m.migrations.downtime.observe(0.021);
+    m.migrations.transferred.observe(127.0 * 1024.0 * 1024.0);
+    m.set_levels(&levels(), &[10.0, 27.2, 0.5], &[10.0, 10.0, 0.1]);
+    m.flows.entries.set(42);
+    m.flows.packets.inc_by(1000);
+    m.peers.connected.set(7);
+}
+
+#[test]
+fn exposition_is_strict_openmetrics() {
+    let (r, m) = registry();
+    let fresh = openmetrics::check(&scored::metrics::encode(&r)).unwrap();
+    exercise(&m);
+    let text = scored::metrics::encode(&r);
+    let e = openmetrics::check(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    assert_eq!(
+        e.families, fresh.families,
+        "families appear before any value moves"
+    );
+
+    for (name, kind) in &e.families {
+        assert!(
+            name.starts_with("scored_") || name.starts_with("process_"),
+            "{name} is neither scored_* nor the standard process_*"
+        );
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+        if kind == "histogram" {
+            assert!(
+                name.ends_with("_seconds") || name.ends_with("_bytes"),
+                "{name}: histograms carry their unit"
+            );
+        }
+    }
+    let expect = [
+        ("scored_token_held", "gauge"),
+        ("scored_token_passes", "counter"),
+        ("scored_token_handoff_latency_seconds", "histogram"),
+        ("scored_token_epoch", "gauge"),
+        ("scored_token_regenerations", "counter"),
+        ("scored_token_skipped_hosts", "counter"),
+        ("scored_decisions", "counter"),
+        ("scored_migrations_started", "counter"),
+        ("scored_migrations_succeeded", "counter"),
+        ("scored_migrations_failed", "counter"),
+        ("scored_migrations_aborted", "counter"),
+        ("scored_migration_duration_seconds", "histogram"),
+        ("scored_migration_downtime_seconds", "histogram"),
+        ("scored_migration_transferred_bytes", "histogram"),
+        ("scored_communication_cost_bytes_per_second", "gauge"),
+        ("scored_flow_entries", "gauge"),
+        ("scored_flow_evictions", "counter"),
+        ("scored_flow_packets", "counter"),
+        ("scored_flow_drops", "counter"),
+        ("scored_flow_unattributed", "counter"),
+        ("scored_peers_connected", "gauge"),
+        ("scored_peers_refused", "counter"),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+    ];
+    for (name, kind) in expect {
+        assert_eq!(
+            e.families.get(name).map(String::as_str),
+            Some(kind),
+            "{name}"
+        );
+    }
+    // Every decision outcome is a series from the start.
+    for o in Outcome::ALL {
+        assert!(
+            e.value("scored_decisions_total", &[("outcome", o.name())])
+                .is_some()
+        );
+    }
+    assert_eq!(e.value("scored_token_passes_total", &[]), Some(3.0));
+    assert_eq!(
+        e.value("scored_decisions_total", &[("outcome", "migrated")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        e.value("scored_migrations_aborted_total", &[("reason", "stalled")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        e.value(
+            "scored_communication_cost_bytes_per_second",
+            &[("level", "aggregation")]
+        ),
+        Some(27.2)
+    );
+    assert_eq!(
+        e.value("scored_migration_downtime_seconds_count", &[]),
+        Some(1.0)
+    );
+    assert!(e.value("process_resident_memory_bytes", &[]).unwrap() > 0.0);
+}
+
+#[test]
+fn libp2p_metrics_share_the_registry() {
+    let mut r = Registry::default();
+    let _scored = Metrics::register(&mut r, &levels());
+    let _p2p = libp2p::metrics::Metrics::new(&mut r);
+    let text = scored::metrics::encode(&r);
+    let e = openmetrics::check(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    assert!(e.families.keys().any(|f| f.starts_with("libp2p_")));
+    assert!(e.families.contains_key("scored_token_passes"));
+}
+
+#[test]
+fn checker_refuses_broken_expositions() {
+    let ok = "# TYPE a counter\na_total 1\n# EOF\n";
+    assert!(openmetrics::check(ok).is_ok());
+    let bad = [
+        ("# TYPE a counter\na_total 1\n", "EOF"),
+        ("# TYPE a counter\na 1\n# EOF\n", "does not fit"),
+        ("# TYPE a counter\na_total -1\n# EOF\n", "below zero"),
+        (
+            "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n# EOF\n",
+            "split",
+        ),
+        ("# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n# EOF\n", "repeated"),
+        ("# TYPE a gauge\na{x=1} 1\n# EOF\n", "quoted"),
+        ("# TYPE a gauge\na one\n# EOF\n", "not a number"),
+        (
+            "# TYPE a_seconds gauge\n# UNIT a_seconds bytes\n# EOF\n",
+            "unit",
+        ),
+        (
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n# EOF\n",
+            "cumulative",
+        ),
+        (
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_count 1\n# EOF\n",
+            "+Inf",
+        ),
+        ("# TYPE a gauge\na 1\na 2\n# EOF\n", "duplicate"),
+    ];
+    for (text, fragment) in bad {
+        let err = openmetrics::check(text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"));
+        assert!(
+            err.contains(fragment),
+            "`{err}` should mention `{fragment}`"
+        );
+    }
+}
+
+#[test]
+fn promql_names_are_extracted() {
+    let names = openmetrics::metric_names_in(
+        r#"sum by (outcome) (rate(scored_decisions_total{outcome!="no_traffic", job=~"a.*"}[$__rate_interval])) / ignoring(level) scored_vms > 0.5 and on(instance) up"#,
+    );
+    assert_eq!(names, vec!["scored_decisions_total", "scored_vms", "up"]);
+    let names = openmetrics::metric_names_in(
+        "histogram_quantile(0.99, sum by (le, instance) (rate(scored_migration_downtime_seconds_bucket[5m])))",
+    );
+    assert_eq!(names, vec!["scored_migration_downtime_seconds_bucket"]);
+}
+
+/// One raw HTTP/1.0 exchange: (status, head, body).
+async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("endpoint answered in time")
+        .unwrap();
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8(out[..end].to_vec()).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, out[end + 4..].to_vec())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn endpoint_serves_metrics_and_nothing_else() {
+    let (r, m) = registry();
+    exercise(&m);
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(r))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    assert_ne!(addr.port(), 0);
+
+    let (status, head, body) = http(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(header(&head, "content-type"), Some(CONTENT_TYPE));
+    assert_eq!(
+        header(&head, "content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        body.len()
+    );
+    let e = openmetrics::check(std::str::from_utf8(&body).unwrap()).unwrap();
+    assert_eq!(e.value("scored_peers_connected", &[]), Some(7.0));
+
+    let (status, head, body) = http(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(header(&head, "content-type"), Some(CONTENT_TYPE));
+    let length: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    assert!(
+        length > 1000,
+        "HEAD announces the GET body length, got {length}"
+    );
+    let (status, _, _) = http(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http(addr, b"GET /metrics/../etc HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 404);
+    let (status, head, _) =
+        http(addr, b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n").await;
+    assert_eq!(status, 405);
+    assert_eq!(header(&head, "allow"), Some("GET, HEAD"));
+    let (status, _, _) = http(addr, b"garbage\r\n\r\n").await;
+    assert_eq!(status, 400);
+
+    // A request head larger than the bound is refused without reading it all.
+    let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    for i in 0..400 {
+        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(40)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The server may close while we still write: ignore write errors, read its answer.
+    let _ = s.write_all(&huge).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // The endpoint still answers after all that.
+    let (status, _, _) = http(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200);
+
+    drop(server);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if TcpStream::connect(addr).await.is_err() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still listening after drop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn bind_failure_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (r, _) = registry();
+    let err = MetricsServer::bind(addr, Arc::new(r)).await.err().unwrap();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_scrapes_the_endpoint() {
+    let (r, m) = registry();
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(r))
+        .await
+        .unwrap();
+    let Some(prom) = prometheus::Prometheus::start(server.local_addr(), "scored").await else {
+        return;
+    };
+
+    // First scrape: the service is up and the families are there with their initial values.
+    prom.wait_for(r#"up{job="scored"}"#, |v| v == 1.0).await;
+    prom.wait_for("scored_token_passes_total", |v| v == 0.0)
+        .await;
+
+    // Values move as a working daemon moves them; Prometheus sees the new values.
+    exercise(&m);
+    m.token.passes.inc_by(4);
+    prom.wait_for("scored_token_passes_total", |v| v == 7.0)
+        .await;
+    prom.wait_for(r#"scored_decisions_total{outcome="migrated"}"#, |v| {
+        v == 1.0
+    })
+    .await;
+    prom.wait_for("scored_migration_downtime_seconds_count", |v| v == 1.0)
+        .await;
+    prom.wait_for(
+        r#"scored_communication_cost_bytes_per_second{level="core"}"#,
+        |v| v == 0.5,
+    )
+    .await;
+    prom.wait_for("process_resident_memory_bytes", |v| v > 0.0)
+        .await;
+    // The unit metadata reached Prometheus from the OpenMetrics descriptors.
+    let meta = prom.metadata("scored_migration_transferred_bytes").await;
+    assert!(meta.contains("\"type\":\"histogram\""), "{meta}");
+    assert!(meta.contains("\"unit\":\"bytes\""), "{meta}");
+    drop(server);
+}
