@@ -209,6 +209,13 @@ pub enum Announcement {
         host: String,
         vms: Vec<Located>,
     },
+    /// The token is held at `host` under `at`: published by the holder when the token arrives
+    /// and periodically while it holds it (a long migration). Every host resets its loss
+    /// detector on it, and a host still holding an older epoch learns it has been fenced.
+    TokenSeen {
+        host: String,
+        at: Stamp,
+    },
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), String> {
@@ -326,6 +333,7 @@ impl Validate for Announcement {
                 }
                 Ok(())
             }
+            Announcement::TokenSeen { host, .. } => check_name("host", host),
         }
     }
 }

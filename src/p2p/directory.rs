@@ -225,6 +225,12 @@ impl Directory {
                 }
                 Ok(())
             }
+            Announcement::TokenSeen { host: name, .. } => {
+                if host(name)? != author {
+                    return Err(format!("{author_name} announced the token at {name}"));
+                }
+                Ok(())
+            }
         }
     }
 

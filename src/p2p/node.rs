@@ -122,6 +122,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                             "event": "announcement", "kind": "inventory", "from": name(from),
                             "host": host, "vms": vms.len(),
                         })),
+                        Announcement::TokenSeen { host, at } => emit(json!({
+                            "event": "announcement", "kind": "token-seen", "from": name(from),
+                            "host": host, "epoch": at.epoch, "seq": at.seq,
+                        })),
                     },
                     InboundEvent::PeerUp(h) => emit(json!({"event": "peer-up", "host": name(h)})),
                     InboundEvent::PeerDown(h) => emit(json!({"event": "peer-down", "host": name(h)})),
