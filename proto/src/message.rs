@@ -215,6 +215,8 @@ pub enum Announcement {
     TokenSeen {
         host: String,
         at: Stamp,
+        /// The token's round (completed passes), so hosts can pace rounds.
+        round: u32,
     },
 }
 

@@ -122,9 +122,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                             "event": "announcement", "kind": "inventory", "from": name(from),
                             "host": host, "vms": vms.len(),
                         })),
-                        Announcement::TokenSeen { host, at } => emit(json!({
+                        Announcement::TokenSeen { host, at, round } => emit(json!({
                             "event": "announcement", "kind": "token-seen", "from": name(from),
-                            "host": host, "epoch": at.epoch, "seq": at.seq,
+                            "host": host, "epoch": at.epoch, "seq": at.seq, "round": round,
                         })),
                     },
                     InboundEvent::PeerUp(h) => emit(json!({"event": "peer-up", "host": name(h)})),
