@@ -4,4 +4,5 @@
 
 pub mod history;
 pub mod journal;
+pub mod node;
 pub mod ring;

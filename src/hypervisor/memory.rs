@@ -13,7 +13,9 @@ use super::{
 };
 use crate::topology::{HostId, Topology};
 use scored_proto::VmId;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use std::time::Duration;
 ///
 /// The defaults are the thesis's testbed figures on an idle network (s-core.md §5): 196 MB guests
 /// sent 127 MB on average (65%) in 2.94 s (≈ 43 MB/s), with 16.38 ms of downtime.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MigrationModel {
     /// Fraction of the guest's memory a migration sends.
     pub sent_fraction: f64,
@@ -56,7 +58,7 @@ impl MigrationModel {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct HostState {
     name: String,
     max_vms: u32,
@@ -151,34 +153,7 @@ impl MemoryCluster {
 
     /// Starts `vm` on `host`. Refused when the id is already running somewhere or the host is full.
     pub fn add_vm(&self, host: HostId, vm: Vm) -> Result<()> {
-        let mut c = self.lock();
-        if let Some(at) = c.location.get(&vm.id) {
-            let name = c.hosts[at.index()].name.clone();
-            return Err(HypervisorError::Call {
-                vm: Some(vm.id),
-                call: "add_vm",
-                message: format!("already running on {name}"),
-            });
-        }
-        let Some(h) = c.hosts.get_mut(host.index()) else {
-            return Err(HypervisorError::Call {
-                vm: Some(vm.id),
-                call: "add_vm",
-                message: format!("no host {} in this cluster", host.0),
-            });
-        };
-        if let Some(why) = full(h, vm.memory_mib) {
-            return Err(HypervisorError::Call {
-                vm: Some(vm.id),
-                call: "add_vm",
-                message: format!("{} is full: {why}", h.name),
-            });
-        }
-        h.used_memory_mib += vm.memory_mib;
-        let id = vm.id;
-        h.vms.push(vm);
-        c.location.insert(id, host);
-        Ok(())
+        self.lock().add_vm(host, vm)
     }
 
     /// Pins or unpins a VM (as the operator's domain metadata flag would).
@@ -224,7 +199,56 @@ impl MemoryCluster {
     /// Checks the cluster's invariants: every VM on exactly one host (and where the location
     /// index says), no host over its VM limit or memory. Describes the first violation.
     pub fn check(&self) -> std::result::Result<(), String> {
+        self.lock().check()
+    }
+
+    /// Writes the cluster to `path` for daemons in separate processes ([`FileHost`]), with the
+    /// traffic they should see (`pairs`: each communicating pair once, with λ in bytes/s).
+    pub fn save_shared(&self, path: &Path, pairs: &[(VmId, VmId, f64)]) -> Result<()> {
         let c = self.lock();
+        let file = SharedFile {
+            hosts: c.hosts.clone(),
+            model: c.model,
+            migrations: c.migrations,
+            traffic: pairs.to_vec(),
+        };
+        write_shared(path, &file)
+    }
+}
+
+impl Cluster {
+    fn add_vm(&mut self, host: HostId, vm: Vm) -> Result<()> {
+        if let Some(at) = self.location.get(&vm.id) {
+            let name = self.hosts[at.index()].name.clone();
+            return Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "add_vm",
+                message: format!("already running on {name}"),
+            });
+        }
+        let Some(h) = self.hosts.get_mut(host.index()) else {
+            return Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "add_vm",
+                message: format!("no host {} in this cluster", host.0),
+            });
+        };
+        if let Some(why) = full(h, vm.memory_mib) {
+            return Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "add_vm",
+                message: format!("{} is full: {why}", h.name),
+            });
+        }
+        h.used_memory_mib += vm.memory_mib;
+        let id = vm.id;
+        h.vms.push(vm);
+        self.location.insert(id, host);
+        Ok(())
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let c = self;
         let mut seen: HashMap<VmId, usize> = HashMap::new();
         for (i, h) in c.hosts.iter().enumerate() {
             if h.vms.len() > h.max_vms as usize {
@@ -263,6 +287,105 @@ impl MemoryCluster {
         }
         Ok(())
     }
+
+    fn capacity(&self, host: HostId) -> Capacity {
+        let h = &self.hosts[host.index()];
+        Capacity {
+            running_vms: h.vms.len() as u32,
+            free_memory_mib: h.memory_mib - h.used_memory_mib,
+            total_memory_mib: h.memory_mib,
+            cpu_load: 0.0,
+        }
+    }
+
+    fn state(&self, host: HostId, vm: VmId) -> VmState {
+        if self.location.get(&vm) == Some(&host) {
+            VmState::Running
+        } else {
+            VmState::Absent
+        }
+    }
+
+    /// Checks that `vm` can move from `from` to `dest` and returns the destination and the
+    /// modelled report; changes nothing.
+    fn plan_move(
+        &self,
+        from: HostId,
+        vm: VmId,
+        dest: &Destination,
+        params: &MigrationParams,
+    ) -> Result<(HostId, MigrationReport)> {
+        let fail = |call: &'static str, message: String| HypervisorError::Migration {
+            vm,
+            dest: dest.host.clone(),
+            call,
+            message,
+        };
+        let to = *self
+            .by_name
+            .get(&dest.host)
+            .ok_or_else(|| fail("lookup", "no such host in this cluster".into()))?;
+        let pos = self.hosts[from.index()]
+            .vms
+            .iter()
+            .position(|v| v.id == vm)
+            .ok_or(HypervisorError::NoSuchVm { vm })?;
+        if to == from {
+            return Err(fail("migrate", "the VM already runs there".into()));
+        }
+        let memory = self.hosts[from.index()].vms[pos].memory_mib;
+        if let Some(why) = full(&self.hosts[to.index()], memory) {
+            return Err(fail("prepare", format!("destination is full: {why}")));
+        }
+        let report = self.model.report(memory, params);
+        if report.elapsed > params.timeout {
+            return Err(HypervisorError::Aborted {
+                vm,
+                dest: dest.host.clone(),
+                reason: AbortReason::Timeout,
+            });
+        }
+        Ok((to, report))
+    }
+
+    /// Moves `vm` from `from` to `to` in one step (after [`Cluster::plan_move`] said it can).
+    fn commit_move(&mut self, from: HostId, to: HostId, vm: VmId) -> Result<()> {
+        let pos = self.hosts[from.index()]
+            .vms
+            .iter()
+            .position(|v| v.id == vm)
+            .ok_or(HypervisorError::NoSuchVm { vm })?;
+        let moved = self.hosts[from.index()].vms.swap_remove(pos);
+        let memory = moved.memory_mib;
+        self.hosts[from.index()].used_memory_mib -= memory;
+        self.hosts[to.index()].used_memory_mib += memory;
+        self.hosts[to.index()].vms.push(moved);
+        self.location.insert(vm, to);
+        self.migrations += 1;
+        Ok(())
+    }
+
+    fn from_shared(file: SharedFile) -> Cluster {
+        let by_name = file
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.clone(), HostId(i as u32)))
+            .collect();
+        let location = file
+            .hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, h)| h.vms.iter().map(move |v| (v.id, HostId(i as u32))))
+            .collect();
+        Cluster {
+            hosts: file.hosts,
+            by_name,
+            location,
+            model: file.model,
+            migrations: file.migrations,
+        }
+    }
 }
 
 fn full(h: &HostState, memory_mib: u64) -> Option<String> {
@@ -290,14 +413,7 @@ impl Hypervisor for MemoryHost {
     }
 
     fn capacity(&self) -> Result<Capacity> {
-        let c = self.cluster.lock();
-        let h = &c.hosts[self.host.index()];
-        Ok(Capacity {
-            running_vms: h.vms.len() as u32,
-            free_memory_mib: h.memory_mib - h.used_memory_mib,
-            total_memory_mib: h.memory_mib,
-            cpu_load: 0.0,
-        })
+        Ok(self.cluster.lock().capacity(self.host))
     }
 
     fn migrate(
@@ -306,55 +422,175 @@ impl Hypervisor for MemoryHost {
         dest: &Destination,
         params: &MigrationParams,
     ) -> Result<MigrationReport> {
-        let mut guard = self.cluster.lock();
-        let c = &mut *guard;
-        let fail = |call: &'static str, message: String| HypervisorError::Migration {
-            vm,
-            dest: dest.host.clone(),
-            call,
-            message,
-        };
-        let to = *c
-            .by_name
-            .get(&dest.host)
-            .ok_or_else(|| fail("lookup", "no such host in this cluster".into()))?;
-        let from = self.host;
-        let pos = c.hosts[from.index()]
-            .vms
-            .iter()
-            .position(|v| v.id == vm)
-            .ok_or(HypervisorError::NoSuchVm { vm })?;
-        if to == from {
-            return Err(fail("migrate", "the VM already runs there".into()));
-        }
-        let memory = c.hosts[from.index()].vms[pos].memory_mib;
-        if let Some(why) = full(&c.hosts[to.index()], memory) {
-            return Err(fail("prepare", format!("destination is full: {why}")));
-        }
-        let report = c.model.report(memory, params);
-        if report.elapsed > params.timeout {
-            return Err(HypervisorError::Aborted {
-                vm,
-                dest: dest.host.clone(),
-                reason: AbortReason::Timeout,
-            });
-        }
-        let moved = c.hosts[from.index()].vms.swap_remove(pos);
-        c.hosts[from.index()].used_memory_mib -= memory;
-        c.hosts[to.index()].used_memory_mib += memory;
-        c.hosts[to.index()].vms.push(moved);
-        c.location.insert(vm, to);
-        c.migrations += 1;
+        let mut c = self.cluster.lock();
+        let (to, report) = c.plan_move(self.host, vm, dest, params)?;
+        c.commit_move(self.host, to, vm)?;
         Ok(report)
     }
 
     fn state(&self, vm: VmId) -> Result<VmState> {
-        let c = self.cluster.lock();
-        Ok(if c.location.get(&vm) == Some(&self.host) {
-            VmState::Running
-        } else {
-            VmState::Absent
+        Ok(self.cluster.lock().state(self.host, vm))
+    }
+}
+
+/// The cluster as one JSON file, so daemons in separate processes share one simulated data
+/// centre (the multi-process loopback tests and the no-root demo). Every access takes an
+/// exclusive `flock` on the file, so a move is atomic across processes as it is under the mutex.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SharedFile {
+    hosts: Vec<HostState>,
+    model: MigrationModel,
+    migrations: u64,
+    /// Each communicating pair once, λ in bytes/s: the traffic the daemons' synthetic flow
+    /// sources replay.
+    pub traffic: Vec<(VmId, VmId, f64)>,
+}
+
+impl SharedFile {
+    /// Where each VM runs, by host name.
+    pub fn placement(&self) -> HashMap<VmId, String> {
+        self.hosts
+            .iter()
+            .flat_map(|h| h.vms.iter().map(move |v| (v.id, h.name.clone())))
+            .collect()
+    }
+
+    pub fn migrations(&self) -> u64 {
+        self.migrations
+    }
+
+    /// The invariants of [`MemoryCluster::check`], on the file's contents.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        Cluster::from_shared(self.clone()).check()
+    }
+}
+
+fn io_err(path: &Path, what: &str, e: impl std::fmt::Display) -> HypervisorError {
+    HypervisorError::Connection(format!("{}: {what}: {e}", path.display()))
+}
+
+fn write_shared(path: &Path, file: &SharedFile) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec(file).map_err(|e| io_err(path, "encode", e))?;
+    std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, "write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, "rename", e))
+}
+
+/// An exclusive lock on the shared file (on a sibling `.lock` file, so the data file can be
+/// replaced atomically); released when dropped.
+struct FileLock {
+    /// Holding the descriptor holds the lock; closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    fn take(path: &Path) -> Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let lock = path.with_extension("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| io_err(&lock, "open lock", e))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&lock, "flock", std::io::Error::last_os_error()));
+        }
+        Ok(FileLock { _file: f })
+    }
+}
+
+/// Reads the shared file under its lock (for tests and the demo's observers).
+pub fn read_shared(path: &Path) -> Result<SharedFile> {
+    let _lock = FileLock::take(path)?;
+    load_shared(path)
+}
+
+fn load_shared(path: &Path) -> Result<SharedFile> {
+    let text = std::fs::read(path).map_err(|e| io_err(path, "read", e))?;
+    serde_json::from_slice(&text).map_err(|e| io_err(path, "decode", e))
+}
+
+/// One host of a shared-file cluster, seen through the [`Hypervisor`] trait. A migration takes
+/// the modelled time (sleeping outside the lock, so other hosts carry on), then moves the VM
+/// atomically.
+#[derive(Clone, Debug)]
+pub struct FileHost {
+    path: PathBuf,
+    host: HostId,
+    name: String,
+}
+
+impl FileHost {
+    /// Opens host `name` of the cluster in `path`.
+    pub fn open(path: &Path, name: &str) -> Result<FileHost> {
+        let file = read_shared(path)?;
+        let host = file
+            .hosts
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| io_err(path, "open", format!("no host `{name}` in the cluster file")))?;
+        Ok(FileHost {
+            path: path.to_path_buf(),
+            host: HostId(host as u32),
+            name: name.to_string(),
         })
+    }
+
+    /// The traffic this cluster's VMs exchange (each pair once).
+    pub fn traffic(&self) -> Result<Vec<(VmId, VmId, f64)>> {
+        Ok(read_shared(&self.path)?.traffic)
+    }
+
+    fn with<R>(&self, mutate: bool, f: impl FnOnce(&mut Cluster) -> Result<R>) -> Result<R> {
+        let _lock = FileLock::take(&self.path)?;
+        let file = load_shared(&self.path)?;
+        let traffic = file.traffic.clone();
+        let mut c = Cluster::from_shared(file);
+        let r = f(&mut c)?;
+        if mutate {
+            write_shared(
+                &self.path,
+                &SharedFile {
+                    hosts: c.hosts,
+                    model: c.model,
+                    migrations: c.migrations,
+                    traffic,
+                },
+            )?;
+        }
+        Ok(r)
+    }
+}
+
+impl Hypervisor for FileHost {
+    fn vms(&self) -> Result<Vec<Vm>> {
+        self.with(false, |c| Ok(c.hosts[self.host.index()].vms.clone()))
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        self.with(false, |c| Ok(c.capacity(self.host)))
+    }
+
+    fn migrate(
+        &self,
+        vm: VmId,
+        dest: &Destination,
+        params: &MigrationParams,
+    ) -> Result<MigrationReport> {
+        let (_, report) = self.with(false, |c| c.plan_move(self.host, vm, dest, params))?;
+        std::thread::sleep(report.elapsed);
+        tracing::debug!(host = %self.name, vm = %vm, to = %dest.host, "simulated migration done");
+        self.with(true, |c| {
+            let (to, _) = c.plan_move(self.host, vm, dest, params)?;
+            c.commit_move(self.host, to, vm)
+        })?;
+        Ok(report)
+    }
+
+    fn state(&self, vm: VmId) -> Result<VmState> {
+        self.with(false, |c| Ok(c.state(self.host, vm)))
     }
 }
 
@@ -478,6 +714,57 @@ mod tests {
         assert!(err.contains("nowhere"), "{err}");
         assert_eq!(c.host_of(VmId(7)), Some(HostId(0)));
         c.check().unwrap();
+    }
+
+    #[test]
+    fn shared_file_hosts_see_one_cluster_and_move_atomically() {
+        let (t, c) = cluster();
+        c.set_model(MigrationModel {
+            sent_fraction: 0.5,
+            throughput_bytes_per_s: 1e12,
+            downtime: Duration::from_millis(1),
+        });
+        for i in 0..8u32 {
+            c.add_vm(HostId(i % 4), synthetic_vm(VmId(i), 1024)).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        c.save_shared(&path, &[(VmId(0), VmId(1), 5.0)]).unwrap();
+        let h0 = FileHost::open(&path, &t.host(HostId(0)).name).unwrap();
+        let h5 = FileHost::open(&path, &t.host(HostId(5)).name).unwrap();
+        assert_eq!(h0.vms().unwrap().len(), 2);
+        assert_eq!(h0.traffic().unwrap(), vec![(VmId(0), VmId(1), 5.0)]);
+        let r = h0.migrate(VmId(0), &to(&t, 5), &MigrationParams::default()).unwrap();
+        assert_eq!(r.downtime, Duration::from_millis(1));
+        assert_eq!(h0.state(VmId(0)).unwrap(), VmState::Absent);
+        assert_eq!(h5.state(VmId(0)).unwrap(), VmState::Running);
+        assert_eq!(h5.capacity().unwrap().running_vms, 1);
+        let f = read_shared(&path).unwrap();
+        f.check().unwrap();
+        assert_eq!(f.migrations(), 1);
+        assert_eq!(f.placement()[&VmId(0)], t.host(HostId(5)).name);
+        assert!(FileHost::open(&path, "nowhere").is_err());
+        // Concurrent movers in threads (processes behave the same through flock).
+        let threads: Vec<_> = (0..4u32)
+            .map(|k| {
+                let (path, t) = (path.clone(), t.clone());
+                std::thread::spawn(move || {
+                    for step in 0..20u32 {
+                        let vm = VmId((step + k) % 8);
+                        let f = read_shared(&path).unwrap();
+                        let from = &f.placement()[&vm];
+                        let h = FileHost::open(&path, from).unwrap();
+                        let _ = h.migrate(vm, &to(&t, (step * 3 + k) % 16), &MigrationParams::default());
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let f = read_shared(&path).unwrap();
+        f.check().unwrap();
+        assert_eq!(f.placement().len(), 8);
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl std::fmt::Display for AbortReason {
 }
 
 /// One network interface of a VM.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Interface {
     pub mac: [u8; 6],
     /// Host-side device (tap) the VM's frames cross, when the backend knows it.
@@ -78,7 +78,7 @@ pub struct Interface {
 }
 
 /// A VM running on this host, as the hypervisor reports it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Vm {
     pub id: VmId,
     pub name: String,

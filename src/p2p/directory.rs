@@ -129,6 +129,15 @@ impl Directory {
         }
     }
 
+    /// VMs believed to run on other hosts (learned from inventories, announcements and answers),
+    /// sorted. A regenerated token starts from these and the local ones.
+    pub fn known_vms(&self) -> Vec<VmId> {
+        let s = self.lock();
+        let mut v: Vec<VmId> = s.cache.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Where `vm` is believed to be: here, or the cached host.
     pub fn lookup(&self, vm: VmId) -> Option<HostId> {
         let s = self.lock();

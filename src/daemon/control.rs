@@ -1,0 +1,406 @@
+//! The local control socket: `scored status`, `plan`, `drain`, `maintenance`, `pin` talk to the
+//! running daemon through a unix socket only root can open. One JSON request line, one JSON
+//! reply line. Requests are size-limited; a malformed one gets an error reply, never a panic.
+
+use super::node::{DecisionRecord, Node};
+use crate::p2p::Peers;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Plan,
+    /// Maintenance on and move every VM away, one per token visit.
+    Drain,
+    Maintenance { on: bool },
+    Pin { vm: String, on: bool },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<Status>),
+    Plan { decisions: Vec<DecisionRecord> },
+    Done { message: String },
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub token: TokenStatus,
+    pub maintenance: bool,
+    pub draining: bool,
+    pub dry_run: bool,
+    pub vms: Vec<VmStatus>,
+    /// This host's share of Eq. 3.1 by level name.
+    pub cost_by_level: Vec<(String, f64)>,
+    pub peers_reachable: Vec<String>,
+    pub migrations_done: u64,
+    pub recent: Vec<DecisionRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenStatus {
+    pub held: bool,
+    pub policy: String,
+    pub epoch_generation: u64,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub id: String,
+    pub name: String,
+    pub memory_mib: u64,
+    pub pinned: bool,
+    /// u's own share of Eq. 3.1 here.
+    pub cost: f64,
+    pub partners: Vec<PartnerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartnerStatus {
+    pub vm: String,
+    pub host: String,
+    pub level: u8,
+    pub bytes_per_sec: f64,
+}
+
+/// Serves the control socket until the task is dropped.
+pub async fn serve<P: Peers>(path: PathBuf, node: Arc<Node<P>>) -> std::io::Result<()> {
+    let listener = bind(&path)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, node).await {
+                tracing::debug!(error = %e, "control connection");
+            }
+        });
+    }
+}
+
+/// Binds the socket, replacing a stale one, readable and writable by root only.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket from a crash does not and is replaced.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{}: another scored daemon is listening here", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+async fn handle<P: Peers>(stream: UnixStream, node: Arc<Node<P>>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r).take(MAX_REQUEST as u64 + 1);
+    reader.read_line(&mut line).await?;
+    let reply = if line.len() > MAX_REQUEST {
+        Reply::Error {
+            message: format!("request longer than {MAX_REQUEST} bytes"),
+        }
+    } else {
+        match serde_json::from_str::<Request>(line.trim()) {
+            Ok(req) => answer(&node, req).await,
+            Err(e) => Reply::Error {
+                message: format!("bad request: {e}"),
+            },
+        }
+    };
+    let mut out = serde_json::to_string(&reply).unwrap_or_else(|e| {
+        format!("{{\"reply\":\"error\",\"message\":\"cannot encode reply: {e}\"}}")
+    });
+    out.push('\n');
+    w.write_all(out.as_bytes()).await?;
+    w.shutdown().await
+}
+
+async fn answer<P: Peers>(node: &Arc<Node<P>>, req: Request) -> Reply {
+    match req {
+        Request::Status => Reply::Status(Box::new(status(node).await)),
+        Request::Plan => Reply::Plan {
+            decisions: node.plan().await,
+        },
+        Request::Drain => {
+            let mut st = node.state();
+            st.maintenance = true;
+            st.draining = true;
+            node.metrics.maintenance.set(1);
+            Reply::Done {
+                message: format!(
+                    "{}: maintenance on, draining {} VM(s) one per token visit",
+                    node.name(),
+                    st.inventory.len()
+                ),
+            }
+        }
+        Request::Maintenance { on } => {
+            let mut st = node.state();
+            st.maintenance = on;
+            if !on {
+                st.draining = false;
+            }
+            node.metrics.maintenance.set(on as i64);
+            Reply::Done {
+                message: format!(
+                    "{}: maintenance {}",
+                    node.name(),
+                    if on { "on" } else { "off" }
+                ),
+            }
+        }
+        Request::Pin { vm, on } => {
+            let found = node
+                .state()
+                .inventory
+                .iter()
+                .find(|v| v.id.to_string() == vm || v.name == vm)
+                .map(|v| v.id);
+            match found {
+                Some(id) => {
+                    let mut st = node.state();
+                    if on {
+                        st.pinned.insert(id);
+                    } else {
+                        st.pinned.remove(&id);
+                    }
+                    Reply::Done {
+                        message: format!(
+                            "VM {id} {} (until the daemon restarts; use placement.pinned or the domain's metadata to keep it)",
+                            if on { "pinned" } else { "unpinned" }
+                        ),
+                    }
+                }
+                None => Reply::Error {
+                    message: format!("no VM `{vm}` runs on {}", node.name()),
+                },
+            }
+        }
+    }
+}
+
+async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
+    let config = node.config();
+    let (inventory, held, highest, seq, maintenance, draining, reachable, done, recent, pinned) = {
+        let st = node.state();
+        (
+            st.inventory.clone(),
+            st.holding,
+            st.ring.highest_epoch(),
+            st.ring.last_seq(),
+            st.maintenance,
+            st.draining,
+            st.reachable.clone(),
+            st.migrations_done,
+            st.recent.iter().cloned().collect::<Vec<_>>(),
+            st.pinned.clone(),
+        )
+    };
+    let topo = &node.topo;
+    let mut vms = Vec::with_capacity(inventory.len());
+    for v in &inventory {
+        let partners = node.partners(v.id, false).await;
+        let cost: f64 = partners
+            .iter()
+            .map(|&(_, h, r)| r * topo.path_cost(node.me, h))
+            .sum();
+        vms.push(VmStatus {
+            id: v.id.to_string(),
+            name: v.name.clone(),
+            memory_mib: v.memory_mib,
+            pinned: v.pinned || pinned.contains(&v.id),
+            cost,
+            partners: partners
+                .iter()
+                .map(|&(p, h, r)| PartnerStatus {
+                    vm: p.to_string(),
+                    host: topo.host(h).name.clone(),
+                    level: topo.level(node.me, h),
+                    bytes_per_sec: r,
+                })
+                .collect(),
+        });
+    }
+    let (cost, _) = node.cost_by_level().await;
+    let mut peers: Vec<String> = reachable.iter().map(|h| topo.host(*h).name.clone()).collect();
+    peers.sort();
+    Status {
+        host: node.name().to_string(),
+        token: TokenStatus {
+            held: held.is_some(),
+            policy: config.token.policy.to_string(),
+            epoch_generation: super::ring::epoch_generation(highest),
+            epoch: highest,
+            seq,
+        },
+        maintenance,
+        draining,
+        dry_run: config.decision.dry_run,
+        vms,
+        cost_by_level: topo
+            .level_names()
+            .iter()
+            .cloned()
+            .zip(cost)
+            .collect(),
+        peers_reachable: peers,
+        migrations_done: done,
+        recent,
+    }
+}
+
+/// Client side: sends one request and reads the reply.
+pub async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
+    let io = async {
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            format!(
+                "{}: cannot reach the daemon ({e}); is `scored run` running, and are you root?",
+                path.display()
+            )
+        })?;
+        let (r, mut w) = stream.into_split();
+        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        line.push('\n');
+        w.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(r)
+            .take(64 << 20)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str::<Reply>(answer.trim())
+            .map_err(|e| format!("unreadable reply from the daemon: {e}"))
+    };
+    tokio::time::timeout(timeout, io)
+        .await
+        .map_err(|_| format!("{}: no reply within {timeout:?}", path.display()))?
+}
+
+/// Human-readable `scored status`.
+pub fn render_status(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "host {}   token: {} (policy {}, epoch {} seq {})   maintenance: {}{}   dry-run: {}",
+        s.host,
+        if s.token.held { "HELD here" } else { "elsewhere" },
+        s.token.policy,
+        s.token.epoch_generation,
+        s.token.seq,
+        if s.maintenance { "on" } else { "off" },
+        if s.draining { " (draining)" } else { "" },
+        if s.dry_run { "on" } else { "off" }
+    );
+    let _ = writeln!(
+        o,
+        "peers reachable: {}   migrations out of here: {}",
+        if s.peers_reachable.is_empty() {
+            "none".to_string()
+        } else {
+            s.peers_reachable.join(", ")
+        },
+        s.migrations_done
+    );
+    let costs: Vec<String> = s
+        .cost_by_level
+        .iter()
+        .map(|(l, c)| format!("{l} {c:.1}"))
+        .collect();
+    let _ = writeln!(o, "this host's cost by level: {}", costs.join(", "));
+    let _ = writeln!(o, "\n{:<16} {:<14} {:>8} {:>12}  partners (host, level, B/s)", "VM", "name", "MiB", "cost");
+    for v in &s.vms {
+        let p: Vec<String> = v
+            .partners
+            .iter()
+            .map(|p| format!("{}@{} L{} {:.0}", p.vm, p.host, p.level, p.bytes_per_sec))
+            .collect();
+        let _ = writeln!(
+            o,
+            "{:<16} {:<14} {:>8} {:>12.1}  {}{}",
+            v.id,
+            v.name,
+            v.memory_mib,
+            v.cost,
+            if v.pinned { "[pinned] " } else { "" },
+            if p.is_empty() { "-".to_string() } else { p.join(", ") }
+        );
+    }
+    if !s.recent.is_empty() {
+        let _ = writeln!(o, "\nrecent decisions:");
+        o.push_str(&render_decisions(&s.recent));
+    }
+    o
+}
+
+/// Human-readable decisions (`scored plan`, the tail of `scored status`).
+pub fn render_decisions(ds: &[DecisionRecord]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<16} {:<12} {:>12} {:>10} {:<10} {:>12} {:<10}  detail",
+        "VM", "outcome", "cost", "c_m", "best", "benefit", "to"
+    );
+    for d in ds {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<12} {:>12.1} {:>10.1} {:<10} {:>12} {:<10}  {}",
+            d.vm,
+            d.outcome,
+            d.current_cost,
+            d.migration_cost,
+            d.best_host.as_deref().unwrap_or("-"),
+            d.best_benefit.map(|b| format!("{b:.1}")).unwrap_or("-".into()),
+            d.to.as_deref().unwrap_or("-"),
+            d.detail
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_reject_garbage() {
+        for r in [
+            Request::Status,
+            Request::Plan,
+            Request::Drain,
+            Request::Maintenance { on: true },
+            Request::Pin {
+                vm: "10.0.0.1".into(),
+                on: false,
+            },
+        ] {
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        }
+        assert!(serde_json::from_str::<Request>("{\"cmd\":\"reboot\"}").is_err());
+        assert!(serde_json::from_str::<Request>("garbage").is_err());
+    }
+}

@@ -1,0 +1,1193 @@
+//! One host's daemon state and what it does with it: answer peers (capacity, statistics), take
+//! the token, decide for the VM the policy names (the shared `decide` code), migrate through the
+//! hypervisor, and hand the token on.
+//!
+//! Generic over the transport ([`Peers`]): the same code runs over libp2p between real hosts and
+//! over direct calls in the loopback tests. Locks are short and never held across an `.await`;
+//! blocking hypervisor calls run in `spawn_blocking`, so the event loop always answers peers,
+//! even while this host migrates a VM.
+
+use super::history::{CooldownPolicy, History};
+use super::journal::{self, Journal};
+use super::ring::{self, Arrival, Ring};
+use crate::config::{Config, VmRef};
+use crate::cost::{self, PartnerTraffic};
+use crate::decide::{self, Decider, Gates, Subject};
+use crate::flows::FlowSource;
+use crate::hypervisor::{Capacity, Destination, Hypervisor, HypervisorError, MigrationReport, Vm};
+use crate::metrics::{self, Metrics};
+use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
+use crate::token::{Neighbour, Next, Queue, Turn};
+use crate::topology::{HostId, Topology};
+use scored_proto::{
+    Announcement, CapacityRequest, CapacityResponse, Located, Stamp, StatsRequest, StatsResponse,
+    Token, TokenAck, VmBenefit, VmId,
+};
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Decisions kept for `scored status`.
+const RECENT_DECISIONS: usize = 64;
+/// Attempts to hand the token to one host before skipping it.
+const HANDOFF_ATTEMPTS: u32 = 3;
+
+/// Where the flow rates come from; the synthetic feed needs its clock moved.
+pub enum Traffic {
+    Capture(crate::flows::capture::CaptureSource),
+    Synthetic {
+        source: crate::flows::synthetic::SyntheticSource,
+        started: Instant,
+    },
+}
+
+impl Traffic {
+    fn source(&self) -> &dyn FlowSource {
+        match self {
+            Traffic::Capture(c) => c,
+            Traffic::Synthetic { source, .. } => source,
+        }
+    }
+
+    fn source_mut(&mut self) -> &mut dyn FlowSource {
+        match self {
+            Traffic::Capture(c) => c,
+            Traffic::Synthetic { source, .. } => source,
+        }
+    }
+
+    /// Moves a synthetic feed's clock to now (capture reads its own clock).
+    pub fn tick(&mut self, now: Instant) {
+        if let Traffic::Synthetic { source, started } = self {
+            source.advance_to(now.saturating_duration_since(*started));
+        }
+    }
+}
+
+/// What happened to one VM's turn, for logs, metrics and `scored status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionRecord {
+    pub unix_ms: u64,
+    pub vm: String,
+    pub outcome: &'static str,
+    /// u's own share of Eq. 3.1 where it runs (cost units).
+    pub current_cost: f64,
+    /// c_m that applied.
+    pub migration_cost: f64,
+    /// Best destination and its Eq. 3.2 benefit, before capacity and gates.
+    pub best_host: Option<String>,
+    pub best_benefit: Option<f64>,
+    /// Where it went (or would go, in dry-run).
+    pub to: Option<String>,
+    pub partners: usize,
+    pub detail: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The result of assessing one VM now.
+pub struct Assessment {
+    pub outcome: metrics::Outcome,
+    pub decision: Option<decide::Decision>,
+    pub partners: Vec<(VmId, HostId, f64)>,
+    pub detail: String,
+}
+
+/// Mutable daemon state, behind one short lock.
+pub struct State {
+    pub ring: Ring,
+    pub history: History,
+    pub journal: Journal,
+    pub inventory: Vec<Vm>,
+    /// The stamp of the token this host works on, if it holds one.
+    pub holding: Option<Stamp>,
+    /// VMs whose migration, left open by a crash, may still run: never touched until settled.
+    pub unsettled: HashSet<VmId>,
+    pub maintenance: bool,
+    /// `scored drain`: move every local VM away, one per token visit.
+    pub draining: bool,
+    /// VMs pinned at run time (`scored pin`).
+    pub pinned: HashSet<VmId>,
+    pub recent: VecDeque<DecisionRecord>,
+    /// Hosts with a live connection to us.
+    pub reachable: HashSet<HostId>,
+    /// When this host first heard of each token round.
+    pub rounds_seen: BTreeMap<u32, Instant>,
+    pub incoming: u32,
+    pub migrations_done: u64,
+    /// A loss check (pinging lower hosts) is under way.
+    pub checking: bool,
+    /// Shutting down: hand the token on, start nothing new.
+    pub stopping: bool,
+}
+
+/// Everything one daemon owns.
+pub struct Node<P: Peers> {
+    pub topo: Arc<Topology>,
+    pub me: HostId,
+    pub peers: Arc<P>,
+    pub hv: Arc<dyn Hypervisor>,
+    pub traffic: Mutex<Traffic>,
+    pub config: RwLock<Config>,
+    pub metrics: Arc<Metrics>,
+    pub state: Mutex<State>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Loss timeout and stagger derived from the configuration (docs/protocol.md, "Token loss").
+pub fn loss_timing(config: &Config) -> (Duration, Duration) {
+    let handoff = config.token.handoff_timeout();
+    let loss = config
+        .token
+        .regeneration_timeout()
+        .unwrap_or(handoff * 2)
+        .max(handoff + heartbeat_interval(config));
+    (loss, handoff / 4)
+}
+
+/// How often a holder tells everyone it still holds the token.
+pub fn heartbeat_interval(config: &Config) -> Duration {
+    (config.token.handoff_timeout() / 4).max(Duration::from_millis(50))
+}
+
+impl<P: Peers> Node<P> {
+    pub fn new(
+        topo: Arc<Topology>,
+        me: HostId,
+        peers: Arc<P>,
+        hv: Arc<dyn Hypervisor>,
+        traffic: Traffic,
+        config: Config,
+        metrics: Arc<Metrics>,
+        journal: Journal,
+    ) -> Self {
+        let (loss, stagger) = loss_timing(&config);
+        let maintenance = config.placement.maintenance;
+        Node {
+            topo,
+            me,
+            peers,
+            hv,
+            traffic: Mutex::new(traffic),
+            config: RwLock::new(config),
+            metrics,
+            state: Mutex::new(State {
+                ring: Ring::new(Instant::now(), loss, stagger),
+                history: History::new(),
+                journal,
+                inventory: Vec::new(),
+                holding: None,
+                unsettled: HashSet::new(),
+                maintenance,
+                draining: false,
+                pinned: HashSet::new(),
+                recent: VecDeque::new(),
+                reachable: HashSet::new(),
+                rounds_seen: BTreeMap::new(),
+                incoming: 0,
+                migrations_done: 0,
+                checking: false,
+                stopping: false,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn traffic(&self) -> MutexGuard<'_, Traffic> {
+        self.traffic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.topo.host(self.me).name
+    }
+
+    fn host_name(&self, h: HostId) -> String {
+        self.topo.host(h).name.clone()
+    }
+
+    // ----- inventory -------------------------------------------------------------------------
+
+    /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step.
+    pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
+        let hv = self.hv.clone();
+        let vms = tokio::task::spawn_blocking(move || hv.vms())
+            .await
+            .map_err(|e| HypervisorError::Connection(format!("inventory task: {e}")))??;
+        self.set_inventory(vms);
+        Ok(())
+    }
+
+    fn set_inventory(&self, vms: Vec<Vm>) {
+        if let Err(e) = self.traffic().source_mut().follow(&vms) {
+            tracing::warn!(error = %e, "flow capture does not follow every VM");
+        }
+        self.metrics.vms.set(vms.len() as i64);
+        let dir = self.peers.directory();
+        let known: HashMap<VmId, Stamp> = dir
+            .local_vms()
+            .into_iter()
+            .map(|l| (l.vm, l.since))
+            .collect();
+        dir.set_local(
+            vms.iter()
+                .map(|v| (v.id, known.get(&v.id).copied().unwrap_or_default())),
+        );
+        self.state().inventory = vms;
+    }
+
+    fn local_vm(&self, vm: VmId) -> Option<Vm> {
+        self.state().inventory.iter().find(|v| v.id == vm).cloned()
+    }
+
+    /// After a crash: settles every migration the journal left open with what the hypervisor
+    /// says now. Returns the entries still running (their VMs stay untouched until settled).
+    pub async fn reconcile(self: &Arc<Self>, left: Vec<journal::Entry>) {
+        for e in left {
+            let hv = self.hv.clone();
+            let vm = e.vm;
+            let state = tokio::task::spawn_blocking(move || hv.state(vm)).await;
+            let state = match state {
+                Ok(Ok(s)) => s,
+                Ok(Err(err)) => {
+                    tracing::warn!(vm = %vm, error = %err, "journal: cannot read the VM's state; it stays untouched");
+                    self.state().unsettled.insert(vm);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let verdict = journal::reconcile(state);
+            tracing::info!(vm = %vm, to = %e.to, ?verdict, "journal: migration left open by the last run");
+            let mut st = self.state();
+            match verdict {
+                journal::Reconciled::Completed => {
+                    let _ = st
+                        .journal
+                        .end(e.id, journal::Outcome::ReconciledCompleted);
+                }
+                journal::Reconciled::Failed => {
+                    let _ = st.journal.end(e.id, journal::Outcome::ReconciledFailed);
+                }
+                journal::Reconciled::StillRunning => {
+                    st.unsettled.insert(vm);
+                }
+            }
+        }
+    }
+
+    // ----- answering peers -------------------------------------------------------------------
+
+    /// Capacity answer: what the hypervisor reports, less the topology's reserve, and whether this
+    /// host accepts a VM of the requested size at all (maintenance, incoming bound).
+    pub async fn answer_capacity(self: Arc<Self>, req: CapacityRequest, reply: Responder<CapacityResponse>) {
+        let hv = self.hv.clone();
+        let cap = match tokio::task::spawn_blocking(move || hv.capacity()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return reply.refuse(format!("hypervisor: {e}")),
+            Err(e) => return reply.refuse(format!("capacity task: {e}")),
+        };
+        let host = self.topo.host(self.me);
+        let max_incoming = self.config().migration.max_incoming;
+        let (maintenance, incoming) = {
+            let st = self.state();
+            (st.maintenance, st.incoming)
+        };
+        let free_slots = host.max_vms.saturating_sub(cap.running_vms);
+        let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
+        reply.send(CapacityResponse {
+            free_slots,
+            free_memory_mib,
+            cpu_load: cap.cpu_load,
+            maintenance,
+            incoming_migrations: incoming,
+            accepts: !maintenance
+                && free_slots > 0
+                && free_memory_mib >= req.memory_mib
+                && incoming < max_incoming.max(1),
+        });
+    }
+
+    /// Statistics for the global policy: each local VM's best expected benefit, from cached
+    /// locations and no capacity queries.
+    pub async fn answer_stats(self: Arc<Self>, _req: StatsRequest, reply: Responder<StatsResponse>) {
+        let benefits = self.local_benefits().await;
+        reply.send(StatsResponse {
+            benefits: benefits
+                .into_iter()
+                .map(|(vm, benefit)| VmBenefit { vm, benefit })
+                .collect(),
+        });
+    }
+
+    async fn local_benefits(&self) -> Vec<(VmId, f64)> {
+        let vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
+        let mut out = Vec::with_capacity(vms.len());
+        let mut decider = Decider::new(&self.topo);
+        for vm in vms {
+            let partners = self.partners(vm, false).await;
+            let pt: Vec<PartnerTraffic> = partners
+                .iter()
+                .map(|&(_, host, rate)| PartnerTraffic { host, rate })
+                .collect();
+            let best = decider
+                .candidates(self.me, &pt)
+                .iter()
+                .map(|c| c.benefit)
+                .fold(0.0f64, f64::max);
+            out.push((vm, best));
+        }
+        out
+    }
+
+    /// A peer's announcement (already applied to the directory).
+    pub fn on_announcement(&self, from: HostId, a: Announcement) {
+        let now = Instant::now();
+        match a {
+            Announcement::TokenSeen { at, round, .. } => {
+                let mut st = self.state();
+                st.ring.on_activity(at.epoch, at.seq, now);
+                st.rounds_seen.entry(round).or_insert(now);
+                while st.rounds_seen.len() > 8 {
+                    st.rounds_seen.pop_first();
+                }
+            }
+            Announcement::Migration(m) => {
+                let Some(src) = self.topo.host_by_name(&m.from).map(|h| h.id) else {
+                    return;
+                };
+                // The announcement carries no duration; the cooldown base covers it.
+                self.state()
+                    .history
+                    .record(m.vm, src, Duration::ZERO, now);
+                tracing::debug!(from = %self.host_name(from), vm = %m.vm, to = %m.to, "peer migrated a VM");
+            }
+            Announcement::Inventory { .. } => {}
+        }
+    }
+
+    // ----- the token -------------------------------------------------------------------------
+
+    /// A peer hands us the token: fence, dedupe, acknowledge, and start working on it.
+    pub fn on_token(self: &Arc<Self>, from: HostId, token: Token, reply: Responder<TokenAck>) {
+        let now = Instant::now();
+        let arrival = {
+            let mut st = self.state();
+            let a = st.ring.on_token(token.epoch, token.seq, now);
+            if a == Arrival::Stale {
+                let current = Stamp {
+                    epoch: st.ring.highest_epoch(),
+                    seq: st.ring.last_seq(),
+                };
+                drop(st);
+                self.metrics.token.fenced.inc();
+                tracing::warn!(from = %self.host_name(from), epoch = token.epoch, "stale token fenced off");
+                reply.send(TokenAck::Fenced { current });
+                return;
+            }
+            if a == Arrival::Fresh {
+                st.holding = Some(Stamp {
+                    epoch: token.epoch,
+                    seq: token.seq,
+                });
+            }
+            a
+        };
+        reply.send(TokenAck::Accepted);
+        if arrival == Arrival::Fresh {
+            self.metrics.token.epoch.set(ring::epoch_generation(token.epoch) as i64);
+            let node = self.clone();
+            tokio::spawn(async move { node.turn(token).await });
+        }
+    }
+
+    /// Called on every tick while no token is held here: when the loss timeout (staggered by this
+    /// host's place in the topology) has run out, checks that no lower host is alive to do it,
+    /// then mints a new token. Returns the task to run, if any.
+    pub fn loss_check(self: &Arc<Self>, now: Instant) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        {
+            let mut st = self.state();
+            if st.holding.is_some() || st.checking || st.stopping {
+                return None;
+            }
+            if !st.ring.should_regenerate(self.timing_rank(), now) {
+                return None;
+            }
+            st.checking = true;
+        }
+        let node = self.clone();
+        Some(async move {
+            let lower_alive = node.lower_host_alive().await;
+            let token = {
+                let mut st = node.state();
+                st.checking = false;
+                if lower_alive || st.holding.is_some() || st.stopping {
+                    // Someone before us will (or did) regenerate: wait another period.
+                    st.ring.touch(Instant::now());
+                    None
+                } else {
+                    let epoch = st.ring.mint(node.me.0);
+                    st.ring.on_token(epoch, 0, Instant::now());
+                    st.holding = Some(Stamp { epoch, seq: 0 });
+                    Some(epoch)
+                }
+            };
+            if let Some(epoch) = token {
+                node.regenerate(epoch).await;
+            }
+        })
+    }
+
+    /// Place in the regeneration order: hosts earlier in the topology file go first.
+    fn timing_rank(&self) -> usize {
+        self.me.index().min(32)
+    }
+
+    /// Whether any host before this one in the topology answers a (cheap, empty) location query.
+    async fn lower_host_alive(&self) -> bool {
+        let timeout = self.config().token.handoff_timeout() / 2;
+        let lower: Vec<HostId> = (0..self.me.0).map(HostId).collect();
+        let peers = self.peers.clone();
+        let answers = futures::stream::iter(lower.into_iter().map(|h| {
+            let peers = peers.clone();
+            async move { peers.query_locations(h, Vec::new(), timeout).await.is_ok() }
+        }))
+        .buffer_unordered(crate::p2p::MAX_CONCURRENT_QUERIES);
+        futures::pin_mut!(answers);
+        while let Some(alive) = answers.next().await {
+            if alive {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Builds a fresh token under `epoch` from every host's inventory and works on it.
+    async fn regenerate(self: Arc<Self>, epoch: u64) {
+        let config = self.config();
+        let req = StatsRequest { epoch, round: 0 };
+        let mut vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
+        vms.extend(self.peers.directory().known_vms());
+        let answers = self
+            .peers
+            .query_all_stats(req, config.token.handoff_timeout())
+            .await;
+        let mut answered = 0;
+        for (_, r) in answers {
+            if let Ok(s) = r {
+                answered += 1;
+                vms.extend(s.benefits.iter().map(|b| b.vm));
+            }
+        }
+        let token = Token::new(epoch, config.token.policy, vms);
+        self.metrics.token.regenerations.inc();
+        self.metrics.token.epoch.set(ring::epoch_generation(epoch) as i64);
+        tracing::warn!(
+            epoch,
+            generation = ring::epoch_generation(epoch),
+            slots = token.slots.len(),
+            hosts_answered = answered,
+            policy = %token.policy,
+            "token regenerated"
+        );
+        self.turn(token).await;
+    }
+
+    fn fenced(&self, token: &Token) -> bool {
+        self.state().ring.highest_epoch() > token.epoch
+    }
+
+    async fn heartbeat(&self, token: &Token) {
+        self.state().ring.touch(Instant::now());
+        let a = Announcement::TokenSeen {
+            host: self.name().to_string(),
+            at: Stamp {
+                epoch: token.epoch,
+                seq: token.seq,
+            },
+            round: token.round,
+        };
+        self.state().rounds_seen.entry(token.round).or_insert_with(Instant::now);
+        if let Err(e) = self.peers.publish(a).await {
+            tracing::debug!(error = %e, "token heartbeat not published");
+        }
+    }
+
+    /// Works on the token until it is handed to another host, fenced, or this host stops.
+    pub async fn turn(self: Arc<Self>, mut token: Token) {
+        self.metrics.token.held.set(1);
+        let result = self.work(&mut token).await;
+        self.metrics.token.held.set(0);
+        let mut st = self.state();
+        // A newer token may have arrived meanwhile; only clear what is ours.
+        if st.holding.is_some_and(|h| h.epoch == token.epoch) {
+            st.holding = None;
+        }
+        if let Err(why) = result {
+            tracing::warn!(epoch = token.epoch, "token dropped: {why}");
+        }
+    }
+
+    async fn work(self: &Arc<Self>, token: &mut Token) -> Result<(), String> {
+        let config = self.config();
+        let handoff = config.token.handoff_timeout();
+        let beat = heartbeat_interval(&config);
+        self.add_local_slots(token);
+        let mut queue = Queue::new(token).map_err(|e| e.to_string())?;
+        let mut next = match token.holder {
+            Some(v) if token.slot(v).is_some() => Next::Holder(v),
+            _ => queue.first(token),
+        };
+        let mut unreachable: HashSet<HostId> = HashSet::new();
+        let mut missing: Vec<VmId> = Vec::new();
+        let mut last_beat = Instant::now().checked_sub(beat).unwrap_or_else(Instant::now);
+        let mut local_skips = 0usize;
+        let mut round = token.round;
+        loop {
+            if self.fenced(token) {
+                return Err("a newer epoch exists".into());
+            }
+            if last_beat.elapsed() >= beat {
+                self.heartbeat(token).await;
+                last_beat = Instant::now();
+            }
+            if token.round != round {
+                // A pass ended here: pace rounds, keep the cluster's token alive meanwhile.
+                round = token.round;
+                self.pace_round(token, round).await;
+                last_beat = Instant::now();
+                if !missing.is_empty() {
+                    token.slots.retain(|s| !missing.contains(&s.vm));
+                    missing.clear();
+                }
+                self.add_local_slots(token);
+                queue = Queue::new(token).map_err(|e| e.to_string())?;
+                unreachable.clear();
+            }
+            let vm = match next {
+                Next::Holder(vm) => vm,
+                Next::Empty => {
+                    // Nothing to schedule yet: keep the token, look again shortly.
+                    tokio::time::sleep(beat).await;
+                    self.add_local_slots(token);
+                    queue = Queue::new(token).map_err(|e| e.to_string())?;
+                    next = queue.first(token);
+                    continue;
+                }
+                Next::NeedsStatistics => {
+                    let expected = self.gather_stats(token, handoff).await;
+                    next = queue.start_round(token, &expected);
+                    continue;
+                }
+            };
+            let host = self.locate_one(vm, handoff).await;
+            let stopping = self.state().stopping;
+            match host {
+                Some(h) if h == self.me && stopping => {
+                    // Shutting down: no new decision here; pass over local VMs to a peer.
+                    local_skips += 1;
+                    if local_skips > token.slots.len() {
+                        return Err("stopping, and no other host runs a VM to pass the token to".into());
+                    }
+                    next = queue.skip(token, vm).map_err(|e| e.to_string())?;
+                }
+                Some(h) if h == self.me => {
+                    let neighbours = self.take_turn(vm, token).await;
+                    let neighbours = neighbours.unwrap_or_default();
+                    next = queue
+                        .hand_off(token, &Turn { vm, neighbours: &neighbours })
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(h) if unreachable.contains(&h) => {
+                    next = queue.skip(token, vm).map_err(|e| e.to_string())?;
+                }
+                Some(h) => match self.hand_to(h, token, handoff).await {
+                    Handoff::Done => return Ok(()),
+                    Handoff::Fenced => return Err(format!("{} holds a newer token", self.host_name(h))),
+                    Handoff::Skip { ambiguous } => {
+                        unreachable.insert(h);
+                        self.metrics.token.skipped_hosts.inc();
+                        if ambiguous {
+                            // The host may have taken it after all: fence that copy off.
+                            let mut st = self.state();
+                            token.epoch = st.ring.mint(self.me.0);
+                            token.seq = 0;
+                            st.ring.on_token(token.epoch, 0, Instant::now());
+                            st.holding = Some(Stamp { epoch: token.epoch, seq: 0 });
+                        }
+                        next = queue.skip(token, vm).map_err(|e| e.to_string())?;
+                    }
+                },
+                None => {
+                    // No host admits to running it: stopped or deleted. Drop its slot at pass end.
+                    missing.push(vm);
+                    next = queue.skip(token, vm).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+
+    /// Waits at a pass boundary until the round took at least `min_round`, heartbeating.
+    async fn pace_round(&self, token: &Token, round: u32) {
+        let config = self.config();
+        let min_round = config.token.min_round();
+        let started = {
+            let mut st = self.state();
+            let prev = round.saturating_sub(1);
+            let s = st.rounds_seen.get(&prev).copied();
+            st.rounds_seen.entry(round).or_insert_with(Instant::now);
+            s
+        };
+        let Some(started) = started else { return };
+        let until = started + min_round;
+        let beat = heartbeat_interval(&config);
+        while Instant::now() < until {
+            if self.fenced(token) {
+                return;
+            }
+            self.heartbeat(token).await;
+            tokio::time::sleep(beat.min(until.saturating_duration_since(Instant::now()))).await;
+        }
+        // The new round starts now, for everyone's pacing.
+        self.state().rounds_seen.insert(round, Instant::now());
+    }
+
+    /// Adds a slot for every VM the token does not know yet: new or migrated-in local VMs, and
+    /// VMs the directory learned of from other hosts' inventories.
+    fn add_local_slots(&self, token: &mut Token) {
+        let mut vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
+        vms.extend(self.peers.directory().known_vms());
+        let mut added = false;
+        for vm in vms {
+            if let Err(i) = token.slots.binary_search_by_key(&vm, |s| s.vm) {
+                token.slots.insert(
+                    i,
+                    scored_proto::Slot {
+                        vm,
+                        level: 0,
+                        visited: false,
+                        load: 0,
+                    },
+                );
+                added = true;
+            }
+        }
+        if added {
+            tracing::debug!(slots = token.slots.len(), "token learned new local VMs");
+        }
+    }
+
+    async fn gather_stats(&self, token: &Token, timeout: Duration) -> Vec<(VmId, f64)> {
+        let req = StatsRequest {
+            epoch: token.epoch,
+            round: token.round,
+        };
+        let mut expected = self.local_benefits().await;
+        for (host, r) in self.peers.query_all_stats(req, timeout).await {
+            match r {
+                Ok(s) => expected.extend(s.benefits.into_iter().map(|b| (b.vm, b.benefit))),
+                Err(e) => tracing::info!(host = %self.host_name(host), error = %e, "global policy: no statistics"),
+            }
+        }
+        expected
+    }
+
+    async fn locate_one(&self, vm: VmId, timeout: Duration) -> Option<HostId> {
+        if self.state().inventory.iter().any(|v| v.id == vm) {
+            return Some(self.me);
+        }
+        let options = LocateOptions {
+            timeout,
+            ..LocateOptions::default()
+        };
+        self.peers.locate(&[vm], options).await.found.get(&vm).copied()
+    }
+
+    async fn hand_to(&self, host: HostId, token: &mut Token, timeout: Duration) -> Handoff {
+        let mut ambiguous = false;
+        for attempt in 1..=HANDOFF_ATTEMPTS {
+            let started = Instant::now();
+            match self.peers.send_token(host, token.clone(), timeout).await {
+                Ok(TokenAck::Accepted) => {
+                    self.metrics
+                        .token
+                        .handoff_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.token.passes.inc();
+                    let mut st = self.state();
+                    if st.holding.is_some_and(|h| h.epoch == token.epoch) {
+                        st.holding = None;
+                    }
+                    return Handoff::Done;
+                }
+                Ok(TokenAck::Fenced { current }) => {
+                    let mut st = self.state();
+                    st.ring.on_activity(current.epoch, current.seq, Instant::now());
+                    self.metrics.token.fenced.inc();
+                    return Handoff::Fenced;
+                }
+                Ok(TokenAck::Declined { reason }) => {
+                    tracing::warn!(host = %self.host_name(host), %reason, "token declined; skipping host");
+                    return Handoff::Skip { ambiguous: false };
+                }
+                Err(PeerError::Timeout { .. }) => {
+                    ambiguous = true;
+                    tracing::warn!(host = %self.host_name(host), attempt, "token hand-off timed out");
+                }
+                Err(e) => {
+                    tracing::warn!(host = %self.host_name(host), attempt, error = %e, "token hand-off failed");
+                    if !ambiguous && attempt == HANDOFF_ATTEMPTS {
+                        return Handoff::Skip { ambiguous: false };
+                    }
+                    tokio::time::sleep(timeout / 10).await;
+                }
+            }
+        }
+        tracing::warn!(host = %self.host_name(host), "host skipped: the token could not be handed to it");
+        Handoff::Skip { ambiguous }
+    }
+
+    // ----- one VM's turn ---------------------------------------------------------------------
+
+    /// Partners of `vm` with their hosts and rates (those whose host is unknown are left out).
+    pub async fn partners(&self, vm: VmId, verify: bool) -> Vec<(VmId, HostId, f64)> {
+        let rates: Vec<(VmId, f64)> = self
+            .traffic()
+            .source()
+            .partners(vm)
+            .into_iter()
+            .filter(|(p, r)| *p != vm && *r > 0.0)
+            .collect();
+        if rates.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<VmId> = rates.iter().map(|(p, _)| *p).collect();
+        let options = LocateOptions {
+            timeout: self.config().token.handoff_timeout(),
+            verify,
+            ..LocateOptions::default()
+        };
+        let found = self.peers.locate(&ids, options).await.found;
+        rates
+            .into_iter()
+            .filter_map(|(p, r)| found.get(&p).map(|h| (p, *h, r)))
+            .collect()
+    }
+
+    fn pinned(&self, vm: &Vm, config: &Config) -> bool {
+        vm.pinned
+            || self.state().pinned.contains(&vm.id)
+            || config.placement.pinned.iter().any(|r| match r {
+                VmRef::Id(id) => *id == vm.id,
+                VmRef::Name(n) => *n == vm.name,
+            })
+    }
+
+    /// Decides for one local VM now: the full S-CORE decision with capacity queries, and the
+    /// daemon's own gates (cooldown, unsettled migration). Moves nothing.
+    pub async fn assess(&self, vm: &Vm) -> Assessment {
+        let config = self.config();
+        let now = Instant::now();
+        let cooldown = CooldownPolicy {
+            base: Duration::from_secs(config.decision.cooldown_base_s),
+            cap: Duration::from_secs(config.decision.cooldown_max_s),
+            window: Duration::from_secs(config.decision.cooldown_window_s),
+        };
+        let history_policy = CooldownPolicy {
+            window: Duration::from_secs(config.decision.history_s),
+            ..cooldown
+        };
+        let (cooling, previous, unsettled) = {
+            let st = self.state();
+            let mut prev = st.history.left_recently(vm.id, &history_policy, now);
+            prev.truncate(config.decision.history_hosts as usize);
+            (
+                st.history.cooldown_until(vm.id, &cooldown, now),
+                prev,
+                st.unsettled.contains(&vm.id) || st.journal.is_open(vm.id),
+            )
+        };
+        let partners = self.partners(vm.id, true).await;
+        let pt: Vec<PartnerTraffic> = partners
+            .iter()
+            .map(|&(_, host, rate)| PartnerTraffic { host, rate })
+            .collect();
+        let current = cost::vm_cost(&self.topo, self.me, &pt);
+        let early = |outcome, detail: String| Assessment {
+            outcome,
+            decision: None,
+            partners: partners.clone(),
+            detail,
+        };
+        if unsettled {
+            return early(metrics::Outcome::Busy, "a migration of this VM is not settled".into());
+        }
+        if let Some(until) = cooling {
+            let left = until.saturating_duration_since(now).as_secs();
+            return early(metrics::Outcome::Cooldown, format!("cooling down for {left} s more"));
+        }
+        let gates = Gates {
+            pinned: self.pinned(vm, &config),
+            migration_cost: config.decision.effective_migration_cost(current),
+            maintenance: &[],
+            previous_hosts: &previous,
+            return_margin: config.decision.return_margin_fraction,
+            rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
+        };
+        let subject = Subject {
+            vm: vm.id,
+            host: self.me,
+            memory_mib: vm.memory_mib,
+            partners: &pt,
+        };
+        let mut decider = Decider::new(&self.topo);
+        let mut search = decider.search(&subject, &gates);
+        let req = CapacityRequest {
+            memory_mib: vm.memory_mib,
+        };
+        let timeout = config.token.handoff_timeout();
+        let mut asked = 0;
+        while let Some(h) = search.next_query() {
+            if asked >= config.decision.max_candidates {
+                break;
+            }
+            asked += 1;
+            let answer = self.peers.query_capacity(h, req, timeout).await;
+            let cap = match answer {
+                Ok(r) => Some(capacity_of(self.topo.host(h), &r)),
+                Err(e) => {
+                    tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
+                    None
+                }
+            };
+            search.answer(h, cap.as_ref());
+        }
+        let d = search.finish();
+        let outcome = match d.outcome {
+            decide::Outcome::Migrate { .. } if config.decision.dry_run => metrics::Outcome::DryRun,
+            decide::Outcome::Migrate { .. } => metrics::Outcome::Migrated,
+            decide::Outcome::Pinned => metrics::Outcome::Pinned,
+            decide::Outcome::NoTraffic => metrics::Outcome::NoTraffic,
+            decide::Outcome::NoBenefit => metrics::Outcome::NoBenefit,
+            decide::Outcome::Excluded => metrics::Outcome::Bounce,
+            decide::Outcome::NoCapacity => metrics::Outcome::NoCapacity,
+        };
+        let detail = format!(
+            "asked {} host(s): {} full, {} no answer; {} excluded as a recent host",
+            d.queries, d.full, d.unreachable, d.returning
+        );
+        Assessment {
+            outcome,
+            decision: Some(d),
+            partners,
+            detail,
+        }
+    }
+
+    fn record(&self, vm: VmId, a: &Assessment, to: Option<HostId>, token: &Token) {
+        let d = a.decision.as_ref();
+        let rec = DecisionRecord {
+            unix_ms: unix_ms(),
+            vm: vm.to_string(),
+            outcome: a.outcome.name(),
+            current_cost: d.map(|d| d.current_cost).unwrap_or(0.0),
+            migration_cost: d.map(|d| d.migration_cost).unwrap_or(0.0),
+            best_host: d.and_then(|d| d.best).map(|c| self.host_name(c.host)),
+            best_benefit: d.and_then(|d| d.best).map(|c| c.benefit),
+            to: to.map(|h| self.host_name(h)),
+            partners: a.partners.len(),
+            detail: a.detail.clone(),
+            epoch: token.epoch,
+            seq: token.seq,
+        };
+        tracing::info!(
+            vm = %rec.vm, outcome = rec.outcome, current_cost = rec.current_cost,
+            c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
+            to = ?rec.to, partners = rec.partners, detail = %rec.detail, "decision"
+        );
+        let mut st = self.state();
+        st.recent.push_back(rec);
+        while st.recent.len() > RECENT_DECISIONS {
+            st.recent.pop_front();
+        }
+    }
+
+    /// The holder's turn for local VM `vm`: decide, maybe migrate, and report the neighbours the
+    /// token's levels are updated from.
+    async fn take_turn(self: &Arc<Self>, vm: VmId, token: &Token) -> Option<Vec<Neighbour>> {
+        let v = self.local_vm(vm)?;
+        let started = Instant::now();
+        let draining = self.state().draining;
+        let mut a = self.assess(&v).await;
+        let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
+        if draining && to.is_none() && !self.pinned(&v, &self.config()) {
+            to = self.drain_target(&v).await;
+            if to.is_some() {
+                a.outcome = metrics::Outcome::Migrated;
+                a.detail = format!("draining: {}", a.detail);
+            }
+        }
+        let mut at = self.me;
+        if a.outcome == metrics::Outcome::Migrated
+            && let Some(dest) = to
+        {
+            if self.fenced(token) {
+                return None;
+            }
+            match self.migrate(&v, dest, token).await {
+                Ok(report) => {
+                    at = dest;
+                    a.detail = format!(
+                        "{}; migrated in {:.2} s, downtime {} ms, {} MiB",
+                        a.detail,
+                        report.elapsed.as_secs_f64(),
+                        report.downtime.as_millis(),
+                        report.bytes / (1024 * 1024)
+                    );
+                }
+                Err(e) => {
+                    a.outcome = metrics::Outcome::Failed;
+                    a.detail = format!("{}; migration failed: {e}", a.detail);
+                }
+            }
+        }
+        self.metrics.decided(a.outcome, started.elapsed());
+        self.record(vm, &a, to, token);
+        Some(
+            a.partners
+                .iter()
+                .map(|&(p, h, rate)| Neighbour {
+                    vm: p,
+                    level: self.topo.level(at, h),
+                    rate,
+                })
+                .collect(),
+        )
+    }
+
+    /// Draining: the best-connected host that accepts the VM, whatever Eq. 3.2 says.
+    async fn drain_target(&self, vm: &Vm) -> Option<HostId> {
+        let partners = self.partners(vm.id, false).await;
+        let pt: Vec<PartnerTraffic> = partners
+            .iter()
+            .map(|&(_, host, rate)| PartnerTraffic { host, rate })
+            .collect();
+        let mut hosts: Vec<HostId> = self.peers.others();
+        hosts.sort_by(|a, b| {
+            cost::vm_cost(&self.topo, *a, &pt)
+                .total_cmp(&cost::vm_cost(&self.topo, *b, &pt))
+                .then(self.topo.level(self.me, *a).cmp(&self.topo.level(self.me, *b)))
+        });
+        let req = CapacityRequest {
+            memory_mib: vm.memory_mib,
+        };
+        let timeout = self.config().token.handoff_timeout();
+        for h in hosts {
+            if let Ok(r) = self.peers.query_capacity(h, req, timeout).await
+                && r.accepts
+            {
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    /// Live-migrates `vm` to `to`: journal first, the blocking call off the event loop with the
+    /// token's heartbeat going on, then history, announcement and inventory.
+    async fn migrate(
+        self: &Arc<Self>,
+        vm: &Vm,
+        to: HostId,
+        token: &Token,
+    ) -> Result<MigrationReport, String> {
+        let config = self.config();
+        let dest_host = self.topo.host(to);
+        let dest = Destination {
+            host: dest_host.name.clone(),
+            libvirt_uri: dest_host.libvirt_uri.clone(),
+            migration_uri: dest_host.migration_uri.clone(),
+        };
+        let entry = {
+            let mut st = self.state();
+            st.journal
+                .begin(vm.id, self.name(), &dest.host, token.epoch, token.seq, unix_ms())
+                .map_err(|e| format!("journal: {e}"))?
+        };
+        self.metrics.migrations.started.inc();
+        // Gauges are handles: clone out of the family so no lock guard lives across an await.
+        let out_gauge = self
+            .metrics
+            .migrations
+            .in_flight
+            .get_or_create(&metrics::DirectionLabels {
+                direction: metrics::Direction::Outgoing,
+            })
+            .clone();
+        out_gauge.inc();
+        tracing::info!(vm = %vm.id, name = %vm.name, to = %dest.host, journal = entry.id, "migration starting");
+        let hv = self.hv.clone();
+        let params = config.migration.params();
+        let (id, d) = (vm.id, dest.clone());
+        let mut job = tokio::task::spawn_blocking(move || hv.migrate(id, &d, &params));
+        let beat = heartbeat_interval(&config);
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                _ = tokio::time::sleep(beat) => self.heartbeat(token).await,
+            }
+        };
+        out_gauge.dec();
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => Err(HypervisorError::Call {
+                vm: Some(vm.id),
+                call: "migration task",
+                message: e.to_string(),
+            }),
+        };
+        match result {
+            Ok(report) => {
+                {
+                    let mut st = self.state();
+                    let _ = st.journal.end(entry.id, journal::Outcome::Succeeded);
+                    st.history.record(vm.id, self.me, report.elapsed, Instant::now());
+                    st.migrations_done += 1;
+                }
+                let m = &self.metrics.migrations;
+                m.succeeded.inc();
+                m.duration.observe(report.elapsed.as_secs_f64());
+                m.downtime.observe(report.downtime.as_secs_f64());
+                m.transferred.observe(report.bytes as f64);
+                tracing::info!(vm = %vm.id, to = %dest.host, elapsed_s = report.elapsed.as_secs_f64(), downtime_ms = report.downtime.as_millis() as u64, bytes = report.bytes, "migration succeeded");
+                let at = Stamp {
+                    epoch: token.epoch,
+                    seq: token.seq,
+                };
+                if let Err(e) = self.peers.announce_migration(vm.id, to, at).await {
+                    tracing::warn!(error = %e, "migration announcement not published");
+                }
+                if let Err(e) = self.refresh_inventory().await {
+                    tracing::warn!(error = %e, "inventory after migration");
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                let outcome = match &e {
+                    HypervisorError::Aborted { reason, .. } => {
+                        self.metrics
+                            .migrations
+                            .aborted
+                            .get_or_create(&metrics::ReasonLabels { reason: *reason })
+                            .inc();
+                        journal::Outcome::Aborted {
+                            reason: reason.to_string(),
+                        }
+                    }
+                    other => {
+                        self.metrics.migrations.failed.inc();
+                        journal::Outcome::Failed {
+                            reason: other.to_string(),
+                        }
+                    }
+                };
+                let _ = self.state().journal.end(entry.id, outcome);
+                tracing::warn!(vm = %vm.id, to = %dest.host, error = %e, "migration failed; the VM stays here");
+                let _ = self.refresh_inventory().await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// What this host would do for each local VM now (dry-run; `scored plan`).
+    pub async fn plan(&self) -> Vec<DecisionRecord> {
+        let vms = self.state().inventory.clone();
+        let mut out = Vec::with_capacity(vms.len());
+        let stamp = self.state().holding.unwrap_or_default();
+        let token = Token {
+            epoch: stamp.epoch,
+            seq: stamp.seq,
+            ..Token::new(0, self.config().token.policy, Vec::new())
+        };
+        for v in vms {
+            let mut a = self.assess(&v).await;
+            if a.outcome == metrics::Outcome::Migrated {
+                a.outcome = metrics::Outcome::DryRun;
+            }
+            let to = a.decision.as_ref().and_then(|d| d.migrates_to());
+            let d = a.decision.as_ref();
+            out.push(DecisionRecord {
+                unix_ms: unix_ms(),
+                vm: v.id.to_string(),
+                outcome: a.outcome.name(),
+                current_cost: d.map(|d| d.current_cost).unwrap_or(0.0),
+                migration_cost: d.map(|d| d.migration_cost).unwrap_or(0.0),
+                best_host: d.and_then(|d| d.best).map(|c| self.host_name(c.host)),
+                best_benefit: d.and_then(|d| d.best).map(|c| c.benefit),
+                to: to.map(|h| self.host_name(h)),
+                partners: a.partners.len(),
+                detail: a.detail,
+                epoch: token.epoch,
+                seq: token.seq,
+            });
+        }
+        out
+    }
+
+    /// This host's share of Eq. 3.1 by level, from current rates and cached locations.
+    pub async fn cost_by_level(&self) -> (Vec<f64>, Vec<f64>) {
+        let levels = self.topo.levels() as usize;
+        let mut cost = vec![0.0; levels];
+        let mut traffic = vec![0.0; levels];
+        let vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
+        for vm in vms {
+            for (_, h, rate) in self.partners(vm, false).await {
+                let l = self.topo.level(self.me, h) as usize;
+                if l > 0 {
+                    cost[l - 1] += rate * self.topo.weights().path_cost(l as u8);
+                    traffic[l - 1] += rate;
+                }
+            }
+        }
+        (cost, traffic)
+    }
+
+    /// This host's inventory as the directory publishes it.
+    pub fn located(&self) -> Vec<Located> {
+        self.peers.directory().local_vms()
+    }
+}
+
+/// A capacity answer as the decision reads it: a host that does not accept (maintenance, its
+/// incoming bound, or too little room) reads as full.
+fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
+    let running = if r.accepts {
+        host.max_vms.saturating_sub(r.free_slots)
+    } else {
+        host.max_vms
+    };
+    Capacity {
+        running_vms: running,
+        free_memory_mib: r.free_memory_mib.saturating_add(host.reserve_memory_mib),
+        total_memory_mib: host.memory_mib,
+        cpu_load: r.cpu_load,
+    }
+}
+
+enum Handoff {
+    Done,
+    Fenced,
+    Skip { ambiguous: bool },
+}

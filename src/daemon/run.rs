@@ -1,0 +1,347 @@
+//! `scored run`: builds the daemon from its configuration (topology, key, hypervisor, flow
+//! source, libp2p, metrics, control socket, systemd notify) and drives its event loop until
+//! SIGTERM or SIGINT. [`drive`] is the loop itself, shared with the in-process tests.
+
+use super::control;
+use super::journal::Journal;
+use super::node::{Node, Traffic};
+use crate::config::{Config, Override};
+use crate::flows::capture::{CaptureConfig, CaptureSource};
+use crate::flows::synthetic::{Demand, SyntheticSource};
+use crate::flows::table::TableConfig;
+use crate::hypervisor::Hypervisor;
+use crate::hypervisor::memory::FileHost;
+use crate::metrics::{Metrics, MetricsServer};
+use crate::notify::Notifier;
+use crate::p2p::{Directory, InboundEvent, Inbound, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
+use crate::topology::{HostId, Topology};
+use anyhow::{Context, anyhow};
+use prometheus_client::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Hypervisor URIs of this scheme run a simulated host from a shared cluster file (tests, the
+/// no-root demo): `sim+file:///var/lib/scored/cluster.json`.
+pub const SIM_SCHEME: &str = "sim+file://";
+
+/// What `scored run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub overrides: Vec<Override>,
+    /// Validate configuration and topology, then exit.
+    pub check_config: bool,
+}
+
+/// Loads and cross-checks the configuration and topology; names this host.
+pub fn load(opts: &RunOptions) -> anyhow::Result<(Config, Arc<Topology>, HostId)> {
+    let config = Config::load(&opts.config, &opts.overrides).map_err(|e| anyhow!("{e}"))?;
+    let topo = Topology::load(&config.host.topology).map_err(|e| anyhow!("{e}"))?;
+    let name = match &config.host.name {
+        Some(n) => n.clone(),
+        None => hostname().context("host.name is unset and the kernel host name is unreadable")?,
+    };
+    let me = topo.host_by_name(&name).map(|h| h.id).ok_or_else(|| {
+        anyhow!(
+            "{}: this host `{name}` is not in the topology {} (set host.name)",
+            opts.config.display(),
+            topo.source().display()
+        )
+    })?;
+    let h = topo.host(me);
+    if h.peer_id.is_none() || h.address.is_none() {
+        return Err(anyhow!(
+            "{}: host `{name}` needs an address and a peer_id to run the daemon (`scored keygen` prints the peer id)",
+            topo.source().display()
+        ));
+    }
+    Ok((config, Arc::new(topo), me))
+}
+
+fn hostname() -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string())
+}
+
+/// The hypervisor backend and flow source the configuration names.
+pub fn backend(
+    config: &Config,
+    topo: &Topology,
+    me: HostId,
+) -> anyhow::Result<(Arc<dyn Hypervisor>, Traffic)> {
+    let table = TableConfig {
+        window: config.flows.window(),
+        idle: config.flows.idle_expiry(),
+        cap: config.flows.max_entries as usize,
+        seed: rand::random(),
+        ..TableConfig::default()
+    };
+    let uri = &config.hypervisor.uri;
+    if let Some(path) = uri.strip_prefix(SIM_SCHEME) {
+        let host = FileHost::open(Path::new(path), &topo.host(me).name)
+            .with_context(|| format!("hypervisor.uri {uri}"))?;
+        let demands = host
+            .traffic()?
+            .into_iter()
+            .flat_map(|(a, b, rate)| {
+                [
+                    Demand { vm: a, partner: b, bytes_per_sec: rate },
+                    Demand { vm: b, partner: a, bytes_per_sec: rate },
+                ]
+            })
+            .collect();
+        let source = SyntheticSource::new(table, demands)?;
+        return Ok((
+            Arc::new(host),
+            Traffic::Synthetic {
+                source,
+                started: Instant::now(),
+            },
+        ));
+    }
+    let hv = crate::hypervisor::libvirt::LibvirtHypervisor::connect(
+        crate::hypervisor::libvirt::LibvirtConfig::new(uri),
+    )
+    .with_context(|| format!("hypervisor.uri {uri}"))?;
+    let capture = CaptureSource::new(CaptureConfig {
+        table,
+        sample_one_in: config.flows.sampling,
+        ..CaptureConfig::default()
+    })?;
+    Ok((Arc::new(hv), Traffic::Capture(capture)))
+}
+
+/// `scored run`.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let (config, topo, me) = load(&opts)?;
+    if opts.check_config {
+        println!(
+            "{}: ok (host {}, topology {} with {} hosts)",
+            opts.config.display(),
+            topo.host(me).name,
+            topo.source().display(),
+            topo.hosts().len()
+        );
+        return Ok(());
+    }
+    let log = crate::logging::init(&config.log).map_err(|e| anyhow!("logging: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(opts, config, topo, me, log))
+}
+
+async fn serve(
+    opts: RunOptions,
+    config: Config,
+    topo: Arc<Topology>,
+    me: HostId,
+    log: crate::logging::LogHandle,
+) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env().map_err(|e| anyhow!("systemd notify: {e}"))?;
+    let key = crate::identity::load(&config.host.key)?;
+    let (journal, left) = Journal::open(&config.journal.path)?;
+    let (hv, traffic) = backend(&config, &topo, me)?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry, topo.level_names()));
+    let p2p_metrics = P2pMetrics {
+        refused_connections: metrics.peers.refused.clone(),
+        ..P2pMetrics::default()
+    };
+    p2p_metrics.register(&mut registry);
+
+    let directory = Arc::new(Directory::new(topo.clone(), me));
+    let mut p2p = P2pConfig::new(key, topo.clone(), me);
+    p2p.listen = config.p2p.listen.clone();
+    p2p.metrics = p2p_metrics;
+    let (peers, inbound) = Libp2pPeers::start(p2p, directory)
+        .await
+        .map_err(|e| anyhow!("p2p: {e}"))?;
+    let node = Arc::new(Node::new(
+        topo.clone(),
+        me,
+        Arc::new(peers),
+        hv,
+        traffic,
+        config.clone(),
+        metrics.clone(),
+        journal,
+    ));
+    node.reconcile(left).await;
+    node.refresh_inventory()
+        .await
+        .map_err(|e| anyhow!("hypervisor {}: {e}", config.hypervisor.uri))?;
+    if let Err(e) = node.peers.announce_inventory().await {
+        tracing::info!(error = %e, "first inventory announcement not published (no peer yet)");
+    }
+
+    let _metrics_server = if config.metrics.enabled {
+        let s = MetricsServer::bind(config.metrics.listen, Arc::new(registry))
+            .await
+            .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+        tracing::info!(address = %s.local_addr(), "metrics endpoint");
+        Some(s)
+    } else {
+        None
+    };
+    let control_listener = control::bind(&config.control.socket)
+        .with_context(|| format!("control.socket {}", config.control.socket.display()))?;
+    let control_task = tokio::spawn(control::serve_on(control_listener, node.clone()));
+
+    let ready = format!(
+        "host {} with {} VM(s), {} peers in the topology",
+        node.name(),
+        node.state().inventory.len(),
+        topo.hosts().len() - 1
+    );
+    let _ = notifier.ready(&ready);
+    tracing::info!("{ready}: ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reload = {
+        let node = node.clone();
+        let path = opts.config.clone();
+        let overrides = opts.overrides.clone();
+        move || {
+            let _ = notifier.reloading();
+            match Config::load(&path, &overrides) {
+                Ok(new) => {
+                    let current = node.config();
+                    let r = current.reload(&new);
+                    if let Err(e) = log.set_level(&r.config.log.level) {
+                        tracing::warn!(error = %e, "log level not changed");
+                    }
+                    for key in &r.needs_restart {
+                        tracing::warn!(option = key, "changed; takes effect at the next restart");
+                    }
+                    let maintenance = r.config.placement.maintenance;
+                    *node.config.write().unwrap_or_else(|e| e.into_inner()) = r.config;
+                    node.state().maintenance = maintenance;
+                    tracing::info!(file = %path.display(), "configuration reloaded");
+                }
+                Err(e) => tracing::error!("configuration not reloaded:\n{e}"),
+            }
+            let _ = notifier.ready("reloaded");
+        }
+    };
+    let watchdog = Notifier::from_env().ok().and_then(|n| n.watchdog_interval().map(|i| (n, i)));
+    let stop = async move {
+        let mut wd = tokio::time::interval(
+            watchdog.as_ref().map(|(_, i)| *i).unwrap_or(Duration::from_secs(3600)),
+        );
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => reload(),
+                _ = wd.tick() => if let Some((n, _)) = &watchdog { let _ = n.watchdog(); },
+            }
+        }
+    };
+    drive(node.clone(), inbound, stop).await;
+
+    let _ = Notifier::from_env().map(|n| n.stopping("handing the token on"));
+    shutdown(&node).await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&config.control.socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Stops cleanly: no new decision, the token handed on, an in-flight migration finished (or its
+/// journal entry left for the next start to reconcile).
+pub async fn shutdown<P: Peers>(node: &Arc<Node<P>>) {
+    node.state().stopping = true;
+    let config = node.config();
+    let limit = config.migration.params().timeout + config.token.handoff_timeout() * 4;
+    let until = Instant::now() + limit;
+    while node.state().holding.is_some() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if node.state().holding.is_some() {
+        tracing::warn!("stopping while holding the token: peers will regenerate it");
+    }
+}
+
+/// The event loop: answers peers, takes tokens, watches for token loss, keeps inventory, flows
+/// and metrics fresh, until `stop` completes or the transport shuts down.
+pub async fn drive<P: Peers>(
+    node: Arc<Node<P>>,
+    mut inbound: Inbound,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut inventory = tokio::time::interval(Duration::from_secs(2));
+    let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = inbound.recv() => {
+                let Some(ev) = ev else { break };
+                handle(&node, ev);
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                node.traffic().tick(now);
+                if let Some(task) = node.loss_check(now) {
+                    tokio::spawn(task);
+                }
+            }
+            _ = inventory.tick() => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.refresh_inventory().await {
+                        tracing::warn!(error = %e, "inventory refresh");
+                    }
+                });
+            }
+            _ = gauges.tick() => {
+                let node = node.clone();
+                tokio::spawn(async move { update_gauges(&node).await });
+            }
+        }
+    }
+}
+
+fn handle<P: Peers>(node: &Arc<Node<P>>, ev: InboundEvent) {
+    match ev {
+        InboundEvent::Token { from, token, reply } => node.on_token(from, token, reply),
+        InboundEvent::Capacity { request, reply, .. } => {
+            tokio::spawn(node.clone().answer_capacity(request, reply));
+        }
+        InboundEvent::Stats { request, reply, .. } => {
+            tokio::spawn(node.clone().answer_stats(request, reply));
+        }
+        InboundEvent::Announcement { from, announcement } => {
+            node.on_announcement(from, announcement)
+        }
+        InboundEvent::PeerUp(h) => {
+            let mut st = node.state();
+            st.reachable.insert(h);
+            node.metrics.peers.connected.set(st.reachable.len() as i64);
+        }
+        InboundEvent::PeerDown(h) => {
+            let mut st = node.state();
+            st.reachable.remove(&h);
+            node.metrics.peers.connected.set(st.reachable.len() as i64);
+        }
+    }
+}
+
+async fn update_gauges<P: Peers>(node: &Arc<Node<P>>) {
+    let (cost, traffic) = node.cost_by_level().await;
+    node.metrics
+        .set_levels(node.topo.level_names(), &cost, &traffic);
+    let stats = node.traffic().source().stats();
+    let f = &node.metrics.flows;
+    f.entries.set(stats.table.entries as i64);
+    node.metrics.maintenance.set(node.state().maintenance as i64);
+    let _ = f;
+}
