@@ -6,6 +6,7 @@
 pub mod cost;
 pub mod hypervisor;
 pub mod identity;
+pub mod testbed;
 pub mod topology;
 
 pub use scored_proto as proto;

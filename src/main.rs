@@ -31,6 +31,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Developer testbed: hypervisors in network namespaces with real libvirt (root only).
+    #[command(subcommand)]
+    Testbed(scored::testbed::cli::TestbedCommand),
 }
 
 #[derive(Subcommand)]
@@ -74,6 +77,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| "scored keygen".to_string())?;
             eprintln!("wrote {}", out.display());
             println!("{}", key.public().to_peer_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Testbed(cmd) => {
+            scored::testbed::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
     }

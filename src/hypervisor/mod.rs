@@ -6,6 +6,10 @@
 //! seconds): the daemon calls them from `spawn_blocking`, never from its event loop. Nothing here
 //! decides anything; it reports and executes.
 
+pub mod libvirt;
+pub mod progress;
+pub mod watch;
+
 use scored_proto::VmId;
 use std::time::Duration;
 
