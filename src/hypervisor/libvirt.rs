@@ -190,7 +190,16 @@ impl LibvirtHypervisor {
             .map_err(|e| fail("virDomainMigrateSetMaxDowntime", e.message().to_string()))?;
         let (mp, flags) = migrate_parameters(params, dest);
 
-        let watchdog = Watchdog::start(dom.clone(), params, self.cfg.poll_interval, started);
+        // The watchdog gets a connection of its own: libvirt 9.0's client sometimes never sends
+        // a call queued behind another thread's long call on the same connection (seen here as
+        // a virDomainAbortJob that waited forever behind virDomainMigrate3).
+        let watched = open(&self.cfg.uri)
+            .and_then(|c| {
+                c.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
+                    .map_err(|e| call(Some(vm), "virDomainLookupByUUIDString", e))
+            })
+            .map_err(|e| fail("watchdog connection", e.to_string()))?;
+        let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started);
         let result = dom.migrate3(&dconn, mp, flags);
         let seen = watchdog.stop();
         let mut trace = MigrationTrace {
@@ -804,7 +813,14 @@ impl Watchdog {
                         ));
                     }
                     seen.lowest_remaining = watch.low();
-                    std::thread::sleep(every);
+                    // Finely until the job shows up (that delay is a measured figure), then
+                    // at the configured pace.
+                    let pause = if seen.job_started_after.is_none() {
+                        every.min(Duration::from_millis(10))
+                    } else {
+                        every
+                    };
+                    std::thread::sleep(pause);
                 }
                 seen.lowest_remaining = watch.low();
                 seen

@@ -225,6 +225,60 @@ impl GuestSpec {
     }
 }
 
+/// One `hb <name> <boot> <n>` line of a guest's serial console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub boot: String,
+    pub n: u64,
+}
+
+/// What a guest printed on its serial console so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Console {
+    /// Boot ids from the banner lines, one per boot.
+    pub boots: Vec<String>,
+    pub beats: Vec<Heartbeat>,
+}
+
+impl Console {
+    pub fn parse(text: &str) -> Console {
+        let mut c = Console::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["hb", _name, boot, n] => {
+                    if let Ok(n) = n.parse() {
+                        c.beats.push(Heartbeat {
+                            boot: boot.to_string(),
+                            n,
+                        });
+                    }
+                }
+                ["scored-guest", _name, "boot", boot, ..] => c.boots.push(boot.to_string()),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    pub fn read(path: &Path) -> Console {
+        // A console is written by QEMU as it runs: bytes that are not UTF-8 are line noise.
+        let bytes = std::fs::read(path).unwrap_or_default();
+        Console::parse(&String::from_utf8_lossy(&bytes))
+    }
+
+    pub fn last(&self) -> Option<&Heartbeat> {
+        self.beats.last()
+    }
+
+    /// The guest booted once and its heartbeat never went backwards or changed boot id.
+    pub fn continuous(&self) -> bool {
+        self.boots.len() == 1
+            && self.beats.iter().all(|b| b.boot == self.boots[0])
+            && self.beats.windows(2).all(|w| w[1].n > w[0].n)
+    }
+}
+
 /// A running testbed. Dropping it tears everything down (unless [`Testbed::keep`] was called).
 pub struct Testbed {
     pub state: TestbedState,
@@ -518,6 +572,29 @@ impl Testbed {
 
     pub fn console_path(&self, guest: &str) -> PathBuf {
         self.dir.join("console").join(format!("{guest}.log"))
+    }
+
+    pub fn console(&self, guest: &str) -> Console {
+        Console::read(&self.console_path(guest))
+    }
+
+    /// Waits until the guest's heartbeat reaches `n`.
+    pub fn wait_heartbeat(&self, guest: &str, n: u64, timeout: Duration) -> Result<Heartbeat> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.console(guest);
+            if let Some(b) = c.last().filter(|b| b.n >= n) {
+                return Ok(b.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestbedError::Invalid(format!(
+                    "guest {guest}: heartbeat {n} not seen within {timeout:?} (last: {:?}; console {})",
+                    c.last(),
+                    self.console_path(guest).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The libvirt domain XML of a testbed guest (diskless: kernel + initramfs from the cache).
@@ -897,6 +974,22 @@ mod tests {
         assert_eq!(t.hosts().len(), 4);
         assert_eq!(t.racks().len(), 2);
         assert!(generated_topology(0).is_err());
+    }
+
+    #[test]
+    fn console_tells_a_restart_from_a_continued_heartbeat() {
+        let ok = Console::parse(
+            "noise\nscored-guest vm1 boot B1 ip x\nhb vm1 B1 0\nhb vm1 B1 1\n\u{1}garbage\nhb vm1 B1 2\n",
+        );
+        assert!(ok.continuous());
+        assert_eq!(ok.last().map(|b| b.n), Some(2));
+        let restarted = Console::parse(
+            "scored-guest vm1 boot B1 ip x\nhb vm1 B1 0\nscored-guest vm1 boot B2 ip x\nhb vm1 B2 0\n",
+        );
+        assert!(!restarted.continuous());
+        let backwards = Console::parse("scored-guest v boot B ip x\nhb v B 3\nhb v B 1\n");
+        assert!(!backwards.continuous());
+        assert!(!Console::parse("").continuous());
     }
 
     #[test]
