@@ -16,6 +16,7 @@ pub mod notify;
 pub mod p2p;
 pub mod sim;
 pub mod token;
+pub mod testbed;
 pub mod topology;
 
 pub use scored_proto as proto;

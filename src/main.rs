@@ -20,6 +20,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon (one per hypervisor).
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = scored::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Override one option: section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<scored::config::Override>,
+        /// Validate the configuration and topology, then exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Show what the running daemon sees: token, local VMs with partners, rates, levels, cost,
+    /// recent decisions with their Eq. 3.2 numbers, peers.
+    Status(ControlArgs),
+    /// What this host would do for each local VM now (dry-run).
+    Plan(ControlArgs),
+    /// Put this host in maintenance and move its VMs away, one per token visit.
+    Drain(ControlArgs),
+    /// Turn maintenance on or off (a host in maintenance is never a destination).
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Pin a VM (by address or name) so scored never moves it; --off unpins.
+    Pin {
+        vm: String,
+        #[arg(long)]
+        off: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Check or generate topology files.
     #[command(subcommand)]
     Topology(TopologyCommand),
@@ -59,6 +93,9 @@ enum Command {
     /// Run a bare p2p node that prints its events as JSON lines (tests, troubleshooting).
     #[command(hide = true, name = "debug-p2p-node")]
     DebugP2pNode(scored::p2p::node::NodeArgs),
+    /// Developer testbed: hypervisors in network namespaces with real libvirt (root only).
+    #[command(subcommand)]
+    Testbed(scored::testbed::cli::TestbedCommand),
 }
 
 #[derive(Subcommand)]
@@ -78,6 +115,59 @@ enum ConfigCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<scored::config::Override>,
     },
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// The daemon's control socket (default: control.socket from the configuration).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The configuration file the socket path is read from.
+    #[arg(long, default_value = scored::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ControlArgs {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if self.config.exists() {
+            let c = scored::config::Config::load(&self.config, &[])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            return Ok(c.control.socket);
+        }
+        Ok(scored::config::ControlConfig::default().socket)
+    }
+}
+
+fn control(args: &ControlArgs, req: scored::daemon::control::Request) -> anyhow::Result<ExitCode> {
+    use scored::daemon::control::{Reply, render_decisions, render_status, request};
+    let path = args.socket()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reply = rt
+        .block_on(request(&path, &req, Duration::from_secs(60)))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(match reply {
+            Reply::Error { .. } => ExitCode::FAILURE,
+            _ => ExitCode::SUCCESS,
+        });
+    }
+    match reply {
+        Reply::Status(s) => print!("{}", render_status(&s)),
+        Reply::Plan { decisions } => print!("{}", render_decisions(&decisions)),
+        Reply::Done { message } => println!("{message}"),
+        Reply::Error { message } => {
+            eprintln!("scored: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -106,7 +196,30 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    use scored::daemon::control::Request;
     match cli.command {
+        Command::Run {
+            config,
+            overrides,
+            check_config,
+        } => {
+            scored::daemon::run::run(scored::daemon::run::RunOptions {
+                config,
+                overrides,
+                check_config,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) => control(&a, Request::Status),
+        Command::Plan(a) => control(&a, Request::Plan),
+        Command::Drain(a) => control(&a, Request::Drain),
+        Command::Maintenance { state, control: a } => control(
+            &a,
+            Request::Maintenance {
+                on: state == "on",
+            },
+        ),
+        Command::Pin { vm, off, control: a } => control(&a, Request::Pin { vm, on: !off }),
         Command::Topology(TopologyCommand::Check { files }) => Ok(topology_check(&files)),
         Command::Topology(TopologyCommand::Generate { shape }) => {
             let spec = match shape.as_str() {
@@ -175,6 +288,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DebugP2pNode(args) => {
             tokio::runtime::Runtime::new()?.block_on(scored::p2p::node::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Testbed(cmd) => {
+            scored::testbed::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
     }

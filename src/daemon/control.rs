@@ -6,10 +6,10 @@ use super::node::{DecisionRecord, Node};
 use crate::p2p::Peers;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Longest request line accepted.
@@ -78,9 +78,8 @@ pub struct PartnerStatus {
     pub bytes_per_sec: f64,
 }
 
-/// Serves the control socket until the task is dropped.
-pub async fn serve<P: Peers>(path: PathBuf, node: Arc<Node<P>>) -> std::io::Result<()> {
-    let listener = bind(&path)?;
+/// Serves the control socket on a bound listener (see [`bind`]) until the task is dropped.
+pub async fn serve_on<P: Peers>(listener: UnixListener, node: Arc<Node<P>>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let node = node.clone();
@@ -115,7 +114,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 async fn handle<P: Peers>(stream: UnixStream, node: Arc<Node<P>>) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(r).take(MAX_REQUEST as u64 + 1);
+    let mut reader = BufReader::new(r.take(MAX_REQUEST as u64 + 1));
     reader.read_line(&mut line).await?;
     let reply = if line.len() > MAX_REQUEST {
         Reply::Error {
@@ -285,8 +284,7 @@ pub async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Re
         line.push('\n');
         w.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut answer = String::new();
-        BufReader::new(r)
-            .take(64 << 20)
+        BufReader::new(r.take(64 << 20))
             .read_line(&mut answer)
             .await
             .map_err(|e| e.to_string())?;

@@ -2,7 +2,9 @@
 //! the token while it is held; decides for local VMs with the shared policy/decision/cost code and
 //! migrates through the hypervisor. Never blocks its event loop on libvirt or capture.
 
+pub mod control;
 pub mod history;
 pub mod journal;
 pub mod node;
 pub mod ring;
+pub mod run;

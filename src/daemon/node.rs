@@ -24,7 +24,7 @@ use scored_proto::{
     Token, TokenAck, VmBenefit, VmId,
 };
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,7 +44,7 @@ pub enum Traffic {
 }
 
 impl Traffic {
-    fn source(&self) -> &dyn FlowSource {
+    pub fn source(&self) -> &dyn FlowSource {
         match self {
             Traffic::Capture(c) => c,
             Traffic::Synthetic { source, .. } => source,
@@ -67,11 +67,11 @@ impl Traffic {
 }
 
 /// What happened to one VM's turn, for logs, metrics and `scored status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub unix_ms: u64,
     pub vm: String,
-    pub outcome: &'static str,
+    pub outcome: String,
     /// u's own share of Eq. 3.1 where it runs (cost units).
     pub current_cost: f64,
     /// c_m that applied.
@@ -337,11 +337,16 @@ impl<P: Peers> Node<P> {
         let vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
         let mut out = Vec::with_capacity(vms.len());
         let mut decider = Decider::new(&self.topo);
+        let dir = self.peers.directory();
         for vm in vms {
-            let partners = self.partners(vm, false).await;
-            let pt: Vec<PartnerTraffic> = partners
-                .iter()
-                .map(|&(_, host, rate)| PartnerTraffic { host, rate })
+            // Cached locations only: a statistics answer must be quick, and an estimate will do.
+            let pt: Vec<PartnerTraffic> = self
+                .traffic()
+                .source()
+                .partners(vm)
+                .into_iter()
+                .filter(|(p, r)| *p != vm && *r > 0.0)
+                .filter_map(|(p, rate)| dir.lookup(p).map(|host| PartnerTraffic { host, rate }))
                 .collect();
             let best = decider
                 .candidates(self.me, &pt)
@@ -510,26 +515,45 @@ impl<P: Peers> Node<P> {
         self.state().ring.highest_epoch() > token.epoch
     }
 
-    async fn heartbeat(&self, token: &Token) {
-        self.state().ring.touch(Instant::now());
+    /// Tells every host the token is alive here (and resets our own loss detector).
+    async fn heartbeat(&self, at: Stamp, round: u32) {
+        {
+            let mut st = self.state();
+            st.ring.touch(Instant::now());
+            st.rounds_seen.entry(round).or_insert_with(Instant::now);
+        }
         let a = Announcement::TokenSeen {
             host: self.name().to_string(),
-            at: Stamp {
-                epoch: token.epoch,
-                seq: token.seq,
-            },
-            round: token.round,
+            at,
+            round,
         };
-        self.state().rounds_seen.entry(token.round).or_insert_with(Instant::now);
         if let Err(e) = self.peers.publish(a).await {
             tracing::debug!(error = %e, "token heartbeat not published");
         }
     }
 
-    /// Works on the token until it is handed to another host, fenced, or this host stops.
+    /// Works on the token until it is handed to another host, fenced, or this host stops. A
+    /// companion task publishes the token's heartbeat the whole time, whatever the turn waits on
+    /// (capacity answers, a long migration).
     pub async fn turn(self: Arc<Self>, mut token: Token) {
         self.metrics.token.held.set(1);
-        let result = self.work(&mut token).await;
+        let stamp = |t: &Token| (Stamp { epoch: t.epoch, seq: t.seq }, t.round);
+        let (beat_tx, mut beat_rx) = tokio::sync::watch::channel(stamp(&token));
+        let beat = heartbeat_interval(&self.config());
+        let node = self.clone();
+        let beating = tokio::spawn(async move {
+            loop {
+                let (at, round) = *beat_rx.borrow_and_update();
+                node.heartbeat(at, round).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(beat) => {}
+                    changed = beat_rx.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+        let result = self.work(&mut token, &beat_tx).await;
+        drop(beat_tx);
+        let _ = beating.await;
         self.metrics.token.held.set(0);
         let mut st = self.state();
         // A newer token may have arrived meanwhile; only clear what is ours.
@@ -541,10 +565,14 @@ impl<P: Peers> Node<P> {
         }
     }
 
-    async fn work(self: &Arc<Self>, token: &mut Token) -> Result<(), String> {
+    async fn work(
+        self: &Arc<Self>,
+        token: &mut Token,
+        beat: &tokio::sync::watch::Sender<(Stamp, u32)>,
+    ) -> Result<(), String> {
         let config = self.config();
         let handoff = config.token.handoff_timeout();
-        let beat = heartbeat_interval(&config);
+        let pause = heartbeat_interval(&config);
         self.add_local_slots(token);
         let mut queue = Queue::new(token).map_err(|e| e.to_string())?;
         let mut next = match token.holder {
@@ -553,22 +581,23 @@ impl<P: Peers> Node<P> {
         };
         let mut unreachable: HashSet<HostId> = HashSet::new();
         let mut missing: Vec<VmId> = Vec::new();
-        let mut last_beat = Instant::now().checked_sub(beat).unwrap_or_else(Instant::now);
         let mut local_skips = 0usize;
         let mut round = token.round;
         loop {
             if self.fenced(token) {
                 return Err("a newer epoch exists".into());
             }
-            if last_beat.elapsed() >= beat {
-                self.heartbeat(token).await;
-                last_beat = Instant::now();
-            }
+            beat.send_replace((
+                Stamp {
+                    epoch: token.epoch,
+                    seq: token.seq,
+                },
+                token.round,
+            ));
             if token.round != round {
-                // A pass ended here: pace rounds, keep the cluster's token alive meanwhile.
+                // A pass ended here: pace rounds (the heartbeat goes on meanwhile).
                 round = token.round;
                 self.pace_round(token, round).await;
-                last_beat = Instant::now();
                 if !missing.is_empty() {
                     token.slots.retain(|s| !missing.contains(&s.vm));
                     missing.clear();
@@ -581,7 +610,7 @@ impl<P: Peers> Node<P> {
                 Next::Holder(vm) => vm,
                 Next::Empty => {
                     // Nothing to schedule yet: keep the token, look again shortly.
-                    tokio::time::sleep(beat).await;
+                    tokio::time::sleep(pause).await;
                     self.add_local_slots(token);
                     queue = Queue::new(token).map_err(|e| e.to_string())?;
                     next = queue.first(token);
@@ -658,7 +687,6 @@ impl<P: Peers> Node<P> {
             if self.fenced(token) {
                 return;
             }
-            self.heartbeat(token).await;
             tokio::time::sleep(beat.min(until.saturating_duration_since(Instant::now()))).await;
         }
         // The new round starts now, for everyone's pacing.
@@ -902,7 +930,7 @@ impl<P: Peers> Node<P> {
         let rec = DecisionRecord {
             unix_ms: unix_ms(),
             vm: vm.to_string(),
-            outcome: a.outcome.name(),
+            outcome: a.outcome.name().to_string(),
             current_cost: d.map(|d| d.current_cost).unwrap_or(0.0),
             migration_cost: d.map(|d| d.migration_cost).unwrap_or(0.0),
             best_host: d.and_then(|d| d.best).map(|c| self.host_name(c.host)),
@@ -914,7 +942,7 @@ impl<P: Peers> Node<P> {
             seq: token.seq,
         };
         tracing::info!(
-            vm = %rec.vm, outcome = rec.outcome, current_cost = rec.current_cost,
+            vm = %rec.vm, outcome = %rec.outcome, current_cost = rec.current_cost,
             c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
             to = ?rec.to, partners = rec.partners, detail = %rec.detail, "decision"
         );
@@ -1041,14 +1069,7 @@ impl<P: Peers> Node<P> {
         let hv = self.hv.clone();
         let params = config.migration.params();
         let (id, d) = (vm.id, dest.clone());
-        let mut job = tokio::task::spawn_blocking(move || hv.migrate(id, &d, &params));
-        let beat = heartbeat_interval(&config);
-        let result = loop {
-            tokio::select! {
-                r = &mut job => break r,
-                _ = tokio::time::sleep(beat) => self.heartbeat(token).await,
-            }
-        };
+        let result = tokio::task::spawn_blocking(move || hv.migrate(id, &d, &params)).await;
         out_gauge.dec();
         let result = match result {
             Ok(r) => r,
@@ -1131,7 +1152,7 @@ impl<P: Peers> Node<P> {
             out.push(DecisionRecord {
                 unix_ms: unix_ms(),
                 vm: v.id.to_string(),
-                outcome: a.outcome.name(),
+                outcome: a.outcome.name().to_string(),
                 current_cost: d.map(|d| d.current_cost).unwrap_or(0.0),
                 migration_cost: d.map(|d| d.migration_cost).unwrap_or(0.0),
                 best_host: d.and_then(|d| d.best).map(|c| self.host_name(c.host)),

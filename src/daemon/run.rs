@@ -278,6 +278,8 @@ pub async fn drive<P: Peers>(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut inventory = tokio::time::interval(Duration::from_secs(2));
     let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    // The flow table's own granularity is one second: advancing it more often is wasted work.
+    let mut flows = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(stop);
     loop {
@@ -287,10 +289,9 @@ pub async fn drive<P: Peers>(
                 let Some(ev) = ev else { break };
                 handle(&node, ev);
             }
+            _ = flows.tick() => node.traffic().tick(Instant::now()),
             _ = tick.tick() => {
-                let now = Instant::now();
-                node.traffic().tick(now);
-                if let Some(task) = node.loss_check(now) {
+                if let Some(task) = node.loss_check(Instant::now()) {
                     tokio::spawn(task);
                 }
             }

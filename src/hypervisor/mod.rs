@@ -7,6 +7,9 @@
 //! decides anything; it reports and executes.
 
 pub mod memory;
+pub mod libvirt;
+pub mod progress;
+pub mod watch;
 
 use scored_proto::VmId;
 use std::time::Duration;

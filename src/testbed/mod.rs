@@ -1,0 +1,1002 @@
+//! The testbed: real libvirt hypervisors on one machine, for the integration tests, the benches
+//! and the demo. Each host of a topology file becomes a network namespace with a bridge for its
+//! VM taps, a private libvirtd (state directories bind-mounted in its own mount namespace) and a
+//! host key; the topology's switch tree becomes bridges in a fabric namespace joined by veths.
+//!
+//! Only for development machines (root, Debian 12): the daemon never uses this module. Nothing
+//! here talks to addresses outside the namespaces it created; everything it starts lives in them,
+//! so teardown kills exactly the processes in its own namespaces and deletes them.
+
+pub mod cli;
+pub mod guest;
+
+use crate::topology::Topology;
+use guest::GuestImage;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Default directory for cached guest images and libvirt's QEMU capability probes.
+pub const DEFAULT_CACHE: &str = "/var/cache/scored-testbed";
+/// Host `i` (0-based, topology order) gets `10.77.0.(i+1)`; guests live in the same /16.
+pub const HOST_NET: [u8; 2] = [10, 77];
+const PREFIX_LEN: u8 = 16;
+/// More would not fit one /24 of host addresses, and far exceeds what 2 cores can run.
+pub const MAX_HOSTS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("{what}: `{cmd}` failed: {message}")]
+    Command {
+        what: String,
+        cmd: String,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("topology: {0}")]
+    Topology(String),
+    #[error("guest image: {message}")]
+    Guest { message: String },
+    #[error("host {host}: {call}: {message}")]
+    Libvirt {
+        host: String,
+        call: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TestbedError {
+    fn io(path: &Path, e: std::io::Error) -> Self {
+        TestbedError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TestbedError>;
+
+/// Runs a command to completion; its stdout on success, its stderr in the error otherwise.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| TestbedError::Command {
+            what: what.to_string(),
+            cmd: shown.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(TestbedError::Command {
+            what: what.to_string(),
+            cmd: shown,
+            message: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str], what: &str) -> Result<String> {
+    run(Command::new("ip").args(args), what)
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct TestbedConfig {
+    /// Namespace prefix: lower-case letters and digits only (namespaces are `<prefix>-<host>`).
+    pub prefix: String,
+    /// State directory: generated topology, host keys, libvirt state, logs, guest consoles.
+    pub dir: PathBuf,
+    /// Topology whose hosts and switches to build; `None` = `hosts` hosts, two per rack.
+    pub topology: Option<PathBuf>,
+    /// Host count for a generated topology.
+    pub hosts: usize,
+    pub cache: PathBuf,
+}
+
+impl TestbedConfig {
+    pub fn new(prefix: &str, dir: impl Into<PathBuf>) -> Self {
+        TestbedConfig {
+            prefix: prefix.to_string(),
+            dir: dir.into(),
+            topology: None,
+            hosts: 2,
+            cache: PathBuf::from(DEFAULT_CACHE),
+        }
+    }
+}
+
+/// One hypervisor of the testbed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestbedHost {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    /// This host's directory: libvirt state (`run`, `lib`, `etc`, `log`, `cache`), `host.key`.
+    pub dir: PathBuf,
+    pub peer_id: String,
+}
+
+impl TestbedHost {
+    /// libvirtd's socket, reachable from the root namespace (a unix socket ignores netns).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/libvirt-sock")
+    }
+
+    /// URI for a client in the root namespace (tests, the demo's observer).
+    pub fn local_uri(&self) -> String {
+        format!("qemu+unix:///system?socket={}", self.socket().display())
+    }
+
+    /// URI for a client inside the testbed's namespaces (another host's libvirtd or scored).
+    pub fn tcp_uri(&self) -> String {
+        format!("qemu+tcp://{}/system", self.address)
+    }
+
+    /// Where QEMU sends migration data to this host.
+    pub fn migration_uri(&self) -> String {
+        format!("tcp://{}", self.address)
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("host.key")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("run/libvirtd.pid")
+    }
+
+    /// Pid of this host's libvirtd, when it runs.
+    pub fn libvirtd_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: signal 0 only checks that the process exists.
+        (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+}
+
+/// The state file `<dir>/testbed.json`: what `down` and `status` need after `up` has exited.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestbedState {
+    pub prefix: String,
+    pub topology: PathBuf,
+    pub hosts: Vec<TestbedHost>,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// A guest for [`Testbed::start_guest`].
+#[derive(Clone, Debug)]
+pub struct GuestSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub memory_mib: u64,
+    pub peers: Vec<Ipv4Addr>,
+    pub ping_size: u32,
+    /// Seconds between echoes to each partner.
+    pub ping_interval: f32,
+    pub traffic_secs: u32,
+    /// MiB the guest rewrites in a loop (0 = idle).
+    pub dirty_mib: u32,
+    /// Seconds after boot before the rewriting starts.
+    pub dirty_after_secs: u32,
+    pub pinned: bool,
+}
+
+impl GuestSpec {
+    pub fn new(name: &str, ip: Ipv4Addr) -> Self {
+        GuestSpec {
+            name: name.to_string(),
+            ip,
+            memory_mib: 128,
+            peers: Vec::new(),
+            ping_size: 1000,
+            ping_interval: 0.5,
+            traffic_secs: 3600,
+            dirty_mib: 0,
+            dirty_after_secs: 0,
+            pinned: false,
+        }
+    }
+
+    /// Locally administered MAC derived from the address, so captures can map one to the other.
+    pub fn mac(&self) -> String {
+        let o = self.ip.octets();
+        format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    }
+
+    /// Host-side tap name (≤ 15 bytes), unique per guest address.
+    pub fn tap(&self) -> String {
+        let o = self.ip.octets();
+        format!("sct{:02x}{:02x}", o[2], o[3])
+    }
+}
+
+/// One `hb <name> <boot> <n>` line of a guest's serial console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub boot: String,
+    pub n: u64,
+}
+
+/// What a guest printed on its serial console so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Console {
+    /// Boot ids from the banner lines, one per boot.
+    pub boots: Vec<String>,
+    pub beats: Vec<Heartbeat>,
+}
+
+impl Console {
+    pub fn parse(text: &str) -> Console {
+        let mut c = Console::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["hb", _name, boot, n] => {
+                    if let Ok(n) = n.parse() {
+                        c.beats.push(Heartbeat {
+                            boot: boot.to_string(),
+                            n,
+                        });
+                    }
+                }
+                ["scored-guest", _name, "boot", boot, ..] => c.boots.push(boot.to_string()),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    pub fn read(path: &Path) -> Console {
+        // A console is written by QEMU as it runs: bytes that are not UTF-8 are line noise.
+        let bytes = std::fs::read(path).unwrap_or_default();
+        Console::parse(&String::from_utf8_lossy(&bytes))
+    }
+
+    pub fn last(&self) -> Option<&Heartbeat> {
+        self.beats.last()
+    }
+
+    /// The guest booted once and its heartbeat never went backwards or changed boot id.
+    pub fn continuous(&self) -> bool {
+        self.boots.len() == 1
+            && self.beats.iter().all(|b| b.boot == self.boots[0])
+            && self.beats.windows(2).all(|w| w[1].n > w[0].n)
+    }
+}
+
+/// A running testbed. Dropping it tears everything down (unless [`Testbed::keep`] was called).
+pub struct Testbed {
+    pub state: TestbedState,
+    pub dir: PathBuf,
+    children: Vec<std::process::Child>,
+    keep: bool,
+}
+
+impl Testbed {
+    /// Builds the testbed. On failure, whatever was built is torn down again.
+    pub fn up(cfg: &TestbedConfig) -> Result<Testbed> {
+        check_prefix(&cfg.prefix)?;
+        // A crashed earlier run with the same prefix would hold the names we need.
+        down(&cfg.prefix, Some(&cfg.dir))?;
+        let image = guest::ensure(&cfg.cache)?;
+        let mut tb = Testbed {
+            state: TestbedState {
+                prefix: cfg.prefix.clone(),
+                topology: cfg.dir.join("topology.toml"),
+                hosts: Vec::new(),
+                kernel: image.kernel.clone(),
+                initrd: image.initrd.clone(),
+            },
+            dir: cfg.dir.clone(),
+            children: Vec::new(),
+            keep: false,
+        };
+        tb.build(cfg, &image)?;
+        Ok(tb)
+    }
+
+    fn build(&mut self, cfg: &TestbedConfig, image: &GuestImage) -> Result<()> {
+        let _ = image;
+        for d in ["hosts", "console"] {
+            let p = cfg.dir.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| TestbedError::io(&p, e))?;
+        }
+        let topo = self.write_topology(cfg)?;
+        self.save()?;
+        ensure_libvirt_qemu_user()?;
+        for d in [
+            "/run/libvirt",
+            "/var/lib/libvirt",
+            "/etc/libvirt",
+            "/var/log/libvirt",
+            "/var/cache/libvirt",
+        ] {
+            std::fs::create_dir_all(d).map_err(|e| TestbedError::io(Path::new(d), e))?;
+        }
+        self.build_network(&topo)?;
+        // The first daemon probes QEMU's capabilities (~8 s); the others reuse its cache.
+        let caps_cache = cfg.cache.join("libvirt-qemu-capabilities");
+        for i in 0..self.state.hosts.len() {
+            let host = self.state.hosts[i].clone();
+            write_libvirt_config(&host)?;
+            seed_capabilities(&caps_cache, &host)?;
+            self.start_libvirtd(&host)?;
+            wait_for_libvirtd(&host, Duration::from_secs(90))?;
+            if i == 0 {
+                save_capabilities(&host, &caps_cache);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `<dir>/topology.toml`: the template (or a generated one) with each host's
+    /// testbed address and a fresh host key's PeerId, then loads it back to validate it.
+    fn write_topology(&mut self, cfg: &TestbedConfig) -> Result<Topology> {
+        let mut doc: toml::Table = match &cfg.topology {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| TestbedError::io(p, e))?;
+                // Validate the template first so its errors carry its own file:line:col.
+                Topology::parse(p, &text).map_err(|e| TestbedError::Topology(e.to_string()))?;
+                text.parse()
+                    .map_err(|e| TestbedError::Topology(format!("{}: {e}", p.display())))?
+            }
+            None => generated_topology(cfg.hosts)?,
+        };
+        let hosts = doc
+            .get_mut("host")
+            .and_then(|h| h.as_array_mut())
+            .ok_or_else(|| TestbedError::Topology("no [[host]] entries".into()))?;
+        if hosts.is_empty() || hosts.len() > MAX_HOSTS {
+            return Err(TestbedError::Topology(format!(
+                "{} hosts; the testbed builds 1 to {MAX_HOSTS}",
+                hosts.len()
+            )));
+        }
+        for (i, h) in hosts.iter_mut().enumerate() {
+            let t = h
+                .as_table_mut()
+                .ok_or_else(|| TestbedError::Topology("[[host]] is not a table".into()))?;
+            let name = t
+                .get("name")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| TestbedError::Topology(format!("host #{} has no name", i + 1)))?
+                .to_string();
+            check_host_name(&name)?;
+            let address = host_address(i);
+            let dir = cfg.dir.join("hosts").join(&name);
+            for sub in ["run", "lib", "etc", "log", "cache"] {
+                let p = dir.join(sub);
+                std::fs::create_dir_all(&p).map_err(|e| TestbedError::io(&p, e))?;
+            }
+            let key = crate::identity::generate(&dir.join("host.key"), true)
+                .map_err(|e| TestbedError::Invalid(format!("host {name}: {e}")))?;
+            let peer_id = key.public().to_peer_id().to_string();
+            t.insert("address".into(), address.to_string().into());
+            t.insert("peer_id".into(), peer_id.clone().into());
+            // The daemons inside the namespaces reach each other over the fabric.
+            t.remove("libvirt_uri");
+            t.remove("migration_uri");
+            self.state.hosts.push(TestbedHost {
+                netns: format!("{}-{}", cfg.prefix, name),
+                name,
+                address,
+                dir,
+                peer_id,
+            });
+        }
+        let text = format!(
+            "# Generated by `scored testbed up` for the namespaces {}-*: addresses and peer ids\n\
+             # are this testbed's own. Host keys: hosts/<name>/host.key.\n\n{}",
+            cfg.prefix,
+            toml::to_string(&doc).map_err(|e| TestbedError::Topology(e.to_string()))?
+        );
+        let path = &self.state.topology;
+        std::fs::write(path, text).map_err(|e| TestbedError::io(path, e))?;
+        Topology::load(path).map_err(|e| TestbedError::Topology(e.to_string()))
+    }
+
+    fn save(&self) -> Result<()> {
+        let p = self.dir.join("testbed.json");
+        let text = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| TestbedError::Invalid(e.to_string()))?;
+        std::fs::write(&p, text).map_err(|e| TestbedError::io(&p, e))
+    }
+
+    /// Loads the state an earlier `up` wrote (for `status`, `guest`, and the demo).
+    pub fn open(dir: &Path) -> Result<Testbed> {
+        let p = dir.join("testbed.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| TestbedError::io(&p, e))?;
+        let state: TestbedState = serde_json::from_str(&text)
+            .map_err(|e| TestbedError::Invalid(format!("{}: {e}", p.display())))?;
+        Ok(Testbed {
+            state,
+            dir: dir.to_path_buf(),
+            children: Vec::new(),
+            keep: true,
+        })
+    }
+
+    fn fabric_ns(&self) -> String {
+        format!("{}-fabric", self.state.prefix)
+    }
+
+    /// Bridges for the switch tree in the fabric namespace, one namespace per host with `br0`
+    /// (address + VM taps) and a veth uplink to its rack's bridge.
+    fn build_network(&self, topo: &Topology) -> Result<()> {
+        let fab = self.fabric_ns();
+        ip(&["netns", "add", &fab], "create the fabric namespace")?;
+        ip(&["-n", &fab, "link", "set", "lo", "up"], "fabric lo up")?;
+        let roots = topo
+            .switches()
+            .iter()
+            .filter(|s| s.parent.is_none())
+            .count();
+        if roots > 1 {
+            bridge(&fab, "top")?;
+        }
+        for (j, s) in topo.switches().iter().enumerate() {
+            let br = format!("s{j}");
+            bridge(&fab, &br)?;
+            let parent = match s.parent {
+                Some(p) => format!("s{}", p.0),
+                None if roots > 1 => "top".to_string(),
+                None => continue,
+            };
+            let (up, down) = (format!("s{j}up"), format!("s{j}dn"));
+            ip(
+                &[
+                    "-n", &fab, "link", "add", &up, "type", "veth", "peer", "name", &down,
+                ],
+                "link a switch to its parent",
+            )?;
+            ip(
+                &["-n", &fab, "link", "set", &up, "master", &br, "up"],
+                "switch uplink",
+            )?;
+            ip(
+                &["-n", &fab, "link", "set", &down, "master", &parent, "up"],
+                "switch downlink",
+            )?;
+        }
+        for (i, (h, th)) in topo.hosts().iter().zip(&self.state.hosts).enumerate() {
+            let ns = &th.netns;
+            ip(&["netns", "add", ns], "create a host namespace")?;
+            ip(&["-n", ns, "link", "set", "lo", "up"], "host lo up")?;
+            bridge(ns, "br0")?;
+            let addr = format!("{}/{}", th.address, PREFIX_LEN);
+            ip(
+                &["-n", ns, "addr", "add", &addr, "dev", "br0"],
+                "host address",
+            )?;
+            let port = format!("h{i}");
+            ip(
+                &[
+                    "-n", &fab, "link", "add", &port, "type", "veth", "peer", "name", "up0",
+                    "netns", ns,
+                ],
+                "host uplink",
+            )?;
+            ip(
+                &["-n", ns, "link", "set", "up0", "master", "br0", "up"],
+                "host uplink into br0",
+            )?;
+            let rack = format!("s{}", h.rack().0);
+            ip(
+                &["-n", &fab, "link", "set", &port, "master", &rack, "up"],
+                "host port on its rack switch",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn start_libvirtd(&mut self, host: &TestbedHost) -> Result<()> {
+        let d = host.dir.display();
+        let script = format!(
+            "mount --bind {d}/run /run/libvirt && mount --bind {d}/lib /var/lib/libvirt && \
+             mount --bind {d}/etc /etc/libvirt && mount --bind {d}/log /var/log/libvirt && \
+             mount --bind {d}/cache /var/cache/libvirt && \
+             exec /usr/sbin/libvirtd --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid"
+        );
+        let log_path = host.dir.join("libvirtd.stderr");
+        let log = std::fs::File::create(&log_path).map_err(|e| TestbedError::io(&log_path, e))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| TestbedError::io(&log_path, e))?;
+        let _ = std::fs::remove_file(host.pid_file());
+        let _ = std::fs::remove_file(host.socket());
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            // Its own process group: a Ctrl-C meant for `scored testbed up` must not kill it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| TestbedError::Command {
+                what: format!("start libvirtd of {}", host.name),
+                cmd: "ip netns exec … libvirtd".into(),
+                message: e.to_string(),
+            })?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Kills one host's libvirtd (SIGKILL, as a crash would); its running guests stay up.
+    pub fn kill_libvirtd(&mut self, host: usize) -> Result<()> {
+        let h = self.state.hosts[host].clone();
+        let pid = h.libvirtd_pid().ok_or_else(|| {
+            TestbedError::Invalid(format!("host {}: libvirtd is not running", h.name))
+        })?;
+        // SAFETY: a pid read from the pid file of a daemon this testbed started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.libvirtd_pid() == Some(pid) && Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Starts a host's libvirtd again (after [`Testbed::kill_libvirtd`]) and waits for it.
+    pub fn restart_libvirtd(&mut self, host: usize) -> Result<()> {
+        let h = self.state.hosts[host].clone();
+        self.start_libvirtd(&h)?;
+        wait_for_libvirtd(&h, Duration::from_secs(60))
+    }
+
+    fn reap(&mut self) {
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+
+    pub fn host(&self, name: &str) -> Option<&TestbedHost> {
+        self.state.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn console_path(&self, guest: &str) -> PathBuf {
+        self.dir.join("console").join(format!("{guest}.log"))
+    }
+
+    pub fn console(&self, guest: &str) -> Console {
+        Console::read(&self.console_path(guest))
+    }
+
+    /// Waits until the guest's heartbeat reaches `n`.
+    pub fn wait_heartbeat(&self, guest: &str, n: u64, timeout: Duration) -> Result<Heartbeat> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.console(guest);
+            if let Some(b) = c.last().filter(|b| b.n >= n) {
+                return Ok(b.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestbedError::Invalid(format!(
+                    "guest {guest}: heartbeat {n} not seen within {timeout:?} (last: {:?}; console {})",
+                    c.last(),
+                    self.console_path(guest).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The libvirt domain XML of a testbed guest (diskless: kernel + initramfs from the cache).
+    pub fn domain_xml(&self, g: &GuestSpec) -> String {
+        let peers: Vec<String> = g.peers.iter().map(Ipv4Addr::to_string).collect();
+        let cmdline = format!(
+            "console=ttyS0 loglevel=1 panic=1 sc_name={} sc_ip={}/{} sc_peers={} \
+             sc_ping_size={} sc_ping_interval={} sc_traffic_secs={} sc_dirty_mib={} sc_dirty_after={}",
+            g.name,
+            g.ip,
+            PREFIX_LEN,
+            peers.join(","),
+            g.ping_size,
+            g.ping_interval,
+            g.traffic_secs,
+            g.dirty_mib,
+            g.dirty_after_secs
+        );
+        format!(
+            r#"<domain type='qemu'>
+  <name>{name}</name>
+  <metadata>
+    <scored:vm xmlns:scored='{ns}' ip='{ip}' pinned='{pinned}'/>
+  </metadata>
+  <memory unit='MiB'>{mem}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <interface type='bridge'>
+      <mac address='{mac}'/>
+      <source bridge='br0'/>
+      <target dev='{tap}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='{console}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"#,
+            name = g.name,
+            ns = crate::hypervisor::libvirt::METADATA_NS,
+            ip = g.ip,
+            pinned = if g.pinned { "yes" } else { "no" },
+            mem = g.memory_mib,
+            kernel = self.state.kernel.display(),
+            initrd = self.state.initrd.display(),
+            mac = g.mac(),
+            tap = g.tap(),
+            console = self.console_path(&g.name).display(),
+        )
+    }
+
+    /// Defines (persistently) and starts a guest on host `host`.
+    pub fn start_guest(&self, host: usize, g: &GuestSpec) -> Result<()> {
+        let h = &self.state.hosts[host];
+        let lv = |call: &'static str, e: virt::error::Error| TestbedError::Libvirt {
+            host: h.name.clone(),
+            call,
+            message: e.message().to_string(),
+        };
+        let _ = std::fs::remove_file(self.console_path(&g.name));
+        let conn = virt::connect::Connect::open(Some(&h.local_uri()))
+            .map_err(|e| lv("virConnectOpen", e))?;
+        let dom = conn
+            .define_domain_xml(&self.domain_xml(g))
+            .map_err(|e| lv("virDomainDefineXML", e))?;
+        dom.create().map_err(|e| lv("virDomainCreate", e))?;
+        Ok(())
+    }
+
+    /// Keeps everything running when this value is dropped (`scored testbed up` exits).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Tears the testbed down now.
+    pub fn down(&mut self) -> Result<()> {
+        let r = down(&self.state.prefix, Some(&self.dir));
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        self.children.clear();
+        r
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = self.down()
+        {
+            eprintln!("testbed {}: teardown: {e}", self.state.prefix);
+        }
+    }
+}
+
+/// Tears down every namespace named `<prefix>-*`: kills the processes inside (libvirtd, QEMU;
+/// their mount namespaces and bind mounts go with them), then deletes the namespaces. Works after
+/// a crash too, since it needs nothing but the names. Leaves `dir` (logs, consoles) in place.
+pub fn down(prefix: &str, dir: Option<&Path>) -> Result<()> {
+    check_prefix(prefix)?;
+    let _ = dir;
+    let list = ip(&["netns", "list"], "list network namespaces")?;
+    let mine: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .map(str::to_string)
+        .collect();
+    for _round in 0..50 {
+        let mut alive = 0;
+        for ns in &mine {
+            let pids =
+                ip(&["netns", "pids", ns], "list processes in a namespace").unwrap_or_default();
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                alive += 1;
+                // SAFETY: every process in this namespace was started by this testbed.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if alive == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut last_err = None;
+    for ns in &mine {
+        if let Err(e) = ip(&["netns", "del", ns], "delete a namespace") {
+            last_err = Some(e);
+        }
+    }
+    last_err.map_or(Ok(()), Err)
+}
+
+/// One line per host: libvirtd up or down, and its running guests.
+pub fn status(dir: &Path) -> Result<String> {
+    let tb = Testbed::open(dir)?;
+    let mut out = format!(
+        "testbed {} ({} hosts, topology {})\n",
+        tb.state.prefix,
+        tb.state.hosts.len(),
+        tb.state.topology.display()
+    );
+    for h in &tb.state.hosts {
+        let guests = match h.libvirtd_pid() {
+            None => "libvirtd down".to_string(),
+            Some(pid) => match virt::connect::Connect::open(Some(&h.local_uri()))
+                .and_then(|c| c.list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            {
+                Ok(doms) => {
+                    let names: Vec<String> = doms.iter().filter_map(|d| d.name().ok()).collect();
+                    format!("libvirtd pid {pid}; running: {}", names.join(" "))
+                }
+                Err(e) => format!("libvirtd pid {pid}; not answering: {}", e.message()),
+            },
+        };
+        out.push_str(&format!(
+            "  {:<8} {:<15} netns {:<20} {}\n",
+            h.name,
+            h.address.to_string(),
+            h.netns,
+            guests
+        ));
+    }
+    Ok(out)
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty()
+        || prefix.len() > 12
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(TestbedError::Invalid(format!(
+            "testbed prefix `{prefix}`: use 1 to 12 lower-case letters or digits"
+        )));
+    }
+    Ok(())
+}
+
+fn check_host_name(name: &str) -> Result<()> {
+    if name == "fabric"
+        || name.is_empty()
+        || name.len() > 32
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(TestbedError::Topology(format!(
+            "host name `{name}` cannot name a namespace (letters, digits, - and _; not `fabric`)"
+        )));
+    }
+    Ok(())
+}
+
+fn host_address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(HOST_NET[0], HOST_NET[1], 0, (i + 1) as u8)
+}
+
+/// `n` hosts, two per rack, racks under one core switch.
+fn generated_topology(n: usize) -> Result<toml::Table> {
+    if n == 0 || n > MAX_HOSTS {
+        return Err(TestbedError::Topology(format!(
+            "{n} hosts; the testbed builds 1 to {MAX_HOSTS}"
+        )));
+    }
+    let mut text = String::from(
+        "[levels]\nnames = [\"rack\", \"core\"]\nweights = [1.0, 2.718281828459045]\n\n\
+         [defaults]\nmax_vms = 4\nmemory_mib = 2048\nreserve_memory_mib = 256\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[host]]\nname = \"hv{}\"\npath = [\"core\", \"tor{}\"]\n",
+            i + 1,
+            i / 2 + 1
+        ));
+    }
+    text.parse()
+        .map_err(|e| TestbedError::Topology(format!("generated topology: {e}")))
+}
+
+fn bridge(ns: &str, name: &str) -> Result<()> {
+    ip(
+        &["-n", ns, "link", "add", name, "type", "bridge"],
+        "create a bridge",
+    )?;
+    ip(&["-n", ns, "link", "set", name, "up"], "bridge up")?;
+    Ok(())
+}
+
+/// libvirt refuses to start QEMU without this user even when qemu.conf says root.
+fn ensure_libvirt_qemu_user() -> Result<()> {
+    let known = Command::new("getent")
+        .args(["passwd", "libvirt-qemu"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if known {
+        return Ok(());
+    }
+    let _ = Command::new("groupadd")
+        .args(["-r", "libvirt-qemu"])
+        .stderr(Stdio::null())
+        .status();
+    run(
+        Command::new("useradd").args([
+            "-r",
+            "-g",
+            "libvirt-qemu",
+            "-d",
+            "/var/lib/libvirt",
+            "-s",
+            "/usr/sbin/nologin",
+            "libvirt-qemu",
+        ]),
+        "create the libvirt-qemu user",
+    )
+    .map(|_| ())
+}
+
+fn write_libvirt_config(h: &TestbedHost) -> Result<()> {
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map_err(|e| TestbedError::io(Path::new("/proc/sys/kernel/random/uuid"), e))?;
+    // Test-only settings: no authentication on the unix socket or TCP inside the namespace.
+    let libvirtd = format!(
+        "host_uuid = \"{}\"\nunix_sock_rw_perms = \"0777\"\nauth_unix_ro = \"none\"\n\
+         auth_unix_rw = \"none\"\nlisten_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n\
+         log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
+        uuid.trim()
+    );
+    let qemu = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
+                security_driver = \"none\"\nstdio_handler = \"file\"\ncgroup_controllers = []\n\
+                namespaces = []\n";
+    for (f, text) in [("libvirtd.conf", libvirtd.as_str()), ("qemu.conf", qemu)] {
+        let p = h.dir.join("etc").join(f);
+        std::fs::write(&p, text).map_err(|e| TestbedError::io(&p, e))?;
+    }
+    Ok(())
+}
+
+fn wait_for_libvirtd(h: &TestbedHost, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("socket never appeared");
+    while Instant::now() < deadline {
+        if h.socket().exists() {
+            match virt::connect::Connect::open(Some(&h.local_uri())) {
+                Ok(c) => {
+                    // The first call that needs QEMU's capabilities pays the probe once.
+                    let r = c.capabilities();
+                    match r {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = e.message().to_string(),
+                    }
+                }
+                Err(e) => last = e.message().to_string(),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(TestbedError::Libvirt {
+        host: h.name.clone(),
+        call: "virConnectOpen (waiting for libvirtd)",
+        message: format!(
+            "not ready after {timeout:?}: {last}; see {}",
+            h.dir.join("log/libvirtd.log").display()
+        ),
+    })
+}
+
+/// Copies libvirt's cached QEMU probe into a new host, so its daemon starts in milliseconds.
+fn seed_capabilities(cache: &Path, h: &TestbedHost) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return Ok(());
+    };
+    let dst = h.dir.join("cache/qemu/capabilities");
+    std::fs::create_dir_all(&dst).map_err(|e| TestbedError::io(&dst, e))?;
+    for e in entries.flatten() {
+        let _ = std::fs::copy(e.path(), dst.join(e.file_name()));
+    }
+    Ok(())
+}
+
+/// Keeps the first host's probe for the next hosts and runs (libvirt re-probes by itself when
+/// QEMU or libvirt changed, so a stale copy costs only the probe it would have cost anyway).
+fn save_capabilities(h: &TestbedHost, cache: &Path) {
+    let src = h.dir.join("cache/qemu/capabilities");
+    let Ok(entries) = std::fs::read_dir(&src) else {
+        return;
+    };
+    if std::fs::create_dir_all(cache).is_err() {
+        return;
+    }
+    for e in entries.flatten() {
+        let _ = std::fs::copy(e.path(), cache.join(e.file_name()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(check_prefix("sclv").is_ok());
+        assert!(check_prefix("sclv2").is_ok());
+        assert!(check_prefix("sclv-x").is_err());
+        assert!(check_prefix("").is_err());
+        assert!(check_prefix("Sclv").is_err());
+    }
+
+    #[test]
+    fn generated_topology_is_valid() {
+        let doc = generated_topology(4).unwrap();
+        let text = toml::to_string(&doc).unwrap();
+        let t = Topology::parse(Path::new("gen.toml"), &text).unwrap();
+        assert_eq!(t.hosts().len(), 4);
+        assert_eq!(t.racks().len(), 2);
+        assert!(generated_topology(0).is_err());
+    }
+
+    #[test]
+    fn console_tells_a_restart_from_a_continued_heartbeat() {
+        let ok = Console::parse(
+            "noise\nscored-guest vm1 boot B1 ip x\nhb vm1 B1 0\nhb vm1 B1 1\n\u{1}garbage\nhb vm1 B1 2\n",
+        );
+        assert!(ok.continuous());
+        assert_eq!(ok.last().map(|b| b.n), Some(2));
+        let restarted = Console::parse(
+            "scored-guest vm1 boot B1 ip x\nhb vm1 B1 0\nscored-guest vm1 boot B2 ip x\nhb vm1 B2 0\n",
+        );
+        assert!(!restarted.continuous());
+        let backwards = Console::parse("scored-guest v boot B ip x\nhb v B 3\nhb v B 1\n");
+        assert!(!backwards.continuous());
+        assert!(!Console::parse("").continuous());
+    }
+
+    #[test]
+    fn guest_identity_follows_its_address() {
+        let g = GuestSpec::new("vm1", Ipv4Addr::new(10, 77, 1, 10));
+        assert_eq!(g.mac(), "52:54:0a:4d:01:0a");
+        assert_eq!(g.tap(), "sct010a");
+        assert!(g.tap().len() <= 15);
+    }
+}

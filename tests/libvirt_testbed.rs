@@ -1,0 +1,318 @@
+//! Real libvirt hypervisors in network namespaces (the testbed), driven through scored's libvirt
+//! backend and nothing else: a live migration that the guest does not notice, a destination whose
+//! libvirtd dies mid-migration, and a migration that cannot converge and is aborted.
+//!
+//! Needs root (CI is root) and the packages of scripts/install-deps.sh; without root each test
+//! says why and returns. The tests run one at a time (TCG guests share two cores) and every
+//! testbed is torn down by its Drop guard, on panic too.
+
+use scored::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
+use scored::hypervisor::watch::{VmChange, VmWatch};
+use scored::hypervisor::{
+    AbortReason, Destination, Hypervisor, HypervisorError, MigrationParams, VmState,
+};
+use scored::proto::VmId;
+use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("{test}: skipped: needs root to create network namespaces and run libvirtd");
+        return false;
+    }
+    assert!(
+        std::path::Path::new("/usr/sbin/libvirtd").exists(),
+        "{test}: libvirtd is missing; run scripts/install-deps.sh"
+    );
+    true
+}
+
+fn testbed(prefix: &str) -> Testbed {
+    let dir = std::env::temp_dir().join(format!("scored-test-{prefix}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Testbed::up(&TestbedConfig::new(prefix, dir)).expect("testbed up")
+}
+
+fn backend(h: &TestbedHost) -> LibvirtHypervisor {
+    LibvirtHypervisor::connect(LibvirtConfig::new(&h.local_uri())).expect("connect")
+}
+
+fn destination(h: &TestbedHost) -> Destination {
+    Destination {
+        host: h.name.clone(),
+        // The test runs in the root namespace: it reaches libvirtd by its unix socket, while
+        // QEMU's migration stream crosses the testbed fabric to the host's address.
+        libvirt_uri: Some(h.local_uri()),
+        migration_uri: Some(h.migration_uri()),
+    }
+}
+
+/// Names of the domains a host has (defined or running) and whether each runs.
+fn domains(h: &TestbedHost) -> Vec<(String, bool)> {
+    let conn = virt::connect::Connect::open(Some(&h.local_uri())).expect("connect");
+    conn.list_all_domains(0)
+        .expect("list domains")
+        .iter()
+        .map(|d| (d.name().unwrap(), d.is_active().unwrap()))
+        .collect()
+}
+
+/// The guest is defined on exactly one host, and runs there.
+fn assert_on_exactly(tb: &Testbed, guest: &str, host: usize) {
+    for (i, h) in tb.state.hosts.iter().enumerate() {
+        let here: Vec<_> = domains(h).into_iter().filter(|(n, _)| n == guest).collect();
+        if i == host {
+            assert_eq!(
+                here,
+                vec![(guest.to_string(), true)],
+                "{guest} must run on {}",
+                h.name
+            );
+        } else {
+            assert!(
+                here.is_empty(),
+                "{guest} must be gone from {}: {here:?}",
+                h.name
+            );
+        }
+    }
+}
+
+/// Waits until `pred` holds, polling every 100 ms.
+fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !pred() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tap_bytes(h: &TestbedHost, tap: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &h.netns, "cat"])
+        .arg(format!("/sys/class/net/{tap}/statistics/rx_bytes"))
+        .output()
+        .expect("read tap counters");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn live_migration_keeps_the_guest_running_and_defined_once() {
+    if !can_run("live_migration") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tb = testbed("sclvmig");
+    let (h1, h2) = (&tb.state.hosts[0], &tb.state.hosts[1]);
+    let ip = Ipv4Addr::new(10, 77, 1, 10);
+    let mut g = GuestSpec::new("g1", ip);
+    // Echoes to hv2's own address: traffic that must follow the guest to its new tap.
+    g.peers = vec![h2.address];
+    g.ping_interval = 0.2;
+    tb.start_guest(0, &g).expect("start guest");
+    let before = tb
+        .wait_heartbeat("g1", 2, Duration::from_secs(60))
+        .expect("guest boots");
+
+    let (hv1, hv2) = (backend(h1), backend(h2));
+    let id = VmId::from_ipv4(ip);
+    let vms = hv1.vms().unwrap();
+    assert_eq!(vms.len(), 1);
+    let vm = &vms[0];
+    assert_eq!((vm.id, vm.name.as_str(), vm.memory_mib), (id, "g1", 128));
+    assert_eq!(vm.interfaces[0].tap.as_deref(), Some(g.tap().as_str()));
+    assert!(!vm.pinned);
+    assert_eq!(hv1.capacity().unwrap().running_vms, 1);
+    assert_eq!(hv2.capacity().unwrap().running_vms, 0);
+    let mut watch2 = VmWatch::new();
+    assert_eq!(watch2.poll(&hv2).unwrap(), vec![]);
+
+    let params = MigrationParams {
+        max_downtime: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let (report, trace) = hv1
+        .migrate_traced(id, &destination(h2), &params)
+        .expect("migration");
+    eprintln!("hv1 -> hv2: {report:?} {trace:?}");
+    assert!(report.elapsed > Duration::ZERO && report.elapsed < Duration::from_secs(60));
+    assert!(
+        report.downtime > Duration::ZERO && report.downtime < Duration::from_secs(5),
+        "downtime {:?}",
+        report.downtime
+    );
+    assert!(
+        report.bytes > (1 << 20) && report.bytes < (256 << 20),
+        "bytes {}",
+        report.bytes
+    );
+    assert!(trace.job_started_after.is_some());
+
+    assert_eq!(hv1.state(id).unwrap(), VmState::Absent);
+    assert_eq!(hv2.state(id).unwrap(), VmState::Running);
+    assert_on_exactly(&tb, "g1", 1);
+    match watch2.poll(&hv2).unwrap().as_slice() {
+        [VmChange::Appeared(v)] => assert_eq!(v.id, id),
+        other => panic!("hv2 should see g1 appear: {other:?}"),
+    }
+
+    // The guest kept counting: same boot, no second banner, and it goes on at hv2.
+    let after = tb
+        .wait_heartbeat("g1", before.n + 3, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(after.boot, before.boot);
+    assert!(tb.console("g1").continuous(), "{:?}", tb.console("g1"));
+    // Its traffic now crosses hv2's tap.
+    let t0 = tap_bytes(h2, &g.tap());
+    wait_until("echo traffic on hv2's tap", Duration::from_secs(10), || {
+        tap_bytes(h2, &g.tap()) > t0
+    });
+
+    // And back.
+    let (back, _) = hv2
+        .migrate_traced(id, &destination(h1), &params)
+        .expect("migration back");
+    eprintln!("hv2 -> hv1: {back:?}");
+    assert_on_exactly(&tb, "g1", 0);
+    tb.wait_heartbeat("g1", after.n + 2, Duration::from_secs(30))
+        .unwrap();
+    assert!(tb.console("g1").continuous());
+}
+
+#[test]
+fn destination_libvirtd_dying_mid_migration_leaves_the_guest_at_the_source() {
+    if !can_run("destination_dies") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tb = testbed("sclvflt");
+    let ip = Ipv4Addr::new(10, 77, 1, 20);
+    tb.start_guest(0, &GuestSpec::new("g2", ip))
+        .expect("start guest");
+    let before = tb.wait_heartbeat("g2", 2, Duration::from_secs(60)).unwrap();
+    let id = VmId::from_ipv4(ip);
+    let hv1 = std::sync::Arc::new(backend(&tb.state.hosts[0]));
+    let dest = destination(&tb.state.hosts[1]);
+
+    // ~90 MiB at 8 MiB/s: about ten seconds in which to kill the destination.
+    let params = MigrationParams {
+        bandwidth_mib_s: 8,
+        ..Default::default()
+    };
+    let job = {
+        let (hv1, dest, params) = (hv1.clone(), dest.clone(), params.clone());
+        std::thread::spawn(move || hv1.migrate(id, &dest, &params))
+    };
+    wait_until("the migration job runs", Duration::from_secs(30), || {
+        hv1.state(id).unwrap() == VmState::Migrating
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    tb.kill_libvirtd(1).expect("kill hv2's libvirtd");
+    let killed = Instant::now();
+
+    let err = job.join().unwrap().expect_err("the migration must fail");
+    eprintln!("error after {:?}: {err}", killed.elapsed());
+    match &err {
+        HypervisorError::Migration { vm, dest, call, .. } => {
+            assert_eq!(
+                (*vm, dest.as_str(), *call),
+                (id, "hv2", "virDomainMigrate3")
+            );
+        }
+        other => panic!("expected a migration error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("10.77.1.20") && text.contains("hv2") && text.contains("virDomainMigrate3")
+    );
+
+    // The guest is still at hv1, running, with no job, and never restarted.
+    wait_until(
+        "g2 runs at hv1 without a job",
+        Duration::from_secs(30),
+        || hv1.state(id).unwrap() == VmState::Running,
+    );
+    tb.wait_heartbeat("g2", before.n + 3, Duration::from_secs(30))
+        .unwrap();
+    assert!(tb.console("g2").continuous());
+
+    // hv2 comes back and discards the half-received guest: g2 is defined on one host only.
+    tb.restart_libvirtd(1).expect("restart hv2's libvirtd");
+    wait_until(
+        "hv2 drops the incoming guest",
+        Duration::from_secs(30),
+        || domains(&tb.state.hosts[1]).is_empty(),
+    );
+    assert_on_exactly(&tb, "g2", 0);
+
+    // Nothing is lost: the next attempt succeeds.
+    let report = hv1
+        .migrate(id, &dest, &MigrationParams::default())
+        .expect("second attempt");
+    assert!(report.bytes > 0);
+    assert_on_exactly(&tb, "g2", 1);
+    let after = tb.console("g2");
+    assert!(after.continuous(), "{after:?}");
+}
+
+#[test]
+fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
+    if !can_run("non_converging") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tb = testbed("sclvstl");
+    let ip = Ipv4Addr::new(10, 77, 1, 30);
+    let mut g = GuestSpec::new("g3", ip);
+    // 48 MiB rewritten as fast as a TCG guest can, through a link capped at 32 MiB/s whose
+    // 300 ms downtime budget fits under 10 MiB: every pass leaves more than the budget behind.
+    g.memory_mib = 256;
+    g.dirty_mib = 48;
+    tb.start_guest(0, &g).expect("start guest");
+    let before = tb.wait_heartbeat("g3", 3, Duration::from_secs(60)).unwrap();
+    let id = VmId::from_ipv4(ip);
+    let hv1 = backend(&tb.state.hosts[0]);
+    let params = MigrationParams {
+        bandwidth_mib_s: 32,
+        max_downtime: Duration::from_millis(300),
+        auto_converge: false,
+        stall_timeout: Duration::from_secs(4),
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = hv1
+        .migrate(id, &destination(&tb.state.hosts[1]), &params)
+        .expect_err("must not converge");
+    eprintln!("aborted after {:?}: {err}", started.elapsed());
+    match err {
+        HypervisorError::Aborted { vm, dest, reason } => {
+            assert_eq!(
+                (vm, dest.as_str(), reason),
+                (id, "hv2", AbortReason::Stalled)
+            );
+        }
+        other => panic!("expected a stall abort, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    wait_until(
+        "g3 runs at hv1 without a job",
+        Duration::from_secs(30),
+        || hv1.state(id).unwrap() == VmState::Running,
+    );
+    assert_on_exactly(&tb, "g3", 0);
+    tb.wait_heartbeat("g3", before.n + 2, Duration::from_secs(30))
+        .unwrap();
+    assert!(tb.console("g3").continuous());
+}
