@@ -177,6 +177,20 @@ impl Scenario {
         )
     }
 
+    /// Eq. 3.1 of `loc` under round `round`, split by the level the traffic crosses.
+    pub fn cost_by_level(&self, round: usize, loc: &[HostId]) -> Vec<f64> {
+        let base = self.ids[0].0;
+        let placement = |v: VmId| loc.get((v.0 - base) as usize).copied();
+        cost::total_cost_by_level(
+            &self.topology,
+            self.rates[round]
+                .pairs()
+                .iter()
+                .map(|&(a, b, r)| (self.ids[a as usize], self.ids[b as usize], r)),
+            &placement,
+        )
+    }
+
     /// Traffic between racks under round `round` with allocation `loc`: `m[i][j]`, bytes/s, both
     /// directions summed into both cells (symmetric); the diagonal is traffic inside a rack.
     pub fn rack_matrix(&self, round: usize, loc: &[HostId]) -> Vec<Vec<f64>> {

@@ -120,6 +120,36 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             r.seconds
         );
     }
+    let last = sc.rounds() - 1;
+    let names = sc.topology.level_names();
+    let _ = write!(
+        s,
+        "\nshare of the final cost by level (last round's traffic):\n\n| allocation |"
+    );
+    for l in 1..=sc.topology.levels() as usize {
+        let _ = write!(s, " {} |", names[l - 1]);
+    }
+    let _ = writeln!(
+        s,
+        "\n|---|{}",
+        "---:|".repeat(sc.topology.levels() as usize)
+    );
+    let mut level_row = |name: &str, loc: &[crate::topology::HostId]| {
+        let by = sc.cost_by_level(last, loc);
+        let total: f64 = by.iter().sum::<f64>().max(1e-300);
+        let _ = write!(s, "| {name} |");
+        for v in &by[1..] {
+            let _ = write!(s, " {:.1}% |", v / total * 100.0);
+        }
+        let _ = writeln!(s);
+    };
+    level_row("initial", &sc.initial);
+    for r in &report.runs {
+        level_row(r.policy.name(), &r.placement);
+    }
+    if let Some(b) = &report.baseline {
+        level_row("baseline", &b.placement);
+    }
     if let Some(b) = &report.baseline {
         let _ = writeln!(
             s,
@@ -264,12 +294,13 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         written.push(path);
     }
 
-    // Heat maps share one colour scale: the largest cell of the initial matrix.
+    // Heat maps share one colour scale: the largest rack-to-rack cell of the initial matrix.
     let before = sc.rack_matrix(0, &sc.initial);
     let max = before
         .iter()
-        .flatten()
-        .copied()
+        .enumerate()
+        .flat_map(|(i, row)| row.iter().enumerate().filter(move |(j, _)| *j != i))
+        .map(|(_, &v)| v)
         .fold(0.0f64, f64::max)
         .max(1e-300);
     let path = dir.join("fig5_1_tor_traffic_before.svg");

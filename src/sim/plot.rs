@@ -162,8 +162,10 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
     root.present().map_err(|x| e(x.to_string()))
 }
 
-/// Figs. 5.1/5.4: ToR×ToR traffic, log colour scale shared through `max` (so before and after
-/// compare), white where no traffic. Racks are in topology order: neighbours share a switch.
+/// Figs. 5.1/5.4: traffic between ToR switches (racks), log colour scale shared through `max`
+/// (so before and after compare), white where none. The diagonal (traffic that stays inside a
+/// rack, which crosses no ToR uplink) is drawn grey. Racks are in topology order, so neighbours
+/// share an aggregation switch.
 pub fn rack_heat_map(
     path: &Path,
     matrix: &[Vec<f64>],
@@ -191,8 +193,8 @@ pub fn rack_heat_map(
         .axis_desc_style((FONT, 15))
         .draw()
         .map_err(|x| e(x.to_string()))?;
-    // Five decades below the maximum are shown; less is drawn as the lightest shade.
-    let decades = 5.0;
+    // Three decades below the maximum are shown; less is drawn as the lightest shade.
+    let decades = 3.0;
     let shade = |v: f64| {
         let t = ((v / max).log10() / decades + 1.0).clamp(0.0, 1.0);
         heat(t)
@@ -200,16 +202,17 @@ pub fn rack_heat_map(
     let mut cells = Vec::new();
     for (i, row) in matrix.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            if v > 0.0 {
-                cells.push((i as i32, j as i32, v));
+            if v > 0.0 && i != j {
+                cells.push((i as i32, j as i32, shade(v)));
             }
         }
+        cells.push((i as i32, i as i32, RGBColor(170, 170, 170)));
     }
     chart
         .draw_series(
             cells
                 .into_iter()
-                .map(|(i, j, v)| Rectangle::new([(i, j), (i + 1, j + 1)], shade(v).filled())),
+                .map(|(i, j, c)| Rectangle::new([(i, j), (i + 1, j + 1)], c.filled())),
         )
         .map_err(|x| e(x.to_string()))?;
     // Colour bar.
@@ -226,7 +229,7 @@ pub fn rack_heat_map(
             let lo = -decades + decades * k as f64 / 50.0;
             let hi = lo + decades / 50.0;
             Rectangle::new(
-                [(0.0, lo), (1.0, hi)],
+                [(0.0, lo), (0.4, hi)],
                 heat((lo + decades) / decades).filled(),
             )
         }))
@@ -241,7 +244,7 @@ pub fn rack_heat_map(
         bar_chart
             .draw_series(std::iter::once(Text::new(
                 label,
-                (0.05, y + 0.08),
+                (0.45, y - 0.02),
                 (FONT, 12).into_font().color(&BLACK),
             )))
             .map_err(|x| e(x.to_string()))?;
