@@ -153,8 +153,12 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     if let Some(b) = &report.baseline {
         let _ = writeln!(
             s,
-            "\nbaseline: {} moves + {} swaps over {} sweeps; its migrations = VMs not on their initial host",
-            b.moves, b.swaps, b.sweeps
+            "\nbaseline: {} moves + {} swaps over {} sweeps; {} of {} rounds planned from a fresh allocation; its migrations = VMs not on their initial host",
+            b.moves,
+            b.swaps,
+            b.sweeps,
+            b.constructive,
+            b.costs.len()
         );
     }
     if !report.sweep.is_empty() {
