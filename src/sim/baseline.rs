@@ -7,6 +7,7 @@
 //!   multilevel graph partitioning: VMs joined into host-sized groups along the heaviest traffic
 //!   first, those into rack-sized groups, and so on up the tree, then laid onto the tree;
 //! - the previous round's plan (round 0: the initial allocation).
+//!
 //! Each is then improved by local search: every VM, most expensive first, takes the best move to
 //! a partner's host or a host with room in a partner's rack, or the best swap with a VM on a full
 //! partner host (which S-CORE's single moves cannot do), sweeping until a sweep gains < 0.1%.
