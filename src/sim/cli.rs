@@ -41,7 +41,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.05)]
     pub churn: f64,
     /// c_m fractions for the sweep of Fig. 5.3 (comma-separated); "none" to skip.
-    #[arg(long, default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3")]
+    #[arg(long, default_value = "0,0.1,0.2,0.3,1,3,10,30")]
     pub sweep: String,
     /// Skip the centralised baseline.
     #[arg(long)]
