@@ -40,6 +40,9 @@ pub struct SimArgs {
     /// Share of flows replaced by new ones at each round boundary.
     #[arg(long, default_value_t = 0.05)]
     pub churn: f64,
+    /// Share of flows that stay inside their rack (the thesis: 0.8).
+    #[arg(long, default_value_t = 0.8)]
+    pub intra_rack: f64,
     /// c_m fractions for the sweep of Fig. 5.3 (comma-separated); "none" to skip.
     #[arg(long, default_value = "0,0.1,0.2,0.3,1,3,10,30")]
     pub sweep: String,
@@ -107,6 +110,11 @@ impl SimArgs {
             self.fill
         );
         anyhow::ensure!(
+            (0.0..=1.0).contains(&self.intra_rack),
+            "--intra-rack {} must be in [0, 1]",
+            self.intra_rack
+        );
+        anyhow::ensure!(
             (0.0..=1.0).contains(&self.churn),
             "--churn {} must be in [0, 1]",
             self.churn
@@ -118,6 +126,7 @@ impl SimArgs {
             seed: self.seed,
             traffic: TrafficParams {
                 churn: self.churn,
+                intra_rack: self.intra_rack,
                 ..TrafficParams::default()
             },
             ..ScenarioParams::default()

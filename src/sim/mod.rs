@@ -208,6 +208,27 @@ impl Scenario {
     }
 }
 
+/// Rack pairs (i < j) whose traffic is at least `share` of the largest rack-to-rack cell of the
+/// initial allocation: the hot spots of Figs. 5.1/5.4, counted.
+pub fn hot_rack_pairs(sc: &Scenario, round: usize, loc: &[HostId], share: f64) -> usize {
+    let before = sc.rack_matrix(0, &sc.initial);
+    let max = before
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| row.iter().skip(i + 1).copied())
+        .fold(0.0f64, f64::max);
+    let m = sc.rack_matrix(round, loc);
+    m.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .skip(i + 1)
+                .filter(|&&v| v >= share * max)
+                .count()
+        })
+        .sum()
+}
+
 pub use cli::{SimArgs, run_cli};
 
 mod cli;

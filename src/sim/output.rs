@@ -120,6 +120,24 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             r.seconds
         );
     }
+    let _ = writeln!(
+        s,
+        "\ndecisions (one per token step): migrate / no benefit above c_m / no room / no traffic / excluded by a gate; capacity queries\n"
+    );
+    for r in &report.runs {
+        let o = r.outcomes;
+        let _ = writeln!(
+            s,
+            "- {}: {} / {} / {} / {} / {}; {} queries",
+            r.policy.name(),
+            o[0],
+            o[1],
+            o[2],
+            o[3],
+            o[4],
+            r.capacity_queries
+        );
+    }
     let last = sc.rounds() - 1;
     let names = sc.topology.level_names();
     let _ = write!(
@@ -150,6 +168,27 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     if let Some(b) = &report.baseline {
         level_row("baseline", &b.placement);
     }
+    let _ = write!(
+        s,
+        "\nhot ToR pairs (≥ 10% of the initial largest rack-to-rack traffic): initial {}",
+        super::hot_rack_pairs(sc, last, &sc.initial, 0.1)
+    );
+    for r in &report.runs {
+        let _ = write!(
+            s,
+            ", {} {}",
+            r.policy.name(),
+            super::hot_rack_pairs(sc, last, &r.placement, 0.1)
+        );
+    }
+    if let Some(b) = &report.baseline {
+        let _ = write!(
+            s,
+            ", baseline {}",
+            super::hot_rack_pairs(sc, last, &b.placement, 0.1)
+        );
+    }
+    let _ = writeln!(s);
     if let Some(b) = &report.baseline {
         let _ = writeln!(
             s,
