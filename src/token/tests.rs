@@ -272,3 +272,46 @@ fn bad_tokens_are_refused() {
     let empty = token(PolicyKind::Distributed, &[]);
     assert_eq!(Queue::new(&empty).unwrap().first(&empty), Next::Empty);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the holders report, every pass gives each VM exactly one turn, and the round
+        /// counter moves once per pass.
+        #[test]
+        fn every_pass_visits_every_vm_once(
+            n in 1usize..24,
+            policy in prop::sample::select(vec![
+                PolicyKind::RoundRobin, PolicyKind::Distributed, PolicyKind::LoadAware,
+            ]),
+            reports in prop::collection::vec(
+                prop::collection::vec((0u32..24, 0u8..5, 0.0f64..1e9), 0..5), 72),
+        ) {
+            let ids: Vec<u32> = (0..n as u32).map(|i| i * 3 + 1).collect();
+            let mut t = token(policy, &ids);
+            let mut q = Queue::new(&t).unwrap();
+            let mut next = q.first(&t);
+            for pass in 0..3u32 {
+                let mut seen = std::collections::BTreeSet::new();
+                for k in 0..n {
+                    let Next::Holder(v) = next else { panic!("{next:?}") };
+                    prop_assert!(seen.insert(v), "{v:?} twice in pass {pass}");
+                    prop_assert_eq!(t.round, pass);
+                    let r = &reports[(pass as usize * n + k) % reports.len()];
+                    let ns: Vec<Neighbour> = r
+                        .iter()
+                        .map(|&(i, level, rate)| nb(ids[i as usize % n], level, rate))
+                        .collect();
+                    next = q.hand_off(&mut t, &Turn { vm: v, neighbours: &ns }).unwrap();
+                }
+                prop_assert_eq!(seen.len(), n);
+                prop_assert_eq!(t.round, pass + 1);
+            }
+            // The index agrees with a fresh one built from the token.
+            let fresh = Queue::new(&t).unwrap();
+            prop_assert_eq!(&fresh.waiting, &q.waiting);
+        }
+    }
+}
