@@ -45,7 +45,8 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "| global |",
         "| distributed |",
         "| load-aware |",
-        "| centralised baseline |",
+        "| centralised, incremental |",
+        "| centralised, re-placement |",
         "c_m sweep",
     ] {
         assert!(stdout.contains(want), "{want} missing:\n{stdout}");

@@ -2,13 +2,14 @@
 //! location and every host's room, and improves the allocation by local search with moves and
 //! swaps until a sweep gains less than 0.1%.
 //!
-//! Two starts, the better kept, each round:
-//! - a fresh allocation built from the traffic alone, bottom-up like the coarsening phase of
-//!   multilevel graph partitioning: VMs joined into host-sized groups along the heaviest traffic
-//!   first, those into rack-sized groups, and so on up the tree, then laid onto the tree;
-//! - the previous round's plan (round 0: the initial allocation).
+//! Two plans each round:
+//! - incremental: the previous round's plan (round 0: the initial allocation), improved;
+//! - re-placement: the best of the incremental plan, the previous re-placement plan improved, and
+//!   a fresh allocation built from the traffic alone, bottom-up like the coarsening phase of
+//!   multilevel graph partitioning (VMs joined into host-sized groups along the heaviest traffic
+//!   first, those into rack-sized groups, and so on up the tree, then laid onto the tree), improved.
 //!
-//! Each is then improved by local search: every VM, most expensive first, takes the best move to
+//! Improving is by local search: every VM, most expensive first, takes the best move to
 //! a partner's host or a host with room in a partner's rack, or the best swap with a VM on a full
 //! partner host (which S-CORE's single moves cannot do), sweeping until a sweep gains < 0.1%.
 //!
@@ -23,21 +24,34 @@ use crate::cost::{self, PartnerTraffic};
 use crate::decide::Decider;
 use crate::topology::HostId;
 
-/// The baseline's result for each round of traffic.
+/// The baseline's plans for each round of traffic.
 #[derive(Clone, Debug)]
 pub struct Baseline {
-    /// Eq. 3.1 of the optimised allocation under each round's traffic.
+    /// Eq. 3.1 of the re-placement plan under each round's traffic: the best of the incremental
+    /// plan, the previous re-placement plan re-optimised, and a fresh traffic-built allocation.
     pub costs: Vec<f64>,
-    /// The allocation after the last round.
+    /// The re-placement plan after the last round.
     pub placement: Vec<HostId>,
-    /// VMs whose final host differs from their initial one.
+    /// VMs whose host in the final re-placement plan differs from their initial one.
     pub vms_moved: u64,
-    /// Moves and swaps applied, over all rounds.
+    /// The incremental plan: local search from the current allocation only, each round
+    /// continuing from the previous round's plan (what a central controller that improves the
+    /// running allocation step by step would reach).
+    pub incremental_costs: Vec<f64>,
+    pub incremental_placement: Vec<HostId>,
+    pub incremental_vms_moved: u64,
+    /// Moves, swaps and sweeps applied over all searches.
+    pub work: Work,
+    /// Rounds whose re-placement plan came from the traffic-built allocation.
+    pub constructive: u32,
+}
+
+/// What the local searches did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
     pub moves: u64,
     pub swaps: u64,
     pub sweeps: u32,
-    /// Rounds whose plan came from the traffic-built allocation rather than the previous plan.
-    pub constructive: u32,
 }
 
 /// Stop when a sweep gains less than this share of the cost.
@@ -46,48 +60,55 @@ const MAX_SWEEPS: u32 = 50;
 /// Share of the cost below which the remaining VMs of a sweep are not examined.
 const NEGLIGIBLE: f64 = 1e-4;
 
-/// Optimises each round's traffic in turn, starting from the initial allocation and then from the
-/// previous round's result (a controller re-planning as traffic changes).
+/// Plans each round's traffic in turn (a controller re-planning as traffic changes).
 pub fn run(sc: &Scenario) -> Baseline {
-    let mut out = Baseline {
-        costs: Vec::new(),
-        placement: sc.initial.clone(),
-        vms_moved: 0,
-        moves: 0,
-        swaps: 0,
-        sweeps: 0,
-        constructive: 0,
-    };
-    // Each round: the better of a local search from the previous plan (round 0: the initial
-    // allocation) and one from a fresh allocation built from that round's traffic.
-    let mut search = LocalSearch::new(sc, sc.initial.clone());
+    let mut work = Work::default();
+    let mut incremental = LocalSearch::new(sc, sc.initial.clone());
+    let mut incremental_costs = Vec::new();
+    let mut best: Option<LocalSearch<'_>> = None;
+    let mut costs = Vec::new();
+    let mut constructive_rounds = 0;
     for r in 0..sc.rounds() {
-        let (moves, swaps) = (out.moves, out.swaps);
-        search.optimise(&sc.rates[r], &mut out);
-        if let Some(fresh) = constructive(sc, &sc.rates[r]) {
-            let mut other = LocalSearch::new(sc, fresh);
-            let mut stats = out.clone();
-            stats.moves = moves;
-            stats.swaps = swaps;
-            other.optimise(&sc.rates[r], &mut stats);
-            out.sweeps = stats.sweeps;
-            if sc.cost(r, &other.loc) < sc.cost(r, &search.loc) {
-                search = other;
-                out.moves = stats.moves;
-                out.swaps = stats.swaps;
-                out.constructive += 1;
+        let rates = &sc.rates[r];
+        incremental.optimise(rates, &mut work);
+        let inc_cost = sc.cost(r, &incremental.loc);
+        incremental_costs.push(inc_cost);
+        let mut pick = (
+            inc_cost,
+            LocalSearch::new(sc, incremental.loc.clone()),
+            false,
+        );
+        if let Some(mut previous) = best.take() {
+            previous.optimise(rates, &mut work);
+            let c = sc.cost(r, &previous.loc);
+            if c < pick.0 {
+                pick = (c, previous, false);
             }
         }
-        out.costs.push(sc.cost(r, &search.loc));
+        if let Some(fresh) = constructive(sc, rates) {
+            let mut f = LocalSearch::new(sc, fresh);
+            f.optimise(rates, &mut work);
+            let c = sc.cost(r, &f.loc);
+            if c < pick.0 {
+                pick = (c, f, true);
+            }
+        }
+        costs.push(pick.0);
+        constructive_rounds += pick.2 as u32;
+        best = Some(pick.1);
     }
-    out.vms_moved = search
-        .loc
-        .iter()
-        .zip(&sc.initial)
-        .filter(|(a, b)| a != b)
-        .count() as u64;
-    out.placement = search.loc;
-    out
+    let moved = |loc: &[HostId]| loc.iter().zip(&sc.initial).filter(|(a, b)| a != b).count() as u64;
+    let placement = best.map_or_else(|| sc.initial.clone(), |b| b.loc);
+    Baseline {
+        costs,
+        vms_moved: moved(&placement),
+        placement,
+        incremental_costs,
+        incremental_vms_moved: moved(&incremental.loc),
+        incremental_placement: incremental.loc,
+        work,
+        constructive: constructive_rounds,
+    }
 }
 
 enum Step {
@@ -136,7 +157,7 @@ impl<'s> LocalSearch<'s> {
         }));
     }
 
-    fn optimise(&mut self, rates: &Rates, stats: &mut Baseline) {
+    fn optimise(&mut self, rates: &Rates, stats: &mut Work) {
         let topo = &self.sc.topology;
         let n = self.loc.len();
         let mut order: Vec<(f64, u32)> = Vec::with_capacity(n);

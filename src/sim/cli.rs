@@ -26,6 +26,7 @@ pub struct SimArgs {
     /// Token rounds (iterations): in each, every VM holds the token once.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Seed of the one ChaCha stream all randomness comes from (placement, traffic, churn).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Directory for the CSV files, the summary and the SVG figures.

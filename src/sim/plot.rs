@@ -34,7 +34,8 @@ fn colour(p: PolicyKind) -> RGBColor {
 const FONT: &str = "sans-serif";
 
 /// Fig. 5.2: Eq. 3.1 normalised to the initial cost, against iterations (token rounds), one line
-/// per policy and the baseline's cost per round as a black step line.
+/// per policy, and the centralised plans' cost per round as step lines (incremental grey,
+/// re-placement black).
 pub fn cost_over_iterations(path: &Path, report: &Report, vms: usize) -> Result<(), PlotError> {
     let e = err(path);
     let c0 = report.initial_costs[0];
@@ -83,16 +84,24 @@ pub fn cost_over_iterations(path: &Path, report: &Report, vms: usize) -> Result<
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
     }
     if let Some(b) = &report.baseline {
-        let mut pts = Vec::new();
-        for (r, c) in b.costs.iter().enumerate() {
-            pts.push((r as f64, c / c0));
-            pts.push(((r + 1) as f64, c / c0));
+        let grey = RGBColor(140, 140, 140);
+        for (costs, label, col) in [
+            (&b.incremental_costs, "centralised, incremental", grey),
+            (&b.costs, "centralised, re-placement", BLACK),
+        ] {
+            let mut pts = Vec::new();
+            for (r, c) in costs.iter().enumerate() {
+                pts.push((r as f64, c / c0));
+                pts.push(((r + 1) as f64, c / c0));
+            }
+            chart
+                .draw_series(LineSeries::new(pts, col.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
         }
-        chart
-            .draw_series(LineSeries::new(pts, BLACK.stroke_width(2)))
-            .map_err(|x| e(x.to_string()))?
-            .label("centralised baseline")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
     }
     chart
         .configure_series_labels()

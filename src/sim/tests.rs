@@ -115,11 +115,13 @@ fn capacity_is_never_exceeded() {
             }
         }
         let b = baseline::run(&sc);
-        let mut per_host = vec![0u32; sc.slots.len()];
-        for h in &b.placement {
-            per_host[h.index()] += 1;
+        for plan in [&b.placement, &b.incremental_placement] {
+            let mut per_host = vec![0u32; sc.slots.len()];
+            for h in plan {
+                per_host[h.index()] += 1;
+            }
+            assert!(per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s));
         }
-        assert!(per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s));
     }
 }
 
@@ -163,6 +165,14 @@ fn the_baseline_improves_and_reports_its_true_cost() {
     assert_eq!(*b.costs.last().unwrap(), sc.cost(last, &b.placement));
     assert!(b.costs[0] < sc.cost(0, &sc.initial));
     assert!(b.costs[last] < sc.cost(last, &sc.initial));
+    assert_eq!(
+        *b.incremental_costs.last().unwrap(),
+        sc.cost(last, &b.incremental_placement)
+    );
+    // The re-placement plan considers the incremental one every round.
+    for (re, inc) in b.costs.iter().zip(&b.incremental_costs) {
+        assert!(re <= inc);
+    }
     // On this small case the centralised search is at least as good as any token policy.
     for p in PolicyKind::ALL {
         let r = run(&sc, p);
@@ -250,11 +260,11 @@ fn outputs_are_written() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "step,iteration,round-robin,global,distributed,load-aware,baseline"
+        "step,iteration,round-robin,global,distributed,load-aware,centralised_incremental,centralised_replacement"
     );
     assert_eq!(lines.count(), sc.rounds() * sc.vms());
     let svg = std::fs::read_to_string(dir.path().join("fig5_2_cost_vs_iterations.svg")).unwrap();
-    assert!(svg.contains("<text") && svg.contains("centralised baseline"));
+    assert!(svg.contains("<text") && svg.contains("centralised, re-placement"));
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(summary.contains("| distributed |"), "{summary}");
     let sweep = std::fs::read_to_string(dir.path().join("cm_sweep.csv")).unwrap();
