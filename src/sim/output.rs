@@ -309,10 +309,16 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     )
     .map_err(io(&path))?;
     for r in rows(sc, report) {
+        // Names with a comma are quoted (RFC 4180).
+        let name = if r.name.contains(',') {
+            format!("\"{}\"", r.name)
+        } else {
+            r.name.clone()
+        };
         writeln!(
             f,
             "{},{:.6},{:.6},{},{:.6},{},{},{:.3}",
-            r.name,
+            name,
             r.reduction,
             r.normalised,
             r.migrations,
