@@ -266,7 +266,8 @@ mod properties {
         /// partner host with room (and not in maintenance) offers more.
         #[test]
         fn the_chosen_host_is_the_best_partner_host_with_room(
-            partners in prop::collection::vec((0u32..16, 0.0f64..1e6), 0..12),
+            // Up to 120 partners: past 48 benefits come from the subtree index.
+            partners in prop::collection::vec((0u32..16, 0.0f64..1e6), 0..120),
             running in prop::collection::vec(10u32..17, 16),
             cm in 0.0f64..1e7,
             from in 0u32..16,
@@ -277,6 +278,7 @@ mod properties {
             let s = Subject { vm: VmId(1), host: HostId(from), memory_mib: 1024, partners: &ps };
             let dec = d.decide(&s, &Gates::thesis(cm), |h| cap(running[h.index()]));
             let has_room = |h: HostId| running[h.index()] < 16;
+            let tol = 1e-9 * ps.iter().map(|q| q.rate).sum::<f64>().max(1.0) * 50.0;
             let best_partner_host = ps
                 .iter()
                 .filter(|q| q.host != s.host && q.rate > 0.0 && has_room(q.host))
@@ -286,16 +288,16 @@ mod properties {
                 Outcome::Migrate { to, benefit, .. } => {
                     prop_assert!(to != s.host);
                     prop_assert!(has_room(to));
-                    prop_assert_eq!(benefit, cost::benefit(&t, s.host, to, &ps));
+                    prop_assert!((benefit - cost::benefit(&t, s.host, to, &ps)).abs() <= tol);
                     prop_assert!(benefit > cm);
-                    prop_assert!(benefit >= best_partner_host);
+                    prop_assert!(benefit >= best_partner_host - tol);
                 }
                 Outcome::NoTraffic => prop_assert!(ps.iter().all(|q| q.rate <= 0.0)),
-                _ => prop_assert!(best_partner_host <= cm),
+                _ => prop_assert!(best_partner_host <= cm + tol),
             }
             if let Some(b) = dec.best {
                 prop_assert!(ps.iter().all(|q| q.host == s.host
-                    || cost::benefit(&t, s.host, q.host, &ps) <= b.benefit));
+                    || cost::benefit(&t, s.host, q.host, &ps) <= b.benefit + tol));
             }
         }
     }
