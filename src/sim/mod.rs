@@ -34,6 +34,8 @@ pub enum SimError {
     NoVms { fill: f64, slots: usize },
     #[error("--rounds must be at least 1")]
     NoRounds,
+    #[error("{vms} VMs in {racks} racks make no traffic: there is nothing to optimise")]
+    NoTraffic { vms: usize, racks: usize },
 }
 
 /// What to simulate.
@@ -141,6 +143,12 @@ impl Scenario {
             flows = generator.churn(&flows, &mut rng);
             rates.push(Rates::from_flows(n, &flows, params.traffic.window_s));
         }
+        if rates[0].pairs().is_empty() {
+            return Err(SimError::NoTraffic {
+                vms: n,
+                racks: structure.groups.len(),
+            });
+        }
         let ids = (0..n as u32).map(|i| VmId(0x0a00_0001 + i)).collect();
         Ok(Scenario {
             topology,
@@ -217,6 +225,9 @@ pub fn hot_rack_pairs(sc: &Scenario, round: usize, loc: &[HostId], share: f64) -
         .enumerate()
         .flat_map(|(i, row)| row.iter().skip(i + 1).copied())
         .fold(0.0f64, f64::max);
+    if max <= 0.0 {
+        return 0;
+    }
     let m = sc.rack_matrix(round, loc);
     m.iter()
         .enumerate()

@@ -296,4 +296,16 @@ fn impossible_scenarios_are_refused() {
         .unwrap_err(),
         SimError::NoRounds
     );
+    let err = Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            vms: Some(1),
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "1 VMs in 1 racks make no traffic: there is nothing to optimise"
+    );
 }
