@@ -181,25 +181,6 @@ impl MemoryCluster {
         Ok(())
     }
 
-    /// Stops and forgets `vm` wherever it runs, returning it (e.g. to start it in another
-    /// process's cluster when daemons in separate processes each model their own host).
-    pub fn remove_vm(&self, vm: VmId) -> Result<Vm> {
-        let mut c = self.lock();
-        let host = c
-            .location
-            .remove(&vm)
-            .ok_or(HypervisorError::NoSuchVm { vm })?;
-        let h = &mut c.hosts[host.index()];
-        let pos = h
-            .vms
-            .iter()
-            .position(|v| v.id == vm)
-            .expect("the location index matches the hosts");
-        let removed = h.vms.swap_remove(pos);
-        h.used_memory_mib -= removed.memory_mib;
-        Ok(removed)
-    }
-
     /// Pins or unpins a VM (as the operator's domain metadata flag would).
     pub fn set_pinned(&self, vm: VmId, pinned: bool) -> Result<()> {
         let mut c = self.lock();
@@ -496,14 +477,6 @@ mod tests {
             .to_string();
         assert!(err.contains("nowhere"), "{err}");
         assert_eq!(c.host_of(VmId(7)), Some(HostId(0)));
-        c.check().unwrap();
-        let vm = c.remove_vm(VmId(7)).unwrap();
-        assert_eq!(vm.id, VmId(7));
-        assert_eq!(c.host_of(VmId(7)), None);
-        assert!(matches!(
-            c.remove_vm(VmId(7)),
-            Err(HypervisorError::NoSuchVm { .. })
-        ));
         c.check().unwrap();
     }
 
