@@ -5,7 +5,7 @@
 //! λ(u, v) = λ(v, u). Nothing here does I/O, reads a clock or knows where rates come from: the
 //! daemon, the simulator and the tests all call these same functions.
 
-use crate::topology::{HostId, Topology};
+use crate::topology::{HostId, SwitchId, Topology};
 use scored_proto::{Level, VmId};
 
 /// Link weights `c_1 < c_2 < …` with their prefix sums precomputed, so the weight of a path at
@@ -181,6 +181,80 @@ pub fn benefit(topo: &Topology, from: HostId, to: HostId, partners: &[PartnerTra
         .sum::<f64>()
 }
 
+/// A VM's partners' rates summed per host and per switch subtree, so that its own cost on any host
+/// (and so Eq. 3.2 towards many destinations) is O(depth · log k) instead of O(k).
+///
+/// For a destination y with path s_1 … s_d (top to rack), let A_c be the rate of partners whose
+/// path shares at least c switches with y's (A_0 = all, A_c = the subtree of s_c). Partners sharing
+/// exactly c < d switches meet y at level d − c + 1; those in y's rack but not on y at level 1:
+/// `cost(y) = Σ_{c<d} (A_c − A_{c+1})·P(d − c + 1) + (A_d − on_y)·P(1)`, P the path costs. Equal to
+/// [`vm_cost`] up to rounding (a property test checks it).
+#[derive(Clone, Debug, Default)]
+pub struct PartnerRates {
+    hosts: Vec<(HostId, f64)>,
+    switches: Vec<(SwitchId, f64)>,
+    total: f64,
+}
+
+impl PartnerRates {
+    /// Indexes `partners`, reusing this value's memory.
+    pub fn build(&mut self, topo: &Topology, partners: &[PartnerTraffic]) {
+        self.hosts.clear();
+        self.switches.clear();
+        self.total = 0.0;
+        for p in partners {
+            self.total += p.rate;
+            self.hosts.push((p.host, p.rate));
+            for &s in &topo.host(p.host).path {
+                self.switches.push((s, p.rate));
+            }
+        }
+        merge(&mut self.hosts);
+        merge(&mut self.switches);
+    }
+
+    fn rate<K: Ord + Copy>(list: &[(K, f64)], key: K) -> f64 {
+        list.binary_search_by_key(&key, |e| e.0)
+            .map_or(0.0, |i| list[i].1)
+    }
+
+    /// `vm_cost(topo, at, partners)` for the indexed partners.
+    pub fn vm_cost(&self, topo: &Topology, at: HostId) -> f64 {
+        let path = &topo.host(at).path;
+        let d = path.len();
+        let w = topo.weights();
+        let mut cost = 0.0;
+        let mut shared = self.total;
+        for (c, &s) in path.iter().enumerate() {
+            let deeper = Self::rate(&self.switches, s);
+            cost += (shared - deeper) * w.path_cost((d - c + 1) as Level);
+            shared = deeper;
+        }
+        cost + (shared - Self::rate(&self.hosts, at)) * w.path_cost(1)
+    }
+
+    /// Eq. 3.2's benefit of moving from `from` to `to`, from the index.
+    pub fn benefit(&self, topo: &Topology, from: HostId, to: HostId) -> f64 {
+        if from == to {
+            return 0.0;
+        }
+        2.0 * (self.vm_cost(topo, from) - self.vm_cost(topo, to))
+    }
+}
+
+/// Sorts by key and sums the rates of equal keys.
+fn merge<K: Ord + Copy>(list: &mut Vec<(K, f64)>) {
+    list.sort_unstable_by_key(|e| e.0);
+    list.dedup_by(|later, first| {
+        if later.0 == first.0 {
+            first.1 += later.1;
+            true
+        } else {
+            false
+        }
+    });
+}
+
 /// Eq. 3.2 itself: move when the benefit exceeds the migration cost `c_m`.
 pub fn should_migrate(benefit: f64, migration_cost: f64) -> bool {
     benefit > migration_cost
@@ -310,6 +384,27 @@ mod tests {
             if t.level(x, y) < t.level(x, z) {
                 prop_assert!(t.path_cost(x, y) < t.path_cost(x, z));
             }
+        }
+
+        #[test]
+        fn partner_rates_agree_with_vm_cost(
+            partners in prop::collection::vec((0u32..16, 0.0f64..1e6), 0..40),
+            at in 0u32..16,
+            to in 0u32..16,
+        ) {
+            let t = fat_tree();
+            let ps: Vec<PartnerTraffic> = partners
+                .iter()
+                .map(|&(h, rate)| PartnerTraffic { host: HostId(h), rate })
+                .collect();
+            let mut idx = PartnerRates::default();
+            idx.build(&t, &ps);
+            let direct = vm_cost(&t, HostId(at), &ps);
+            let fast = idx.vm_cost(&t, HostId(at));
+            let scale = ps.iter().map(|p| p.rate).sum::<f64>().max(1.0) * t.weights().path_cost(3);
+            prop_assert!((direct - fast).abs() <= 1e-12 * scale, "{} vs {}", direct, fast);
+            let b = benefit(&t, HostId(at), HostId(to), &ps);
+            prop_assert!((b - idx.benefit(&t, HostId(at), HostId(to))).abs() <= 1e-12 * scale);
         }
 
         #[test]

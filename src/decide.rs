@@ -6,7 +6,7 @@
 //! [`Search`], or all at once and answer from a cache) while the simulator answers from memory.
 //! This module never migrates anything and never touches the token.
 
-use crate::cost::{self, PartnerTraffic};
+use crate::cost::{self, PartnerRates, PartnerTraffic};
 use crate::hypervisor::Capacity;
 use crate::topology::{Host, HostId, Topology};
 use scored_proto::VmId;
@@ -158,7 +158,15 @@ pub struct Decider<'t> {
     /// Hosts already in the queue or tried, so alternates are not proposed twice.
     seen: Vec<HostId>,
     alternates: Vec<Candidate>,
+    /// Partners' rates per host and subtree, for VMs with many partners.
+    rates: PartnerRates,
+    /// `rates` holds the partners of the current search.
+    indexed: bool,
 }
+
+/// From this many partners on, benefits come from [`PartnerRates`] (O(depth · log k) each)
+/// instead of a pass over the partners (O(k) each).
+const INDEX_FROM: usize = 48;
 
 impl<'t> Decider<'t> {
     pub fn new(topo: &'t Topology) -> Self {
@@ -182,6 +190,8 @@ impl<'t> Decider<'t> {
             queue: Vec::new(),
             seen: Vec::new(),
             alternates: Vec::new(),
+            rates: PartnerRates::default(),
+            indexed: false,
         }
     }
 
@@ -196,7 +206,8 @@ impl<'t> Decider<'t> {
 
     /// The partners' hosts as candidates, in order of their contribution to u's current cost
     /// (highest first, ties by host id), each with its Eq. 3.2 benefit. u's own host is not a
-    /// candidate. O(k log k + h·k) for k partners on h distinct hosts.
+    /// candidate. O(k log k + h·k) for k partners on h distinct hosts; from 48 partners on,
+    /// O(k log k + h·depth·log k) through [`PartnerRates`] (same values up to rounding).
     pub fn candidates(&mut self, current: HostId, partners: &[PartnerTraffic]) -> &[Candidate] {
         let topo = self.topo;
         self.candidates.clear();
@@ -220,15 +231,29 @@ impl<'t> Decider<'t> {
                 false
             }
         });
-        for c in &mut self.candidates {
-            c.benefit = cost::benefit(topo, current, c.host, partners);
+        self.indexed = partners.len() >= INDEX_FROM;
+        if self.indexed {
+            self.rates.build(topo, partners);
         }
+        let mut cands = std::mem::take(&mut self.candidates);
+        for c in &mut cands {
+            c.benefit = self.benefit(current, c.host, partners);
+        }
+        self.candidates = cands;
         self.candidates.sort_by(|a, b| {
             b.contribution
                 .total_cmp(&a.contribution)
                 .then(a.host.cmp(&b.host))
         });
         &self.candidates
+    }
+
+    fn benefit(&self, from: HostId, to: HostId, partners: &[PartnerTraffic]) -> f64 {
+        if self.indexed {
+            self.rates.benefit(self.topo, from, to)
+        } else {
+            cost::benefit(self.topo, from, to, partners)
+        }
     }
 
     /// Starts a decision for `subject`: computes its candidates and applies the gates that need
@@ -392,7 +417,6 @@ impl Search<'_, '_> {
 
     fn add_alternates(&mut self, full: HostId) {
         let d = &mut *self.decider;
-        let topo = d.topo;
         let current = self.subject.host;
         let mut found = std::mem::take(&mut d.alternates);
         found.clear();
@@ -403,7 +427,7 @@ impl Search<'_, '_> {
             found.push(Candidate {
                 host: h,
                 contribution: 0.0,
-                benefit: cost::benefit(topo, current, h, self.subject.partners),
+                benefit: d.benefit(current, h, self.subject.partners),
                 via: Via::PartnerRack { of: full },
             });
         }

@@ -256,3 +256,49 @@ fn room_keeps_the_vm_limit_and_the_reserve() {
         "1024 MiB reserve must stay free"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A migration goes to a host with room, its benefit is Eq. 3.2's and beats c_m, and no
+        /// partner host with room (and not in maintenance) offers more.
+        #[test]
+        fn the_chosen_host_is_the_best_partner_host_with_room(
+            // Up to 120 partners: past 48 benefits come from the subtree index.
+            partners in prop::collection::vec((0u32..16, 0.0f64..1e6), 0..120),
+            running in prop::collection::vec(10u32..17, 16),
+            cm in 0.0f64..1e7,
+            from in 0u32..16,
+        ) {
+            let t = fat_tree();
+            let mut d = Decider::new(&t);
+            let ps: Vec<PartnerTraffic> = partners.iter().map(|&(h, r)| p(h, r)).collect();
+            let s = Subject { vm: VmId(1), host: HostId(from), memory_mib: 1024, partners: &ps };
+            let dec = d.decide(&s, &Gates::thesis(cm), |h| cap(running[h.index()]));
+            let has_room = |h: HostId| running[h.index()] < 16;
+            let tol = 1e-9 * ps.iter().map(|q| q.rate).sum::<f64>().max(1.0) * 50.0;
+            let best_partner_host = ps
+                .iter()
+                .filter(|q| q.host != s.host && q.rate > 0.0 && has_room(q.host))
+                .map(|q| cost::benefit(&t, s.host, q.host, &ps))
+                .fold(f64::NEG_INFINITY, f64::max);
+            match dec.outcome {
+                Outcome::Migrate { to, benefit, .. } => {
+                    prop_assert!(to != s.host);
+                    prop_assert!(has_room(to));
+                    prop_assert!((benefit - cost::benefit(&t, s.host, to, &ps)).abs() <= tol);
+                    prop_assert!(benefit > cm);
+                    prop_assert!(benefit >= best_partner_host - tol);
+                }
+                Outcome::NoTraffic => prop_assert!(ps.iter().all(|q| q.rate <= 0.0)),
+                _ => prop_assert!(best_partner_host <= cm + tol),
+            }
+            if let Some(b) = dec.best {
+                prop_assert!(ps.iter().all(|q| q.host == s.host
+                    || cost::benefit(&t, s.host, q.host, &ps) <= b.benefit + tol));
+            }
+        }
+    }
+}

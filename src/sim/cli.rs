@@ -26,6 +26,7 @@ pub struct SimArgs {
     /// Token rounds (iterations): in each, every VM holds the token once.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Seed of the one ChaCha stream all randomness comes from (placement, traffic, churn).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Directory for the CSV files, the summary and the SVG figures.
@@ -40,8 +41,11 @@ pub struct SimArgs {
     /// Share of flows replaced by new ones at each round boundary.
     #[arg(long, default_value_t = 0.05)]
     pub churn: f64,
+    /// Share of flows that stay inside their rack (the thesis: 0.8).
+    #[arg(long, default_value_t = 0.8)]
+    pub intra_rack: f64,
     /// c_m fractions for the sweep of Fig. 5.3 (comma-separated); "none" to skip.
-    #[arg(long, default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3")]
+    #[arg(long, default_value = "0,0.1,0.2,0.3,1,3,10,30")]
     pub sweep: String,
     /// Skip the centralised baseline.
     #[arg(long)]
@@ -107,6 +111,11 @@ impl SimArgs {
             self.fill
         );
         anyhow::ensure!(
+            (0.0..=1.0).contains(&self.intra_rack),
+            "--intra-rack {} must be in [0, 1]",
+            self.intra_rack
+        );
+        anyhow::ensure!(
             (0.0..=1.0).contains(&self.churn),
             "--churn {} must be in [0, 1]",
             self.churn
@@ -118,6 +127,7 @@ impl SimArgs {
             seed: self.seed,
             traffic: TrafficParams {
                 churn: self.churn,
+                intra_rack: self.intra_rack,
                 ..TrafficParams::default()
             },
             ..ScenarioParams::default()

@@ -109,7 +109,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
 
     let mut round = 0usize;
     let mut cost = sc.cost(0, &loc);
-    let mut next = queue.first(&token);
+    let mut next = queue.first(&mut token);
     if next == Next::NeedsStatistics {
         let stats = expected_benefits(sc, 0, &loc, &mut decider, &mut partners);
         next = queue.start_round(&mut token, &stats);

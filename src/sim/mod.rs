@@ -34,6 +34,8 @@ pub enum SimError {
     NoVms { fill: f64, slots: usize },
     #[error("--rounds must be at least 1")]
     NoRounds,
+    #[error("{vms} VMs in {racks} racks make no traffic: there is nothing to optimise")]
+    NoTraffic { vms: usize, racks: usize },
 }
 
 /// What to simulate.
@@ -141,6 +143,12 @@ impl Scenario {
             flows = generator.churn(&flows, &mut rng);
             rates.push(Rates::from_flows(n, &flows, params.traffic.window_s));
         }
+        if rates[0].pairs().is_empty() {
+            return Err(SimError::NoTraffic {
+                vms: n,
+                racks: structure.groups.len(),
+            });
+        }
         let ids = (0..n as u32).map(|i| VmId(0x0a00_0001 + i)).collect();
         Ok(Scenario {
             topology,
@@ -177,6 +185,20 @@ impl Scenario {
         )
     }
 
+    /// Eq. 3.1 of `loc` under round `round`, split by the level the traffic crosses.
+    pub fn cost_by_level(&self, round: usize, loc: &[HostId]) -> Vec<f64> {
+        let base = self.ids[0].0;
+        let placement = |v: VmId| loc.get((v.0 - base) as usize).copied();
+        cost::total_cost_by_level(
+            &self.topology,
+            self.rates[round]
+                .pairs()
+                .iter()
+                .map(|&(a, b, r)| (self.ids[a as usize], self.ids[b as usize], r)),
+            &placement,
+        )
+    }
+
     /// Traffic between racks under round `round` with allocation `loc`: `m[i][j]`, bytes/s, both
     /// directions summed into both cells (symmetric); the diagonal is traffic inside a rack.
     pub fn rack_matrix(&self, round: usize, loc: &[HostId]) -> Vec<Vec<f64>> {
@@ -192,6 +214,30 @@ impl Scenario {
         }
         m
     }
+}
+
+/// Rack pairs (i < j) whose traffic is at least `share` of the largest rack-to-rack cell of the
+/// initial allocation: the hot spots of Figs. 5.1/5.4, counted.
+pub fn hot_rack_pairs(sc: &Scenario, round: usize, loc: &[HostId], share: f64) -> usize {
+    let before = sc.rack_matrix(0, &sc.initial);
+    let max = before
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| row.iter().skip(i + 1).copied())
+        .fold(0.0f64, f64::max);
+    if max <= 0.0 {
+        return 0;
+    }
+    let m = sc.rack_matrix(round, loc);
+    m.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .skip(i + 1)
+                .filter(|&&v| v >= share * max)
+                .count()
+        })
+        .sum()
 }
 
 pub use cli::{SimArgs, run_cli};

@@ -60,17 +60,26 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
         })
         .collect();
     if let Some(b) = &report.baseline {
-        let last = *b.costs.last().expect("one cost per round");
-        out.push(Row {
-            name: "centralised baseline".into(),
-            normalised: last / c0,
-            reduction: report.reduction(last),
-            migrations: b.vms_moved,
-            per_vm: b.vms_moved as f64 / n,
-            vms_moved: b.vms_moved,
-            moved_back: None,
-            seconds: report.baseline_time.as_secs_f64(),
-        });
+        for (name, costs, moved) in [
+            (
+                "centralised, incremental",
+                &b.incremental_costs,
+                b.incremental_vms_moved,
+            ),
+            ("centralised, re-placement", &b.costs, b.vms_moved),
+        ] {
+            let last = *costs.last().expect("one cost per round");
+            out.push(Row {
+                name: name.into(),
+                normalised: last / c0,
+                reduction: report.reduction(last),
+                migrations: moved,
+                per_vm: moved as f64 / n,
+                vms_moved: moved,
+                moved_back: None,
+                seconds: report.baseline_time.as_secs_f64(),
+            });
+        }
     }
     out
 }
@@ -120,11 +129,88 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             r.seconds
         );
     }
+    let _ = writeln!(
+        s,
+        "\ndecisions (one per token step): migrate / no benefit above c_m / no room / no traffic / excluded by a gate; capacity queries; largest gap between the step-by-step cost (initial minus the benefits) and Eq. 3.1 recomputed\n"
+    );
+    for r in &report.runs {
+        let o = r.outcomes;
+        let _ = writeln!(
+            s,
+            "- {}: {} / {} / {} / {} / {}; {} queries; gap {:.1e}",
+            r.policy.name(),
+            o[0],
+            o[1],
+            o[2],
+            o[3],
+            o[4],
+            r.capacity_queries,
+            r.drift
+        );
+    }
+    let last = sc.rounds() - 1;
+    let names = sc.topology.level_names();
+    let _ = write!(
+        s,
+        "\nshare of the final cost by level (last round's traffic):\n\n| allocation |"
+    );
+    for l in 1..=sc.topology.levels() as usize {
+        let _ = write!(s, " {} |", names[l - 1]);
+    }
+    let _ = writeln!(
+        s,
+        "\n|---|{}",
+        "---:|".repeat(sc.topology.levels() as usize)
+    );
+    let mut level_row = |name: &str, loc: &[crate::topology::HostId]| {
+        let by = sc.cost_by_level(last, loc);
+        let total: f64 = by.iter().sum::<f64>().max(1e-300);
+        let _ = write!(s, "| {name} |");
+        for v in &by[1..] {
+            let _ = write!(s, " {:.1}% |", v / total * 100.0);
+        }
+        let _ = writeln!(s);
+    };
+    level_row("initial", &sc.initial);
+    for r in &report.runs {
+        level_row(r.policy.name(), &r.placement);
+    }
+    if let Some(b) = &report.baseline {
+        level_row("centralised, incremental", &b.incremental_placement);
+        level_row("centralised, re-placement", &b.placement);
+    }
+    let _ = write!(
+        s,
+        "\nhot ToR pairs (≥ 10% of the initial largest rack-to-rack traffic): initial {}",
+        super::hot_rack_pairs(sc, last, &sc.initial, 0.1)
+    );
+    for r in &report.runs {
+        let _ = write!(
+            s,
+            ", {} {}",
+            r.policy.name(),
+            super::hot_rack_pairs(sc, last, &r.placement, 0.1)
+        );
+    }
+    if let Some(b) = &report.baseline {
+        let _ = write!(
+            s,
+            ", centralised incremental {}, re-placement {}",
+            super::hot_rack_pairs(sc, last, &b.incremental_placement, 0.1),
+            super::hot_rack_pairs(sc, last, &b.placement, 0.1)
+        );
+    }
+    let _ = writeln!(s);
     if let Some(b) = &report.baseline {
         let _ = writeln!(
             s,
-            "\nbaseline: {} moves + {} swaps over {} sweeps; its migrations = VMs not on their initial host",
-            b.moves, b.swaps, b.sweeps
+            "\ncentralised baseline (both plans, {:.1} s): {} moves + {} swaps over {} sweeps; {} of {} re-placement plans from a fresh traffic-built allocation; a plan's migrations = VMs not on their initial host",
+            report.baseline_time.as_secs_f64(),
+            b.work.moves,
+            b.work.swaps,
+            b.work.sweeps,
+            b.constructive,
+            b.costs.len()
         );
     }
     if !report.sweep.is_empty() {
@@ -181,7 +267,7 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         let _ = write!(header, ",{}", r.policy.name());
     }
     if report.baseline.is_some() {
-        header.push_str(",baseline");
+        header.push_str(",centralised_incremental,centralised_replacement");
     }
     writeln!(f, "{header}").map_err(io(&path))?;
     let steps = report.runs.iter().map(|r| r.costs.len()).max().unwrap_or(0);
@@ -199,7 +285,12 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         }
         if let Some(b) = &report.baseline {
             let round = (k / n).min(b.costs.len() - 1);
-            let _ = write!(line, ",{:.6}", b.costs[round] / c0);
+            let _ = write!(
+                line,
+                ",{:.6},{:.6}",
+                b.incremental_costs[round] / c0,
+                b.costs[round] / c0
+            );
         }
         writeln!(f, "{line}").map_err(io(&path))?;
     }
@@ -218,10 +309,16 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     )
     .map_err(io(&path))?;
     for r in rows(sc, report) {
+        // Names with a comma are quoted (RFC 4180).
+        let name = if r.name.contains(',') {
+            format!("\"{}\"", r.name)
+        } else {
+            r.name.clone()
+        };
         writeln!(
             f,
             "{},{:.6},{:.6},{},{:.6},{},{},{:.3}",
-            r.name,
+            name,
             r.reduction,
             r.normalised,
             r.migrations,
@@ -264,12 +361,13 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         written.push(path);
     }
 
-    // Heat maps share one colour scale: the largest cell of the initial matrix.
+    // Heat maps share one colour scale: the largest rack-to-rack cell of the initial matrix.
     let before = sc.rack_matrix(0, &sc.initial);
     let max = before
         .iter()
-        .flatten()
-        .copied()
+        .enumerate()
+        .flat_map(|(i, row)| row.iter().enumerate().filter(move |(j, _)| *j != i))
+        .map(|(_, &v)| v)
         .fold(0.0f64, f64::max)
         .max(1e-300);
     let path = dir.join("fig5_1_tor_traffic_before.svg");

@@ -34,7 +34,8 @@ fn colour(p: PolicyKind) -> RGBColor {
 const FONT: &str = "sans-serif";
 
 /// Fig. 5.2: Eq. 3.1 normalised to the initial cost, against iterations (token rounds), one line
-/// per policy and the baseline's cost per round as a black step line.
+/// per policy, and the centralised plans' cost per round as step lines (incremental grey,
+/// re-placement black).
 pub fn cost_over_iterations(path: &Path, report: &Report, vms: usize) -> Result<(), PlotError> {
     let e = err(path);
     let c0 = report.initial_costs[0];
@@ -83,16 +84,24 @@ pub fn cost_over_iterations(path: &Path, report: &Report, vms: usize) -> Result<
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
     }
     if let Some(b) = &report.baseline {
-        let mut pts = Vec::new();
-        for (r, c) in b.costs.iter().enumerate() {
-            pts.push((r as f64, c / c0));
-            pts.push(((r + 1) as f64, c / c0));
+        let grey = RGBColor(140, 140, 140);
+        for (costs, label, col) in [
+            (&b.incremental_costs, "centralised, incremental", grey),
+            (&b.costs, "centralised, re-placement", BLACK),
+        ] {
+            let mut pts = Vec::new();
+            for (r, c) in costs.iter().enumerate() {
+                pts.push((r as f64, c / c0));
+                pts.push(((r + 1) as f64, c / c0));
+            }
+            chart
+                .draw_series(LineSeries::new(pts, col.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
         }
-        chart
-            .draw_series(LineSeries::new(pts, BLACK.stroke_width(2)))
-            .map_err(|x| e(x.to_string()))?
-            .label("centralised baseline")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
     }
     chart
         .configure_series_labels()
@@ -105,65 +114,112 @@ pub fn cost_over_iterations(path: &Path, report: &Report, vms: usize) -> Result<
     root.present().map_err(|x| e(x.to_string()))
 }
 
-/// Fig. 5.3: cost reduction after the run against c_m, one line per policy.
+/// Fig. 5.3: cost reduction after the run against c_m, one line per policy. Left panel: the
+/// thesis's range, 0–30%, linear; right panel: every point above 0 on a log axis, to show where
+/// the reduction falls.
 pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotError> {
     let e = err(path);
-    let x_max = points
-        .iter()
-        .map(|p| p.cm_fraction * 100.0)
-        .fold(1.0f64, f64::max);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
+    let root = root
+        .titled(
             "Cost reduction vs. migration cost c_m (cf. thesis Fig. 5.3)",
             (FONT, 22),
         )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
         .map_err(|x| e(x.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc("c_m, % of the mean per-VM share of the initial overall cost")
-        .y_desc("cost reduction, %")
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 16))
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
-    for policy in PolicyKind::ALL {
-        let pts: Vec<(f64, f64)> = points
+    let (left, right) = root.split_horizontally(520);
+    let x_desc = "c_m, % of the mean per-VM share of the initial cost";
+    let series = |policy: PolicyKind, keep: &dyn Fn(f64) -> bool| -> Vec<(f64, f64)> {
+        points
             .iter()
-            .filter(|p| p.policy == policy)
+            .filter(|p| p.policy == policy && keep(p.cm_fraction))
             .map(|p| (p.cm_fraction * 100.0, p.reduction * 100.0))
-            .collect();
-        if pts.is_empty() {
-            continue;
+            .collect()
+    };
+    {
+        let mut chart = ChartBuilder::on(&left)
+            .caption("thesis range", (FONT, 16))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..30f64, 0f64..100f64)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("cost reduction, %")
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        for policy in PolicyKind::ALL {
+            let pts = series(policy, &|f| f <= 0.3 + 1e-9);
+            if pts.is_empty() {
+                continue;
+            }
+            let col = colour(policy);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?
+                .label(policy.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+                .map_err(|x| e(x.to_string()))?;
         }
-        let col = colour(policy);
         chart
-            .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-            .map_err(|x| e(x.to_string()))?
-            .label(policy.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .label_font((FONT, 14))
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
             .map_err(|x| e(x.to_string()))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 15))
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
+    let positive: Vec<f64> = points
+        .iter()
+        .filter(|p| p.cm_fraction > 0.0)
+        .map(|p| p.cm_fraction * 100.0)
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        positive.iter().copied().reduce(f64::min),
+        positive.iter().copied().reduce(f64::max),
+    ) {
+        let mut chart = ChartBuilder::on(&right)
+            .caption("all points above 0, log scale", (FONT, 16))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0f64..100f64)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("cost reduction, %")
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        for policy in PolicyKind::ALL {
+            let pts = series(policy, &|f| f > 0.0);
+            let col = colour(policy);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?;
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+                .map_err(|x| e(x.to_string()))?;
+        }
+    }
     root.present().map_err(|x| e(x.to_string()))
 }
 
-/// Figs. 5.1/5.4: ToR×ToR traffic, log colour scale shared through `max` (so before and after
-/// compare), white where no traffic. Racks are in topology order: neighbours share a switch.
+/// Figs. 5.1/5.4: traffic between ToR switches (racks), log colour scale shared through `max`
+/// (so before and after compare), white below 1/1000 of it. The diagonal (traffic that stays inside a
+/// rack, which crosses no ToR uplink) is drawn grey. Racks are in topology order, so neighbours
+/// share an aggregation switch.
 pub fn rack_heat_map(
     path: &Path,
     matrix: &[Vec<f64>],
@@ -191,8 +247,8 @@ pub fn rack_heat_map(
         .axis_desc_style((FONT, 15))
         .draw()
         .map_err(|x| e(x.to_string()))?;
-    // Five decades below the maximum are shown; less is drawn as the lightest shade.
-    let decades = 5.0;
+    // Three decades below the maximum are shown; less is drawn as the lightest shade.
+    let decades = 3.0;
     let shade = |v: f64| {
         let t = ((v / max).log10() / decades + 1.0).clamp(0.0, 1.0);
         heat(t)
@@ -200,16 +256,18 @@ pub fn rack_heat_map(
     let mut cells = Vec::new();
     for (i, row) in matrix.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            if v > 0.0 {
-                cells.push((i as i32, j as i32, v));
+            // Cells below the colour scale stay white: it keeps the SVG small.
+            if v >= max * 10f64.powf(-decades) && i != j {
+                cells.push((i as i32, j as i32, shade(v)));
             }
         }
+        cells.push((i as i32, i as i32, RGBColor(170, 170, 170)));
     }
     chart
         .draw_series(
             cells
                 .into_iter()
-                .map(|(i, j, v)| Rectangle::new([(i, j), (i + 1, j + 1)], shade(v).filled())),
+                .map(|(i, j, c)| Rectangle::new([(i, j), (i + 1, j + 1)], c.filled())),
         )
         .map_err(|x| e(x.to_string()))?;
     // Colour bar.
@@ -226,7 +284,7 @@ pub fn rack_heat_map(
             let lo = -decades + decades * k as f64 / 50.0;
             let hi = lo + decades / 50.0;
             Rectangle::new(
-                [(0.0, lo), (1.0, hi)],
+                [(0.0, lo), (0.4, hi)],
                 heat((lo + decades) / decades).filled(),
             )
         }))
@@ -241,7 +299,7 @@ pub fn rack_heat_map(
         bar_chart
             .draw_series(std::iter::once(Text::new(
                 label,
-                (0.05, y + 0.08),
+                (0.45, y - 0.02),
                 (FONT, 12).into_font().color(&BLACK),
             )))
             .map_err(|x| e(x.to_string()))?;

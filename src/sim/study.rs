@@ -29,7 +29,7 @@ impl Default for Study {
         Study {
             policies: PolicyKind::ALL.to_vec(),
             cm_fraction: 0.0,
-            sweep: vec![0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+            sweep: vec![0.0, 0.1, 0.2, 0.3, 1.0, 3.0, 10.0, 30.0],
             baseline: true,
             rack_alternates: 3,
             return_margin: 0.0,

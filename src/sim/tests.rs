@@ -1,6 +1,8 @@
-//! The simulator on a small scenario (the k=4 fat-tree): real properties, not figures.
+//! The simulator on a small scenario (the k=4 fat-tree, 16 hosts): properties, not figures.
 
-use super::engine::{self, RunOptions};
+use super::baseline;
+use super::engine::{self, PolicyRun, RunOptions};
+use super::study::{self, Study};
 use super::*;
 use std::path::Path;
 
@@ -12,41 +14,298 @@ fn fat_tree() -> Topology {
     .unwrap()
 }
 
-fn scenario(seed: u64) -> Scenario {
+fn scenario(seed: u64, fill: f64) -> Scenario {
     Scenario::build(
         fat_tree(),
         ScenarioParams {
             seed,
-            fill: 0.75,
+            fill,
             ..ScenarioParams::default()
         },
     )
     .unwrap()
 }
 
+fn options(policy: PolicyKind) -> RunOptions {
+    RunOptions {
+        policy,
+        migration_cost: 0.0,
+        rack_alternates: 3,
+        return_margin: 0.0,
+        record_steps: true,
+        verify_moves: true,
+    }
+}
+
+fn run(sc: &Scenario, policy: PolicyKind) -> PolicyRun {
+    engine::run(sc, &options(policy), |_| {})
+}
+
 #[test]
-fn smoke() {
-    let sc = scenario(1);
+fn the_scenario_places_vms_randomly_within_capacity() {
+    let sc = scenario(1, 0.75);
+    // 16 hosts × 16 slots (17408 MiB − 1024 MiB reserve holds 16 VMs of 1 GiB).
+    assert_eq!(sc.slots, vec![16; 16]);
     assert_eq!(sc.vms(), 192);
+    let mut per_host = [0u32; 16];
+    for h in &sc.initial {
+        per_host[h.index()] += 1;
+    }
+    assert!(per_host.iter().all(|&c| c <= 16));
+    assert!(
+        per_host.iter().any(|&c| c < 16),
+        "random, not first-fit packing"
+    );
+    assert_eq!(sc.rounds(), 5);
+    assert!(sc.ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(sc.ids[0], VmId(0x0a00_0001));
+}
+
+#[test]
+fn no_migration_ever_raises_the_cost() {
+    let sc = scenario(3, 0.75);
     for p in PolicyKind::ALL {
+        let r = run(&sc, p);
+        assert_eq!(r.bad_moves, 0, "{p}");
+        assert!(r.migrations > 0, "{p} never moved a VM");
+        // Within a round the cost only falls; it jumps only where traffic changes.
+        let n = sc.vms();
+        for (k, w) in r.costs.windows(2).enumerate() {
+            let boundary = (k + 2) % n == 0 || (k + 1) % n == 0;
+            if !boundary {
+                assert!(
+                    w[1] <= w[0] * (1.0 + 1e-12),
+                    "{p}: step {} raised the cost",
+                    k + 1
+                );
+            }
+        }
+        assert!(r.drift < 1e-9, "{p}: drift {}", r.drift);
+        assert!(
+            r.final_cost() < sc.cost(sc.rounds() - 1, &sc.initial),
+            "{p}"
+        );
+        // Every VM holds the token once per round.
+        assert_eq!(
+            r.outcomes.iter().sum::<u64>() as usize,
+            sc.rounds() * n,
+            "{p}"
+        );
+        assert_eq!(r.outcomes[0], r.migrations, "{p}");
+    }
+}
+
+#[test]
+fn capacity_is_never_exceeded() {
+    for fill in [0.9, 1.0] {
+        let sc = scenario(5, fill);
+        for p in PolicyKind::ALL {
+            let r = run(&sc, p);
+            let mut per_host = vec![0u32; sc.slots.len()];
+            for h in &r.placement {
+                per_host[h.index()] += 1;
+            }
+            for (h, &c) in per_host.iter().enumerate() {
+                assert!(c <= sc.slots[h], "{p}: host {h} holds {c}");
+            }
+            if fill == 1.0 {
+                // Every host is full: decisions find benefit but no room.
+                assert_eq!(r.migrations, 0, "{p}");
+                assert!(r.outcomes[2] > 0, "{p}: no NoCapacity outcome");
+            }
+        }
+        let b = baseline::run(&sc);
+        for plan in [&b.placement, &b.incremental_placement] {
+            let mut per_host = vec![0u32; sc.slots.len()];
+            for h in plan {
+                per_host[h.index()] += 1;
+            }
+            assert!(per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s));
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_result() {
+    let a = scenario(7, 0.75);
+    let b = scenario(7, 0.75);
+    assert_eq!(a.initial, b.initial);
+    for p in [PolicyKind::Distributed, PolicyKind::Global] {
+        let (ra, rb) = (run(&a, p), run(&b, p));
+        assert_eq!(ra.costs, rb.costs, "{p}");
+        assert_eq!(ra.placement, rb.placement, "{p}");
+        assert_eq!(ra.migrations, rb.migrations, "{p}");
+    }
+    let c = scenario(8, 0.75);
+    assert_ne!(a.initial, c.initial);
+    // The thread count never changes a study's numbers.
+    let study = |threads| Study {
+        sweep: vec![0.0, 0.2],
+        threads,
+        ..Study::default()
+    };
+    let one = study::simulate(&a, &study(1), &|_| {});
+    let two = study::simulate(&a, &study(2), &|_| {});
+    let finals =
+        |r: &study::Report| -> Vec<f64> { r.runs.iter().map(|x| x.final_cost()).collect() };
+    assert_eq!(finals(&one), finals(&two));
+    assert_eq!(one.sweep, two.sweep);
+    assert_eq!(
+        one.baseline.as_ref().unwrap().costs,
+        two.baseline.as_ref().unwrap().costs
+    );
+}
+
+#[test]
+fn the_baseline_improves_and_reports_its_true_cost() {
+    let sc = scenario(11, 0.75);
+    let b = baseline::run(&sc);
+    assert_eq!(b.costs.len(), sc.rounds());
+    let last = sc.rounds() - 1;
+    assert_eq!(*b.costs.last().unwrap(), sc.cost(last, &b.placement));
+    assert!(b.costs[0] < sc.cost(0, &sc.initial));
+    assert!(b.costs[last] < sc.cost(last, &sc.initial));
+    assert_eq!(
+        *b.incremental_costs.last().unwrap(),
+        sc.cost(last, &b.incremental_placement)
+    );
+    // The re-placement plan considers the incremental one every round.
+    for (re, inc) in b.costs.iter().zip(&b.incremental_costs) {
+        assert!(re <= inc);
+    }
+    // On this small case the centralised search is at least as good as any token policy.
+    for p in PolicyKind::ALL {
+        let r = run(&sc, p);
+        assert!(
+            b.costs[last] <= r.final_cost() * 1.05,
+            "{p}: baseline {} vs {}",
+            b.costs[last],
+            r.final_cost()
+        );
+    }
+}
+
+#[test]
+fn a_higher_migration_cost_moves_fewer_vms() {
+    let sc = scenario(13, 0.75);
+    let unit = cost_per_vm(&sc);
+    let mut last = u64::MAX;
+    for f in [0.0, 0.5, 5.0, 1e9] {
         let r = engine::run(
             &sc,
             &RunOptions {
-                policy: p,
-                migration_cost: 0.0,
-                rack_alternates: 3,
-                return_margin: 0.0,
-                record_steps: true,
-                verify_moves: true,
+                migration_cost: f * unit,
+                ..options(PolicyKind::Distributed)
             },
             |_| {},
         );
-        eprintln!(
-            "{p}: {} -> {} migrations {}",
-            sc.cost(4, &sc.initial),
-            r.final_cost(),
-            r.migrations
-        );
-        assert_eq!(r.bad_moves, 0);
+        assert!(r.migrations <= last, "c_m {f}: {} > {last}", r.migrations);
+        last = r.migrations;
     }
+    assert_eq!(last, 0, "an enormous c_m stops every migration");
+}
+
+#[test]
+fn the_return_gate_stops_vms_moving_back() {
+    let sc = scenario(17, 0.75);
+    let free = run(&sc, PolicyKind::RoundRobin);
+    let gated = engine::run(
+        &sc,
+        &RunOptions {
+            return_margin: 1.0,
+            ..options(PolicyKind::RoundRobin)
+        },
+        |_| {},
+    );
+    assert!(free.moved_back > 0, "the scenario should provoke returns");
+    // A return must remove all of a VM's cost: only a move next to every partner qualifies.
+    assert!(gated.moved_back < free.moved_back);
+    assert!(gated.outcomes[4] > 0);
+}
+
+#[test]
+fn outputs_are_written() {
+    let sc = scenario(19, 0.75);
+    let report = study::simulate(
+        &sc,
+        &Study {
+            sweep: vec![0.0, 0.1],
+            threads: 2,
+            ..Study::default()
+        },
+        &|_| {},
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = output::write_all(dir.path(), &sc, &report).unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "cost_per_step.csv",
+        "summary.md",
+        "summary.csv",
+        "cm_sweep.csv",
+        "fig5_2_cost_vs_iterations.svg",
+        "fig5_3_reduction_vs_cm.svg",
+        "fig5_1_tor_traffic_before.svg",
+        "fig5_4_tor_traffic_after_distributed.svg",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let csv = std::fs::read_to_string(dir.path().join("cost_per_step.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "step,iteration,round-robin,global,distributed,load-aware,centralised_incremental,centralised_replacement"
+    );
+    assert_eq!(lines.count(), sc.rounds() * sc.vms());
+    let svg = std::fs::read_to_string(dir.path().join("fig5_2_cost_vs_iterations.svg")).unwrap();
+    assert!(svg.contains("<text") && svg.contains("centralised, re-placement"));
+    let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(summary.contains("| distributed |"), "{summary}");
+    let sweep = std::fs::read_to_string(dir.path().join("cm_sweep.csv")).unwrap();
+    assert_eq!(sweep.lines().count(), 1 + 2 * 4);
+}
+
+#[test]
+fn impossible_scenarios_are_refused() {
+    let err = Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            vms: Some(257),
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "257 VMs of 1024 MiB do not fit: the topology's hosts hold at most 256"
+    );
+    assert_eq!(
+        Scenario::build(
+            fat_tree(),
+            ScenarioParams {
+                rounds: 0,
+                ..ScenarioParams::default()
+            }
+        )
+        .unwrap_err(),
+        SimError::NoRounds
+    );
+    let err = Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            vms: Some(1),
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "1 VMs in 1 racks make no traffic: there is nothing to optimise"
+    );
 }

@@ -113,12 +113,13 @@ impl Queue {
 
     /// Who starts a fresh token (no holder yet): round-robin the lowest id; distributed and
     /// load-aware the first VM in their order (all levels start at 0, so the lowest id unless
-    /// slots were seeded); global needs statistics first.
-    pub fn first(&self, token: &Token) -> Next {
+    /// slots were seeded); global the head of the schedule, or a request for statistics. Like
+    /// every call that names a holder, records it in `token.holder` and increments `token.seq`.
+    pub fn first(&mut self, token: &mut Token) -> Next {
         if token.slots.is_empty() {
             return Next::Empty;
         }
-        match self.policy {
+        let next = match self.policy {
             PolicyKind::RoundRobin => Next::Holder(token.slots[0].vm),
             PolicyKind::Global => match token.schedule.get(self.cursor) {
                 Some(&v) => Next::Holder(v),
@@ -129,7 +130,12 @@ impl Queue {
                 .first()
                 .map(|k| Next::Holder(token.slots[k.2 as usize].vm))
                 .unwrap_or(Next::Empty),
+        };
+        if let Next::Holder(v) = next {
+            token.holder = Some(v);
+            token.seq += 1;
         }
+        next
     }
 
     /// Ends `turn.vm`'s turn and names the next holder.

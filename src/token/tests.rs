@@ -44,7 +44,7 @@ fn play(
 fn round_robin_goes_by_id_and_wraps_into_a_new_round() {
     let mut t = token(PolicyKind::RoundRobin, &[40, 10, 30, 20]);
     let mut q = Queue::new(&t).unwrap();
-    let first = q.first(&t);
+    let first = q.first(&mut t);
     assert_eq!(first, Next::Holder(VmId(10)));
     // Traffic levels do not change round-robin's order.
     let order = play(&mut t, &mut q, first, 6, &|v, _| {
@@ -57,14 +57,14 @@ fn round_robin_goes_by_id_and_wraps_into_a_new_round() {
     assert_eq!(order, vec![10, 20, 30, 40, 10, 20]);
     assert_eq!(t.round, 1);
     assert_eq!(t.holder, Some(VmId(30)));
-    assert_eq!(t.seq, 6);
+    assert_eq!(t.seq, 7, "the first holder and six hand-offs");
 }
 
 #[test]
 fn distributed_follows_algorithm_1() {
     let mut t = token(PolicyKind::Distributed, &[10, 20, 30, 40, 50]);
     let mut q = Queue::new(&t).unwrap();
-    let first = q.first(&t);
+    let first = q.first(&mut t);
     assert_eq!(
         first,
         Next::Holder(VmId(10)),
@@ -102,7 +102,7 @@ fn distributed_continues_a_level_in_ring_order_then_wraps() {
         t.slot_mut(VmId(vm)).unwrap().level = level;
     }
     let mut q = Queue::new(&t).unwrap();
-    let first = q.first(&t);
+    let first = q.first(&mut t);
     assert_eq!(first, Next::Holder(VmId(2)));
     // 2 raises 1 to level 2 behind the sweep: the sweep goes on to 3 (ring order after 2), then
     // wraps to 1, then drops to level 0.
@@ -122,7 +122,7 @@ fn distributed_takes_a_level_raised_above_the_sweep_first() {
         t.slot_mut(VmId(vm)).unwrap().level = 1;
     }
     let mut q = Queue::new(&t).unwrap();
-    let first = q.first(&t);
+    let first = q.first(&mut t);
     let order = play(&mut t, &mut q, first, 4, &|v, _| match v {
         1 => vec![nb(4, 3, 1.0)],
         _ => vec![],
@@ -139,7 +139,7 @@ fn load_aware_takes_the_heaviest_of_the_highest_level_first() {
         s.load = load;
     }
     let mut q = Queue::new(&t).unwrap();
-    let first = q.first(&t);
+    let first = q.first(&mut t);
     assert_eq!(first, Next::Holder(VmId(2)));
     // 2 reports heavy traffic to 5 across level 2: 5 is raised to level 2 and to the load class
     // of that rate, above 1's.
@@ -157,7 +157,7 @@ fn load_aware_equals_distributed_order_when_loads_tie() {
     for policy in [PolicyKind::LoadAware, PolicyKind::Distributed] {
         let mut t = token(policy, &[1, 2, 3]);
         let mut q = Queue::new(&t).unwrap();
-        let first = q.first(&t);
+        let first = q.first(&mut t);
         let order = play(&mut t, &mut q, first, 3, &|_, _| vec![]);
         assert_eq!(order, vec![1, 2, 3], "{policy}");
     }
@@ -167,7 +167,7 @@ fn load_aware_equals_distributed_order_when_loads_tie() {
 fn global_follows_the_schedule_and_asks_for_statistics_each_round() {
     let mut t = token(PolicyKind::Global, &[1, 2, 3, 4]);
     let mut q = Queue::new(&t).unwrap();
-    assert_eq!(q.first(&t), Next::NeedsStatistics);
+    assert_eq!(q.first(&mut t), Next::NeedsStatistics);
     let stats = [
         (VmId(1), 5.0),
         (VmId(2), 50.0),
@@ -226,7 +226,7 @@ fn skip_passes_over_a_vm_without_touching_levels() {
     let mut t = token(PolicyKind::Distributed, &[1, 2, 3]);
     t.slot_mut(VmId(2)).unwrap().level = 3;
     let mut q = Queue::new(&t).unwrap();
-    assert_eq!(q.first(&t), Next::Holder(VmId(2)));
+    assert_eq!(q.first(&mut t), Next::Holder(VmId(2)));
     assert_eq!(q.skip(&mut t, VmId(2)).unwrap(), Next::Holder(VmId(1)));
     assert_eq!(t.slot(VmId(2)).unwrap().level, 3);
     assert!(t.slot(VmId(2)).unwrap().visited);
@@ -269,6 +269,49 @@ fn bad_tokens_are_refused() {
     assert_eq!(err, TokenError::UnknownHolder(VmId(5), 2));
     t.slots.swap(0, 1);
     assert_eq!(Queue::new(&t).unwrap_err(), TokenError::Unsorted(1));
-    let empty = token(PolicyKind::Distributed, &[]);
-    assert_eq!(Queue::new(&empty).unwrap().first(&empty), Next::Empty);
+    let mut empty = token(PolicyKind::Distributed, &[]);
+    assert_eq!(Queue::new(&empty).unwrap().first(&mut empty), Next::Empty);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the holders report, every pass gives each VM exactly one turn, and the round
+        /// counter moves once per pass.
+        #[test]
+        fn every_pass_visits_every_vm_once(
+            n in 1usize..24,
+            policy in prop::sample::select(vec![
+                PolicyKind::RoundRobin, PolicyKind::Distributed, PolicyKind::LoadAware,
+            ]),
+            reports in prop::collection::vec(
+                prop::collection::vec((0u32..24, 0u8..5, 0.0f64..1e9), 0..5), 72),
+        ) {
+            let ids: Vec<u32> = (0..n as u32).map(|i| i * 3 + 1).collect();
+            let mut t = token(policy, &ids);
+            let mut q = Queue::new(&t).unwrap();
+            let mut next = q.first(&mut t);
+            for pass in 0..3u32 {
+                let mut seen = std::collections::BTreeSet::new();
+                for k in 0..n {
+                    let Next::Holder(v) = next else { panic!("{next:?}") };
+                    prop_assert!(seen.insert(v), "{v:?} twice in pass {pass}");
+                    prop_assert_eq!(t.round, pass);
+                    let r = &reports[(pass as usize * n + k) % reports.len()];
+                    let ns: Vec<Neighbour> = r
+                        .iter()
+                        .map(|&(i, level, rate)| nb(ids[i as usize % n], level, rate))
+                        .collect();
+                    next = q.hand_off(&mut t, &Turn { vm: v, neighbours: &ns }).unwrap();
+                }
+                prop_assert_eq!(seen.len(), n);
+                prop_assert_eq!(t.round, pass + 1);
+            }
+            // The index agrees with a fresh one built from the token.
+            let fresh = Queue::new(&t).unwrap();
+            prop_assert_eq!(&fresh.waiting, &q.waiting);
+        }
+    }
 }

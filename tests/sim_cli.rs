@@ -1,0 +1,120 @@
+//! `scored sim` as an operator runs it: the real binary on the shipped k=4 fat-tree, its files,
+//! its determinism, and specific errors for bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn scored(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scored"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("sim")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const FAT_TREE: &str = "topology/fat-tree-k4.toml";
+
+#[test]
+fn a_small_run_writes_every_output_and_repeats_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let run = |out: &PathBuf| {
+        scored(&[
+            "--topology",
+            FAT_TREE,
+            "--rounds",
+            "3",
+            "--seed",
+            "42",
+            "--sweep",
+            "0,0.5",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = run(&out_dir);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    for want in [
+        "| round-robin |",
+        "| global |",
+        "| distributed |",
+        "| load-aware |",
+        "| centralised, incremental |",
+        "| centralised, re-placement |",
+        "c_m sweep",
+    ] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 11, "{names:?}");
+    // No terminal here: no progress bar on stderr, only the note about the files.
+    assert!(
+        !text(&first.stderr).contains('%'),
+        "{}",
+        text(&first.stderr)
+    );
+
+    let again = dir.path().join("again");
+    let second = run(&again);
+    assert!(second.status.success());
+    let strip = |s: &str| -> String {
+        // Timings differ between runs; everything else must not.
+        s.lines()
+            .map(
+                |l| match l.strip_suffix(" s |").and_then(|x| x.rfind('|')) {
+                    Some(cut) => l[..cut].to_string(),
+                    None => l.to_string(),
+                },
+            )
+            .filter(|l| !l.starts_with("c_m = "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&stdout), strip(&text(&second.stdout)));
+    let a = std::fs::read(out_dir.join("cost_per_step.csv")).unwrap();
+    let b = std::fs::read(again.join("cost_per_step.csv")).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_input_is_named() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--topology", FAT_TREE, "--policy", "fastest"],
+            "unknown policy `fastest`",
+        ),
+        (
+            &["--topology", FAT_TREE, "--vms", "300"],
+            "300 VMs of 1024 MiB do not fit: the topology's hosts hold at most 256",
+        ),
+        (
+            &["--topology", FAT_TREE, "--sweep", "0,x"],
+            "--sweep: `x` is not a number",
+        ),
+        (
+            &["--topology", FAT_TREE, "--cm=-1"],
+            "--cm -1 must be a non-negative fraction",
+        ),
+        (
+            &["--topology", "topology/missing.toml"],
+            "topology/missing.toml: cannot read file",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = scored(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
