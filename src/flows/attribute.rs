@@ -20,7 +20,7 @@
 //! Pure: no I/O, no clock.
 
 use super::frame::{self, Mac, Malformed, Payload};
-use super::table::{Direction, FlowTable};
+use super::table::{Direction, FlowTable, Update};
 use scored_proto::VmId;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -219,6 +219,8 @@ pub struct TapTally {
     /// Each attributed frame stands for `scale` frames (1-in-`scale` sampling).
     scale: u64,
     pending: Vec<Pending>,
+    /// Reused buffer for the table's batch update.
+    batch: Vec<Update>,
     counters: FrameCounters,
 }
 
@@ -230,6 +232,7 @@ impl TapTally {
             macs,
             scale: scale.max(1) as u64,
             pending: Vec::with_capacity(TALLY_CAPACITY),
+            batch: Vec::with_capacity(TALLY_CAPACITY),
             counters: FrameCounters::default(),
         }
     }
@@ -310,9 +313,15 @@ impl TapTally {
     /// Writes the pending aggregate into `table` at `now` and empties it.
     pub fn flush(&mut self, table: &mut FlowTable, now: Duration) {
         if let Some(vm) = self.vm {
-            for p in self.pending.drain(..) {
-                table.record(vm, p.partner, p.dir, p.bytes, p.frames, now);
-            }
+            self.batch.clear();
+            self.batch.extend(self.pending.iter().map(|p| Update {
+                vm,
+                partner: p.partner,
+                dir: p.dir,
+                bytes: p.bytes,
+                packets: p.frames,
+            }));
+            table.record_batch(&self.batch, now);
         }
         self.pending.clear();
     }

@@ -22,7 +22,9 @@ pub mod table;
 
 pub use attribute::{FrameCounters, Ipv6Aliases, Skip};
 pub use frame::{Mac, Malformed};
-pub use table::{Direction, FlowTable, PartnerRate, Steady, TableConfig, TableError, TableStats};
+pub use table::{
+    Direction, FlowTable, PartnerRate, Steady, TableConfig, TableError, TableStats, Update,
+};
 
 use crate::hypervisor::Vm;
 use scored_proto::VmId;
