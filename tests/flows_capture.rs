@@ -55,9 +55,15 @@ fn as_vm(vm: &TestVm) -> Vm {
     }
 }
 
-/// A window so long that the decayed sums are the byte counts.
+/// A window so long that the decayed sums are the byte counts. `ring`: read through a
+/// TPACKET_V3 ring (else recvmmsg).
 fn counting_config(sample: u32) -> CaptureConfig {
+    reader_config(sample, true)
+}
+
+fn reader_config(sample: u32, ring: bool) -> CaptureConfig {
     CaptureConfig {
+        ring_bytes: if ring { 1 << 20 } else { 0 },
         table: TableConfig {
             window: Duration::from_secs(10_000_000),
             idle: Duration::from_secs(3600),
@@ -180,11 +186,29 @@ fn udp_and_tcp_are_attributed_to_the_right_vm_and_partner() {
     if skip_unless_root("udp_and_tcp_are_attributed_to_the_right_vm_and_partner") {
         return;
     }
-    let (h, a, b) = two_vms("at");
+    attribution(true);
+}
+
+#[test]
+fn udp_and_tcp_are_attributed_by_the_recvmmsg_reader_too() {
+    if skip_unless_root("udp_and_tcp_are_attributed_by_the_recvmmsg_reader_too") {
+        return;
+    }
+    attribution(false);
+}
+
+fn attribution(ring: bool) {
+    let (h, a, b) = two_vms(if ring { "ar" } else { "am" });
     in_ns(&h.host, || {
-        let mut src = CaptureSource::new(counting_config(1)).unwrap();
+        let mut src = CaptureSource::new(reader_config(1, ring)).unwrap();
         src.follow(&[as_vm(&a), as_vm(&b)])
             .expect("capture on both taps");
+        let reader = if ring { "tpacket-v3 ring" } else { "recvmmsg" };
+        assert!(
+            src.taps().iter().all(|t| t.reader == reader),
+            "{:?}",
+            src.taps()
+        );
         std::thread::sleep(Duration::from_millis(100));
 
         // UDP with exact frame sizes: 14 Ethernet + 20 IPv4 + 8 UDP + payload.
@@ -390,19 +414,25 @@ fn sampling_scales_counts_back() {
         return;
     }
     let (h, a, b) = two_vms("sa");
+    for (port, ring) in [(9200, true), (9201, false)] {
+        sampled(&h, &a, &b, port, ring);
+    }
+}
+
+fn sampled(h: &TestHost, a: &TestVm, b: &TestVm, port: u16, ring: bool) {
     in_ns(&h.host, || {
-        let mut src = CaptureSource::new(counting_config(4)).unwrap();
-        src.follow(&[as_vm(&a), as_vm(&b)]).unwrap();
+        let mut src = CaptureSource::new(reader_config(4, ring)).unwrap();
+        src.follow(&[as_vm(a), as_vm(b)]).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let n = 20_000;
-        udp(&a, &b, 9200, n, 58);
+        udp(a, b, port, n, 58);
         settle();
         let expect = n as f64 * 100.0;
-        let (out, _) = bytes(&src, &a, &b);
+        let (out, _) = bytes(&src, a, b);
         // About 5000 frames kept on A's tap: one standard deviation is ~1.2%; allow 8.
         assert!(
             within(out, expect, 0.10),
-            "sampled estimate {out} vs {expect}"
+            "sampled estimate {out} vs {expect} (ring: {ring})"
         );
         let stats = src.stats();
         let kept = stats.taps.iter().find(|t| t.name == "tapa").unwrap().frames as f64;

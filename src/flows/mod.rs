@@ -96,6 +96,8 @@ pub struct TapStatus {
     pub frames: u64,
     pub kernel_drops: u64,
     pub running: bool,
+    /// How frames are read: "tpacket-v3 ring" or "recvmmsg".
+    pub reader: &'static str,
     /// Why capture stopped, if it failed.
     pub error: Option<String>,
 }
