@@ -20,7 +20,7 @@
 //! Pure: no I/O, no clock.
 
 use super::frame::{self, Mac, Malformed, Payload};
-use super::table::{Direction, FlowTable};
+use super::table::{Direction, FlowTable, Update};
 use scored_proto::VmId;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -98,10 +98,17 @@ fn ipv6_partner(a: &[u8; 16], aliases: &Ipv6Aliases) -> Result<VmId, Skip> {
     aliases.get(a).copied().ok_or(Skip::Ipv6Unmapped)
 }
 
-/// Attributes one frame captured on the tap of local VM `vm` whose MACs are `macs`.
+/// Attributes one frame captured on the tap of local VM `vm` whose MACs are `macs`: `bytes`
+/// are its first bytes (at least the headers), `wire_len` its whole length.
 #[inline]
-pub fn attribute(vm: VmId, macs: &[Mac], aliases: &Ipv6Aliases, bytes: &[u8]) -> Attribution {
-    let f = match frame::parse(bytes) {
+pub fn attribute(
+    vm: VmId,
+    macs: &[Mac],
+    aliases: &Ipv6Aliases,
+    bytes: &[u8],
+    wire_len: usize,
+) -> Attribution {
+    let f = match frame::parse_captured(bytes, wire_len) {
         Ok(f) => f,
         Err(m) => return Attribution::Malformed(m),
     };
@@ -144,8 +151,8 @@ pub fn attribute(vm: VmId, macs: &[Mac], aliases: &Ipv6Aliases, bytes: &[u8]) ->
 
 /// The IPv4 address a frame was sent from, if `macs` sent it: how a tap learns its VM's id when
 /// nobody told it (the debug CLI).
-pub fn sender_ipv4(macs: &[Mac], bytes: &[u8]) -> Option<VmId> {
-    let f = frame::parse(bytes).ok()?;
+pub fn sender_ipv4(macs: &[Mac], bytes: &[u8], wire_len: usize) -> Option<VmId> {
+    let f = frame::parse_captured(bytes, wire_len).ok()?;
     if !macs.contains(&f.src) {
         return None;
     }
@@ -219,6 +226,8 @@ pub struct TapTally {
     /// Each attributed frame stands for `scale` frames (1-in-`scale` sampling).
     scale: u64,
     pending: Vec<Pending>,
+    /// Reused buffer for the table's batch update.
+    batch: Vec<Update>,
     counters: FrameCounters,
 }
 
@@ -230,6 +239,7 @@ impl TapTally {
             macs,
             scale: scale.max(1) as u64,
             pending: Vec::with_capacity(TALLY_CAPACITY),
+            batch: Vec::with_capacity(TALLY_CAPACITY),
             counters: FrameCounters::default(),
         }
     }
@@ -247,16 +257,23 @@ impl TapTally {
         std::mem::take(&mut self.counters)
     }
 
-    /// Accounts one captured frame. Returns true when the tally is full and must be flushed
-    /// before the next frame.
+    /// Accounts one whole captured frame. Returns true when the tally is full and must be
+    /// flushed before the next frame.
     #[inline]
     pub fn frame(&mut self, bytes: &[u8], aliases: &Ipv6Aliases) -> bool {
-        let len = bytes.len() as u64;
+        self.frame_captured(bytes, bytes.len(), aliases)
+    }
+
+    /// Accounts a frame of `wire_len` bytes of which `bytes` (the headers) were captured.
+    #[inline]
+    pub fn frame_captured(&mut self, bytes: &[u8], wire_len: usize, aliases: &Ipv6Aliases) -> bool {
+        let wire_len = wire_len.max(bytes.len());
+        let len = wire_len as u64;
         self.counters.frames += 1;
         self.counters.bytes += len;
         let vm = match self.vm {
             Some(vm) => vm,
-            None => match sender_ipv4(&self.macs, bytes) {
+            None => match sender_ipv4(&self.macs, bytes, wire_len) {
                 Some(vm) => {
                     self.vm = Some(vm);
                     vm
@@ -267,7 +284,7 @@ impl TapTally {
                 }
             },
         };
-        match attribute(vm, &self.macs, aliases, bytes) {
+        match attribute(vm, &self.macs, aliases, bytes, wire_len) {
             Attribution::Counted { partner, dir } => {
                 self.counters.attributed_frames += 1;
                 self.counters.attributed_bytes += len;
@@ -310,9 +327,15 @@ impl TapTally {
     /// Writes the pending aggregate into `table` at `now` and empties it.
     pub fn flush(&mut self, table: &mut FlowTable, now: Duration) {
         if let Some(vm) = self.vm {
-            for p in self.pending.drain(..) {
-                table.record(vm, p.partner, p.dir, p.bytes, p.frames, now);
-            }
+            self.batch.clear();
+            self.batch.extend(self.pending.iter().map(|p| Update {
+                vm,
+                partner: p.partner,
+                dir: p.dir,
+                bytes: p.bytes,
+                packets: p.frames,
+            }));
+            table.record_batch(&self.batch, now);
         }
         self.pending.clear();
     }
@@ -343,7 +366,7 @@ mod tests {
         let al = no_aliases();
         let f = udp4(A, B, IPA, IPB, 100);
         assert_eq!(
-            attribute(VA, &[A], &al, &f),
+            attribute(VA, &[A], &al, &f, f.len()),
             Attribution::Counted {
                 partner: VB,
                 dir: Direction::Out
@@ -351,7 +374,7 @@ mod tests {
         );
         // The same frame on B's tap is B's incoming traffic from A.
         assert_eq!(
-            attribute(VB, &[B], &al, &f),
+            attribute(VB, &[B], &al, &f, f.len()),
             Attribution::Counted {
                 partner: VA,
                 dir: Direction::In
@@ -360,7 +383,7 @@ mod tests {
         // On a third VM's tap (flooded by the bridge) it is nobody's.
         let c = [2, 0, 0, 0, 0, 0x0c];
         assert_eq!(
-            attribute(VmId(3), &[c], &al, &f),
+            attribute(VmId(3), &[c], &al, &f, f.len()),
             Attribution::Skipped(Skip::Foreign)
         );
     }
@@ -370,22 +393,22 @@ mod tests {
         let al = no_aliases();
         let bcast = udp4(A, [0xff; 6], IPA, [10, 0, 0, 255], 10);
         assert_eq!(
-            attribute(VA, &[A], &al, &bcast),
+            attribute(VA, &[A], &al, &bcast, bcast.len()),
             Attribution::Skipped(Skip::Group)
         );
         let mcast = udp4(A, B, IPA, [239, 1, 2, 3], 10);
         assert_eq!(
-            attribute(VA, &[A], &al, &mcast),
+            attribute(VA, &[A], &al, &mcast, mcast.len()),
             Attribution::Skipped(Skip::Group)
         );
         let dhcp = udp4(B, A, [0, 0, 0, 0], IPA, 10);
         assert_eq!(
-            attribute(VA, &[A], &al, &dhcp),
+            attribute(VA, &[A], &al, &dhcp, dhcp.len()),
             Attribution::Skipped(Skip::Group)
         );
         let own = udp4(A, B, IPA, IPA, 10);
         assert_eq!(
-            attribute(VA, &[A], &al, &own),
+            attribute(VA, &[A], &al, &own, own.len()),
             Attribution::Skipped(Skip::SelfAddressed)
         );
     }
@@ -408,12 +431,12 @@ mod tests {
         let b6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         let f = ipv6_frame(A, B, a6, b6);
         assert_eq!(
-            attribute(VA, &[A], &al, &f),
+            attribute(VA, &[A], &al, &f, f.len()),
             Attribution::Skipped(Skip::Ipv6Unmapped)
         );
         al.insert(b6, VB);
         assert_eq!(
-            attribute(VA, &[A], &al, &f),
+            attribute(VA, &[A], &al, &f, f.len()),
             Attribution::Counted {
                 partner: VB,
                 dir: Direction::Out
@@ -425,7 +448,7 @@ mod tests {
         mapped[12..].copy_from_slice(&[10, 9, 8, 7]);
         let g = ipv6_frame(B, A, mapped, a6);
         assert_eq!(
-            attribute(VA, &[A], &al, &g),
+            attribute(VA, &[A], &al, &g, g.len()),
             Attribution::Counted {
                 partner: VmId(0x0a09_0807),
                 dir: Direction::In
@@ -434,7 +457,7 @@ mod tests {
         let mut ff = [0u8; 16];
         ff[0] = 0xff;
         assert_eq!(
-            attribute(VA, &[A], &al, &ipv6_frame(A, B, a6, ff)),
+            attribute(VA, &[A], &al, &ipv6_frame(A, B, a6, ff), 54),
             Attribution::Skipped(Skip::Group)
         );
     }

@@ -122,9 +122,18 @@ fn mac(b: &[u8], at: usize) -> Mac {
     m
 }
 
-/// Parses the headers of one Ethernet frame (without FCS, as AF_PACKET delivers it).
+/// Parses the headers of one whole Ethernet frame (without FCS, as AF_PACKET delivers it).
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Frame, Malformed> {
+    parse_captured(frame, frame.len())
+}
+
+/// Parses a frame of `wire_len` bytes of which only the first `frame.len()` were captured
+/// (capture copies headers only). Lengths in the headers are checked against `wire_len`;
+/// addresses are read from the captured bytes.
+#[inline]
+pub fn parse_captured(frame: &[u8], wire_len: usize) -> Result<Frame, Malformed> {
+    let wire_len = wire_len.max(frame.len());
     if frame.len() < 14 {
         return Err(Malformed::ShortEthernet);
     }
@@ -145,9 +154,10 @@ pub fn parse(frame: &[u8]) -> Result<Frame, Malformed> {
         ethertype = be16(frame, at).ok_or(Malformed::ShortVlan)?;
     }
     let l3 = &frame[at + 2..];
+    let l3_len = wire_len - (at + 2);
     let payload = match ethertype {
-        ETHERTYPE_IPV4 => ipv4(l3)?,
-        ETHERTYPE_IPV6 => ipv6(l3)?,
+        ETHERTYPE_IPV4 => ipv4(l3, l3_len)?,
+        ETHERTYPE_IPV6 => ipv6(l3, l3_len)?,
         ETHERTYPE_ARP => arp(l3)?,
         other => Payload::Other { ethertype: other },
     };
@@ -160,7 +170,7 @@ pub fn parse(frame: &[u8]) -> Result<Frame, Malformed> {
 }
 
 #[inline]
-fn ipv4(p: &[u8]) -> Result<Payload, Malformed> {
+fn ipv4(p: &[u8], wire_len: usize) -> Result<Payload, Malformed> {
     if p.len() < 20 {
         return Err(Malformed::BadIpv4Header);
     }
@@ -173,8 +183,8 @@ fn ipv4(p: &[u8]) -> Result<Payload, Malformed> {
     // Ethernet pads short packets, so more bytes than `total` is normal; fewer is a cut frame.
     // A total below the header length is also a lie about the packet, except the 0 that BIG TCP
     // GSO super-frames (over 64 KiB) carry.
-    let big_gso = total == 0 && p.len() > 0xffff;
-    if (!big_gso && (total < ihl || total > p.len())) || ihl > p.len() {
+    let big_gso = total == 0 && wire_len > 0xffff;
+    if (!big_gso && (total < ihl || total > wire_len)) || ihl > wire_len {
         return Err(Malformed::TruncatedIpv4);
     }
     Ok(Payload::Ipv4 {
@@ -184,14 +194,14 @@ fn ipv4(p: &[u8]) -> Result<Payload, Malformed> {
 }
 
 #[inline]
-fn ipv6(p: &[u8]) -> Result<Payload, Malformed> {
+fn ipv6(p: &[u8], wire_len: usize) -> Result<Payload, Malformed> {
     if p.len() < 40 || p[0] >> 4 != 6 {
         return Err(Malformed::BadIpv6Header);
     }
     let payload_len = be16(p, 4).ok_or(Malformed::BadIpv6Header)? as usize;
     // A zero payload length with a hop-by-hop header is a jumbogram; AF_PACKET may also hand us
     // GSO super-frames whose length field is zeroed. Neither is a truncation.
-    if payload_len != 0 && 40 + payload_len > p.len() {
+    if payload_len != 0 && 40 + payload_len > wire_len {
         return Err(Malformed::TruncatedIpv6);
     }
     let mut src = [0; 16];
@@ -354,6 +364,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn captured_headers_are_checked_against_the_wire_length() {
+        let f = udp4(A, B, [10, 0, 0, 1], [10, 0, 0, 2], 1400);
+        // 64 bytes captured of a 1442-byte frame: fine.
+        let p = parse_captured(&f[..64], f.len()).unwrap();
+        assert!(matches!(
+            p.payload,
+            Payload::Ipv4 {
+                dst: 0x0a00_0002,
+                ..
+            }
+        ));
+        // The same 64 bytes claiming a shorter frame than the IPv4 length: truncated.
+        assert_eq!(
+            parse_captured(&f[..64], 1000),
+            Err(Malformed::TruncatedIpv4)
+        );
+        // A wire length below what was captured is taken as the captured length.
+        assert_eq!(parse_captured(&f, 10), parse(&f));
+    }
+
+    #[test]
     fn other_ethertypes_are_reported() {
         let mut f = vec![0u8; 60];
         f[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
@@ -366,8 +397,12 @@ pub(crate) mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20_000))]
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn random_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            extra in prop_oneof![Just(0usize), 0usize..70_000],
+        ) {
             let _ = parse(&bytes);
+            let _ = parse_captured(&bytes, bytes.len() + extra);
         }
 
         #[test]

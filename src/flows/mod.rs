@@ -22,7 +22,9 @@ pub mod table;
 
 pub use attribute::{FrameCounters, Ipv6Aliases, Skip};
 pub use frame::{Mac, Malformed};
-pub use table::{Direction, FlowTable, PartnerRate, Steady, TableConfig, TableError, TableStats};
+pub use table::{
+    Direction, FlowTable, PartnerRate, Steady, TableConfig, TableError, TableStats, Update,
+};
 
 use crate::hypervisor::Vm;
 use scored_proto::VmId;
@@ -94,6 +96,8 @@ pub struct TapStatus {
     pub frames: u64,
     pub kernel_drops: u64,
     pub running: bool,
+    /// How frames are read: "tpacket-v3 ring" or "recvmmsg".
+    pub reader: &'static str,
     /// Why capture stopped, if it failed.
     pub error: Option<String>,
 }

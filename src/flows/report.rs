@@ -108,6 +108,9 @@ pub fn watch(opts: &WatchOptions, out: &mut impl Write) -> anyhow::Result<()> {
     let specs = resolve(&opts.taps)?;
     let table = TableConfig {
         window: opts.window,
+        // A fresh hash seed per run, as the daemon should use: partners a VM chooses must not
+        // be able to aim at one probe run.
+        seed: rand::random(),
         ..TableConfig::default()
     };
     let config = CaptureConfig {
