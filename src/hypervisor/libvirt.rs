@@ -127,7 +127,13 @@ impl LibvirtHypervisor {
                     continue;
                 }
             };
-            let learned = learned_addresses(&dom);
+            // Only a domain without declared identity costs the extra lookups (and libvirt's
+            // ARP source logs an error per call on some kernels).
+            let learned = if desc.declared_ip.is_none() {
+                learned_addresses(&dom)
+            } else {
+                Vec::new()
+            };
             match desc.into_vm(&learned) {
                 Some(vm) => {
                     if let Some((_, other)) = out.iter().find(|(_, v)| v.id == vm.id) {
@@ -199,7 +205,8 @@ impl LibvirtHypervisor {
                     .map_err(|e| call(Some(vm), "virDomainLookupByUUIDString", e))
             })
             .map_err(|e| fail("watchdog connection", e.to_string()))?;
-        let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started);
+        let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started)
+            .map_err(|e| fail("watchdog thread", e.to_string()))?;
         let result = dom.migrate3(&dconn, mp, flags);
         let seen = watchdog.stop();
         let mut trace = MigrationTrace {
@@ -766,7 +773,12 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(dom: Domain, p: &MigrationParams, every: Duration, started: Instant) -> Self {
+    fn start(
+        dom: Domain,
+        p: &MigrationParams,
+        every: Duration,
+        started: Instant,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let mut watch = ProgressWatch::new(p.timeout, p.stall_timeout);
@@ -824,9 +836,8 @@ impl Watchdog {
                 }
                 seen.lowest_remaining = watch.low();
                 seen
-            })
-            .expect("spawning a thread");
-        Watchdog { stop, handle }
+            })?;
+        Ok(Watchdog { stop, handle })
     }
 
     fn stop(self) -> Seen {

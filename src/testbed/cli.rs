@@ -123,7 +123,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TestbedCommand::Down { place } => {
-            super::down(&place.prefix, Some(&place.dir())).context("scored testbed down")?;
+            super::down(&place.prefix).context("scored testbed down")?;
             Ok(())
         }
         TestbedCommand::Status { place } => {
