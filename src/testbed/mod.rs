@@ -329,6 +329,7 @@ impl Testbed {
             std::fs::create_dir_all(d).map_err(|e| TestbedError::io(Path::new(d), e))?;
         }
         self.build_network(&topo)?;
+        self.check_fabric()?;
         // The first daemon probes QEMU's capabilities (~8 s); the others reuse its cache.
         let caps_cache = cfg.cache.join("libvirt-qemu-capabilities");
         for i in 0..self.state.hosts.len() {
@@ -500,6 +501,37 @@ impl Testbed {
                 &["-n", &fab, "link", "set", &port, "master", &rack, "up"],
                 "host port on its rack switch",
             )?;
+        }
+        Ok(())
+    }
+
+    /// Every host reaches the first over the fabric (bounded: one echo each, 2 s at most), so a
+    /// broken fabric fails `up` with a clear error instead of hanging a migration's TCP connect.
+    fn check_fabric(&self) -> Result<()> {
+        let Some(first) = self.state.hosts.first() else {
+            return Ok(());
+        };
+        let target = first.address.to_string();
+        for h in self.state.hosts.iter().skip(1) {
+            let mut ok = false;
+            for _ in 0..3 {
+                let r = run(
+                    Command::new("ip").args([
+                        "netns", "exec", &h.netns, "ping", "-c", "1", "-W", "2", &target,
+                    ]),
+                    "check the fabric",
+                );
+                if r.is_ok() {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                return Err(TestbedError::Invalid(format!(
+                    "host {} ({}) cannot reach {} ({}) over the fabric",
+                    h.name, h.address, first.name, first.address
+                )));
+            }
         }
         Ok(())
     }
