@@ -73,6 +73,8 @@ pub struct MigrationTrace {
     /// Lowest remaining byte count the watchdog saw.
     pub lowest_remaining: Option<u64>,
     pub post_copy: bool,
+    /// The destination's downtime without libvirt's hand-over from source to destination.
+    pub downtime_net: Option<Duration>,
 }
 
 pub struct LibvirtHypervisor {
@@ -127,7 +129,13 @@ impl LibvirtHypervisor {
                     continue;
                 }
             };
-            let learned = learned_addresses(&dom);
+            // Only a domain without declared identity costs the extra lookups (and libvirt's
+            // ARP source logs an error per call on some kernels).
+            let learned = if desc.declared_ip.is_none() {
+                learned_addresses(&dom)
+            } else {
+                Vec::new()
+            };
             match desc.into_vm(&learned) {
                 Some(vm) => {
                     if let Some((_, other)) = out.iter().find(|(_, v)| v.id == vm.id) {
@@ -199,7 +207,8 @@ impl LibvirtHypervisor {
                     .map_err(|e| call(Some(vm), "virDomainLookupByUUIDString", e))
             })
             .map_err(|e| fail("watchdog connection", e.to_string()))?;
-        let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started);
+        let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started)
+            .map_err(|e| fail("watchdog thread", e.to_string()))?;
         let result = dom.migrate3(&dconn, mp, flags);
         let seen = watchdog.stop();
         let mut trace = MigrationTrace {
@@ -208,6 +217,7 @@ impl LibvirtHypervisor {
             samples: seen.samples,
             lowest_remaining: seen.lowest_remaining,
             post_copy: seen.post_copy,
+            downtime_net: None,
         };
 
         match result {
@@ -215,7 +225,8 @@ impl LibvirtHypervisor {
                 if let Some(reason) = seen.aborted {
                     tracing::info!(%vm, dest = %dest.host, "migration completed although the watchdog asked to abort it ({reason})");
                 }
-                let report = confirm_at_destination(&moved, vm, &dest.host, trace.wall)?;
+                let (report, net) = confirm_at_destination(&moved, vm, &dest.host, trace.wall)?;
+                trace.downtime_net = net;
                 if let Ok(conn) = self.conn()
                     && let Ok(still) = conn.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
                     && still.is_active().unwrap_or(false)
@@ -238,7 +249,9 @@ impl LibvirtHypervisor {
                         && there.is_active().unwrap_or(false)
                     {
                         tracing::warn!(%vm, dest = %dest.host, "virDomainMigrate3 failed ({}) but the VM runs at the destination", e.message());
-                        let report = confirm_at_destination(&there, vm, &dest.host, trace.wall)?;
+                        let (report, net) =
+                            confirm_at_destination(&there, vm, &dest.host, trace.wall)?;
+                        trace.downtime_net = net;
                         return Ok((report, trace));
                     }
                     return Err(fail(
@@ -659,7 +672,7 @@ fn confirm_at_destination(
     vm: VmId,
     dest: &str,
     wall: Duration,
-) -> Result<MigrationReport> {
+) -> Result<(MigrationReport, Option<Duration>)> {
     let fail = |call: &'static str, message: String| HypervisorError::Migration {
         vm,
         dest: dest.to_string(),
@@ -676,11 +689,14 @@ fn confirm_at_destination(
         tracing::warn!(%vm, dest, "migrated domain is not persistent at the destination");
     }
     match job_figures(moved, sys::VIR_DOMAIN_JOB_STATS_COMPLETED) {
-        Ok(s) if s.elapsed_ms.is_some() => Ok(MigrationReport {
-            elapsed: Duration::from_millis(s.elapsed_ms.unwrap_or(0)),
-            downtime: Duration::from_millis(s.downtime_ms.unwrap_or(0)),
-            bytes: s.processed.unwrap_or(0),
-        }),
+        Ok(s) if s.elapsed_ms.is_some() => Ok((
+            MigrationReport {
+                elapsed: Duration::from_millis(s.elapsed_ms.unwrap_or(0)),
+                downtime: Duration::from_millis(s.downtime_ms.unwrap_or(0)),
+                bytes: s.processed.unwrap_or(0),
+            },
+            s.downtime_net_ms.map(Duration::from_millis),
+        )),
         other => {
             // The VM moved; failing now would make the caller believe it had not. Report what
             // the source saw and say why the destination's figures are missing.
@@ -689,11 +705,14 @@ fn confirm_at_destination(
                 Err(e) => e.message().to_string(),
             };
             tracing::warn!(%vm, dest, "virDomainGetJobStats(COMPLETED) at the destination: {why}");
-            Ok(MigrationReport {
-                elapsed: wall,
-                downtime: Duration::ZERO,
-                bytes: 0,
-            })
+            Ok((
+                MigrationReport {
+                    elapsed: wall,
+                    downtime: Duration::ZERO,
+                    bytes: 0,
+                },
+                None,
+            ))
         }
     }
 }
@@ -705,6 +724,7 @@ struct JobFigures {
     kind: i32,
     elapsed_ms: Option<u64>,
     downtime_ms: Option<u64>,
+    downtime_net_ms: Option<u64>,
     processed: Option<u64>,
     remaining: Option<u64>,
 }
@@ -735,6 +755,7 @@ fn job_figures(dom: &Domain, flags: u32) -> std::result::Result<JobFigures, virt
         kind,
         elapsed_ms: get(sys::VIR_DOMAIN_JOB_TIME_ELAPSED),
         downtime_ms: get(sys::VIR_DOMAIN_JOB_DOWNTIME),
+        downtime_net_ms: get(sys::VIR_DOMAIN_JOB_DOWNTIME_NET),
         processed: get(sys::VIR_DOMAIN_JOB_DATA_PROCESSED)
             .or(get(sys::VIR_DOMAIN_JOB_MEMORY_PROCESSED)),
         remaining: get(sys::VIR_DOMAIN_JOB_DATA_REMAINING)
@@ -766,7 +787,12 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(dom: Domain, p: &MigrationParams, every: Duration, started: Instant) -> Self {
+    fn start(
+        dom: Domain,
+        p: &MigrationParams,
+        every: Duration,
+        started: Instant,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let mut watch = ProgressWatch::new(p.timeout, p.stall_timeout);
@@ -824,9 +850,8 @@ impl Watchdog {
                 }
                 seen.lowest_remaining = watch.low();
                 seen
-            })
-            .expect("spawning a thread");
-        Watchdog { stop, handle }
+            })?;
+        Ok(Watchdog { stop, handle })
     }
 
     fn stop(self) -> Seen {
@@ -1030,8 +1055,59 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("virDomain"), "{err}");
-        dom.destroy().unwrap();
-        dom.undefine().unwrap();
+        // A pinned VM is refused before libvirt is asked anything.
+        let pinned = conn
+            .define_domain_xml(
+                &xml.replace("scored-unit-vm", "scored-unit-pinned")
+                    .replace("10.99.0.7\"", "10.99.0.8\" pinned=\"yes\"")
+                    .replace("52:54:00:12:34:56", "52:54:00:12:34:57"),
+            )
+            .unwrap();
+        pinned.create().unwrap();
+        let pinned_id = VmId::from_ipv4(Ipv4Addr::new(10, 99, 0, 8));
+        assert!(
+            hv.vms()
+                .unwrap()
+                .iter()
+                .any(|v| v.id == pinned_id && v.pinned)
+        );
+        let err = hv
+            .migrate(
+                pinned_id,
+                &Destination {
+                    host: "hv9".into(),
+                    libvirt_uri: Some("test:///default".into()),
+                    migration_uri: None,
+                },
+                &MigrationParams::default(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HypervisorError::Migration {
+                    call: "pinned check",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        for d in [&dom, &pinned] {
+            d.destroy().unwrap();
+            d.undefine().unwrap();
+        }
         assert_eq!(hv.state(id).unwrap(), VmState::Absent);
+        assert!(matches!(
+            hv.migrate(
+                id,
+                &Destination {
+                    host: "x".into(),
+                    libvirt_uri: None,
+                    migration_uri: None
+                },
+                &MigrationParams::default()
+            ),
+            Err(HypervisorError::NoSuchVm { .. })
+        ));
     }
 }

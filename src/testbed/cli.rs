@@ -123,7 +123,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TestbedCommand::Down { place } => {
-            super::down(&place.prefix, Some(&place.dir())).context("scored testbed down")?;
+            super::down(&place.prefix).context("scored testbed down")?;
             Ok(())
         }
         TestbedCommand::Status { place } => {
@@ -194,9 +194,10 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             };
             let (r, t) = hv.migrate_traced(VmId::from_ipv4(vm), &dest, &params)?;
             println!(
-                "migrated {vm} {from} -> {to}: elapsed {} ms, downtime {} ms, {:.1} MiB; job started after {} ms, wall {} ms",
+                "migrated {vm} {from} -> {to}: elapsed {} ms, downtime {} ms (without hand-over {} ms), {:.1} MiB; job started after {} ms, wall {} ms",
                 r.elapsed.as_millis(),
                 r.downtime.as_millis(),
+                t.downtime_net.map_or(-1, |d| d.as_millis() as i64),
                 r.bytes as f64 / 1048576.0,
                 t.job_started_after.map_or(-1, |d| d.as_millis() as i64),
                 t.wall.as_millis()

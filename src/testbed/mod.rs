@@ -11,7 +11,6 @@ pub mod cli;
 pub mod guest;
 
 use crate::topology::Topology;
-use guest::GuestImage;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -292,7 +291,7 @@ impl Testbed {
     pub fn up(cfg: &TestbedConfig) -> Result<Testbed> {
         check_prefix(&cfg.prefix)?;
         // A crashed earlier run with the same prefix would hold the names we need.
-        down(&cfg.prefix, Some(&cfg.dir))?;
+        down(&cfg.prefix)?;
         let image = guest::ensure(&cfg.cache)?;
         let mut tb = Testbed {
             state: TestbedState {
@@ -306,14 +305,15 @@ impl Testbed {
             children: Vec::new(),
             keep: false,
         };
-        tb.build(cfg, &image)?;
+        tb.build(cfg)?;
         Ok(tb)
     }
 
-    fn build(&mut self, cfg: &TestbedConfig, image: &GuestImage) -> Result<()> {
-        let _ = image;
+    fn build(&mut self, cfg: &TestbedConfig) -> Result<()> {
         for d in ["hosts", "console"] {
             let p = cfg.dir.join(d);
+            // Fresh hosts every time: a domain defined by an earlier run would still be defined.
+            let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).map_err(|e| TestbedError::io(&p, e))?;
         }
         let topo = self.write_topology(cfg)?;
@@ -329,6 +329,7 @@ impl Testbed {
             std::fs::create_dir_all(d).map_err(|e| TestbedError::io(Path::new(d), e))?;
         }
         self.build_network(&topo)?;
+        self.check_fabric()?;
         // The first daemon probes QEMU's capabilities (~8 s); the others reuse its cache.
         let caps_cache = cfg.cache.join("libvirt-qemu-capabilities");
         for i in 0..self.state.hosts.len() {
@@ -500,6 +501,37 @@ impl Testbed {
                 &["-n", &fab, "link", "set", &port, "master", &rack, "up"],
                 "host port on its rack switch",
             )?;
+        }
+        Ok(())
+    }
+
+    /// Every host reaches the first over the fabric (bounded: one echo each, 2 s at most), so a
+    /// broken fabric fails `up` with a clear error instead of hanging a migration's TCP connect.
+    fn check_fabric(&self) -> Result<()> {
+        let Some(first) = self.state.hosts.first() else {
+            return Ok(());
+        };
+        let target = first.address.to_string();
+        for h in self.state.hosts.iter().skip(1) {
+            let mut ok = false;
+            for _ in 0..3 {
+                let r = run(
+                    Command::new("ip").args([
+                        "netns", "exec", &h.netns, "ping", "-c", "1", "-W", "2", &target,
+                    ]),
+                    "check the fabric",
+                );
+                if r.is_ok() {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                return Err(TestbedError::Invalid(format!(
+                    "host {} ({}) cannot reach {} ({}) over the fabric",
+                    h.name, h.address, first.name, first.address
+                )));
+            }
         }
         Ok(())
     }
@@ -686,7 +718,7 @@ impl Testbed {
 
     /// Tears the testbed down now.
     pub fn down(&mut self) -> Result<()> {
-        let r = down(&self.state.prefix, Some(&self.dir));
+        let r = down(&self.state.prefix);
         for c in &mut self.children {
             let _ = c.wait();
         }
@@ -707,10 +739,10 @@ impl Drop for Testbed {
 
 /// Tears down every namespace named `<prefix>-*`: kills the processes inside (libvirtd, QEMU;
 /// their mount namespaces and bind mounts go with them), then deletes the namespaces. Works after
-/// a crash too, since it needs nothing but the names. Leaves `dir` (logs, consoles) in place.
-pub fn down(prefix: &str, dir: Option<&Path>) -> Result<()> {
+/// a crash too, since it needs nothing but the names. Leaves the state directory (logs,
+/// consoles) in place.
+pub fn down(prefix: &str) -> Result<()> {
     check_prefix(prefix)?;
-    let _ = dir;
     let list = ip(&["netns", "list"], "list network namespaces")?;
     let mine: Vec<String> = list
         .lines()
