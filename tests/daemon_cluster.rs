@@ -53,7 +53,7 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
 fn eight_daemons_cut_cost_like_the_simulator() {
     let mut c = Cluster::new(Options::default());
     c.start_all();
-    let migrations = settle(&mut c, Duration::from_secs(8), Duration::from_secs(90));
+    let migrations = settle(&mut c, Duration::from_secs(30), Duration::from_secs(240));
     let f = c.shared();
     f.check().unwrap();
     assert_eq!(f.placement().len(), c.scenario.ids.len(), "VM count conserved");
@@ -76,7 +76,7 @@ fn eight_daemons_cut_cost_like_the_simulator() {
     let decisions = c
         .events()
         .into_iter()
-        .filter(|(_, e)| e["fields"]["message"] == "decision")
+        .filter(|(_, e)| e["message"] == "decision")
         .count();
     assert!(decisions >= c.scenario.ids.len(), "{decisions} decisions logged");
     for i in 0..c.hosts.len() {
@@ -95,7 +95,7 @@ fn dry_run_decides_but_moves_nothing() {
     let ok = c.wait(Duration::from_secs(60), |c| {
         c.events()
             .iter()
-            .filter(|(_, e)| e["fields"]["outcome"] == "dry_run")
+            .filter(|(_, e)| e["outcome"] == "dry_run")
             .count()
             >= 3
     });

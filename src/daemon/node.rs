@@ -623,6 +623,7 @@ impl<P: Peers> Node<P> {
                 }
             };
             let host = self.locate_one(vm, handoff).await;
+            tracing::debug!(vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch, seq = token.seq, round = token.round, "token: next holder");
             let stopping = self.state().stopping;
             match host {
                 Some(h) if h == self.me && stopping => {
@@ -635,6 +636,7 @@ impl<P: Peers> Node<P> {
                 }
                 Some(h) if h == self.me => {
                     let neighbours = self.take_turn(vm, token).await;
+                    tracing::debug!(vm = %vm, neighbours = neighbours.as_ref().map(|n| n.len()), "token: turn taken");
                     let neighbours = neighbours.unwrap_or_default();
                     next = queue
                         .hand_off(token, &Turn { vm, neighbours: &neighbours })
@@ -848,7 +850,10 @@ impl<P: Peers> Node<P> {
                 st.unsettled.contains(&vm.id) || st.journal.is_open(vm.id),
             )
         };
-        let partners = self.partners(vm.id, true).await;
+        // Cached locations (kept right by migration announcements, refreshed on a miss): a
+        // stale one costs a suboptimal move at worst, while a verified lookup under load
+        // drops exactly the partners whose hosts answer slowly.
+        let partners = self.partners(vm.id, false).await;
         let pt: Vec<PartnerTraffic> = partners
             .iter()
             .map(|&(_, host, rate)| PartnerTraffic { host, rate })
@@ -887,18 +892,27 @@ impl<P: Peers> Node<P> {
             memory_mib: vm.memory_mib,
         };
         let timeout = config.token.handoff_timeout();
+        let max = config.decision.max_candidates as usize;
+        // Ask the first candidates all at once: the search consumes the answers in its own
+        // order, so the result is the same as asking one by one, in one round trip instead of
+        // several. Hosts that join later (rack alternates) are asked when the search needs them.
+        let first: Vec<HostId> = search.queue().iter().take(max).map(|c| c.host).collect();
+        let answers = self.peers.query_capacities(&first, req, timeout).await;
+        let mut known: HashMap<HostId, Option<Capacity>> = answers
+            .into_iter()
+            .map(|(h, r)| (h, self.capacity_answer(h, r)))
+            .collect();
         let mut asked = 0;
         while let Some(h) = search.next_query() {
-            if asked >= config.decision.max_candidates {
+            if asked >= max {
                 break;
             }
             asked += 1;
-            let answer = self.peers.query_capacity(h, req, timeout).await;
-            let cap = match answer {
-                Ok(r) => Some(capacity_of(self.topo.host(h), &r)),
-                Err(e) => {
-                    tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
-                    None
+            let cap = match known.remove(&h) {
+                Some(c) => c,
+                None => {
+                    let r = self.peers.query_capacity(h, req, timeout).await;
+                    self.capacity_answer(h, r)
                 }
             };
             search.answer(h, cap.as_ref());
@@ -922,6 +936,20 @@ impl<P: Peers> Node<P> {
             decision: Some(d),
             partners,
             detail,
+        }
+    }
+
+    fn capacity_answer(
+        &self,
+        h: HostId,
+        r: Result<CapacityResponse, PeerError>,
+    ) -> Option<Capacity> {
+        match r {
+            Ok(r) => Some(capacity_of(self.topo.host(h), &r)),
+            Err(e) => {
+                tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
+                None
+            }
         }
     }
 

@@ -53,6 +53,9 @@ pub enum Arrival {
 pub struct Ring {
     highest_epoch: u64,
     last_seq: u64,
+    /// The newest token this host itself received: duplicates are judged against it alone
+    /// (activity notices run ahead of hand-offs and must not make a real hand-off look old).
+    received: (u64, u64),
     last_activity: Instant,
     loss_timeout: Duration,
     stagger: Duration,
@@ -63,6 +66,7 @@ impl Ring {
         Ring {
             highest_epoch: 0,
             last_seq: 0,
+            received: (0, 0),
             last_activity: now,
             loss_timeout,
             stagger,
@@ -73,8 +77,11 @@ impl Ring {
     pub fn on_token(&mut self, epoch: u64, seq: u64, now: Instant) -> Arrival {
         let arrival = self.classify(epoch, seq);
         if arrival == Arrival::Fresh {
+            if epoch > self.highest_epoch || seq > self.last_seq {
+                self.last_seq = seq;
+            }
             self.highest_epoch = epoch;
-            self.last_seq = seq;
+            self.received = (epoch, seq);
             self.last_activity = now;
         }
         arrival
@@ -84,7 +91,7 @@ impl Ring {
     pub fn classify(&self, epoch: u64, seq: u64) -> Arrival {
         if epoch < self.highest_epoch {
             Arrival::Stale
-        } else if epoch == self.highest_epoch && seq <= self.last_seq && epoch != 0 {
+        } else if epoch != 0 && (epoch, seq) <= self.received {
             Arrival::Duplicate
         } else {
             Arrival::Fresh
@@ -175,6 +182,21 @@ mod tests {
         // The old epoch is fenced off for good, whatever its sequence.
         assert_eq!(r.on_token(e1, 99, t0), Arrival::Stale);
         assert_eq!(r.highest_epoch(), e2);
+    }
+
+    #[test]
+    fn activity_notices_never_make_a_real_hand_off_look_duplicate() {
+        // The holder announces (e, 2) just before handing the token (e, 2) to us.
+        let t0 = Instant::now();
+        let mut r = Ring::new(t0, 10 * S, S);
+        let e = next_epoch(0, 1);
+        r.on_activity(e, 1, t0);
+        r.on_activity(e, 2, t0);
+        assert_eq!(r.on_token(e, 2, t0), Arrival::Fresh);
+        assert_eq!(r.on_token(e, 2, t0), Arrival::Duplicate);
+        // Activity of a newer epoch still fences an older token.
+        r.on_activity(next_epoch(e, 0), 0, t0);
+        assert_eq!(r.on_token(e, 3, t0), Arrival::Stale);
     }
 
     #[test]

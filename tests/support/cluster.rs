@@ -134,7 +134,7 @@ impl Cluster {
                 ("host.topology".into(), "\"topology.toml\"".into()),
                 ("hypervisor.uri".into(), format!("\"sim+file://{}\"", shared.display())),
                 ("token.policy".into(), format!("\"{}\"", opts.policy)),
-                ("token.handoff_timeout_ms".into(), "2000".into()),
+                ("token.handoff_timeout_ms".into(), "5000".into()),
                 ("token.min_round_s".into(), "0".into()),
                 ("decision.migration_cost_fraction".into(), "0.0".into()),
                 ("decision.cooldown_base_s".into(), "0".into()),
@@ -145,7 +145,7 @@ impl Cluster {
                 ("control.socket".into(), format!("\"{}\"", socket.display())),
                 ("journal.path".into(), format!("\"{name}.journal\"")),
                 ("log.format".into(), "\"json\"".into()),
-                ("log.level".into(), "\"info\"".into()),
+                ("log.level".into(), "\"info,scored::daemon=debug\"".into()),
             ];
             kv.extend(opts.overrides.iter().cloned());
             kv.extend(
