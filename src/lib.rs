@@ -15,8 +15,8 @@ pub mod metrics;
 pub mod notify;
 pub mod p2p;
 pub mod sim;
-pub mod token;
 pub mod testbed;
+pub mod token;
 pub mod topology;
 
 pub use scored_proto as proto;

@@ -147,7 +147,9 @@ impl ControlArgs {
 fn control(args: &ControlArgs, req: scored::daemon::control::Request) -> anyhow::Result<ExitCode> {
     use scored::daemon::control::{Reply, render_decisions, render_status, request};
     let path = args.socket()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let reply = rt
         .block_on(request(&path, &req, Duration::from_secs(60)))
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -213,13 +215,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => control(&a, Request::Status),
         Command::Plan(a) => control(&a, Request::Plan),
         Command::Drain(a) => control(&a, Request::Drain),
-        Command::Maintenance { state, control: a } => control(
-            &a,
-            Request::Maintenance {
-                on: state == "on",
-            },
-        ),
-        Command::Pin { vm, off, control: a } => control(&a, Request::Pin { vm, on: !off }),
+        Command::Maintenance { state, control: a } => {
+            control(&a, Request::Maintenance { on: state == "on" })
+        }
+        Command::Pin {
+            vm,
+            off,
+            control: a,
+        } => control(&a, Request::Pin { vm, on: !off }),
         Command::Topology(TopologyCommand::Check { files }) => Ok(topology_check(&files)),
         Command::Topology(TopologyCommand::Generate { shape }) => {
             let spec = match shape.as_str() {

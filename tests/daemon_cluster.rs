@@ -56,7 +56,11 @@ fn eight_daemons_cut_cost_like_the_simulator() {
     let migrations = settle(&mut c, Duration::from_secs(30), Duration::from_secs(240));
     let f = c.shared();
     f.check().unwrap();
-    assert_eq!(f.placement().len(), c.scenario.ids.len(), "VM count conserved");
+    assert_eq!(
+        f.placement().len(),
+        c.scenario.ids.len(),
+        "VM count conserved"
+    );
     let daemons = 1.0 - c.cost() / c.initial_cost();
     let sim = simulated_reduction(&c, PolicyKind::Distributed);
     eprintln!(
@@ -78,7 +82,10 @@ fn eight_daemons_cut_cost_like_the_simulator() {
         .into_iter()
         .filter(|(_, e)| e["message"] == "decision")
         .count();
-    assert!(decisions >= c.scenario.ids.len(), "{decisions} decisions logged");
+    assert!(
+        decisions >= c.scenario.ids.len(),
+        "{decisions} decisions logged"
+    );
     for i in 0..c.hosts.len() {
         let s = c.status(i).expect("status");
         assert_eq!(s.host, c.hosts[i].name);
@@ -110,6 +117,9 @@ fn dry_run_decides_but_moves_nothing() {
         .flatten()
         .collect::<Vec<_>>();
     assert_eq!(plan.len(), c.scenario.ids.len());
-    assert!(plan.iter().any(|d| d.outcome == "dry_run" && d.best_benefit.unwrap_or(0.0) > 0.0));
+    assert!(
+        plan.iter()
+            .any(|d| d.outcome == "dry_run" && d.best_benefit.unwrap_or(0.0) > 0.0)
+    );
     assert_eq!(c.shared().migrations(), 0);
 }

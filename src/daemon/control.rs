@@ -22,8 +22,13 @@ pub enum Request {
     Plan,
     /// Maintenance on and move every VM away, one per token visit.
     Drain,
-    Maintenance { on: bool },
-    Pin { vm: String, on: bool },
+    Maintenance {
+        on: bool,
+    },
+    Pin {
+        vm: String,
+        on: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,7 +106,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("{}: another scored daemon is listening here", path.display()),
+                format!(
+                    "{}: another scored daemon is listening here",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(path)?;
@@ -243,7 +251,10 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
         });
     }
     let (cost, _) = node.cost_by_level().await;
-    let mut peers: Vec<String> = reachable.iter().map(|h| topo.host(*h).name.clone()).collect();
+    let mut peers: Vec<String> = reachable
+        .iter()
+        .map(|h| topo.host(*h).name.clone())
+        .collect();
     peers.sort();
     Status {
         host: node.name().to_string(),
@@ -258,12 +269,7 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
         draining,
         dry_run: config.decision.dry_run,
         vms,
-        cost_by_level: topo
-            .level_names()
-            .iter()
-            .cloned()
-            .zip(cost)
-            .collect(),
+        cost_by_level: topo.level_names().iter().cloned().zip(cost).collect(),
         peers_reachable: peers,
         migrations_done: done,
         recent,
@@ -282,7 +288,9 @@ pub async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Re
         let (r, mut w) = stream.into_split();
         let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
         line.push('\n');
-        w.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
+        w.write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut answer = String::new();
         BufReader::new(r.take(64 << 20))
             .read_line(&mut answer)
@@ -304,7 +312,11 @@ pub fn render_status(s: &Status) -> String {
         o,
         "host {}   token: {} (policy {}, epoch {} seq {})   maintenance: {}{}   dry-run: {}",
         s.host,
-        if s.token.held { "HELD here" } else { "elsewhere" },
+        if s.token.held {
+            "HELD here"
+        } else {
+            "elsewhere"
+        },
         s.token.policy,
         s.token.epoch_generation,
         s.token.seq,
@@ -328,7 +340,11 @@ pub fn render_status(s: &Status) -> String {
         .map(|(l, c)| format!("{l} {c:.1}"))
         .collect();
     let _ = writeln!(o, "this host's cost by level: {}", costs.join(", "));
-    let _ = writeln!(o, "\n{:<16} {:<14} {:>8} {:>12}  partners (host, level, B/s)", "VM", "name", "MiB", "cost");
+    let _ = writeln!(
+        o,
+        "\n{:<16} {:<14} {:>8} {:>12}  partners (host, level, B/s)",
+        "VM", "name", "MiB", "cost"
+    );
     for v in &s.vms {
         let p: Vec<String> = v
             .partners
@@ -343,7 +359,11 @@ pub fn render_status(s: &Status) -> String {
             v.memory_mib,
             v.cost,
             if v.pinned { "[pinned] " } else { "" },
-            if p.is_empty() { "-".to_string() } else { p.join(", ") }
+            if p.is_empty() {
+                "-".to_string()
+            } else {
+                p.join(", ")
+            }
         );
     }
     if !s.recent.is_empty() {
@@ -371,7 +391,9 @@ pub fn render_decisions(ds: &[DecisionRecord]) -> String {
             d.current_cost,
             d.migration_cost,
             d.best_host.as_deref().unwrap_or("-"),
-            d.best_benefit.map(|b| format!("{b:.1}")).unwrap_or("-".into()),
+            d.best_benefit
+                .map(|b| format!("{b:.1}"))
+                .unwrap_or("-".into()),
             d.to.as_deref().unwrap_or("-"),
             d.detail
         );

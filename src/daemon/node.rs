@@ -19,11 +19,11 @@ use crate::metrics::{self, Metrics};
 use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
 use crate::token::{Neighbour, Next, Queue, Turn};
 use crate::topology::{HostId, Topology};
+use futures::StreamExt;
 use scored_proto::{
     Announcement, CapacityRequest, CapacityResponse, Located, Stamp, StatsRequest, StatsResponse,
     Token, TokenAck, VmBenefit, VmId,
 };
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -36,9 +36,9 @@ const HANDOFF_ATTEMPTS: u32 = 3;
 
 /// Where the flow rates come from; the synthetic feed needs its clock moved.
 pub enum Traffic {
-    Capture(crate::flows::capture::CaptureSource),
+    Capture(Box<crate::flows::capture::CaptureSource>),
     Synthetic {
-        source: crate::flows::synthetic::SyntheticSource,
+        source: Box<crate::flows::synthetic::SyntheticSource>,
         started: Instant,
     },
 }
@@ -46,15 +46,15 @@ pub enum Traffic {
 impl Traffic {
     pub fn source(&self) -> &dyn FlowSource {
         match self {
-            Traffic::Capture(c) => c,
-            Traffic::Synthetic { source, .. } => source,
+            Traffic::Capture(c) => c.as_ref(),
+            Traffic::Synthetic { source, .. } => source.as_ref(),
         }
     }
 
     fn source_mut(&mut self) -> &mut dyn FlowSource {
         match self {
-            Traffic::Capture(c) => c,
-            Traffic::Synthetic { source, .. } => source,
+            Traffic::Capture(c) => c.as_mut(),
+            Traffic::Synthetic { source, .. } => source.as_mut(),
         }
     }
 
@@ -158,17 +158,30 @@ pub fn heartbeat_interval(config: &Config) -> Duration {
     (config.token.handoff_timeout() / 4).max(Duration::from_millis(50))
 }
 
+/// What a [`Node`] is built from.
+pub struct Parts<P: Peers> {
+    pub topo: Arc<Topology>,
+    pub me: HostId,
+    pub peers: Arc<P>,
+    pub hv: Arc<dyn Hypervisor>,
+    pub traffic: Traffic,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub journal: Journal,
+}
+
 impl<P: Peers> Node<P> {
-    pub fn new(
-        topo: Arc<Topology>,
-        me: HostId,
-        peers: Arc<P>,
-        hv: Arc<dyn Hypervisor>,
-        traffic: Traffic,
-        config: Config,
-        metrics: Arc<Metrics>,
-        journal: Journal,
-    ) -> Self {
+    pub fn new(parts: Parts<P>) -> Self {
+        let Parts {
+            topo,
+            me,
+            peers,
+            hv,
+            traffic,
+            config,
+            metrics,
+            journal,
+        } = parts;
         let (loss, stagger) = loss_timing(&config);
         let maintenance = config.placement.maintenance;
         Node {
@@ -209,7 +222,10 @@ impl<P: Peers> Node<P> {
     }
 
     pub fn config(&self) -> Config {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn name(&self) -> &str {
@@ -275,9 +291,7 @@ impl<P: Peers> Node<P> {
             let mut st = self.state();
             match verdict {
                 journal::Reconciled::Completed => {
-                    let _ = st
-                        .journal
-                        .end(e.id, journal::Outcome::ReconciledCompleted);
+                    let _ = st.journal.end(e.id, journal::Outcome::ReconciledCompleted);
                 }
                 journal::Reconciled::Failed => {
                     let _ = st.journal.end(e.id, journal::Outcome::ReconciledFailed);
@@ -293,7 +307,11 @@ impl<P: Peers> Node<P> {
 
     /// Capacity answer: what the hypervisor reports, less the topology's reserve, and whether this
     /// host accepts a VM of the requested size at all (maintenance, incoming bound).
-    pub async fn answer_capacity(self: Arc<Self>, req: CapacityRequest, reply: Responder<CapacityResponse>) {
+    pub async fn answer_capacity(
+        self: Arc<Self>,
+        req: CapacityRequest,
+        reply: Responder<CapacityResponse>,
+    ) {
         let hv = self.hv.clone();
         let cap = match tokio::task::spawn_blocking(move || hv.capacity()).await {
             Ok(Ok(c)) => c,
@@ -323,7 +341,11 @@ impl<P: Peers> Node<P> {
 
     /// Statistics for the global policy: each local VM's best expected benefit, from cached
     /// locations and no capacity queries.
-    pub async fn answer_stats(self: Arc<Self>, _req: StatsRequest, reply: Responder<StatsResponse>) {
+    pub async fn answer_stats(
+        self: Arc<Self>,
+        _req: StatsRequest,
+        reply: Responder<StatsResponse>,
+    ) {
         let benefits = self.local_benefits().await;
         reply.send(StatsResponse {
             benefits: benefits
@@ -375,9 +397,7 @@ impl<P: Peers> Node<P> {
                     return;
                 };
                 // The announcement carries no duration; the cooldown base covers it.
-                self.state()
-                    .history
-                    .record(m.vm, src, Duration::ZERO, now);
+                self.state().history.record(m.vm, src, Duration::ZERO, now);
                 tracing::debug!(from = %self.host_name(from), vm = %m.vm, to = %m.to, "peer migrated a VM");
             }
             Announcement::Inventory { .. } => {}
@@ -413,7 +433,10 @@ impl<P: Peers> Node<P> {
         };
         reply.send(TokenAck::Accepted);
         if arrival == Arrival::Fresh {
-            self.metrics.token.epoch.set(ring::epoch_generation(token.epoch) as i64);
+            self.metrics
+                .token
+                .epoch
+                .set(ring::epoch_generation(token.epoch) as i64);
             let node = self.clone();
             tokio::spawn(async move { node.turn(token).await });
         }
@@ -422,7 +445,10 @@ impl<P: Peers> Node<P> {
     /// Called on every tick while no token is held here: when the loss timeout (staggered by this
     /// host's place in the topology) has run out, checks that no lower host is alive to do it,
     /// then mints a new token. Returns the task to run, if any.
-    pub fn loss_check(self: &Arc<Self>, now: Instant) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    pub fn loss_check(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         {
             let mut st = self.state();
             if st.holding.is_some() || st.checking || st.stopping {
@@ -499,7 +525,10 @@ impl<P: Peers> Node<P> {
         }
         let token = Token::new(epoch, config.token.policy, vms);
         self.metrics.token.regenerations.inc();
-        self.metrics.token.epoch.set(ring::epoch_generation(epoch) as i64);
+        self.metrics
+            .token
+            .epoch
+            .set(ring::epoch_generation(epoch) as i64);
         tracing::warn!(
             epoch,
             generation = ring::epoch_generation(epoch),
@@ -537,7 +566,15 @@ impl<P: Peers> Node<P> {
     /// (capacity answers, a long migration).
     pub async fn turn(self: Arc<Self>, mut token: Token) {
         self.metrics.token.held.set(1);
-        let stamp = |t: &Token| (Stamp { epoch: t.epoch, seq: t.seq }, t.round);
+        let stamp = |t: &Token| {
+            (
+                Stamp {
+                    epoch: t.epoch,
+                    seq: t.seq,
+                },
+                t.round,
+            )
+        };
         let (beat_tx, mut beat_rx) = tokio::sync::watch::channel(stamp(&token));
         let beat = heartbeat_interval(&self.config());
         let node = self.clone();
@@ -630,7 +667,9 @@ impl<P: Peers> Node<P> {
                     // Shutting down: no new decision here; pass over local VMs to a peer.
                     local_skips += 1;
                     if local_skips > token.slots.len() {
-                        return Err("stopping, and no other host runs a VM to pass the token to".into());
+                        return Err(
+                            "stopping, and no other host runs a VM to pass the token to".into()
+                        );
                     }
                     next = queue.skip(token, vm).map_err(|e| e.to_string())?;
                 }
@@ -639,7 +678,13 @@ impl<P: Peers> Node<P> {
                     tracing::debug!(vm = %vm, neighbours = neighbours.as_ref().map(|n| n.len()), "token: turn taken");
                     let neighbours = neighbours.unwrap_or_default();
                     next = queue
-                        .hand_off(token, &Turn { vm, neighbours: &neighbours })
+                        .hand_off(
+                            token,
+                            &Turn {
+                                vm,
+                                neighbours: &neighbours,
+                            },
+                        )
                         .map_err(|e| e.to_string())?;
                 }
                 Some(h) if unreachable.contains(&h) => {
@@ -647,7 +692,9 @@ impl<P: Peers> Node<P> {
                 }
                 Some(h) => match self.hand_to(h, token, handoff).await {
                     Handoff::Done => return Ok(()),
-                    Handoff::Fenced => return Err(format!("{} holds a newer token", self.host_name(h))),
+                    Handoff::Fenced => {
+                        return Err(format!("{} holds a newer token", self.host_name(h)));
+                    }
                     Handoff::Skip { ambiguous } => {
                         unreachable.insert(h);
                         self.metrics.token.skipped_hosts.inc();
@@ -657,7 +704,10 @@ impl<P: Peers> Node<P> {
                             token.epoch = st.ring.mint(self.me.0);
                             token.seq = 0;
                             st.ring.on_token(token.epoch, 0, Instant::now());
-                            st.holding = Some(Stamp { epoch: token.epoch, seq: 0 });
+                            st.holding = Some(Stamp {
+                                epoch: token.epoch,
+                                seq: 0,
+                            });
                         }
                         next = queue.skip(token, vm).map_err(|e| e.to_string())?;
                     }
@@ -729,7 +779,9 @@ impl<P: Peers> Node<P> {
         for (host, r) in self.peers.query_all_stats(req, timeout).await {
             match r {
                 Ok(s) => expected.extend(s.benefits.into_iter().map(|b| (b.vm, b.benefit))),
-                Err(e) => tracing::info!(host = %self.host_name(host), error = %e, "global policy: no statistics"),
+                Err(e) => {
+                    tracing::info!(host = %self.host_name(host), error = %e, "global policy: no statistics")
+                }
             }
         }
         expected
@@ -743,7 +795,12 @@ impl<P: Peers> Node<P> {
             timeout,
             ..LocateOptions::default()
         };
-        self.peers.locate(&[vm], options).await.found.get(&vm).copied()
+        self.peers
+            .locate(&[vm], options)
+            .await
+            .found
+            .get(&vm)
+            .copied()
     }
 
     async fn hand_to(&self, host: HostId, token: &mut Token, timeout: Duration) -> Handoff {
@@ -765,7 +822,8 @@ impl<P: Peers> Node<P> {
                 }
                 Ok(TokenAck::Fenced { current }) => {
                     let mut st = self.state();
-                    st.ring.on_activity(current.epoch, current.seq, Instant::now());
+                    st.ring
+                        .on_activity(current.epoch, current.seq, Instant::now());
                     self.metrics.token.fenced.inc();
                     return Handoff::Fenced;
                 }
@@ -866,11 +924,17 @@ impl<P: Peers> Node<P> {
             detail,
         };
         if unsettled {
-            return early(metrics::Outcome::Busy, "a migration of this VM is not settled".into());
+            return early(
+                metrics::Outcome::Busy,
+                "a migration of this VM is not settled".into(),
+            );
         }
         if let Some(until) = cooling {
             let left = until.saturating_duration_since(now).as_secs();
-            return early(metrics::Outcome::Cooldown, format!("cooling down for {left} s more"));
+            return early(
+                metrics::Outcome::Cooldown,
+                format!("cooling down for {left} s more"),
+            );
         }
         let gates = Gates {
             pinned: self.pinned(vm, &config),
@@ -1045,7 +1109,11 @@ impl<P: Peers> Node<P> {
         hosts.sort_by(|a, b| {
             cost::vm_cost(&self.topo, *a, &pt)
                 .total_cmp(&cost::vm_cost(&self.topo, *b, &pt))
-                .then(self.topo.level(self.me, *a).cmp(&self.topo.level(self.me, *b)))
+                .then(
+                    self.topo
+                        .level(self.me, *a)
+                        .cmp(&self.topo.level(self.me, *b)),
+                )
         });
         let req = CapacityRequest {
             memory_mib: vm.memory_mib,
@@ -1079,7 +1147,14 @@ impl<P: Peers> Node<P> {
         let entry = {
             let mut st = self.state();
             st.journal
-                .begin(vm.id, self.name(), &dest.host, token.epoch, token.seq, unix_ms())
+                .begin(
+                    vm.id,
+                    self.name(),
+                    &dest.host,
+                    token.epoch,
+                    token.seq,
+                    unix_ms(),
+                )
                 .map_err(|e| format!("journal: {e}"))?
         };
         self.metrics.migrations.started.inc();
@@ -1112,7 +1187,8 @@ impl<P: Peers> Node<P> {
                 {
                     let mut st = self.state();
                     let _ = st.journal.end(entry.id, journal::Outcome::Succeeded);
-                    st.history.record(vm.id, self.me, report.elapsed, Instant::now());
+                    st.history
+                        .record(vm.id, self.me, report.elapsed, Instant::now());
                     st.migrations_done += 1;
                 }
                 let m = &self.metrics.migrations;

@@ -4,7 +4,7 @@
 
 use super::control;
 use super::journal::Journal;
-use super::node::{Node, Traffic};
+use super::node::{Node, Parts, Traffic};
 use crate::config::{Config, Override};
 use crate::flows::capture::{CaptureConfig, CaptureSource};
 use crate::flows::synthetic::{Demand, SyntheticSource};
@@ -13,7 +13,7 @@ use crate::hypervisor::Hypervisor;
 use crate::hypervisor::memory::FileHost;
 use crate::metrics::{Metrics, MetricsServer};
 use crate::notify::Notifier;
-use crate::p2p::{Directory, InboundEvent, Inbound, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
+use crate::p2p::{Directory, Inbound, InboundEvent, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
 use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use prometheus_client::registry::Registry;
@@ -87,8 +87,16 @@ pub fn backend(
             .into_iter()
             .flat_map(|(a, b, rate)| {
                 [
-                    Demand { vm: a, partner: b, bytes_per_sec: rate },
-                    Demand { vm: b, partner: a, bytes_per_sec: rate },
+                    Demand {
+                        vm: a,
+                        partner: b,
+                        bytes_per_sec: rate,
+                    },
+                    Demand {
+                        vm: b,
+                        partner: a,
+                        bytes_per_sec: rate,
+                    },
                 ]
             })
             .collect();
@@ -96,7 +104,7 @@ pub fn backend(
         return Ok((
             Arc::new(host),
             Traffic::Synthetic {
-                source,
+                source: Box::new(source),
                 started: Instant::now(),
             },
         ));
@@ -110,7 +118,7 @@ pub fn backend(
         sample_one_in: config.flows.sampling,
         ..CaptureConfig::default()
     })?;
-    Ok((Arc::new(hv), Traffic::Capture(capture)))
+    Ok((Arc::new(hv), Traffic::Capture(Box::new(capture))))
 }
 
 /// `scored run`.
@@ -161,16 +169,16 @@ async fn serve(
     let (peers, inbound) = Libp2pPeers::start(p2p, directory)
         .await
         .map_err(|e| anyhow!("p2p: {e}"))?;
-    let node = Arc::new(Node::new(
-        topo.clone(),
+    let node = Arc::new(Node::new(Parts {
+        topo: topo.clone(),
         me,
-        Arc::new(peers),
+        peers: Arc::new(peers),
         hv,
         traffic,
-        config.clone(),
-        metrics.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
         journal,
-    ));
+    }));
     node.reconcile(left).await;
     node.refresh_inventory()
         .await
@@ -229,10 +237,15 @@ async fn serve(
             let _ = notifier.ready("reloaded");
         }
     };
-    let watchdog = Notifier::from_env().ok().and_then(|n| n.watchdog_interval().map(|i| (n, i)));
+    let watchdog = Notifier::from_env()
+        .ok()
+        .and_then(|n| n.watchdog_interval().map(|i| (n, i)));
     let stop = async move {
         let mut wd = tokio::time::interval(
-            watchdog.as_ref().map(|(_, i)| *i).unwrap_or(Duration::from_secs(3600)),
+            watchdog
+                .as_ref()
+                .map(|(_, i)| *i)
+                .unwrap_or(Duration::from_secs(3600)),
         );
         loop {
             tokio::select! {
@@ -343,6 +356,8 @@ async fn update_gauges<P: Peers>(node: &Arc<Node<P>>) {
     let stats = node.traffic().source().stats();
     let f = &node.metrics.flows;
     f.entries.set(stats.table.entries as i64);
-    node.metrics.maintenance.set(node.state().maintenance as i64);
+    node.metrics
+        .maintenance
+        .set(node.state().maintenance as i64);
     let _ = f;
 }

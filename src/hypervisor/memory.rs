@@ -530,7 +530,13 @@ impl FileHost {
             .hosts
             .iter()
             .position(|h| h.name == name)
-            .ok_or_else(|| io_err(path, "open", format!("no host `{name}` in the cluster file")))?;
+            .ok_or_else(|| {
+                io_err(
+                    path,
+                    "open",
+                    format!("no host `{name}` in the cluster file"),
+                )
+            })?;
         Ok(FileHost {
             path: path.to_path_buf(),
             host: HostId(host as u32),
@@ -725,7 +731,8 @@ mod tests {
             downtime: Duration::from_millis(1),
         });
         for i in 0..8u32 {
-            c.add_vm(HostId(i % 4), synthetic_vm(VmId(i), 1024)).unwrap();
+            c.add_vm(HostId(i % 4), synthetic_vm(VmId(i), 1024))
+                .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cluster.json");
@@ -734,7 +741,9 @@ mod tests {
         let h5 = FileHost::open(&path, &t.host(HostId(5)).name).unwrap();
         assert_eq!(h0.vms().unwrap().len(), 2);
         assert_eq!(h0.traffic().unwrap(), vec![(VmId(0), VmId(1), 5.0)]);
-        let r = h0.migrate(VmId(0), &to(&t, 5), &MigrationParams::default()).unwrap();
+        let r = h0
+            .migrate(VmId(0), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
         assert_eq!(r.downtime, Duration::from_millis(1));
         assert_eq!(h0.state(VmId(0)).unwrap(), VmState::Absent);
         assert_eq!(h5.state(VmId(0)).unwrap(), VmState::Running);
@@ -754,7 +763,11 @@ mod tests {
                         let f = read_shared(&path).unwrap();
                         let from = &f.placement()[&vm];
                         let h = FileHost::open(&path, from).unwrap();
-                        let _ = h.migrate(vm, &to(&t, (step * 3 + k) % 16), &MigrationParams::default());
+                        let _ = h.migrate(
+                            vm,
+                            &to(&t, (step * 3 + k) % 16),
+                            &MigrationParams::default(),
+                        );
                     }
                 })
             })

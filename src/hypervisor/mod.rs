@@ -6,8 +6,8 @@
 //! seconds): the daemon calls them from `spawn_blocking`, never from its event loop. Nothing here
 //! decides anything; it reports and executes.
 
-pub mod memory;
 pub mod libvirt;
+pub mod memory;
 pub mod progress;
 pub mod watch;
 

@@ -88,8 +88,9 @@ impl Cluster {
         let ports: Vec<u16> = (0..opts.hosts).map(|_| free_port()).collect();
         let mut peers = Vec::new();
         for i in 0..opts.hosts {
-            let key = scored::identity::generate(&dir.path().join(format!("h{}.key", i + 1)), false)
-                .unwrap();
+            let key =
+                scored::identity::generate(&dir.path().join(format!("h{}.key", i + 1)), false)
+                    .unwrap();
             peers.push(key.public().to_peer_id().to_string());
         }
         let topology = dir.path().join("topology.toml");
@@ -132,7 +133,10 @@ impl Cluster {
                 ("host.name".into(), format!("\"{name}\"")),
                 ("host.key".into(), format!("\"{name}.key\"")),
                 ("host.topology".into(), "\"topology.toml\"".into()),
-                ("hypervisor.uri".into(), format!("\"sim+file://{}\"", shared.display())),
+                (
+                    "hypervisor.uri".into(),
+                    format!("\"sim+file://{}\"", shared.display()),
+                ),
                 ("token.policy".into(), format!("\"{}\"", opts.policy)),
                 ("token.handoff_timeout_ms".into(), "5000".into()),
                 ("token.min_round_s".into(), "0".into()),
@@ -251,7 +255,11 @@ impl Cluster {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(control::request(&self.hosts[i].socket, &req, Duration::from_secs(10)))
+        rt.block_on(control::request(
+            &self.hosts[i].socket,
+            &req,
+            Duration::from_secs(10),
+        ))
     }
 
     pub fn status(&self, i: usize) -> Option<Status> {
@@ -320,7 +328,11 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for i in 0..self.hosts.len() {
-                eprintln!("---- {} log tail ----\n{}", self.hosts[i].name, self.tail(i, 30));
+                eprintln!(
+                    "---- {} log tail ----\n{}",
+                    self.hosts[i].name,
+                    self.tail(i, 30)
+                );
             }
         }
     }
