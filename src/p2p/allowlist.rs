@@ -3,6 +3,7 @@
 //! protocol handler exists), so nothing is ever served to an outsider. It also tells the swarm
 //! where each allowed peer listens, so a request to a peer dials the topology's address.
 
+use super::codec::FrameWatch;
 use super::metrics::P2pMetrics;
 use crate::topology::Topology;
 use libp2p::core::{Endpoint, transport::PortUse};
@@ -35,10 +36,16 @@ pub(crate) struct Allowlist {
     addresses: HashMap<PeerId, Multiaddr>,
     logged: HashSet<PeerId>,
     metrics: P2pMetrics,
+    watch: FrameWatch,
 }
 
 impl Allowlist {
-    pub(crate) fn new(topology: &Topology, me: PeerId, metrics: P2pMetrics) -> Self {
+    pub(crate) fn new(
+        topology: &Topology,
+        me: PeerId,
+        metrics: P2pMetrics,
+        watch: FrameWatch,
+    ) -> Self {
         let addresses = topology
             .hosts()
             .iter()
@@ -49,13 +56,18 @@ impl Allowlist {
             addresses,
             logged: HashSet::new(),
             metrics,
+            watch,
         }
     }
 
+    /// Admits `peer` or refuses it. Admitting also tells the codecs which peer the connection
+    /// that the next behaviours set up is for (they run right after this one).
     fn check(&mut self, peer: PeerId, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
         if self.addresses.contains_key(&peer) {
+            self.watch.set_connecting(Some(peer));
             return Ok(());
         }
+        self.watch.set_connecting(None);
         self.metrics.refused_connections.inc();
         if self.logged.len() < MAX_LOGGED && self.logged.insert(peer) {
             tracing::warn!(%peer, %addr, "refused a peer that is not in the topology (logged once per peer)");

@@ -1,26 +1,104 @@
 //! The request-response codec: scored-proto frames over a libp2p stream. The length prefix is
 //! checked against the message's limit before any body byte is read, and the body buffer grows
 //! only as bytes arrive, so a peer announcing a large frame and sending nothing costs nothing.
+//!
+//! libp2p's request-response drops a stream whose request fails to decode without telling the
+//! behaviour who sent it, so the codec reports malformed frames itself, naming the peer: each
+//! connection's codec is cloned when the connection is established, right after the allowlist
+//! (the first behaviour) has recorded which peer it is for.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::PeerId;
 use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{DecodeError, Protocol, WireMessage, encode};
 use std::io;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// A frame a peer sent that did not decode.
+#[derive(Debug)]
+pub(crate) struct MalformedFrame {
+    pub peer: Option<PeerId>,
+    pub protocol: &'static str,
+    pub error: String,
+}
+
+/// What codecs share with the swarm: the peer whose connection is being set up, and where to
+/// report malformed frames.
+#[derive(Clone)]
+pub(crate) struct FrameWatch {
+    pub connecting: Arc<Mutex<Option<PeerId>>>,
+    pub reports: mpsc::Sender<MalformedFrame>,
+}
+
+impl FrameWatch {
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<MalformedFrame>) {
+        let (reports, rx) = mpsc::channel(capacity);
+        (
+            FrameWatch {
+                connecting: Arc::new(Mutex::new(None)),
+                reports,
+            },
+            rx,
+        )
+    }
+
+    pub(crate) fn set_connecting(&self, peer: Option<PeerId>) {
+        *self.connecting.lock().unwrap_or_else(|p| p.into_inner()) = peer;
+    }
+}
 
 /// Codec for one scored protocol.
-pub(crate) struct FrameCodec<P>(PhantomData<fn() -> P>);
+pub(crate) struct FrameCodec<P> {
+    peer: Option<PeerId>,
+    watch: FrameWatch,
+    protocol: PhantomData<fn() -> P>,
+}
 
-impl<P> Default for FrameCodec<P> {
-    fn default() -> Self {
-        FrameCodec(PhantomData)
+impl<P> FrameCodec<P> {
+    pub(crate) fn new(watch: FrameWatch) -> Self {
+        FrameCodec {
+            peer: None,
+            watch,
+            protocol: PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> FrameCodec<P> {
+    fn report<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r
+            && is_malformed(e)
+        {
+            // A full queue means the swarm is already disconnecting a flood of bad frames.
+            let _ = self.watch.reports.try_send(MalformedFrame {
+                peer: self.peer,
+                protocol: P::ID,
+                error: e.to_string(),
+            });
+        }
+        r
     }
 }
 
 impl<P> Clone for FrameCodec<P> {
+    /// The behaviour's codec has no peer; the clone made for a new connection takes the peer
+    /// being connected, and clones made per stream keep it.
     fn clone(&self) -> Self {
-        FrameCodec(PhantomData)
+        let peer = self.peer.or_else(|| {
+            *self
+                .watch
+                .connecting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
+        FrameCodec {
+            peer,
+            watch: self.watch.clone(),
+            protocol: PhantomData,
+        }
     }
 }
 
@@ -72,6 +150,15 @@ where
             got: payload.len(),
         }));
     }
+    // One frame per stream: the sender closes its side after it. Anything more is not ours.
+    let mut extra = [0u8; 64];
+    let n = io.read(&mut extra).await?;
+    if n > 0 {
+        return Err(invalid(DecodeError::TrailingBytes {
+            message: M::NAME,
+            extra: n,
+        }));
+    }
     decode_payload::<M>(&payload).map_err(invalid)
 }
 
@@ -100,14 +187,14 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        self.report(read_frame(io).await)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<P::Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        self.report(read_frame(io).await)
     }
 
     async fn write_request<T>(
@@ -176,6 +263,13 @@ mod tests {
         let e = read::<Request<CapacityRequest>>(&v9).unwrap_err();
         assert!(
             is_malformed(&e) && e.to_string().contains("version 9"),
+            "{e}"
+        );
+        let mut longer = good.clone();
+        longer.push(0);
+        let e = read::<Request<CapacityRequest>>(&longer).unwrap_err();
+        assert!(
+            is_malformed(&e) && e.to_string().contains("unexpected bytes"),
             "{e}"
         );
         // A frame of the wrong protocol is refused, not misread.

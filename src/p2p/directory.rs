@@ -175,6 +175,12 @@ impl Directory {
         }
     }
 
+    /// Drops every cached location (not this host's own VMs or departures), e.g. to measure
+    /// cold lookups or after peers were restarted with other VMs.
+    pub fn forget_cached(&self) {
+        self.lock().cache.clear();
+    }
+
     /// `host` says it does not run `vm`: drop a cache entry that points there.
     pub fn forget(&self, vm: VmId, host: HostId) {
         let mut s = self.lock();

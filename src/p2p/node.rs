@@ -56,6 +56,14 @@ fn successor(topology: &Topology, me: HostId) -> HostId {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    // stdout carries the events; logs go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
     let topology = Arc::new(Topology::load(&args.topology).map_err(|e| anyhow!("{e}"))?);
     let key = crate::identity::load(&args.key)?;
     let me = topology

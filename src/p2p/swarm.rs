@@ -15,7 +15,7 @@
 //! connection, when the last handle is dropped.
 
 use super::allowlist::Allowlist;
-use super::codec::{FrameCodec, is_malformed};
+use super::codec::{FrameCodec, FrameWatch, MalformedFrame};
 use super::directory::Directory;
 use super::metrics::P2pMetrics;
 use super::{
@@ -216,7 +216,8 @@ impl Libp2pPeers {
             }
         };
         let fp = fingerprint(&topology);
-        let mut swarm = build_swarm(&config, fp)?;
+        let (watch, malformed) = FrameWatch::new(256);
+        let mut swarm = build_swarm(&config, fp, watch)?;
         let topic = IdentTopic::new(ANNOUNCE_TOPIC);
         swarm
             .behaviour_mut()
@@ -269,6 +270,7 @@ impl Libp2pPeers {
             inbound: inbound_tx,
             metrics: config.metrics.clone(),
             commands: commands_rx,
+            malformed,
             topic,
             request_timeout: config.request_timeout,
             pending_token: HashMap::new(),
@@ -472,6 +474,7 @@ impl Peers for Libp2pPeers {
 fn build_swarm(
     config: &P2pConfig,
     fp: TopologyFingerprint,
+    watch: FrameWatch,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let setup = |e: &dyn std::fmt::Display| StartError::Setup(e.to_string());
     let me = config.keypair.public().to_peer_id();
@@ -504,24 +507,24 @@ fn build_swarm(
             )?;
             let rr = |id: &'static str| [(StreamProtocol::new(id), ProtocolSupport::Full)];
             Ok(Behaviour {
-                allowlist: Allowlist::new(&topology, me, metrics),
+                allowlist: Allowlist::new(&topology, me, metrics, watch.clone()),
                 token: rr::Behaviour::with_codec(
-                    FrameCodec::default(),
+                    FrameCodec::new(watch.clone()),
                     rr(TOKEN_PROTOCOL),
                     rr_config.clone(),
                 ),
                 location: rr::Behaviour::with_codec(
-                    FrameCodec::default(),
+                    FrameCodec::new(watch.clone()),
                     rr(LOCATION_PROTOCOL),
                     rr_config.clone(),
                 ),
                 capacity: rr::Behaviour::with_codec(
-                    FrameCodec::default(),
+                    FrameCodec::new(watch.clone()),
                     rr(CAPACITY_PROTOCOL),
                     rr_config.clone(),
                 ),
                 stats: rr::Behaviour::with_codec(
-                    FrameCodec::default(),
+                    FrameCodec::new(watch.clone()),
                     rr(STATS_PROTOCOL),
                     rr_config,
                 ),
@@ -575,6 +578,7 @@ struct Driver {
     inbound: mpsc::Sender<InboundEvent>,
     metrics: P2pMetrics,
     commands: mpsc::UnboundedReceiver<Command>,
+    malformed: mpsc::Receiver<MalformedFrame>,
     topic: IdentTopic,
     request_timeout: Duration,
     pending_token: Pending<Response<TokenAck>>,
@@ -586,21 +590,17 @@ struct Driver {
     gossip_peers: Vec<PeerId>,
 }
 
-/// An inbound request the codec accepted, or a peer to disconnect.
+/// An inbound request the codec accepted.
 enum Sorted<Req, Resp> {
     Request {
         peer: PeerId,
         request: Req,
         channel: ResponseChannel<Resp>,
     },
-    Malformed {
-        peer: PeerId,
-        error: String,
-    },
     Nothing,
 }
 
-/// Settles outbound requests and picks out inbound ones and malformed frames.
+/// Settles outbound requests and picks out inbound ones.
 fn sort<Req, Resp>(pending: &mut Pending<Resp>, event: rr::Event<Req, Resp>) -> Sorted<Req, Resp> {
     match event {
         rr::Event::Message {
@@ -628,51 +628,29 @@ fn sort<Req, Resp>(pending: &mut Pending<Resp>, event: rr::Event<Req, Resp>) -> 
             Sorted::Nothing
         }
         rr::Event::OutboundFailure {
-            peer,
-            request_id,
-            error,
-            ..
+            request_id, error, ..
         } => {
-            let (failure, malformed) = match error {
-                rr::OutboundFailure::DialFailure => {
-                    (Failure::Unreachable("dial failed".into()), false)
+            // A response that failed to decode was reported by the codec already.
+            let failure = match error {
+                rr::OutboundFailure::DialFailure => Failure::Unreachable("dial failed".into()),
+                rr::OutboundFailure::Timeout => Failure::Timeout,
+                rr::OutboundFailure::ConnectionClosed => {
+                    Failure::Unreachable("connection closed before the answer".into())
                 }
-                rr::OutboundFailure::Timeout => (Failure::Timeout, false),
-                rr::OutboundFailure::ConnectionClosed => (
-                    Failure::Unreachable("connection closed before the answer".into()),
-                    false,
-                ),
-                rr::OutboundFailure::UnsupportedProtocols => (
-                    Failure::Protocol("peer does not speak this protocol".into()),
-                    false,
-                ),
-                rr::OutboundFailure::Io(e) => {
-                    let m = is_malformed(&e);
-                    (Failure::Protocol(e.to_string()), m)
+                rr::OutboundFailure::UnsupportedProtocols => {
+                    Failure::Protocol("peer does not speak this protocol".into())
                 }
-            };
-            let error = match &failure {
-                Failure::Protocol(m) if malformed => Some(m.clone()),
-                _ => None,
+                rr::OutboundFailure::Io(e) => Failure::Protocol(e.to_string()),
             };
             if let Some(tx) = pending.remove(&request_id) {
                 let _ = tx.send(Err(failure));
             }
-            match error {
-                Some(error) => Sorted::Malformed { peer, error },
-                None => Sorted::Nothing,
-            }
+            Sorted::Nothing
         }
-        rr::Event::InboundFailure { peer, error, .. } => match error {
-            rr::InboundFailure::Io(e) if is_malformed(&e) => Sorted::Malformed {
-                peer,
-                error: e.to_string(),
-            },
-            other => {
-                tracing::debug!(%peer, error = %other, "inbound request failed");
-                Sorted::Nothing
-            }
-        },
+        rr::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "inbound request failed");
+            Sorted::Nothing
+        }
         rr::Event::ResponseSent { .. } => Sorted::Nothing,
     }
 }
@@ -690,6 +668,7 @@ impl Driver {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.swarm_event(event),
+                Some(bad) = self.malformed.recv() => self.malformed(bad),
                 Some(answer) = self.answers.next(), if !self.answers.is_empty() => self.answer(answer),
                 _ = redial.tick() => self.dial_gossip_peers(),
                 _ = inventory.tick() => self.publish_inventory(),
@@ -788,9 +767,13 @@ impl Driver {
         }
     }
 
-    fn malformed(&mut self, peer: PeerId, protocol: &str, error: &str) {
+    fn malformed(&mut self, bad: MalformedFrame) {
         self.metrics.malformed_frames.inc();
-        tracing::warn!(peer = %self.host_name(&peer), protocol, error, "malformed frame: disconnecting the peer");
+        let Some(peer) = bad.peer else {
+            tracing::warn!(protocol = bad.protocol, error = %bad.error, "malformed frame from an unidentified connection");
+            return;
+        };
+        tracing::warn!(peer = %self.host_name(&peer), protocol = bad.protocol, error = %bad.error, "malformed frame: disconnecting the peer");
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
@@ -868,7 +851,6 @@ impl Driver {
                             .send_response(channel, Response::Refused(refusal));
                     }
                 },
-                Sorted::Malformed { peer, error } => self.malformed(peer, TOKEN_PROTOCOL, &error),
                 Sorted::Nothing => {}
             },
             BehaviourEvent::Location(e) => match sort(&mut self.pending_location, e) {
@@ -892,9 +874,6 @@ impl Driver {
                     {
                         self.metrics.served(LOCATION_PROTOCOL);
                     }
-                }
-                Sorted::Malformed { peer, error } => {
-                    self.malformed(peer, LOCATION_PROTOCOL, &error)
                 }
                 Sorted::Nothing => {}
             },
@@ -920,9 +899,6 @@ impl Driver {
                             .send_response(channel, Response::Refused(refusal));
                     }
                 },
-                Sorted::Malformed { peer, error } => {
-                    self.malformed(peer, CAPACITY_PROTOCOL, &error)
-                }
                 Sorted::Nothing => {}
             },
             BehaviourEvent::Stats(e) => match sort(&mut self.pending_stats, e) {
@@ -947,7 +923,6 @@ impl Driver {
                             .send_response(channel, Response::Refused(refusal));
                     }
                 },
-                Sorted::Malformed { peer, error } => self.malformed(peer, STATS_PROTOCOL, &error),
                 Sorted::Nothing => {}
             },
             BehaviourEvent::Gossip(gossipsub::Event::Message {
@@ -981,7 +956,7 @@ impl Driver {
                 peer,
                 connection,
                 result: Err(e),
-            }) => {
+            }) if !matches!(e, ping::Failure::Unsupported) => {
                 tracing::warn!(peer = %self.host_name(&peer), error = %e, "liveness probe failed: closing the connection");
                 self.swarm.close_connection(connection);
             }

@@ -1,0 +1,495 @@
+//! libp2p nodes on 127.0.0.1 in one process: token relay around every node, location,
+//! capacity and statistics queries, announcements reaching everyone; outsiders, a different
+//! topology file, and garbage frames from an allowed peer.
+
+mod common;
+
+use common::{HostSpec, loopback, vm};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self as rr, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{StreamProtocol, noise, tcp, yamux};
+use scored::p2p::swarm::StartError;
+use scored::p2p::{
+    Directory, InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, PeerError, Peers,
+};
+use scored::topology::HostId;
+use scored_proto::{
+    Announcement, CapacityRequest, CapacityResponse, PolicyKind, Refusal, Request, Response, Stamp,
+    StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, WIRE_VERSION,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(5);
+
+fn config(l: &common::Loopback, i: usize) -> P2pConfig {
+    let mut c = P2pConfig::new(l.keys[i].clone(), l.topology.clone(), HostId(i as u32));
+    c.gossip_heartbeat = Duration::from_millis(150);
+    c.ping_interval = Duration::from_secs(2);
+    c.redial_interval = Duration::from_secs(1);
+    c
+}
+
+/// Host i runs 10.0.i.1 ..= 10.0.i.8.
+async fn start(l: &common::Loopback, i: usize) -> (Libp2pPeers, scored::p2p::Inbound) {
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(i as u32)));
+    dir.set_local((1..=8).map(|k| (vm(i, k), Stamp::ZERO)));
+    Libp2pPeers::start(config(l, i), dir).await.unwrap()
+}
+
+#[derive(Debug)]
+enum Seen {
+    Token { at: usize, seq: u64 },
+    Announcement { at: usize, from: HostId },
+}
+
+/// A stand-in daemon: acknowledges tokens and relays them to the next host until `last_seq`,
+/// answers capacity and statistics from its index, and reports what it sees.
+fn daemon(
+    i: usize,
+    n: usize,
+    peers: Libp2pPeers,
+    mut inbound: scored::p2p::Inbound,
+    seen: mpsc::UnboundedSender<Seen>,
+    last_seq: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(e) = inbound.recv().await {
+            match e {
+                InboundEvent::Token {
+                    mut token, reply, ..
+                } => {
+                    reply.send(TokenAck::Accepted);
+                    let _ = seen.send(Seen::Token {
+                        at: i,
+                        seq: token.seq,
+                    });
+                    if token.seq < last_seq {
+                        token.seq += 1;
+                        let next = HostId(((i + 1) % n) as u32);
+                        let ack = peers.send_token(next, token, T).await.unwrap();
+                        assert_eq!(ack, TokenAck::Accepted);
+                    }
+                }
+                InboundEvent::Capacity { reply, .. } => reply.send(CapacityResponse {
+                    free_slots: i as u32,
+                    free_memory_mib: 1024 * i as u64,
+                    cpu_load: 0.1,
+                    maintenance: false,
+                    incoming_migrations: 0,
+                    accepts: true,
+                }),
+                InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
+                    benefits: vec![VmBenefit {
+                        vm: vm(i, 1),
+                        benefit: i as f64,
+                    }],
+                }),
+                InboundEvent::Announcement { from, announcement } => {
+                    if matches!(announcement, Announcement::Migration(_)) {
+                        let _ = seen.send(Seen::Announcement { at: i, from });
+                    }
+                }
+                InboundEvent::PeerUp(_) | InboundEvent::PeerDown(_) => {}
+            }
+        }
+    })
+}
+
+async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no event within 20 s")
+        .expect("daemons stopped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
+    const N: usize = 6;
+    let l = loopback(N);
+    let mut nodes = Vec::new();
+    for i in 0..N {
+        nodes.push(start(&l, i).await);
+    }
+    let peers: Vec<Libp2pPeers> = nodes.iter().map(|(p, _)| p.clone()).collect();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let last_seq = 2 * N as u64;
+    let daemons: Vec<_> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, inbound))| daemon(i, N, p, inbound, seen_tx.clone(), last_seq))
+        .collect();
+
+    // Token relay: two full rounds, every node in turn.
+    let token = Token::new(
+        1,
+        PolicyKind::Distributed,
+        (0..N).map(|i| vm(i, 1)).collect(),
+    );
+    let mut first = token.clone();
+    first.seq = 1;
+    let ack = peers[0].send_token(HostId(1), first, T).await.unwrap();
+    assert_eq!(ack, TokenAck::Accepted);
+    let mut order = Vec::new();
+    while order.len() < last_seq as usize {
+        if let Seen::Token { at, seq } = next_seen(&mut seen).await {
+            order.push((seq, at));
+        }
+    }
+    order.sort();
+    for (seq, at) in &order {
+        assert_eq!(*at, *seq as usize % N, "token {seq} reached h{at}");
+    }
+
+    // Locations: one batch to each other host, every VM found where it runs.
+    // Inventory announcements may have warmed the cache already: start cold.
+    let ask: Vec<_> = (1..N).flat_map(|h| [vm(h, 2), vm(h, 7)]).collect();
+    peers[0].directory().forget_cached();
+    let got = peers[0].locate(&ask, LocateOptions::default()).await;
+    assert!(got.failures.is_empty(), "{:?}", got.failures);
+    assert_eq!(got.queries, N - 1);
+    for v in &ask {
+        assert_eq!(got.found[v], HostId(v.to_ipv4().octets()[2] as u32));
+    }
+    let again = peers[0].locate(&ask, LocateOptions::default()).await;
+    assert_eq!((again.queries, again.found.len()), (0, ask.len()));
+
+    // Capacity and statistics of every other host, concurrently.
+    let others: Vec<HostId> = (1..N as u32).map(HostId).collect();
+    let caps = peers[0]
+        .query_capacities(&others, CapacityRequest { memory_mib: 512 }, T)
+        .await;
+    for (h, c) in &caps {
+        assert_eq!(c.as_ref().unwrap().free_slots, h.0);
+    }
+    let stats = peers[3]
+        .query_all_stats(StatsRequest { epoch: 1, round: 0 }, T)
+        .await;
+    assert_eq!(stats.len(), N - 1);
+    for (h, s) in &stats {
+        assert_eq!(s.as_ref().unwrap().benefits[0].vm, vm(h.index(), 1));
+    }
+
+    // Announcements: once gossip has a mesh, one migration reaches every other host.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut ready = true;
+        for p in &peers {
+            ready &= p.gossip_mesh().await > 0;
+        }
+        if ready {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gossip mesh never formed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moving = vm(2, 3);
+    peers[5].directory().arrived(moving, Stamp::new(1, 20));
+    peers[2]
+        .announce_migration(moving, HostId(5), Stamp::new(1, 20))
+        .await
+        .unwrap();
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < N - 1 {
+        if let Seen::Announcement { at, from } = next_seen(&mut seen).await {
+            assert_eq!(from, HostId(2));
+            heard.insert(at);
+        }
+    }
+    assert!(!heard.contains(&2));
+    for (i, p) in peers.iter().enumerate() {
+        assert_eq!(p.directory().lookup(moving), Some(HostId(5)), "h{i}");
+    }
+    // Host 0 knows 10.0.2.3's place only from the announcement; asking confirms it.
+    let verify = LocateOptions {
+        verify: true,
+        ..LocateOptions::default()
+    };
+    assert_eq!(
+        peers[0].locate(&[moving], verify).await.found[&moving],
+        HostId(5)
+    );
+    // Every request above was served and counted.
+    assert!(peers[1].metrics().served_count(TOKEN_PROTOCOL) >= 2);
+    for d in daemons {
+        d.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_is_refused_before_anything_is_served() {
+    // h0 and h1 form the cluster; the outsider has a valid key but is not in their topology.
+    let l = loopback(2);
+    let (victim, mut victim_inbound) = start(&l, 0).await;
+    let (_friend, _friend_inbound) = start(&l, 1).await;
+    let outsider_key = Keypair::generate_ed25519();
+    let mut specs: Vec<HostSpec> = l
+        .specs
+        .iter()
+        .map(|s| HostSpec {
+            name: s.name.clone(),
+            rack: s.rack,
+            port: s.port,
+            peer: s.peer,
+        })
+        .collect();
+    specs.push(HostSpec {
+        name: "outsider".into(),
+        rack: 9,
+        port: common::free_ports(1)[0],
+        peer: outsider_key.public().to_peer_id(),
+    });
+    // The outsider believes in a topology that lists itself, so it knows where to dial.
+    let its_topology = common::parse(&common::topology_text(&specs, "[1, 3]"));
+    let me = its_topology.host_by_name("outsider").unwrap().id;
+    let dir = Arc::new(Directory::new(its_topology.clone(), me));
+    let (outsider, _o_inbound) =
+        Libp2pPeers::start(P2pConfig::new(outsider_key, its_topology, me), dir)
+            .await
+            .unwrap();
+    let e = outsider
+        .query_capacity(HostId(0), CapacityRequest { memory_mib: 1 }, T)
+        .await
+        .unwrap_err();
+    // Usually "connection closed" or "dial failed", depending on timing; never an answer.
+    assert!(
+        !matches!(e, PeerError::Refused { .. }),
+        "outsider got {e:?}"
+    );
+    let e = outsider
+        .query_locations(HostId(0), vec![vm(0, 1)], T)
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(e, PeerError::Refused { .. }),
+        "outsider got {e:?}"
+    );
+    assert!(victim.metrics().refused_connections.get() >= 2);
+    assert_eq!(victim.metrics().served_count("/scored/location/1"), 0);
+    assert_eq!(victim.metrics().served_count("/scored/capacity/1"), 0);
+    while let Some(ev) = victim_inbound.try_recv() {
+        assert!(
+            matches!(ev, InboundEvent::PeerUp(_) | InboundEvent::PeerDown(_)),
+            "an outsider's request reached the daemon: {ev:?}"
+        );
+    }
+    // The cluster itself still works.
+    let v = vm(1, 1);
+    let found = victim.locate(&[v], LocateOptions::default()).await;
+    assert_eq!(found.found[&v], HostId(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_topology_file_is_refused_clearly() {
+    let l = loopback(2);
+    let (a, _a_inbound) = start(&l, 0).await;
+    // Same hosts, keys and addresses, different link weights: levels would be costed apart.
+    let other = common::parse(&common::topology_text(&l.specs, "[1, 4]"));
+    let dir = Arc::new(Directory::new(other.clone(), HostId(1)));
+    let mut c = P2pConfig::new(l.keys[1].clone(), other, HostId(1));
+    c.gossip_heartbeat = Duration::from_millis(150);
+    let (b, _b_inbound) = Libp2pPeers::start(c, dir).await.unwrap();
+    let e = b
+        .query_locations(HostId(0), vec![vm(0, 1)], T)
+        .await
+        .unwrap_err();
+    match &e {
+        PeerError::Refused {
+            refusal: Refusal::TopologyMismatch { expected },
+            ..
+        } => assert_eq!(*expected, a.fingerprint()),
+        other => panic!("expected a topology refusal, got {other:?}"),
+    }
+    assert!(e.to_string().contains("different topology file"), "{e}");
+    assert_eq!(a.metrics().topology_mismatches.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_with_the_wrong_key() {
+    let l = loopback(2);
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
+    let c = P2pConfig::new(l.keys[1].clone(), l.topology.clone(), HostId(0));
+    let e = Libp2pPeers::start(c, dir).await.err().expect("must refuse");
+    assert!(matches!(e, StartError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("host h0"), "{e}");
+}
+
+/// Writes arbitrary bytes as a request and reads whatever comes back: an allowed peer gone bad.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl rr::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut v = Vec::new();
+        futures::AsyncReadExt::read_to_end(io, &mut v).await?;
+        Ok(v)
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let v = self.read_request(p, io).await?;
+        if v.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(v)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        futures::AsyncWriteExt::write_all(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        self.write_request(p, io, res).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_are_refused_and_the_sender_disconnected() {
+    // Shown only when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("scored=debug")
+        .try_init();
+    let l = loopback(2);
+    let (victim, mut victim_inbound) = start(&l, 0).await;
+    // h1's key, speaking raw bytes instead of scored frames.
+    let mut raw = libp2p::SwarmBuilder::with_existing_identity(l.keys[1].clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            rr::Behaviour::with_codec(
+                RawCodec,
+                [(StreamProtocol::new(TOKEN_PROTOCOL), ProtocolSupport::Full)],
+                rr::Config::default().with_request_timeout(Duration::from_secs(5)),
+            )
+        })
+        .unwrap()
+        // Our side never closes an idle connection: any close below is the victim's doing.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let victim_peer = victim.peer_id();
+    let victim_addr = victim.listen_addrs()[0].clone();
+
+    let valid = scored_proto::encode(&Request {
+        topology: victim.fingerprint(),
+        body: Token::new(1, PolicyKind::RoundRobin, vec![vm(1, 1)]),
+    })
+    .unwrap();
+    let mut wrong_version = valid.clone();
+    wrong_version[4] = WIRE_VERSION + 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ("truncated", valid[..valid.len() - 3].to_vec()),
+        (
+            "oversized",
+            [&[0x7f, 0xff, 0xff, 0xff][..], &valid[4..]].concat(),
+        ),
+        ("wrong version", wrong_version),
+        ("trailing bytes", [&valid[..], b"xx"].concat()),
+    ];
+    for (i, (what, bytes)) in cases.into_iter().enumerate() {
+        raw.behaviour_mut().send_request_with_addresses(
+            &victim_peer,
+            bytes,
+            vec![victim_addr.clone()],
+        );
+        let (mut failed, mut closed) = (false, false);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            while !(failed && closed) {
+                match raw.select_next_some().await {
+                    SwarmEvent::Behaviour(rr::Event::OutboundFailure { .. }) => failed = true,
+                    SwarmEvent::Behaviour(rr::Event::Message { .. }) => {
+                        panic!("{what}: the victim answered a bad frame")
+                    }
+                    SwarmEvent::ConnectionClosed {
+                        num_established: 0, ..
+                    } => closed = true,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(outcome.is_ok(), "{what}: failed={failed} closed={closed}");
+        // The victim counts before it disconnects, but its task may not have run yet.
+        let counted = tokio::time::timeout(Duration::from_secs(5), async {
+            while victim.metrics().malformed_frames.get() < i as u64 + 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(counted.is_ok(), "{what} was not counted");
+        assert_eq!(victim.metrics().malformed_frames.get(), i as u64 + 1);
+    }
+    // Nothing reached the daemon, and the victim still answers a well-formed hand-off.
+    while let Some(ev) = victim_inbound.try_recv() {
+        assert!(
+            matches!(ev, InboundEvent::PeerUp(_) | InboundEvent::PeerDown(_)),
+            "{ev:?}"
+        );
+    }
+    let answer = tokio::spawn(async move {
+        loop {
+            match victim_inbound.recv().await {
+                Some(InboundEvent::Token { token, reply, .. }) => {
+                    reply.send(TokenAck::Accepted);
+                    return token;
+                }
+                Some(_) => continue,
+                None => panic!("victim stopped"),
+            }
+        }
+    });
+    raw.behaviour_mut()
+        .send_request_with_addresses(&victim_peer, valid, vec![victim_addr]);
+    let response = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::Behaviour(rr::Event::Message {
+                message: rr::Message::Response { response, .. },
+                ..
+            }) = raw.select_next_some().await
+            {
+                return response;
+            }
+        }
+    })
+    .await
+    .expect("no answer to a valid frame");
+    let ack: Response<TokenAck> = scored_proto::decode(&response).unwrap();
+    assert_eq!(ack, Response::Ok(TokenAck::Accepted));
+    assert_eq!(answer.await.unwrap().slots[0].vm, vm(1, 1));
+}
