@@ -23,7 +23,11 @@ pub struct Host {
     pub starts: u32,
 }
 
+/// One cluster at a time per test binary: eight daemons already fill two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Cluster {
+    _serial: std::sync::MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     pub topology: PathBuf,
     pub shared: PathBuf,
@@ -84,6 +88,7 @@ impl Default for Options {
 
 impl Cluster {
     pub fn new(opts: Options) -> Cluster {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..opts.hosts).map(|_| free_port()).collect();
         let mut peers = Vec::new();
@@ -170,6 +175,7 @@ impl Cluster {
             });
         }
         Cluster {
+            _serial: serial,
             dir,
             topology,
             shared,
