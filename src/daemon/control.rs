@@ -62,6 +62,8 @@ pub struct TokenStatus {
     pub epoch_generation: u64,
     pub epoch: u64,
     pub seq: u64,
+    /// The latest token round (completed passes) this host has heard of.
+    pub round: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -210,7 +212,19 @@ async fn answer<P: Peers>(node: &Arc<Node<P>>, req: Request) -> Reply {
 
 async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
     let config = node.config();
-    let (inventory, held, highest, seq, maintenance, draining, reachable, done, recent, pinned) = {
+    let (
+        inventory,
+        held,
+        highest,
+        seq,
+        maintenance,
+        draining,
+        reachable,
+        done,
+        recent,
+        pinned,
+        round,
+    ) = {
         let st = node.state();
         (
             st.inventory.clone(),
@@ -223,6 +237,7 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
             st.migrations_done,
             st.recent.iter().cloned().collect::<Vec<_>>(),
             st.pinned.clone(),
+            st.rounds_seen.keys().next_back().copied().unwrap_or(0),
         )
     };
     let topo = &node.topo;
@@ -264,6 +279,7 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
             epoch_generation: super::ring::epoch_generation(highest),
             epoch: highest,
             seq,
+            round,
         },
         maintenance,
         draining,
