@@ -1017,9 +1017,16 @@ impl<P: Peers> Node<P> {
         }
     }
 
-    fn record(&self, vm: VmId, a: &Assessment, to: Option<HostId>, token: &Token) {
+    /// The record of an assessment, as logged, kept for `scored status` and shown by `plan`.
+    fn decision_record(
+        &self,
+        vm: VmId,
+        a: &Assessment,
+        to: Option<HostId>,
+        at: Stamp,
+    ) -> DecisionRecord {
         let d = a.decision.as_ref();
-        let rec = DecisionRecord {
+        DecisionRecord {
             unix_ms: unix_ms(),
             vm: vm.to_string(),
             outcome: a.outcome.name().to_string(),
@@ -1030,9 +1037,21 @@ impl<P: Peers> Node<P> {
             to: to.map(|h| self.host_name(h)),
             partners: a.partners.len(),
             detail: a.detail.clone(),
-            epoch: token.epoch,
-            seq: token.seq,
-        };
+            epoch: at.epoch,
+            seq: at.seq,
+        }
+    }
+
+    fn record(&self, vm: VmId, a: &Assessment, to: Option<HostId>, token: &Token) {
+        let rec = self.decision_record(
+            vm,
+            a,
+            to,
+            Stamp {
+                epoch: token.epoch,
+                seq: token.seq,
+            },
+        );
         tracing::info!(
             vm = %rec.vm, outcome = %rec.outcome, current_cost = rec.current_cost,
             c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
@@ -1241,32 +1260,13 @@ impl<P: Peers> Node<P> {
         let vms = self.state().inventory.clone();
         let mut out = Vec::with_capacity(vms.len());
         let stamp = self.state().holding.unwrap_or_default();
-        let token = Token {
-            epoch: stamp.epoch,
-            seq: stamp.seq,
-            ..Token::new(0, self.config().token.policy, Vec::new())
-        };
         for v in vms {
             let mut a = self.assess(&v).await;
             if a.outcome == metrics::Outcome::Migrated {
                 a.outcome = metrics::Outcome::DryRun;
             }
             let to = a.decision.as_ref().and_then(|d| d.migrates_to());
-            let d = a.decision.as_ref();
-            out.push(DecisionRecord {
-                unix_ms: unix_ms(),
-                vm: v.id.to_string(),
-                outcome: a.outcome.name().to_string(),
-                current_cost: d.map(|d| d.current_cost).unwrap_or(0.0),
-                migration_cost: d.map(|d| d.migration_cost).unwrap_or(0.0),
-                best_host: d.and_then(|d| d.best).map(|c| self.host_name(c.host)),
-                best_benefit: d.and_then(|d| d.best).map(|c| c.benefit),
-                to: to.map(|h| self.host_name(h)),
-                partners: a.partners.len(),
-                detail: a.detail,
-                epoch: token.epoch,
-                seq: token.seq,
-            });
+            out.push(self.decision_record(v.id, &a, to, stamp));
         }
         out
     }
