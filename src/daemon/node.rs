@@ -852,6 +852,12 @@ impl<P: Peers> Node<P> {
 
     /// Partners of `vm` with their hosts and rates (those whose host is unknown are left out).
     pub async fn partners(&self, vm: VmId, verify: bool) -> Vec<(VmId, HostId, f64)> {
+        self.locate_partners(vm, verify).await.0
+    }
+
+    /// Partners with their hosts, and how many partners could not be placed because a lookup
+    /// failed (as opposed to no host running them, e.g. a partner outside the data centre).
+    async fn locate_partners(&self, vm: VmId, verify: bool) -> (Vec<(VmId, HostId, f64)>, usize) {
         let rates: Vec<(VmId, f64)> = self
             .traffic()
             .source()
@@ -860,7 +866,7 @@ impl<P: Peers> Node<P> {
             .filter(|(p, r)| *p != vm && *r > 0.0)
             .collect();
         if rates.is_empty() {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let ids: Vec<VmId> = rates.iter().map(|(p, _)| *p).collect();
         let options = LocateOptions {
@@ -868,11 +874,22 @@ impl<P: Peers> Node<P> {
             verify,
             ..LocateOptions::default()
         };
-        let found = self.peers.locate(&ids, options).await.found;
-        rates
-            .into_iter()
-            .filter_map(|(p, r)| found.get(&p).map(|h| (p, *h, r)))
-            .collect()
+        let located = self.peers.locate(&ids, options).await;
+        // `missing` mixes VMs no host runs with VMs whose host did not answer: when any query
+        // failed, every partner not found counts as unplaced (defer rather than guess).
+        let unplaced = if located.failures.is_empty() {
+            0
+        } else {
+            ids.len() - located.found.len()
+        };
+        let found = located.found;
+        (
+            rates
+                .into_iter()
+                .filter_map(|(p, r)| found.get(&p).map(|h| (p, *h, r)))
+                .collect(),
+            unplaced,
+        )
     }
 
     fn pinned(&self, vm: &Vm, config: &Config) -> bool {
@@ -911,7 +928,7 @@ impl<P: Peers> Node<P> {
         // Cached locations (kept right by migration announcements, refreshed on a miss): a
         // stale one costs a suboptimal move at worst, while a verified lookup under load
         // drops exactly the partners whose hosts answer slowly.
-        let partners = self.partners(vm.id, false).await;
+        let (partners, unplaced) = self.locate_partners(vm.id, false).await;
         let pt: Vec<PartnerTraffic> = partners
             .iter()
             .map(|&(_, host, rate)| PartnerTraffic { host, rate })
@@ -927,6 +944,15 @@ impl<P: Peers> Node<P> {
             return early(
                 metrics::Outcome::Busy,
                 "a migration of this VM is not settled".into(),
+            );
+        }
+        if unplaced > 0 {
+            // Deciding without a partner's location could move the VM away from it.
+            return early(
+                metrics::Outcome::Busy,
+                format!(
+                    "{unplaced} partner(s) could not be located (hosts not answering); deferred"
+                ),
             );
         }
         if let Some(until) = cooling {

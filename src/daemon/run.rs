@@ -340,6 +340,14 @@ fn handle<P: Peers>(node: &Arc<Node<P>>, ev: InboundEvent) {
             let mut st = node.state();
             st.reachable.insert(h);
             node.metrics.peers.connected.set(st.reachable.len() as i64);
+            drop(st);
+            // The announcement at start is lost while gossip has no peer: a new connection is
+            // the moment to make sure peers' caches know what runs here.
+            let node = node.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = node.peers.announce_inventory().await;
+            });
         }
         InboundEvent::PeerDown(h) => {
             let mut st = node.state();
