@@ -25,6 +25,14 @@ pub enum TestbedCommand {
         #[arg(long, default_value = super::DEFAULT_CACHE)]
         cache: PathBuf,
     },
+    /// Start `scored run` on every host (logs: <dir>/hosts/<host>/scored.log); `down` stops them.
+    Daemons {
+        #[command(flatten)]
+        place: Place,
+        /// Daemon option for every host, on top of the testbed's defaults (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<crate::config::Override>,
+    },
     /// Kill everything in the testbed's namespaces and delete them (logs stay in --dir).
     Down {
         #[command(flatten)]
@@ -120,6 +128,23 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             tb.keep();
             print!("{}", super::status(&cfg.dir)?);
             println!("topology: {}", tb.state.topology.display());
+            Ok(())
+        }
+        TestbedCommand::Daemons { place, overrides } => {
+            let mut tb = Testbed::open(&place.dir())?;
+            let exe = std::env::current_exe().context("path of the scored binary")?;
+            tb.start_daemons(&exe, &overrides)
+                .context("scored testbed daemons")?;
+            tb.wait_daemons(Duration::from_secs(30))?;
+            for h in &tb.state.hosts {
+                println!(
+                    "scored on {:<8} pid {:<8} control {}  log {}",
+                    h.name,
+                    h.daemon_pid().unwrap_or(0),
+                    h.control_socket().display(),
+                    h.daemon_log().display()
+                );
+            }
             Ok(())
         }
         TestbedCommand::Down { place } => {

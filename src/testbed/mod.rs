@@ -8,6 +8,7 @@
 //! so teardown kills exactly the processes in its own namespaces and deletes them.
 
 pub mod cli;
+pub mod daemons;
 pub mod guest;
 
 use crate::topology::Topology;
