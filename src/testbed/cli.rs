@@ -33,6 +33,17 @@ pub enum TestbedCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<crate::config::Override>,
     },
+    /// Show what the daemons do (token, decisions, migrations, total cost), then a summary.
+    Watch {
+        #[command(flatten)]
+        place: Place,
+        /// Stop after this many seconds at most.
+        #[arg(long, default_value_t = 180)]
+        secs: u64,
+        /// Stop this many seconds after the last migration started.
+        #[arg(long, default_value_t = 30)]
+        settle_secs: u64,
+    },
     /// Kill everything in the testbed's namespaces and delete them (logs stay in --dir).
     Down {
         #[command(flatten)]
@@ -145,6 +156,19 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
                     h.daemon_log().display()
                 );
             }
+            Ok(())
+        }
+        TestbedCommand::Watch {
+            place,
+            secs,
+            settle_secs,
+        } => {
+            let tb = Testbed::open(&place.dir())?;
+            super::watch::watch(
+                &tb,
+                Duration::from_secs(secs),
+                Duration::from_secs(settle_secs),
+            );
             Ok(())
         }
         TestbedCommand::Down { place } => {

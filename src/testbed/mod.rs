@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod daemons;
 pub mod guest;
+pub mod watch;
 
 use crate::topology::Topology;
 use serde::{Deserialize, Serialize};
