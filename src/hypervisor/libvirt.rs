@@ -333,6 +333,7 @@ impl Hypervisor for LibvirtHypervisor {
             downtime_ms = report.downtime.as_millis() as u64,
             bytes = report.bytes,
             job_started_after_ms = trace.job_started_after.map(|d| d.as_millis() as u64),
+            wall_ms = trace.wall.as_millis() as u64,
             "migrated"
         );
         Ok(report)

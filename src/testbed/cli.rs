@@ -25,6 +25,25 @@ pub enum TestbedCommand {
         #[arg(long, default_value = super::DEFAULT_CACHE)]
         cache: PathBuf,
     },
+    /// Start `scored run` on every host (logs: <dir>/hosts/<host>/scored.log); `down` stops them.
+    Daemons {
+        #[command(flatten)]
+        place: Place,
+        /// Daemon option for every host, on top of the testbed's defaults (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<crate::config::Override>,
+    },
+    /// Show what the daemons do (token, decisions, migrations, total cost), then a summary.
+    Watch {
+        #[command(flatten)]
+        place: Place,
+        /// Stop after this many seconds at most.
+        #[arg(long, default_value_t = 180)]
+        secs: u64,
+        /// Stop this many seconds after the last migration started.
+        #[arg(long, default_value_t = 30)]
+        settle_secs: u64,
+    },
     /// Kill everything in the testbed's namespaces and delete them (logs stay in --dir).
     Down {
         #[command(flatten)]
@@ -120,6 +139,36 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             tb.keep();
             print!("{}", super::status(&cfg.dir)?);
             println!("topology: {}", tb.state.topology.display());
+            Ok(())
+        }
+        TestbedCommand::Daemons { place, overrides } => {
+            let mut tb = Testbed::open(&place.dir())?;
+            let exe = std::env::current_exe().context("path of the scored binary")?;
+            tb.start_daemons(&exe, &overrides)
+                .context("scored testbed daemons")?;
+            tb.wait_daemons(Duration::from_secs(30))?;
+            for h in &tb.state.hosts {
+                println!(
+                    "scored on {:<8} pid {:<8} control {}  log {}",
+                    h.name,
+                    h.daemon_pid().unwrap_or(0),
+                    h.control_socket().display(),
+                    h.daemon_log().display()
+                );
+            }
+            Ok(())
+        }
+        TestbedCommand::Watch {
+            place,
+            secs,
+            settle_secs,
+        } => {
+            let tb = Testbed::open(&place.dir())?;
+            super::watch::watch(
+                &tb,
+                Duration::from_secs(secs),
+                Duration::from_secs(settle_secs),
+            );
             Ok(())
         }
         TestbedCommand::Down { place } => {

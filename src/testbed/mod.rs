@@ -8,7 +8,9 @@
 //! so teardown kills exactly the processes in its own namespaces and deletes them.
 
 pub mod cli;
+pub mod daemons;
 pub mod guest;
+pub mod watch;
 
 use crate::topology::Topology;
 use serde::{Deserialize, Serialize};
