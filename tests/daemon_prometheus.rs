@@ -1,4 +1,4 @@
-//! A real Prometheus server scrapes the daemons of a running loopback cluster (four `scored run`
+//! A real Prometheus server scrapes the daemons of a running loopback cluster (eight `scored run`
 //! processes, metrics on 127.0.0.1) and its HTTP API shows the series that move as they work:
 //! token passes, decisions by outcome, migrations, flow-table entries, peers, the token epoch.
 
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn prometheus_scrapes_a_working_cluster() {
-    let hosts = 4;
+    let hosts = 8;
     let ports: Vec<u16> = (0..hosts).map(|_| free_port()).collect();
     let mut host_overrides = Vec::new();
     for (i, p) in ports.iter().enumerate() {
@@ -33,7 +33,7 @@ fn prometheus_scrapes_a_working_cluster() {
     }
     let mut c = Cluster::new(Options {
         hosts,
-        vms: 10,
+        vms: 12,
         host_overrides,
         ..Options::default()
     });
@@ -63,14 +63,17 @@ fn prometheus_scrapes_a_working_cluster() {
         prom.wait_for("sum(scored_migration_duration_seconds_count)", |v| v >= 1.0)
             .await;
         prom.wait_for("max(scored_token_epoch)", |v| v >= 1.0).await;
-        prom.wait_for("min(scored_peers_connected)", |v| v == (hosts - 1) as f64)
+        // Connections open on demand: every host has some, none more than its peers.
+        prom.wait_for("min(scored_peers_connected)", |v| v >= 1.0)
+            .await;
+        prom.wait_for("max(scored_peers_connected)", |v| v <= (hosts - 1) as f64)
             .await;
         prom.wait_for("sum(scored_flow_entries)", |v| v > 0.0).await;
-        prom.wait_for("sum(scored_vms)", |v| v == 10.0).await;
+        prom.wait_for("sum(scored_vms)", |v| v == 12.0).await;
         // Exactly one host holds the token at any scrape (or none, in a hand-off).
         prom.wait_for("sum(scored_token_held)", |v| v <= 1.0).await;
     });
     let f = c.shared();
     f.check().unwrap();
-    assert_eq!(f.placement().len(), 10);
+    assert_eq!(f.placement().len(), 12);
 }
