@@ -8,6 +8,7 @@
 use scored::hypervisor::memory::{MemoryCluster, set_shared_traffic, synthetic_vm};
 use scored::proto::VmId;
 use scored::topology::{HostId, Topology};
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
     let mut topo_text = String::from(
-        "[levels]\nnames = [\"rack\", \"pod\", \"core\"]\nweights = [1.0, 2.718281828459045, 20.085536923187668]\n\n\
+        "[levels]\nnames = [\"rack\", \"pod\"]\nweights = [1.0, 2.718281828459045]\n\n\
          [defaults]\nmax_vms = 32\nmemory_mib = 65536\nreserve_memory_mib = 1024\n",
     );
     for (i, port) in ports.iter().enumerate() {
@@ -101,6 +102,7 @@ fn main() {
     set_shared_traffic(&shared, &pairs).unwrap();
 
     let mut daemons = Daemons(Vec::new());
+    let metrics_ports = [free_port(), free_port()];
     for i in 0..2 {
         let name = format!("h{}", i + 1);
         let config = format!(
@@ -110,7 +112,7 @@ fn main() {
              [log]\nlevel = \"warn\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
             shared.display(),
             dir.path().join(format!("{name}.sock")).display(),
-            free_port()
+            metrics_ports[i]
         );
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
@@ -147,9 +149,20 @@ fn main() {
         peak_rss = peak_rss.max(sample(pid).1);
     }
     let (t1, rss) = sample(pid);
+    // The figure counts only if the daemon really tracks 16 × 100 flows: its own gauge says.
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", metrics_ports[0])).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    let flows: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("scored_flow_entries "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no scored_flow_entries in the metrics page:\n{page}"));
     let cpu = (t1 - t0) as f64 / hz / start.elapsed().as_secs_f64();
     println!(
-        "daemon_idle: {VMS} VMs x {PARTNERS} flows, release build, {} s window after {} s warm-up: \
+        "daemon_idle: {VMS} VMs x {PARTNERS} flows ({flows} flow-table entries), release build, {} s window after {} s warm-up: \
          CPU {:.2}% of a core, RSS {:.1} MB (peak {:.1} MB)",
         window.as_secs(),
         warmup.as_secs(),
