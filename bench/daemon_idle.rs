@@ -103,7 +103,7 @@ fn main() {
 
     let mut daemons = Daemons(Vec::new());
     let metrics_ports = [free_port(), free_port()];
-    for i in 0..2 {
+    for (i, metrics_port) in metrics_ports.iter().enumerate() {
         let name = format!("h{}", i + 1);
         let config = format!(
             "[host]\nname = \"{name}\"\nkey = \"{name}.key\"\ntopology = \"topology.toml\"\n\n\
@@ -112,7 +112,7 @@ fn main() {
              [log]\nlevel = \"warn\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
             shared.display(),
             dir.path().join(format!("{name}.sock")).display(),
-            metrics_ports[i]
+            metrics_port
         );
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();

@@ -750,6 +750,10 @@ mod tests {
         let h5 = FileHost::open(&path, &t.host(HostId(5)).name).unwrap();
         assert_eq!(h0.vms().unwrap().len(), 2);
         assert_eq!(h0.traffic().unwrap(), vec![(VmId(0), VmId(1), 5.0)]);
+        // Traffic that changes over time: replaced in place, the VMs untouched.
+        set_shared_traffic(&path, &[(VmId(0), VmId(2), 7.0)]).unwrap();
+        assert_eq!(h0.traffic().unwrap(), vec![(VmId(0), VmId(2), 7.0)]);
+        assert_eq!(h0.vms().unwrap().len(), 2);
         let r = h0
             .migrate(VmId(0), &to(&t, 5), &MigrationParams::default())
             .unwrap();
