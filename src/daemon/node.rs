@@ -69,6 +69,10 @@ impl Traffic {
 /// What happened to one VM's turn, for logs, metrics and `scored status`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DecisionRecord {
+    /// When the turn for this VM began (assessment, then any migration), wall clock: with
+    /// `unix_ms` (when it ended) it shows that no two hosts ever decided at once.
+    #[serde(default)]
+    pub started_unix_ms: u64,
     pub unix_ms: u64,
     pub vm: String,
     pub outcome: String,
@@ -534,6 +538,7 @@ impl<P: Peers> Node<P> {
             generation = ring::epoch_generation(epoch),
             slots = token.slots.len(),
             hosts_answered = answered,
+            unix_ms = unix_ms(),
             policy = %token.policy,
             "token regenerated"
         );
@@ -708,6 +713,12 @@ impl<P: Peers> Node<P> {
                                 epoch: token.epoch,
                                 seq: 0,
                             });
+                            drop(st);
+                            tracing::warn!(
+                                host = %self.host_name(h), epoch = token.epoch,
+                                unix_ms = unix_ms(),
+                                "ambiguous hand-off: token re-minted under a higher epoch"
+                            );
                         }
                         next = queue.skip(token, vm).map_err(|e| e.to_string())?;
                     }
@@ -1050,9 +1061,11 @@ impl<P: Peers> Node<P> {
         a: &Assessment,
         to: Option<HostId>,
         at: Stamp,
+        started_unix_ms: u64,
     ) -> DecisionRecord {
         let d = a.decision.as_ref();
         DecisionRecord {
+            started_unix_ms,
             unix_ms: unix_ms(),
             vm: vm.to_string(),
             outcome: a.outcome.name().to_string(),
@@ -1068,18 +1081,22 @@ impl<P: Peers> Node<P> {
         }
     }
 
-    fn record(&self, vm: VmId, a: &Assessment, to: Option<HostId>, token: &Token) {
-        let rec = self.decision_record(
-            vm,
-            a,
-            to,
-            Stamp {
-                epoch: token.epoch,
-                seq: token.seq,
-            },
-        );
+    fn record(
+        &self,
+        vm: VmId,
+        a: &Assessment,
+        to: Option<HostId>,
+        token: &Token,
+        started_unix_ms: u64,
+    ) {
+        let at = Stamp {
+            epoch: token.epoch,
+            seq: token.seq,
+        };
+        let rec = self.decision_record(vm, a, to, at, started_unix_ms);
         tracing::info!(
-            vm = %rec.vm, outcome = %rec.outcome, current_cost = rec.current_cost,
+            vm = %rec.vm, outcome = %rec.outcome, started_unix_ms = rec.started_unix_ms,
+            unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, current_cost = rec.current_cost,
             c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
             to = ?rec.to, partners = rec.partners, detail = %rec.detail, "decision"
         );
@@ -1095,6 +1112,7 @@ impl<P: Peers> Node<P> {
     async fn take_turn(self: &Arc<Self>, vm: VmId, token: &Token) -> Option<Vec<Neighbour>> {
         let v = self.local_vm(vm)?;
         let started = Instant::now();
+        let started_unix_ms = unix_ms();
         let draining = self.state().draining;
         let mut a = self.assess(&v).await;
         let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
@@ -1132,7 +1150,7 @@ impl<P: Peers> Node<P> {
             }
         }
         self.metrics.decided(a.outcome, started.elapsed());
-        self.record(vm, &a, to, token);
+        self.record(vm, &a, to, token, started_unix_ms);
         Some(
             a.partners
                 .iter()
@@ -1290,12 +1308,13 @@ impl<P: Peers> Node<P> {
         let mut out = Vec::with_capacity(vms.len());
         let stamp = self.state().holding.unwrap_or_default();
         for v in vms {
+            let started_unix_ms = unix_ms();
             let mut a = self.assess(&v).await;
             if a.outcome == metrics::Outcome::Migrated {
                 a.outcome = metrics::Outcome::DryRun;
             }
             let to = a.decision.as_ref().and_then(|d| d.migrates_to());
-            out.push(self.decision_record(v.id, &a, to, stamp));
+            out.push(self.decision_record(v.id, &a, to, stamp, started_unix_ms));
         }
         out
     }

@@ -17,6 +17,7 @@ use crate::p2p::{Directory, Inbound, InboundEvent, Libp2pPeers, P2pConfig, P2pMe
 use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use prometheus_client::registry::Registry;
+use scored_proto::VmId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,25 +83,7 @@ pub fn backend(
     if let Some(path) = uri.strip_prefix(SIM_SCHEME) {
         let host = FileHost::open(Path::new(path), &topo.host(me).name)
             .with_context(|| format!("hypervisor.uri {uri}"))?;
-        let demands = host
-            .traffic()?
-            .into_iter()
-            .flat_map(|(a, b, rate)| {
-                [
-                    Demand {
-                        vm: a,
-                        partner: b,
-                        bytes_per_sec: rate,
-                    },
-                    Demand {
-                        vm: b,
-                        partner: a,
-                        bytes_per_sec: rate,
-                    },
-                ]
-            })
-            .collect();
-        let source = SyntheticSource::new(table, demands)?;
+        let source = SyntheticSource::new(table, demands(&host.traffic()?))?;
         return Ok((
             Arc::new(host),
             Traffic::Synthetic {
@@ -119,6 +102,48 @@ pub fn backend(
         ..CaptureConfig::default()
     })?;
     Ok((Arc::new(hv), Traffic::Capture(Box::new(capture))))
+}
+
+/// Both directions of each communicating pair of a shared cluster file.
+fn demands(pairs: &[(VmId, VmId, f64)]) -> Vec<Demand> {
+    pairs
+        .iter()
+        .flat_map(|&(a, b, rate)| {
+            [
+                Demand {
+                    vm: a,
+                    partner: b,
+                    bytes_per_sec: rate,
+                },
+                Demand {
+                    vm: b,
+                    partner: a,
+                    bytes_per_sec: rate,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// A simulated host replays the traffic of its shared cluster file: when the file's traffic
+/// changes (a test that makes traffic vary over time), the synthetic flows follow.
+async fn follow_shared_traffic<P: Peers>(node: Arc<Node<P>>, host: FileHost) {
+    let mut last = host.traffic().unwrap_or_default();
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        every.tick().await;
+        let h = host.clone();
+        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || h.traffic()).await else {
+            continue;
+        };
+        if now != last {
+            if let Traffic::Synthetic { source, .. } = &mut *node.traffic() {
+                source.set_demands(demands(&now));
+            }
+            tracing::info!(pairs = now.len(), "simulated traffic changed");
+            last = now;
+        }
+    }
 }
 
 /// `scored run`.
@@ -196,6 +221,12 @@ async fn serve(
     } else {
         None
     };
+    let _traffic_task = config
+        .hypervisor
+        .uri
+        .strip_prefix(SIM_SCHEME)
+        .and_then(|path| FileHost::open(Path::new(path), node.name()).ok())
+        .map(|host| AbortOnDrop(tokio::spawn(follow_shared_traffic(node.clone(), host))));
     let control_listener = control::bind(&config.control.socket)
         .with_context(|| format!("control.socket {}", config.control.socket.display()))?;
     let control_task = tokio::spawn(control::serve_on(control_listener, node.clone()));
@@ -264,6 +295,15 @@ async fn serve(
     let _ = std::fs::remove_file(&config.control.socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stops a background task when the daemon stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Stops cleanly: no new decision, the token handed on, an in-flight migration finished (or its
@@ -362,10 +402,29 @@ async fn update_gauges<P: Peers>(node: &Arc<Node<P>>) {
     node.metrics
         .set_levels(node.topo.level_names(), &cost, &traffic);
     let stats = node.traffic().source().stats();
+    let sampling = u64::from(node.config().flows.sampling.max(1));
     let f = &node.metrics.flows;
     f.entries.set(stats.table.entries as i64);
+    // The source keeps totals since it started; the counters move by the difference (they are
+    // fed here only, so what they hold is what was fed before).
+    let frames = &stats.frames;
+    advance(&f.evictions, stats.table.evictions);
+    advance(&f.packets, frames.frames);
+    advance(&f.bytes, frames.bytes.saturating_mul(sampling));
+    advance(&f.drops, stats.kernel_drops);
+    advance(
+        &f.unattributed,
+        frames.frames.saturating_sub(frames.attributed_frames),
+    );
     node.metrics
         .maintenance
         .set(node.state().maintenance as i64);
-    let _ = f;
+}
+
+/// Brings a counter up to a source's running total.
+fn advance(counter: &prometheus_client::metrics::counter::Counter, total: u64) {
+    let fed = counter.get();
+    if total > fed {
+        counter.inc_by(total - fed);
+    }
 }

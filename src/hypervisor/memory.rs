@@ -507,6 +507,15 @@ pub fn read_shared(path: &Path) -> Result<SharedFile> {
     load_shared(path)
 }
 
+/// Replaces the traffic of a shared cluster file under its lock (tests whose traffic changes
+/// over time; the daemons replay the new rates on their next inventory refresh).
+pub fn set_shared_traffic(path: &Path, traffic: &[(VmId, VmId, f64)]) -> Result<()> {
+    let _lock = FileLock::take(path)?;
+    let mut file = load_shared(path)?;
+    file.traffic = traffic.to_vec();
+    write_shared(path, &file)
+}
+
 fn load_shared(path: &Path) -> Result<SharedFile> {
     let text = std::fs::read(path).map_err(|e| io_err(path, "read", e))?;
     serde_json::from_slice(&text).map_err(|e| io_err(path, "decode", e))
@@ -741,6 +750,10 @@ mod tests {
         let h5 = FileHost::open(&path, &t.host(HostId(5)).name).unwrap();
         assert_eq!(h0.vms().unwrap().len(), 2);
         assert_eq!(h0.traffic().unwrap(), vec![(VmId(0), VmId(1), 5.0)]);
+        // Traffic that changes over time: replaced in place, the VMs untouched.
+        set_shared_traffic(&path, &[(VmId(0), VmId(2), 7.0)]).unwrap();
+        assert_eq!(h0.traffic().unwrap(), vec![(VmId(0), VmId(2), 7.0)]);
+        assert_eq!(h0.vms().unwrap().len(), 2);
         let r = h0
             .migrate(VmId(0), &to(&t, 5), &MigrationParams::default())
             .unwrap();

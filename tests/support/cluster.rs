@@ -71,6 +71,8 @@ pub struct Options {
     pub overrides: Vec<(String, String)>,
     /// Per-host overrides (index, key, value).
     pub host_overrides: Vec<(usize, String, String)>,
+    /// How long a simulated migration takes (it sleeps that long in the source daemon).
+    pub migration: MigrationModel,
 }
 
 impl Default for Options {
@@ -82,6 +84,11 @@ impl Default for Options {
             policy: "distributed",
             overrides: Vec::new(),
             host_overrides: Vec::new(),
+            migration: MigrationModel {
+                sent_fraction: 0.5,
+                throughput_bytes_per_s: 2.56e9,
+                downtime: Duration::from_millis(5),
+            },
         }
     }
 }
@@ -112,11 +119,7 @@ impl Cluster {
         params.traffic.churn = 0.0;
         let scenario = Scenario::build(topo.clone(), params).unwrap();
         let cluster = MemoryCluster::new(&topo);
-        cluster.set_model(MigrationModel {
-            sent_fraction: 0.5,
-            throughput_bytes_per_s: 2.56e9,
-            downtime: Duration::from_millis(5),
-        });
+        cluster.set_model(opts.migration);
         for (i, h) in scenario.initial.iter().enumerate() {
             cluster
                 .add_vm(*h, synthetic_vm(scenario.ids[i], 512))
@@ -304,6 +307,31 @@ impl Cluster {
                     out.push((i, v));
                 }
             }
+        }
+        out
+    }
+
+    /// JSON log lines written since the last call with the same cursor (one offset per host):
+    /// long tests poll the logs without re-reading them whole.
+    pub fn new_events(&self, cursor: &mut Vec<usize>) -> Vec<(usize, serde_json::Value)> {
+        cursor.resize(self.hosts.len(), 0);
+        let mut out = Vec::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let Ok(bytes) = std::fs::read(&h.log) else {
+                continue;
+            };
+            // Only whole lines: a daemon may be writing the last one.
+            let end = bytes[cursor[i]..]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|p| cursor[i] + p + 1)
+                .unwrap_or(cursor[i]);
+            for line in String::from_utf8_lossy(&bytes[cursor[i]..end]).lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                    out.push((i, v));
+                }
+            }
+            cursor[i] = end;
         }
         out
     }

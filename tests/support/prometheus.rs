@@ -35,6 +35,16 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` as job `job`; `None` never: a missing binary fails
     /// the test (scripts/install-deps.sh installs it).
     pub async fn start(target: SocketAddr, job: &str) -> Option<Prometheus> {
+        Self::start_many(&[target], job).await
+    }
+
+    /// Starts Prometheus scraping every one of `targets` as job `job`.
+    pub async fn start_many(targets: &[SocketAddr], job: &str) -> Option<Prometheus> {
+        let target = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let bin = which("prometheus").unwrap_or_else(|| {
             panic!("the `prometheus` binary is not installed: run scripts/install-deps.sh")
         });
@@ -44,7 +54,7 @@ impl Prometheus {
             let dir = tempfile::tempdir().unwrap();
             let config = format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{target}]\n"
             );
             std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

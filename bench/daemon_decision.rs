@@ -1,0 +1,146 @@
+//! One daemon decision (`Node::assess`: partners' rates from the flow source, their locations,
+//! capacity queries to the candidate hosts, Eq. 3.2, the daemon's gates) for a VM with 10, 100
+//! and 1,000 partners. Sixteen real `Node`s, each driven by its own event loop, joined through
+//! the in-process transport (`p2p::DirectNetwork`) with simulated hypervisors: the capacity
+//! answers come from the peers' own code. "cached": partners' locations already in the
+//! directory (the steady state); "cold": every location forgotten before each decision, so it is
+//! looked up again from the peers (in process, not over libp2p). Issue 6 targets (cached):
+//! ≤ 0.1 / 0.5 / 5 ms; original 0.32 / 2.97 / 30.54 s.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use prometheus_client::registry::Registry;
+use scored::config::Config;
+use scored::daemon::journal::Journal;
+use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::run::drive;
+use scored::flows::synthetic::{Demand, SyntheticSource};
+use scored::flows::table::TableConfig;
+use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
+use scored::metrics::Metrics;
+use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::topology::{HostId, Topology};
+use scored_proto::VmId;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const HOSTS: u32 = 16;
+
+fn topology() -> Topology {
+    let mut t = String::from(
+        "[levels]\nnames = [\"rack\", \"pod\", \"core\"]\nweights = [1.0, 2.718281828459045, 20.085536923187668]\n\n\
+         [defaults]\nmax_vms = 200\nmemory_mib = 262144\nreserve_memory_mib = 1024\n",
+    );
+    for i in 0..HOSTS {
+        t.push_str(&format!(
+            "\n[[host]]\nname = \"h{}\"\npath = [\"pod{}\", \"tor{}\"]\n",
+            i + 1,
+            i / 8 + 1,
+            i / 4 + 1
+        ));
+    }
+    Topology::parse(Path::new("bench-topology.toml"), &t).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The subject VM on h1 with `partners` partners spread over h2..h16, and sixteen running nodes.
+fn cluster(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    partners: u32,
+) -> (Arc<Node<DirectPeers>>, VmId, Vec<(VmId, HostId)>) {
+    let topo = Arc::new(topology());
+    let net = DirectNetwork::new(topo.clone());
+    let sim = MemoryCluster::new(&topo);
+    let subject = VmId(0x0a00_0001);
+    sim.add_vm(HostId(0), synthetic_vm(subject, 512)).unwrap();
+    let mut placed = Vec::new();
+    let mut demands = Vec::new();
+    for p in 0..partners {
+        let vm = VmId(0x0a01_0000 + p);
+        let host = HostId(1 + p % (HOSTS - 1));
+        sim.add_vm(host, synthetic_vm(vm, 256)).unwrap();
+        placed.push((vm, host));
+        demands.push(Demand {
+            vm: subject,
+            partner: vm,
+            bytes_per_sec: 1000.0 + p as f64,
+        });
+    }
+    let mut config = Config::default();
+    // No token in this bench: only the decision is timed.
+    config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+    config.decision.cooldown_base_s = 0;
+    let mut subject_node = None;
+    for h in 0..HOSTS {
+        let me = HostId(h);
+        let directory = Arc::new(Directory::new(topo.clone(), me));
+        let (peers, inbound) = net.join(me, directory);
+        let table = TableConfig {
+            window: Duration::from_secs(1),
+            ..TableConfig::default()
+        };
+        let mine = if h == 0 { demands.clone() } else { Vec::new() };
+        let source = SyntheticSource::new(table, mine).unwrap();
+        let (journal, _) = Journal::open(&dir.join(format!("h{h}.journal"))).unwrap();
+        let node = Arc::new(Node::new(Parts {
+            topo: topo.clone(),
+            me,
+            peers: Arc::new(peers),
+            hv: Arc::new(sim.host(me)),
+            traffic: Traffic::Synthetic {
+                source: Box::new(source),
+                started: Instant::now() - Duration::from_secs(30),
+            },
+            config: config.clone(),
+            metrics: Arc::new(Metrics::register(
+                &mut Registry::default(),
+                topo.level_names(),
+            )),
+            journal,
+        }));
+        rt.block_on(node.refresh_inventory()).unwrap();
+        node.traffic().tick(Instant::now());
+        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        if h == 0 {
+            subject_node = Some(node);
+        }
+    }
+    (subject_node.unwrap(), subject, placed)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("daemon_decision");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    for partners in [10u32, 100, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, subject, placed) = cluster(&rt, dir.path(), partners);
+        let vm = node.state().inventory[0].clone();
+        assert_eq!(vm.id, subject);
+        // Warm the location cache; the decision must see every partner.
+        let first = rt.block_on(node.assess(&vm));
+        assert_eq!(first.partners.len(), partners as usize, "{}", first.detail);
+        group.bench_with_input(BenchmarkId::new("cached", partners), &vm, |b, vm| {
+            b.iter(|| black_box(rt.block_on(node.assess(vm)).outcome))
+        });
+        let directory = node.peers.directory();
+        group.bench_with_input(BenchmarkId::new("cold", partners), &vm, |b, vm| {
+            b.iter(|| {
+                for &(p, h) in &placed {
+                    directory.forget(p, h);
+                }
+                black_box(rt.block_on(node.assess(vm)).outcome)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
