@@ -4,7 +4,8 @@
 //! the in-process transport (`p2p::DirectNetwork`) with simulated hypervisors: the capacity
 //! answers come from the peers' own code. "cached": partners' locations already in the
 //! directory (the steady state); "cold": every location forgotten before each decision, so it is
-//! looked up again from the peers (in process, not over libp2p). Issue 6 targets (cached):
+//! looked up again from the peers. The same again with every host on its own libp2p swarm on
+//! 127.0.0.1 ("libp2p_cold", "libp2p_cached"). Issue 6 targets (cached):
 //! ≤ 0.1 / 0.5 / 5 ms; original 0.32 / 2.97 / 30.54 s.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -17,7 +18,7 @@ use scored::flows::synthetic::{Demand, SyntheticSource};
 use scored::flows::table::TableConfig;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::metrics::Metrics;
-use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::p2p::{DirectNetwork, DirectPeers, Directory, Inbound, Libp2pPeers, P2pConfig, Peers};
 use scored::topology::{HostId, Topology};
 use scored_proto::VmId;
 use std::hint::black_box;
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 
 const HOSTS: u32 = 16;
 
-fn topology() -> Topology {
+/// Sixteen hosts; with `p2p`, each also gets a loopback endpoint and a key (files in `dir`).
+fn topology(dir: &Path, p2p: bool) -> Topology {
     let mut t = String::from(
         "[levels]\nnames = [\"rack\", \"pod\", \"core\"]\nweights = [1.0, 2.718281828459045, 20.085536923187668]\n\n\
          [defaults]\nmax_vms = 200\nmemory_mib = 262144\nreserve_memory_mib = 1024\n",
@@ -39,18 +41,64 @@ fn topology() -> Topology {
             i / 8 + 1,
             i / 4 + 1
         ));
+        if p2p {
+            let key =
+                scored::identity::generate(&dir.join(format!("h{}.key", i + 1)), false).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            t.push_str(&format!(
+                "address = \"127.0.0.1\"\np2p_port = {port}\npeer_id = \"{}\"\n",
+                key.public().to_peer_id()
+            ));
+        }
     }
     Topology::parse(Path::new("bench-topology.toml"), &t).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The subject VM on h1 with `partners` partners spread over h2..h16, and sixteen running nodes.
+type Placed = Vec<(VmId, HostId)>;
+
+/// The subject VM on h1 with `partners` partners spread over h2..h16, and sixteen running nodes
+/// joined through the in-process transport.
 fn cluster(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     partners: u32,
-) -> (Arc<Node<DirectPeers>>, VmId, Vec<(VmId, HostId)>) {
-    let topo = Arc::new(topology());
+) -> (Arc<Node<DirectPeers>>, VmId, Placed) {
+    let topo = Arc::new(topology(dir, false));
     let net = DirectNetwork::new(topo.clone());
+    nodes(rt, dir, topo, partners, |me, directory| {
+        net.join(me, directory)
+    })
+}
+
+/// The same over libp2p on 127.0.0.1 (Noise, yamux), one swarm per host.
+fn cluster_libp2p(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    partners: u32,
+) -> (Arc<Node<Libp2pPeers>>, VmId, Placed) {
+    let topo = Arc::new(topology(dir, true));
+    let t = topo.clone();
+    nodes(rt, dir, topo, partners, |me, directory| {
+        let key = scored::identity::load(&dir.join(format!("h{}.key", me.0 + 1))).unwrap();
+        rt.block_on(Libp2pPeers::start(
+            P2pConfig::new(key, t.clone(), me),
+            directory,
+        ))
+        .unwrap_or_else(|e| panic!("p2p: {e}"))
+    })
+}
+
+fn nodes<P: Peers>(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    topo: Arc<Topology>,
+    partners: u32,
+    mut join: impl FnMut(HostId, Arc<Directory>) -> (P, Inbound),
+) -> (Arc<Node<P>>, VmId, Placed) {
     let sim = MemoryCluster::new(&topo);
     let subject = VmId(0x0a00_0001);
     sim.add_vm(HostId(0), synthetic_vm(subject, 512)).unwrap();
@@ -75,7 +123,7 @@ fn cluster(
     for h in 0..HOSTS {
         let me = HostId(h);
         let directory = Arc::new(Directory::new(topo.clone(), me));
-        let (peers, inbound) = net.join(me, directory);
+        let (peers, inbound) = join(me, directory);
         let table = TableConfig {
             window: Duration::from_secs(1),
             ..TableConfig::default()
@@ -137,6 +185,27 @@ fn bench(c: &mut Criterion) {
                 }
                 black_box(rt.block_on(node.assess(vm)).outcome)
             })
+        });
+    }
+    // Cold lookups over loopback libp2p: every partner's location asked of its host again.
+    for partners in [10u32, 100, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _, placed) = cluster_libp2p(&rt, dir.path(), partners);
+        let vm = node.state().inventory[0].clone();
+        // The first decision dials the peers; it must see every partner.
+        let first = rt.block_on(node.assess(&vm));
+        assert_eq!(first.partners.len(), partners as usize, "{}", first.detail);
+        let directory = node.peers.directory().clone();
+        group.bench_with_input(BenchmarkId::new("libp2p_cold", partners), &vm, |b, vm| {
+            b.iter(|| {
+                for &(p, h) in &placed {
+                    directory.forget(p, h);
+                }
+                black_box(rt.block_on(node.assess(vm)).outcome)
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("libp2p_cached", partners), &vm, |b, vm| {
+            b.iter(|| black_box(rt.block_on(node.assess(vm)).outcome))
         });
     }
     group.finish();
