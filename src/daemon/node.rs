@@ -21,8 +21,8 @@ use crate::token::{Neighbour, Next, Queue, Turn};
 use crate::topology::{HostId, Topology};
 use futures::StreamExt;
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, Located, Stamp, StatsRequest, StatsResponse,
-    Token, TokenAck, VmBenefit, VmId,
+    Announcement, CapacityRequest, CapacityResponse, Stamp, StatsRequest, StatsResponse, Token,
+    TokenAck, VmBenefit, VmId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -119,7 +119,6 @@ pub struct State {
     pub reachable: HashSet<HostId>,
     /// When this host first heard of each token round.
     pub rounds_seen: BTreeMap<u32, Instant>,
-    pub incoming: u32,
     pub migrations_done: u64,
     /// A loss check (pinging lower hosts) is under way.
     pub checking: bool,
@@ -209,7 +208,6 @@ impl<P: Peers> Node<P> {
                 recent: VecDeque::new(),
                 reachable: HashSet::new(),
                 rounds_seen: BTreeMap::new(),
-                incoming: 0,
                 migrations_done: 0,
                 checking: false,
                 stopping: false,
@@ -310,7 +308,7 @@ impl<P: Peers> Node<P> {
     // ----- answering peers -------------------------------------------------------------------
 
     /// Capacity answer: what the hypervisor reports, less the topology's reserve, and whether this
-    /// host accepts a VM of the requested size at all (maintenance, incoming bound).
+    /// host accepts a VM of the requested size at all (maintenance, room).
     pub async fn answer_capacity(
         self: Arc<Self>,
         req: CapacityRequest,
@@ -323,11 +321,7 @@ impl<P: Peers> Node<P> {
             Err(e) => return reply.refuse(format!("capacity task: {e}")),
         };
         let host = self.topo.host(self.me);
-        let max_incoming = self.config().migration.max_incoming;
-        let (maintenance, incoming) = {
-            let st = self.state();
-            (st.maintenance, st.incoming)
-        };
+        let maintenance = self.state().maintenance;
         let free_slots = host.max_vms.saturating_sub(cap.running_vms);
         let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
         reply.send(CapacityResponse {
@@ -335,11 +329,10 @@ impl<P: Peers> Node<P> {
             free_memory_mib,
             cpu_load: cap.cpu_load,
             maintenance,
-            incoming_migrations: incoming,
-            accepts: !maintenance
-                && free_slots > 0
-                && free_memory_mib >= req.memory_mib
-                && incoming < max_incoming.max(1),
+            // Not counted yet: one token means at most one migration in flight in the whole
+            // cluster, so `migration.max_incoming` (≥ 1) cannot bind today.
+            incoming_migrations: 0,
+            accepts: !maintenance && free_slots > 0 && free_memory_mib >= req.memory_mib,
         });
     }
 
@@ -1336,15 +1329,10 @@ impl<P: Peers> Node<P> {
         }
         (cost, traffic)
     }
-
-    /// This host's inventory as the directory publishes it.
-    pub fn located(&self) -> Vec<Located> {
-        self.peers.directory().local_vms()
-    }
 }
 
-/// A capacity answer as the decision reads it: a host that does not accept (maintenance, its
-/// incoming bound, or too little room) reads as full.
+/// A capacity answer as the decision reads it: a host that does not accept (maintenance,
+/// or too little room) reads as full.
 fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
     let running = if r.accepts {
         host.max_vms.saturating_sub(r.free_slots)

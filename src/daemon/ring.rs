@@ -7,14 +7,14 @@
 //! The rules (docs/protocol.md, "Token loss"):
 //! - An epoch is `(generation << 16) | host index`: unique to the host that minted it, ordered by
 //!   generation first. A token whose epoch is below the highest this host has seen is stale: it is
-//!   dropped and never acts. Within an epoch, a sequence number at or below the last one seen is a
-//!   duplicate (a retried hand-off whose ack was lost): acknowledged, not processed again.
-//! - A holder keeps the token at most `hold_limit` (decision + migration timeout). The token is
-//!   declared lost when no activity was heard for `loss_timeout`, which the configuration keeps
-//!   above `hold_limit + handoff_timeout`: a holder that is merely slow or cut off has finished
-//!   (or given up) its migration before anyone regenerates, so two decisions never overlap in time.
-//! - Among the hosts this one can reach, the one with the lowest rank regenerates first; rank r
-//!   waits `r × stagger` more, so a dead lowest host is replaced without a vote.
+//!   dropped and never acts. Within an epoch, a sequence number at or below the last one is a
+//!   duplicate of a token this host already received (a retried hand-off whose ack was lost):
+//!   acknowledged, not processed again. Heartbeats never count as received.
+//! - The holder publishes a heartbeat for as long as it holds the token (deciding, migrating);
+//!   the token is declared lost when no activity was heard for `loss_timeout`.
+//! - Hosts earlier in the topology regenerate first: rank r waits `r × stagger` more (and the
+//!   daemon first checks that no lower host answers), so a dead first host is replaced without a
+//!   vote.
 
 use std::time::{Duration, Instant};
 
@@ -139,16 +139,6 @@ impl Ring {
     }
 }
 
-/// Loss timeout that keeps regenerations from overlapping a slow holder: strictly above the longest
-/// a holder may keep the token plus one hand-off.
-pub fn safe_loss_timeout(
-    hold_limit: Duration,
-    handoff_timeout: Duration,
-    margin: Duration,
-) -> Duration {
-    hold_limit + handoff_timeout + margin
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,11 +207,5 @@ mod tests {
         r.on_activity(e, 100, t0 + 30 * S);
         assert!(r.should_regenerate(0, t0 + 30 * S));
         assert!(r.mint(3) > newer);
-    }
-
-    #[test]
-    fn safe_timeout_exceeds_hold_and_handoff() {
-        let t = safe_loss_timeout(300 * S, 2 * S, S);
-        assert!(t > 302 * S);
     }
 }
