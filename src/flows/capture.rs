@@ -803,25 +803,8 @@ impl BatchReader {
                 Some(libc::EAGAIN) => {}
                 _ => return Err(e),
             }
-            let mut p = libc::pollfd {
-                fd: self.fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut p, 1, poll_ms) };
-            if r == 0 {
+            if !wait_readable(self.fd, poll_ms)? {
                 return Ok(0);
-            }
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(e);
-            }
-            if p.revents & libc::POLLIN == 0 {
-                return Err(socket_error(self.fd, p.revents));
             }
         }
     }
@@ -829,6 +812,33 @@ impl BatchReader {
 
 /// The pending error of a socket that poll(2) flagged without data (e.g. ENETDOWN when the tap
 /// was deleted).
+/// Waits up to `poll_ms` for `fd` to become readable: `Ok(true)` when the caller should try its
+/// read again (readable, or the wait was interrupted), `Ok(false)` on timeout, an error when the
+/// socket reports one.
+fn wait_readable(fd: RawFd, poll_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, poll_ms) };
+    if r == 0 {
+        return Ok(false);
+    }
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(true);
+        }
+        return Err(e);
+    }
+    if p.revents & libc::POLLIN == 0 {
+        return Err(socket_error(fd, p.revents));
+    }
+    Ok(true)
+}
+
 fn socket_error(fd: RawFd, revents: libc::c_short) -> io::Error {
     let mut err: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
@@ -957,25 +967,8 @@ impl Ring {
                 self.next = (self.next + 1) % self.blocks;
                 return Ok(n);
             }
-            let mut p = libc::pollfd {
-                fd: self.fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut p, 1, poll_ms) };
-            if r == 0 {
+            if !wait_readable(self.fd, poll_ms)? {
                 return Ok(0);
-            }
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(e);
-            }
-            if p.revents & libc::POLLIN == 0 {
-                return Err(socket_error(self.fd, p.revents));
             }
         }
     }
