@@ -243,7 +243,7 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
     let topo = &node.topo;
     let mut vms = Vec::with_capacity(inventory.len());
     for v in &inventory {
-        let partners = node.partners(v.id, false).await;
+        let partners = node.cached_partners(v.id);
         let cost: f64 = partners
             .iter()
             .map(|&(_, h, r)| r * topo.path_cost(node.me, h))
@@ -265,7 +265,7 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
                 .collect(),
         });
     }
-    let (cost, _) = node.cost_by_level().await;
+    let (cost, _) = node.cost_by_level();
     let mut peers: Vec<String> = reachable
         .iter()
         .map(|h| topo.host(*h).name.clone())

@@ -356,16 +356,12 @@ impl<P: Peers> Node<P> {
         let vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
         let mut out = Vec::with_capacity(vms.len());
         let mut decider = Decider::new(&self.topo);
-        let dir = self.peers.directory();
         for vm in vms {
             // Cached locations only: a statistics answer must be quick, and an estimate will do.
             let pt: Vec<PartnerTraffic> = self
-                .traffic()
-                .source()
-                .partners(vm)
+                .cached_partners(vm)
                 .into_iter()
-                .filter(|(p, r)| *p != vm && *r > 0.0)
-                .filter_map(|(p, rate)| dir.lookup(p).map(|host| PartnerTraffic { host, rate }))
+                .map(|(_, host, rate)| PartnerTraffic { host, rate })
                 .collect();
             let best = decider
                 .candidates(self.me, &pt)
@@ -854,6 +850,19 @@ impl<P: Peers> Node<P> {
 
     // ----- one VM's turn ---------------------------------------------------------------------
 
+    /// Partners of `vm` with their hosts as the directory has them now, without asking any peer
+    /// (statistics, metrics, `scored status`: observers must not send the cluster queries).
+    pub fn cached_partners(&self, vm: VmId) -> Vec<(VmId, HostId, f64)> {
+        let dir = self.peers.directory();
+        self.traffic()
+            .source()
+            .partners(vm)
+            .into_iter()
+            .filter(|(p, r)| *p != vm && *r > 0.0)
+            .filter_map(|(p, rate)| dir.lookup(p).map(|host| (p, host, rate)))
+            .collect()
+    }
+
     /// Partners of `vm` with their hosts and rates (those whose host is unknown are left out).
     pub async fn partners(&self, vm: VmId, verify: bool) -> Vec<(VmId, HostId, f64)> {
         self.locate_partners(vm, verify).await.0
@@ -1313,13 +1322,13 @@ impl<P: Peers> Node<P> {
     }
 
     /// This host's share of Eq. 3.1 by level, from current rates and cached locations.
-    pub async fn cost_by_level(&self) -> (Vec<f64>, Vec<f64>) {
+    pub fn cost_by_level(&self) -> (Vec<f64>, Vec<f64>) {
         let levels = self.topo.levels() as usize;
         let mut cost = vec![0.0; levels];
         let mut traffic = vec![0.0; levels];
         let vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
         for vm in vms {
-            for (_, h, rate) in self.partners(vm, false).await {
+            for (_, h, rate) in self.cached_partners(vm) {
                 let l = self.topo.level(self.me, h) as usize;
                 if l > 0 {
                     cost[l - 1] += rate * self.topo.weights().path_cost(l as u8);

@@ -398,7 +398,7 @@ fn handle<P: Peers>(node: &Arc<Node<P>>, ev: InboundEvent) {
 }
 
 async fn update_gauges<P: Peers>(node: &Arc<Node<P>>) {
-    let (cost, traffic) = node.cost_by_level().await;
+    let (cost, traffic) = node.cost_by_level();
     node.metrics
         .set_levels(node.topo.level_names(), &cost, &traffic);
     let stats = node.traffic().source().stats();
