@@ -11,19 +11,34 @@ use scored::sim::{Scenario, ScenarioParams, engine};
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, Options};
 
-/// Waits until the token has completed `rounds` passes (as the hosts report it), checking the
-/// cluster's invariants all along, or `limit` passed. Returns the migrations done.
+/// Waits until the token has completed at least `rounds` passes and then two more in which nothing
+/// changed (no migration, no decision deferred as `busy` for want of a partner's location, as
+/// happens while caches are cold), checking the cluster's invariants all along, or until `limit`.
+/// Returns the migrations done.
 fn settle(c: &mut Cluster, rounds: u32, limit: Duration) -> u64 {
     let start = Instant::now();
+    let mut mark: Option<(u32, u64, usize)> = None;
     while start.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(500));
-        c.shared().check().expect("cluster invariants");
+        let f = c.shared();
+        f.check().expect("cluster invariants");
+        let migrations = f.migrations();
+        let busy = c
+            .events()
+            .iter()
+            .filter(|(_, e)| e["message"] == "decision" && e["outcome"] == "busy")
+            .count();
         let round = (0..c.hosts.len())
             .filter_map(|i| c.status(i).map(|s| s.token.round))
             .max()
             .unwrap_or(0);
-        if round >= rounds {
-            break;
+        match mark {
+            Some((r0, m0, b0)) if m0 == migrations && b0 == busy => {
+                if round >= rounds && round >= r0 + 2 {
+                    break;
+                }
+            }
+            _ => mark = Some((round, migrations, busy)),
         }
     }
     c.shared().migrations()
