@@ -17,4 +17,5 @@ step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
-cargo test --workspace --locked
+# --no-fail-fast: one red test binary must not hide the others in a CI log.
+cargo test --workspace --locked --no-fail-fast
