@@ -83,6 +83,7 @@ fn daemon(
                     accepts: true,
                 }),
                 InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
+                    token: Default::default(),
                     benefits: vec![VmBenefit {
                         vm: vm(i, 1),
                         benefit: i as f64,

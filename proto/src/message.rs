@@ -185,8 +185,21 @@ pub struct VmBenefit {
     pub benefit: f64,
 }
 
+/// What the answering host knows of the token: the newest stamp it saw and how long ago it last
+/// heard of it. A host about to regenerate the token reads these first: it mints above every
+/// epoch anyone reports, and stands down when someone heard a live token recently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub at: Stamp,
+    /// Milliseconds since the token was last heard of (saturating); `None`: never.
+    pub idle_ms: Option<u32>,
+    /// The answering host holds the token now.
+    pub held: bool,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsResponse {
+    pub token: TokenView,
     pub benefits: Vec<VmBenefit>,
 }
 

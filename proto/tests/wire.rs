@@ -150,6 +150,7 @@ fn hostile_slot_counts_do_not_allocate() {
 #[test]
 fn values_outside_their_domain_are_refused() {
     let nan = Response::Ok(StatsResponse {
+        token: Default::default(),
         benefits: vec![VmBenefit {
             vm: vm(10, 0, 0, 1),
             benefit: f64::NAN,
@@ -158,6 +159,7 @@ fn values_outside_their_domain_are_refused() {
     assert!(encode(&nan).is_err());
     // The same bytes forged by a peer: decoding refuses too.
     let mut forged = encode(&Response::Ok(StatsResponse {
+        token: Default::default(),
         benefits: vec![VmBenefit {
             vm: vm(10, 0, 0, 1),
             benefit: 1.0,
@@ -326,6 +328,7 @@ proptest! {
         }));
         roundtrip(&Request { topology: 3, body: StatsRequest { epoch: mem, round: slots } });
         roundtrip(&Response::Ok(StatsResponse {
+            token: TokenView { at: Stamp::new(mem, u64::from(slots)), idle_ms: Some(incoming), held: flags.0 },
             benefits: benefits.into_iter().map(|(v, benefit)| VmBenefit { vm: VmId(v), benefit }).collect(),
         }));
     }

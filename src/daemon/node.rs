@@ -22,7 +22,7 @@ use crate::topology::{HostId, Topology};
 use futures::StreamExt;
 use scored_proto::{
     Announcement, CapacityRequest, CapacityResponse, Stamp, StatsRequest, StatsResponse, Token,
-    TokenAck, VmBenefit, VmId,
+    TokenAck, TokenView, VmBenefit, VmId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -344,12 +344,33 @@ impl<P: Peers> Node<P> {
         reply: Responder<StatsResponse>,
     ) {
         let benefits = self.local_benefits().await;
+        let token = self.token_view(Instant::now());
         reply.send(StatsResponse {
+            token,
             benefits: benefits
                 .into_iter()
                 .map(|(vm, benefit)| VmBenefit { vm, benefit })
                 .collect(),
         });
+    }
+
+    /// What this host knows of the token, for peers about to regenerate it.
+    pub fn token_view(&self, now: Instant) -> TokenView {
+        let st = self.state();
+        let held = st.holding.is_some();
+        let idle = if held {
+            Some(Duration::ZERO)
+        } else {
+            st.ring.idle(now)
+        };
+        TokenView {
+            at: Stamp {
+                epoch: st.ring.highest_epoch(),
+                seq: st.ring.last_seq(),
+            },
+            idle_ms: idle.map(|d| d.as_millis().min(u32::MAX as u128) as u32),
+            held,
+        }
     }
 
     async fn local_benefits(&self) -> Vec<(VmId, f64)> {
@@ -454,24 +475,14 @@ impl<P: Peers> Node<P> {
         }
         let node = self.clone();
         Some(async move {
-            let lower_alive = node.lower_host_alive().await;
-            let token = {
+            if node.lower_host_alive().await {
+                // Someone before us will (or did) regenerate: wait another period.
                 let mut st = node.state();
                 st.checking = false;
-                if lower_alive || st.holding.is_some() || st.stopping {
-                    // Someone before us will (or did) regenerate: wait another period.
-                    st.ring.touch(Instant::now());
-                    None
-                } else {
-                    let epoch = st.ring.mint(node.me.0);
-                    st.ring.on_token(epoch, 0, Instant::now());
-                    st.holding = Some(Stamp { epoch, seq: 0 });
-                    Some(epoch)
-                }
-            };
-            if let Some(epoch) = token {
-                node.regenerate(epoch).await;
+                st.ring.touch(Instant::now());
+                return;
             }
+            node.regenerate().await;
         })
     }
 
@@ -499,23 +510,75 @@ impl<P: Peers> Node<P> {
         false
     }
 
-    /// Builds a fresh token under `epoch` from every host's inventory and works on it.
-    async fn regenerate(self: Arc<Self>, epoch: u64) {
+    /// Asks every peer what it knows of the token and which VMs it runs; unless one of them heard
+    /// of a live token recently, mints an epoch above every one reported, builds a fresh token from
+    /// every host's inventory and works on it.
+    ///
+    /// Asking first matters most for a host that just (re)started: it has heard nothing yet, so
+    /// its own loss detector fires although a token is alive, and the epoch it knows is 0.
+    async fn regenerate(self: Arc<Self>) {
         let config = self.config();
-        let req = StatsRequest { epoch, round: 0 };
+        let (loss, _) = loss_timing(&config);
+        let known = self.state().ring.highest_epoch();
+        let req = StatsRequest {
+            epoch: known,
+            round: 0,
+        };
         let mut vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
         vms.extend(self.peers.directory().known_vms());
         let answers = self
             .peers
             .query_all_stats(req, config.token.handoff_timeout())
             .await;
+        let now = Instant::now();
         let mut answered = 0;
-        for (_, r) in answers {
-            if let Ok(s) = r {
+        let mut live: Option<(HostId, TokenView)> = None;
+        let epoch = {
+            let mut st = self.state();
+            st.checking = false;
+            for (host, r) in &answers {
+                let Ok(s) = r else { continue };
                 answered += 1;
                 vms.extend(s.benefits.iter().map(|b| b.vm));
+                let view = s.token;
+                if view.at.epoch == 0 {
+                    continue;
+                }
+                let idle = Duration::from_millis(view.idle_ms.unwrap_or(u32::MAX).into());
+                st.ring
+                    .on_report(view.at.epoch, view.at.seq, now.checked_sub(idle));
+                // Heard of within half the loss timeout: that token is alive, or was minted by a
+                // peer a moment ago. Either way it is not ours to replace.
+                if (view.held || idle < loss / 2) && view.at.epoch >= st.ring.highest_epoch() {
+                    live = Some((*host, view));
+                }
             }
-        }
+            if live.is_some() || st.holding.is_some() || st.stopping {
+                None
+            } else {
+                let epoch = st.ring.mint(self.me.0);
+                st.ring.on_token(epoch, 0, now);
+                st.holding = Some(Stamp { epoch, seq: 0 });
+                Some(epoch)
+            }
+        };
+        let Some(epoch) = epoch else {
+            if let Some((host, view)) = live {
+                self.metrics
+                    .token
+                    .epoch
+                    .set(ring::epoch_generation(view.at.epoch) as i64);
+                tracing::info!(
+                    peer = %self.host_name(host),
+                    epoch = view.at.epoch,
+                    seq = view.at.seq,
+                    idle_ms = view.idle_ms,
+                    held = view.held,
+                    "token not regenerated: a peer heard of a live token recently"
+                );
+            }
+            return;
+        };
         let token = Token::new(epoch, config.token.policy, vms);
         self.metrics.token.regenerations.inc();
         self.metrics

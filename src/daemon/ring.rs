@@ -108,6 +108,28 @@ impl Ring {
         }
     }
 
+    /// A peer reports (in a statistics answer) that it heard of token `(epoch, seq)` at `when`.
+    /// Like [`Ring::on_activity`], but the activity is dated: a report of old news moves the
+    /// detector only as far as the news goes. A stale epoch counts for nothing.
+    /// `when` is `None` when the news is older than this clock can tell: the epoch still counts.
+    pub fn on_report(&mut self, epoch: u64, seq: u64, when: Option<Instant>) {
+        if epoch < self.highest_epoch {
+            return;
+        }
+        if epoch > self.highest_epoch || seq > self.last_seq {
+            self.last_seq = seq;
+        }
+        self.highest_epoch = epoch;
+        if let Some(when) = when {
+            self.last_activity = self.last_activity.max(when);
+        }
+    }
+
+    /// How long since this host last heard of a live token; `None` if it never heard of one.
+    pub fn idle(&self, now: Instant) -> Option<Duration> {
+        (self.highest_epoch != 0).then(|| now.saturating_duration_since(self.last_activity))
+    }
+
     /// This host holds the token and works on it: keep the detector quiet.
     pub fn touch(&mut self, now: Instant) {
         self.last_activity = now;
@@ -207,5 +229,29 @@ mod tests {
         r.on_activity(e, 100, t0 + 30 * S);
         assert!(r.should_regenerate(0, t0 + 30 * S));
         assert!(r.mint(3) > newer);
+    }
+
+    #[test]
+    fn a_fresh_host_learns_the_epoch_and_the_age_of_the_news_from_reports() {
+        let t0 = Instant::now();
+        let mut r = Ring::new(t0, 10 * S, S);
+        assert_eq!(r.idle(t0 + 20 * S), None);
+        let live = next_epoch(next_epoch(0, 4), 2);
+        // Heard 3 s before the report arrived, at t0 + 12 s: the detector counts from t0 + 9 s.
+        r.on_report(live, 17, Some(t0 + 9 * S));
+        assert_eq!(r.highest_epoch(), live);
+        assert_eq!(r.idle(t0 + 12 * S), Some(3 * S));
+        assert!(!r.should_regenerate(0, t0 + 18 * S));
+        assert!(r.should_regenerate(0, t0 + 19 * S));
+        // Older news never moves the clock back, a stale epoch never counts.
+        r.on_report(live, 12, Some(t0 + 2 * S));
+        r.on_report(live, 13, None);
+        assert_eq!(r.idle(t0 + 12 * S), Some(3 * S));
+        r.on_report(next_epoch(0, 7), 99, Some(t0 + 11 * S));
+        assert_eq!(r.idle(t0 + 12 * S), Some(3 * S));
+        assert_eq!(r.last_seq(), 17);
+        // Whatever this host mints now is above the live epoch it learned of.
+        assert!(r.mint(0) > live);
+        assert_eq!(r.on_token(live, 16, t0 + 12 * S), Arrival::Fresh);
     }
 }

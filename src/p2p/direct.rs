@@ -520,6 +520,7 @@ mod tests {
                                 })
                             }
                             InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
+                                token: Default::default(),
                                 benefits: vec![scored_proto::VmBenefit {
                                     vm: vm(i + 1, 1),
                                     benefit: i as f64,

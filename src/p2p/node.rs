@@ -114,6 +114,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                         emit(json!({"event": "stats-asked", "from": name(from)}));
                         // This node has no traffic to judge by: no VM expects a gain.
                         reply.send(StatsResponse {
+                            token: Default::default(),
                             benefits: directory
                                 .local_vms()
                                 .into_iter()

@@ -176,6 +176,11 @@ pub fn all() -> Vec<Example> {
         example(
             "stats_response",
             Response::Ok(StatsResponse {
+                token: TokenView {
+                    at: Stamp::new((2 << 16) | 3, 41),
+                    idle_ms: Some(250),
+                    held: false,
+                },
                 benefits: vec![
                     VmBenefit {
                         vm: vm(10, 0, 0, 1),

@@ -1,0 +1,195 @@
+//! Token regeneration asks before it mints: a host whose loss detector fires (typically one that
+//! just restarted and has heard nothing yet) first asks every peer what it knows of the token. It
+//! stands down while a peer holds a token or heard of one recently, and otherwise mints an epoch
+//! above every epoch any peer reports, so its token is never fenced off on its first hand-off.
+//!
+//! Four real `Node`s with their event loops (`drive`) over the in-process transport, in-memory
+//! hypervisors. Host h1 is the one whose detector fires (short hand-off timeout); the others never
+//! regenerate by themselves, and their token state is set by hand as a live or a dead token would
+//! leave it, without heartbeats, exactly as a fresh host sees a cluster before gossip reaches it.
+
+use prometheus_client::registry::Registry;
+use scored::config::Config;
+use scored::daemon::journal::Journal;
+use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::ring::{epoch_generation, epoch_minter, next_epoch};
+use scored::daemon::run::drive;
+use scored::flows::synthetic::SyntheticSource;
+use scored::flows::table::TableConfig;
+use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
+use scored::metrics::Metrics;
+use scored::p2p::{DirectNetwork, DirectPeers, Directory};
+use scored::topology::{HostId, Topology};
+use scored_proto::{Stamp, VmId};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOPOLOGY: &str = r#"
+[levels]
+names = ["rack", "core"]
+weights = [1.0, 2.718281828459045]
+
+[defaults]
+max_vms = 8
+memory_mib = 16384
+
+[[host]]
+name = "h1"
+path = ["tor1"]
+
+[[host]]
+name = "h2"
+path = ["tor1"]
+
+[[host]]
+name = "h3"
+path = ["tor2"]
+
+[[host]]
+name = "h4"
+path = ["tor2"]
+"#;
+
+struct Cluster {
+    nodes: Vec<Arc<Node<DirectPeers>>>,
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let topo = Arc::new(Topology::parse(Path::new("regeneration.toml"), TOPOLOGY).unwrap());
+    let net = DirectNetwork::new(topo.clone());
+    let sim = MemoryCluster::new(&topo);
+    for h in 0..4 {
+        sim.add_vm(HostId(h), synthetic_vm(VmId(0x0a00_0001 + h), 512))
+            .unwrap();
+    }
+    let mut nodes = Vec::new();
+    for h in 0..4u32 {
+        let me = HostId(h);
+        let mut config = Config::default();
+        config.token.handoff_timeout_ms = 400;
+        if h != 0 {
+            // Only h1's detector fires in this test.
+            config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+        }
+        let directory = Arc::new(Directory::new(topo.clone(), me));
+        let (peers, inbound) = net.join(me, directory);
+        let source = SyntheticSource::new(TableConfig::default(), Vec::new()).unwrap();
+        let (journal, _) = Journal::open(&dir.path().join(format!("h{h}.journal"))).unwrap();
+        let node = Arc::new(Node::new(Parts {
+            topo: topo.clone(),
+            me,
+            peers: Arc::new(peers),
+            hv: Arc::new(sim.host(me)),
+            traffic: Traffic::Synthetic {
+                source: Box::new(source),
+                started: Instant::now(),
+            },
+            config,
+            metrics: Arc::new(Metrics::register(
+                &mut Registry::default(),
+                topo.level_names(),
+            )),
+            journal,
+        }));
+        rt.block_on(node.refresh_inventory()).unwrap();
+        if h != 0 {
+            rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        } else {
+            // h1 starts its loop only once the others' token state is set.
+            let n = node.clone();
+            rt.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drive(n, inbound, std::future::pending()).await
+            });
+        }
+        nodes.push(node);
+    }
+    Cluster {
+        nodes,
+        _dir: dir,
+        _rt: rt,
+    }
+}
+
+/// Polls `f` every 50 ms until it holds or `limit` passed.
+fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn a_fresh_host_stands_down_while_a_peer_holds_the_token_then_mints_above_it() {
+    let c = cluster();
+    let h1 = &c.nodes[0];
+    // h3 holds a token minted by h4 two generations ago; nobody else has heard of it.
+    let live = next_epoch(next_epoch(0, 3), 3);
+    {
+        let mut st = c.nodes[2].state();
+        st.ring.on_token(live, 7, Instant::now());
+        st.holding = Some(Stamp::new(live, 7));
+    }
+    // h1's detector fires after ~1 s (2 × the hand-off timeout): it must learn the live epoch
+    // from h3's answer, and not mint.
+    assert!(
+        wait(Duration::from_secs(30), || h1.state().ring.highest_epoch()
+            == live),
+        "h1 never asked its peers about the token"
+    );
+    // Several more periods: h1 keeps standing down as long as h3 says it holds the token.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(h1.metrics.token.regenerations.get(), 0);
+    assert!(h1.state().holding.is_none());
+    assert_eq!(h1.state().ring.highest_epoch(), live);
+
+    // The holder's token dies (h3 stops holding it and heard nothing for 10 s): h1 mints the next
+    // generation above it, with its own index, and works on it.
+    {
+        let mut st = c.nodes[2].state();
+        st.holding = None;
+        st.ring
+            .on_token(live, 8, Instant::now() - Duration::from_secs(10));
+    }
+    assert!(
+        wait(Duration::from_secs(30), || h1
+            .metrics
+            .token
+            .regenerations
+            .get()
+            == 1),
+        "h1 did not regenerate a dead token"
+    );
+    let epoch = h1.state().ring.highest_epoch();
+    assert_eq!(epoch_generation(epoch), epoch_generation(live) + 1);
+    assert_eq!(epoch_minter(epoch), 0);
+    // The new token is not fenced anywhere: every host ends up knowing its epoch, nobody a
+    // higher one, and only one token was ever minted.
+    assert!(
+        wait(Duration::from_secs(30), || c.nodes.iter().all(|n| n
+            .state()
+            .ring
+            .highest_epoch()
+            == epoch)),
+        "the regenerated token did not reach every host"
+    );
+    let minted: u64 = c
+        .nodes
+        .iter()
+        .map(|n| n.metrics.token.regenerations.get())
+        .sum();
+    assert_eq!(minted, 1);
+}
