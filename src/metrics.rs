@@ -3,7 +3,7 @@
 //!
 //! Names are `scored_*` with the unit in the name (prometheus-client appends the unit and, for
 //! counters, `_total`); the process collector uses the standard `process_*` names so stock
-//! dashboards work. libp2p-metrics registers into the same [`Registry`] under `libp2p_`. This
+//! dashboards work. libp2p-metrics registers into the same [`Registry`] as `scored_libp2p_*`. This
 //! module only counts and serves: it never decides anything, and holds no daemon state.
 
 use crate::hypervisor::AbortReason;

@@ -72,6 +72,21 @@ fn prometheus_scrapes_a_working_cluster() {
         prom.wait_for("sum(scored_vms)", |v| v == 12.0).await;
         // Exactly one host holds the token at any scrape (or none, in a hand-off).
         prom.wait_for("sum(scored_token_held)", |v| v <= 1.0).await;
+        // libp2p's own metrics, in the same registry: connections, bytes, gossip, liveness.
+        prom.wait_for(
+            "min(scored_libp2p_swarm_connections_established_total)",
+            |v| v >= 1.0,
+        )
+        .await;
+        prom.wait_for(
+            r#"min(sum by (instance) (scored_libp2p_bandwidth_bytes_total{direction="Outbound"}))"#,
+            |v| v > 0.0,
+        )
+        .await;
+        prom.wait_for("sum(scored_libp2p_gossipsub_messages_total)", |v| v >= 1.0)
+            .await;
+        prom.wait_for("sum(scored_libp2p_identify_received_total)", |v| v >= 1.0)
+            .await;
     });
     let f = c.shared();
     f.check().unwrap();

@@ -191,7 +191,7 @@ async fn serve(
     let mut p2p = P2pConfig::new(key, topo.clone(), me);
     p2p.listen = config.p2p.listen.clone();
     p2p.metrics = p2p_metrics;
-    let (peers, inbound) = Libp2pPeers::start(p2p, directory)
+    let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(&mut registry))
         .await
         .map_err(|e| anyhow!("p2p: {e}"))?;
     let node = Arc::new(Node::new(Parts {

@@ -27,10 +27,12 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::identity::Keypair;
+use libp2p::metrics::Recorder;
 use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
+use prometheus_client::registry::Registry;
 use scored_proto::{
     ANNOUNCE_TOPIC, Announcement, CAPACITY_PROTOCOL, CapacityProtocol, CapacityRequest,
     CapacityResponse, IDENTIFY_PROTOCOL, LOCATION_PROTOCOL, LocationProtocol, LocationRequest,
@@ -194,6 +196,16 @@ impl Libp2pPeers {
         config: P2pConfig,
         directory: Arc<Directory>,
     ) -> Result<(Libp2pPeers, Inbound), StartError> {
+        Self::start_observed(config, directory, None).await
+    }
+
+    /// [`Libp2pPeers::start`], with libp2p's own metrics (connections, bytes by direction and
+    /// protocol stack, gossip, identify, ping) registered in `registry` as `scored_libp2p_*`.
+    pub async fn start_observed(
+        config: P2pConfig,
+        directory: Arc<Directory>,
+        registry: Option<&mut Registry>,
+    ) -> Result<(Libp2pPeers, Inbound), StartError> {
         let topology = config.topology.clone();
         let host = topology.host(config.me);
         let peer_id = config.keypair.public().to_peer_id();
@@ -217,7 +229,13 @@ impl Libp2pPeers {
         };
         let fp = fingerprint(&topology);
         let (watch, malformed) = FrameWatch::new(256);
-        let mut swarm = build_swarm(&config, fp, watch)?;
+        let mut scratch = Registry::default();
+        let (registry, observed) = match registry {
+            Some(r) => (r.sub_registry_with_prefix("scored"), true),
+            None => (&mut scratch, false),
+        };
+        let mut swarm = build_swarm(&config, fp, watch, registry)?;
+        let libp2p_metrics = observed.then(|| libp2p::metrics::Metrics::new(registry));
         let topic = IdentTopic::new(ANNOUNCE_TOPIC);
         swarm
             .behaviour_mut()
@@ -269,6 +287,7 @@ impl Libp2pPeers {
             directory: directory.clone(),
             inbound: inbound_tx,
             metrics: config.metrics.clone(),
+            libp2p_metrics,
             commands: commands_rx,
             malformed,
             topic,
@@ -475,6 +494,7 @@ fn build_swarm(
     config: &P2pConfig,
     fp: TopologyFingerprint,
     watch: FrameWatch,
+    registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let setup = |e: &dyn std::fmt::Display| StartError::Setup(e.to_string());
     let me = config.keypair.public().to_peer_id();
@@ -500,6 +520,7 @@ fn build_swarm(
             yamux::Config::default,
         )
         .map_err(|e| setup(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
             let gossip = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
@@ -577,6 +598,8 @@ struct Driver {
     directory: Arc<Directory>,
     inbound: mpsc::Sender<InboundEvent>,
     metrics: P2pMetrics,
+    /// libp2p's own metrics, when the daemon registered them.
+    libp2p_metrics: Option<libp2p::metrics::Metrics>,
     commands: mpsc::UnboundedReceiver<Command>,
     malformed: mpsc::Receiver<MalformedFrame>,
     topic: IdentTopic,
@@ -827,6 +850,14 @@ impl Driver {
     }
 
     fn behaviour_event(&mut self, event: BehaviourEvent) {
+        if let Some(m) = &self.libp2p_metrics {
+            match &event {
+                BehaviourEvent::Gossip(e) => m.record(e),
+                BehaviourEvent::Identify(e) => m.record(e),
+                BehaviourEvent::Ping(e) => m.record(e),
+                _ => {}
+            }
+        }
         match event {
             BehaviourEvent::Allowlist(never) => match never {},
             BehaviourEvent::Token(e) => match sort(&mut self.pending_token, e) {
@@ -998,6 +1029,9 @@ impl Driver {
     }
 
     fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.libp2p_metrics {
+            m.record(&event);
+        }
         match event {
             SwarmEvent::Behaviour(e) => self.behaviour_event(e),
             SwarmEvent::ConnectionEstablished {
