@@ -6,7 +6,7 @@ set -euo pipefail
 # Packages for building (libvirt-dev for the virt crate) and for the real-hypervisor tests.
 PKGS=(pkg-config libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
       qemu-system-x86 iproute2 iputils-ping procps prometheus systemd cpio busybox-static
-      tcpdump)
+      tcpdump debootstrap systemd-container)
 
 missing=()
 for p in "${PKGS[@]}"; do
