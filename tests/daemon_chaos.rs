@@ -86,6 +86,8 @@ struct Seen {
     ambiguous: HashSet<u64>,
     /// When a token was regenerated (unix ms).
     regenerations: Vec<u64>,
+    /// Loss detectors that fired but stood down: a peer had heard of a live token.
+    stood_down: usize,
 }
 
 impl Seen {
@@ -97,6 +99,9 @@ impl Seen {
                 self.ambiguous.insert(e["epoch"].as_u64().unwrap());
             } else if e["message"] == "token regenerated" {
                 self.regenerations.push(e["unix_ms"].as_u64().unwrap());
+            } else if e["message"] == "token not regenerated: a peer heard of a live token recently"
+            {
+                self.stood_down += 1;
             }
         }
     }
@@ -104,11 +109,15 @@ impl Seen {
 
 #[test]
 fn token_survives_twenty_holder_kills() {
-    const HANDOFF_MS: u64 = 5000;
+    // 5 s by default; SCORED_CHAOS_HANDOFF_MS measures other settings (docs/evaluation.md).
+    let handoff_ms: u64 = std::env::var("SCORED_CHAOS_HANDOFF_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
     const KILLS: usize = 20;
     let mut c = Cluster::new(Options {
         overrides: vec![
-            ("token.handoff_timeout_ms".into(), HANDOFF_MS.to_string()),
+            ("token.handoff_timeout_ms".into(), handoff_ms.to_string()),
             // Rounds paced at 2 s: the token rests at one host most of the time, so the test
             // finds (and kills) its holder rather than a host it just left.
             ("token.min_round_s".into(), "2".into()),
@@ -129,7 +138,7 @@ fn token_survives_twenty_holder_kills() {
     // Loss timeout (2 × hand-off), the stagger of the highest rank, one ping of the lower hosts
     // (hand-off / 2) and the regenerated token's stats fan-out (one hand-off): docs/protocol.md.
     // Debug daemons on a loaded 2-core machine get 15 s on top.
-    let handoff = Duration::from_millis(HANDOFF_MS);
+    let handoff = Duration::from_millis(handoff_ms);
     let bound =
         handoff * 2 + handoff / 4 * hosts as u32 + handoff / 2 + handoff + Duration::from_secs(15);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
@@ -205,14 +214,17 @@ fn token_survives_twenty_holder_kills() {
     back_ms.sort_unstable();
     regen_ms.sort_unstable();
     eprintln!(
-        "chaos: {} decisions, {KILLS} kills, hand-off timeout {HANDOFF_MS} ms; first decision after a kill: median {} ms, max {} ms; \
-         regenerations after a kill: {} (median {} ms, max {} ms after the kill); ambiguous re-mints: {}",
+        "chaos: {} decisions, {KILLS} kills, hand-off timeout {handoff_ms} ms; first decision after a kill: median {} ms, max {} ms; \
+         regenerations after a kill: {} (median {} ms, max {} ms after the kill), {} in all; stood down for a live token: {}; \
+         ambiguous re-mints: {}",
         seen.turns.len(),
         back_ms[back_ms.len() / 2],
         back_ms.last().unwrap(),
         regen_ms.len(),
         regen_ms.get(regen_ms.len() / 2).copied().unwrap_or(0),
         regen_ms.last().copied().unwrap_or(0),
+        seen.regenerations.len(),
+        seen.stood_down,
         seen.ambiguous.len()
     );
     assert!(

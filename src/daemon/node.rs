@@ -479,7 +479,7 @@ impl<P: Peers> Node<P> {
                 // Someone before us will (or did) regenerate: wait another period.
                 let mut st = node.state();
                 st.checking = false;
-                st.ring.touch(Instant::now());
+                st.ring.defer(Instant::now());
                 return;
             }
             node.regenerate().await;

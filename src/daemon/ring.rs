@@ -56,7 +56,12 @@ pub struct Ring {
     /// The newest token this host itself received: duplicates are judged against it alone
     /// (activity notices run ahead of hand-offs and must not make a real hand-off look old).
     received: (u64, u64),
-    last_activity: Instant,
+    /// When this host last heard of a live token (a token, a heartbeat, a peer's dated report,
+    /// its own turn). What it tells peers; never set by waiting.
+    heard: Option<Instant>,
+    /// When the detector was last (re)armed: at start, and when this host deferred to a lower
+    /// host. Kept apart from `heard` so that waiting is never passed on to peers as news.
+    armed: Instant,
     loss_timeout: Duration,
     stagger: Duration,
 }
@@ -67,7 +72,8 @@ impl Ring {
             highest_epoch: 0,
             last_seq: 0,
             received: (0, 0),
-            last_activity: now,
+            heard: None,
+            armed: now,
             loss_timeout,
             stagger,
         }
@@ -82,7 +88,7 @@ impl Ring {
             }
             self.highest_epoch = epoch;
             self.received = (epoch, seq);
-            self.last_activity = now;
+            self.heard = Some(now);
         }
         arrival
     }
@@ -104,7 +110,7 @@ impl Ring {
         if epoch > self.highest_epoch || (epoch == self.highest_epoch && seq >= self.last_seq) {
             self.highest_epoch = epoch;
             self.last_seq = seq;
-            self.last_activity = now;
+            self.heard = Some(now);
         }
     }
 
@@ -121,18 +127,24 @@ impl Ring {
         }
         self.highest_epoch = epoch;
         if let Some(when) = when {
-            self.last_activity = self.last_activity.max(when);
+            self.heard = Some(self.heard.map_or(when, |h| h.max(when)));
         }
     }
 
     /// How long since this host last heard of a live token; `None` if it never heard of one.
     pub fn idle(&self, now: Instant) -> Option<Duration> {
-        (self.highest_epoch != 0).then(|| now.saturating_duration_since(self.last_activity))
+        self.heard.map(|h| now.saturating_duration_since(h))
     }
 
     /// This host holds the token and works on it: keep the detector quiet.
     pub fn touch(&mut self, now: Instant) {
-        self.last_activity = now;
+        self.heard = Some(now);
+    }
+
+    /// This host leaves regeneration to another (a lower host answered): wait a full period
+    /// again, without claiming to have heard anything.
+    pub fn defer(&mut self, now: Instant) {
+        self.armed = now;
     }
 
     pub fn highest_epoch(&self) -> u64 {
@@ -146,7 +158,8 @@ impl Ring {
     /// When this host should regenerate if nothing is heard, given its rank among the hosts it can
     /// reach (0 = lowest identity among them, itself included).
     pub fn regeneration_deadline(&self, rank: usize) -> Instant {
-        self.last_activity + self.loss_timeout + self.stagger * rank as u32
+        let since = self.heard.map_or(self.armed, |h| h.max(self.armed));
+        since + self.loss_timeout + self.stagger * rank as u32
     }
 
     /// Whether this host should mint a new token now.
@@ -236,6 +249,11 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Ring::new(t0, 10 * S, S);
         assert_eq!(r.idle(t0 + 20 * S), None);
+        // Deferring re-arms the detector but is no news to pass on.
+        r.defer(t0 + 5 * S);
+        assert_eq!(r.idle(t0 + 20 * S), None);
+        assert!(!r.should_regenerate(0, t0 + 14 * S));
+        assert!(r.should_regenerate(0, t0 + 15 * S));
         let live = next_epoch(next_epoch(0, 4), 2);
         // Heard 3 s before the report arrived, at t0 + 12 s: the detector counts from t0 + 9 s.
         r.on_report(live, 17, Some(t0 + 9 * S));
