@@ -188,11 +188,13 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
             let hv1 = LibvirtHypervisor::connect(LibvirtConfig::new(&uri)).expect("connect");
             let (mut most, mut listed_while_incoming) = (0, false);
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(cap) = hv1.capacity() {
-                    most = most.max(cap.incoming_migrations);
-                    if cap.incoming_migrations > 0 && hv1.vms().is_ok_and(|v| !v.is_empty()) {
-                        listed_while_incoming = true;
-                    }
+                let incoming = || hv1.capacity().map_or(0, |c| c.incoming_migrations);
+                let before = incoming();
+                most = most.max(before);
+                // Listed between two reads that both saw it incoming: listed while incoming
+                // (a guest goes from incoming to running, never back).
+                if before > 0 && hv1.vms().is_ok_and(|v| !v.is_empty()) && incoming() > 0 {
+                    listed_while_incoming = true;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
