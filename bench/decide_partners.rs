@@ -21,6 +21,7 @@ fn bench(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let room = Capacity {
         running_vms: 8,
+        incoming_migrations: 0,
         free_memory_mib: 8 * 1024,
         total_memory_mib: 17408,
         cpu_load: 0.0,

@@ -140,7 +140,11 @@ impl Decision {
 /// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
 /// VM limit and memory reserve from the topology.
 pub fn room_for(host: &Host, capacity: &Capacity, memory_mib: u64) -> bool {
-    capacity.running_vms < host.max_vms
+    // A migration on its way in already holds a slot there.
+    capacity
+        .running_vms
+        .saturating_add(capacity.incoming_migrations)
+        < host.max_vms
         && capacity.free_memory_mib >= memory_mib.saturating_add(host.reserve_memory_mib)
 }
 

@@ -53,14 +53,17 @@ pub enum Outcome {
     NoTraffic,
     /// The move would send the VM back to a recent host for too small a gain.
     Bounce,
-    /// Eq. 3.2 held, but the destination already takes as many migrations as it allows.
+    /// Not decided now: a migration of this VM is not settled, a job of it already runs, or a
+    /// partner could not be located.
     Busy,
     /// The migration was tried and failed or was aborted.
     Failed,
+    /// Not decided: this host's hypervisor does not answer.
+    HypervisorDown,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Migrated,
         Outcome::NoBenefit,
         Outcome::NoCapacity,
@@ -71,6 +74,7 @@ impl Outcome {
         Outcome::Bounce,
         Outcome::Busy,
         Outcome::Failed,
+        Outcome::HypervisorDown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Outcome {
             Outcome::Bounce => "bounce",
             Outcome::Busy => "busy",
             Outcome::Failed => "failed",
+            Outcome::HypervisorDown => "hypervisor_down",
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct Metrics {
     pub traffic: Family<LevelLabels, FloatGauge>,
     pub vms: Gauge,
     pub maintenance: Gauge,
+    /// 1 while this host's hypervisor answers, 0 during an outage.
+    pub hypervisor_up: Gauge,
     pub flows: FlowMetrics,
     pub peers: PeerMetrics,
 }
@@ -254,6 +261,7 @@ impl Metrics {
             traffic: Family::default(),
             vms: Gauge::default(),
             maintenance: Gauge::default(),
+            hypervisor_up: Gauge::default(),
             flows: FlowMetrics::default(),
             peers: PeerMetrics::default(),
         };
@@ -397,6 +405,11 @@ impl Metrics {
             "maintenance",
             "1 while this host is in maintenance (never a destination)",
             m.maintenance.clone(),
+        );
+        r.register(
+            "hypervisor_up",
+            "1 while this host's hypervisor answers; 0 while it does not (no decisions for its VMs)",
+            m.hypervisor_up.clone(),
         );
 
         let f = &m.flows;

@@ -179,11 +179,45 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
         tap_bytes(h2, &g.tap()) > t0
     });
 
-    // And back.
+    // And back, slowed down so that hv1 can be watched taking it in: while the job runs, hv1
+    // counts one incoming migration and does not list the guest as its own yet.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (watching, uri) = (watching.clone(), h1.local_uri());
+        std::thread::spawn(move || {
+            let hv1 = LibvirtHypervisor::connect(LibvirtConfig::new(&uri)).expect("connect");
+            let (mut most, mut listed_while_incoming) = (0, false);
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let incoming = || hv1.capacity().map_or(0, |c| c.incoming_migrations);
+                let before = incoming();
+                most = most.max(before);
+                // Listed between two reads that both saw it incoming: listed while incoming
+                // (a guest goes from incoming to running, never back).
+                if before > 0 && hv1.vms().is_ok_and(|v| !v.is_empty()) && incoming() > 0 {
+                    listed_while_incoming = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (most, listed_while_incoming)
+        })
+    };
+    let slow = MigrationParams {
+        bandwidth_mib_s: 16,
+        ..params.clone()
+    };
     let (back, _) = hv2
-        .migrate_traced(id, &destination(h1), &params)
+        .migrate_traced(id, &destination(h1), &slow)
         .expect("migration back");
-    eprintln!("hv2 -> hv1: {back:?}");
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (most_incoming, listed_while_incoming) = watcher.join().unwrap();
+    eprintln!("hv2 -> hv1: {back:?}; hv1 counted at most {most_incoming} incoming");
+    assert_eq!(most_incoming, 1, "hv1 must count the guest migrating in");
+    assert!(
+        !listed_while_incoming,
+        "hv1 listed the guest before it arrived"
+    );
+    let cap = hv1.capacity().unwrap();
+    assert_eq!((cap.running_vms, cap.incoming_migrations), (1, 0));
     assert_on_exactly(&tb, "g1", 0);
     tb.wait_heartbeat("g1", after.n + 2, Duration::from_secs(30))
         .unwrap();
@@ -217,9 +251,18 @@ fn destination_libvirtd_dying_mid_migration_leaves_the_guest_at_the_source() {
     wait_until("the migration job runs", Duration::from_secs(30), || {
         hv1.state(id).unwrap() == VmState::Migrating
     });
+    let hv2 = backend(&tb.state.hosts[1]);
+    wait_until(
+        "hv2 counts the guest coming in",
+        Duration::from_secs(10),
+        || hv2.capacity().unwrap().incoming_migrations == 1,
+    );
     std::thread::sleep(Duration::from_secs(1));
     tb.kill_libvirtd(1).expect("kill hv2's libvirtd");
     let killed = Instant::now();
+    // What the daemon on hv2 would see now: a hypervisor that does not answer.
+    let down = hv2.capacity().expect_err("hv2's libvirtd is dead");
+    assert!(down.is_unavailable(), "{down:?}");
 
     let err = job.join().unwrap().expect_err("the migration must fail");
     eprintln!("error after {:?}: {err}", killed.elapsed());
@@ -254,6 +297,9 @@ fn destination_libvirtd_dying_mid_migration_leaves_the_guest_at_the_source() {
         Duration::from_secs(30),
         || domains(&tb.state.hosts[1]).is_empty(),
     );
+    // The same backend answers again by itself (it reconnects), with nothing coming in.
+    let cap = hv2.capacity().expect("hv2 answers again");
+    assert_eq!((cap.running_vms, cap.incoming_migrations), (0, 0));
     assert_on_exactly(&tb, "g2", 0);
 
     // Nothing is lost: the next attempt succeeds.

@@ -108,6 +108,7 @@ fn exposition_is_strict_openmetrics() {
         ("scored_flow_drops", "counter"),
         ("scored_flow_unattributed", "counter"),
         ("scored_peers_connected", "gauge"),
+        ("scored_hypervisor_up", "gauge"),
         ("scored_peers_refused", "counter"),
         ("process_cpu_seconds", "counter"),
         ("process_resident_memory_bytes", "gauge"),

@@ -53,6 +53,18 @@ pub struct Status {
     pub peers_reachable: Vec<String>,
     pub migrations_done: u64,
     pub recent: Vec<DecisionRecord>,
+    /// While this host's hypervisor does not answer: its last error and for how long.
+    #[serde(default)]
+    pub hypervisor_down: Option<HypervisorDown>,
+    /// VMs whose migration, left open by a previous run, is not settled yet.
+    #[serde(default)]
+    pub unsettled: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HypervisorDown {
+    pub error: String,
+    pub for_s: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -224,8 +236,12 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
         recent,
         pinned,
         round,
+        hypervisor_down,
+        unsettled,
     ) = {
         let st = node.state();
+        let mut unsettled: Vec<String> = st.unsettled.iter().map(|v| v.to_string()).collect();
+        unsettled.sort();
         (
             st.inventory.clone(),
             st.holding,
@@ -238,6 +254,13 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
             st.recent.iter().cloned().collect::<Vec<_>>(),
             st.pinned.clone(),
             st.rounds_seen.keys().next_back().copied().unwrap_or(0),
+            st.hypervisor_down
+                .as_ref()
+                .map(|(error, since)| HypervisorDown {
+                    error: error.clone(),
+                    for_s: since.elapsed().as_secs(),
+                }),
+            unsettled,
         )
     };
     let topo = &node.topo;
@@ -289,6 +312,8 @@ async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
         peers_reachable: peers,
         migrations_done: done,
         recent,
+        hypervisor_down,
+        unsettled,
     }
 }
 
@@ -350,6 +375,25 @@ pub fn render_status(s: &Status) -> String {
         },
         s.migrations_done
     );
+    match &s.hypervisor_down {
+        None => {
+            let _ = writeln!(o, "hypervisor: answering");
+        }
+        Some(d) => {
+            let _ = writeln!(
+                o,
+                "hypervisor: NOT ANSWERING for {} s (no decisions here): {}",
+                d.for_s, d.error
+            );
+        }
+    }
+    if !s.unsettled.is_empty() {
+        let _ = writeln!(
+            o,
+            "migrations left by the last run, not settled yet: {}",
+            s.unsettled.join(", ")
+        );
+    }
     let costs: Vec<String> = s
         .cost_by_level
         .iter()

@@ -14,7 +14,9 @@ use crate::config::{Config, VmRef};
 use crate::cost::{self, PartnerTraffic};
 use crate::decide::{self, Decider, Gates, Subject};
 use crate::flows::FlowSource;
-use crate::hypervisor::{Capacity, Destination, Hypervisor, HypervisorError, MigrationReport, Vm};
+use crate::hypervisor::{
+    Capacity, Destination, Hypervisor, HypervisorError, MigrationReport, Vm, VmState,
+};
 use crate::metrics::{self, Metrics};
 use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
 use crate::token::{Neighbour, Next, Queue, Turn};
@@ -108,7 +110,12 @@ pub struct State {
     /// The stamp of the token this host works on, if it holds one.
     pub holding: Option<Stamp>,
     /// VMs whose migration, left open by a crash, may still run: never touched until settled.
+    /// Asked about again on every inventory refresh.
     pub unsettled: HashSet<VmId>,
+    /// A pass over `unsettled` is under way (refreshes overlap).
+    pub settling: bool,
+    /// While the hypervisor does not answer: its last error and when the outage began.
+    pub hypervisor_down: Option<(String, Instant)>,
     pub maintenance: bool,
     /// `scored drain`: move every local VM away, one per token visit.
     pub draining: bool,
@@ -202,6 +209,8 @@ impl<P: Peers> Node<P> {
                 inventory: Vec::new(),
                 holding: None,
                 unsettled: HashSet::new(),
+                settling: false,
+                hypervisor_down: None,
                 maintenance,
                 draining: false,
                 pinned: HashSet::new(),
@@ -240,13 +249,67 @@ impl<P: Peers> Node<P> {
 
     // ----- inventory -------------------------------------------------------------------------
 
-    /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step.
-    pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
+    /// Runs a blocking hypervisor call off the event loop and keeps track of whether the
+    /// hypervisor answers: an outage is logged when it begins and when it ends, not per call.
+    async fn hv_call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HypervisorError> + Send + 'static,
+    ) -> Result<T, HypervisorError> {
         let hv = self.hv.clone();
-        let vms = tokio::task::spawn_blocking(move || hv.vms())
-            .await
-            .map_err(|e| HypervisorError::Connection(format!("inventory task: {e}")))??;
+        let r = match tokio::task::spawn_blocking(move || f(hv.as_ref())).await {
+            Ok(r) => r,
+            Err(e) => Err(HypervisorError::Connection(format!("{what} task: {e}"))),
+        };
+        match &r {
+            Err(e) if e.is_unavailable() => self.hypervisor_failed(what, e),
+            _ => self.hypervisor_answered(),
+        }
+        r
+    }
+
+    fn hypervisor_failed(&self, what: &str, e: &HypervisorError) {
+        self.metrics.hypervisor_up.set(0);
+        let mut st = self.state();
+        let began = st.hypervisor_down.is_none();
+        let since = st
+            .hypervisor_down
+            .as_ref()
+            .map(|(_, t)| *t)
+            .unwrap_or_else(Instant::now);
+        st.hypervisor_down = Some((e.to_string(), since));
+        drop(st);
+        if began {
+            tracing::warn!(call = what, error = %e, "hypervisor not answering: no decisions for this host's VMs and no VMs taken in until it is back");
+        }
+    }
+
+    fn hypervisor_answered(&self) {
+        self.metrics.hypervisor_up.set(1);
+        let ended = self.state().hypervisor_down.take();
+        if let Some((error, since)) = ended {
+            tracing::info!(down_s = since.elapsed().as_secs_f64(), last_error = %error, "hypervisor answering again");
+        }
+    }
+
+    /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step;
+    /// then asks again about migrations a previous run left unsettled.
+    pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
+        let (vms, cap) = self
+            .hv_call("inventory", |hv| Ok((hv.vms()?, hv.capacity()?)))
+            .await?;
         self.set_inventory(vms);
+        self.metrics
+            .migrations
+            .in_flight
+            .get_or_create(&metrics::DirectionLabels {
+                direction: metrics::Direction::Incoming,
+            })
+            .set(i64::from(cap.incoming_migrations));
+        let unsettled = !self.state().unsettled.is_empty();
+        if unsettled {
+            self.settle_unsettled().await;
+        }
         Ok(())
     }
 
@@ -273,34 +336,85 @@ impl<P: Peers> Node<P> {
     }
 
     /// After a crash: settles every migration the journal left open with what the hypervisor
-    /// says now. Returns the entries still running (their VMs stay untouched until settled).
+    /// says now. Those still running (or whose state cannot be read) leave their VMs unsettled:
+    /// untouched, and asked about again on every inventory refresh until they end.
     pub async fn reconcile(self: &Arc<Self>, left: Vec<journal::Entry>) {
         for e in left {
-            let hv = self.hv.clone();
-            let vm = e.vm;
-            let state = tokio::task::spawn_blocking(move || hv.state(vm)).await;
-            let state = match state {
-                Ok(Ok(s)) => s,
-                Ok(Err(err)) => {
-                    tracing::warn!(vm = %vm, error = %err, "journal: cannot read the VM's state; it stays untouched");
-                    self.state().unsettled.insert(vm);
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let verdict = journal::reconcile(state);
-            tracing::info!(vm = %vm, to = %e.to, ?verdict, "journal: migration left open by the last run");
+            self.settle_entry(e, true).await;
+        }
+    }
+
+    /// Asks the hypervisor again about every unsettled VM's open journal entry.
+    async fn settle_unsettled(self: &Arc<Self>) {
+        let entries: Vec<journal::Entry> = {
             let mut st = self.state();
-            match verdict {
-                journal::Reconciled::Completed => {
-                    let _ = st.journal.end(e.id, journal::Outcome::ReconciledCompleted);
+            if st.settling {
+                return;
+            }
+            st.settling = true;
+            st.journal
+                .open_entries()
+                .filter(|e| st.unsettled.contains(&e.vm))
+                .cloned()
+                .collect()
+        };
+        for e in entries {
+            self.settle_entry(e, false).await;
+        }
+        self.state().settling = false;
+    }
+
+    /// Closes one journal entry if the hypervisor says how it ended; else marks its VM unsettled.
+    async fn settle_entry(self: &Arc<Self>, e: journal::Entry, at_start: bool) {
+        let vm = e.vm;
+        let state = match self
+            .hv_call("journal reconciliation", move |hv| hv.state(vm))
+            .await
+        {
+            Ok(s) => s,
+            Err(err) => {
+                if at_start {
+                    tracing::warn!(vm = %vm, error = %err, "journal: cannot read the VM's state; it stays untouched");
                 }
-                journal::Reconciled::Failed => {
-                    let _ = st.journal.end(e.id, journal::Outcome::ReconciledFailed);
-                }
-                journal::Reconciled::StillRunning => {
-                    st.unsettled.insert(vm);
-                }
+                self.state().unsettled.insert(vm);
+                return;
+            }
+        };
+        let verdict = journal::reconcile(state);
+        if at_start {
+            tracing::info!(vm = %vm, to = %e.to, journal = e.id, ?verdict, unix_ms = unix_ms(), "journal: migration left open by the last run");
+        }
+        let outcome = match verdict {
+            journal::Reconciled::StillRunning => {
+                self.state().unsettled.insert(vm);
+                tracing::debug!(vm = %vm, to = %e.to, journal = e.id, "journal: migration still running");
+                return;
+            }
+            journal::Reconciled::Completed => journal::Outcome::ReconciledCompleted,
+            journal::Reconciled::Failed => journal::Outcome::ReconciledFailed,
+        };
+        {
+            let mut st = self.state();
+            if let Err(err) = st.journal.end(e.id, outcome) {
+                tracing::warn!(vm = %vm, journal = e.id, error = %err, "journal: entry not closed");
+            }
+            st.unsettled.remove(&vm);
+            if verdict == journal::Reconciled::Completed {
+                // As for a migration seen through: the VM must not bounce straight back.
+                st.history
+                    .record(vm, self.me, Duration::ZERO, Instant::now());
+            }
+        }
+        tracing::info!(vm = %vm, to = %e.to, journal = e.id, ?verdict, unix_ms = unix_ms(), "journal: migration settled");
+        if verdict == journal::Reconciled::Completed
+            && let Some(to) = self.topo.host_by_name(&e.to).map(|h| h.id)
+        {
+            let at = Stamp {
+                epoch: e.epoch,
+                seq: e.seq,
+            };
+            if let Err(err) = self.peers.announce_migration(vm, to, at).await {
+                tracing::debug!(error = %err, "settled migration not announced");
             }
         }
     }
@@ -314,25 +428,34 @@ impl<P: Peers> Node<P> {
         req: CapacityRequest,
         reply: Responder<CapacityResponse>,
     ) {
-        let hv = self.hv.clone();
-        let cap = match tokio::task::spawn_blocking(move || hv.capacity()).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return reply.refuse(format!("hypervisor: {e}")),
-            Err(e) => return reply.refuse(format!("capacity task: {e}")),
+        let cap = match self.hv_call("capacity", |hv| hv.capacity()).await {
+            Ok(c) => c,
+            Err(e) if e.is_unavailable() => {
+                return reply.refuse(format!("hypervisor not answering: {e}"));
+            }
+            Err(e) => return reply.refuse(format!("hypervisor: {e}")),
         };
         let host = self.topo.host(self.me);
         let maintenance = self.state().maintenance;
-        let free_slots = host.max_vms.saturating_sub(cap.running_vms);
+        let max_incoming = self.config().migration.max_incoming;
+        // Incoming migrations count whoever started them: operators' virsh, OpenStack, or a
+        // second token on the other side of a partition.
+        let incoming = cap.incoming_migrations;
+        let free_slots = host
+            .max_vms
+            .saturating_sub(cap.running_vms)
+            .saturating_sub(incoming);
         let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
         reply.send(CapacityResponse {
             free_slots,
             free_memory_mib,
             cpu_load: cap.cpu_load,
             maintenance,
-            // Not counted yet: one token means at most one migration in flight in the whole
-            // cluster, so `migration.max_incoming` (≥ 1) cannot bind today.
-            incoming_migrations: 0,
-            accepts: !maintenance && free_slots > 0 && free_memory_mib >= req.memory_mib,
+            incoming_migrations: incoming,
+            accepts: !maintenance
+                && incoming < max_incoming
+                && free_slots > 0
+                && free_memory_mib >= req.memory_mib,
         });
     }
 
@@ -1178,6 +1301,39 @@ impl<P: Peers> Node<P> {
         let v = self.local_vm(vm)?;
         let started = Instant::now();
         let started_unix_ms = unix_ms();
+        // The hypervisor has the last word on whether this VM can be decided for now: a cached
+        // inventory must not drive a decision (or a migration) it cannot carry out.
+        let early = match self.hv_call("VM state", move |hv| hv.state(vm)).await {
+            Ok(VmState::Running) => None,
+            Ok(VmState::Migrating) => Some((
+                metrics::Outcome::Busy,
+                "the hypervisor runs a migration job of this VM; not deciding for it".to_string(),
+            )),
+            Ok(VmState::Absent) | Err(HypervisorError::NoSuchVm { .. }) => {
+                // It left by other means (an operator's migration): no turn for it here.
+                let _ = self.refresh_inventory().await;
+                return None;
+            }
+            Err(e) if e.is_unavailable() => Some((
+                metrics::Outcome::HypervisorDown,
+                format!("hypervisor not answering: {e}"),
+            )),
+            Err(e) => Some((
+                metrics::Outcome::Busy,
+                format!("the VM's state cannot be read: {e}"),
+            )),
+        };
+        if let Some((outcome, detail)) = early {
+            let a = Assessment {
+                outcome,
+                decision: None,
+                partners: self.cached_partners(vm),
+                detail,
+            };
+            self.metrics.decided(a.outcome, started.elapsed());
+            self.record(vm, &a, None, token, started_unix_ms);
+            return Some(self.neighbours(self.me, &a.partners));
+        }
         let draining = self.state().draining;
         let mut a = self.assess(&v).await;
         let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
@@ -1216,16 +1372,19 @@ impl<P: Peers> Node<P> {
         }
         self.metrics.decided(a.outcome, started.elapsed());
         self.record(vm, &a, to, token, started_unix_ms);
-        Some(
-            a.partners
-                .iter()
-                .map(|&(p, h, rate)| Neighbour {
-                    vm: p,
-                    level: self.topo.level(at, h),
-                    rate,
-                })
-                .collect(),
-        )
+        Some(self.neighbours(at, &a.partners))
+    }
+
+    /// The token's view of a VM at `at` with these partners.
+    fn neighbours(&self, at: HostId, partners: &[(VmId, HostId, f64)]) -> Vec<Neighbour> {
+        partners
+            .iter()
+            .map(|&(p, h, rate)| Neighbour {
+                vm: p,
+                level: self.topo.level(at, h),
+                rate,
+            })
+            .collect()
     }
 
     /// Draining: the best-connected host that accepts the VM, whatever Eq. 3.2 says.
@@ -1300,19 +1459,12 @@ impl<P: Peers> Node<P> {
             .clone();
         out_gauge.inc();
         tracing::info!(vm = %vm.id, name = %vm.name, to = %dest.host, journal = entry.id, since_decision_us = decided.elapsed().as_micros() as u64, "migration starting");
-        let hv = self.hv.clone();
         let params = config.migration.params();
         let (id, d) = (vm.id, dest.clone());
-        let result = tokio::task::spawn_blocking(move || hv.migrate(id, &d, &params)).await;
+        let result = self
+            .hv_call("migration", move |hv| hv.migrate(id, &d, &params))
+            .await;
         out_gauge.dec();
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => Err(HypervisorError::Call {
-                vm: Some(vm.id),
-                call: "migration task",
-                message: e.to_string(),
-            }),
-        };
         match result {
             Ok(report) => {
                 {
@@ -1407,12 +1559,15 @@ impl<P: Peers> Node<P> {
 /// or too little room) reads as full.
 fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
     let running = if r.accepts {
-        host.max_vms.saturating_sub(r.free_slots)
+        host.max_vms
+            .saturating_sub(r.free_slots)
+            .saturating_sub(r.incoming_migrations)
     } else {
         host.max_vms
     };
     Capacity {
         running_vms: running,
+        incoming_migrations: r.incoming_migrations,
         free_memory_mib: r.free_memory_mib.saturating_add(host.reserve_memory_mib),
         total_memory_mib: host.memory_mib,
         cpu_load: r.cpu_load,

@@ -351,8 +351,13 @@ pub async fn drive<P: Peers>(
             _ = inventory.tick() => {
                 let node = node.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = node.refresh_inventory().await {
-                        tracing::warn!(error = %e, "inventory refresh");
+                    match node.refresh_inventory().await {
+                        // The node logs an outage once, when it begins: not every refresh.
+                        Err(e) if e.is_unavailable() => {
+                            tracing::debug!(error = %e, "inventory refresh")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "inventory refresh"),
+                        Ok(()) => {}
                     }
                 });
             }

@@ -21,6 +21,7 @@ fn p(host: u32, rate: f64) -> PartnerTraffic {
 fn cap(running: u32) -> Option<Capacity> {
     Some(Capacity {
         running_vms: running,
+        incoming_migrations: 0,
         free_memory_mib: 17408 - 1024 * running as u64,
         total_memory_mib: 17408,
         cpu_load: 0.0,
@@ -247,6 +248,7 @@ fn room_keeps_the_vm_limit_and_the_reserve() {
     assert!(!room_for(h, &cap(16).unwrap(), 1024));
     let tight = Capacity {
         running_vms: 1,
+        incoming_migrations: 0,
         free_memory_mib: 2047,
         total_memory_mib: 17408,
         cpu_load: 0.0,

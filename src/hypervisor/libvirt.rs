@@ -120,6 +120,11 @@ impl LibvirtHypervisor {
             .map_err(|e| call(None, "virConnectListAllDomains", e))?;
         let mut out: Vec<(Domain, Vm)> = Vec::with_capacity(doms.len());
         for dom in doms {
+            // A guest still migrating in runs here only once its job completes: until then it
+            // is the source's (and counts as incoming in the capacity).
+            if incoming_migration(&dom) {
+                continue;
+            }
             // A domain can vanish between the list and the query (it migrated away): skip it.
             let Ok(xml) = dom.xml_desc(0) else { continue };
             let desc = match DomainDescription::parse(&xml) {
@@ -297,6 +302,8 @@ impl Hypervisor for LibvirtHypervisor {
             .map_err(|e| call(None, "virConnectListAllDomains", e))?;
         let node_total = node.memory / 1024;
         let node_free = free_bytes / (1024 * 1024);
+        // An incoming guest's QEMU already runs here and holds its memory: it is counted in
+        // the memory used, and apart from the running VMs.
         let (total, free) = match self.cfg.memory_mib {
             Some(limit) => {
                 let used: u64 = doms
@@ -308,8 +315,10 @@ impl Hypervisor for LibvirtHypervisor {
             }
             None => (node_total, node_free),
         };
+        let incoming = doms.iter().filter(|d| incoming_migration(d)).count() as u32;
         Ok(Capacity {
-            running_vms: doms.len() as u32,
+            running_vms: doms.len() as u32 - incoming,
+            incoming_migrations: incoming,
             free_memory_mib: free,
             total_memory_mib: total,
             cpu_load: if is_local(&self.cfg.uri) {
@@ -352,6 +361,33 @@ impl Hypervisor for LibvirtHypervisor {
             Err(_) if !dom.is_active().unwrap_or(false) => Ok(VmState::Absent),
             Err(e) => Err(call(Some(vm), "virDomainGetJobStats", e)),
         }
+    }
+}
+
+/// Whether `dom` is the destination side of a live migration in progress, whoever started it.
+///
+/// libvirt 9.0 starts an incoming guest paused with reason `migration` (running with reason
+/// `postcopy` once a post-copy switch-over happened), and refuses job statistics for it
+/// ("available only on the source host"). A source guest is also paused for migration during
+/// the final stop-and-copy, but it does report its (outgoing) job: that tells the two apart.
+fn incoming_migration(dom: &Domain) -> bool {
+    let mut state: std::os::raw::c_int = -1;
+    let mut reason: std::os::raw::c_int = -1;
+    // SAFETY: valid domain handle and two out-parameters that live across the call.
+    let rc = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
+    if rc < 0 {
+        return false;
+    }
+    let (state, reason) = (state as u32, reason as u32);
+    if state == sys::VIR_DOMAIN_RUNNING && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY {
+        return true;
+    }
+    if state != sys::VIR_DOMAIN_PAUSED || reason != sys::VIR_DOMAIN_PAUSED_MIGRATION {
+        return false;
+    }
+    match job_figures(dom, 0) {
+        Ok(f) => f.kind == sys::VIR_DOMAIN_JOB_NONE as i32,
+        Err(_) => true,
     }
 }
 

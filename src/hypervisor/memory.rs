@@ -2,10 +2,16 @@
 //! per host that implements [`Hypervisor`]. The simulator and the loopback daemon tests use it in
 //! place of libvirt.
 //!
-//! A migration moves the VM between hosts atomically under one lock, so every VM is on exactly one
-//! host at every moment, and it refuses a destination that is full (VM limit or memory). Its
-//! report is modelled from the thesis's measurements, not timed: nothing here sleeps or reads a
-//! clock. It decides nothing.
+//! In [`MemoryCluster`] a migration moves the VM between hosts atomically under one lock, so every
+//! VM is on exactly one host at every moment, and it refuses a destination that is full (VM limit
+//! or memory). Its report is modelled from the thesis's measurements, not timed: nothing there
+//! sleeps or reads a clock. It decides nothing.
+//!
+//! [`FileHost`] (daemons in separate processes) models a migration as libvirt runs one: a job of
+//! the hypervisor, not of the daemon that asked for it. The job is written into the shared file
+//! with its modelled completion time and holds a slot and memory at the destination meanwhile;
+//! whoever touches the file after that time commits the move. A source daemon killed mid-way
+//! therefore does not stop its migration, as libvirtd's jobs outlive the client.
 
 use super::{
     AbortReason, Capacity, Destination, Hypervisor, HypervisorError, Interface, MigrationParams,
@@ -67,6 +73,19 @@ struct HostState {
     vms: Vec<Vm>,
 }
 
+/// A migration job in progress in a shared-file cluster: the VM still runs at `from`, and `to`
+/// holds a slot and the VM's memory for it until the job completes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub vm: VmId,
+    pub from: String,
+    pub to: String,
+    pub memory_mib: u64,
+    /// Wall clock, milliseconds since the Unix epoch: processes share no other clock.
+    pub started_unix_ms: u64,
+    pub completes_unix_ms: u64,
+}
+
 #[derive(Debug)]
 struct Cluster {
     hosts: Vec<HostState>,
@@ -74,6 +93,8 @@ struct Cluster {
     location: HashMap<VmId, HostId>,
     model: MigrationModel,
     migrations: u64,
+    /// Always empty in a [`MemoryCluster`], whose moves are instantaneous.
+    in_flight: Vec<InFlight>,
 }
 
 /// A cluster of in-memory hosts shaped like a topology (names, VM limits, guest memory).
@@ -137,6 +158,7 @@ impl MemoryCluster {
                 location: HashMap::new(),
                 model: MigrationModel::default(),
                 migrations: 0,
+                in_flight: Vec::new(),
             })),
         }
     }
@@ -210,6 +232,7 @@ impl MemoryCluster {
             hosts: c.hosts.clone(),
             model: c.model,
             migrations: c.migrations,
+            in_flight: c.in_flight.clone(),
             traffic: pairs.to_vec(),
         };
         write_shared(path, &file)
@@ -226,20 +249,21 @@ impl Cluster {
                 message: format!("already running on {name}"),
             });
         }
-        let Some(h) = self.hosts.get_mut(host.index()) else {
+        if host.index() >= self.hosts.len() {
             return Err(HypervisorError::Call {
                 vm: Some(vm.id),
                 call: "add_vm",
                 message: format!("no host {} in this cluster", host.0),
             });
-        };
-        if let Some(why) = full(h, vm.memory_mib) {
+        }
+        if let Some(why) = self.full(host, vm.memory_mib) {
             return Err(HypervisorError::Call {
                 vm: Some(vm.id),
                 call: "add_vm",
-                message: format!("{} is full: {why}", h.name),
+                message: format!("{} is full: {why}", self.hosts[host.index()].name),
             });
         }
+        let h = &mut self.hosts[host.index()];
         h.used_memory_mib += vm.memory_mib;
         let id = vm.id;
         h.vms.push(vm);
@@ -251,18 +275,19 @@ impl Cluster {
         let c = self;
         let mut seen: HashMap<VmId, usize> = HashMap::new();
         for (i, h) in c.hosts.iter().enumerate() {
-            if h.vms.len() > h.max_vms as usize {
+            let (incoming, reserved) = c.incoming(HostId(i as u32));
+            if h.vms.len() + incoming as usize > h.max_vms as usize {
                 return Err(format!(
-                    "{} runs {} VMs, limit {}",
+                    "{} runs {} VMs and takes {incoming} more, limit {}",
                     h.name,
                     h.vms.len(),
                     h.max_vms
                 ));
             }
             let used: u64 = h.vms.iter().map(|v| v.memory_mib).sum();
-            if used != h.used_memory_mib || used > h.memory_mib {
+            if used != h.used_memory_mib || used + reserved > h.memory_mib {
                 return Err(format!(
-                    "{} uses {used} MiB (accounted {}), has {}",
+                    "{} uses {used} MiB (accounted {}) and holds {reserved} MiB for incoming VMs, has {}",
                     h.name, h.used_memory_mib, h.memory_mib
                 ));
             }
@@ -285,24 +310,94 @@ impl Cluster {
                 seen.len()
             ));
         }
+        for (i, m) in c.in_flight.iter().enumerate() {
+            let from = c.by_name.get(&m.from).copied();
+            if from.is_none() || c.location.get(&m.vm).copied() != from {
+                return Err(format!(
+                    "VM {} migrates from {}, where it does not run",
+                    m.vm, m.from
+                ));
+            }
+            if !c.by_name.contains_key(&m.to) || m.to == m.from {
+                return Err(format!("VM {} migrates to `{}`", m.vm, m.to));
+            }
+            if c.in_flight[..i].iter().any(|o| o.vm == m.vm) {
+                return Err(format!("VM {} has two migrations in flight", m.vm));
+            }
+        }
         Ok(())
+    }
+
+    /// Migrations in flight towards `host`: how many, and the memory they hold there.
+    fn incoming(&self, host: HostId) -> (u32, u64) {
+        let name = &self.hosts[host.index()].name;
+        self.in_flight
+            .iter()
+            .filter(|m| &m.to == name)
+            .fold((0, 0), |(n, mem), m| (n + 1, mem + m.memory_mib))
+    }
+
+    /// Why `host` cannot take a VM of `memory_mib` now (slots and memory held by incoming
+    /// migrations count as taken), or `None` when it can.
+    fn full(&self, host: HostId, memory_mib: u64) -> Option<String> {
+        let h = &self.hosts[host.index()];
+        let (incoming, reserved) = self.incoming(host);
+        if h.vms.len() + incoming as usize >= h.max_vms as usize {
+            return Some(if incoming > 0 {
+                format!(
+                    "{} of {} VMs and {incoming} migrating in",
+                    h.vms.len(),
+                    h.max_vms
+                )
+            } else {
+                format!("{} of {} VMs", h.vms.len(), h.max_vms)
+            });
+        }
+        let free = h.memory_mib.saturating_sub(h.used_memory_mib + reserved);
+        if memory_mib > free {
+            return Some(format!("{free} MiB free, {memory_mib} MiB needed"));
+        }
+        None
+    }
+
+    /// Commits every migration whose job completed by `now_unix_ms`; returns how many.
+    fn settle(&mut self, now_unix_ms: u64) -> usize {
+        let (due, pending): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|m| m.completes_unix_ms <= now_unix_ms);
+        self.in_flight = pending;
+        for m in &due {
+            let (Some(&from), Some(&to)) = (self.by_name.get(&m.from), self.by_name.get(&m.to))
+            else {
+                continue;
+            };
+            // The job reserved its destination when it started: nothing can refuse it now.
+            if let Err(e) = self.commit_move(from, to, m.vm) {
+                tracing::warn!(vm = %m.vm, from = %m.from, to = %m.to, error = %e, "simulated migration could not complete");
+            }
+        }
+        due.len()
     }
 
     fn capacity(&self, host: HostId) -> Capacity {
         let h = &self.hosts[host.index()];
+        let (incoming, reserved) = self.incoming(host);
         Capacity {
             running_vms: h.vms.len() as u32,
-            free_memory_mib: h.memory_mib - h.used_memory_mib,
+            incoming_migrations: incoming,
+            free_memory_mib: h.memory_mib.saturating_sub(h.used_memory_mib + reserved),
             total_memory_mib: h.memory_mib,
             cpu_load: 0.0,
         }
     }
 
     fn state(&self, host: HostId, vm: VmId) -> VmState {
-        if self.location.get(&vm) == Some(&host) {
-            VmState::Running
-        } else {
+        if self.location.get(&vm) != Some(&host) {
             VmState::Absent
+        } else if self.in_flight.iter().any(|m| m.vm == vm) {
+            VmState::Migrating
+        } else {
+            VmState::Running
         }
     }
 
@@ -333,8 +428,14 @@ impl Cluster {
         if to == from {
             return Err(fail("migrate", "the VM already runs there".into()));
         }
+        if let Some(m) = self.in_flight.iter().find(|m| m.vm == vm) {
+            return Err(fail(
+                "migrate",
+                format!("a migration of this VM to {} is already in progress", m.to),
+            ));
+        }
         let memory = self.hosts[from.index()].vms[pos].memory_mib;
-        if let Some(why) = full(&self.hosts[to.index()], memory) {
+        if let Some(why) = self.full(to, memory) {
             return Err(fail("prepare", format!("destination is full: {why}")));
         }
         let report = self.model.report(memory, params);
@@ -384,21 +485,19 @@ impl Cluster {
             location,
             model: file.model,
             migrations: file.migrations,
+            in_flight: file.in_flight,
         }
     }
-}
 
-fn full(h: &HostState, memory_mib: u64) -> Option<String> {
-    if h.vms.len() >= h.max_vms as usize {
-        return Some(format!("{} of {} VMs", h.vms.len(), h.max_vms));
+    fn into_shared(self, traffic: Vec<(VmId, VmId, f64)>) -> SharedFile {
+        SharedFile {
+            hosts: self.hosts,
+            model: self.model,
+            migrations: self.migrations,
+            in_flight: self.in_flight,
+            traffic,
+        }
     }
-    if h.used_memory_mib + memory_mib > h.memory_mib {
-        return Some(format!(
-            "{} MiB free, {memory_mib} MiB needed",
-            h.memory_mib - h.used_memory_mib
-        ));
-    }
-    None
 }
 
 impl MemoryHost {
@@ -441,6 +540,9 @@ pub struct SharedFile {
     hosts: Vec<HostState>,
     model: MigrationModel,
     migrations: u64,
+    /// Migration jobs not completed when the file was last written.
+    #[serde(default)]
+    in_flight: Vec<InFlight>,
     /// Each communicating pair once, λ in bytes/s: the traffic the daemons' synthetic flow
     /// sources replay.
     pub traffic: Vec<(VmId, VmId, f64)>,
@@ -457,6 +559,11 @@ impl SharedFile {
 
     pub fn migrations(&self) -> u64 {
         self.migrations
+    }
+
+    /// Migration jobs in progress (committed when next touched after their completion time).
+    pub fn in_flight(&self) -> &[InFlight] {
+        &self.in_flight
     }
 
     /// The invariants of [`MemoryCluster::check`], on the file's contents.
@@ -501,8 +608,10 @@ impl FileLock {
     }
 }
 
-/// Reads the shared file under its lock (for tests and the demo's observers).
+/// Reads the shared file under its lock (for tests and the demo's observers), committing the
+/// migrations whose time has come, as any access does.
 pub fn read_shared(path: &Path) -> Result<SharedFile> {
+    update_shared(path, |_, _| Ok(((), false)))?;
     let _lock = FileLock::take(path)?;
     load_shared(path)
 }
@@ -510,10 +619,35 @@ pub fn read_shared(path: &Path) -> Result<SharedFile> {
 /// Replaces the traffic of a shared cluster file under its lock (tests whose traffic changes
 /// over time; the daemons replay the new rates on their next inventory refresh).
 pub fn set_shared_traffic(path: &Path, traffic: &[(VmId, VmId, f64)]) -> Result<()> {
+    update_shared(path, |_, t| {
+        *t = traffic.to_vec();
+        Ok(((), true))
+    })
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One access to the shared file under its lock: loads it, commits the migrations that are due,
+/// runs `f` (which says whether it changed anything), and writes the file back if anything did.
+fn update_shared<R>(
+    path: &Path,
+    f: impl FnOnce(&mut Cluster, &mut Vec<(VmId, VmId, f64)>) -> Result<(R, bool)>,
+) -> Result<R> {
     let _lock = FileLock::take(path)?;
     let mut file = load_shared(path)?;
-    file.traffic = traffic.to_vec();
-    write_shared(path, &file)
+    let mut traffic = std::mem::take(&mut file.traffic);
+    let mut c = Cluster::from_shared(file);
+    let settled = c.settle(now_unix_ms());
+    let (r, changed) = f(&mut c, &mut traffic)?;
+    if settled > 0 || changed {
+        write_shared(path, &c.into_shared(traffic))?;
+    }
+    Ok(r)
 }
 
 fn load_shared(path: &Path) -> Result<SharedFile> {
@@ -521,9 +655,10 @@ fn load_shared(path: &Path) -> Result<SharedFile> {
     serde_json::from_slice(&text).map_err(|e| io_err(path, "decode", e))
 }
 
-/// One host of a shared-file cluster, seen through the [`Hypervisor`] trait. A migration takes
-/// the modelled time (sleeping outside the lock, so other hosts carry on), then moves the VM
-/// atomically.
+/// One host of a shared-file cluster, seen through the [`Hypervisor`] trait. A migration is a
+/// job in the file (see the module's documentation): `migrate` records it, waits for its modelled
+/// completion outside the lock (other hosts carry on), and returns once the move is committed,
+/// by itself or by whoever touched the file first.
 #[derive(Clone, Debug)]
 pub struct FileHost {
     path: PathBuf,
@@ -559,23 +694,63 @@ impl FileHost {
     }
 
     fn with<R>(&self, mutate: bool, f: impl FnOnce(&mut Cluster) -> Result<R>) -> Result<R> {
-        let _lock = FileLock::take(&self.path)?;
-        let file = load_shared(&self.path)?;
-        let traffic = file.traffic.clone();
-        let mut c = Cluster::from_shared(file);
-        let r = f(&mut c)?;
-        if mutate {
-            write_shared(
-                &self.path,
-                &SharedFile {
-                    hosts: c.hosts,
-                    model: c.model,
-                    migrations: c.migrations,
-                    traffic,
-                },
-            )?;
+        update_shared(&self.path, |c, _| Ok((f(c)?, mutate)))
+    }
+
+    /// The first half of [`Hypervisor::migrate`]: checks the move and records its job in the
+    /// file. From here the job runs without this process.
+    fn start_job(
+        &self,
+        vm: VmId,
+        dest: &Destination,
+        params: &MigrationParams,
+    ) -> Result<(MigrationReport, InFlight)> {
+        self.with(true, |c| {
+            let (_, report) = c.plan_move(self.host, vm, dest, params)?;
+            let started = now_unix_ms();
+            let job = InFlight {
+                vm,
+                from: self.name.clone(),
+                to: dest.host.clone(),
+                memory_mib: c.hosts[self.host.index()]
+                    .vms
+                    .iter()
+                    .find(|v| v.id == vm)
+                    .map(|v| v.memory_mib)
+                    .unwrap_or(0),
+                started_unix_ms: started,
+                completes_unix_ms: started + report.elapsed.as_millis() as u64,
+            };
+            c.in_flight.push(job.clone());
+            Ok((report, job))
+        })
+    }
+
+    /// The second half: waits for the job's completion time, then for its commit.
+    fn await_job(&self, job: &InFlight) -> Result<()> {
+        loop {
+            let left = job.completes_unix_ms.saturating_sub(now_unix_ms());
+            // Past the completion time, the first access commits it (ours or another host's).
+            std::thread::sleep(Duration::from_millis(left.max(1)));
+            let (pending, here) = self.with(false, |c| {
+                Ok((
+                    c.in_flight.contains(job),
+                    c.location.get(&job.vm) == Some(&self.host),
+                ))
+            })?;
+            if pending {
+                continue;
+            }
+            if here {
+                return Err(HypervisorError::Migration {
+                    vm: job.vm,
+                    dest: job.to.clone(),
+                    call: "migration job",
+                    message: "the job ended and the VM is still here".into(),
+                });
+            }
+            return Ok(());
         }
-        Ok(r)
     }
 }
 
@@ -594,13 +769,10 @@ impl Hypervisor for FileHost {
         dest: &Destination,
         params: &MigrationParams,
     ) -> Result<MigrationReport> {
-        let (_, report) = self.with(false, |c| c.plan_move(self.host, vm, dest, params))?;
-        std::thread::sleep(report.elapsed);
+        let (report, job) = self.start_job(vm, dest, params)?;
+        tracing::debug!(host = %self.name, vm = %vm, to = %dest.host, completes_unix_ms = job.completes_unix_ms, "simulated migration started");
+        self.await_job(&job)?;
         tracing::debug!(host = %self.name, vm = %vm, to = %dest.host, "simulated migration done");
-        self.with(true, |c| {
-            let (to, _) = c.plan_move(self.host, vm, dest, params)?;
-            c.commit_move(self.host, to, vm)
-        })?;
         Ok(report)
     }
 
@@ -791,6 +963,122 @@ mod tests {
         let f = read_shared(&path).unwrap();
         f.check().unwrap();
         assert_eq!(f.placement().len(), 8);
+    }
+
+    /// A shared-file cluster of the k=4 fat tree whose migrations take `ms` milliseconds for a
+    /// 1024 MiB guest, with VM i on host i % 4 for i < `vms`.
+    fn slow_file_cluster(ms: u64, vms: u32) -> (Topology, tempfile::TempDir, PathBuf) {
+        let (t, c) = cluster();
+        c.set_model(MigrationModel {
+            sent_fraction: 1.0,
+            throughput_bytes_per_s: 1024.0 * 1024.0 * 1024.0 * 1000.0 / ms as f64,
+            downtime: Duration::ZERO,
+        });
+        for i in 0..vms {
+            c.add_vm(HostId(i % 4), synthetic_vm(VmId(i), 1024))
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        c.save_shared(&path, &[]).unwrap();
+        (t, dir, path)
+    }
+
+    #[test]
+    fn a_file_migration_is_a_job_that_holds_its_destination() {
+        let (t, _dir, path) = slow_file_cluster(600, 8);
+        let h0 = FileHost::open(&path, &t.host(HostId(0)).name).unwrap();
+        let h5 = FileHost::open(&path, &t.host(HostId(5)).name).unwrap();
+        let free = h5.capacity().unwrap().free_memory_mib;
+        let mover = {
+            let (h0, dest) = (h0.clone(), to(&t, 5));
+            std::thread::spawn(move || h0.migrate(VmId(0), &dest, &MigrationParams::default()))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while read_shared(&path).unwrap().in_flight().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no job recorded");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // In flight: still at the source, with a job; the destination holds a slot and memory.
+        assert_eq!(h0.state(VmId(0)).unwrap(), VmState::Migrating);
+        assert_eq!(h5.state(VmId(0)).unwrap(), VmState::Absent);
+        assert!(h0.vms().unwrap().iter().any(|v| v.id == VmId(0)));
+        assert!(h5.vms().unwrap().is_empty());
+        let cap = h5.capacity().unwrap();
+        assert_eq!((cap.running_vms, cap.incoming_migrations), (0, 1));
+        assert_eq!(cap.free_memory_mib, free - 1024);
+        read_shared(&path).unwrap().check().unwrap();
+        // A second job for the same VM is refused, as libvirt refuses a second job.
+        let err = h0
+            .migrate(VmId(0), &to(&t, 6), &MigrationParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already in progress"), "{err}");
+        mover.join().unwrap().unwrap();
+        assert_eq!(h0.state(VmId(0)).unwrap(), VmState::Absent);
+        assert_eq!(h5.state(VmId(0)).unwrap(), VmState::Running);
+        let cap = h5.capacity().unwrap();
+        assert_eq!((cap.running_vms, cap.incoming_migrations), (1, 0));
+        assert_eq!(cap.free_memory_mib, free - 1024);
+        let f = read_shared(&path).unwrap();
+        assert!(f.in_flight().is_empty());
+        assert_eq!(f.migrations(), 1);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn a_file_migration_completes_without_the_process_that_started_it() {
+        let (t, _dir, path) = slow_file_cluster(300, 8);
+        let h0 = FileHost::open(&path, &t.host(HostId(0)).name).unwrap();
+        let h9 = FileHost::open(&path, &t.host(HostId(9)).name).unwrap();
+        // Started and never waited for: the source daemon died right after.
+        let (_, job) = h0
+            .start_job(VmId(4), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        drop(h0);
+        let took = job.completes_unix_ms - job.started_unix_ms;
+        assert!(took.abs_diff(300) <= 1, "{took} ms");
+        // Before its time nobody commits it, however often the file is touched.
+        assert!(h9.vms().unwrap().is_empty());
+        assert_eq!(
+            read_shared(&path).unwrap().in_flight(),
+            std::slice::from_ref(&job)
+        );
+        std::thread::sleep(Duration::from_millis(
+            job.completes_unix_ms.saturating_sub(now_unix_ms()) + 20,
+        ));
+        // Any host's access after it commits it: here an unrelated host's inventory.
+        assert!(h9.vms().unwrap().is_empty());
+        let f = read_shared(&path).unwrap();
+        assert!(f.in_flight().is_empty());
+        assert_eq!(f.placement()[&VmId(4)], t.host(HostId(5)).name);
+        assert_eq!(f.migrations(), 1);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn incoming_migrations_take_their_slot_before_they_land() {
+        // Host 5 with 15 VMs has one slot: a migration on its way in takes it.
+        let (t, _dir, path) = slow_file_cluster(400, 2);
+        let mut f = read_shared(&path).unwrap();
+        for i in 0..15u32 {
+            f.hosts[5].vms.push(synthetic_vm(VmId(100 + i), 512));
+            f.hosts[5].used_memory_mib += 512;
+        }
+        write_shared(&path, &f).unwrap();
+        let h0 = FileHost::open(&path, &t.host(HostId(0)).name).unwrap();
+        let h1 = FileHost::open(&path, &t.host(HostId(1)).name).unwrap();
+        h0.start_job(VmId(0), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        let err = h1
+            .migrate(VmId(1), &to(&t, 5), &MigrationParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("destination is full: 15 of 16 VMs and 1 migrating in"),
+            "{err}"
+        );
+        read_shared(&path).unwrap().check().unwrap();
     }
 
     #[test]

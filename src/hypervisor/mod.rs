@@ -42,6 +42,18 @@ pub enum HypervisorError {
     Connection(String),
 }
 
+impl HypervisorError {
+    /// Whether the hypervisor itself did not answer (connection lost, a host-wide call failing),
+    /// as opposed to answering about one VM or one migration. The daemon stops deciding for
+    /// its VMs while this holds.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            HypervisorError::Connection(_) | HypervisorError::Call { vm: None, .. }
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, HypervisorError>;
 
 /// Why scored aborted a migration job.
@@ -96,8 +108,13 @@ pub struct Vm {
 /// How much room this host has, as its hypervisor reports it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Capacity {
+    /// VMs running here, not counting those still migrating in.
     pub running_vms: u32,
-    /// Memory free for new guests, MiB (before any reserve the topology asks to keep).
+    /// Migrations into this host in progress, whoever started them (scored, an operator's
+    /// virsh, OpenStack): each will take a slot and already holds its memory.
+    pub incoming_migrations: u32,
+    /// Memory free for new guests, MiB (before any reserve the topology asks to keep), with the
+    /// memory of incoming migrations already taken.
     pub free_memory_mib: u64,
     pub total_memory_mib: u64,
     /// 1-minute load average divided by the number of CPUs (0 when unknown).

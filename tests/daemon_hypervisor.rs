@@ -1,0 +1,379 @@
+//! The daemon and its own hypervisor's truth. In process: a migration into a host that somebody
+//! else started (an operator's virsh) counts against `migration.max_incoming`, so the host
+//! refuses further VMs and a decision picks a rack alternate. On the loopback cluster of real
+//! `scored run` processes: one host's hypervisor stops answering (its view of the shared cluster
+//! file vanishes, so the real FileHost calls fail); the host stops deciding, the token goes on,
+//! and it recovers by itself when the hypervisor is back.
+
+mod support;
+
+use prometheus_client::registry::Registry;
+use scored::config::Config;
+use scored::daemon::journal::Journal;
+use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::run::drive;
+use scored::flows::synthetic::{Demand, SyntheticSource};
+use scored::flows::table::TableConfig;
+use scored::hypervisor::memory::{self, FileHost, MemoryCluster, MigrationModel, synthetic_vm};
+use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
+use scored::metrics::{Direction, DirectionLabels, Metrics, Outcome};
+use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::proto::{CapacityRequest, VmId};
+use scored::topology::{HostId, Topology};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::cluster::{Cluster, Options};
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Eight hosts, two per rack, four racks in two pods; room for four 512 MiB VMs each.
+fn topology() -> Topology {
+    let mut t = String::from(
+        "[levels]\nnames = [\"rack\", \"pod\", \"core\"]\nweights = [1.0, 2.718281828459045, 20.085536923187668]\n\n\
+         [defaults]\nmax_vms = 4\nmemory_mib = 2560\nreserve_memory_mib = 256\n",
+    );
+    for i in 0..8 {
+        t.push_str(&format!(
+            "\n[[host]]\nname = \"h{}\"\npath = [\"pod{}\", \"tor{}\"]\n",
+            i + 1,
+            i / 4 + 1,
+            i / 2 + 1
+        ));
+    }
+    Topology::parse(Path::new("hypervisor-test.toml"), &t).unwrap()
+}
+
+#[test]
+fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
+    let topo = Arc::new(topology());
+    let (a, b, c) = (VmId(0x0a00_0001), VmId(0x0a00_0002), VmId(0x0a00_0003));
+    let (h1, h3, h5, h6) = (HostId(0), HostId(2), HostId(4), HostId(5));
+    let sim = MemoryCluster::new(&topo);
+    // 512 MiB in 4 s: long enough to look at the destination meanwhile.
+    sim.set_model(MigrationModel {
+        sent_fraction: 1.0,
+        throughput_bytes_per_s: 128.0 * 1024.0 * 1024.0,
+        downtime: Duration::ZERO,
+    });
+    sim.add_vm(h1, synthetic_vm(a, 512)).unwrap();
+    sim.add_vm(h6, synthetic_vm(b, 512)).unwrap();
+    sim.add_vm(h3, synthetic_vm(c, 512)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("cluster.json");
+    sim.save_shared(&shared, &[(a, b, 1e6)]).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let net = DirectNetwork::new(topo.clone());
+    let mut config = Config::default();
+    // No token here: only capacity answers and one VM's assessment are looked at.
+    config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+    config.decision.cooldown_base_s = 0;
+    config.decision.migration_cost_fraction = 0.0;
+    let mut nodes: Vec<Arc<Node<DirectPeers>>> = Vec::new();
+    for h in 0..8u32 {
+        let me = HostId(h);
+        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
+        let demands = if me == h1 {
+            vec![Demand {
+                vm: a,
+                partner: b,
+                bytes_per_sec: 1e6,
+            }]
+        } else {
+            Vec::new()
+        };
+        let table = TableConfig {
+            window: Duration::from_secs(1),
+            ..TableConfig::default()
+        };
+        let (journal, _) = Journal::open(&dir.path().join(format!("h{h}.journal"))).unwrap();
+        let host = FileHost::open(&shared, &topo.host(me).name).unwrap();
+        let node = Arc::new(Node::new(Parts {
+            topo: topo.clone(),
+            me,
+            peers: Arc::new(peers),
+            hv: Arc::new(host),
+            traffic: Traffic::Synthetic {
+                source: Box::new(SyntheticSource::new(table, demands).unwrap()),
+                started: Instant::now() - Duration::from_secs(30),
+            },
+            config: config.clone(),
+            metrics: Arc::new(Metrics::register(
+                &mut Registry::default(),
+                topo.level_names(),
+            )),
+            journal,
+        }));
+        rt.block_on(node.refresh_inventory()).unwrap();
+        node.traffic().tick(Instant::now());
+        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        nodes.push(node);
+    }
+    let req = CapacityRequest { memory_mib: 512 };
+    let ask = |h: HostId| {
+        rt.block_on(
+            nodes[0]
+                .peers
+                .query_capacity(h, req, Duration::from_secs(5)),
+        )
+        .unwrap()
+    };
+    let vm_a = nodes[0].state().inventory[0].clone();
+    assert_eq!(vm_a.id, a);
+
+    // Nothing migrating: h6 accepts, and a goes to its partner's host.
+    let r = ask(h6);
+    assert_eq!(
+        (r.incoming_migrations, r.free_slots, r.accepts),
+        (0, 3, true)
+    );
+    let d = rt.block_on(nodes[0].assess(&vm_a));
+    assert_eq!(d.outcome, Outcome::Migrated, "{}", d.detail);
+    assert_eq!(d.decision.unwrap().migrates_to(), Some(h6));
+
+    // An operator moves c into h6 behind scored's back.
+    let operator = {
+        let from = FileHost::open(&shared, "h3").unwrap();
+        std::thread::spawn(move || {
+            let dest = Destination {
+                host: "h6".into(),
+                libvirt_uri: None,
+                migration_uri: None,
+            };
+            from.migrate(c, &dest, &MigrationParams::default())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while memory::read_shared(&shared).unwrap().in_flight().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the operator's migration never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One incoming of at most one: h6 has room but refuses, and says why.
+    let r = ask(h6);
+    assert_eq!(
+        (r.incoming_migrations, r.free_slots, r.accepts),
+        (1, 2, false)
+    );
+    assert!(r.free_memory_mib < 2560 - 256 - 512, "{r:?}");
+    // The decision sees h6 as full and takes its rack mate h5.
+    let d = rt.block_on(nodes[0].assess(&vm_a));
+    assert_eq!(d.outcome, Outcome::Migrated, "{}", d.detail);
+    assert!(d.detail.contains("1 full"), "{}", d.detail);
+    assert_eq!(d.decision.unwrap().migrates_to(), Some(h5));
+    // The destination's own gauge counts it too.
+    rt.block_on(nodes[5].refresh_inventory()).unwrap();
+    let incoming = DirectionLabels {
+        direction: Direction::Incoming,
+    };
+    let gauge = |n: &Node<DirectPeers>| {
+        n.metrics
+            .migrations
+            .in_flight
+            .get_or_create(&incoming)
+            .get()
+    };
+    assert_eq!(gauge(&nodes[5]), 1);
+    // An operator who allows two at a time (live option) gets h6 accepting again.
+    {
+        let mut cfg = nodes[5].config();
+        cfg.migration.max_incoming = 2;
+        *nodes[5].config.write().unwrap() = cfg;
+    }
+    assert!(ask(h6).accepts);
+
+    operator.join().unwrap().unwrap();
+    let r = ask(h6);
+    assert_eq!(
+        (r.incoming_migrations, r.free_slots, r.accepts),
+        (0, 2, true)
+    );
+    rt.block_on(nodes[5].refresh_inventory()).unwrap();
+    assert_eq!(gauge(&nodes[5]), 0);
+    memory::read_shared(&shared).unwrap().check().unwrap();
+}
+
+/// One decision, as its log line tells it.
+struct Decision {
+    host: usize,
+    outcome: String,
+    start: u64,
+    end: u64,
+}
+
+#[test]
+fn a_host_whose_hypervisor_stops_answering_passes_its_turns_and_recovers() {
+    let mut c = Cluster::new(Options {
+        overrides: vec![("log.level".into(), "\"info\"".into())],
+        ..Options::default()
+    });
+    // Each daemon reaches the shared file through a view of its own (a symlink to the cluster's
+    // directory): removing one view makes that host's real FileHost calls fail, as a stopped
+    // libvirtd makes the libvirt backend's.
+    let root = c.dir.path().to_path_buf();
+    let view = |i: usize| root.join(format!("view-h{}", i + 1));
+    for i in 0..c.hosts.len() {
+        std::os::unix::fs::symlink(&root, view(i)).unwrap();
+        let text = std::fs::read_to_string(&c.hosts[i].config).unwrap();
+        let seen = view(i).join("cluster.json");
+        let text = text.replace(
+            &format!("sim+file://{}", c.shared.display()),
+            &format!("sim+file://{}", seen.display()),
+        );
+        assert!(text.contains("view-h"), "{text}");
+        std::fs::write(&c.hosts[i].config, text).unwrap();
+    }
+    let vms = c.scenario.ids.len();
+    c.start_all();
+    let mut cursor = Vec::new();
+    let mut decisions: Vec<Decision> = Vec::new();
+    let absorb = |c: &Cluster, cursor: &mut Vec<usize>, out: &mut Vec<Decision>| {
+        let mut lines = Vec::new();
+        for (h, e) in c.new_events(cursor) {
+            if e["message"] == "decision" {
+                out.push(Decision {
+                    host: h,
+                    outcome: e["outcome"].as_str().unwrap().to_string(),
+                    start: e["started_unix_ms"].as_u64().unwrap(),
+                    end: e["unix_ms"].as_u64().unwrap(),
+                });
+            }
+            lines.push((h, e));
+        }
+        lines
+    };
+    let ok = c.wait(Duration::from_secs(90), |c| {
+        absorb(c, &mut cursor, &mut decisions);
+        decisions.len() >= 10
+    });
+    assert!(ok, "the cluster did not start deciding");
+
+    // Take down the host with the most VMs now (its turns come often).
+    let placement = c.shared().placement();
+    let down = (0..c.hosts.len())
+        .max_by_key(|&i| {
+            placement
+                .values()
+                .filter(|h| **h == c.hosts[i].name)
+                .count()
+        })
+        .unwrap();
+    let name = c.hosts[down].name.clone();
+    std::fs::remove_file(view(down)).unwrap();
+    let down_at = unix_ms();
+
+    let mut warned = 0;
+    let mut migrations_while_down = Vec::new();
+    let from = decisions.len();
+    let ok = c.wait(Duration::from_secs(90), |c| {
+        for (h, e) in absorb(c, &mut cursor, &mut decisions) {
+            if h == down && e["message"] == "hypervisor not answering: no decisions for this host's VMs and no VMs taken in until it is back" {
+                warned += 1;
+            }
+            if h == down && e["message"] == "migration starting" {
+                migrations_while_down.push(e["vm"].to_string());
+            }
+        }
+        let new = &decisions[from..];
+        let passed = new
+            .iter()
+            .filter(|d| d.host == down && d.outcome == "hypervisor_down")
+            .count();
+        // The token left the host after its refusal: others decided after it.
+        let after = new
+            .iter()
+            .filter(|d| d.host == down && d.outcome == "hypervisor_down")
+            .map(|d| d.end)
+            .min()
+            .is_some_and(|first| {
+                new.iter()
+                    .filter(|d| d.host != down && d.start >= first)
+                    .count()
+                    >= 5
+            });
+        warned >= 1 && passed >= 2 && after
+    });
+    assert!(
+        ok,
+        "{name} while its hypervisor is down: {warned} outage warnings, decisions {:?}",
+        decisions[from..]
+            .iter()
+            .filter(|d| d.host == down)
+            .map(|d| &d.outcome)
+            .collect::<Vec<_>>()
+    );
+    let status = c
+        .status(down)
+        .expect("status of the host whose hypervisor is down");
+    let outage = status.hypervisor_down.expect("status shows the outage");
+    assert!(outage.error.contains("view-h"), "{}", outage.error);
+    assert!(
+        c.status((down + 1) % c.hosts.len())
+            .unwrap()
+            .hypervisor_down
+            .is_none()
+    );
+
+    std::os::unix::fs::symlink(&root, view(down)).unwrap();
+    let up_at = unix_ms();
+    let mut recovered = false;
+    let from_up = decisions.len();
+    let ok = c.wait(Duration::from_secs(90), |c| {
+        for (h, e) in absorb(c, &mut cursor, &mut decisions) {
+            if h == down {
+                if e["message"] == "hypervisor answering again" {
+                    recovered = true;
+                }
+                if e["message"] == "migration starting" && !recovered {
+                    migrations_while_down.push(e["vm"].to_string());
+                }
+            }
+        }
+        recovered
+            && decisions[from_up..]
+                .iter()
+                .any(|d| d.host == down && d.start >= up_at && d.outcome != "hypervisor_down")
+    });
+    assert!(ok, "{name} did not recover after its hypervisor came back");
+    assert!(c.status(down).unwrap().hypervisor_down.is_none());
+
+    // Every decision of that host that began while its hypervisor was away passed its turn,
+    // and no migration left it; one warning for the whole outage.
+    for d in &decisions[from..] {
+        if d.host == down && d.start > down_at && d.end < up_at {
+            assert_eq!(d.outcome, "hypervisor_down", "decision at {}", d.start);
+        }
+    }
+    assert!(
+        migrations_while_down.is_empty(),
+        "{name} started migrations while its hypervisor was down: {migrations_while_down:?}"
+    );
+    assert_eq!(warned, 1, "one warning per outage");
+    let passed = decisions[from..]
+        .iter()
+        .filter(|d| d.host == down && d.outcome == "hypervisor_down")
+        .count();
+    let others = decisions[from..]
+        .iter()
+        .filter(|d| d.host != down && d.start >= down_at && d.end <= up_at)
+        .count();
+    eprintln!(
+        "{name} down for {} ms: {passed} turns passed as hypervisor_down, {others} decisions elsewhere meanwhile",
+        up_at - down_at
+    );
+    let f = c.shared();
+    f.check().unwrap();
+    assert_eq!(f.placement().len(), vms);
+}
