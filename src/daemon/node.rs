@@ -374,7 +374,7 @@ impl<P: Peers> Node<P> {
     }
 
     /// A peer's announcement (already applied to the directory).
-    pub fn on_announcement(&self, from: HostId, a: Announcement) {
+    pub fn on_announcement(self: &Arc<Self>, from: HostId, a: Announcement) {
         let now = Instant::now();
         match a {
             Announcement::TokenSeen { at, round, .. } => {
@@ -391,6 +391,21 @@ impl<P: Peers> Node<P> {
                 };
                 // The announcement carries no duration; the cooldown base covers it.
                 self.state().history.record(m.vm, src, Duration::ZERO, now);
+                if self
+                    .topo
+                    .host_by_name(&m.to)
+                    .is_some_and(|h| h.id == self.me)
+                {
+                    // The VM runs here now: read it from the hypervisor rather than wait for
+                    // the periodic refresh, so location answers and this host's decisions see
+                    // it here at once (the directory ignores claims about its own VMs).
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = node.refresh_inventory().await {
+                            tracing::warn!(error = %e, "inventory after a VM migrated in");
+                        }
+                    });
+                }
                 tracing::debug!(from = %self.host_name(from), vm = %m.vm, to = %m.to, "peer migrated a VM");
             }
             Announcement::Inventory { .. } => {}
@@ -604,6 +619,13 @@ impl<P: Peers> Node<P> {
         let config = self.config();
         let handoff = config.token.handoff_timeout();
         let pause = heartbeat_interval(&config);
+        // Decide on what the hypervisor says runs here now, not on the last periodic read: a VM
+        // that migrated in just before the token came would otherwise still be cached at its
+        // old host, and its partners here would chase it there (a ping-pong across the rack that
+        // round-robin's order, deciding for neighbouring ids turn after turn, ran into).
+        if let Err(e) = self.refresh_inventory().await {
+            tracing::warn!(error = %e, "inventory at token arrival; deciding on the last one read");
+        }
         self.add_local_slots(token);
         let mut queue = Queue::new(token).map_err(|e| e.to_string())?;
         let mut next = match token.holder {
