@@ -33,6 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const RECENT_DECISIONS: usize = 64;
 /// Attempts to hand the token to one host before skipping it.
 const HANDOFF_ATTEMPTS: u32 = 3;
+/// Head of the global policy's round order shown in the log (the whole order of a large data
+/// centre would not fit a log line).
+const SCHEDULE_LOGGED: usize = 32;
 
 /// Where the flow rates come from; the synthetic feed needs its clock moved.
 pub enum Traffic {
@@ -670,13 +673,18 @@ impl<P: Peers> Node<P> {
                     continue;
                 }
                 Next::NeedsStatistics => {
-                    let expected = self.gather_stats(token, handoff).await;
-                    next = queue.start_round(token, &expected);
+                    next = self.start_global_round(token, &mut queue, handoff).await;
                     continue;
                 }
             };
             let host = self.locate_one(vm, handoff).await;
-            tracing::debug!(vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch, seq = token.seq, round = token.round, "token: next holder");
+            // The slot's level and load: the keys the distributed and load-aware orders use.
+            let slot = token.slot(vm).copied();
+            tracing::debug!(
+                vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch,
+                seq = token.seq, round = token.round, slot_level = slot.map(|s| s.level),
+                slot_load = slot.map(|s| s.load), "token: next holder"
+            );
             let stopping = self.state().stopping;
             match host {
                 Some(h) if h == self.me && stopping => {
@@ -792,21 +800,55 @@ impl<P: Peers> Node<P> {
         }
     }
 
-    async fn gather_stats(&self, token: &Token, timeout: Duration) -> Vec<(VmId, f64)> {
+    /// Global policy, at a round start: asks every other host for its VMs' expected benefits
+    /// (one statistics request per host, in parallel) and orders the round by them. A host that
+    /// does not answer in time leaves its VMs at the end of the round, by id: a slow peer must
+    /// not stall the token.
+    async fn start_global_round(
+        &self,
+        token: &mut Token,
+        queue: &mut Queue,
+        timeout: Duration,
+    ) -> Next {
+        let started = Instant::now();
         let req = StatsRequest {
             epoch: token.epoch,
             round: token.round,
         };
         let mut expected = self.local_benefits().await;
-        for (host, r) in self.peers.query_all_stats(req, timeout).await {
+        let answers = self.peers.query_all_stats(req, timeout).await;
+        let asked = answers.len();
+        let mut answered = 0usize;
+        for (host, r) in answers {
             match r {
-                Ok(s) => expected.extend(s.benefits.into_iter().map(|b| (b.vm, b.benefit))),
+                Ok(s) => {
+                    answered += 1;
+                    expected.extend(s.benefits.into_iter().map(|b| (b.vm, b.benefit)));
+                }
                 Err(e) => {
                     tracing::info!(host = %self.host_name(host), error = %e, "global policy: no statistics")
                 }
             }
         }
-        expected
+        let elapsed = started.elapsed();
+        self.metrics
+            .token
+            .statistics_gather
+            .observe(elapsed.as_secs_f64());
+        let next = queue.start_round(token, &expected);
+        let head: Vec<String> = token
+            .schedule
+            .iter()
+            .take(SCHEDULE_LOGGED)
+            .map(|v| v.to_string())
+            .collect();
+        tracing::info!(
+            epoch = token.epoch, round = token.round, hosts_asked = asked,
+            hosts_answered = answered, vms = expected.len(),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3, schedule = %head.join(","),
+            "global policy: statistics gathered"
+        );
+        next
     }
 
     async fn locate_one(&self, vm: VmId, timeout: Duration) -> Option<HostId> {
@@ -1120,7 +1162,8 @@ impl<P: Peers> Node<P> {
         let rec = self.decision_record(vm, a, to, at, started_unix_ms);
         tracing::info!(
             vm = %rec.vm, outcome = %rec.outcome, started_unix_ms = rec.started_unix_ms,
-            unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, current_cost = rec.current_cost,
+            unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, round = token.round,
+            current_cost = rec.current_cost,
             c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
             to = ?rec.to, partners = rec.partners, detail = %rec.detail, "decision"
         );
