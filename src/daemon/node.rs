@@ -1064,7 +1064,24 @@ impl<P: Peers> Node<P> {
         // order, so the result is the same as asking one by one, in one round trip instead of
         // several. Hosts that join later (rack alternates) are asked when the search needs them.
         let first: Vec<HostId> = search.queue().iter().take(max).map(|c| c.host).collect();
-        let answers = self.peers.query_capacities(&first, req, timeout).await;
+        let mut answers = self.peers.query_capacities(&first, req, timeout).await;
+        // Hosts whose answer timed out are asked once more, together, as a hand-off is retried:
+        // on a loaded machine one request can go unanswered for the whole timeout and the next
+        // pass at once, and a missed best move costs a round or more. At most one more timeout;
+        // refusals and unreachable hosts are final.
+        let timed_out: Vec<HostId> = answers
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(PeerError::Timeout { .. })))
+            .map(|(h, _)| *h)
+            .collect();
+        if !timed_out.is_empty() {
+            tracing::debug!(
+                hosts = timed_out.len(),
+                "capacity requests timed out; asking once more"
+            );
+            answers.retain(|(_, r)| !matches!(r, Err(PeerError::Timeout { .. })));
+            answers.extend(self.peers.query_capacities(&timed_out, req, timeout).await);
+        }
         let mut known: HashMap<HostId, Option<Capacity>> = answers
             .into_iter()
             .map(|(h, r)| (h, self.capacity_answer(h, r)))
