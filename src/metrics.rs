@@ -154,6 +154,9 @@ pub struct TokenMetrics {
     pub regenerations: Counter,
     pub skipped_hosts: Counter,
     pub fenced: Counter,
+    /// Global policy: time to gather every host's statistics at a round start (its count is
+    /// the number of rounds this host started).
+    pub statistics_gather: Histogram,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +212,11 @@ fn handoff_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+fn statistics_buckets() -> Histogram {
+    // 1 ms … 16 s: one loopback round trip to every host waiting for the slowest.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
 fn decision_buckets() -> Histogram {
     // 50 µs … 13 s: a cached decision to one with 1000 partners and cold lookups.
     Histogram::new(exponential_buckets(0.000_05, 4.0, 10))
@@ -244,6 +252,7 @@ impl Metrics {
                 regenerations: Counter::default(),
                 skipped_hosts: Counter::default(),
                 fenced: Counter::default(),
+                statistics_gather: statistics_buckets(),
             },
             decisions: Family::default(),
             decision_duration: decision_buckets(),
@@ -329,6 +338,12 @@ impl Metrics {
             "token_fenced",
             "Tokens dropped because their epoch was older than one already seen",
             t.fenced.clone(),
+        );
+        r.register_with_unit(
+            "token_statistics_gather",
+            "Global policy: time to gather every host's statistics at a round start",
+            Unit::Seconds,
+            t.statistics_gather.clone(),
         );
 
         r.register(

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const RECENT_DECISIONS: usize = 64;
 /// Attempts to hand the token to one host before skipping it.
 const HANDOFF_ATTEMPTS: u32 = 3;
+/// Head of the global policy's round order shown in the log (the whole order of a large data
+/// centre would not fit a log line).
+const SCHEDULE_LOGGED: usize = 32;
 
 /// Where the flow rates come from; the synthetic feed needs its clock moved.
 pub enum Traffic {
@@ -518,7 +521,7 @@ impl<P: Peers> Node<P> {
     }
 
     /// A peer's announcement (already applied to the directory).
-    pub fn on_announcement(&self, from: HostId, a: Announcement) {
+    pub fn on_announcement(self: &Arc<Self>, from: HostId, a: Announcement) {
         let now = Instant::now();
         match a {
             Announcement::TokenSeen { at, round, .. } => {
@@ -535,6 +538,21 @@ impl<P: Peers> Node<P> {
                 };
                 // The announcement carries no duration; the cooldown base covers it.
                 self.state().history.record(m.vm, src, Duration::ZERO, now);
+                if self
+                    .topo
+                    .host_by_name(&m.to)
+                    .is_some_and(|h| h.id == self.me)
+                {
+                    // The VM runs here now: read it from the hypervisor rather than wait for
+                    // the periodic refresh, so location answers and this host's decisions see
+                    // it here at once (the directory ignores claims about its own VMs).
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = node.refresh_inventory().await {
+                            tracing::warn!(error = %e, "inventory after a VM migrated in");
+                        }
+                    });
+                }
                 tracing::debug!(from = %self.host_name(from), vm = %m.vm, to = %m.to, "peer migrated a VM");
             }
             Announcement::Inventory { .. } => {}
@@ -790,6 +808,13 @@ impl<P: Peers> Node<P> {
         let config = self.config();
         let handoff = config.token.handoff_timeout();
         let pause = heartbeat_interval(&config);
+        // Decide on what the hypervisor says runs here now, not on the last periodic read: a VM
+        // that migrated in just before the token came would otherwise still be cached at its
+        // old host, and its partners here would chase it there (a ping-pong across the rack that
+        // round-robin's order, deciding for neighbouring ids turn after turn, ran into).
+        if let Err(e) = self.refresh_inventory().await {
+            tracing::warn!(error = %e, "inventory at token arrival; deciding on the last one read");
+        }
         self.add_local_slots(token);
         let mut queue = Queue::new(token).map_err(|e| e.to_string())?;
         let mut next = match token.holder {
@@ -834,13 +859,18 @@ impl<P: Peers> Node<P> {
                     continue;
                 }
                 Next::NeedsStatistics => {
-                    let expected = self.gather_stats(token, handoff).await;
-                    next = queue.start_round(token, &expected);
+                    next = self.start_global_round(token, &mut queue, handoff).await;
                     continue;
                 }
             };
             let host = self.locate_one(vm, handoff).await;
-            tracing::debug!(vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch, seq = token.seq, round = token.round, "token: next holder");
+            // The slot's level and load: the keys the distributed and load-aware orders use.
+            let slot = token.slot(vm).copied();
+            tracing::debug!(
+                vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch,
+                seq = token.seq, round = token.round, slot_level = slot.map(|s| s.level),
+                slot_load = slot.map(|s| s.load), "token: next holder"
+            );
             let stopping = self.state().stopping;
             match host {
                 Some(h) if h == self.me && stopping => {
@@ -956,21 +986,55 @@ impl<P: Peers> Node<P> {
         }
     }
 
-    async fn gather_stats(&self, token: &Token, timeout: Duration) -> Vec<(VmId, f64)> {
+    /// Global policy, at a round start: asks every other host for its VMs' expected benefits
+    /// (one statistics request per host, in parallel) and orders the round by them. A host that
+    /// does not answer in time leaves its VMs at the end of the round, by id: a slow peer must
+    /// not stall the token.
+    async fn start_global_round(
+        &self,
+        token: &mut Token,
+        queue: &mut Queue,
+        timeout: Duration,
+    ) -> Next {
+        let started = Instant::now();
         let req = StatsRequest {
             epoch: token.epoch,
             round: token.round,
         };
         let mut expected = self.local_benefits().await;
-        for (host, r) in self.peers.query_all_stats(req, timeout).await {
+        let answers = self.peers.query_all_stats(req, timeout).await;
+        let asked = answers.len();
+        let mut answered = 0usize;
+        for (host, r) in answers {
             match r {
-                Ok(s) => expected.extend(s.benefits.into_iter().map(|b| (b.vm, b.benefit))),
+                Ok(s) => {
+                    answered += 1;
+                    expected.extend(s.benefits.into_iter().map(|b| (b.vm, b.benefit)));
+                }
                 Err(e) => {
                     tracing::info!(host = %self.host_name(host), error = %e, "global policy: no statistics")
                 }
             }
         }
-        expected
+        let elapsed = started.elapsed();
+        self.metrics
+            .token
+            .statistics_gather
+            .observe(elapsed.as_secs_f64());
+        let next = queue.start_round(token, &expected);
+        let head: Vec<String> = token
+            .schedule
+            .iter()
+            .take(SCHEDULE_LOGGED)
+            .map(|v| v.to_string())
+            .collect();
+        tracing::info!(
+            epoch = token.epoch, round = token.round, hosts_asked = asked,
+            hosts_answered = answered, vms = expected.len(),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3, schedule = %head.join(","),
+            "global policy: statistics gathered"
+        );
+        next
     }
 
     async fn locate_one(&self, vm: VmId, timeout: Duration) -> Option<HostId> {
@@ -1186,7 +1250,24 @@ impl<P: Peers> Node<P> {
         // order, so the result is the same as asking one by one, in one round trip instead of
         // several. Hosts that join later (rack alternates) are asked when the search needs them.
         let first: Vec<HostId> = search.queue().iter().take(max).map(|c| c.host).collect();
-        let answers = self.peers.query_capacities(&first, req, timeout).await;
+        let mut answers = self.peers.query_capacities(&first, req, timeout).await;
+        // Hosts whose answer timed out are asked once more, together, as a hand-off is retried:
+        // on a loaded machine one request can go unanswered for the whole timeout and the next
+        // pass at once, and a missed best move costs a round or more. At most one more timeout;
+        // refusals and unreachable hosts are final.
+        let timed_out: Vec<HostId> = answers
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(PeerError::Timeout { .. })))
+            .map(|(h, _)| *h)
+            .collect();
+        if !timed_out.is_empty() {
+            tracing::debug!(
+                hosts = timed_out.len(),
+                "capacity requests timed out; asking once more"
+            );
+            answers.retain(|(_, r)| !matches!(r, Err(PeerError::Timeout { .. })));
+            answers.extend(self.peers.query_capacities(&timed_out, req, timeout).await);
+        }
         let mut known: HashMap<HostId, Option<Capacity>> = answers
             .into_iter()
             .map(|(h, r)| (h, self.capacity_answer(h, r)))
@@ -1284,7 +1365,8 @@ impl<P: Peers> Node<P> {
         let rec = self.decision_record(vm, a, to, at, started_unix_ms);
         tracing::info!(
             vm = %rec.vm, outcome = %rec.outcome, started_unix_ms = rec.started_unix_ms,
-            unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, current_cost = rec.current_cost,
+            unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, round = token.round,
+            current_cost = rec.current_cost,
             c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
             to = ?rec.to, partners = rec.partners, detail = %rec.detail, "decision"
         );
