@@ -8,16 +8,15 @@
 //! 127.0.0.1 ("libp2p_cold", "libp2p_cached"). Issue 6 targets (cached):
 //! ≤ 0.1 / 0.5 / 5 ms; original 0.32 / 2.97 / 30.54 s.
 
+#[path = "../tests/support/inprocess.rs"]
+mod inprocess;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use prometheus_client::registry::Registry;
 use scored::config::Config;
-use scored::daemon::journal::Journal;
-use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::node::Node;
 use scored::daemon::run::drive;
-use scored::flows::synthetic::{Demand, SyntheticSource};
-use scored::flows::table::TableConfig;
+use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::metrics::Metrics;
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Inbound, Libp2pPeers, P2pConfig, Peers};
 use scored::topology::{HostId, Topology};
 use scored_proto::VmId;
@@ -124,29 +123,9 @@ fn nodes<P: Peers>(
         let me = HostId(h);
         let directory = Arc::new(Directory::new(topo.clone(), me));
         let (peers, inbound) = join(me, directory);
-        let table = TableConfig {
-            window: Duration::from_secs(1),
-            ..TableConfig::default()
-        };
         let mine = if h == 0 { demands.clone() } else { Vec::new() };
-        let source = SyntheticSource::new(table, mine).unwrap();
-        let (journal, _) = Journal::open(&dir.join(format!("h{h}.journal"))).unwrap();
-        let node = Arc::new(Node::new(Parts {
-            topo: topo.clone(),
-            me,
-            peers: Arc::new(peers),
-            hv: Arc::new(sim.host(me)),
-            traffic: Traffic::Synthetic {
-                source: Box::new(source),
-                started: Instant::now() - Duration::from_secs(30),
-            },
-            config: config.clone(),
-            metrics: Arc::new(Metrics::register(
-                &mut Registry::default(),
-                topo.level_names(),
-            )),
-            journal,
-        }));
+        let hv = Arc::new(sim.host(me));
+        let node = inprocess::node(&topo, me, peers, hv, mine, config.clone(), dir);
         rt.block_on(node.refresh_inventory()).unwrap();
         node.traffic().tick(Instant::now());
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));

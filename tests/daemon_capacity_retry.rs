@@ -3,20 +3,19 @@
 //! in-process transport, with the destination's side played by hand so the first answer can be
 //! held back past the timeout.
 
-use prometheus_client::registry::Registry;
+mod support;
+
 use scored::config::Config;
-use scored::daemon::journal::Journal;
-use scored::daemon::node::{Node, Parts, Traffic};
-use scored::flows::synthetic::{Demand, SyntheticSource};
-use scored::flows::table::TableConfig;
+use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::metrics::{Metrics, Outcome};
+use scored::metrics::Outcome;
 use scored::p2p::{DirectNetwork, Directory, Inbound, InboundEvent};
 use scored::proto::{CapacityResponse, Stamp, VmId};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::inprocess;
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -81,32 +80,13 @@ async fn decide(delays: Vec<Option<Duration>>) -> (Outcome, String, usize) {
     let mut config = Config::default();
     config.token.handoff_timeout_ms = TIMEOUT.as_millis() as u64;
     config.decision.cooldown_base_s = 0;
-    let table = TableConfig {
-        window: Duration::from_secs(1),
-        ..TableConfig::default()
-    };
     let demands = vec![Demand {
         vm: subject,
         partner,
         bytes_per_sec: 1000.0,
     }];
-    let (journal, _) = Journal::open(&dir.path().join("h1.journal")).unwrap();
-    let node = Arc::new(Node::new(Parts {
-        topo: topo.clone(),
-        me: HostId(0),
-        peers: Arc::new(peers),
-        hv: Arc::new(sim.host(HostId(0))),
-        traffic: Traffic::Synthetic {
-            source: Box::new(SyntheticSource::new(table, demands).unwrap()),
-            started: Instant::now() - Duration::from_secs(30),
-        },
-        config,
-        metrics: Arc::new(Metrics::register(
-            &mut Registry::default(),
-            topo.level_names(),
-        )),
-        journal,
-    }));
+    let hv = Arc::new(sim.host(HostId(0)));
+    let node = inprocess::node(&topo, HostId(0), peers, hv, demands, config, dir.path());
     node.refresh_inventory().await.unwrap();
     node.traffic().tick(Instant::now());
     let vm = node.state().inventory[0].clone();

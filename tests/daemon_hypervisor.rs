@@ -7,16 +7,13 @@
 
 mod support;
 
-use prometheus_client::registry::Registry;
 use scored::config::Config;
-use scored::daemon::journal::Journal;
-use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::node::Node;
 use scored::daemon::run::drive;
-use scored::flows::synthetic::{Demand, SyntheticSource};
-use scored::flows::table::TableConfig;
+use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{self, FileHost, MemoryCluster, MigrationModel, synthetic_vm};
 use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
-use scored::metrics::{Direction, DirectionLabels, Metrics, Outcome};
+use scored::metrics::{Direction, DirectionLabels, Outcome};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
 use scored::proto::{CapacityRequest, VmId};
 use scored::topology::{HostId, Topology};
@@ -24,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::cluster::{Cluster, Options};
+use support::inprocess;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -92,28 +90,8 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
         } else {
             Vec::new()
         };
-        let table = TableConfig {
-            window: Duration::from_secs(1),
-            ..TableConfig::default()
-        };
-        let (journal, _) = Journal::open(&dir.path().join(format!("h{h}.journal"))).unwrap();
-        let host = FileHost::open(&shared, &topo.host(me).name).unwrap();
-        let node = Arc::new(Node::new(Parts {
-            topo: topo.clone(),
-            me,
-            peers: Arc::new(peers),
-            hv: Arc::new(host),
-            traffic: Traffic::Synthetic {
-                source: Box::new(SyntheticSource::new(table, demands).unwrap()),
-                started: Instant::now() - Duration::from_secs(30),
-            },
-            config: config.clone(),
-            metrics: Arc::new(Metrics::register(
-                &mut Registry::default(),
-                topo.level_names(),
-            )),
-            journal,
-        }));
+        let host = Arc::new(FileHost::open(&shared, &topo.host(me).name).unwrap());
+        let node = inprocess::node(&topo, me, peers, host, demands, config.clone(), dir.path());
         rt.block_on(node.refresh_inventory()).unwrap();
         node.traffic().tick(Instant::now());
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));

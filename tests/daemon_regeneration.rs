@@ -8,22 +8,20 @@
 //! regenerate by themselves, and their token state is set by hand as a live or a dead token would
 //! leave it, without heartbeats, exactly as a fresh host sees a cluster before gossip reaches it.
 
-use prometheus_client::registry::Registry;
+mod support;
+
 use scored::config::Config;
-use scored::daemon::journal::Journal;
-use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::node::Node;
 use scored::daemon::ring::{epoch_generation, epoch_minter, next_epoch};
 use scored::daemon::run::drive;
-use scored::flows::synthetic::SyntheticSource;
-use scored::flows::table::TableConfig;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::metrics::Metrics;
 use scored::p2p::{DirectNetwork, DirectPeers, Directory};
 use scored::topology::{HostId, Topology};
 use scored_proto::{Stamp, VmId};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::inprocess;
 
 const TOPOLOGY: &str = r#"
 [levels]
@@ -82,24 +80,8 @@ fn cluster() -> Cluster {
         }
         let directory = Arc::new(Directory::new(topo.clone(), me));
         let (peers, inbound) = net.join(me, directory);
-        let source = SyntheticSource::new(TableConfig::default(), Vec::new()).unwrap();
-        let (journal, _) = Journal::open(&dir.path().join(format!("h{h}.journal"))).unwrap();
-        let node = Arc::new(Node::new(Parts {
-            topo: topo.clone(),
-            me,
-            peers: Arc::new(peers),
-            hv: Arc::new(sim.host(me)),
-            traffic: Traffic::Synthetic {
-                source: Box::new(source),
-                started: Instant::now(),
-            },
-            config,
-            metrics: Arc::new(Metrics::register(
-                &mut Registry::default(),
-                topo.level_names(),
-            )),
-            journal,
-        }));
+        let hv = Arc::new(sim.host(me));
+        let node = inprocess::node(&topo, me, peers, hv, Vec::new(), config, dir.path());
         rt.block_on(node.refresh_inventory()).unwrap();
         if h != 0 {
             rt.spawn(drive(node.clone(), inbound, std::future::pending()));
