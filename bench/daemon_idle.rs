@@ -12,16 +12,13 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/host.rs"]
+#[allow(dead_code)]
+mod host;
+use host::free_port;
+
 const VMS: u32 = 16;
 const PARTNERS: u32 = 100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Kills the daemons even when the bench panics.
 struct Daemons(Vec<Child>);

@@ -2,21 +2,12 @@
 //! processes, metrics on 127.0.0.1) and its HTTP API shows the series that move as they work:
 //! token passes, decisions by outcome, migrations, flow-table entries, peers, the token epoch.
 
-#[path = "support/prometheus.rs"]
-mod prometheus;
 mod support;
 
-use prometheus::Prometheus;
 use std::net::SocketAddr;
 use support::cluster::{Cluster, Options};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::host::free_port;
+use support::prometheus::Prometheus;
 
 #[test]
 fn prometheus_scrapes_a_working_cluster() {

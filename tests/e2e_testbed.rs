@@ -6,6 +6,8 @@
 //! time (TCG guests share two cores); the testbed's Drop guard kills the daemons, libvirtds and
 //! guests with their namespaces, on panic too. Logs stay in /tmp/scored-test-<prefix>/.
 
+mod support;
+
 use scored::daemon::control::{self, Reply, Request, Status};
 use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
 use std::collections::HashMap;
@@ -13,21 +15,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::host::testbed_ready;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("{test}: skipped: needs root to create network namespaces and run libvirtd");
-        return false;
-    }
-    assert!(
-        Path::new("/usr/sbin/libvirtd").exists(),
-        "{test}: libvirtd is missing; run scripts/install-deps.sh"
-    );
-    true
-}
 
 fn thesis_testbed(prefix: &str) -> Testbed {
     let dir = std::env::temp_dir().join(format!("scored-test-{prefix}"));
@@ -167,7 +157,7 @@ const GUESTS: [&str; 4] = ["vm1", "vm2", "vm3", "vm4"];
 
 #[test]
 fn daemons_co_locate_chatty_pairs_from_captured_traffic() {
-    if !can_run("e2e co-location") {
+    if !testbed_ready("e2e co-location") {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -326,7 +316,7 @@ fn first_migration(tb: &Testbed, timeout: Duration) -> (usize, usize, String) {
 
 #[test]
 fn destination_libvirtd_dying_mid_migration_is_recorded_and_the_token_moves_on() {
-    if !can_run("e2e fault") {
+    if !testbed_ready("e2e fault") {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());

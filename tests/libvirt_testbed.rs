@@ -6,6 +6,8 @@
 //! says why and returns. The tests run one at a time (TCG guests share two cores) and every
 //! testbed is torn down by its Drop guard, on panic too.
 
+mod support;
+
 use scored::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
 use scored::hypervisor::watch::{VmChange, VmWatch};
 use scored::hypervisor::{
@@ -16,21 +18,9 @@ use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::host::testbed_ready;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("{test}: skipped: needs root to create network namespaces and run libvirtd");
-        return false;
-    }
-    assert!(
-        std::path::Path::new("/usr/sbin/libvirtd").exists(),
-        "{test}: libvirtd is missing; run scripts/install-deps.sh"
-    );
-    true
-}
 
 fn testbed(prefix: &str) -> Testbed {
     let dir = std::env::temp_dir().join(format!("scored-test-{prefix}"));
@@ -109,7 +99,7 @@ fn tap_bytes(h: &TestbedHost, tap: &str) -> u64 {
 
 #[test]
 fn live_migration_keeps_the_guest_running_and_defined_once() {
-    if !can_run("live_migration") {
+    if !testbed_ready("live_migration") {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,7 +225,7 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
 
 #[test]
 fn destination_libvirtd_dying_mid_migration_leaves_the_guest_at_the_source() {
-    if !can_run("destination_dies") {
+    if !testbed_ready("destination_dies") {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,7 +313,7 @@ fn destination_libvirtd_dying_mid_migration_leaves_the_guest_at_the_source() {
 
 #[test]
 fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
-    if !can_run("non_converging") {
+    if !testbed_ready("non_converging") {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());

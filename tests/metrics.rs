@@ -3,8 +3,7 @@
 
 #[path = "support/openmetrics.rs"]
 mod openmetrics;
-#[path = "support/prometheus.rs"]
-mod prometheus;
+mod support;
 
 use prometheus_client::registry::Registry;
 use scored::hypervisor::AbortReason;
@@ -336,7 +335,8 @@ async fn real_prometheus_scrapes_the_endpoint() {
     let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(r))
         .await
         .unwrap();
-    let Some(prom) = prometheus::Prometheus::start(server.local_addr(), "scored").await else {
+    let Some(prom) = support::prometheus::Prometheus::start(server.local_addr(), "scored").await
+    else {
         return;
     };
 

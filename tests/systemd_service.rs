@@ -12,6 +12,8 @@
 //!
 //! Needs root (CI runs as root); without it the test says why and returns.
 
+mod support;
+
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::topology::{HostId, Topology};
 use scored_proto::VmId;
@@ -19,13 +21,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::host::is_root;
 
 const SUITE: &str = "bookworm";
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -14,10 +14,9 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+#[path = "../support/host.rs"]
+mod host;
+pub use host::is_root;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 

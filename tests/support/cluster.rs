@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use super::host::free_port;
 use scored::daemon::control::{self, Reply, Request, Status};
 use scored::hypervisor::memory::{self, MemoryCluster, MigrationModel, SharedFile, synthetic_vm};
 use scored::proto::VmId;
@@ -50,14 +51,6 @@ pub fn topology_text(ports: &[u16], peers: &[String]) -> String {
         ));
     }
     t
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Options of a test cluster.

@@ -1,4 +1,6 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 pub mod cluster;
+pub mod host;
 pub mod inprocess;
+pub mod prometheus;
