@@ -6,7 +6,7 @@
 //! Units are part of the key names (`_ms`, `_s`, `_mib_s`), so a value is never ambiguous.
 
 use crate::hypervisor::{Compression, MigrationParams};
-use crate::topology::{line_col, syntax_message, valid_name};
+use crate::topology::{line_col, syntax_message, valid_name, write_lines};
 use libp2p::Multiaddr;
 use scored_proto::{PolicyKind, VmId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -539,13 +539,7 @@ impl ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        write_lines(f, &self.0)
     }
 }
 

@@ -173,30 +173,34 @@ impl Scenario {
 
     /// Eq. 3.1 of allocation `loc` under round `round`'s traffic (the shared cost code).
     pub fn cost(&self, round: usize, loc: &[HostId]) -> f64 {
-        let base = self.ids[0].0;
-        let placement = |v: VmId| loc.get((v.0 - base) as usize).copied();
         cost::total_cost(
             &self.topology,
-            self.rates[round]
-                .pairs()
-                .iter()
-                .map(|&(a, b, r)| (self.ids[a as usize], self.ids[b as usize], r)),
-            &placement,
+            self.pairs(round),
+            &Self::placement(&self.ids, loc),
         )
     }
 
     /// Eq. 3.1 of `loc` under round `round`, split by the level the traffic crosses.
     pub fn cost_by_level(&self, round: usize, loc: &[HostId]) -> Vec<f64> {
-        let base = self.ids[0].0;
-        let placement = |v: VmId| loc.get((v.0 - base) as usize).copied();
         cost::total_cost_by_level(
             &self.topology,
-            self.rates[round]
-                .pairs()
-                .iter()
-                .map(|&(a, b, r)| (self.ids[a as usize], self.ids[b as usize], r)),
-            &placement,
+            self.pairs(round),
+            &Self::placement(&self.ids, loc),
         )
+    }
+
+    /// Round `round`'s communicating pairs with their rates, as VM ids.
+    fn pairs(&self, round: usize) -> impl Iterator<Item = (VmId, VmId, f64)> + '_ {
+        self.rates[round]
+            .pairs()
+            .iter()
+            .map(|&(a, b, r)| (self.ids[a as usize], self.ids[b as usize], r))
+    }
+
+    /// Where each VM runs under `loc` (indexed from the first id).
+    fn placement<'a>(ids: &[VmId], loc: &'a [HostId]) -> impl Fn(VmId) -> Option<HostId> + 'a {
+        let base = ids[0].0;
+        move |v: VmId| loc.get((v.0 - base) as usize).copied()
     }
 
     /// Traffic between racks under round `round` with allocation `loc`: `m[i][j]`, bytes/s, both

@@ -10,7 +10,7 @@ pub mod generate;
 
 pub use file::{TopologyError, TopologyErrors};
 // Shared with the other TOML files scored reads (the daemon configuration).
-pub(crate) use file::{line_col, syntax_message, valid_name};
+pub(crate) use file::{line_col, syntax_message, valid_name, write_lines};
 
 use crate::cost::LinkWeights;
 use scored_proto::Level;
