@@ -327,18 +327,6 @@ fn check_histograms(e: &Exposition) -> Result<(), String> {
 /// ranges that are not functions, keywords or grouping labels. Good enough for the dashboards and
 /// rules we ship.
 pub fn metric_names_in(expr: &str) -> Vec<String> {
-    const KEYWORDS: [&str; 10] = [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "and",
-        "or",
-        "unless",
-        "bool",
-    ];
     // Blank out strings, `{…}` and `[…]` so only selectors, functions and operators remain.
     let mut clean = String::with_capacity(expr.len());
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -400,7 +388,8 @@ pub fn metric_names_in(expr: &str) -> Vec<String> {
         let before: String = chars[..start].iter().collect();
         if next == Some(&'(')
             || aggregation
-            || KEYWORDS.contains(&word.as_str())
+            || GROUPING.contains(&word.as_str())
+            || OPERATORS.contains(&word.as_str())
             || in_grouping_list(&before)
         {
             continue;
@@ -419,14 +408,18 @@ fn in_grouping_list(before: &str) -> bool {
         return false;
     }
     let head = before[..open].trim_end();
-    [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ]
-    .iter()
-    .any(|w| head.ends_with(w))
+    GROUPING.iter().any(|w| head.ends_with(w))
 }
+
+/// PromQL's grouping and matching modifiers, each followed by a list of labels.
+const GROUPING: [&str; 6] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// PromQL's keyword operators.
+const OPERATORS: [&str; 4] = ["and", "or", "unless", "bool"];
