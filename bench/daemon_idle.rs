@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/host.rs"]
 #[allow(dead_code)]
 mod host;
-use host::free_port;
+use host::free_ports;
 
 const VMS: u32 = 16;
 const PARTNERS: u32 = 100;
@@ -57,7 +57,7 @@ fn main() {
     let warmup = Duration::from_secs(20);
     let window = Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
-    let ports = [free_port(), free_port()];
+    let ports = free_ports(2);
     let mut topo_text = String::from(
         "[levels]\nnames = [\"rack\", \"pod\"]\nweights = [1.0, 2.718281828459045]\n\n\
          [defaults]\nmax_vms = 32\nmemory_mib = 65536\nreserve_memory_mib = 1024\n",
@@ -99,7 +99,7 @@ fn main() {
     set_shared_traffic(&shared, &pairs).unwrap();
 
     let mut daemons = Daemons(Vec::new());
-    let metrics_ports = [free_port(), free_port()];
+    let metrics_ports = free_ports(2);
     for (i, metrics_port) in metrics_ports.iter().enumerate() {
         let name = format!("h{}", i + 1);
         let config = format!(

@@ -6,13 +6,13 @@ mod support;
 
 use std::net::SocketAddr;
 use support::cluster::{Cluster, Options};
-use support::host::free_port;
+use support::host::free_ports;
 use support::prometheus::Prometheus;
 
 #[test]
 fn prometheus_scrapes_a_working_cluster() {
     let hosts = 8;
-    let ports: Vec<u16> = (0..hosts).map(|_| free_port()).collect();
+    let ports = free_ports(hosts);
     let mut host_overrides = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         host_overrides.push((i, "metrics.enabled".to_string(), "true".to_string()));

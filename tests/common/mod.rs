@@ -8,17 +8,9 @@ use scored_proto::VmId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Ports the OS considers free now. Another process could take one before we bind it; the
-/// window is a few milliseconds and the tests bind at once.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+#[path = "../support/host.rs"]
+mod host;
+pub use host::free_ports;
 
 pub struct HostSpec {
     pub name: String,

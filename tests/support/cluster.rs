@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use super::host::free_port;
+use super::host::free_ports;
 use scored::daemon::control::{self, Reply, Request, Status};
 use scored::hypervisor::memory::{self, MemoryCluster, MigrationModel, SharedFile, synthetic_vm};
 use scored::proto::VmId;
@@ -90,7 +90,7 @@ impl Cluster {
     pub fn new(opts: Options) -> Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..opts.hosts).map(|_| free_port()).collect();
+        let ports = free_ports(opts.hosts);
         let mut peers = Vec::new();
         for i in 0..opts.hosts {
             let key =

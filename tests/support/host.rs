@@ -1,13 +1,20 @@
 //! Small host facts the tests and benches share: a free loopback port, whether we run as root.
 
-/// A TCP port on 127.0.0.1 the OS considers free now (another process could take it before the
-/// caller binds it; the window is milliseconds).
+/// `n` distinct TCP ports on 127.0.0.1 the OS considers free now: all are held until every one
+/// is chosen, so no two are the same (asking one at a time can get a port back twice). Another
+/// process could take one before the caller binds it; the window is milliseconds.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)[0]
 }
 
 pub fn is_root() -> bool {
