@@ -450,11 +450,11 @@ impl Testbed {
             .filter(|s| s.parent.is_none())
             .count();
         if roots > 1 {
-            bridge(&fab, "top")?;
+            bridge(&fab, "top", BridgeMac::Top)?;
         }
         for (j, s) in topo.switches().iter().enumerate() {
             let br = format!("s{j}");
-            bridge(&fab, &br)?;
+            bridge(&fab, &br, BridgeMac::Switch(j))?;
             let parent = match s.parent {
                 Some(p) => format!("s{}", p.0),
                 None if roots > 1 => "top".to_string(),
@@ -480,7 +480,7 @@ impl Testbed {
             let ns = &th.netns;
             ip(&["netns", "add", ns], "create a host namespace")?;
             ip(&["-n", ns, "link", "set", "lo", "up"], "host lo up")?;
-            bridge(ns, "br0")?;
+            bridge(ns, "br0", BridgeMac::Host(i))?;
             let addr = format!("{}/{}", th.address, PREFIX_LEN);
             ip(
                 &["-n", ns, "addr", "add", &addr, "dev", "br0"],
@@ -871,9 +871,53 @@ fn generated_topology(n: usize) -> Result<toml::Table> {
         .map_err(|e| TestbedError::Topology(format!("generated topology: {e}")))
 }
 
-fn bridge(ns: &str, name: &str) -> Result<()> {
+/// Which bridge gets which fixed MAC address.
+#[derive(Clone, Copy, Debug)]
+enum BridgeMac {
+    /// `br0` of the i-th host: carries the host's address.
+    Host(usize),
+    /// The j-th switch of the topology, in the fabric namespace.
+    Switch(usize),
+    /// The bridge above several roots.
+    Top,
+}
+
+impl BridgeMac {
+    /// `02:73:63:…` (locally administered, "sc"), unique in the testbed's one L2 domain and
+    /// apart from the guests' `52:54:…` and their taps' `fe:54:…`.
+    fn address(self) -> String {
+        let (kind, n) = match self {
+            BridgeMac::Host(i) => (0, i),
+            BridgeMac::Switch(j) => (1, j),
+            BridgeMac::Top => (2, 0),
+        };
+        format!(
+            "02:73:63:{kind:02x}:{:02x}:{:02x}",
+            (n >> 8) & 0xff,
+            n & 0xff
+        )
+    }
+}
+
+/// A bridge with a MAC address of its own. Without one, Linux gives a bridge the lowest MAC of
+/// its ports and changes it as ports come and go: when an incoming guest's tap
+/// (`fe:54:…`, the guest's MAC with libvirt's `fe` prefix) sorts below the uplink's random MAC,
+/// the host's address moves to the tap's MAC, which the source host also has on its own bridge
+/// (the guest's tap there) and so delivers to itself: the source can no longer reach the
+/// destination, in the middle of the migration. CI saw exactly this once.
+fn bridge(ns: &str, name: &str, mac: BridgeMac) -> Result<()> {
     ip(
-        &["-n", ns, "link", "add", name, "type", "bridge"],
+        &[
+            "-n",
+            ns,
+            "link",
+            "add",
+            name,
+            "address",
+            &mac.address(),
+            "type",
+            "bridge",
+        ],
         "create a bridge",
     )?;
     ip(&["-n", ns, "link", "set", name, "up"], "bridge up")?;
