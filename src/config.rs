@@ -65,19 +65,29 @@ impl Default for HostConfig {
     }
 }
 
-/// The local hypervisor. Restart to change.
+/// The local hypervisor. `uri`: restart to change; `call_timeout_s` reloads on SIGHUP.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HypervisorConfig {
     /// libvirt connection URI of this host's own hypervisor.
     pub uri: String,
+    /// Seconds the daemon waits for one hypervisor call before it counts the hypervisor as not
+    /// answering; a migration call gets `migration.timeout_s` on top.
+    pub call_timeout_s: u64,
 }
 
 impl Default for HypervisorConfig {
     fn default() -> Self {
         HypervisorConfig {
             uri: "qemu:///system".into(),
+            call_timeout_s: 30,
         }
+    }
+}
+
+impl HypervisorConfig {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_s)
     }
 }
 
@@ -452,6 +462,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     restart("host.key"),
     restart("host.topology"),
     restart("hypervisor.uri"),
+    live("hypervisor.call_timeout_s"),
     restart("p2p.listen"),
     restart("token.policy"),
     restart("token.handoff_timeout_ms"),
@@ -857,6 +868,11 @@ impl Config {
             }
         }
 
+        positive(
+            &mut bad,
+            "hypervisor.call_timeout_s",
+            self.hypervisor.call_timeout_s,
+        );
         let m = &self.migration;
         positive(&mut bad, "migration.max_downtime_ms", m.max_downtime_ms);
         positive(&mut bad, "migration.stall_timeout_s", m.stall_timeout_s);

@@ -3,7 +3,9 @@
 //! refuses further VMs and a decision picks a rack alternate. On the loopback cluster of real
 //! `scored run` processes: one host's hypervisor stops answering (its view of the shared cluster
 //! file vanishes, so the real FileHost calls fail); the host stops deciding, the token goes on,
-//! and it recovers by itself when the hypervisor is back.
+//! and it recovers by itself when the hypervisor is back. In process again: a migration call that
+//! never returns (as libvirt's did once, its migration stream cut mid-way) holds the token for a
+//! bounded time only, and its VM stays untouched until the hypervisor says how the job ended.
 
 mod support;
 
@@ -12,13 +14,15 @@ use scored::daemon::node::Node;
 use scored::daemon::run::drive;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{self, FileHost, MemoryCluster, MigrationModel, synthetic_vm};
-use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
+use scored::hypervisor::{
+    Capacity, Destination, Hypervisor, MigrationParams, MigrationReport, Vm, VmState,
+};
 use scored::metrics::{Direction, DirectionLabels, Outcome};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
 use scored::proto::{CapacityRequest, VmId};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::cluster::{Cluster, Options};
 use support::inprocess;
@@ -354,4 +358,190 @@ fn a_host_whose_hypervisor_stops_answering_passes_its_turns_and_recovers() {
     let f = c.shared();
     f.check().unwrap();
     assert_eq!(f.placement().len(), vms);
+}
+
+/// A real in-memory host whose migration call blocks until the test lets it go on, as a
+/// libvirt call blocked on a dead migration stream does; meanwhile it reports the job, as
+/// libvirt does for a domain with an active migration job.
+struct HangingMigration {
+    inner: Arc<dyn Hypervisor>,
+    /// The VM whose call is blocked, and whether the test has let it go.
+    gate: Mutex<(Option<VmId>, bool)>,
+    released: Condvar,
+    calls: Mutex<u32>,
+}
+
+impl HangingMigration {
+    fn release(&self) {
+        self.gate.lock().unwrap().1 = true;
+        self.released.notify_all();
+    }
+}
+
+/// Lets a blocked call go on when the test ends, failed or not: the runtime's blocking thread
+/// ends and the test process does not hang.
+struct ReleaseOnDrop(Arc<HangingMigration>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl Hypervisor for HangingMigration {
+    fn vms(&self) -> scored::hypervisor::Result<Vec<Vm>> {
+        self.inner.vms()
+    }
+
+    fn capacity(&self) -> scored::hypervisor::Result<Capacity> {
+        self.inner.capacity()
+    }
+
+    fn migrate(
+        &self,
+        vm: VmId,
+        dest: &Destination,
+        params: &MigrationParams,
+    ) -> scored::hypervisor::Result<MigrationReport> {
+        *self.calls.lock().unwrap() += 1;
+        let mut g = self.gate.lock().unwrap();
+        g.0 = Some(vm);
+        while !g.1 {
+            g = self.released.wait(g).unwrap();
+        }
+        drop(g);
+        let r = self.inner.migrate(vm, dest, params);
+        self.gate.lock().unwrap().0 = None;
+        r
+    }
+
+    fn state(&self, vm: VmId) -> scored::hypervisor::Result<VmState> {
+        if self.gate.lock().unwrap().0 == Some(vm) {
+            return Ok(VmState::Migrating);
+        }
+        self.inner.state(vm)
+    }
+}
+
+#[test]
+fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time() {
+    let topo = Arc::new(topology());
+    let (a, b) = (VmId(0x0a00_0001), VmId(0x0a00_0002));
+    let (h1, h2) = (HostId(0), HostId(1));
+    let sim = MemoryCluster::new(&topo);
+    // 512 MiB in half a second once the job is let go: well inside timeout_s.
+    sim.set_model(MigrationModel {
+        sent_fraction: 1.0,
+        throughput_bytes_per_s: 1024.0 * 1024.0 * 1024.0,
+        downtime: Duration::ZERO,
+    });
+    sim.add_vm(h1, synthetic_vm(a, 512)).unwrap();
+    sim.add_vm(h2, synthetic_vm(b, 512)).unwrap();
+    let hanging = Arc::new(HangingMigration {
+        inner: Arc::new(sim.host(h1)),
+        gate: Mutex::new((None, false)),
+        released: Condvar::new(),
+        calls: Mutex::new(0),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Dropped before the runtime.
+    let _release = ReleaseOnDrop(hanging.clone());
+    let net = DirectNetwork::new(topo.clone());
+    let mut config = Config::default();
+    config.token.handoff_timeout_ms = 400;
+    config.token.min_round_s = 0;
+    config.decision.cooldown_base_s = 0;
+    config.decision.migration_cost_fraction = 0.0;
+    // The call is given up on after timeout_s + call_timeout_s = 3 s.
+    config.migration.timeout_s = 2;
+    config.migration.stall_timeout_s = 1;
+    config.hypervisor.call_timeout_s = 1;
+    let mut nodes: Vec<Arc<Node<DirectPeers>>> = Vec::new();
+    for h in [h1, h2] {
+        let (peers, inbound) = net.join(h, Arc::new(Directory::new(topo.clone(), h)));
+        let (hv, demands): (Arc<dyn Hypervisor>, _) = if h == h1 {
+            let d = Demand {
+                vm: a,
+                partner: b,
+                bytes_per_sec: 1e6,
+            };
+            (hanging.clone(), vec![d])
+        } else {
+            (Arc::new(sim.host(h)), Vec::new())
+        };
+        let mut config = config.clone();
+        if h != h1 {
+            config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+        }
+        let node = inprocess::node(&topo, h, peers, hv, demands, config, dir.path());
+        rt.block_on(node.refresh_inventory()).unwrap();
+        node.traffic().tick(Instant::now());
+        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        nodes.push(node);
+    }
+    let wait = |limit: Duration, what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + limit;
+        while !f() {
+            assert!(Instant::now() < deadline, "within {limit:?}: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let outcome_of = |n: &Node<DirectPeers>, outcome: &str| {
+        n.state()
+            .recent
+            .iter()
+            .any(|r| r.vm == a.to_string() && r.outcome == outcome)
+    };
+
+    // h1 mints the token, decides to move a to its partner's host, and the call hangs.
+    wait(Duration::from_secs(30), "the migration call", &|| {
+        *hanging.calls.lock().unwrap() == 1
+    });
+    let hung = Instant::now();
+    wait(
+        Duration::from_secs(30),
+        "h1 gives up waiting for the call",
+        &|| outcome_of(&nodes[0], "hypervisor_down"),
+    );
+    let waited = hung.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "gave up after {waited:?}, before timeout_s + call_timeout_s"
+    );
+    {
+        let st = nodes[0].state();
+        assert!(st.unsettled.contains(&a), "a must be unsettled");
+        assert!(st.journal.is_open(a), "the journal entry stays open");
+    }
+    // The token goes on: h2 holds it afterwards, and h1's next turns for a neither decide nor
+    // start a second job.
+    let seq = nodes[0].state().holding.map_or(0, |s| s.seq);
+    wait(Duration::from_secs(30), "the token moves on", &|| {
+        [&nodes[0], &nodes[1]]
+            .iter()
+            .any(|n| n.state().holding.is_some_and(|s| s.seq > seq + 2))
+    });
+    wait(Duration::from_secs(30), "a busy turn for a", &|| {
+        outcome_of(&nodes[0], "busy")
+    });
+    assert_eq!(*hanging.calls.lock().unwrap(), 1, "one job, never a second");
+    assert_eq!(sim.host_of(a), Some(h1));
+
+    // The hypervisor finishes the job: h1 settles it as completed, h2 has a.
+    hanging.release();
+    wait(Duration::from_secs(30), "a settles at h2", &|| {
+        let st = nodes[0].state();
+        !st.unsettled.contains(&a) && !st.journal.is_open(a)
+    });
+    assert_eq!(sim.host_of(a), Some(h2));
+    wait(Duration::from_secs(30), "h2 lists a", &|| {
+        nodes[1].state().inventory.iter().any(|v| v.id == a)
+    });
+    assert_eq!(nodes[0].metrics.hypervisor_up.get(), 1, "answering again");
+    sim.check().unwrap();
 }

@@ -252,17 +252,36 @@ impl<P: Peers> Node<P> {
 
     // ----- inventory -------------------------------------------------------------------------
 
-    /// Runs a blocking hypervisor call off the event loop and keeps track of whether the
-    /// hypervisor answers: an outage is logged when it begins and when it ends, not per call.
+    /// Runs a blocking hypervisor call off the event loop, waiting for it at most
+    /// `hypervisor.call_timeout_s`, and keeps track of whether the hypervisor answers: an outage
+    /// is logged when it begins and when it ends, not per call.
     async fn hv_call<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&dyn Hypervisor) -> Result<T, HypervisorError> + Send + 'static,
     ) -> Result<T, HypervisorError> {
+        let within = self.config().hypervisor.call_timeout();
+        self.hv_call_within(what, within, f).await
+    }
+
+    /// [`Self::hv_call`] with its own bound. A call that does not return in time is left to
+    /// its thread and reported as [`HypervisorError::NoAnswer`]: the token and the event loop
+    /// never wait on a hung hypervisor for longer than the bound.
+    async fn hv_call_within<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        within: Duration,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HypervisorError> + Send + 'static,
+    ) -> Result<T, HypervisorError> {
         let hv = self.hv.clone();
-        let r = match tokio::task::spawn_blocking(move || f(hv.as_ref())).await {
-            Ok(r) => r,
-            Err(e) => Err(HypervisorError::Connection(format!("{what} task: {e}"))),
+        let call = tokio::task::spawn_blocking(move || f(hv.as_ref()));
+        let r = match tokio::time::timeout(within, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(HypervisorError::Connection(format!("{what} task: {e}"))),
+            Err(_) => Err(HypervisorError::NoAnswer {
+                call: what,
+                after: within,
+            }),
         };
         match &r {
             Err(e) if e.is_unavailable() => self.hypervisor_failed(what, e),
@@ -1447,7 +1466,11 @@ impl<P: Peers> Node<P> {
                     );
                 }
                 Err(e) => {
-                    a.outcome = metrics::Outcome::Failed;
+                    a.outcome = if e.hung() {
+                        metrics::Outcome::HypervisorDown
+                    } else {
+                        metrics::Outcome::Failed
+                    };
                     a.detail = format!("{}; migration failed: {e}", a.detail);
                 }
             }
@@ -1508,7 +1531,7 @@ impl<P: Peers> Node<P> {
         to: HostId,
         token: &Token,
         decided: Instant,
-    ) -> Result<MigrationReport, String> {
+    ) -> Result<MigrationReport, MigrateError> {
         let config = self.config();
         let dest_host = self.topo.host(to);
         let dest = Destination {
@@ -1527,7 +1550,7 @@ impl<P: Peers> Node<P> {
                     token.seq,
                     unix_ms(),
                 )
-                .map_err(|e| format!("journal: {e}"))?
+                .map_err(|e| MigrateError::Journal(e.to_string()))?
         };
         self.metrics.migrations.started.inc();
         // Gauges are handles: clone out of the family so no lock guard lives across an await.
@@ -1542,9 +1565,13 @@ impl<P: Peers> Node<P> {
         out_gauge.inc();
         tracing::info!(vm = %vm.id, name = %vm.name, to = %dest.host, journal = entry.id, since_decision_us = decided.elapsed().as_micros() as u64, "migration starting");
         let params = config.migration.params();
+        // The hypervisor's own watchdog ends the job by `timeout`; past that and one more call
+        // timeout, the call itself hangs (seen: libvirt's Perform waiting on a migration stream
+        // whose network path had died) and must not keep the token.
+        let within = params.timeout + config.hypervisor.call_timeout();
         let (id, d) = (vm.id, dest.clone());
         let result = self
-            .hv_call("migration", move |hv| hv.migrate(id, &d, &params))
+            .hv_call_within("migration", within, move |hv| hv.migrate(id, &d, &params))
             .await;
         out_gauge.dec();
         match result {
@@ -1574,6 +1601,14 @@ impl<P: Peers> Node<P> {
                 }
                 Ok(report)
             }
+            Err(e @ HypervisorError::NoAnswer { .. }) => {
+                // Neither failed nor done: the journal entry stays open and the VM unsettled
+                // (no decision for it, asked about on every inventory refresh) until the
+                // hypervisor says how the job ended, as after a crash.
+                self.state().unsettled.insert(vm.id);
+                tracing::error!(vm = %vm.id, to = %dest.host, journal = entry.id, error = %e, "migration call hangs: the token moves on; the VM stays unsettled until the hypervisor says how the job ended");
+                Err(MigrateError::Hypervisor(e))
+            }
             Err(e) => {
                 let outcome = match &e {
                     HypervisorError::Aborted { reason, .. } => {
@@ -1596,7 +1631,7 @@ impl<P: Peers> Node<P> {
                 let _ = self.state().journal.end(entry.id, outcome);
                 tracing::warn!(vm = %vm.id, to = %dest.host, error = %e, "migration failed; the VM stays here");
                 let _ = self.refresh_inventory().await;
-                Err(e.to_string())
+                Err(MigrateError::Hypervisor(e))
             }
         }
     }
@@ -1634,6 +1669,33 @@ impl<P: Peers> Node<P> {
             }
         }
         (cost, traffic)
+    }
+}
+
+/// Why a migration this host started did not go through.
+#[derive(Debug)]
+enum MigrateError {
+    /// The journal could not record it: nothing was started.
+    Journal(String),
+    Hypervisor(HypervisorError),
+}
+
+impl MigrateError {
+    /// The call did not return in time (the job may still run): not a failed migration.
+    fn hung(&self) -> bool {
+        matches!(
+            self,
+            MigrateError::Hypervisor(HypervisorError::NoAnswer { .. })
+        )
+    }
+}
+
+impl std::fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrateError::Journal(e) => write!(f, "journal: {e}"),
+            MigrateError::Hypervisor(e) => e.fmt(f),
+        }
     }
 }
 

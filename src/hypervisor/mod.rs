@@ -40,6 +40,10 @@ pub enum HypervisorError {
     },
     #[error("hypervisor connection: {0}")]
     Connection(String),
+    /// The call did not return in time. It may still be running (a thread stays blocked in it),
+    /// so whatever it was doing must be asked about again, never assumed to have failed.
+    #[error("no answer to {call} within {} s (the call may still be running)", after.as_secs())]
+    NoAnswer { call: &'static str, after: Duration },
 }
 
 impl HypervisorError {
@@ -49,7 +53,9 @@ impl HypervisorError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            HypervisorError::Connection(_) | HypervisorError::Call { vm: None, .. }
+            HypervisorError::Connection(_)
+                | HypervisorError::Call { vm: None, .. }
+                | HypervisorError::NoAnswer { .. }
         )
     }
 }
