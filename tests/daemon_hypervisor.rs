@@ -3,7 +3,8 @@
 //! refuses further VMs and a decision picks a rack alternate. On the loopback cluster of real
 //! `scored run` processes: one host's hypervisor stops answering (its view of the shared cluster
 //! file vanishes, so the real FileHost calls fail); the host stops deciding, the token goes on,
-//! and it recovers by itself when the hypervisor is back. In process again: a migration call that
+//! and it recovers by itself when the hypervisor is back; restarted during an outage, the daemon
+//! comes up all the same and picks its VMs up once the hypervisor answers. In process again: a migration call that
 //! never returns (as libvirt's did once, its migration stream cut mid-way) holds the token for a
 //! bounded time only, and its VM stays untouched until the hypervisor says how the job ended.
 
@@ -355,6 +356,62 @@ fn a_host_whose_hypervisor_stops_answering_passes_its_turns_and_recovers() {
         "{name} down for {} ms: {passed} turns passed as hypervisor_down, {others} decisions elsewhere meanwhile",
         up_at - down_at
     );
+
+    // The daemon (re)starts while its hypervisor does not answer: it comes up with the outage
+    // (not a failed start that systemd would retry, and give up on), and picks its VMs up once
+    // the hypervisor answers.
+    std::fs::remove_file(view(down)).unwrap();
+    c.kill(down);
+    c.start(down);
+    let mut warned_at_start = 0;
+    let ok = c.wait(Duration::from_secs(60), |c| {
+        for (h, e) in absorb(c, &mut cursor, &mut decisions) {
+            if h == down && e["message"] == "hypervisor not answering: no decisions for this host's VMs and no VMs taken in until it is back" {
+                warned_at_start += 1;
+            }
+            if h == down && e["message"] == "migration starting" {
+                migrations_while_down.push(e["vm"].to_string());
+            }
+        }
+        warned_at_start >= 1
+            && c.status(down).is_some_and(|s| {
+                s.hypervisor_down
+                    .is_some_and(|d| d.error.contains("view-h"))
+                    && s.vms.is_empty()
+            })
+    });
+    assert!(
+        ok && c.running(down),
+        "{name} did not come up with its hypervisor down:\n{}",
+        c.tail(down, 20)
+    );
+    std::os::unix::fs::symlink(&root, view(down)).unwrap();
+    let up_again = unix_ms();
+    let mut recovered = false;
+    let ok = c.wait(Duration::from_secs(90), |c| {
+        for (h, e) in absorb(c, &mut cursor, &mut decisions) {
+            if h == down && e["message"] == "hypervisor answering again" {
+                recovered = true;
+            }
+        }
+        recovered
+            && c.status(down)
+                .is_some_and(|s| s.hypervisor_down.is_none() && !s.vms.is_empty())
+            && decisions
+                .iter()
+                .any(|d| d.host == down && d.start >= up_again && d.outcome != "hypervisor_down")
+    });
+    assert!(
+        ok,
+        "{name} did not pick its VMs up after starting with its hypervisor down:\n{}",
+        c.tail(down, 20)
+    );
+    assert_eq!(warned_at_start, 1, "one warning for the outage at start");
+    assert!(
+        migrations_while_down.is_empty(),
+        "{name} started migrations while its hypervisor was down: {migrations_while_down:?}"
+    );
+
     let f = c.shared();
     f.check().unwrap();
     assert_eq!(f.placement().len(), vms);

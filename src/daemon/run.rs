@@ -81,9 +81,10 @@ pub fn backend(
     };
     let uri = &config.hypervisor.uri;
     if let Some(path) = uri.strip_prefix(SIM_SCHEME) {
-        let host = FileHost::open(Path::new(path), &topo.host(me).name)
-            .with_context(|| format!("hypervisor.uri {uri}"))?;
-        let source = SyntheticSource::new(table, demands(&host.traffic()?))?;
+        // Like libvirt's, a cluster file that cannot be read yet is an outage, not a failed
+        // start: the traffic follows once it can (follow_shared_traffic).
+        let host = FileHost::open_later(Path::new(path), &topo.host(me).name);
+        let source = SyntheticSource::new(table, demands(&host.traffic().unwrap_or_default()))?;
         return Ok((
             Arc::new(host),
             Traffic::Synthetic {
@@ -92,10 +93,11 @@ pub fn backend(
             },
         ));
     }
-    let hv = crate::hypervisor::libvirt::LibvirtHypervisor::connect(
+    // libvirtd not up yet is an outage (reported by the first inventory read), not a failed
+    // start: the connection opens on the first call that finds it.
+    let (hv, _) = crate::hypervisor::libvirt::LibvirtHypervisor::connect_later(
         crate::hypervisor::libvirt::LibvirtConfig::new(uri),
-    )
-    .with_context(|| format!("hypervisor.uri {uri}"))?;
+    );
     let capture = CaptureSource::new(CaptureConfig {
         table,
         sample_one_in: config.flows.sampling,
@@ -205,10 +207,14 @@ async fn serve(
         journal,
     }));
     node.reconcile(left).await;
-    node.refresh_inventory()
-        .await
-        .map_err(|e| anyhow!("hypervisor {}: {e}", config.hypervisor.uri))?;
-    if let Err(e) = node.peers.announce_inventory().await {
+    // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
+    // status): the daemon starts with no local VMs, decides nothing for its host and takes no
+    // VM in, and picks its VMs up on the first inventory refresh that reaches the hypervisor.
+    // It announces no (empty) inventory meanwhile: its peers keep what they knew.
+    let inventory = node.refresh_inventory().await;
+    if inventory.is_ok()
+        && let Err(e) = node.peers.announce_inventory().await
+    {
         tracing::info!(error = %e, "first inventory announcement not published (no peer yet)");
     }
 
@@ -225,18 +231,25 @@ async fn serve(
         .hypervisor
         .uri
         .strip_prefix(SIM_SCHEME)
-        .and_then(|path| FileHost::open(Path::new(path), node.name()).ok())
+        .map(|path| FileHost::open_later(Path::new(path), node.name()))
         .map(|host| AbortOnDrop(tokio::spawn(follow_shared_traffic(node.clone(), host))));
     let control_listener = control::bind(&config.control.socket)
         .with_context(|| format!("control.socket {}", config.control.socket.display()))?;
     let control_task = tokio::spawn(control::serve_on(control_listener, node.clone()));
 
-    let ready = format!(
-        "host {} with {} VM(s), {} peers in the topology",
-        node.name(),
-        node.state().inventory.len(),
-        topo.hosts().len() - 1
-    );
+    let ready = match &inventory {
+        Ok(()) => format!(
+            "host {} with {} VM(s), {} peers in the topology",
+            node.name(),
+            node.state().inventory.len(),
+            topo.hosts().len() - 1
+        ),
+        Err(e) => format!(
+            "host {}, hypervisor not answering yet ({e}), {} peers in the topology",
+            node.name(),
+            topo.hosts().len() - 1
+        ),
+    };
     let _ = notifier.ready(&ready);
     tracing::info!("{ready}: ready");
 

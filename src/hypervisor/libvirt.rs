@@ -79,7 +79,8 @@ pub struct MigrationTrace {
 
 pub struct LibvirtHypervisor {
     cfg: LibvirtConfig,
-    conn: Mutex<Connect>,
+    /// `None` until libvirtd first answers (see [`LibvirtHypervisor::connect_later`]).
+    conn: Mutex<Option<Connect>>,
 }
 
 fn silence_libvirt_stderr() {
@@ -95,8 +96,24 @@ impl LibvirtHypervisor {
         let conn = open(&cfg.uri)?;
         Ok(LibvirtHypervisor {
             cfg,
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Some(conn)),
         })
+    }
+
+    /// As [`Self::connect`], but a libvirtd that does not answer yet is not an error: the
+    /// daemon starts (its hypervisor counted as down) and the first call that finds libvirtd
+    /// opens the connection. With the error of the first attempt, if it failed.
+    pub fn connect_later(cfg: LibvirtConfig) -> (Self, Option<HypervisorError>) {
+        silence_libvirt_stderr();
+        let (conn, error) = match open(&cfg.uri) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        };
+        let hv = LibvirtHypervisor {
+            cfg,
+            conn: Mutex::new(conn),
+        };
+        (hv, error)
     }
 
     pub fn uri(&self) -> &str {
@@ -106,10 +123,14 @@ impl LibvirtHypervisor {
     /// The connection, reopened if libvirtd restarted since the last call.
     fn conn(&self) -> Result<Connect> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if !guard.is_alive().unwrap_or(false) {
-            *guard = open(&self.cfg.uri)?;
+        match guard.as_ref() {
+            Some(c) if c.is_alive().unwrap_or(false) => Ok(c.clone()),
+            _ => {
+                let c = open(&self.cfg.uri)?;
+                *guard = Some(c.clone());
+                Ok(c)
+            }
         }
-        Ok(guard.clone())
     }
 
     /// Every running domain with the VM it describes (domains without an identity are left out).

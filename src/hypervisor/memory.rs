@@ -662,30 +662,24 @@ fn load_shared(path: &Path) -> Result<SharedFile> {
 #[derive(Clone, Debug)]
 pub struct FileHost {
     path: PathBuf,
-    host: HostId,
     name: String,
 }
 
 impl FileHost {
-    /// Opens host `name` of the cluster in `path`.
+    /// Opens host `name` of the cluster in `path`, which must be readable and list it.
     pub fn open(path: &Path, name: &str) -> Result<FileHost> {
-        let file = read_shared(path)?;
-        let host = file
-            .hosts
-            .iter()
-            .position(|h| h.name == name)
-            .ok_or_else(|| {
-                io_err(
-                    path,
-                    "open",
-                    format!("no host `{name}` in the cluster file"),
-                )
-            })?;
-        Ok(FileHost {
+        let host = FileHost::open_later(path, name);
+        host.with(false, |_, _| Ok(()))?;
+        Ok(host)
+    }
+
+    /// Host `name` of the cluster in `path`, read at its first call: like a libvirtd that is
+    /// not up yet, a file that cannot be read makes the calls fail until it can.
+    pub fn open_later(path: &Path, name: &str) -> FileHost {
+        FileHost {
             path: path.to_path_buf(),
-            host: HostId(host as u32),
             name: name.to_string(),
-        })
+        }
     }
 
     /// The traffic this cluster's VMs exchange (each pair once).
@@ -693,8 +687,22 @@ impl FileHost {
         Ok(read_shared(&self.path)?.traffic)
     }
 
-    fn with<R>(&self, mutate: bool, f: impl FnOnce(&mut Cluster) -> Result<R>) -> Result<R> {
-        update_shared(&self.path, |c, _| Ok((f(c)?, mutate)))
+    /// One access to the file, with this host's id in it.
+    fn with<R>(
+        &self,
+        mutate: bool,
+        f: impl FnOnce(&mut Cluster, HostId) -> Result<R>,
+    ) -> Result<R> {
+        update_shared(&self.path, |c, _| {
+            let me = c.by_name.get(&self.name).copied().ok_or_else(|| {
+                io_err(
+                    &self.path,
+                    "open",
+                    format!("no host `{}` in the cluster file", self.name),
+                )
+            })?;
+            Ok((f(c, me)?, mutate))
+        })
     }
 
     /// The first half of [`Hypervisor::migrate`]: checks the move and records its job in the
@@ -705,14 +713,14 @@ impl FileHost {
         dest: &Destination,
         params: &MigrationParams,
     ) -> Result<(MigrationReport, InFlight)> {
-        self.with(true, |c| {
-            let (_, report) = c.plan_move(self.host, vm, dest, params)?;
+        self.with(true, |c, me| {
+            let (_, report) = c.plan_move(me, vm, dest, params)?;
             let started = now_unix_ms();
             let job = InFlight {
                 vm,
                 from: self.name.clone(),
                 to: dest.host.clone(),
-                memory_mib: c.hosts[self.host.index()]
+                memory_mib: c.hosts[me.index()]
                     .vms
                     .iter()
                     .find(|v| v.id == vm)
@@ -732,10 +740,10 @@ impl FileHost {
             let left = job.completes_unix_ms.saturating_sub(now_unix_ms());
             // Past the completion time, the first access commits it (ours or another host's).
             std::thread::sleep(Duration::from_millis(left.max(1)));
-            let (pending, here) = self.with(false, |c| {
+            let (pending, here) = self.with(false, |c, me| {
                 Ok((
                     c.in_flight.contains(job),
-                    c.location.get(&job.vm) == Some(&self.host),
+                    c.location.get(&job.vm) == Some(&me),
                 ))
             })?;
             if pending {
@@ -756,11 +764,11 @@ impl FileHost {
 
 impl Hypervisor for FileHost {
     fn vms(&self) -> Result<Vec<Vm>> {
-        self.with(false, |c| Ok(c.hosts[self.host.index()].vms.clone()))
+        self.with(false, |c, me| Ok(c.hosts[me.index()].vms.clone()))
     }
 
     fn capacity(&self) -> Result<Capacity> {
-        self.with(false, |c| Ok(c.capacity(self.host)))
+        self.with(false, |c, me| Ok(c.capacity(me)))
     }
 
     fn migrate(
@@ -777,7 +785,7 @@ impl Hypervisor for FileHost {
     }
 
     fn state(&self, vm: VmId) -> Result<VmState> {
-        self.with(false, |c| Ok(c.state(self.host, vm)))
+        self.with(false, |c, me| Ok(c.state(me, vm)))
     }
 }
 
