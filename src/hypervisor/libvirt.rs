@@ -224,9 +224,17 @@ impl LibvirtHypervisor {
             .map_err(|e| fail("virDomainMigrateSetMaxDowntime", e.message().to_string()))?;
         let (mp, flags) = migrate_parameters(params, dest);
 
-        // The watchdog gets a connection of its own: libvirt 9.0's client sometimes never sends
-        // a call queued behind another thread's long call on the same connection (seen here as
-        // a virDomainAbortJob that waited forever behind virDomainMigrate3).
+        // The migration call and the watchdog get a connection each, apart from the shared one:
+        // libvirt 9.0's client sometimes never sends a call queued behind another thread's long
+        // call on the same connection (seen here as a virDomainAbortJob that waited forever
+        // behind virDomainMigrate3). So the daemon's inventory and state reads, on the shared
+        // connection, never wait for a migration to end.
+        let migrating = open(&self.cfg.uri)
+            .and_then(|c| {
+                c.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
+                    .map_err(|e| call(Some(vm), "virDomainLookupByUUIDString", e))
+            })
+            .map_err(|e| fail("migration connection", e.to_string()))?;
         let watched = open(&self.cfg.uri)
             .and_then(|c| {
                 c.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
@@ -235,7 +243,7 @@ impl LibvirtHypervisor {
             .map_err(|e| fail("watchdog connection", e.to_string()))?;
         let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started)
             .map_err(|e| fail("watchdog thread", e.to_string()))?;
-        let result = dom.migrate3(&dconn, mp, flags);
+        let result = migrating.migrate3(&dconn, mp, flags);
         let seen = watchdog.stop();
         let mut trace = MigrationTrace {
             job_started_after: seen.job_started_after,
