@@ -137,11 +137,7 @@ fn nodes<P: Peers>(
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = inprocess::runtime();
     let mut group = c.benchmark_group("daemon_decision");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));

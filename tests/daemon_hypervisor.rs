@@ -52,6 +52,15 @@ fn topology() -> Topology {
     Topology::parse(Path::new("hypervisor-test.toml"), &t).unwrap()
 }
 
+/// Migrations that send the whole VM at `mib_s` MiB/s, without downtime.
+fn whole_vm_at(mib_s: u32) -> MigrationModel {
+    MigrationModel {
+        sent_fraction: 1.0,
+        throughput_bytes_per_s: f64::from(mib_s) * 1024.0 * 1024.0,
+        downtime: Duration::ZERO,
+    }
+}
+
 #[test]
 fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     let topo = Arc::new(topology());
@@ -59,11 +68,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     let (h1, h3, h5, h6) = (HostId(0), HostId(2), HostId(4), HostId(5));
     let sim = MemoryCluster::new(&topo);
     // 512 MiB in 4 s: long enough to look at the destination meanwhile.
-    sim.set_model(MigrationModel {
-        sent_fraction: 1.0,
-        throughput_bytes_per_s: 128.0 * 1024.0 * 1024.0,
-        downtime: Duration::ZERO,
-    });
+    sim.set_model(whole_vm_at(128));
     sim.add_vm(h1, synthetic_vm(a, 512)).unwrap();
     sim.add_vm(h6, synthetic_vm(b, 512)).unwrap();
     sim.add_vm(h3, synthetic_vm(c, 512)).unwrap();
@@ -71,11 +76,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     let shared = dir.path().join("cluster.json");
     sim.save_shared(&shared, &[(a, b, 1e6)]).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = inprocess::runtime();
     let net = DirectNetwork::new(topo.clone());
     let mut config = Config::default();
     // No token here: only capacity answers and one VM's assessment are looked at.
@@ -487,11 +488,7 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
     let (h1, h2) = (HostId(0), HostId(1));
     let sim = MemoryCluster::new(&topo);
     // 512 MiB in half a second once the job is let go: well inside timeout_s.
-    sim.set_model(MigrationModel {
-        sent_fraction: 1.0,
-        throughput_bytes_per_s: 1024.0 * 1024.0 * 1024.0,
-        downtime: Duration::ZERO,
-    });
+    sim.set_model(whole_vm_at(1024));
     sim.add_vm(h1, synthetic_vm(a, 512)).unwrap();
     sim.add_vm(h2, synthetic_vm(b, 512)).unwrap();
     let hanging = Arc::new(HangingMigration {
@@ -501,11 +498,7 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
         calls: Mutex::new(0),
     });
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = inprocess::runtime();
     // Dropped before the runtime.
     let _release = ReleaseOnDrop(hanging.clone());
     let net = DirectNetwork::new(topo.clone());

@@ -57,11 +57,7 @@ struct Cluster {
 
 fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = inprocess::runtime();
     let topo = Arc::new(Topology::parse(Path::new("regeneration.toml"), TOPOLOGY).unwrap());
     let net = DirectNetwork::new(topo.clone());
     let sim = MemoryCluster::new(&topo);

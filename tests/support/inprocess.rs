@@ -48,3 +48,12 @@ pub fn node<P: Peers>(
         journal,
     }))
 }
+
+/// The runtime the in-process tests drive their nodes on: two workers, as the daemon has.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
