@@ -26,6 +26,7 @@ use super::{
     MigrationParams, MigrationReport, Result, Vm, VmState,
 };
 use scored_proto::VmId;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,9 @@ pub struct LibvirtHypervisor {
     cfg: LibvirtConfig,
     /// `None` until libvirtd first answers (see [`LibvirtHypervisor::connect_later`]).
     conn: Mutex<Option<Connect>>,
+    /// Each VM's domain UUID as the last full listing saw it: lets [`Self::find`] look one
+    /// domain up instead of describing them all (a hint, always checked against the domain).
+    known: Mutex<HashMap<VmId, [u8; 16]>>,
 }
 
 fn silence_libvirt_stderr() {
@@ -97,6 +101,7 @@ impl LibvirtHypervisor {
         Ok(LibvirtHypervisor {
             cfg,
             conn: Mutex::new(Some(conn)),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,6 +117,7 @@ impl LibvirtHypervisor {
         let hv = LibvirtHypervisor {
             cfg,
             conn: Mutex::new(conn),
+            known: Mutex::new(HashMap::new()),
         };
         (hv, error)
     }
@@ -146,46 +152,73 @@ impl LibvirtHypervisor {
             if incoming_migration(&dom) {
                 continue;
             }
-            // A domain can vanish between the list and the query (it migrated away): skip it.
-            let Ok(xml) = dom.xml_desc(0) else { continue };
-            let desc = match DomainDescription::parse(&xml) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(uri = %self.cfg.uri, "domain XML not understood: {e}");
-                    continue;
-                }
+            let Some(vm) = self.describe(&dom) else {
+                continue;
             };
-            // Only a domain without declared identity costs the extra lookups (and libvirt's
-            // ARP source logs an error per call on some kernels).
-            let learned = if desc.declared_ip.is_none() {
-                learned_addresses(&dom)
-            } else {
-                Vec::new()
-            };
-            match desc.into_vm(&learned) {
-                Some(vm) => {
-                    if let Some((_, other)) = out.iter().find(|(_, v)| v.id == vm.id) {
-                        tracing::warn!(
-                            vm = %vm.id,
-                            "domains {} and {} claim the same address; ignoring {}",
-                            other.name, vm.name, vm.name
-                        );
-                        continue;
-                    }
-                    out.push((dom, vm));
-                }
-                None => {
-                    tracing::warn!(
-                        uri = %self.cfg.uri,
-                        "domain without an IPv4 identity (set <scored:vm ip=…/> metadata); not managed"
-                    );
-                }
+            if let Some((_, other)) = out.iter().find(|(_, v)| v.id == vm.id) {
+                tracing::warn!(
+                    vm = %vm.id,
+                    "domains {} and {} claim the same address; ignoring {}",
+                    other.name, vm.name, vm.name
+                );
+                continue;
             }
+            out.push((dom, vm));
         }
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
+            out.iter().map(|(_, v)| (v.id, v.uuid)).collect();
         Ok(out)
     }
 
+    /// The VM one domain describes, or `None` (gone meanwhile, XML not understood, no identity).
+    fn describe(&self, dom: &Domain) -> Option<Vm> {
+        // A domain can vanish between the list and the query (it migrated away): skip it.
+        let xml = dom.xml_desc(0).ok()?;
+        let desc = match DomainDescription::parse(&xml) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(uri = %self.cfg.uri, "domain XML not understood: {e}");
+                return None;
+            }
+        };
+        // Only a domain without declared identity costs the extra lookups (and libvirt's
+        // ARP source logs an error per call on some kernels).
+        let learned = if desc.declared_ip.is_none() {
+            learned_addresses(dom)
+        } else {
+            Vec::new()
+        };
+        let vm = desc.into_vm(&learned);
+        if vm.is_none() {
+            tracing::warn!(
+                uri = %self.cfg.uri,
+                "domain without an IPv4 identity (set <scored:vm ip=…/> metadata); not managed"
+            );
+        }
+        vm
+    }
+
+    /// The running domain of `vm`: first the domain the last listing saw it in, looked up
+    /// alone (a few calls, whatever the number of guests), checked to be active, not a guest
+    /// still migrating in, and still describing `vm`; else a full listing.
     fn find(&self, vm: VmId) -> Result<Option<(Domain, Vm)>> {
+        let hint = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vm)
+            .copied();
+        if let Some(uuid) = hint
+            && let Ok(dom) = self
+                .conn()?
+                .lookup_domain_by_uuid_string(&uuid_string(&uuid))
+            && dom.is_active().unwrap_or(false)
+            && !incoming_migration(&dom)
+            && let Some(v) = self.describe(&dom)
+            && v.id == vm
+        {
+            return Ok(Some((dom, v)));
+        }
         Ok(self.described()?.into_iter().find(|(_, v)| v.id == vm))
     }
 
