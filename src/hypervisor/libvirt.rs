@@ -222,6 +222,13 @@ impl LibvirtHypervisor {
         Ok(self.described()?.into_iter().find(|(_, v)| v.id == vm))
     }
 
+    /// `vm`'s domain through a new connection of its own, which lives as long as the handle.
+    fn on_own_connection(&self, vm: &Vm) -> Result<Domain> {
+        open(&self.cfg.uri)?
+            .lookup_domain_by_uuid_string(&uuid_string(&vm.uuid))
+            .map_err(|e| call(Some(vm.id), "virDomainLookupByUUIDString", e))
+    }
+
     /// [`Hypervisor::migrate`] with what the source saw of the job.
     pub fn migrate_traced(
         &self,
@@ -262,17 +269,11 @@ impl LibvirtHypervisor {
         // call on the same connection (seen here as a virDomainAbortJob that waited forever
         // behind virDomainMigrate3). So the daemon's inventory and state reads, on the shared
         // connection, never wait for a migration to end.
-        let migrating = open(&self.cfg.uri)
-            .and_then(|c| {
-                c.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
-                    .map_err(|e| call(Some(vm), "virDomainLookupByUUIDString", e))
-            })
+        let migrating = self
+            .on_own_connection(&desc)
             .map_err(|e| fail("migration connection", e.to_string()))?;
-        let watched = open(&self.cfg.uri)
-            .and_then(|c| {
-                c.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
-                    .map_err(|e| call(Some(vm), "virDomainLookupByUUIDString", e))
-            })
+        let watched = self
+            .on_own_connection(&desc)
             .map_err(|e| fail("watchdog connection", e.to_string()))?;
         let watchdog = Watchdog::start(watched, params, self.cfg.poll_interval, started)
             .map_err(|e| fail("watchdog thread", e.to_string()))?;
