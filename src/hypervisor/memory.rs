@@ -86,7 +86,7 @@ pub struct InFlight {
     pub completes_unix_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Cluster {
     hosts: Vec<HostState>,
     by_name: HashMap<String, HostId>,
@@ -611,9 +611,9 @@ impl FileLock {
 /// Reads the shared file under its lock (for tests and the demo's observers), committing the
 /// migrations whose time has come, as any access does.
 pub fn read_shared(path: &Path) -> Result<SharedFile> {
-    update_shared(path, |_, _| Ok(((), false)))?;
-    let _lock = FileLock::take(path)?;
-    load_shared(path)
+    update_shared(path, |c, traffic| {
+        Ok((c.clone().into_shared(traffic.clone()), false))
+    })
 }
 
 /// Replaces the traffic of a shared cluster file under its lock (tests whose traffic changes
