@@ -314,20 +314,37 @@ impl<P: Peers> Node<P> {
         }
     }
 
-    /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step;
-    /// then asks again about migrations a previous run left unsettled.
+    /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step
+    /// (the incoming-migration gauge too, from the capacity); then asks again about migrations
+    /// a previous run left unsettled.
     pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
+        self.read_inventory(true).await
+    }
+
+    /// [`Self::refresh_inventory`], reading the capacity only `with_capacity` (the token's path
+    /// needs the VMs alone).
+    async fn read_inventory(self: &Arc<Self>, with_capacity: bool) -> Result<(), HypervisorError> {
         let (vms, cap) = self
-            .hv_call("inventory", |hv| Ok((hv.vms()?, hv.capacity()?)))
+            .hv_call("inventory", move |hv| {
+                let vms = hv.vms()?;
+                let cap = if with_capacity {
+                    Some(hv.capacity()?)
+                } else {
+                    None
+                };
+                Ok((vms, cap))
+            })
             .await?;
         self.set_inventory(vms);
-        self.metrics
-            .migrations
-            .in_flight
-            .get_or_create(&metrics::DirectionLabels {
-                direction: metrics::Direction::Incoming,
-            })
-            .set(i64::from(cap.incoming_migrations));
+        if let Some(cap) = cap {
+            self.metrics
+                .migrations
+                .in_flight
+                .get_or_create(&metrics::DirectionLabels {
+                    direction: metrics::Direction::Incoming,
+                })
+                .set(i64::from(cap.incoming_migrations));
+        }
         let unsettled = !self.state().unsettled.is_empty();
         if unsettled {
             self.settle_unsettled().await;
@@ -831,7 +848,7 @@ impl<P: Peers> Node<P> {
         // that migrated in just before the token came would otherwise still be cached at its
         // old host, and its partners here would chase it there (a ping-pong across the rack that
         // round-robin's order, deciding for neighbouring ids turn after turn, ran into).
-        if let Err(e) = self.refresh_inventory().await {
+        if let Err(e) = self.read_inventory(false).await {
             tracing::warn!(error = %e, "inventory at token arrival; deciding on the last one read");
         }
         self.add_local_slots(token);
