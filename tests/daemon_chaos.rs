@@ -13,15 +13,9 @@ use rand::{Rng, SeedableRng};
 use scored::hypervisor::memory::{InFlight, MigrationModel, SharedFile};
 use scored::proto::VmId;
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support::cluster::{Cluster, Options};
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use support::time::unix_ms;
 
 /// One host's turn for one VM, as its "decision" log line tells it.
 #[derive(Clone, Debug)]

@@ -10,15 +10,9 @@ use scored::hypervisor::memory::set_shared_traffic;
 use scored::proto::VmId;
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::cluster::{Cluster, Options};
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use support::time::unix_ms;
 
 /// Runs `scored ARGS --socket <host i's socket>`; returns (success, stdout, stderr).
 fn cli(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {

@@ -24,16 +24,10 @@ use scored::proto::{CapacityRequest, VmId};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::cluster::{Cluster, Options};
 use support::inprocess;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use support::time::{unix_ms, wait_until};
 
 /// Eight hosts, two per rack, four racks in two pods; room for four 512 MiB VMs each.
 fn topology() -> Topology {
@@ -534,13 +528,6 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         nodes.push(node);
     }
-    let wait = |limit: Duration, what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + limit;
-        while !f() {
-            assert!(Instant::now() < deadline, "within {limit:?}: {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     let outcome_of = |n: &Node<DirectPeers>, outcome: &str| {
         n.state()
             .recent
@@ -549,13 +536,13 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
     };
 
     // h1 mints the token, decides to move a to its partner's host, and the call hangs.
-    wait(Duration::from_secs(30), "the migration call", &|| {
+    wait_until("the migration call", Duration::from_secs(30), || {
         *hanging.calls.lock().unwrap() == 1
     });
-    wait(
-        Duration::from_secs(30),
+    wait_until(
         "h1 gives up waiting for the call",
-        &|| outcome_of(&nodes[0], "hypervisor_down"),
+        Duration::from_secs(30),
+        || outcome_of(&nodes[0], "hypervisor_down"),
     );
     // The turn (which began before the call) lasted at least the bound: the call was waited for.
     let turn = nodes[0]
@@ -577,12 +564,12 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
     // The token goes on: h2 holds it afterwards, and h1's next turns for a neither decide nor
     // start a second job.
     let seq = nodes[0].state().holding.map_or(0, |s| s.seq);
-    wait(Duration::from_secs(30), "the token moves on", &|| {
+    wait_until("the token moves on", Duration::from_secs(30), || {
         [&nodes[0], &nodes[1]]
             .iter()
             .any(|n| n.state().holding.is_some_and(|s| s.seq > seq + 2))
     });
-    wait(Duration::from_secs(30), "a busy turn for a", &|| {
+    wait_until("a busy turn for a", Duration::from_secs(30), || {
         outcome_of(&nodes[0], "busy")
     });
     assert_eq!(*hanging.calls.lock().unwrap(), 1, "one job, never a second");
@@ -590,12 +577,12 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
 
     // The hypervisor finishes the job: h1 settles it as completed, h2 has a.
     hanging.release();
-    wait(Duration::from_secs(30), "a settles at h2", &|| {
+    wait_until("a settles at h2", Duration::from_secs(30), || {
         let st = nodes[0].state();
         !st.unsettled.contains(&a) && !st.journal.is_open(a)
     });
     assert_eq!(sim.host_of(a), Some(h2));
-    wait(Duration::from_secs(30), "h2 lists a", &|| {
+    wait_until("h2 lists a", Duration::from_secs(30), || {
         nodes[1].state().inventory.iter().any(|v| v.id == a)
     });
     assert_eq!(nodes[0].metrics.hypervisor_up.get(), 1, "answering again");

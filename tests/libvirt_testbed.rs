@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::host::testbed_ready;
+use support::time::wait_until;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -70,18 +71,6 @@ fn assert_on_exactly(tb: &Testbed, guest: &str, host: usize) {
                 h.name
             );
         }
-    }
-}
-
-/// Waits until `pred` holds, polling every 100 ms.
-fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !pred() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

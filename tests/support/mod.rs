@@ -4,3 +4,4 @@ pub mod cluster;
 pub mod host;
 pub mod inprocess;
 pub mod prometheus;
+pub mod time;

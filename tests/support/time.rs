@@ -1,0 +1,23 @@
+//! Clocks and polling for the tests.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Wall clock, milliseconds since the Unix epoch: what the daemons' log lines carry.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until `pred` holds, polling every 50 ms; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !pred() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
