@@ -95,7 +95,7 @@ pub fn backend(
     }
     // libvirtd not up yet is an outage (reported by the first inventory read), not a failed
     // start: the connection opens on the first call that finds it.
-    let (hv, _) = crate::hypervisor::libvirt::LibvirtHypervisor::connect_later(
+    let hv = crate::hypervisor::libvirt::LibvirtHypervisor::connect_later(
         crate::hypervisor::libvirt::LibvirtConfig::new(uri),
     );
     let capture = CaptureSource::new(CaptureConfig {

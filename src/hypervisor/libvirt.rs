@@ -105,21 +105,16 @@ impl LibvirtHypervisor {
         })
     }
 
-    /// As [`Self::connect`], but a libvirtd that does not answer yet is not an error: the
-    /// daemon starts (its hypervisor counted as down) and the first call that finds libvirtd
-    /// opens the connection. With the error of the first attempt, if it failed.
-    pub fn connect_later(cfg: LibvirtConfig) -> (Self, Option<HypervisorError>) {
+    /// As [`Self::connect`], but without connecting yet: the first call opens the connection,
+    /// so a libvirtd that does not answer at start is an outage the calls report (the daemon
+    /// starts, its hypervisor counted as down), not a failed start.
+    pub fn connect_later(cfg: LibvirtConfig) -> Self {
         silence_libvirt_stderr();
-        let (conn, error) = match open(&cfg.uri) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
-        };
-        let hv = LibvirtHypervisor {
+        LibvirtHypervisor {
             cfg,
-            conn: Mutex::new(conn),
+            conn: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
-        };
-        (hv, error)
+        }
     }
 
     pub fn uri(&self) -> &str {
