@@ -1,6 +1,6 @@
-//! What the daemon's hypervisor reads cost with libvirt: the calls on the token path (the
-//! inventory read on each token arrival: `vms()` + `capacity()`; the state read at the start of
-//! each local turn: `state(vm)`), timed through scored's libvirt backend against a real libvirtd
+//! What the daemon's hypervisor reads cost with libvirt: the calls on the token path (`vms()` on
+//! each token arrival; `state(vm)` at the start of each local turn) and the periodic refresh
+//! (`vms()` + `capacity()`, every 2 s), timed through scored's libvirt backend against a real libvirtd
 //! of the namespace testbed with 1 and then `SCORED_BENCH_GUESTS` (default 8) running guests.
 //!
 //!     sudo cargo bench --bench hypervisor_calls     # SCORED_BENCH_CALLS=200 by default
@@ -78,7 +78,7 @@ fn main() {
         eprintln!("{}", rows.last().unwrap());
     }
     let table = format!(
-        "| guests | `vms()` ms: median (p90; max) | `capacity()` | inventory read on token arrival (both) | `state(vm)` (each local turn) |\n\
+        "| guests | `vms()` (each token arrival) ms: median (p90; max) | `capacity()` | both (periodic refresh) | `state(vm)` (each local turn) |\n\
          |---:|---|---|---|---|\n{}\n\n{calls} calls each.\n",
         rows.join("\n")
     );
