@@ -183,6 +183,28 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     memory::read_shared(&shared).unwrap().check().unwrap();
 }
 
+/// Counts in `lines` host `down`'s outage warnings and the migrations it started.
+fn outage_lines(
+    lines: &[(usize, serde_json::Value)],
+    down: usize,
+    warned: &mut usize,
+    migrations: &mut Vec<String>,
+) {
+    for (h, e) in lines {
+        if *h != down {
+            continue;
+        }
+        if e["message"]
+            == "hypervisor not answering: no decisions for this host's VMs and no VMs taken in until it is back"
+        {
+            *warned += 1;
+        }
+        if e["message"] == "migration starting" {
+            migrations.push(e["vm"].to_string());
+        }
+    }
+}
+
 /// One decision, as its log line tells it.
 struct Decision {
     host: usize,
@@ -256,14 +278,8 @@ fn a_host_whose_hypervisor_stops_answering_passes_its_turns_and_recovers() {
     let mut migrations_while_down = Vec::new();
     let from = decisions.len();
     let ok = c.wait(Duration::from_secs(90), |c| {
-        for (h, e) in absorb(c, &mut cursor, &mut decisions) {
-            if h == down && e["message"] == "hypervisor not answering: no decisions for this host's VMs and no VMs taken in until it is back" {
-                warned += 1;
-            }
-            if h == down && e["message"] == "migration starting" {
-                migrations_while_down.push(e["vm"].to_string());
-            }
-        }
+        let lines = absorb(c, &mut cursor, &mut decisions);
+        outage_lines(&lines, down, &mut warned, &mut migrations_while_down);
         let new = &decisions[from..];
         let passed = new
             .iter()
@@ -360,14 +376,13 @@ fn a_host_whose_hypervisor_stops_answering_passes_its_turns_and_recovers() {
     c.start(down);
     let mut warned_at_start = 0;
     let ok = c.wait(Duration::from_secs(60), |c| {
-        for (h, e) in absorb(c, &mut cursor, &mut decisions) {
-            if h == down && e["message"] == "hypervisor not answering: no decisions for this host's VMs and no VMs taken in until it is back" {
-                warned_at_start += 1;
-            }
-            if h == down && e["message"] == "migration starting" {
-                migrations_while_down.push(e["vm"].to_string());
-            }
-        }
+        let lines = absorb(c, &mut cursor, &mut decisions);
+        outage_lines(
+            &lines,
+            down,
+            &mut warned_at_start,
+            &mut migrations_while_down,
+        );
         warned_at_start >= 1
             && c.status(down).is_some_and(|s| {
                 s.hypervisor_down
