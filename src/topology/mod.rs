@@ -7,12 +7,13 @@
 
 mod file;
 pub mod generate;
+mod weights;
 
-pub use file::{TopologyError, TopologyErrors};
-// Shared with the other TOML files scored reads (the daemon configuration).
-pub(crate) use file::{line_col, syntax_message, valid_name, write_lines};
+pub use file::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
+// The configuration names this host by its topology name, so it checks names the same way.
+pub(crate) use file::valid_name;
+pub use weights::{LinkWeights, WeightsError};
 
-use crate::cost::LinkWeights;
 use scored_proto::Level;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -104,9 +105,8 @@ pub struct Topology {
 impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Topology, TopologyErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            TopologyErrors::single(TopologyError::io(path, format!("cannot read file: {e}")))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TopologyErrors::single(TopologyError::unreadable(path, e)))?;
         Self::parse(path, &text)
     }
 
