@@ -154,7 +154,8 @@ impl Config {
             };
             t.insert(key.to_string(), o.value.clone());
             // Checked after each override, so an error names the override that caused it.
-            Config::from_table(table.clone()).map_err(|e| err(Problem::OverrideValue(Box::new(e))))?;
+            Config::from_table(table.clone())
+                .map_err(|e| err(Problem::OverrideValue(Box::new(e))))?;
         }
         Ok(Config::from_table(table).expect("checked after the last override"))
     }
