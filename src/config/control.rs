@@ -2,9 +2,7 @@
 //!
 //! Declares and checks the path; serving the socket is the daemon's.
 
-use super::error::NoFile;
-use super::host::resolve;
-use super::{OptionSpec, Section};
+use super::section::{NoFile, OptionSpec, Section, resolve_path};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -57,6 +55,6 @@ impl Section for ControlConfig {
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
-        resolve(&mut self.socket, dir);
+        resolve_path(&mut self.socket, dir);
     }
 }

@@ -3,8 +3,7 @@
 //!
 //! Declares and checks the values; deciding is `crate::decide`'s.
 
-use super::error::{ZeroValue, at_least_one};
-use super::{OptionSpec, Section, short_key};
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one, short_key};
 use serde::{Deserialize, Serialize};
 
 /// Eq. 3.2 and the gates around it. Reloads on SIGHUP.

@@ -4,11 +4,17 @@
 //! The checks themselves live with their sections; this file only names and places what they
 //! find. It reads no file.
 
-use super::{
-    ControlConfigError, DecisionConfigError, FlowsConfigError, HostConfigError,
-    HypervisorConfigError, JournalConfigError, LogConfigError, MigrationConfigError, OverrideError,
-    PlacementConfigError, TokenConfigError, short_key,
-};
+use super::control::ControlConfigError;
+use super::decision::DecisionConfigError;
+use super::flows::FlowsConfigError;
+use super::host::HostConfigError;
+use super::hypervisor::HypervisorConfigError;
+use super::journal::JournalConfigError;
+use super::log::LogConfigError;
+use super::migration::MigrationConfigError;
+use super::overrides::OverrideError;
+use super::placement::PlacementConfigError;
+use super::token::TokenConfigError;
 use crate::diagnostics::{syntax_message, write_lines, write_position};
 use std::convert::Infallible;
 use std::fmt;
@@ -100,25 +106,6 @@ impl Problem {
             Problem::Log(e) => e.keys(),
         }
     }
-}
-
-/// A count or duration option set to 0 where at least 1 is needed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{} must be at least 1", short_key(.key))]
-pub struct ZeroValue {
-    pub key: &'static str,
-}
-
-/// Returns the problem of a count or duration `key` whose value `v` is 0.
-pub(super) fn at_least_one(key: &'static str, v: u64) -> Option<ZeroValue> {
-    (v == 0).then_some(ZeroValue { key })
-}
-
-/// A file option left empty.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{key}` must name a file")]
-pub struct NoFile {
-    pub key: &'static str,
 }
 
 /// One problem in the configuration, and where it is.

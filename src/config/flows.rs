@@ -3,8 +3,7 @@
 //!
 //! Declares and checks the values; capture and the flow table are `crate::flows`'s.
 
-use super::error::{ZeroValue, at_least_one};
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! Checks only the values themselves: whether the key or topology file exists is found when the
 //! daemon opens them.
 
-use super::error::NoFile;
-use super::{OptionSpec, Section};
+use super::section::{NoFile, OptionSpec, Section, resolve_path};
 use crate::topology::valid_name;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -77,14 +76,7 @@ impl Section for HostConfig {
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
-        resolve(&mut self.key, dir);
-        resolve(&mut self.topology, dir);
-    }
-}
-
-/// A relative path in the file is relative to the file's directory.
-pub(super) fn resolve(p: &mut PathBuf, dir: &Path) {
-    if p.is_relative() && !p.as_os_str().is_empty() {
-        *p = dir.join(&*p);
+        resolve_path(&mut self.key, dir);
+        resolve_path(&mut self.topology, dir);
     }
 }

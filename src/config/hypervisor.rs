@@ -2,8 +2,7 @@
 //!
 //! Checks the URI's shape only; connecting is the daemon's job.
 
-use super::error::{ZeroValue, at_least_one};
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -2,9 +2,7 @@
 //!
 //! Declares and checks the path; the journal itself is the daemon's.
 
-use super::error::NoFile;
-use super::host::resolve;
-use super::{OptionSpec, Section};
+use super::section::{NoFile, OptionSpec, Section, resolve_path};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -56,6 +54,6 @@ impl Section for JournalConfig {
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
-        resolve(&mut self.path, dir);
+        resolve_path(&mut self.path, dir);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Declares and checks the values; installing the subscriber is `crate::logging`'s.
 
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::ParseError;
 

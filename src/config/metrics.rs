@@ -2,7 +2,7 @@
 //!
 //! Declares the values only; the metrics themselves are `crate::metrics`'s.
 
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -3,8 +3,7 @@
 //!
 //! Declares and checks the values; migrating is the hypervisor's, which owns their defaults.
 
-use super::error::{ZeroValue, at_least_one};
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one};
 use crate::hypervisor::{Compression, MigrationParams};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

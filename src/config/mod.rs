@@ -3,7 +3,8 @@
 //!
 //! One file per `[section]` declares together the section's struct, its defaults, the checks of
 //! its values and how each of its options reloads; this file joins the sections into [`Config`].
-//! `file.rs` reads the text (positions, overrides) and `error.rs` says what went wrong where.
+//! `section.rs` says what a section is made of, `file.rs` reads the text (positions),
+//! `overrides.rs` the command line's `--set`, and `error.rs` says what went wrong where.
 //!
 //! This module only reads and checks settings: it never opens the key, the topology, sockets or
 //! libvirt. `dist/scored.toml` documents every option; a test keeps it equal to [`Config::default`].
@@ -35,14 +36,15 @@ mod journal;
 mod log;
 mod metrics;
 mod migration;
+mod overrides;
 mod p2p;
 mod placement;
+mod section;
 mod token;
 
 pub use control::{ControlConfig, ControlConfigError};
 pub use decision::{DecisionConfig, DecisionConfigError};
-pub use error::{ConfigError, ConfigErrors, NoFile, Origin, Problem, ZeroValue};
-pub use file::{Override, OverrideError};
+pub use error::{ConfigError, ConfigErrors, Origin, Problem};
 pub use flows::{FlowsConfig, FlowsConfigError};
 pub use host::{HostConfig, HostConfigError};
 pub use hypervisor::{HypervisorConfig, HypervisorConfigError};
@@ -50,9 +52,13 @@ pub use journal::{JournalConfig, JournalConfigError};
 pub use log::{LogConfig, LogConfigError, LogFormat};
 pub use metrics::MetricsConfig;
 pub use migration::{MigrationConfig, MigrationConfigError};
+pub use overrides::{Override, OverrideError};
 pub use p2p::P2pConfig;
 pub use placement::{PlacementConfig, PlacementConfigError, VmRef, VmRefError};
+pub use section::{NoFile, OptionSpec, Reload, ZeroValue};
 pub use token::{TokenConfig, TokenConfigError};
+
+use section::Section;
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -77,34 +83,6 @@ pub struct Config {
     pub control: ControlConfig,
     pub journal: JournalConfig,
     pub log: LogConfig,
-}
-
-/// Whether a changed option takes effect on SIGHUP or needs a restart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reload {
-    /// Applied by SIGHUP without a restart.
-    Live,
-    /// Read at start only; a SIGHUP that changes it is reported and otherwise ignored.
-    Restart,
-}
-
-/// One option of the file: its `section.key` and how it reloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OptionSpec {
-    pub key: &'static str,
-    pub reload: Reload,
-}
-
-/// One `[section]` of the file, declared in its own file with its struct.
-trait Section {
-    /// Every key of the section in file order with its reload class (built by `options!`).
-    const OPTIONS: &'static [OptionSpec];
-    /// What [`Section::check`] finds; `Infallible` for a section whose every value is valid.
-    type Error: Into<Problem>;
-    /// Every problem in this section's values. A check reads its own section only.
-    fn check(&self) -> Vec<Self::Error>;
-    /// Makes the section's relative file paths relative to the configuration file's directory.
-    fn resolve_paths(&mut self, _dir: &Path) {}
 }
 
 /// The sections' options in the order of [`Config`]'s fields (the order of the file).
@@ -249,7 +227,10 @@ impl Config {
 
     /// Every problem of every section, each naming the keys it concerns (most relevant first).
     fn problems(&self) -> Vec<Problem> {
-        fn of<S: Section>(section: &S, out: &mut Vec<Problem>) {
+        fn of<S: Section>(section: &S, out: &mut Vec<Problem>)
+        where
+            S::Error: Into<Problem>,
+        {
             out.extend(section.check().into_iter().map(Into::into));
         }
         let Config {
@@ -281,11 +262,6 @@ impl Config {
         of(log, &mut out);
         out
     }
-}
-
-/// `token.handoff_timeout_ms` → `handoff_timeout_ms`: messages name the key inside its section.
-fn short_key(key: &str) -> &str {
-    key.split_once('.').map(|(_, k)| k).unwrap_or(key)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! Reads the address only; the transport and its peers are `crate::p2p`'s.
 
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::convert::Infallible;

@@ -3,7 +3,7 @@
 //!
 //! Declares and checks the values; which VMs exist is the hypervisor's to say.
 
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section};
 use scored_proto::VmId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;

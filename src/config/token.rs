@@ -2,8 +2,7 @@
 //!
 //! Declares and checks the values; the token itself and its policies are `crate::token`'s.
 
-use super::error::{ZeroValue, at_least_one};
-use super::{OptionSpec, Section};
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one};
 use scored_proto::PolicyKind;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

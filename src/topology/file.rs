@@ -4,7 +4,8 @@
 //! line and column of the offending text. Validation collects all errors it can find, in file
 //! order, rather than stopping at the first: an operator fixing a 2,560-host file wants one pass.
 
-use super::{Host, HostId, LinkWeights, Switch, SwitchId, Topology};
+use super::tree::{Host, HostId, Switch, SwitchId, Topology};
+use super::weights::LinkWeights;
 use crate::diagnostics::{line_col, syntax_message, write_lines, write_position};
 use serde::Deserialize;
 use std::collections::HashMap;
