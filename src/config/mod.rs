@@ -327,4 +327,27 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn problems_keep_their_cause() {
+        use std::error::Error;
+        let e = Config::load(Path::new("/nonexistent/scored.toml"), &[]).unwrap_err();
+        let io = e
+            .first()
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+
+        let e = Config::parse(Path::new("c.toml"), "[token]\npolicy = 3\n", &[]).unwrap_err();
+        assert!(matches!(e.first().problem, Problem::Syntax(_)), "{e}");
+
+        let mut c = Config::default();
+        c.log.level = "scored[=info".into();
+        let problems = c.problems();
+        assert!(
+            matches!(problems[..], [Problem::Log(LogConfigError::Filter { .. })]),
+            "{problems:?}"
+        );
+        assert!(problems[0].source().is_some());
+    }
 }

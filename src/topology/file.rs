@@ -38,6 +38,8 @@ pub enum TopologyCause {
     #[error(transparent)]
     Syntax(#[from] toml::de::Error),
     #[error(transparent)]
+    Address(#[from] std::net::AddrParseError),
+    #[error(transparent)]
     PeerId(#[from] libp2p::identity::ParseError),
     #[error(transparent)]
     UriTemplate(#[from] UriTemplateError),
@@ -161,7 +163,7 @@ impl Errors<'_> {
         self.push(span, message.into(), None);
     }
 
-    /// A problem whose cause is a typed error: the message is `cause`'s text.
+    /// A problem that a typed error underneath explains.
     fn caused(&mut self, span: Range<usize>, message: String, cause: impl Into<TopologyCause>) {
         self.push(span, message, Some(cause.into()));
     }
@@ -445,10 +447,11 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
             .as_ref()
             .and_then(|a| match a.get_ref().parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
-                Err(_) => {
-                    errs.at(
+                Err(e) => {
+                    errs.caused(
                         a.span(),
                         format!("`{}` is not an IPv4 or IPv6 address", a.get_ref()),
+                        e,
                     );
                     None
                 }
@@ -665,6 +668,30 @@ fn default_level_names(n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn problems_keep_their_cause() {
+        let text = "[levels]\nweights = [1]\n[[host]]\nname = \"a\"\npath = [\"t\"]\naddress = \"10.0.0\"\npeer_id = \"nope\"\nlibvirt_uri = \"qemu://{adress}/system\"\n";
+        let errs = parse(Path::new("m.toml"), text).unwrap_err();
+        let causes: Vec<_> = errs.0.iter().map(|e| e.cause.as_ref()).collect();
+        assert!(
+            matches!(causes[0], Some(TopologyCause::Address(_))),
+            "{errs}"
+        );
+        assert!(
+            matches!(causes[1], Some(TopologyCause::PeerId(_))),
+            "{errs}"
+        );
+        assert!(
+            matches!(causes[2], Some(TopologyCause::UriTemplate(_))),
+            "{errs}"
+        );
+        let missing = Topology::load(Path::new("/nonexistent/t.toml")).unwrap_err();
+        match &missing.first().cause {
+            Some(TopologyCause::Read(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn uri_templates() {
