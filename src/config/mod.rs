@@ -16,6 +16,8 @@ macro_rules! options {
     ($section:literal, $ty:ident { $($field:ident: $class:ident),* $(,)? }) => {{
         #[allow(dead_code)]
         fn every_field_has_a_reload_class(s: &$ty) {
+            // An error here ("pattern requires `..`", "does not mention field") means a field
+            // of the struct is missing from its section's `options!` table.
             let $ty { $($field: _),* } = s;
         }
         &[$($crate::config::OptionSpec {

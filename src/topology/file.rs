@@ -4,102 +4,16 @@
 //! line and column of the offending text. Validation collects all errors it can find, in file
 //! order, rather than stopping at the first: an operator fixing a 2,560-host file wants one pass.
 
+use super::error::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
 use super::tree::{Host, HostId, Switch, SwitchId, Topology};
 use super::weights::LinkWeights;
-use crate::diagnostics::{line_col, syntax_message, write_lines, write_position};
+use crate::diagnostics::{line_col, syntax_message};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use toml::Spanned;
-
-/// One problem in a topology file, at a position.
-#[derive(Debug, thiserror::Error)]
-pub struct TopologyError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem is not at a position (e.g. the file cannot be read).
-    pub line: usize,
-    /// 1-based, in characters.
-    pub col: usize,
-    /// The whole sentence a person reads (it includes the cause's text, when there is one).
-    pub message: String,
-    /// What failed underneath, when something did.
-    #[source]
-    pub cause: Option<TopologyCause>,
-}
-
-/// The failure underneath a [`TopologyError`], kept for callers that look at it.
-#[derive(Debug, thiserror::Error)]
-pub enum TopologyCause {
-    #[error(transparent)]
-    Read(#[from] std::io::Error),
-    #[error(transparent)]
-    Syntax(#[from] toml::de::Error),
-    #[error(transparent)]
-    Address(#[from] std::net::AddrParseError),
-    #[error(transparent)]
-    PeerId(#[from] libp2p::identity::ParseError),
-    #[error(transparent)]
-    UriTemplate(#[from] UriTemplateError),
-}
-
-/// Why a `libvirt_uri` or `migration_uri` template cannot be expanded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UriTemplateError {
-    #[error("unclosed `{{` in URI template `{template}`")]
-    Unclosed { template: String },
-    #[error(
-        "unknown placeholder `{{{placeholder}}}` in URI template `{template}` (known: {{name}}, {{address}})"
-    )]
-    UnknownPlaceholder {
-        placeholder: String,
-        template: String,
-    },
-}
-
-impl TopologyError {
-    pub(super) fn unreadable(file: &Path, e: std::io::Error) -> Self {
-        TopologyError {
-            file: file.to_path_buf(),
-            line: 0,
-            col: 0,
-            message: format!("cannot read file: {e}"),
-            cause: Some(e.into()),
-        }
-    }
-}
-
-impl fmt::Display for TopologyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_position(f, &self.file, self.line, self.col)?;
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// All problems found in one topology file, in file order. Never empty.
-#[derive(Debug)]
-pub struct TopologyErrors(pub Vec<TopologyError>);
-
-impl TopologyErrors {
-    pub(super) fn single(e: TopologyError) -> Self {
-        TopologyErrors(vec![e])
-    }
-
-    pub fn first(&self) -> &TopologyError {
-        &self.0[0]
-    }
-}
-
-impl fmt::Display for TopologyErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_lines(f, &self.0)
-    }
-}
-
-// A list has no single cause: each entry keeps its own (`TopologyError::cause`).
-impl std::error::Error for TopologyErrors {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

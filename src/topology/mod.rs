@@ -3,15 +3,16 @@
 //!
 //! `tree.rs` holds the validated tree and answers the one question the cost model asks of it,
 //! the communication level `ℓ(x, y)` between two servers; `weights.rs` the link weights;
-//! `file.rs` parses and validates the file into them. No I/O beyond reading the file it is
-//! given; nothing of VMs, traffic or the daemon.
+//! `file.rs` parses and validates the file into them; `error.rs` says what is wrong where.
+//! No I/O beyond reading the file it is given; nothing of VMs, traffic or the daemon.
 
+mod error;
 mod file;
 pub mod generate;
 mod tree;
 mod weights;
 
-pub use file::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
+pub use error::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
 // The configuration names this host by its topology name, so it checks names the same way.
 pub(crate) use file::valid_name;
 pub use tree::{Host, HostId, Switch, SwitchId, Topology};
