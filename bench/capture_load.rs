@@ -11,10 +11,15 @@
 //! Frames go to a MAC nobody has, so the bridge drops them after the tap: the only consumer of
 //! the traffic is the capture under test.
 
-#[path = "../tests/netns/mod.rs"]
+#[path = "../tests/support/host.rs"]
+#[allow(dead_code)]
+mod host;
+#[path = "../tests/support/netns.rs"]
+#[allow(dead_code)]
 mod netns;
 
-use netns::{TestHost, in_ns, is_root};
+use host::is_root;
+use netns::{TestHost, in_ns};
 use scored::flows::capture::{CaptureConfig, CaptureSource};
 use scored::flows::{FlowSource, TableConfig};
 use scored::hypervisor::{Interface, Vm};

@@ -6,8 +6,12 @@
 //! `cargo bench --bench p2p`. Besides criterion's estimates, the hand-off percentiles and wire
 //! sizes are printed as `p2p-figure:` lines for docs/evaluation.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/host.rs"]
+#[allow(dead_code)]
+mod host;
+#[path = "../tests/support/loopback.rs"]
+#[allow(dead_code)]
+mod loopback;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use scored::p2p::{Directory, InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, Peers};
@@ -38,7 +42,7 @@ fn dense_token(n: usize) -> Token {
 }
 
 async fn node(
-    l: &common::Loopback,
+    l: &loopback::Loopback,
     i: usize,
     vms: impl IntoIterator<Item = VmId>,
 ) -> (Libp2pPeers, scored::p2p::Inbound) {
@@ -67,7 +71,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn handoff(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let l = common::loopback(2);
+    let l = loopback::loopback(2);
     let (a, _a_in) = rt.block_on(node(&l, 0, []));
     let (_b, b_in) = rt.block_on(node(&l, 1, []));
     rt.block_on(async { acker(b_in) });
@@ -128,9 +132,9 @@ fn codec(c: &mut Criterion) {
 fn locate(c: &mut Criterion) {
     const PEERS: usize = 8;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let l = common::loopback(PEERS + 1);
+    let l = loopback::loopback(PEERS + 1);
     // 125 VMs on each of hosts 1..=8.
-    let vms = |h: usize| (1..=125u8).map(move |k| common::vm(h, k));
+    let vms = |h: usize| (1..=125u8).map(move |k| loopback::vm(h, k));
     let mut handles = Vec::new();
     for i in 0..=PEERS {
         let vs: Vec<VmId> = if i == 0 { vec![] } else { vms(i).collect() };

@@ -7,6 +7,7 @@ pub mod config;
 pub mod cost;
 pub mod daemon;
 pub mod decide;
+pub mod diagnostics;
 pub mod flows;
 pub mod hypervisor;
 pub mod identity;

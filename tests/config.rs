@@ -26,7 +26,7 @@ fn assert_errors(text: &str, expected: &[(usize, usize, &str)]) {
         .map(|e| match &e.origin {
             Origin::File { path, line, col } => {
                 assert_eq!(path, Path::new(FILE));
-                (*line, *col, e.message.clone())
+                (*line, *col, e.problem.to_string())
             }
             other => panic!("error from {other:?}, not the file: {e}"),
         })
@@ -408,6 +408,7 @@ fn bad_overrides_name_the_override() {
         "decision.dryrun=true"
             .parse::<Override>()
             .unwrap_err()
+            .to_string()
             .contains("unknown option `decision.dryrun`")
     );
     assert!("dry_run".parse::<Override>().is_err());

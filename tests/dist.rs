@@ -2,13 +2,13 @@
 //! hardening, the Prometheus rules and config pass promtool (with rule unit tests), and the
 //! Grafana dashboard and alerts use only metrics that scored exports.
 
-#[path = "support/openmetrics.rs"]
-mod openmetrics;
+mod support;
 
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use support::openmetrics;
 
 const UNIT: &str = include_str!("../dist/systemd/scored.service");
 const INSTALLED_BINARY: &str = "/usr/bin/scored";

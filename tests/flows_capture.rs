@@ -5,9 +5,8 @@
 //!
 //! Needs root (CI runs as root); otherwise each test says why and returns.
 
-mod netns;
+mod support;
 
-use netns::{TestHost, TestVm, in_ns, is_root};
 use scored::flows::capture::{CaptureConfig, CaptureSource};
 use scored::flows::{FlowSource, Malformed, Skip, TableConfig};
 use scored::hypervisor::{Interface, Vm};
@@ -16,6 +15,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::host::is_root;
+use support::netns::{TestHost, TestVm, in_ns};
 
 const MAC_A: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 0x0b];

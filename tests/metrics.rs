@@ -1,8 +1,6 @@
 //! The metrics registry and its endpoint: the exposition is strict OpenMetrics, the endpoint
 //! speaks just enough HTTP, and a real Prometheus server scrapes it and sees values move.
 
-#[path = "support/openmetrics.rs"]
-mod openmetrics;
 mod support;
 
 use prometheus_client::registry::Registry;
@@ -13,6 +11,7 @@ use scored::metrics::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::openmetrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,9 +2,8 @@
 //! capacity and statistics queries, announcements reaching everyone; outsiders, a different
 //! topology file, and garbage frames from an allowed peer.
 
-mod common;
+mod support;
 
-use common::{HostSpec, loopback, vm};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self as rr, ProtocolSupport};
@@ -21,11 +20,13 @@ use scored_proto::{
 };
 use std::sync::Arc;
 use std::time::Duration;
+use support::host::free_ports;
+use support::loopback::{self, HostSpec, Loopback, loopback, vm};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(5);
 
-fn config(l: &common::Loopback, i: usize) -> P2pConfig {
+fn config(l: &Loopback, i: usize) -> P2pConfig {
     let mut c = P2pConfig::new(l.keys[i].clone(), l.topology.clone(), HostId(i as u32));
     c.gossip_heartbeat = Duration::from_millis(150);
     c.ping_interval = Duration::from_secs(2);
@@ -34,7 +35,7 @@ fn config(l: &common::Loopback, i: usize) -> P2pConfig {
 }
 
 /// Host i runs 10.0.i.1 ..= 10.0.i.8.
-async fn start(l: &common::Loopback, i: usize) -> (Libp2pPeers, scored::p2p::Inbound) {
+async fn start(l: &Loopback, i: usize) -> (Libp2pPeers, scored::p2p::Inbound) {
     let dir = Arc::new(Directory::new(l.topology.clone(), HostId(i as u32)));
     dir.set_local((1..=8).map(|k| (vm(i, k), Stamp::ZERO)));
     Libp2pPeers::start(config(l, i), dir).await.unwrap()
@@ -243,11 +244,11 @@ async fn an_outsider_is_refused_before_anything_is_served() {
     specs.push(HostSpec {
         name: "outsider".into(),
         rack: 9,
-        port: common::free_ports(1)[0],
+        port: free_ports(1)[0],
         peer: outsider_key.public().to_peer_id(),
     });
     // The outsider believes in a topology that lists itself, so it knows where to dial.
-    let its_topology = common::parse(&common::topology_text(&specs, "[1, 3]"));
+    let its_topology = loopback::parse(&loopback::topology_text(&specs, "[1, 3]"));
     let me = its_topology.host_by_name("outsider").unwrap().id;
     let dir = Arc::new(Directory::new(its_topology.clone(), me));
     let (outsider, _o_inbound) =
@@ -291,7 +292,7 @@ async fn a_different_topology_file_is_refused_clearly() {
     let l = loopback(2);
     let (a, _a_inbound) = start(&l, 0).await;
     // Same hosts, keys and addresses, different link weights: levels would be costed apart.
-    let other = common::parse(&common::topology_text(&l.specs, "[1, 4]"));
+    let other = loopback::parse(&loopback::topology_text(&l.specs, "[1, 4]"));
     let dir = Arc::new(Directory::new(other.clone(), HostId(1)));
     let mut c = P2pConfig::new(l.keys[1].clone(), other, HostId(1));
     c.gossip_heartbeat = Duration::from_millis(150);

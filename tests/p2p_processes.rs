@@ -1,15 +1,16 @@
 //! Separate `scored` processes on 127.0.0.1: keys from `scored keygen`, nodes from the hidden
 //! `scored debug-p2p-node`, driven over stdin and watched through their JSON event lines.
 
-mod common;
+mod support;
 
-use common::HostSpec;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::host::free_ports;
+use support::loopback::{self, HostSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_scored");
 const WAIT: Duration = Duration::from_secs(20);
@@ -98,7 +99,7 @@ fn event(v: &Value, name: &str) -> bool {
 fn four_processes_relay_locate_and_announce() {
     const N: usize = 4;
     let dir = tempfile::tempdir().unwrap();
-    let ports = common::free_ports(N);
+    let ports = free_ports(N);
     let specs: Vec<HostSpec> = (0..N)
         .map(|i| HostSpec {
             name: format!("h{i}"),
@@ -107,10 +108,10 @@ fn four_processes_relay_locate_and_announce() {
             peer: keygen(&dir.path().join(format!("h{i}.key"))),
         })
         .collect();
-    let topology = common::write(
+    let topology = loopback::write(
         dir.path(),
         "topology.toml",
-        &common::topology_text(&specs, "[1, 3]"),
+        &loopback::topology_text(&specs, "[1, 3]"),
     );
 
     let (tx, events) = mpsc::channel();

@@ -4,91 +4,16 @@
 //! line and column of the offending text. Validation collects all errors it can find, in file
 //! order, rather than stopping at the first: an operator fixing a 2,560-host file wants one pass.
 
-use super::{Host, HostId, Switch, SwitchId, Topology};
-use crate::cost::LinkWeights;
+use super::error::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
+use super::tree::{Host, HostId, Switch, SwitchId, Topology};
+use super::weights::LinkWeights;
+use crate::diagnostics::{line_col, syntax_message};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use toml::Spanned;
-
-/// One problem in a topology file, at a position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopologyError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem is not at a position (e.g. the file cannot be read).
-    pub line: usize,
-    /// 1-based, in characters.
-    pub col: usize,
-    pub message: String,
-}
-
-impl TopologyError {
-    pub(super) fn io(file: &Path, message: String) -> Self {
-        TopologyError {
-            file: file.to_path_buf(),
-            line: 0,
-            col: 0,
-            message,
-        }
-    }
-}
-
-impl fmt::Display for TopologyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.col,
-                self.message
-            )
-        }
-    }
-}
-
-/// All problems found in one topology file, in file order. Never empty.
-#[derive(Clone, Debug)]
-pub struct TopologyErrors(pub Vec<TopologyError>);
-
-impl TopologyErrors {
-    pub(super) fn single(e: TopologyError) -> Self {
-        TopologyErrors(vec![e])
-    }
-
-    pub fn first(&self) -> &TopologyError {
-        &self.0[0]
-    }
-}
-
-impl fmt::Display for TopologyErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_lines(f, &self.0)
-    }
-}
-
-/// Writes each error on a line of its own (a file's error list, as `topology check` and
-/// `config check` print it).
-pub(crate) fn write_lines<E: fmt::Display>(
-    f: &mut fmt::Formatter<'_>,
-    errors: &[E],
-) -> fmt::Result {
-    for (i, e) in errors.iter().enumerate() {
-        if i > 0 {
-            writeln!(f)?;
-        }
-        write!(f, "{e}")?;
-    }
-    Ok(())
-}
-
-impl std::error::Error for TopologyErrors {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +74,15 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(span, message.into(), None);
+    }
+
+    /// A problem that a typed error underneath explains.
+    fn caused(&mut self, span: Range<usize>, message: String, cause: impl Into<TopologyCause>) {
+        self.push(span, message, Some(cause.into()));
+    }
+
+    fn push(&mut self, span: Range<usize>, message: String, cause: Option<TopologyCause>) {
         let (line, col) = line_col(self.text, span.start);
         self.list.push((
             span.start,
@@ -156,7 +90,8 @@ impl Errors<'_> {
                 file: self.file.to_path_buf(),
                 line,
                 col,
-                message: message.into(),
+                message,
+                cause,
             },
         ));
     }
@@ -164,36 +99,6 @@ impl Errors<'_> {
     fn line_of(&self, span: &Range<usize>) -> usize {
         line_col(self.text, span.start).0
     }
-}
-
-/// 1-based line and character column of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = text[line_start..offset].chars().count() + 1;
-    (line, col)
-}
-
-/// Rewrites serde/toml messages into the file's vocabulary.
-pub(crate) fn syntax_message(msg: &str) -> String {
-    let msg = msg.trim();
-    if let Some(rest) = msg.strip_prefix("missing field `") {
-        let field = rest.split('`').next().unwrap_or(rest);
-        return format!("required key `{field}` is missing from this table");
-    }
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let mut parts = rest.splitn(2, '`');
-        let field = parts.next().unwrap_or("");
-        let expected = parts
-            .next()
-            .and_then(|s| s.split_once("expected "))
-            .map(|(_, e)| e.replace('`', "").replace("one of ", ""))
-            .unwrap_or_default();
-        return format!("unknown key `{field}` (allowed here: {expected})");
-    }
-    msg.to_string()
 }
 
 /// A host or switch name: 1–64 characters of `[A-Za-z0-9._-]`.
@@ -208,14 +113,16 @@ fn expand_uri(
     template: &str,
     name: &str,
     address: Option<IpAddr>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, UriTemplateError> {
     let mut out = String::new();
     let mut rest = template;
     let mut needs_address = false;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let Some(len) = rest[start..].find('}') else {
-            return Err(format!("unclosed `{{` in URI template `{template}`"));
+            return Err(UriTemplateError::Unclosed {
+                template: template.to_string(),
+            });
         };
         match &rest[start + 1..start + len] {
             "name" => out.push_str(name),
@@ -228,9 +135,10 @@ fn expand_uri(
                 }
             }
             other => {
-                return Err(format!(
-                    "unknown placeholder `{{{other}}}` in URI template `{template}` (known: {{name}}, {{address}})"
-                ));
+                return Err(UriTemplateError::UnknownPlaceholder {
+                    placeholder: other.to_string(),
+                    template: template.to_string(),
+                });
             }
         }
         rest = &rest[start + len + 1..];
@@ -255,6 +163,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
                 line,
                 col,
                 message: syntax_message(e.message()),
+                cause: Some(e.into()),
             }));
         }
     };
@@ -452,10 +361,11 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
             .as_ref()
             .and_then(|a| match a.get_ref().parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
-                Err(_) => {
-                    errs.at(
+                Err(e) => {
+                    errs.caused(
                         a.span(),
                         format!("`{}` is not an IPv4 or IPv6 address", a.get_ref()),
+                        e,
                     );
                     None
                 }
@@ -496,12 +406,13 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
                         Some(id)
                     }
                     Err(e) => {
-                        errs.at(
+                        errs.caused(
                             p.span(),
                             format!(
                                 "`{}` is not a libp2p PeerId ({e}); `scored keygen` prints one",
                                 p.get_ref()
                             ),
+                            e,
                         );
                         None
                     }
@@ -511,10 +422,10 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
             let t = own.as_ref().unwrap_or(def);
             match expand_uri(t.get_ref(), &name, address) {
                 Ok(u) => u,
-                Err(msg) => {
+                Err(e) => {
                     // A bad default is reported once, at the default.
                     if own.is_some() || !errs.list.iter().any(|(o, _)| *o == t.span().start) {
-                        errs.at(t.span(), msg);
+                        errs.caused(t.span(), e.to_string(), e);
                     }
                     None
                 }
@@ -673,13 +584,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn line_col_counts_characters() {
-        let t = "ab\ncdé\nfg";
-        assert_eq!(line_col(t, 0), (1, 1));
-        assert_eq!(line_col(t, 3), (2, 1));
-        assert_eq!(line_col(t, 7), (2, 4));
-        assert_eq!(line_col(t, 8), (3, 1));
-        assert_eq!(line_col(t, 9), (3, 2));
+    fn problems_keep_their_cause() {
+        let text = "[levels]\nweights = [1]\n[[host]]\nname = \"a\"\npath = [\"t\"]\naddress = \"10.0.0\"\npeer_id = \"nope\"\nlibvirt_uri = \"qemu://{adress}/system\"\n";
+        let errs = parse(Path::new("m.toml"), text).unwrap_err();
+        let causes: Vec<_> = errs.0.iter().map(|e| e.cause.as_ref()).collect();
+        assert!(
+            matches!(causes[0], Some(TopologyCause::Address(_))),
+            "{errs}"
+        );
+        assert!(
+            matches!(causes[1], Some(TopologyCause::PeerId(_))),
+            "{errs}"
+        );
+        assert!(
+            matches!(causes[2], Some(TopologyCause::UriTemplate(_))),
+            "{errs}"
+        );
+        let missing = Topology::load(Path::new("/nonexistent/t.toml")).unwrap_err();
+        match &missing.first().cause {
+            Some(TopologyCause::Read(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -6,17 +6,11 @@
 //! namespace (and with them every veth and the bridge), also when a test fails. IPv6 is off in
 //! all of them, so no neighbour discovery or MLD chatter lands in the counts. Needs root.
 
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-#[path = "../support/host.rs"]
-mod host;
-pub use host::is_root;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 

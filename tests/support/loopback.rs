@@ -1,16 +1,13 @@
-//! Loopback clusters for the p2p tests: keys, free ports on 127.0.0.1, a topology listing them.
-#![allow(dead_code)] // each test binary uses a different part
+//! Loopback clusters for the p2p tests and bench: keys, free ports on 127.0.0.1, a topology
+//! listing them. Builds values only: starting peers is the test's job.
 
+use super::host::free_ports;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use scored::topology::Topology;
 use scored_proto::VmId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-#[path = "../support/host.rs"]
-mod host;
-pub use host::free_ports;
 
 pub struct HostSpec {
     pub name: String,

@@ -1,0 +1,153 @@
+//! `[decision]`: Eq. 3.2's migration cost and the gates around a decision (candidates,
+//! cooldown, history).
+//!
+//! Declares and checks the values; deciding is `crate::decide`'s.
+
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one, short_key};
+use serde::{Deserialize, Serialize};
+
+/// Eq. 3.2 and the gates around it. Reloads on SIGHUP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// Migration cost `c_m` of Eq. 3.2, in cost units (bytes/s × link weight): a move must
+    /// gain more than this.
+    pub migration_cost: f64,
+    /// `c_m` as a fraction of the deciding VM's current cost; the larger of the two applies.
+    pub migration_cost_fraction: f64,
+    /// Decide, log and expose, but never migrate (recommend-only).
+    pub dry_run: bool,
+    /// Most candidate hosts asked for capacity in one decision.
+    pub max_candidates: u32,
+    /// When a partner's host is full, also try the other hosts in the partner's rack.
+    pub rack_fallback: bool,
+    /// Cooldown after a VM moves: the larger of this and the last migration's duration.
+    pub cooldown_base_s: u64,
+    /// The cooldown doubles for each move of the same VM within this window.
+    pub cooldown_window_s: u64,
+    /// Upper bound of the cooldown.
+    pub cooldown_max_s: u64,
+    /// Previous hosts remembered per VM.
+    pub history_hosts: u32,
+    /// How long a previous host is remembered.
+    pub history_s: u64,
+    /// Moving back to a remembered host needs a benefit of at least this fraction of the VM's
+    /// current cost (on top of `c_m`), so a VM does not bounce back for a tiny gain.
+    pub return_margin_fraction: f64,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        DecisionConfig {
+            migration_cost: 0.0,
+            migration_cost_fraction: 0.05,
+            dry_run: false,
+            max_candidates: 8,
+            rack_fallback: true,
+            cooldown_base_s: 15 * 60,
+            cooldown_window_s: 24 * 3600,
+            cooldown_max_s: 6 * 3600,
+            history_hosts: 4,
+            history_s: 24 * 3600,
+            return_margin_fraction: 0.25,
+        }
+    }
+}
+
+impl DecisionConfig {
+    /// The `c_m` that applies to a VM whose current cost (its share of Eq. 3.1) is `vm_cost`.
+    pub fn effective_migration_cost(&self, vm_cost: f64) -> f64 {
+        self.migration_cost
+            .max(self.migration_cost_fraction * vm_cost.max(0.0))
+    }
+}
+
+/// The largest `history_hosts` accepted.
+const MAX_HISTORY_HOSTS: u32 = 64;
+
+/// A `[decision]` value that cannot be right.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecisionConfigError {
+    #[error("migration_cost = {0} must be a finite number ≥ 0")]
+    MigrationCost(f64),
+    #[error("{} = {value} must be between 0 and 1", short_key(.key))]
+    NotAFraction { key: &'static str, value: f64 },
+    #[error(transparent)]
+    Zero(#[from] ZeroValue),
+    #[error("cooldown_max_s = {max_s} is shorter than cooldown_base_s = {base_s}")]
+    CooldownMaxBelowBase { max_s: u64, base_s: u64 },
+    #[error("history_hosts = {0} is more than {MAX_HISTORY_HOSTS}")]
+    TooManyHistoryHosts(u32),
+}
+
+impl DecisionConfigError {
+    pub fn keys(&self) -> Vec<String> {
+        let keys: &[&str] = match self {
+            DecisionConfigError::MigrationCost(_) => &["decision.migration_cost"],
+            DecisionConfigError::NotAFraction { key, .. } => return vec![key.to_string()],
+            DecisionConfigError::Zero(e) => return vec![e.key.to_string()],
+            DecisionConfigError::CooldownMaxBelowBase { .. } => {
+                &["decision.cooldown_max_s", "decision.cooldown_base_s"]
+            }
+            DecisionConfigError::TooManyHistoryHosts(_) => &["decision.history_hosts"],
+        };
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+}
+
+impl Section for DecisionConfig {
+    const OPTIONS: &'static [OptionSpec] = options!(
+        "decision",
+        DecisionConfig {
+            migration_cost: Live,
+            migration_cost_fraction: Live,
+            dry_run: Live,
+            max_candidates: Live,
+            rack_fallback: Live,
+            cooldown_base_s: Live,
+            cooldown_window_s: Live,
+            cooldown_max_s: Live,
+            history_hosts: Live,
+            history_s: Live,
+            return_margin_fraction: Live,
+        }
+    );
+    type Error = DecisionConfigError;
+
+    fn check(&self) -> Vec<DecisionConfigError> {
+        let mut out = Vec::new();
+        if !self.migration_cost.is_finite() || self.migration_cost < 0.0 {
+            out.push(DecisionConfigError::MigrationCost(self.migration_cost));
+        }
+        for (key, value) in [
+            (
+                "decision.migration_cost_fraction",
+                self.migration_cost_fraction,
+            ),
+            (
+                "decision.return_margin_fraction",
+                self.return_margin_fraction,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                out.push(DecisionConfigError::NotAFraction { key, value });
+            }
+        }
+        out.extend(
+            at_least_one("decision.max_candidates", self.max_candidates.into()).map(Into::into),
+        );
+        out.extend(
+            at_least_one("decision.cooldown_window_s", self.cooldown_window_s).map(Into::into),
+        );
+        if self.cooldown_base_s > self.cooldown_max_s {
+            out.push(DecisionConfigError::CooldownMaxBelowBase {
+                max_s: self.cooldown_max_s,
+                base_s: self.cooldown_base_s,
+            });
+        }
+        if self.history_hosts > MAX_HISTORY_HOSTS {
+            out.push(DecisionConfigError::TooManyHistoryHosts(self.history_hosts));
+        }
+        out
+    }
+}
