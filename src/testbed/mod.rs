@@ -25,7 +25,7 @@ pub const DEFAULT_CACHE: &str = "/var/cache/scored-testbed";
 pub const HOST_NET: [u8; 2] = [10, 77];
 const PREFIX_LEN: u8 = 16;
 /// More would not fit one /24 of host addresses, and far exceeds what 2 cores can run.
-pub const MAX_HOSTS: usize = 200;
+pub const MAX_TESTBED_HOSTS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestbedError {
@@ -364,9 +364,9 @@ impl Testbed {
             .get_mut("host")
             .and_then(|h| h.as_array_mut())
             .ok_or_else(|| TestbedError::Topology("no [[host]] entries".into()))?;
-        if hosts.is_empty() || hosts.len() > MAX_HOSTS {
+        if hosts.is_empty() || hosts.len() > MAX_TESTBED_HOSTS {
             return Err(TestbedError::Topology(format!(
-                "{} hosts; the testbed builds 1 to {MAX_HOSTS}",
+                "{} hosts; the testbed builds 1 to {MAX_TESTBED_HOSTS}",
                 hosts.len()
             )));
         }
@@ -851,9 +851,9 @@ fn host_address(i: usize) -> Ipv4Addr {
 
 /// `n` hosts, two per rack, racks under one core switch.
 fn generated_topology(n: usize) -> Result<toml::Table> {
-    if n == 0 || n > MAX_HOSTS {
+    if n == 0 || n > MAX_TESTBED_HOSTS {
         return Err(TestbedError::Topology(format!(
-            "{n} hosts; the testbed builds 1 to {MAX_HOSTS}"
+            "{n} hosts; the testbed builds 1 to {MAX_TESTBED_HOSTS}"
         )));
     }
     let mut text = String::from(
