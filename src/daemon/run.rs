@@ -167,7 +167,7 @@ async fn serve(
     me: HostId,
     log: crate::logging::LogHandle,
 ) -> anyhow::Result<()> {
-    let notifier = Notifier::from_env().map_err(|e| anyhow!("systemd notify: {e}"))?;
+    let notifier = Notifier::from_env().context("systemd notify")?;
     let key = crate::identity::load(&config.host.key)?;
     let (journal, left) = Journal::open(&config.journal.path)?;
     let (hv, traffic, simulated) = backend(&config, &topo, me)?;
