@@ -314,12 +314,9 @@ fn is_local(uri: &str) -> bool {
     uri.starts_with("qemu:///") || uri.starts_with("qemu+unix://") || uri.starts_with("test:///")
 }
 
+/// This machine's 1-minute load average per CPU (0 when the system does not say).
 fn load_per_cpu(cpus: u32) -> f32 {
-    let one_minute = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
-        .unwrap_or(0.0);
-    one_minute / cpus.max(1) as f32
+    sysinfo::System::load_average().one as f32 / cpus.max(1) as f32
 }
 
 #[cfg(test)]
