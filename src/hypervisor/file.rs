@@ -3,7 +3,7 @@
 //! through the [`Hypervisor`] trait.
 //!
 //! Every access takes an exclusive `flock`, so a move is atomic across processes as it is under
-//! [`MemoryCluster`]'s mutex; the placement rules are [`Cluster`]'s, shared with it. A migration
+//! [`MemoryCluster`]'s mutex; the placement rules are `Cluster`'s, shared with it. A migration
 //! is modelled as libvirt runs one: a job of the hypervisor, not of the daemon that asked for it.
 //! The job is written into the file with its modelled completion time and holds a slot and memory
 //! at the destination meanwhile; whoever touches the file after that time commits the move. A

@@ -8,7 +8,7 @@
 //! sleeps or reads a clock. It decides nothing.
 //!
 //! The same cluster kept in a file for daemons in separate processes is [`super::file`]'s: it
-//! shares [`Cluster`], the rules of placement and moves, with this in-process form.
+//! shares `Cluster`, the rules of placement and moves, with this in-process form.
 
 use super::{
     AbortReason, Capacity, Cause, Destination, Hypervisor, HypervisorError, Interface,

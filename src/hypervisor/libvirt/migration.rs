@@ -32,7 +32,8 @@ pub struct MigrationTrace {
 }
 
 impl LibvirtHypervisor {
-    /// [`Hypervisor::migrate`] with what the source saw of the job.
+    /// [`Hypervisor::migrate`](crate::hypervisor::Hypervisor::migrate) with what the source saw
+    /// of the job.
     pub fn migrate_traced(
         &self,
         vm: VmId,

@@ -2,8 +2,8 @@
 //! migration through `virDomainMigrate3` with a watchdog that aborts hopeless jobs.
 //!
 //! This file holds the connection and the [`Hypervisor`] implementation; the jobs live apart:
-//! [`domains`] reads domains (listing XML, identity, state), [`migration`] runs one live
-//! migration and confirms it at the destination, [`watchdog`] is the thread that stops a
+//! `domains` reads domains (listing XML, identity, state), `migration` runs one live
+//! migration and confirms it at the destination, `watchdog` is the thread that stops a
 //! migration that stalls or overruns.
 //!
 //! Every method blocks (libvirt RPCs; a migration takes seconds): call them from
