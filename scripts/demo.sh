@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
   echo "demo: not root, so no network namespaces or libvirtd: running the simulator on"
   echo "demo: topology/testbed.toml instead (scripts/demo.sh as root runs the real testbed)."
-  cargo build --release --quiet --bin scored
+  # The simulator with its figures needs no libvirt: build without it, so this works on a
+  # machine without libvirt-dev.
+  cargo build --release --quiet --no-default-features --features plot --bin scored
   out=$(mktemp -d)
   ./target/release/scored sim --topology topology/testbed.toml --rounds 3 --sweep none --out "$out"
   echo "demo: figures and CSV files in $out"

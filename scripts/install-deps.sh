@@ -3,7 +3,8 @@
 # Idempotent and quiet when everything is already there. Needs root (CI and dev machines are root).
 set -euo pipefail
 
-# Packages for building (libvirt-dev for the virt crate) and for the real-hypervisor tests.
+# Packages for building (pkg-config and libvirt-dev for the virt crate of the default `libvirt`
+# feature; `cargo build --no-default-features` needs neither) and for the real-hypervisor tests.
 PKGS=(pkg-config libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
       qemu-system-x86 iproute2 iputils-ping procps prometheus systemd cpio busybox-static
       tcpdump debootstrap systemd-container)

@@ -16,6 +16,12 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The simulator, the tools and a daemon over sim+file:// build without libvirt (no libvirt-dev):
+# that build must stay clean too.
+step "build and lints without default features (no libvirt, testbed, plot)"
+cargo build --workspace --no-default-features --locked
+cargo clippy --workspace --all-targets --no-default-features --locked -- -D warnings
+
 step "tests"
 # --no-fail-fast: one red test binary must not hide the others in a CI log.
 cargo test --workspace --locked --no-fail-fast

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod p2p;
 pub mod sim;
+#[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod token;
 pub mod topology;

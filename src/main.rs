@@ -94,6 +94,7 @@ enum Command {
     #[command(hide = true, name = "debug-p2p-node")]
     DebugP2pNode(scored::p2p::node::NodeArgs),
     /// Developer testbed: hypervisors in network namespaces with real libvirt (root only).
+    #[cfg(feature = "testbed")]
     #[command(subcommand)]
     Testbed(scored::testbed::cli::TestbedCommand),
 }
@@ -293,6 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::runtime::Runtime::new()?.block_on(scored::p2p::node::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "testbed")]
         Command::Testbed(cmd) => {
             scored::testbed::cli::run(cmd)?;
             Ok(ExitCode::SUCCESS)

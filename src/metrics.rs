@@ -505,13 +505,13 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
-/// The standard `process_*` metrics, read from `/proc/self` on every scrape.
+/// The standard `process_*` metrics of this process, read on every scrape.
 #[derive(Debug)]
 struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // A /proc read that fails leaves its metrics out of this scrape rather than failing it.
+        // A read that fails leaves its metrics out of this scrape rather than failing it.
         let Some(p) = ProcessStats::read() else {
             return Ok(());
         };
@@ -581,57 +581,29 @@ pub struct ProcessStats {
 }
 
 impl ProcessStats {
-    /// Reads this process's statistics from `/proc`.
+    /// Reads this process's statistics through sysinfo (which reads `/proc/self` on Linux).
+    /// The start time has whole-second resolution.
     pub fn read() -> Option<ProcessStats> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let boot = std::fs::read_to_string("/proc/stat").ok()?;
-        // SAFETY: sysconf only reads system constants.
-        let (ticks, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        if ticks <= 0 || page <= 0 {
-            return None;
-        }
-        let mut s = ProcessStats::parse(&stat, &boot, ticks as u64, page as u64)?;
-        s.open_fds = std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|d| d.count() as u64);
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            s.max_fds = Some(lim.rlim_cur);
-        }
-        Some(s)
-    }
-
-    /// Parses `/proc/<pid>/stat` and the `btime` line of `/proc/stat` (proc(5)).
-    pub fn parse(stat: &str, proc_stat: &str, ticks: u64, page: u64) -> Option<ProcessStats> {
-        // The command name may contain spaces and parentheses: fields start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // f[0] is field 3 (state) of proc(5).
-        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-        let btime: u64 = proc_stat
-            .lines()
-            .find_map(|l| l.strip_prefix("btime "))?
-            .trim()
-            .parse()
-            .ok()?;
-        let ticks_f = ticks as f64;
+        use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+        let pid = sysinfo::get_current_pid().ok()?;
+        let mut system = System::new();
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            false,
+            ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory()
+                .with_tasks(),
+        );
+        let p = system.process(pid)?;
         Some(ProcessStats {
-            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks_f,
-            threads: field(20)?,
-            start_time_seconds: btime as f64 + field(22)? as f64 / ticks_f,
-            virtual_bytes: field(23)?,
-            resident_bytes: field(24)? * page,
-            open_fds: None,
-            max_fds: None,
+            cpu_seconds: p.accumulated_cpu_time() as f64 / 1000.0,
+            resident_bytes: p.memory(),
+            virtual_bytes: p.virtual_memory(),
+            threads: p.tasks()?.len() as u64,
+            start_time_seconds: p.start_time() as f64,
+            open_fds: p.open_files().map(|n| n as u64),
+            max_fds: p.open_files_limit().map(|n| n as u64),
         })
     }
 }
@@ -843,25 +815,29 @@ mod tests {
     }
 
     #[test]
-    fn parses_proc_stat() {
-        // A command name with a space and a ')' (proc(5) allows both).
-        let stat = "4242 (sc ored) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 7 0 12345 104857600 2560 18446744073709551615";
-        let s = ProcessStats::parse(stat, "cpu 1 2 3\nbtime 1700000000\n", 100, 4096).unwrap();
-        assert_eq!(s.cpu_seconds, 3.0);
-        assert_eq!(s.threads, 7);
-        assert_eq!(s.start_time_seconds, 1_700_000_000.0 + 123.45);
-        assert_eq!(s.virtual_bytes, 104_857_600);
-        assert_eq!(s.resident_bytes, 2560 * 4096);
-        assert!(ProcessStats::parse("garbage", "btime 1\n", 100, 4096).is_none());
-        assert!(ProcessStats::parse(stat, "no boot time\n", 100, 4096).is_none());
-    }
-
-    #[test]
     fn reads_own_process() {
         let s = ProcessStats::read().expect("/proc/self is readable on Linux");
         assert!(s.resident_bytes > 0);
         assert!(s.threads >= 1);
         assert!(s.open_fds.unwrap() >= 3);
         assert!(s.max_fds.unwrap() >= s.open_fds.unwrap());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        // This test binary started moments ago (whole seconds, so up to one second "later").
+        assert!(
+            s.start_time_seconds <= now + 1.0 && s.start_time_seconds > now - 600.0,
+            "{} vs now {now}",
+            s.start_time_seconds
+        );
+        // CPU time is counted in clock ticks: spend a visible amount and see it.
+        let busy = std::time::Instant::now();
+        let mut x = 0u64;
+        while busy.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = ProcessStats::read().unwrap();
+        assert!(after.cpu_seconds > s.cpu_seconds, "{after:?} after {s:?}");
     }
 }

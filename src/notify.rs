@@ -3,10 +3,17 @@
 //! name written with a leading `@`). Without the variable every call is a no-op, so the daemon
 //! runs the same outside systemd.
 //!
+//! The messages are the `sd-notify` crate's [`NotifyState`]s. Its sender is not used: it opens
+//! a blocking socket per message (a full queue would stall the event loop that feeds the
+//! watchdog), takes `@name` for a file path, and reads the environment at every call. So this
+//! module keeps the socket: opened once from the variables, non-blocking, abstract names
+//! understood; and it checks `WATCHDOG_USEC` rather than ignoring a value it cannot read.
+//!
 //! This module only sends messages. The daemon decides when: READY once the swarm is up and the
 //! hypervisor answered, WATCHDOG from its own event loop (never from a separate timer task, or a
 //! stuck loop would still look alive), STOPPING when SIGTERM arrives.
 
+pub use sd_notify::NotifyState;
 use std::ffi::OsStr;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
@@ -16,58 +23,27 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("NOTIFY_SOCKET={value:?}: {reason}")]
-    Socket { value: String, reason: String },
+    #[error(
+        "NOTIFY_SOCKET={value:?}: neither an absolute path nor an abstract socket name (@name)"
+    )]
+    NotASocket { value: String },
+    #[error("NOTIFY_SOCKET={value:?}: {source}")]
+    Socket {
+        value: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("WATCHDOG_USEC={0:?} is not a positive number of microseconds")]
     Watchdog(String),
+    #[error("reading the monotonic clock for RELOADING: {0}")]
+    Clock(#[source] io::Error),
     #[error("sending {what:?} to the systemd notify socket {socket}: {source}")]
     Send {
         what: String,
         socket: String,
+        #[source]
         source: io::Error,
     },
-}
-
-/// One state change or fact told to the service manager.
-#[derive(Clone, Debug, PartialEq)]
-pub enum State {
-    /// Start-up finished: the service is up.
-    Ready,
-    /// Re-reading the configuration (SIGHUP); send [`State::Ready`] when done.
-    Reloading,
-    /// Shutting down.
-    Stopping,
-    /// Still alive (resets the watchdog timer).
-    Watchdog,
-    /// A one-line status shown by `systemctl status`.
-    Status(String),
-    /// Ask for more time for the current start-up, reload or stop (e.g. finishing a migration).
-    ExtendTimeout(Duration),
-}
-
-impl State {
-    fn line(&self) -> String {
-        match self {
-            State::Ready => "READY=1".into(),
-            // systemd ≥ 253 (Type=notify-reload) wants the monotonic time with RELOADING.
-            State::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
-            State::Stopping => "STOPPING=1".into(),
-            State::Watchdog => "WATCHDOG=1".into(),
-            // A newline would start a new assignment: keep the status on one line.
-            State::Status(s) => format!("STATUS={}", s.replace(['\n', '\r'], " ")),
-            State::ExtendTimeout(d) => format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()),
-        }
-    }
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// The connection to the service manager, or nothing when not run by systemd.
@@ -135,22 +111,23 @@ impl Notifier {
         self.target.is_some()
     }
 
-    /// How often to send [`State::Watchdog`]: half the watchdog timeout, as sd_watchdog_enabled(3)
-    /// advises; `None` when no watchdog is set for this process.
+    /// How often to send [`NotifyState::Watchdog`]: half the watchdog timeout, as
+    /// sd_watchdog_enabled(3) advises; `None` when no watchdog is set for this process.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
             .filter(|_| self.target.is_some())
             .map(|t| t / 2)
     }
 
-    /// Sends one message with every state given.
-    pub fn notify(&self, states: &[State]) -> Result<(), NotifyError> {
+    /// Sends one message with every state given, one assignment per line.
+    pub fn notify(&self, states: &[NotifyState]) -> Result<(), NotifyError> {
         let Some(t) = &self.target else {
             return Ok(());
         };
+        // A newline inside a value (a multi-line status) would start a new assignment.
         let msg = states
             .iter()
-            .map(State::line)
+            .map(|s| s.to_string().replace(['\n', '\r'], " "))
             .collect::<Vec<_>>()
             .join("\n");
         t.socket
@@ -164,52 +141,48 @@ impl Notifier {
     }
 
     pub fn ready(&self, status: &str) -> Result<(), NotifyError> {
-        self.notify(&[State::Ready, State::Status(status.to_string())])
+        self.notify(&[NotifyState::Ready, NotifyState::Status(status)])
     }
 
+    /// RELOADING with the monotonic time systemd ≥ 253 wants (`Type=notify-reload`).
     pub fn reloading(&self) -> Result<(), NotifyError> {
-        self.notify(&[State::Reloading])
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let now = NotifyState::monotonic_usec_now().map_err(NotifyError::Clock)?;
+        self.notify(&[NotifyState::Reloading, now])
     }
 
     pub fn stopping(&self, status: &str) -> Result<(), NotifyError> {
-        self.notify(&[State::Stopping, State::Status(status.to_string())])
+        self.notify(&[NotifyState::Stopping, NotifyState::Status(status)])
     }
 
     pub fn watchdog(&self) -> Result<(), NotifyError> {
-        self.notify(&[State::Watchdog])
+        self.notify(&[NotifyState::Watchdog])
     }
 
     pub fn status(&self, status: &str) -> Result<(), NotifyError> {
-        self.notify(&[State::Status(status.to_string())])
+        self.notify(&[NotifyState::Status(status)])
     }
 }
 
 impl Target {
     fn open(value: &OsStr) -> Result<Target, NotifyError> {
         let shown = value.to_string_lossy().into_owned();
-        let bad = |reason: String| NotifyError::Socket {
+        let bad = |source: io::Error| NotifyError::Socket {
             value: shown.clone(),
-            reason,
+            source,
         };
         let bytes = value.as_bytes();
         let addr = match bytes.first() {
-            Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(value))
-                .map_err(|e| bad(e.to_string()))?,
-            Some(b'@') => {
-                SocketAddr::from_abstract_name(&bytes[1..]).map_err(|e| bad(e.to_string()))?
-            }
-            _ => {
-                return Err(bad(
-                    "neither an absolute path nor an abstract socket name (@name)".into(),
-                ));
-            }
+            Some(b'/') => SocketAddr::from_pathname(std::path::Path::new(value)).map_err(bad)?,
+            Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]).map_err(bad)?,
+            _ => return Err(NotifyError::NotASocket { value: shown }),
         };
-        let socket = UnixDatagram::unbound().map_err(|e| bad(e.to_string()))?;
+        let socket = UnixDatagram::unbound().map_err(bad)?;
         // A full socket queue must not stall the daemon's event loop: the message is dropped
         // and reported instead.
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| bad(e.to_string()))?;
+        socket.set_nonblocking(true).map_err(bad)?;
         Ok(Target {
             socket,
             addr,
@@ -292,7 +265,7 @@ mod tests {
         assert_eq!(m.recv(), "READY=1\nSTATUS=token ring of 8 hosts up");
         n.watchdog().unwrap();
         assert_eq!(m.recv(), "WATCHDOG=1");
-        n.notify(&[State::ExtendTimeout(Duration::from_secs(90))])
+        n.notify(&[NotifyState::ExtendTimeoutUsec(90_000_000)])
             .unwrap();
         assert_eq!(m.recv(), "EXTEND_TIMEOUT_USEC=90000000");
         n.stopping("handing the token on").unwrap();

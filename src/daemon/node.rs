@@ -277,7 +277,7 @@ impl<P: Peers> Node<P> {
         let call = tokio::task::spawn_blocking(move || f(hv.as_ref()));
         let r = match tokio::time::timeout(within, call).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(HypervisorError::Connection(format!("{what} task: {e}"))),
+            Ok(Err(source)) => Err(HypervisorError::Task { call: what, source }),
             Err(_) => Err(HypervisorError::NoAnswer {
                 call: what,
                 after: within,

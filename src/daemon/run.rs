@@ -10,7 +10,7 @@ use crate::flows::capture::{CaptureConfig, CaptureSource};
 use crate::flows::synthetic::{Demand, SyntheticSource};
 use crate::flows::table::TableConfig;
 use crate::hypervisor::Hypervisor;
-use crate::hypervisor::memory::FileHost;
+use crate::hypervisor::file::FileHost;
 use crate::metrics::{Metrics, MetricsServer};
 use crate::notify::Notifier;
 use crate::p2p::{Directory, Inbound, InboundEvent, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
@@ -18,13 +18,9 @@ use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use prometheus_client::registry::Registry;
 use scored_proto::VmId;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Hypervisor URIs of this scheme run a simulated host from a shared cluster file (tests, the
-/// no-root demo): `sim+file:///var/lib/scored/cluster.json`.
-pub const SIM_SCHEME: &str = "sim+file://";
 
 /// What `scored run` was asked to do.
 #[derive(Clone, Debug)]
@@ -66,12 +62,13 @@ fn hostname() -> anyhow::Result<String> {
         .to_string())
 }
 
-/// The hypervisor backend and flow source the configuration names.
+/// The hypervisor backend and flow source the configuration names, with the cluster file of a
+/// simulated host (whose traffic the daemon follows).
 pub fn backend(
     config: &Config,
     topo: &Topology,
     me: HostId,
-) -> anyhow::Result<(Arc<dyn Hypervisor>, Traffic)> {
+) -> anyhow::Result<(Arc<dyn Hypervisor>, Traffic, Option<FileHost>)> {
     let table = TableConfig {
         window: config.flows.window(),
         idle: config.flows.idle_expiry(),
@@ -79,31 +76,25 @@ pub fn backend(
         seed: rand::random(),
         ..TableConfig::default()
     };
-    let uri = &config.hypervisor.uri;
-    if let Some(path) = uri.strip_prefix(SIM_SCHEME) {
-        // Like libvirt's, a cluster file that cannot be read yet is an outage, not a failed
-        // start: the traffic follows once it can (follow_shared_traffic).
-        let host = FileHost::open_later(Path::new(path), &topo.host(me).name);
-        let source = SyntheticSource::new(table, demands(&host.traffic().unwrap_or_default()))?;
-        return Ok((
-            Arc::new(host),
-            Traffic::Synthetic {
-                source: Box::new(source),
-                started: Instant::now(),
-            },
-        ));
-    }
-    // libvirtd not up yet is an outage (reported by the first inventory read), not a failed
-    // start: the connection opens on the first call that finds it.
-    let hv = crate::hypervisor::libvirt::LibvirtHypervisor::connect_later(
-        crate::hypervisor::libvirt::LibvirtConfig::new(uri),
-    );
-    let capture = CaptureSource::new(CaptureConfig {
-        table,
-        sample_one_in: config.flows.sampling,
-        ..CaptureConfig::default()
-    })?;
-    Ok((Arc::new(hv), Traffic::Capture(Box::new(capture))))
+    // A hypervisor not answering yet is an outage (reported by the first inventory read), not
+    // a failed start: nothing is opened here.
+    let backend = crate::hypervisor::open(&config.hypervisor.uri, &topo.host(me).name)?;
+    let traffic = match &backend.simulated {
+        // The traffic follows the file once it can be read (follow_shared_traffic).
+        Some(host) => Traffic::Synthetic {
+            source: Box::new(SyntheticSource::new(
+                table,
+                demands(&host.traffic().unwrap_or_default()),
+            )?),
+            started: Instant::now(),
+        },
+        None => Traffic::Capture(Box::new(CaptureSource::new(CaptureConfig {
+            table,
+            sample_one_in: config.flows.sampling,
+            ..CaptureConfig::default()
+        })?)),
+    };
+    Ok((backend.hypervisor, traffic, backend.simulated))
 }
 
 /// Both directions of each communicating pair of a shared cluster file.
@@ -176,10 +167,10 @@ async fn serve(
     me: HostId,
     log: crate::logging::LogHandle,
 ) -> anyhow::Result<()> {
-    let notifier = Notifier::from_env().map_err(|e| anyhow!("systemd notify: {e}"))?;
+    let notifier = Notifier::from_env().context("systemd notify")?;
     let key = crate::identity::load(&config.host.key)?;
     let (journal, left) = Journal::open(&config.journal.path)?;
-    let (hv, traffic) = backend(&config, &topo, me)?;
+    let (hv, traffic, simulated) = backend(&config, &topo, me)?;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry, topo.level_names()));
@@ -227,12 +218,8 @@ async fn serve(
     } else {
         None
     };
-    let _traffic_task = config
-        .hypervisor
-        .uri
-        .strip_prefix(SIM_SCHEME)
-        .map(|path| FileHost::open_later(Path::new(path), node.name()))
-        .map(|host| AbortOnDrop(tokio::spawn(follow_shared_traffic(node.clone(), host))));
+    let _traffic_task =
+        simulated.map(|host| AbortOnDrop(tokio::spawn(follow_shared_traffic(node.clone(), host))));
     let control_listener = control::bind(&config.control.socket)
         .with_context(|| format!("control.socket {}", config.control.socket.display()))?;
     let control_task = tokio::spawn(control::serve_on(control_listener, node.clone()));

@@ -2,35 +2,90 @@
 //! migration of one VM to another host.
 //!
 //! One trait, several backends side by side (libvirt for real hosts, in-memory for the simulator
-//! and the loopback tests); callers never name a backend. Methods block (libvirt calls can take
-//! seconds): the daemon calls them from `spawn_blocking`, never from its event loop. Nothing here
-//! decides anything; it reports and executes.
+//! and the loopback tests, a shared cluster file for simulated hosts in separate processes);
+//! callers never name a backend: [`open`] picks it from the configured URI. Methods block
+//! (libvirt calls can take seconds): the daemon calls them from `spawn_blocking`, never from its
+//! event loop. Nothing here decides anything; it reports and executes.
 
+pub mod file;
+#[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod memory;
 pub mod progress;
 pub mod watch;
 
+use file::FileHost;
 use scored_proto::VmId;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Errors from a hypervisor backend, saying which VM and which call failed.
+/// Hypervisor URIs of this scheme run a simulated host from a shared cluster file (tests, the
+/// no-root demo): `sim+file:///var/lib/scored/cluster.json`. Every other URI is libvirt's.
+pub const SIM_SCHEME: &str = "sim+file://";
+
+/// The backend a hypervisor URI names, for one host, not connected yet.
+pub struct Backend {
+    pub hypervisor: Arc<dyn Hypervisor>,
+    /// The cluster file of a simulated host (`sim+file://`): the traffic its VMs exchange is
+    /// read there too, in place of capture on taps. `None` for a real hypervisor.
+    pub simulated: Option<FileHost>,
+}
+
+/// The backend for `uri`, serving host `host_name` (the topology's name for this host).
+///
+/// Nothing is opened yet: like a libvirtd that is not up, a cluster file that cannot be read
+/// is an outage the first calls report, not a failed start. Fails only for a URI this build
+/// cannot serve (a libvirt URI in a build without the `libvirt` feature).
+pub fn open(uri: &str, host_name: &str) -> Result<Backend> {
+    if let Some(path) = uri.strip_prefix(SIM_SCHEME) {
+        let host = FileHost::open_later(Path::new(path), host_name);
+        return Ok(Backend {
+            hypervisor: Arc::new(host.clone()),
+            simulated: Some(host),
+        });
+    }
+    open_libvirt(uri)
+}
+
+#[cfg(feature = "libvirt")]
+fn open_libvirt(uri: &str) -> Result<Backend> {
+    let hv = libvirt::LibvirtHypervisor::connect_later(libvirt::LibvirtConfig::new(uri));
+    Ok(Backend {
+        hypervisor: Arc::new(hv),
+        simulated: None,
+    })
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn open_libvirt(uri: &str) -> Result<Backend> {
+    Err(HypervisorError::Unsupported {
+        uri: uri.to_string(),
+        why: "this scored was built without the `libvirt` feature; only sim+file:// URIs work",
+    })
+}
+
+/// Errors from a hypervisor backend, saying which VM and which call failed. The underlying
+/// error is kept as the [`Cause`]; the text repeats it, because the daemon logs these errors
+/// one line each.
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
     #[error("VM {vm} is not on this host")]
     NoSuchVm { vm: VmId },
-    #[error("{call} failed{}: {message}", vm.map(|v| format!(" for VM {v}")).unwrap_or_default())]
+    #[error("{call} failed{}: {source}", vm.map(|v| format!(" for VM {v}")).unwrap_or_default())]
     Call {
         vm: Option<VmId>,
         call: &'static str,
-        message: String,
+        #[source]
+        source: Cause,
     },
-    #[error("VM {vm}: migration to {dest} failed in {call}: {message}")]
+    #[error("VM {vm}: migration to {dest} failed in {call}: {source}")]
     Migration {
         vm: VmId,
         dest: String,
         call: &'static str,
-        message: String,
+        #[source]
+        source: Cause,
     },
     #[error("VM {vm}: migration to {dest} aborted: {reason}")]
     Aborted {
@@ -38,12 +93,28 @@ pub enum HypervisorError {
         dest: String,
         reason: AbortReason,
     },
-    #[error("hypervisor connection: {0}")]
-    Connection(String),
+    /// The hypervisor could not be reached: `target` says what was being opened (a libvirt URI,
+    /// a cluster file and the step that failed).
+    #[error("hypervisor connection: {target}: {source}")]
+    Connection {
+        target: String,
+        #[source]
+        source: Cause,
+    },
+    /// The thread running a call ended without an answer (it panicked or was cancelled).
+    #[error("hypervisor connection: {call} task: {source}")]
+    Task {
+        call: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The call did not return in time. It may still be running (a thread stays blocked in it),
     /// so whatever it was doing must be asked about again, never assumed to have failed.
     #[error("no answer to {call} within {} s (the call may still be running)", after.as_secs())]
     NoAnswer { call: &'static str, after: Duration },
+    /// A URI this build has no backend for.
+    #[error("hypervisor URI {uri}: {why}")]
+    Unsupported { uri: String, why: &'static str },
 }
 
 impl HypervisorError {
@@ -53,10 +124,46 @@ impl HypervisorError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            HypervisorError::Connection(_)
+            HypervisorError::Connection { .. }
+                | HypervisorError::Task { .. }
                 | HypervisorError::Call { vm: None, .. }
                 | HypervisorError::NoAnswer { .. }
         )
+    }
+}
+
+/// What made a hypervisor call fail, under the [`HypervisorError`] that says which call.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// libvirt's error; the text is its message (code and domain are in the value).
+    #[cfg(feature = "libvirt")]
+    #[error("{}", .0.message())]
+    Libvirt(virt::error::Error),
+    /// libvirt's error and what scored found after it (where the VM is, what the watchdog
+    /// could not do); `note` starts with its own separator.
+    #[cfg(feature = "libvirt")]
+    #[error("{}{note}", .error.message())]
+    LibvirtNoted {
+        error: virt::error::Error,
+        note: String,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A cluster file that is not what scored wrote.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A step that failed on an error of its own (a connection opened for one migration).
+    #[error(transparent)]
+    Hypervisor(Box<HypervisorError>),
+    /// The backend refused, and this says why (the VM is pinned, the destination is full):
+    /// a fact, with no error underneath.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<HypervisorError> for Cause {
+    fn from(e: HypervisorError) -> Self {
+        Cause::Hypervisor(Box::new(e))
     }
 }
 
@@ -218,4 +325,60 @@ pub trait Hypervisor: Send + Sync {
 
     /// Where `vm` stands on this host now.
     fn state(&self, vm: VmId) -> Result<VmState>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_sim_uri_opens_a_file_host_whose_missing_file_is_an_outage_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        let b = open(&format!("sim+file://{}", path.display()), "hv1").unwrap();
+        assert!(b.simulated.is_some());
+        let e = b.hypervisor.vms().unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("cluster.json") && text.contains("read"),
+            "{text}"
+        );
+        let cause = e.source().and_then(|c| c.downcast_ref::<Cause>());
+        assert!(
+            matches!(cause, Some(Cause::Io(io)) if io.kind() == std::io::ErrorKind::NotFound),
+            "{cause:?}"
+        );
+    }
+
+    #[cfg(feature = "libvirt")]
+    #[test]
+    fn any_other_uri_is_libvirt_connected_at_the_first_call() {
+        let b = open("test:///default", "hv1").unwrap();
+        assert!(b.simulated.is_none());
+        assert!(b.hypervisor.capacity().unwrap().total_memory_mib > 0);
+        let e = open(
+            "qemu+unix:///system?socket=/nonexistent/libvirt-sock",
+            "hv1",
+        )
+        .unwrap()
+        .hypervisor
+        .vms()
+        .unwrap_err();
+        assert!(
+            e.is_unavailable() && e.to_string().contains("/nonexistent/libvirt-sock"),
+            "{e}"
+        );
+        let cause = e.source().and_then(|c| c.downcast_ref::<Cause>());
+        assert!(matches!(cause, Some(Cause::Libvirt(_))), "{cause:?}");
+    }
+
+    #[cfg(not(feature = "libvirt"))]
+    #[test]
+    fn without_libvirt_a_libvirt_uri_is_refused_by_name() {
+        let e = open("qemu:///system", "hv1").err().unwrap();
+        assert!(matches!(e, HypervisorError::Unsupported { .. }));
+        assert!(e.to_string().contains("qemu:///system"), "{e}");
+    }
 }

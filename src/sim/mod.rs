@@ -9,6 +9,7 @@
 pub mod baseline;
 pub mod engine;
 pub mod output;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod study;
 pub mod traffic;

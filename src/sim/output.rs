@@ -2,6 +2,7 @@
 //! sweep CSV and the figures. The only part of the simulator that touches files.
 
 use super::Scenario;
+#[cfg(feature = "plot")]
 use super::plot;
 use super::study::Report;
 use std::fmt::Write as _;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub enum OutputError {
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[cfg(feature = "plot")]
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
 }
@@ -332,12 +334,6 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     f.flush().map_err(io(&path))?;
     written.push(path);
 
-    if !report.runs.is_empty() {
-        let path = dir.join("fig5_2_cost_vs_iterations.svg");
-        plot::cost_over_iterations(&path, report, n)?;
-        written.push(path);
-    }
-
     if !report.sweep.is_empty() {
         let path = dir.join("cm_sweep.csv");
         let mut f = create(&path)?;
@@ -356,6 +352,26 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         }
         f.flush().map_err(io(&path))?;
         written.push(path);
+    }
+
+    write_figures(dir, sc, report, &mut written)?;
+    Ok(written)
+}
+
+/// The SVG figures (Figs. 5.1–5.4), appended to `written`.
+#[cfg(feature = "plot")]
+fn write_figures(
+    dir: &Path,
+    sc: &Scenario,
+    report: &Report,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), OutputError> {
+    if !report.runs.is_empty() {
+        let path = dir.join("fig5_2_cost_vs_iterations.svg");
+        plot::cost_over_iterations(&path, report, sc.vms())?;
+        written.push(path);
+    }
+    if !report.sweep.is_empty() {
         let path = dir.join("fig5_3_reduction_vs_cm.svg");
         plot::reduction_vs_cm(&path, &report.sweep)?;
         written.push(path);
@@ -390,5 +406,17 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         plot::rack_heat_map(&path, &m, max, &title)?;
         written.push(path);
     }
-    Ok(written)
+    Ok(())
+}
+
+/// Without the `plot` feature there are no figures: the CSV files hold the same numbers.
+#[cfg(not(feature = "plot"))]
+fn write_figures(
+    dir: &Path,
+    _sc: &Scenario,
+    _report: &Report,
+    _written: &mut Vec<PathBuf>,
+) -> Result<(), OutputError> {
+    tracing::info!(dir = %dir.display(), "no SVG figures: scored was built without the `plot` feature");
+    Ok(())
 }

@@ -6,18 +6,33 @@
 //! Only for development machines (root, Debian 12): the daemon never uses this module. Nothing
 //! here talks to addresses outside the namespaces it created; everything it starts lives in them,
 //! so teardown kills exactly the processes in its own namespaces and deletes them.
+//!
+//! This file builds and tears down the whole; `network` (namespaces, bridges, the fabric),
+//! `libvirtd` (one private libvirtd per host), `domains` (guests, their consoles), `guest` (the
+//! guest image), `daemons` (scored on every host) and `watch` (the live view) do one job each.
 
 pub mod cli;
 pub mod daemons;
+mod domains;
 pub mod guest;
+mod libvirtd;
+mod network;
 pub mod watch;
+
+pub use domains::{Console, GuestSpec, Heartbeat};
+
+use libvirtd::{
+    ensure_libvirt_qemu_user, save_capabilities, seed_capabilities, wait_for_libvirtd,
+    write_libvirt_config,
+};
+use network::{host_address, ip};
 
 use crate::topology::Topology;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Default directory for cached guest images and libvirt's QEMU capability probes.
 pub const DEFAULT_CACHE: &str = "/var/cache/scored-testbed";
@@ -25,37 +40,83 @@ pub const DEFAULT_CACHE: &str = "/var/cache/scored-testbed";
 pub const HOST_NET: [u8; 2] = [10, 77];
 const PREFIX_LEN: u8 = 16;
 /// More would not fit one /24 of host addresses, and far exceeds what 2 cores can run.
-pub const MAX_HOSTS: usize = 200;
+pub const MAX_TESTBED_HOSTS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestbedError {
-    #[error("{what}: `{cmd}` failed: {message}")]
+    /// A command could not be started at all.
+    #[error("{what}: `{cmd}` failed: {source}")]
+    Spawn {
+        what: String,
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command ran and failed: its exit status and what it wrote on stderr.
+    #[error("{what}: `{cmd}` failed: {status}: {stderr}")]
     Command {
         what: String,
         cmd: String,
-        message: String,
+        status: std::process::ExitStatus,
+        stderr: String,
     },
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or document that could not be read or written (`what` names it): the topology,
+    /// the testbed's state, a generated configuration, a host key.
+    #[error("{what}: {source}")]
+    Document {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("topology: {0}")]
     Topology(String),
     #[error("guest image: {message}")]
     Guest { message: String },
-    #[error("host {host}: {call}: {message}")]
+    #[error("host {host}: {call}: {}", source.message())]
     Libvirt {
         host: String,
         call: &'static str,
-        message: String,
+        #[source]
+        source: virt::error::Error,
+    },
+    /// libvirtd did not answer in time; `last` is the last error seen meanwhile, if any.
+    #[error(
+        "host {host}: virConnectOpen (waiting for libvirtd): not ready after {after:?}: {}; see {}",
+        last.as_ref().map_or("socket never appeared".to_string(), |e| e.message().to_string()),
+        log.display()
+    )]
+    LibvirtNotReady {
+        host: String,
+        after: Duration,
+        log: PathBuf,
+        #[source]
+        last: Option<virt::error::Error>,
     },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl TestbedError {
-    fn io(path: &Path, e: std::io::Error) -> Self {
+    fn io(path: &Path, source: std::io::Error) -> Self {
         TestbedError::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn document(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        TestbedError::Document {
+            what: what.into(),
+            source: Box::new(source),
         }
     }
 }
@@ -68,27 +129,20 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| TestbedError::Command {
+        .map_err(|source| TestbedError::Spawn {
             what: what.to_string(),
             cmd: shown.clone(),
-            message: e.to_string(),
+            source,
         })?;
     if !out.status.success() {
         return Err(TestbedError::Command {
             what: what.to_string(),
             cmd: shown,
-            message: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str], what: &str) -> Result<String> {
-    run(Command::new("ip").args(args), what)
 }
 
 /// What to build.
@@ -179,107 +233,6 @@ pub struct TestbedState {
     pub initrd: PathBuf,
 }
 
-/// A guest for [`Testbed::start_guest`].
-#[derive(Clone, Debug)]
-pub struct GuestSpec {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub memory_mib: u64,
-    pub peers: Vec<Ipv4Addr>,
-    pub ping_size: u32,
-    /// Seconds between echoes to each partner.
-    pub ping_interval: f32,
-    pub traffic_secs: u32,
-    /// MiB the guest rewrites in a loop (0 = idle).
-    pub dirty_mib: u32,
-    /// Seconds after boot before the rewriting starts.
-    pub dirty_after_secs: u32,
-    pub pinned: bool,
-}
-
-impl GuestSpec {
-    pub fn new(name: &str, ip: Ipv4Addr) -> Self {
-        GuestSpec {
-            name: name.to_string(),
-            ip,
-            memory_mib: 128,
-            peers: Vec::new(),
-            ping_size: 1000,
-            ping_interval: 0.5,
-            traffic_secs: 3600,
-            dirty_mib: 0,
-            dirty_after_secs: 0,
-            pinned: false,
-        }
-    }
-
-    /// Locally administered MAC derived from the address, so captures can map one to the other.
-    pub fn mac(&self) -> String {
-        let o = self.ip.octets();
-        format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
-    }
-
-    /// Host-side tap name (≤ 15 bytes), unique per guest address.
-    pub fn tap(&self) -> String {
-        let o = self.ip.octets();
-        format!("sct{:02x}{:02x}", o[2], o[3])
-    }
-}
-
-/// One `hb <name> <boot> <n>` line of a guest's serial console.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Heartbeat {
-    pub boot: String,
-    pub n: u64,
-}
-
-/// What a guest printed on its serial console so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Console {
-    /// Boot ids from the banner lines, one per boot.
-    pub boots: Vec<String>,
-    pub beats: Vec<Heartbeat>,
-}
-
-impl Console {
-    pub fn parse(text: &str) -> Console {
-        let mut c = Console::default();
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            match f.as_slice() {
-                ["hb", _name, boot, n] => {
-                    if let Ok(n) = n.parse() {
-                        c.beats.push(Heartbeat {
-                            boot: boot.to_string(),
-                            n,
-                        });
-                    }
-                }
-                ["scored-guest", _name, "boot", boot, ..] => c.boots.push(boot.to_string()),
-                _ => {}
-            }
-        }
-        c
-    }
-
-    pub fn read(path: &Path) -> Console {
-        // A console is written by QEMU as it runs: bytes that are not UTF-8 are line noise.
-        let bytes = std::fs::read(path).unwrap_or_default();
-        Console::parse(&String::from_utf8_lossy(&bytes))
-    }
-
-    pub fn last(&self) -> Option<&Heartbeat> {
-        self.beats.last()
-    }
-
-    /// The guest booted once and its heartbeat never went backwards or changed boot id.
-    pub fn continuous(&self) -> bool {
-        self.boots.len() == 1
-            && self.beats.iter().all(|b| b.boot == self.boots[0])
-            && self.beats.windows(2).all(|w| w[1].n > w[0].n)
-    }
-}
-
 /// A running testbed. Dropping it tears everything down (unless [`Testbed::keep`] was called).
 pub struct Testbed {
     pub state: TestbedState,
@@ -354,9 +307,9 @@ impl Testbed {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| TestbedError::io(p, e))?;
                 // Validate the template first so its errors carry its own file:line:col.
-                Topology::parse(p, &text).map_err(|e| TestbedError::Topology(e.to_string()))?;
+                Topology::parse(p, &text).map_err(|e| TestbedError::document("topology", e))?;
                 text.parse()
-                    .map_err(|e| TestbedError::Topology(format!("{}: {e}", p.display())))?
+                    .map_err(|e| TestbedError::document(format!("topology: {}", p.display()), e))?
             }
             None => generated_topology(cfg.hosts)?,
         };
@@ -364,9 +317,9 @@ impl Testbed {
             .get_mut("host")
             .and_then(|h| h.as_array_mut())
             .ok_or_else(|| TestbedError::Topology("no [[host]] entries".into()))?;
-        if hosts.is_empty() || hosts.len() > MAX_HOSTS {
+        if hosts.is_empty() || hosts.len() > MAX_TESTBED_HOSTS {
             return Err(TestbedError::Topology(format!(
-                "{} hosts; the testbed builds 1 to {MAX_HOSTS}",
+                "{} hosts; the testbed builds 1 to {MAX_TESTBED_HOSTS}",
                 hosts.len()
             )));
         }
@@ -387,7 +340,7 @@ impl Testbed {
                 std::fs::create_dir_all(&p).map_err(|e| TestbedError::io(&p, e))?;
             }
             let key = crate::identity::generate(&dir.join("host.key"), true)
-                .map_err(|e| TestbedError::Invalid(format!("host {name}: {e}")))?;
+                .map_err(|e| TestbedError::document(format!("host {name}"), e))?;
             let peer_id = key.public().to_peer_id().to_string();
             t.insert("address".into(), address.to_string().into());
             t.insert("peer_id".into(), peer_id.clone().into());
@@ -406,17 +359,17 @@ impl Testbed {
             "# Generated by `scored testbed up` for the namespaces {}-*: addresses and peer ids\n\
              # are this testbed's own. Host keys: hosts/<name>/host.key.\n\n{}",
             cfg.prefix,
-            toml::to_string(&doc).map_err(|e| TestbedError::Topology(e.to_string()))?
+            toml::to_string(&doc).map_err(|e| TestbedError::document("topology", e))?
         );
         let path = &self.state.topology;
         std::fs::write(path, text).map_err(|e| TestbedError::io(path, e))?;
-        Topology::load(path).map_err(|e| TestbedError::Topology(e.to_string()))
+        Topology::load(path).map_err(|e| TestbedError::document("topology", e))
     }
 
     fn save(&self) -> Result<()> {
         let p = self.dir.join("testbed.json");
         let text = serde_json::to_string_pretty(&self.state)
-            .map_err(|e| TestbedError::Invalid(e.to_string()))?;
+            .map_err(|e| TestbedError::document("testbed state", e))?;
         std::fs::write(&p, text).map_err(|e| TestbedError::io(&p, e))
     }
 
@@ -425,7 +378,7 @@ impl Testbed {
         let p = dir.join("testbed.json");
         let text = std::fs::read_to_string(&p).map_err(|e| TestbedError::io(&p, e))?;
         let state: TestbedState = serde_json::from_str(&text)
-            .map_err(|e| TestbedError::Invalid(format!("{}: {e}", p.display())))?;
+            .map_err(|e| TestbedError::document(p.display().to_string(), e))?;
         Ok(Testbed {
             state,
             dir: dir.to_path_buf(),
@@ -434,283 +387,8 @@ impl Testbed {
         })
     }
 
-    fn fabric_ns(&self) -> String {
-        format!("{}-fabric", self.state.prefix)
-    }
-
-    /// Bridges for the switch tree in the fabric namespace, one namespace per host with `br0`
-    /// (address + VM taps) and a veth uplink to its rack's bridge.
-    fn build_network(&self, topo: &Topology) -> Result<()> {
-        let fab = self.fabric_ns();
-        ip(&["netns", "add", &fab], "create the fabric namespace")?;
-        ip(&["-n", &fab, "link", "set", "lo", "up"], "fabric lo up")?;
-        let roots = topo
-            .switches()
-            .iter()
-            .filter(|s| s.parent.is_none())
-            .count();
-        if roots > 1 {
-            bridge(&fab, "top", BridgeMac::Top)?;
-        }
-        for (j, s) in topo.switches().iter().enumerate() {
-            let br = format!("s{j}");
-            bridge(&fab, &br, BridgeMac::Switch(j))?;
-            let parent = match s.parent {
-                Some(p) => format!("s{}", p.0),
-                None if roots > 1 => "top".to_string(),
-                None => continue,
-            };
-            let (up, down) = (format!("s{j}up"), format!("s{j}dn"));
-            ip(
-                &[
-                    "-n", &fab, "link", "add", &up, "type", "veth", "peer", "name", &down,
-                ],
-                "link a switch to its parent",
-            )?;
-            ip(
-                &["-n", &fab, "link", "set", &up, "master", &br, "up"],
-                "switch uplink",
-            )?;
-            ip(
-                &["-n", &fab, "link", "set", &down, "master", &parent, "up"],
-                "switch downlink",
-            )?;
-        }
-        for (i, (h, th)) in topo.hosts().iter().zip(&self.state.hosts).enumerate() {
-            let ns = &th.netns;
-            ip(&["netns", "add", ns], "create a host namespace")?;
-            ip(&["-n", ns, "link", "set", "lo", "up"], "host lo up")?;
-            bridge(ns, "br0", BridgeMac::Host(i))?;
-            let addr = format!("{}/{}", th.address, PREFIX_LEN);
-            ip(
-                &["-n", ns, "addr", "add", &addr, "dev", "br0"],
-                "host address",
-            )?;
-            let port = format!("h{i}");
-            ip(
-                &[
-                    "-n", &fab, "link", "add", &port, "type", "veth", "peer", "name", "up0",
-                    "netns", ns,
-                ],
-                "host uplink",
-            )?;
-            ip(
-                &["-n", ns, "link", "set", "up0", "master", "br0", "up"],
-                "host uplink into br0",
-            )?;
-            let rack = format!("s{}", h.rack().0);
-            ip(
-                &["-n", &fab, "link", "set", &port, "master", &rack, "up"],
-                "host port on its rack switch",
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Every host reaches the first over the fabric (bounded: one echo each, 2 s at most), so a
-    /// broken fabric fails `up` with a clear error instead of hanging a migration's TCP connect.
-    fn check_fabric(&self) -> Result<()> {
-        let Some(first) = self.state.hosts.first() else {
-            return Ok(());
-        };
-        let target = first.address.to_string();
-        for h in self.state.hosts.iter().skip(1) {
-            let mut ok = false;
-            for _ in 0..3 {
-                let r = run(
-                    Command::new("ip").args([
-                        "netns", "exec", &h.netns, "ping", "-c", "1", "-W", "2", &target,
-                    ]),
-                    "check the fabric",
-                );
-                if r.is_ok() {
-                    ok = true;
-                    break;
-                }
-            }
-            if !ok {
-                return Err(TestbedError::Invalid(format!(
-                    "host {} ({}) cannot reach {} ({}) over the fabric",
-                    h.name, h.address, first.name, first.address
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn start_libvirtd(&mut self, host: &TestbedHost) -> Result<()> {
-        let d = host.dir.display();
-        let script = format!(
-            "mount --bind {d}/run /run/libvirt && mount --bind {d}/lib /var/lib/libvirt && \
-             mount --bind {d}/etc /etc/libvirt && mount --bind {d}/log /var/log/libvirt && \
-             mount --bind {d}/cache /var/cache/libvirt && \
-             exec /usr/sbin/libvirtd --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid"
-        );
-        let log_path = host.dir.join("libvirtd.stderr");
-        let log = std::fs::File::create(&log_path).map_err(|e| TestbedError::io(&log_path, e))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| TestbedError::io(&log_path, e))?;
-        let _ = std::fs::remove_file(host.pid_file());
-        let _ = std::fs::remove_file(host.socket());
-        use std::os::unix::process::CommandExt;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &host.netns, "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            // Its own process group: a Ctrl-C meant for `scored testbed up` must not kill it.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| TestbedError::Command {
-                what: format!("start libvirtd of {}", host.name),
-                cmd: "ip netns exec … libvirtd".into(),
-                message: e.to_string(),
-            })?;
-        self.children.push(child);
-        Ok(())
-    }
-
-    /// Kills one host's libvirtd (SIGKILL, as a crash would); its running guests stay up.
-    pub fn kill_libvirtd(&mut self, host: usize) -> Result<()> {
-        let h = self.state.hosts[host].clone();
-        let pid = h.libvirtd_pid().ok_or_else(|| {
-            TestbedError::Invalid(format!("host {}: libvirtd is not running", h.name))
-        })?;
-        // SAFETY: a pid read from the pid file of a daemon this testbed started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while h.libvirtd_pid() == Some(pid) && Instant::now() < deadline {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.reap();
-        Ok(())
-    }
-
-    /// Starts a host's libvirtd again (after [`Testbed::kill_libvirtd`]) and waits for it.
-    pub fn restart_libvirtd(&mut self, host: usize) -> Result<()> {
-        let h = self.state.hosts[host].clone();
-        self.start_libvirtd(&h)?;
-        wait_for_libvirtd(&h, Duration::from_secs(60))
-    }
-
-    fn reap(&mut self) {
-        self.children
-            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
-    }
-
     pub fn host(&self, name: &str) -> Option<&TestbedHost> {
         self.state.hosts.iter().find(|h| h.name == name)
-    }
-
-    pub fn console_path(&self, guest: &str) -> PathBuf {
-        self.dir.join("console").join(format!("{guest}.log"))
-    }
-
-    pub fn console(&self, guest: &str) -> Console {
-        Console::read(&self.console_path(guest))
-    }
-
-    /// Waits until the guest's heartbeat reaches `n`.
-    pub fn wait_heartbeat(&self, guest: &str, n: u64, timeout: Duration) -> Result<Heartbeat> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let c = self.console(guest);
-            if let Some(b) = c.last().filter(|b| b.n >= n) {
-                return Ok(b.clone());
-            }
-            if Instant::now() >= deadline {
-                return Err(TestbedError::Invalid(format!(
-                    "guest {guest}: heartbeat {n} not seen within {timeout:?} (last: {:?}; console {})",
-                    c.last(),
-                    self.console_path(guest).display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The libvirt domain XML of a testbed guest (diskless: kernel + initramfs from the cache).
-    pub fn domain_xml(&self, g: &GuestSpec) -> String {
-        let peers: Vec<String> = g.peers.iter().map(Ipv4Addr::to_string).collect();
-        let cmdline = format!(
-            "console=ttyS0 loglevel=1 panic=1 sc_name={} sc_ip={}/{} sc_peers={} \
-             sc_ping_size={} sc_ping_interval={} sc_traffic_secs={} sc_dirty_mib={} sc_dirty_after={}",
-            g.name,
-            g.ip,
-            PREFIX_LEN,
-            peers.join(","),
-            g.ping_size,
-            g.ping_interval,
-            g.traffic_secs,
-            g.dirty_mib,
-            g.dirty_after_secs
-        );
-        format!(
-            r#"<domain type='qemu'>
-  <name>{name}</name>
-  <metadata>
-    <scored:vm xmlns:scored='{ns}' ip='{ip}' pinned='{pinned}'/>
-  </metadata>
-  <memory unit='MiB'>{mem}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>{cmdline}</cmdline>
-  </os>
-  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='bridge'>
-      <mac address='{mac}'/>
-      <source bridge='br0'/>
-      <target dev='{tap}'/>
-      <model type='virtio'/>
-    </interface>
-    <serial type='file'>
-      <source path='{console}' append='on'/>
-      <target port='0'/>
-    </serial>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"#,
-            name = g.name,
-            ns = crate::hypervisor::libvirt::METADATA_NS,
-            ip = g.ip,
-            pinned = if g.pinned { "yes" } else { "no" },
-            mem = g.memory_mib,
-            kernel = self.state.kernel.display(),
-            initrd = self.state.initrd.display(),
-            mac = g.mac(),
-            tap = g.tap(),
-            console = self.console_path(&g.name).display(),
-        )
-    }
-
-    /// Defines (persistently) and starts a guest on host `host`.
-    pub fn start_guest(&self, host: usize, g: &GuestSpec) -> Result<()> {
-        let h = &self.state.hosts[host];
-        let lv = |call: &'static str, e: virt::error::Error| TestbedError::Libvirt {
-            host: h.name.clone(),
-            call,
-            message: e.message().to_string(),
-        };
-        let _ = std::fs::remove_file(self.console_path(&g.name));
-        let conn = virt::connect::Connect::open(Some(&h.local_uri()))
-            .map_err(|e| lv("virConnectOpen", e))?;
-        let dom = conn
-            .define_domain_xml(&self.domain_xml(g))
-            .map_err(|e| lv("virDomainDefineXML", e))?;
-        dom.create().map_err(|e| lv("virDomainCreate", e))?;
-        Ok(())
     }
 
     /// Keeps everything running when this value is dropped (`scored testbed up` exits).
@@ -845,15 +523,11 @@ fn check_host_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn host_address(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(HOST_NET[0], HOST_NET[1], 0, (i + 1) as u8)
-}
-
 /// `n` hosts, two per rack, racks under one core switch.
 fn generated_topology(n: usize) -> Result<toml::Table> {
-    if n == 0 || n > MAX_HOSTS {
+    if n == 0 || n > MAX_TESTBED_HOSTS {
         return Err(TestbedError::Topology(format!(
-            "{n} hosts; the testbed builds 1 to {MAX_HOSTS}"
+            "{n} hosts; the testbed builds 1 to {MAX_TESTBED_HOSTS}"
         )));
     }
     let mut text = String::from(
@@ -868,167 +542,7 @@ fn generated_topology(n: usize) -> Result<toml::Table> {
         ));
     }
     text.parse()
-        .map_err(|e| TestbedError::Topology(format!("generated topology: {e}")))
-}
-
-/// Which bridge gets which fixed MAC address.
-#[derive(Clone, Copy, Debug)]
-enum BridgeMac {
-    /// `br0` of the i-th host: carries the host's address.
-    Host(usize),
-    /// The j-th switch of the topology, in the fabric namespace.
-    Switch(usize),
-    /// The bridge above several roots.
-    Top,
-}
-
-impl BridgeMac {
-    /// `02:73:63:…` (locally administered, "sc"), unique in the testbed's one L2 domain and
-    /// apart from the guests' `52:54:…` and their taps' `fe:54:…`.
-    fn address(self) -> String {
-        let (kind, n) = match self {
-            BridgeMac::Host(i) => (0, i),
-            BridgeMac::Switch(j) => (1, j),
-            BridgeMac::Top => (2, 0),
-        };
-        format!(
-            "02:73:63:{kind:02x}:{:02x}:{:02x}",
-            (n >> 8) & 0xff,
-            n & 0xff
-        )
-    }
-}
-
-/// A bridge with a MAC address of its own. Without one, Linux gives a bridge the lowest MAC of
-/// its ports and changes it as ports come and go: when an incoming guest's tap
-/// (`fe:54:…`, the guest's MAC with libvirt's `fe` prefix) sorts below the uplink's random MAC,
-/// the host's address moves to the tap's MAC, which the source host also has on its own bridge
-/// (the guest's tap there) and so delivers to itself: the source can no longer reach the
-/// destination, in the middle of the migration. CI saw exactly this once.
-fn bridge(ns: &str, name: &str, mac: BridgeMac) -> Result<()> {
-    ip(
-        &[
-            "-n",
-            ns,
-            "link",
-            "add",
-            name,
-            "address",
-            &mac.address(),
-            "type",
-            "bridge",
-        ],
-        "create a bridge",
-    )?;
-    ip(&["-n", ns, "link", "set", name, "up"], "bridge up")?;
-    Ok(())
-}
-
-/// libvirt refuses to start QEMU without this user even when qemu.conf says root.
-fn ensure_libvirt_qemu_user() -> Result<()> {
-    let known = Command::new("getent")
-        .args(["passwd", "libvirt-qemu"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if known {
-        return Ok(());
-    }
-    let _ = Command::new("groupadd")
-        .args(["-r", "libvirt-qemu"])
-        .stderr(Stdio::null())
-        .status();
-    run(
-        Command::new("useradd").args([
-            "-r",
-            "-g",
-            "libvirt-qemu",
-            "-d",
-            "/var/lib/libvirt",
-            "-s",
-            "/usr/sbin/nologin",
-            "libvirt-qemu",
-        ]),
-        "create the libvirt-qemu user",
-    )
-    .map(|_| ())
-}
-
-fn write_libvirt_config(h: &TestbedHost) -> Result<()> {
-    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map_err(|e| TestbedError::io(Path::new("/proc/sys/kernel/random/uuid"), e))?;
-    // Test-only settings: no authentication on the unix socket or TCP inside the namespace.
-    let libvirtd = format!(
-        "host_uuid = \"{}\"\nunix_sock_rw_perms = \"0777\"\nauth_unix_ro = \"none\"\n\
-         auth_unix_rw = \"none\"\nlisten_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n\
-         log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
-        uuid.trim()
-    );
-    let qemu = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
-                security_driver = \"none\"\nstdio_handler = \"file\"\ncgroup_controllers = []\n\
-                namespaces = []\n";
-    for (f, text) in [("libvirtd.conf", libvirtd.as_str()), ("qemu.conf", qemu)] {
-        let p = h.dir.join("etc").join(f);
-        std::fs::write(&p, text).map_err(|e| TestbedError::io(&p, e))?;
-    }
-    Ok(())
-}
-
-fn wait_for_libvirtd(h: &TestbedHost, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("socket never appeared");
-    while Instant::now() < deadline {
-        if h.socket().exists() {
-            match virt::connect::Connect::open(Some(&h.local_uri())) {
-                Ok(c) => {
-                    // The first call that needs QEMU's capabilities pays the probe once.
-                    let r = c.capabilities();
-                    match r {
-                        Ok(_) => return Ok(()),
-                        Err(e) => last = e.message().to_string(),
-                    }
-                }
-                Err(e) => last = e.message().to_string(),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(TestbedError::Libvirt {
-        host: h.name.clone(),
-        call: "virConnectOpen (waiting for libvirtd)",
-        message: format!(
-            "not ready after {timeout:?}: {last}; see {}",
-            h.dir.join("log/libvirtd.log").display()
-        ),
-    })
-}
-
-/// Copies libvirt's cached QEMU probe into a new host, so its daemon starts in milliseconds.
-fn seed_capabilities(cache: &Path, h: &TestbedHost) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(cache) else {
-        return Ok(());
-    };
-    let dst = h.dir.join("cache/qemu/capabilities");
-    std::fs::create_dir_all(&dst).map_err(|e| TestbedError::io(&dst, e))?;
-    for e in entries.flatten() {
-        let _ = std::fs::copy(e.path(), dst.join(e.file_name()));
-    }
-    Ok(())
-}
-
-/// Keeps the first host's probe for the next hosts and runs (libvirt re-probes by itself when
-/// QEMU or libvirt changed, so a stale copy costs only the probe it would have cost anyway).
-fn save_capabilities(h: &TestbedHost, cache: &Path) {
-    let src = h.dir.join("cache/qemu/capabilities");
-    let Ok(entries) = std::fs::read_dir(&src) else {
-        return;
-    };
-    if std::fs::create_dir_all(cache).is_err() {
-        return;
-    }
-    for e in entries.flatten() {
-        let _ = std::fs::copy(e.path(), cache.join(e.file_name()));
-    }
+        .map_err(|e| TestbedError::document("topology: generated topology", e))
 }
 
 #[cfg(test)]

@@ -1,0 +1,472 @@
+//! Reading libvirt domains: the XML scored understands (identity, memory, interfaces, the pin),
+//! the addresses libvirt learned, and a domain's state (running, migrating in, its job).
+//!
+//! Only reads: nothing here changes a domain or decides anything about it.
+
+use crate::hypervisor::{Interface, Vm};
+use scored_proto::VmId;
+use std::net::{IpAddr, Ipv4Addr};
+use virt::domain::Domain;
+use virt::sys;
+
+/// XML namespace of scored's domain metadata:
+/// `<scored:vm xmlns:scored='…' ip='10.0.0.7' pinned='yes'/>` inside `<metadata>`.
+pub const METADATA_NS: &str = "https://example.invalid/scored/xmlns/vm/1";
+
+/// Whether `dom` is the destination side of a live migration in progress, whoever started it.
+///
+/// libvirt 9.0 starts an incoming guest paused with reason `migration` (running with reason
+/// `postcopy` once a post-copy switch-over happened), and refuses job statistics for it
+/// ("available only on the source host"). A source guest is also paused for migration during
+/// the final stop-and-copy, but it does report its (outgoing) job: that tells the two apart.
+pub(super) fn incoming_migration(dom: &Domain) -> bool {
+    let mut state: std::os::raw::c_int = -1;
+    let mut reason: std::os::raw::c_int = -1;
+    // SAFETY: valid domain handle and two out-parameters that live across the call.
+    let rc = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
+    if rc < 0 {
+        return false;
+    }
+    let (state, reason) = (state as u32, reason as u32);
+    if state == sys::VIR_DOMAIN_RUNNING && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY {
+        return true;
+    }
+    if state != sys::VIR_DOMAIN_PAUSED || reason != sys::VIR_DOMAIN_PAUSED_MIGRATION {
+        return false;
+    }
+    match job_figures(dom, 0) {
+        Ok(f) => f.kind == sys::VIR_DOMAIN_JOB_NONE as i32,
+        Err(_) => true,
+    }
+}
+
+pub(super) fn uuid_string(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Addresses libvirt learned for the domain's MACs: DHCP leases (libvirt networks), then the
+/// host's ARP table. Best effort: other interface types simply report nothing.
+pub(super) fn learned_addresses(dom: &Domain) -> Vec<([u8; 6], IpAddr)> {
+    let mut out = Vec::new();
+    for source in [
+        sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+        sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+    ] {
+        let Ok(ifaces) = dom.interface_addresses(source, 0) else {
+            continue;
+        };
+        for i in ifaces {
+            let Some(mac) = i.hwaddr.as_deref().and_then(parse_mac) else {
+                continue;
+            };
+            for a in i.addrs {
+                if let Ok(ip) = a.addr.parse::<IpAddr>()
+                    && !out.contains(&(mac, ip))
+                {
+                    out.push((mac, ip));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why a domain's XML was not understood: which domain, which element or attribute.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainXmlError {
+    #[error("not XML: {0}")]
+    NotXml(#[source] xmltree::ParseError),
+    #[error("root element is <{0}>, not <domain>")]
+    NotDomain(String),
+    #[error("no <name>")]
+    NoName,
+    #[error("{domain}: {problem}")]
+    Invalid { domain: String, problem: String },
+}
+
+/// What scored reads from a domain's XML.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainDescription {
+    pub name: String,
+    pub uuid: [u8; 16],
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    /// MAC and host-side device of each `<interface>`.
+    pub interfaces: Vec<([u8; 6], Option<String>)>,
+    /// `<scored:vm ip=…>`.
+    pub declared_ip: Option<Ipv4Addr>,
+    /// `<scored:vm mac=…>`: which interface carries `declared_ip` (default: the first).
+    pub declared_mac: Option<[u8; 6]>,
+    pub pinned: bool,
+}
+
+impl DomainDescription {
+    /// Parses libvirt's domain XML. Errors say which element or attribute is wrong.
+    pub fn parse(xml: &str) -> Result<Self, DomainXmlError> {
+        use xmltree::Element;
+        let root = Element::parse(xml.as_bytes()).map_err(DomainXmlError::NotXml)?;
+        if root.name != "domain" {
+            return Err(DomainXmlError::NotDomain(root.name));
+        }
+        let text = |e: &Element, child: &str| -> Option<String> {
+            e.get_child(child)
+                .and_then(|c| c.get_text())
+                .map(|t| t.trim().to_string())
+        };
+        let name = text(&root, "name").ok_or(DomainXmlError::NoName)?;
+        let invalid = |problem: String| DomainXmlError::Invalid {
+            domain: name.clone(),
+            problem,
+        };
+        let uuid_text = text(&root, "uuid").ok_or_else(|| invalid("no <uuid>".into()))?;
+        let uuid = parse_uuid(&uuid_text)
+            .ok_or_else(|| invalid(format!("<uuid> `{uuid_text}` is not a UUID")))?;
+        let memory_mib = root
+            .get_child("currentMemory")
+            .or_else(|| root.get_child("memory"))
+            .map(|m| {
+                let v: u64 = m
+                    .get_text()
+                    .and_then(|t| t.trim().parse().ok())
+                    .ok_or_else(|| invalid("memory is not a number".into()))?;
+                let unit = m
+                    .attributes
+                    .get("unit")
+                    .map(String::as_str)
+                    .unwrap_or("KiB");
+                to_mib(v, unit).ok_or_else(|| invalid(format!("unknown memory unit `{unit}`")))
+            })
+            .transpose()?
+            .ok_or_else(|| invalid("no <memory>".into()))?;
+        let vcpus = match root.get_child("vcpu") {
+            Some(v) => v
+                .attributes
+                .get("current")
+                .cloned()
+                .or_else(|| v.get_text().map(|t| t.trim().to_string()))
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| invalid("<vcpu> is not a number".into()))?,
+            None => 1,
+        };
+        let mut interfaces = Vec::new();
+        if let Some(devices) = root.get_child("devices") {
+            for iface in devices
+                .children
+                .iter()
+                .filter_map(|c| c.as_element())
+                .filter(|e| e.name == "interface")
+            {
+                let Some(mac) = iface
+                    .get_child("mac")
+                    .and_then(|m| m.attributes.get("address"))
+                else {
+                    continue;
+                };
+                let mac = parse_mac(mac)
+                    .ok_or_else(|| invalid(format!("interface MAC `{mac}` is not a MAC")))?;
+                let tap = iface
+                    .get_child("target")
+                    .and_then(|t| t.attributes.get("dev"))
+                    .cloned();
+                interfaces.push((mac, tap));
+            }
+        }
+        let mut declared_ip = None;
+        let mut declared_mac = None;
+        let mut pinned = false;
+        if let Some(meta) = root.get_child("metadata")
+            && let Some(vm) = meta
+                .children
+                .iter()
+                .filter_map(|c| c.as_element())
+                .find(|e| e.name == "vm" && e.namespace.as_deref() == Some(METADATA_NS))
+        {
+            if let Some(ip) = vm.attributes.get("ip") {
+                declared_ip = Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+                    invalid(format!("scored metadata ip `{ip}` is not an IPv4 address"))
+                })?);
+            }
+            if let Some(mac) = vm.attributes.get("mac") {
+                declared_mac =
+                    Some(parse_mac(mac).ok_or_else(|| {
+                        invalid(format!("scored metadata mac `{mac}` is not a MAC"))
+                    })?);
+            }
+            pinned = match vm.attributes.get("pinned").map(String::as_str) {
+                None | Some("no") | Some("false") => false,
+                Some("yes") | Some("true") => true,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "scored metadata pinned=`{other}`: use yes or no"
+                    )));
+                }
+            };
+        }
+        Ok(DomainDescription {
+            name,
+            uuid,
+            memory_mib,
+            vcpus,
+            interfaces,
+            declared_ip,
+            declared_mac,
+            pinned,
+        })
+    }
+
+    /// The VM, given the addresses libvirt learned per MAC; `None` without any IPv4 identity.
+    pub fn into_vm(self, learned: &[([u8; 6], IpAddr)]) -> Option<Vm> {
+        let carrier = self
+            .declared_mac
+            .or_else(|| self.interfaces.first().map(|(m, _)| *m));
+        let interfaces: Vec<Interface> = self
+            .interfaces
+            .iter()
+            .map(|(mac, tap)| {
+                let mut addresses: Vec<IpAddr> = Vec::new();
+                if let Some(ip) = self.declared_ip
+                    && carrier == Some(*mac)
+                {
+                    addresses.push(IpAddr::V4(ip));
+                }
+                for (m, a) in learned {
+                    if m == mac && !addresses.contains(a) {
+                        addresses.push(*a);
+                    }
+                }
+                Interface {
+                    mac: *mac,
+                    tap: tap.clone(),
+                    addresses,
+                }
+            })
+            .collect();
+        let id = self.declared_ip.or_else(|| {
+            interfaces
+                .iter()
+                .flat_map(|i| &i.addresses)
+                .find_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+        })?;
+        Some(Vm {
+            id: VmId::from_ipv4(id),
+            name: self.name,
+            uuid: self.uuid,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            interfaces,
+            pinned: self.pinned,
+        })
+    }
+}
+
+fn to_mib(v: u64, unit: &str) -> Option<u64> {
+    let bytes = match unit {
+        "b" | "bytes" => v,
+        "KB" => v * 1000,
+        "k" | "KiB" => v << 10,
+        "MB" => v * 1_000_000,
+        "M" | "MiB" => v << 20,
+        "GB" => v * 1_000_000_000,
+        "G" | "GiB" => v << 30,
+        _ => return None,
+    };
+    Some(bytes >> 20)
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The figures scored reads from a job's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct JobFigures {
+    /// `VIR_DOMAIN_JOB_NONE` when no job runs.
+    pub(super) kind: i32,
+    pub(super) elapsed_ms: Option<u64>,
+    pub(super) downtime_ms: Option<u64>,
+    pub(super) downtime_net_ms: Option<u64>,
+    pub(super) processed: Option<u64>,
+    pub(super) remaining: Option<u64>,
+}
+
+/// `virDomainGetJobStats` through `virt::sys`: virt 0.5's wrapper builds a `Vec` from the null
+/// pointer libvirt returns when a job has no figures (undefined behaviour), so scored reads the
+/// few parameters it needs with libvirt's own accessors and frees them with libvirt's free.
+pub(super) fn job_figures(
+    dom: &Domain,
+    flags: u32,
+) -> std::result::Result<JobFigures, virt::error::Error> {
+    let mut kind: std::os::raw::c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: std::os::raw::c_int = 0;
+    // SAFETY: valid domain handle; libvirt allocates `params` (or leaves it null when n = 0).
+    let rc =
+        unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut n, flags) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let get = |name: &std::ffi::CStr| -> Option<u64> {
+        if params.is_null() {
+            return None;
+        }
+        let mut v: std::os::raw::c_ulonglong = 0;
+        // SAFETY: `params` holds `n` parameters from libvirt; `name` is NUL-terminated.
+        let found = unsafe { sys::virTypedParamsGetULLong(params, n, name.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
+    };
+    let figures = JobFigures {
+        kind,
+        elapsed_ms: get(sys::VIR_DOMAIN_JOB_TIME_ELAPSED),
+        downtime_ms: get(sys::VIR_DOMAIN_JOB_DOWNTIME),
+        downtime_net_ms: get(sys::VIR_DOMAIN_JOB_DOWNTIME_NET),
+        processed: get(sys::VIR_DOMAIN_JOB_DATA_PROCESSED)
+            .or(get(sys::VIR_DOMAIN_JOB_MEMORY_PROCESSED)),
+        remaining: get(sys::VIR_DOMAIN_JOB_DATA_REMAINING)
+            .or(get(sys::VIR_DOMAIN_JOB_MEMORY_REMAINING)),
+    };
+    if !params.is_null() {
+        // SAFETY: frees what libvirt allocated above, once.
+        unsafe { sys::virTypedParamsFree(params, n) };
+    }
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='qemu' id='3'>
+  <name>vm1</name>
+  <uuid>4dcb9ef2-a3c4-4a6b-8c1e-2b1f7d0e9a11</uuid>
+  <metadata>
+    <scored:vm xmlns:scored="https://example.invalid/scored/xmlns/vm/1" ip="10.77.1.10" pinned="yes"/>
+    <other:thing xmlns:other="urn:x" ip="1.2.3.4"/>
+  </metadata>
+  <memory unit='KiB'>262144</memory>
+  <currentMemory unit='KiB'>131072</currentMemory>
+  <vcpu placement='static' current='1'>2</vcpu>
+  <devices>
+    <interface type='bridge'>
+      <mac address='52:54:0a:4d:01:0a'/>
+      <source bridge='br0'/>
+      <target dev='sct010a'/>
+      <model type='virtio'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:00:00:02'/>
+    </interface>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn reads_identity_memory_taps_and_pin() {
+        let d = DomainDescription::parse(XML).unwrap();
+        assert_eq!(d.name, "vm1");
+        assert_eq!(d.uuid[0], 0x4d);
+        assert_eq!(d.uuid[15], 0x11);
+        assert_eq!(d.memory_mib, 128);
+        assert_eq!(d.vcpus, 1);
+        assert_eq!(d.declared_ip, Some(Ipv4Addr::new(10, 77, 1, 10)));
+        assert!(d.pinned);
+        assert_eq!(d.interfaces.len(), 2);
+        assert_eq!(d.interfaces[0].1.as_deref(), Some("sct010a"));
+        assert_eq!(d.interfaces[1].1, None);
+        let learned = [(
+            [0x52, 0x54, 0, 0, 0, 2],
+            IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5)),
+        )];
+        let vm = d.into_vm(&learned).unwrap();
+        assert_eq!(vm.id, VmId::from_ipv4(Ipv4Addr::new(10, 77, 1, 10)));
+        assert_eq!(
+            vm.interfaces[0].addresses,
+            vec![IpAddr::V4(Ipv4Addr::new(10, 77, 1, 10))]
+        );
+        assert_eq!(
+            vm.interfaces[1].addresses,
+            vec![IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5))]
+        );
+    }
+
+    #[test]
+    fn without_metadata_the_first_learned_ipv4_is_the_identity() {
+        let xml = XML.replace("https://example.invalid/scored/xmlns/vm/1", "urn:not-ours");
+        let d = DomainDescription::parse(&xml).unwrap();
+        assert_eq!(d.declared_ip, None);
+        assert!(!d.pinned);
+        assert!(d.clone().into_vm(&[]).is_none());
+        let learned = [
+            (
+                [0x52, 0x54, 0, 0, 0, 2],
+                "fe80::1".parse::<IpAddr>().unwrap(),
+            ),
+            (
+                [0x52, 0x54, 0, 0, 0, 2],
+                IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5)),
+            ),
+        ];
+        let vm = d.into_vm(&learned).unwrap();
+        assert_eq!(vm.id, VmId::from_ipv4(Ipv4Addr::new(192, 168, 1, 5)));
+    }
+
+    #[test]
+    fn bad_metadata_is_named() {
+        let xml = XML.replace("ip=\"10.77.1.10\"", "ip=\"10.77.1\"");
+        let e = DomainDescription::parse(&xml).unwrap_err().to_string();
+        assert!(e.contains("vm1") && e.contains("10.77.1"), "{e}");
+        let xml = XML.replace("pinned=\"yes\"", "pinned=\"maybe\"");
+        assert!(
+            DomainDescription::parse(&xml)
+                .unwrap_err()
+                .to_string()
+                .contains("maybe")
+        );
+        assert!(DomainDescription::parse("<network/>").is_err());
+        assert!(DomainDescription::parse("not xml").is_err());
+    }
+
+    #[test]
+    fn units_and_macs() {
+        assert_eq!(to_mib(2, "GiB"), Some(2048));
+        assert_eq!(to_mib(256, "MiB"), Some(256));
+        assert_eq!(to_mib(1, "parsec"), None);
+        assert_eq!(
+            parse_mac("52:54:00:AB:cd:01"),
+            Some([0x52, 0x54, 0, 0xab, 0xcd, 1])
+        );
+        assert_eq!(parse_mac("52:54:00:ab:cd"), None);
+        assert_eq!(parse_mac("52:54:00:ab:cd:01:02"), None);
+        assert_eq!(parse_uuid("zz"), None);
+    }
+}

@@ -1,0 +1,427 @@
+//! The libvirt backend: this host's domains as scored's VMs, its node as capacity, and live
+//! migration through `virDomainMigrate3` with a watchdog that aborts hopeless jobs.
+//!
+//! This file holds the connection and the [`Hypervisor`] implementation; the jobs live apart:
+//! `domains` reads domains (listing XML, identity, state), `migration` runs one live
+//! migration and confirms it at the destination, `watchdog` is the thread that stops a
+//! migration that stalls or overruns.
+//!
+//! Every method blocks (libvirt RPCs; a migration takes seconds): call them from
+//! `spawn_blocking`. It reports and executes; it never decides whether a VM should move.
+//!
+//! **Identity.** A VM's [`VmId`] is its primary IPv4 address: the `ip` attribute of the domain's
+//! `<scored:vm>` metadata element (namespace [`METADATA_NS`]) when the operator set one, else the
+//! first IPv4 address libvirt knows for its interfaces (DHCP leases of libvirt networks, then the
+//! host's ARP table). A running domain with neither is not reported (logged once per poll).
+//! The same element's `pinned='yes'` pins the VM: scored never migrates it.
+//!
+//! **Migration** is managed (the client drives libvirt's Begin/Prepare/Perform/Finish/Confirm
+//! phases) rather than peer-to-peer: scored needs a connection to the destination anyway, to read
+//! the destination's completed job statistics and to check the VM runs there, and in managed mode
+//! a scored that dies mid-job makes the source libvirtd cancel the job, so the VM stays where the
+//! journal says it was. Flags are always LIVE | PERSIST_DEST | UNDEFINE_SOURCE: the VM is defined
+//! on exactly one host before and after. Disks: the guests scored moves are diskless or on shared
+//! storage; a domain with a local disk image fails in libvirt's Prepare phase on the destination
+//! (the image path does not exist there) and keeps running at the source. scored never asks for
+//! storage migration (`VIR_MIGRATE_NON_SHARED_DISK`), which would copy whole disks.
+
+mod domains;
+mod migration;
+mod watchdog;
+
+pub use domains::{DomainDescription, DomainXmlError, METADATA_NS, parse_mac};
+pub use migration::{MigrationTrace, migrate_parameters};
+
+use super::{
+    Capacity, Cause, Destination, Hypervisor, HypervisorError, MigrationParams, MigrationReport,
+    Result, Vm, VmState,
+};
+use domains::{incoming_migration, job_figures, learned_addresses, uuid_string};
+use scored_proto::VmId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+/// How to reach this host's libvirt and how to read its capacity.
+#[derive(Clone, Debug)]
+pub struct LibvirtConfig {
+    /// Connection URI, e.g. `qemu:///system`.
+    pub uri: String,
+    /// Memory the operator gives guests on this host (the topology's `memory_mib`). When set,
+    /// free memory is this minus the running domains' memory (never more than the node's free
+    /// memory): hosts sharing one machine (the testbed) then each see their own share.
+    pub memory_mib: Option<u64>,
+    /// How often the migration watchdog reads the job's statistics.
+    pub poll_interval: Duration,
+}
+
+impl LibvirtConfig {
+    pub fn new(uri: &str) -> Self {
+        LibvirtConfig {
+            uri: uri.to_string(),
+            memory_mib: None,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+pub struct LibvirtHypervisor {
+    cfg: LibvirtConfig,
+    /// `None` until libvirtd first answers (see [`LibvirtHypervisor::connect_later`]).
+    conn: Mutex<Option<Connect>>,
+    /// Each VM's domain UUID as the last full listing saw it: lets [`Self::find`] look one
+    /// domain up instead of describing them all (a hint, always checked against the domain).
+    known: Mutex<HashMap<VmId, [u8; 16]>>,
+}
+
+fn silence_libvirt_stderr() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // libvirt's default handler prints every error to stderr; ours carry them instead.
+    ONCE.call_once(virt::error::clear_error_callback);
+}
+
+impl LibvirtHypervisor {
+    /// Opens the connection (fails now, with the URI, rather than at the first poll).
+    pub fn connect(cfg: LibvirtConfig) -> Result<Self> {
+        silence_libvirt_stderr();
+        let conn = open(&cfg.uri)?;
+        Ok(LibvirtHypervisor {
+            cfg,
+            conn: Mutex::new(Some(conn)),
+            known: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// As [`Self::connect`], but without connecting yet: the first call opens the connection,
+    /// so a libvirtd that does not answer at start is an outage the calls report (the daemon
+    /// starts, its hypervisor counted as down), not a failed start.
+    pub fn connect_later(cfg: LibvirtConfig) -> Self {
+        silence_libvirt_stderr();
+        LibvirtHypervisor {
+            cfg,
+            conn: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.cfg.uri
+    }
+
+    /// The connection, reopened if libvirtd restarted since the last call.
+    fn conn(&self) -> Result<Connect> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(c) if c.is_alive().unwrap_or(false) => Ok(c.clone()),
+            _ => {
+                let c = open(&self.cfg.uri)?;
+                *guard = Some(c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    /// Every running domain with the VM it describes (domains without an identity are left out).
+    fn described(&self) -> Result<Vec<(Domain, Vm)>> {
+        let conn = self.conn()?;
+        let doms = conn
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(|e| call(None, "virConnectListAllDomains", e))?;
+        let mut out: Vec<(Domain, Vm)> = Vec::with_capacity(doms.len());
+        for dom in doms {
+            // A guest still migrating in runs here only once its job completes: until then it
+            // is the source's (and counts as incoming in the capacity).
+            if incoming_migration(&dom) {
+                continue;
+            }
+            let Some(vm) = self.describe(&dom) else {
+                continue;
+            };
+            if let Some((_, other)) = out.iter().find(|(_, v)| v.id == vm.id) {
+                tracing::warn!(
+                    vm = %vm.id,
+                    "domains {} and {} claim the same address; ignoring {}",
+                    other.name, vm.name, vm.name
+                );
+                continue;
+            }
+            out.push((dom, vm));
+        }
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
+            out.iter().map(|(_, v)| (v.id, v.uuid)).collect();
+        Ok(out)
+    }
+
+    /// The VM one domain describes, or `None` (gone meanwhile, XML not understood, no identity).
+    fn describe(&self, dom: &Domain) -> Option<Vm> {
+        // A domain can vanish between the list and the query (it migrated away): skip it.
+        let xml = dom.xml_desc(0).ok()?;
+        let desc = match DomainDescription::parse(&xml) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(uri = %self.cfg.uri, "domain XML not understood: {e}");
+                return None;
+            }
+        };
+        // Only a domain without declared identity costs the extra lookups (and libvirt's
+        // ARP source logs an error per call on some kernels).
+        let learned = if desc.declared_ip.is_none() {
+            learned_addresses(dom)
+        } else {
+            Vec::new()
+        };
+        let vm = desc.into_vm(&learned);
+        if vm.is_none() {
+            tracing::warn!(
+                uri = %self.cfg.uri,
+                "domain without an IPv4 identity (set <scored:vm ip=…/> metadata); not managed"
+            );
+        }
+        vm
+    }
+
+    /// The running domain of `vm`: first the domain the last listing saw it in, looked up
+    /// alone (a few calls, whatever the number of guests), checked to be active, not a guest
+    /// still migrating in, and still describing `vm`; else a full listing.
+    fn find(&self, vm: VmId) -> Result<Option<(Domain, Vm)>> {
+        let hint = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vm)
+            .copied();
+        if let Some(uuid) = hint
+            && let Ok(dom) = self
+                .conn()?
+                .lookup_domain_by_uuid_string(&uuid_string(&uuid))
+            && dom.is_active().unwrap_or(false)
+            && !incoming_migration(&dom)
+            && let Some(v) = self.describe(&dom)
+            && v.id == vm
+        {
+            return Ok(Some((dom, v)));
+        }
+        Ok(self.described()?.into_iter().find(|(_, v)| v.id == vm))
+    }
+
+    /// `vm`'s domain through a new connection of its own, which lives as long as the handle.
+    fn on_own_connection(&self, vm: &Vm) -> Result<Domain> {
+        open(&self.cfg.uri)?
+            .lookup_domain_by_uuid_string(&uuid_string(&vm.uuid))
+            .map_err(|e| call(Some(vm.id), "virDomainLookupByUUIDString", e))
+    }
+}
+
+impl Hypervisor for LibvirtHypervisor {
+    fn vms(&self) -> Result<Vec<Vm>> {
+        Ok(self.described()?.into_iter().map(|(_, vm)| vm).collect())
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let conn = self.conn()?;
+        let node = conn
+            .node_info()
+            .map_err(|e| call(None, "virNodeGetInfo", e))?;
+        let free_bytes = conn
+            .free_memory()
+            .map_err(|e| call(None, "virNodeGetFreeMemory", e))?;
+        let doms = conn
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(|e| call(None, "virConnectListAllDomains", e))?;
+        let node_total = node.memory / 1024;
+        let node_free = free_bytes / (1024 * 1024);
+        // An incoming guest's QEMU already runs here and holds its memory: it is counted in
+        // the memory used, and apart from the running VMs.
+        let (total, free) = match self.cfg.memory_mib {
+            Some(limit) => {
+                let used: u64 = doms
+                    .iter()
+                    .filter_map(|d| d.info().ok())
+                    .map(|i| i.memory / 1024)
+                    .sum();
+                (limit, limit.saturating_sub(used).min(node_free))
+            }
+            None => (node_total, node_free),
+        };
+        let incoming = doms.iter().filter(|d| incoming_migration(d)).count() as u32;
+        Ok(Capacity {
+            running_vms: doms.len() as u32 - incoming,
+            incoming_migrations: incoming,
+            free_memory_mib: free,
+            total_memory_mib: total,
+            cpu_load: if is_local(&self.cfg.uri) {
+                load_per_cpu(node.cpus)
+            } else {
+                0.0
+            },
+        })
+    }
+
+    fn migrate(
+        &self,
+        vm: VmId,
+        dest: &Destination,
+        params: &MigrationParams,
+    ) -> Result<MigrationReport> {
+        let (report, trace) = self.migrate_traced(vm, dest, params)?;
+        tracing::info!(
+            %vm, dest = %dest.host,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            downtime_ms = report.downtime.as_millis() as u64,
+            bytes = report.bytes,
+            job_started_after_ms = trace.job_started_after.map(|d| d.as_millis() as u64),
+            wall_ms = trace.wall.as_millis() as u64,
+            "migrated"
+        );
+        Ok(report)
+    }
+
+    fn state(&self, vm: VmId) -> Result<VmState> {
+        let Some((dom, _)) = self.find(vm)? else {
+            return Ok(VmState::Absent);
+        };
+        match job_figures(&dom, 0) {
+            Ok(s) if s.kind != sys::VIR_DOMAIN_JOB_NONE as i32 => Ok(VmState::Migrating),
+            Ok(_) => Ok(VmState::Running),
+            // A driver that cannot report jobs (libvirt's test driver) cannot migrate either.
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => Ok(VmState::Running),
+            // It left between the lookup and the query.
+            Err(_) if !dom.is_active().unwrap_or(false) => Ok(VmState::Absent),
+            Err(e) => Err(call(Some(vm), "virDomainGetJobStats", e)),
+        }
+    }
+}
+
+fn open(uri: &str) -> Result<Connect> {
+    Connect::open(Some(uri)).map_err(|e| HypervisorError::Connection {
+        target: uri.to_string(),
+        source: Cause::Libvirt(e),
+    })
+}
+
+fn call(vm: Option<VmId>, call: &'static str, e: virt::error::Error) -> HypervisorError {
+    HypervisorError::Call {
+        vm,
+        call,
+        source: Cause::Libvirt(e),
+    }
+}
+
+fn is_local(uri: &str) -> bool {
+    uri.starts_with("qemu:///") || uri.starts_with("qemu+unix://") || uri.starts_with("test:///")
+}
+
+/// This machine's 1-minute load average per CPU (0 when the system does not say).
+fn load_per_cpu(cpus: u32) -> f32 {
+    sysinfo::System::load_average().one as f32 / cpus.max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// libvirt's in-process test driver: listing and description without a daemon.
+    #[test]
+    fn lists_domains_of_the_test_driver() {
+        silence_libvirt_stderr();
+        let conn = Connect::open(Some("test:///default")).unwrap();
+        let xml = r#"<domain type='test'>
+  <name>scored-unit-vm</name>
+  <metadata><scored:vm xmlns:scored="https://example.invalid/scored/xmlns/vm/1" ip="10.99.0.7"/></metadata>
+  <memory unit='MiB'>256</memory>
+  <vcpu>2</vcpu>
+  <os><type>hvm</type></os>
+  <devices><interface type='network'><mac address='52:54:00:12:34:56'/><source network='default'/></interface></devices>
+</domain>"#;
+        let dom = conn.define_domain_xml(xml).unwrap();
+        dom.create().unwrap();
+        let hv = LibvirtHypervisor::connect(LibvirtConfig::new("test:///default")).unwrap();
+        let vms = hv.vms().unwrap();
+        let id = VmId::from_ipv4(Ipv4Addr::new(10, 99, 0, 7));
+        let vm = vms.iter().find(|v| v.id == id).expect("our domain listed");
+        assert_eq!(vm.name, "scored-unit-vm");
+        assert_eq!(vm.memory_mib, 256);
+        assert_eq!(vm.vcpus, 2);
+        assert_eq!(vm.interfaces[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(hv.state(id).unwrap(), VmState::Running);
+        let cap = hv.capacity().unwrap();
+        assert!(cap.running_vms >= 1);
+        assert!(cap.total_memory_mib > 0);
+        // The test driver cannot migrate: the error names the VM, the destination and the call.
+        let err = hv
+            .migrate(
+                id,
+                &Destination {
+                    host: "nowhere".into(),
+                    libvirt_uri: Some("test:///default".into()),
+                    migration_uri: None,
+                },
+                &MigrationParams::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10.99.0.7") && err.contains("nowhere"),
+            "{err}"
+        );
+        assert!(err.contains("virDomain"), "{err}");
+        // A pinned VM is refused before libvirt is asked anything.
+        let pinned = conn
+            .define_domain_xml(
+                &xml.replace("scored-unit-vm", "scored-unit-pinned")
+                    .replace("10.99.0.7\"", "10.99.0.8\" pinned=\"yes\"")
+                    .replace("52:54:00:12:34:56", "52:54:00:12:34:57"),
+            )
+            .unwrap();
+        pinned.create().unwrap();
+        let pinned_id = VmId::from_ipv4(Ipv4Addr::new(10, 99, 0, 8));
+        assert!(
+            hv.vms()
+                .unwrap()
+                .iter()
+                .any(|v| v.id == pinned_id && v.pinned)
+        );
+        let err = hv
+            .migrate(
+                pinned_id,
+                &Destination {
+                    host: "hv9".into(),
+                    libvirt_uri: Some("test:///default".into()),
+                    migration_uri: None,
+                },
+                &MigrationParams::default(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HypervisorError::Migration {
+                    call: "pinned check",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        for d in [&dom, &pinned] {
+            d.destroy().unwrap();
+            d.undefine().unwrap();
+        }
+        assert_eq!(hv.state(id).unwrap(), VmState::Absent);
+        assert!(matches!(
+            hv.migrate(
+                id,
+                &Destination {
+                    host: "x".into(),
+                    libvirt_uri: None,
+                    migration_uri: None
+                },
+                &MigrationParams::default()
+            ),
+            Err(HypervisorError::NoSuchVm { .. })
+        ));
+    }
+}
