@@ -3,8 +3,8 @@
 //! protocol handler exists), so nothing is ever served to an outsider. It also tells the swarm
 //! where each allowed peer listens, so a request to a peer dials the topology's address.
 
-use super::codec::FrameWatch;
 use super::metrics::P2pMetrics;
+use super::rpc::FrameWatch;
 use crate::topology::Topology;
 use libp2p::core::{Endpoint, transport::PortUse};
 use libp2p::swarm::{
