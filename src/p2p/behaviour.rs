@@ -2,6 +2,10 @@
 //! for announcements, identify, and ping for liveness, composed in that order, and the swarm
 //! built around them (TCP + Noise + Yamux). Construction only: nothing here runs the swarm or
 //! looks at a message.
+//!
+//! Liveness is libp2p ping on every connection (a failed ping closes it, and the daemon sees
+//! `PeerDown`) rather than a Heartbeat message of our own: it already runs on every connection
+//! and measures what a heartbeat would.
 
 use super::allowlist::Allowlist;
 use super::rpc::{FrameWatch, Rpc};

@@ -1,10 +1,6 @@
 //! [`Peers`] over libp2p: the [`Libp2pPeers`] handle and the start of a node (check the key,
 //! build the swarm, listen, spawn the driver). The handle only sends commands to the driver task
 //! and turns what comes back into typed answers or [`PeerError`]s; it never touches the swarm.
-//!
-//! Liveness is libp2p ping on every connection (a failed ping closes it, and the daemon sees
-//! `PeerDown`) rather than a Heartbeat message of our own: it already runs on every connection
-//! and measures what a heartbeat would.
 
 use super::behaviour::build_swarm;
 use super::directory::Directory;
