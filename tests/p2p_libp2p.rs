@@ -9,9 +9,9 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self as rr, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{StreamProtocol, noise, tcp, yamux};
-use scored::p2p::swarm::StartError;
 use scored::p2p::{
-    Directory, InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, PeerError, Peers,
+    Directory, InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, PeerError, Peers, Quota,
+    StartError,
 };
 use scored::topology::HostId;
 use scored_proto::{
@@ -310,6 +310,69 @@ async fn a_different_topology_file_is_refused_clearly() {
     }
     assert!(e.to_string().contains("different topology file"), "{e}");
     assert_eq!(a.metrics().topology_mismatches.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_allowance_is_refused_and_counted() {
+    let l = loopback(2);
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
+    dir.set_local([(vm(0, 1), Stamp::ZERO)]);
+    let mut c = config(&l, 0);
+    // Two capacity requests at once, then one a second: a third right after is over.
+    c.rate_limits.capacity = Quota {
+        burst: 2,
+        per_second: 1,
+    };
+    let (limited, mut inbound) = Libp2pPeers::start(c, dir).await.unwrap();
+    let (asker, _asker_inbound) = start(&l, 1).await;
+    let answered = tokio::spawn(async move {
+        let mut asked = 0;
+        while let Some(e) = inbound.recv().await {
+            if let InboundEvent::Capacity { reply, .. } = e {
+                asked += 1;
+                reply.send(CapacityResponse {
+                    free_slots: 1,
+                    free_memory_mib: 1024,
+                    cpu_load: 0.0,
+                    maintenance: false,
+                    incoming_migrations: 0,
+                    accepts: true,
+                });
+            }
+            if asked == 2 {
+                return inbound;
+            }
+        }
+        panic!("node stopped");
+    });
+    let ask = || asker.query_capacity(HostId(0), CapacityRequest { memory_mib: 1 }, T);
+    assert!(ask().await.unwrap().accepts);
+    assert!(ask().await.unwrap().accepts);
+    let e = ask().await.unwrap_err();
+    match &e {
+        PeerError::Refused {
+            refusal: Refusal::Unavailable { reason },
+            ..
+        } => assert!(reason.starts_with("rate limited"), "{e}"),
+        other => panic!("expected a rate-limit refusal, got {other:?}"),
+    }
+    assert!(e.to_string().contains("/scored/capacity/1"), "{e}");
+    assert_eq!(limited.metrics().rejected_count("rate_limited"), 1);
+    assert_eq!(limited.metrics().served_count("/scored/capacity/1"), 2);
+    // The refused request never reached the daemon; other protocols have their own allowance.
+    let mut inbound = answered.await.unwrap();
+    let found = asker
+        .query_locations(HostId(0), vec![vm(0, 1)], T)
+        .await
+        .unwrap();
+    assert_eq!(found.here.len(), 1);
+    assert_eq!(found.here[0].vm, vm(0, 1));
+    while let Some(ev) = inbound.try_recv() {
+        assert!(
+            matches!(ev, InboundEvent::PeerUp(_) | InboundEvent::PeerDown(_)),
+            "{ev:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

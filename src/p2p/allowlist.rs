@@ -3,8 +3,8 @@
 //! protocol handler exists), so nothing is ever served to an outsider. It also tells the swarm
 //! where each allowed peer listens, so a request to a peer dials the topology's address.
 
-use super::codec::FrameWatch;
 use super::metrics::P2pMetrics;
+use super::rpc::FrameWatch;
 use crate::topology::Topology;
 use libp2p::core::{Endpoint, transport::PortUse};
 use libp2p::swarm::{
@@ -19,18 +19,11 @@ use std::task::{Context, Poll};
 /// Outsiders logged individually; past this many, refusals are only counted.
 const MAX_LOGGED: usize = 1024;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("peer {peer} is not in the topology")]
 pub(crate) struct NotInTopology {
     peer: PeerId,
 }
-
-impl std::fmt::Display for NotInTopology {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "peer {} is not in the topology", self.peer)
-    }
-}
-
-impl std::error::Error for NotInTopology {}
 
 pub(crate) struct Allowlist {
     addresses: HashMap<PeerId, Multiaddr>,

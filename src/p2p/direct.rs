@@ -4,7 +4,9 @@
 //! cannot tell the two transports apart. Hosts can be taken off the network to test failures.
 
 use super::directory::Directory;
-use super::{Inbound, InboundEvent, PeerError, Peers, deliver, reply_or_unavailable};
+use super::{
+    AnnounceError, Inbound, InboundEvent, PeerError, Peers, deliver, reply_or_unavailable,
+};
 use crate::topology::{HostId, Topology};
 use scored_proto::{
     Announcement, CapacityRequest, CapacityResponse, LocationResponse, Response, StatsRequest,
@@ -15,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-struct Node {
+/// A host that joined the network: where its daemon's requests go, and its directory.
+struct JoinedHost {
     inbound: mpsc::Sender<InboundEvent>,
     directory: Arc<Directory>,
     reachable: bool,
@@ -25,33 +28,33 @@ struct Node {
 #[derive(Clone)]
 pub struct DirectNetwork {
     topology: Arc<Topology>,
-    nodes: Arc<Mutex<HashMap<HostId, Node>>>,
+    hosts: Arc<Mutex<HashMap<HostId, JoinedHost>>>,
 }
 
 impl DirectNetwork {
     pub fn new(topology: Arc<Topology>) -> Self {
         DirectNetwork {
             topology,
-            nodes: Arc::new(Mutex::new(HashMap::new())),
+            hosts: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<HostId, Node>> {
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<HostId, JoinedHost>> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds host `me` (replacing an earlier instance, as a restarted daemon would).
     pub fn join(&self, me: HostId, directory: Arc<Directory>) -> (DirectPeers, Inbound) {
         let (tx, inbound) = Inbound::channel();
-        let mut nodes = self.lock();
-        for (&h, n) in nodes.iter() {
+        let mut hosts = self.lock();
+        for (&h, n) in hosts.iter() {
             if h != me && n.reachable {
                 let _ = n.inbound.try_send(InboundEvent::PeerUp(me));
             }
         }
-        nodes.insert(
+        hosts.insert(
             me,
-            Node {
+            JoinedHost {
                 inbound: tx,
                 directory: directory.clone(),
                 reachable: true,
@@ -69,8 +72,8 @@ impl DirectNetwork {
 
     /// Takes a host off the network (`false`: as if its daemon or links died) or back on.
     pub fn set_reachable(&self, host: HostId, reachable: bool) {
-        let mut nodes = self.lock();
-        let Some(n) = nodes.get_mut(&host) else {
+        let mut hosts = self.lock();
+        let Some(n) = hosts.get_mut(&host) else {
             return;
         };
         if n.reachable == reachable {
@@ -84,7 +87,7 @@ impl DirectNetwork {
                 InboundEvent::PeerDown(h)
             }
         };
-        for (&h, other) in nodes.iter() {
+        for (&h, other) in hosts.iter() {
             if h != host && other.reachable {
                 let _ = other.inbound.try_send(event(host));
             }
@@ -106,15 +109,15 @@ impl DirectNetwork {
         if from == to {
             return Err(PeerError::ToSelf { host: name() });
         }
-        let nodes = self.lock();
-        let unreachable = |reason: &str| PeerError::Unreachable {
+        let hosts = self.lock();
+        let unreachable = |reason: &'static str| PeerError::Unreachable {
             host: name(),
-            reason: reason.into(),
+            reason,
         };
-        if !nodes.get(&from).is_some_and(|n| n.reachable) {
+        if !hosts.get(&from).is_some_and(|n| n.reachable) {
             return Err(unreachable("this host is off the network"));
         }
-        match nodes.get(&to) {
+        match hosts.get(&to) {
             Some(n) if n.reachable => Ok((n.inbound.clone(), n.directory.clone())),
             Some(_) => Err(unreachable("host is off the network")),
             None => Err(unreachable("no daemon joined for this host")),
@@ -233,11 +236,11 @@ impl Peers for DirectPeers {
 
     async fn publish(&self, announcement: Announcement) -> Result<(), PeerError> {
         let targets: Vec<(mpsc::Sender<InboundEvent>, Arc<Directory>)> = {
-            let nodes = self.network.lock();
-            if !nodes.get(&self.me).is_some_and(|n| n.reachable) {
-                return Err(PeerError::Announce("this host is off the network".into()));
+            let hosts = self.network.lock();
+            if !hosts.get(&self.me).is_some_and(|n| n.reachable) {
+                return Err(PeerError::Announce(AnnounceError::OffNetwork));
             }
-            nodes
+            hosts
                 .iter()
                 .filter(|(h, n)| **h != self.me && n.reachable)
                 .map(|(_, n)| (n.inbound.clone(), n.directory.clone()))
@@ -246,7 +249,7 @@ impl Peers for DirectPeers {
         for (inbound, directory) in targets {
             // The same check a libp2p receiver makes on the signed author.
             if let Err(e) = directory.apply(self.me, &announcement) {
-                return Err(PeerError::Announce(e));
+                return Err(PeerError::Announce(e.into()));
             }
             let _ = inbound.try_send(InboundEvent::Announcement {
                 from: self.me,

@@ -29,6 +29,25 @@ struct State {
     cache: HashMap<VmId, (HostId, Stamp)>,
 }
 
+/// Why an announcement is not applied: a host may only speak for itself, about hosts the
+/// topology lists.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnnouncementRejected {
+    #[error("names host `{name}`, which is not in the topology")]
+    UnknownHost { name: String },
+    #[error("{author} announced a migration of VM {vm} between {from} and {to}")]
+    NotItsMigration {
+        author: String,
+        vm: VmId,
+        from: String,
+        to: String,
+    },
+    #[error("{author} announced the inventory of {host}")]
+    NotItsInventory { author: String, host: String },
+    #[error("{author} announced the token at {host}")]
+    NotItsToken { author: String, host: String },
+}
+
 /// One host's location directory. Shared (behind an `Arc`) by the daemon, which tells it what
 /// runs here, and the transport, which answers peers from it.
 pub struct Directory {
@@ -209,23 +228,25 @@ impl Directory {
 
     /// Applies a peer's announcement. `author` is the authenticated host that published it; a
     /// host may only speak for itself (its inventory, or a migration from or to it).
-    pub fn apply(&self, author: HostId, a: &Announcement) -> Result<(), String> {
+    pub fn apply(&self, author: HostId, a: &Announcement) -> Result<(), AnnouncementRejected> {
         let host = |name: &str| {
             self.topology
                 .host_by_name(name)
                 .map(|h| h.id)
-                .ok_or_else(|| format!("names host `{name}`, which is not in the topology"))
+                .ok_or_else(|| AnnouncementRejected::UnknownHost { name: name.into() })
         };
-        let author_name = &self.topology.host(author).name;
+        let author_name = || self.topology.host(author).name.clone();
         match a {
             Announcement::Migration(m) => {
                 let from = host(&m.from)?;
                 let to = host(&m.to)?;
                 if author != from && author != to {
-                    return Err(format!(
-                        "{author_name} announced a migration of VM {} between {} and {}",
-                        m.vm, m.from, m.to
-                    ));
+                    return Err(AnnouncementRejected::NotItsMigration {
+                        author: author_name(),
+                        vm: m.vm,
+                        from: m.from.clone(),
+                        to: m.to.clone(),
+                    });
                 }
                 self.learn(m.vm, to, m.at);
                 Ok(())
@@ -233,7 +254,10 @@ impl Directory {
             Announcement::Inventory { host: name, vms } => {
                 let h = host(name)?;
                 if h != author {
-                    return Err(format!("{author_name} announced the inventory of {name}"));
+                    return Err(AnnouncementRejected::NotItsInventory {
+                        author: author_name(),
+                        host: name.clone(),
+                    });
                 }
                 for l in vms {
                     self.learn(l.vm, h, l.since);
@@ -242,7 +266,10 @@ impl Directory {
             }
             Announcement::TokenSeen { host: name, .. } => {
                 if host(name)? != author {
-                    return Err(format!("{author_name} announced the token at {name}"));
+                    return Err(AnnouncementRejected::NotItsToken {
+                        author: author_name(),
+                        host: name.clone(),
+                    });
                 }
                 Ok(())
             }

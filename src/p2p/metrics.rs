@@ -8,6 +8,12 @@ use prometheus_client::registry::Registry;
 /// Label set of per-protocol counters: `protocol="/scored/token/1"`.
 pub type ProtocolLabel = Vec<(String, String)>;
 
+/// Label set of refusal counters: `reason="rate_limited"`.
+pub type ReasonLabel = Vec<(String, String)>;
+
+/// The `reason` of requests refused because their peer exceeded its rate limit.
+pub const RATE_LIMITED: &str = "rate_limited";
+
 #[derive(Clone, Debug, Default)]
 pub struct P2pMetrics {
     /// Connections refused because the peer's PeerId is not in the topology.
@@ -20,6 +26,8 @@ pub struct P2pMetrics {
     pub rejected_announcements: Counter,
     /// Requests answered, by protocol.
     pub requests_served: Family<ProtocolLabel, Counter>,
+    /// Requests from peers refused before they were looked at, by reason ([`RATE_LIMITED`]).
+    pub rejected: Family<ReasonLabel, Counter>,
 }
 
 impl P2pMetrics {
@@ -49,12 +57,30 @@ impl P2pMetrics {
             "Requests from peers answered, by protocol",
             self.requests_served.clone(),
         );
+        registry.register(
+            "scored_p2p_rejected",
+            "Requests from peers refused unread, by reason (rate_limited: over the peer's allowance)",
+            self.rejected.clone(),
+        );
     }
 
     pub(crate) fn served(&self, protocol: &str) {
         self.requests_served
             .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
             .inc();
+    }
+
+    pub(crate) fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Requests refused for `reason` so far.
+    pub fn rejected_count(&self, reason: &str) -> u64 {
+        self.rejected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .get()
     }
 
     /// Requests answered for `protocol` so far.
@@ -76,6 +102,7 @@ mod tests {
         m.register(&mut r);
         m.refused_connections.inc();
         m.served("/scored/token/1");
+        m.reject(RATE_LIMITED);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(
@@ -84,6 +111,10 @@ mod tests {
         );
         assert!(
             text.contains("scored_p2p_requests_served_total{protocol=\"/scored/token/1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scored_p2p_rejected_total{reason=\"rate_limited\"} 1"),
             "{text}"
         );
     }

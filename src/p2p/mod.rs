@@ -8,23 +8,28 @@
 //! messages, and never looks inside a token beyond what the codec checks.
 
 mod allowlist;
-mod codec;
+mod behaviour;
 pub mod direct;
 pub mod directory;
+mod driver;
+mod gossip;
 pub mod metrics;
 pub mod node;
-pub mod swarm;
+mod rpc;
+mod service;
 
 pub use direct::{DirectNetwork, DirectPeers};
-pub use directory::{Directory, LocateOptions, Locations};
+pub use directory::{AnnouncementRejected, Directory, LocateOptions, Locations};
 pub use metrics::P2pMetrics;
-pub use swarm::{Libp2pPeers, P2pConfig};
+pub use rpc::{Quota, RateLimits, RequestFailure};
+pub use service::{Libp2pPeers, ListenFailure, P2pConfig, StartError};
 
 use crate::topology::{HostId, Topology};
 use futures::{FutureExt, StreamExt};
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, LocationResponse, MigrationAnnounce, Refusal,
-    Response, Stamp, StatsRequest, StatsResponse, Token, TokenAck, TopologyFingerprint, VmId,
+    Announcement, CapacityRequest, CapacityResponse, EncodeError, LocationResponse,
+    MigrationAnnounce, Refusal, Response, Stamp, StatsRequest, StatsResponse, Token, TokenAck,
+    TopologyFingerprint, VmId,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -35,14 +40,15 @@ use tokio::sync::{mpsc, oneshot};
 /// must not open 2,560 connections in the same instant.
 pub const MAX_CONCURRENT_QUERIES: usize = 64;
 
-/// Events queued for the daemon before new requests are refused as busy.
+/// Events queued for the daemon, from every peer together, before new requests are refused as
+/// busy. What one peer may put in it is bounded by its rate limits ([`RateLimits`]).
 pub const INBOUND_QUEUE: usize = 1024;
 
 /// A failed exchange with a peer, naming the peer (topology host name).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("host {host}: not reachable: {reason}")]
-    Unreachable { host: String, reason: String },
+    Unreachable { host: String, reason: &'static str },
     #[error("host {host}: no answer to the {what} within {after:?}")]
     Timeout {
         host: String,
@@ -55,20 +61,37 @@ pub enum PeerError {
         what: &'static str,
         refusal: Refusal,
     },
-    #[error("host {host}: {what}: {message}")]
+    #[error("host {host}: {what}: {cause}")]
     Protocol {
         host: String,
         what: &'static str,
-        message: String,
+        #[source]
+        cause: RequestFailure,
     },
     #[error("host {host} is this host: the daemon handles its own requests")]
     ToSelf { host: String },
     #[error("host {host} has no address or peer_id in the topology")]
     NoIdentity { host: String },
     #[error("announcement not published: {0}")]
-    Announce(String),
+    Announce(#[source] AnnounceError),
     #[error("the p2p transport has shut down")]
     Closed,
+}
+
+/// Why an announcement was not published.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    #[error("no peer has joined the announcement topic yet")]
+    NoSubscribers,
+    #[error("{0}")]
+    Gossip(#[source] Arc<libp2p::gossipsub::PublishError>),
+    #[error("this host is off the network")]
+    OffNetwork,
+    /// A peer would reject it: the author may not make this announcement.
+    #[error("{0}")]
+    Rejected(#[from] AnnouncementRejected),
 }
 
 /// The answer the daemon owes a peer; dropping it unanswered refuses the request as

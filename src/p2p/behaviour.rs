@@ -1,0 +1,84 @@
+//! What a scored libp2p node is made of: the allowlist, the request-response [`Rpc`], gossipsub
+//! for announcements, identify, and ping for liveness, composed in that order, and the swarm
+//! built around them (TCP + Noise + Yamux). Construction only: nothing here runs the swarm or
+//! looks at a message.
+//!
+//! Liveness is libp2p ping on every connection (a failed ping closes it, and the daemon sees
+//! `PeerDown`) rather than a Heartbeat message of our own: it already runs on every connection
+//! and measures what a heartbeat would.
+
+use super::allowlist::Allowlist;
+use super::rpc::{FrameWatch, Rpc};
+use super::service::{P2pConfig, StartError};
+use libp2p::gossipsub;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Swarm, identify, noise, ping, tcp, yamux};
+use prometheus_client::registry::Registry;
+use scored_proto::{Announcement, IDENTIFY_PROTOCOL, TopologyFingerprint, WireMessage};
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    // First, so that an outsider is refused before any other behaviour sees the connection,
+    // and so that the codecs know the peer when the rpc lanes set their handlers up.
+    pub allowlist: Allowlist,
+    pub rpc: Rpc,
+    pub gossip: gossipsub::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+}
+
+/// The identify agent string: carries the topology fingerprint, so a mismatch is logged as soon
+/// as two daemons connect.
+pub(crate) fn agent(fp: TopologyFingerprint) -> String {
+    format!("scored/{} topology={fp:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+pub(crate) fn build_swarm(
+    config: &P2pConfig,
+    fp: TopologyFingerprint,
+    watch: FrameWatch,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, StartError> {
+    let me = config.keypair.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(config.gossip_heartbeat)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(<Announcement as WireMessage>::MAX_FRAME + 1024)
+        .build()
+        .map_err(|e| StartError::setup("gossipsub configuration", e))?;
+    let ping_config = ping::Config::new()
+        .with_interval(config.ping_interval)
+        .with_timeout(config.ping_interval * 2);
+    let metrics = config.metrics.clone();
+    let topology = config.topology.clone();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| StartError::setup("TCP transport", e))?
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(|key| {
+            let gossip = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            Ok(Behaviour {
+                allowlist: Allowlist::new(&topology, me, metrics, watch.clone()),
+                rpc: Rpc::new(&watch, config.request_timeout),
+                gossip,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(agent(fp)),
+                ),
+                ping: ping::Behaviour::new(ping_config),
+            })
+        })
+        .map_err(|e| StartError::setup("behaviours", e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}

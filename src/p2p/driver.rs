@@ -1,0 +1,433 @@
+//! The one task that owns the swarm: it takes commands from [`Libp2pPeers`] handles, sends
+//! requests and settles their answers, admits or refuses what peers ask (rate limit, topology
+//! fingerprint), answers location queries from the directory, hands every other request to the
+//! daemon and sends its answer back, and reacts to connections, gossip, identify and ping.
+//! It decides nothing for the daemon and never waits on it: answers come back as futures.
+//!
+//! [`Libp2pPeers`]: super::Libp2pPeers
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::directory::Directory;
+use super::gossip::Gossip;
+use super::metrics::P2pMetrics;
+use super::rpc::{
+    Kind, Limited, MalformedFrame, Pending, RateLimiter, Reply, RpcEvent, RpcRequest, RpcResponse,
+};
+use super::service::P2pConfig;
+use super::{AnnounceError, InboundEvent, Responder, deliver, reply_or_unavailable};
+use crate::topology::{HostId, Topology};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use libp2p::gossipsub;
+use libp2p::metrics::Recorder;
+use libp2p::request_response::{self as rr, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm, identify, ping};
+use scored_proto::{Refusal, Response, TopologyFingerprint};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// What a [`Libp2pPeers`](super::Libp2pPeers) handle asks of the driver.
+pub(crate) enum Command {
+    Request(PeerId, RpcRequest, Reply),
+    Publish(Vec<u8>, oneshot::Sender<Result<(), AnnounceError>>),
+    Connected(oneshot::Sender<Vec<PeerId>>),
+    GossipMesh(oneshot::Sender<usize>),
+}
+
+/// A daemon's answer, ready to go back on its response channel.
+struct Answer {
+    channel: ResponseChannel<RpcResponse>,
+    response: RpcResponse,
+}
+
+/// The channels the driver reads from and writes to.
+pub(crate) struct Channels {
+    pub inbound: mpsc::Sender<InboundEvent>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub malformed: mpsc::Receiver<MalformedFrame>,
+}
+
+pub(crate) struct Driver {
+    swarm: Swarm<Behaviour>,
+    topology: Arc<Topology>,
+    fingerprint: TopologyFingerprint,
+    directory: Arc<Directory>,
+    inbound: mpsc::Sender<InboundEvent>,
+    metrics: P2pMetrics,
+    /// libp2p's own metrics, when the daemon registered them.
+    libp2p_metrics: Option<libp2p::metrics::Metrics>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    malformed: mpsc::Receiver<MalformedFrame>,
+    request_timeout: Duration,
+    pending: Pending,
+    limiter: RateLimiter,
+    answers: FuturesUnordered<BoxFuture<'static, Answer>>,
+    gossip: Gossip,
+    mismatch_logged: HashSet<PeerId>,
+    limited_logged: HashSet<(PeerId, Kind)>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        config: &P2pConfig,
+        fingerprint: TopologyFingerprint,
+        directory: Arc<Directory>,
+        gossip: Gossip,
+        channels: Channels,
+        libp2p_metrics: Option<libp2p::metrics::Metrics>,
+    ) -> Self {
+        Driver {
+            swarm,
+            topology: config.topology.clone(),
+            fingerprint,
+            directory,
+            inbound: channels.inbound,
+            metrics: config.metrics.clone(),
+            libp2p_metrics,
+            commands: channels.commands,
+            malformed: channels.malformed,
+            request_timeout: config.request_timeout,
+            pending: Pending::default(),
+            limiter: RateLimiter::new(config.rate_limits),
+            answers: FuturesUnordered::new(),
+            gossip,
+            mismatch_logged: HashSet::new(),
+            limited_logged: HashSet::new(),
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        redial: Duration,
+        inventory: Duration,
+        first_inventory: Duration,
+    ) {
+        self.gossip.dial_fingers(&mut self.swarm);
+        let mut redial = tokio::time::interval(redial);
+        let mut inventory =
+            tokio::time::interval_at(tokio::time::Instant::now() + first_inventory, inventory);
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.swarm_event(event),
+                Some(bad) = self.malformed.recv() => self.malformed(bad),
+                Some(a) = self.answers.next(), if !self.answers.is_empty() => {
+                    // A daemon's answer is counted as served, refusal or not, once it is sent.
+                    self.respond(a.channel, a.response, true);
+                }
+                _ = redial.tick() => {
+                    self.gossip.dial_fingers(&mut self.swarm);
+                    self.limiter.prune(Instant::now());
+                }
+                _ = inventory.tick() => self.gossip.publish_inventory(&mut self.swarm.behaviour_mut().gossip),
+            }
+        }
+        tracing::debug!("p2p node stopped");
+    }
+
+    fn host_name(&self, peer: &PeerId) -> String {
+        self.topology
+            .host_by_peer(peer)
+            .map(|h| h.name.clone())
+            .unwrap_or_else(|| peer.to_string())
+    }
+
+    fn command(&mut self, c: Command) {
+        let b = self.swarm.behaviour_mut();
+        match c {
+            Command::Request(peer, request, reply) => {
+                let (kind, id) = b.rpc.send_request(&peer, request);
+                self.pending.insert(kind, id, reply);
+            }
+            Command::Publish(data, tx) => {
+                let _ = tx.send(self.gossip.publish(&mut b.gossip, data));
+            }
+            Command::Connected(tx) => {
+                let _ = tx.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::GossipMesh(tx) => {
+                let _ = tx.send(self.gossip.mesh_size(&b.gossip));
+            }
+        }
+    }
+
+    /// Sends a response; `counted` responses that reach the peer count as served.
+    fn respond(
+        &mut self,
+        channel: ResponseChannel<RpcResponse>,
+        response: RpcResponse,
+        counted: bool,
+    ) {
+        let kind = response.kind();
+        // A closed channel means the peer gave up: nothing to send.
+        if self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_response(channel, response)
+            && counted
+        {
+            self.metrics.served(kind.protocol());
+        }
+    }
+
+    fn malformed(&mut self, bad: MalformedFrame) {
+        self.metrics.malformed_frames.inc();
+        let Some(peer) = bad.peer else {
+            tracing::warn!(protocol = bad.protocol, error = %bad.error, "malformed frame from an unidentified connection");
+            return;
+        };
+        tracing::warn!(peer = %self.host_name(&peer), protocol = bad.protocol, error = %bad.error, "malformed frame: disconnecting the peer");
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// The sender's host, if it is within its allowance and made its request with our
+    /// topology; otherwise the refusal to send back.
+    fn admit(&mut self, peer: &PeerId, request: &RpcRequest) -> Result<HostId, Refusal> {
+        if let Err(limited) = self.limiter.admit(*peer, request.kind(), Instant::now()) {
+            return Err(self.rate_limited(peer, limited));
+        }
+        if request.topology() != self.fingerprint {
+            self.metrics.topology_mismatches.inc();
+            if self.mismatch_logged.insert(*peer) {
+                tracing::error!(
+                    peer = %self.host_name(peer),
+                    theirs = format!("{:016x}", request.topology()),
+                    ours = format!("{:016x}", self.fingerprint),
+                    "peer runs with a different topology file: refusing its requests until both use the same file"
+                );
+            }
+            return Err(Refusal::TopologyMismatch {
+                expected: self.fingerprint,
+            });
+        }
+        // The allowlist admitted the connection, so the peer is in the topology.
+        self.topology
+            .host_by_peer(peer)
+            .map(|h| h.id)
+            .ok_or_else(|| Refusal::Unavailable {
+                reason: "unknown peer".into(),
+            })
+    }
+
+    fn rate_limited(&mut self, peer: &PeerId, limited: Limited) -> Refusal {
+        self.metrics.reject(super::metrics::RATE_LIMITED);
+        if self.limited_logged.insert((*peer, limited.kind)) {
+            tracing::warn!(
+                peer = %self.host_name(peer),
+                protocol = limited.kind.protocol(),
+                retry_after = ?limited.retry_after,
+                "peer exceeds its request allowance: refusing (logged once per peer and protocol)"
+            );
+        }
+        Refusal::Unavailable {
+            reason: limited.to_string(),
+        }
+    }
+
+    fn inbound_request(
+        &mut self,
+        peer: PeerId,
+        request: RpcRequest,
+        channel: ResponseChannel<RpcResponse>,
+    ) {
+        let from = match self.admit(&peer, &request) {
+            Ok(from) => from,
+            Err(refusal) => {
+                let refused = RpcResponse::refused(request.kind(), refusal);
+                self.respond(channel, refused, false);
+                return;
+            }
+        };
+        match request {
+            RpcRequest::Location(r) => {
+                let answer =
+                    RpcResponse::Location(Response::Ok(self.directory.answer(&r.body.vms)));
+                self.respond(channel, answer, true);
+            }
+            RpcRequest::Token(r) => {
+                self.hand_to_daemon(channel, RpcResponse::Token, |reply| InboundEvent::Token {
+                    from,
+                    token: r.body,
+                    reply,
+                })
+            }
+            RpcRequest::Capacity(r) => {
+                self.hand_to_daemon(channel, RpcResponse::Capacity, |reply| {
+                    InboundEvent::Capacity {
+                        from,
+                        request: r.body,
+                        reply,
+                    }
+                })
+            }
+            RpcRequest::Stats(r) => {
+                self.hand_to_daemon(channel, RpcResponse::Stats, |reply| InboundEvent::Stats {
+                    from,
+                    request: r.body,
+                    reply,
+                })
+            }
+        }
+    }
+
+    /// Queues a request for the daemon; its answer (or a refusal when the daemon gives none in
+    /// time) goes back on `channel`.
+    fn hand_to_daemon<T: Send + 'static>(
+        &mut self,
+        channel: ResponseChannel<RpcResponse>,
+        wrap: fn(Response<T>) -> RpcResponse,
+        make_event: impl FnOnce(Responder<T>) -> InboundEvent,
+    ) {
+        let rx = deliver(&self.inbound, make_event);
+        let limit = self.request_timeout;
+        self.answers.push(
+            async move {
+                let r = match tokio::time::timeout(limit, rx).await {
+                    Ok(r) => reply_or_unavailable(r),
+                    Err(_) => Response::Refused(Refusal::Unavailable {
+                        reason: format!("the daemon gave no answer within {limit:?}"),
+                    }),
+                };
+                Answer {
+                    channel,
+                    response: wrap(r),
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    fn rpc_event(&mut self, e: RpcEvent) {
+        let (kind, event) = e.split();
+        match event {
+            rr::Event::Message {
+                peer,
+                message:
+                    rr::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.inbound_request(peer, request, channel),
+            rr::Event::Message {
+                message:
+                    rr::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.pending.settle(kind, request_id, Ok(response)),
+            // A response that failed to decode was reported by the codec already.
+            rr::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.pending.settle(kind, request_id, Err(error.into())),
+            rr::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, protocol = kind.protocol(), %error, "inbound request failed");
+            }
+            rr::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn behaviour_event(&mut self, event: BehaviourEvent) {
+        if let Some(m) = &self.libp2p_metrics {
+            match &event {
+                BehaviourEvent::Gossip(e) => m.record(e),
+                BehaviourEvent::Identify(e) => m.record(e),
+                BehaviourEvent::Ping(e) => m.record(e),
+                _ => {}
+            }
+        }
+        match event {
+            BehaviourEvent::Allowlist(never) => match never {},
+            BehaviourEvent::Rpc(e) => self.rpc_event(e),
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let gossip = &mut self.swarm.behaviour_mut().gossip;
+                let verdict = self
+                    .gossip
+                    .receive(gossip, propagation_source, message_id, message);
+                if verdict != gossipsub::MessageAcceptance::Accept {
+                    self.metrics.rejected_announcements.inc();
+                }
+            }
+            BehaviourEvent::Gossip(_) => {}
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let ours = format!("topology={:016x}", self.fingerprint);
+                if !info.agent_version.contains(&ours) && self.mismatch_logged.insert(peer_id) {
+                    tracing::error!(
+                        peer = %self.host_name(&peer_id),
+                        agent = %info.agent_version,
+                        ours,
+                        "peer runs with a different topology file: its requests will be refused"
+                    );
+                }
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) if !matches!(e, ping::Failure::Unsupported) => {
+                tracing::warn!(peer = %self.host_name(&peer), error = %e, "liveness probe failed: closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            BehaviourEvent::Ping(_) => {}
+        }
+    }
+
+    fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.libp2p_metrics {
+            m.record(&event);
+        }
+        match event {
+            SwarmEvent::Behaviour(e) => self.behaviour_event(e),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1
+                    && let Some(h) = self.topology.host_by_peer(&peer_id)
+                {
+                    tracing::debug!(peer = %h.name, "peer up");
+                    let _ = self.inbound.try_send(InboundEvent::PeerUp(h.id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if num_established == 0
+                    && let Some(h) = self.topology.host_by_peer(&peer_id)
+                {
+                    tracing::debug!(peer = %h.name, cause = ?cause, "peer down");
+                    let _ = self.inbound.try_send(InboundEvent::PeerDown(h.id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id.map(|p| self.host_name(&p)), %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Announcements over gossipsub: which peers this host keeps connections to for the mesh (its
+//! "fingers"), publishing (migrations on request, the inventory on a timer), and checking,
+//! applying and forwarding what others announce.
+//!
+//! Announcements travel by gossipsub rather than a request to every host: a migrating host
+//! would otherwise open up to 2,559 streams per migration in the dc-2560 data centre, while
+//! gossipsub reaches everyone in O(log n) hops over a handful of kept connections, signs each
+//! message with its author's key (so a host can only speak for itself), and its best-effort
+//! delivery is enough: a missed announcement only leaves a cache entry stale, which the
+//! directory corrects on the next lookup. This module does not run the swarm: the driver calls
+//! it with the swarm's gossip behaviour.
+
+use super::directory::Directory;
+use super::{AnnounceError, InboundEvent};
+use crate::topology::{HostId, Topology};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{PeerId, Swarm};
+use scored_proto::{ANNOUNCE_TOPIC, Announcement};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// This host's side of the announcement topic.
+pub(crate) struct Gossip {
+    topology: Arc<Topology>,
+    me: HostId,
+    directory: Arc<Directory>,
+    inbound: mpsc::Sender<InboundEvent>,
+    topic: IdentTopic,
+    fingers: Vec<PeerId>,
+}
+
+impl Gossip {
+    pub(crate) fn new(
+        topology: Arc<Topology>,
+        me: HostId,
+        directory: Arc<Directory>,
+        inbound: mpsc::Sender<InboundEvent>,
+    ) -> Self {
+        let fingers = fingers(&topology, me);
+        Gossip {
+            topology,
+            me,
+            directory,
+            inbound,
+            topic: IdentTopic::new(ANNOUNCE_TOPIC),
+            fingers,
+        }
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+        gossip: &mut gossipsub::Behaviour,
+    ) -> Result<(), gossipsub::SubscriptionError> {
+        gossip.subscribe(&self.topic).map(|_| ())
+    }
+
+    /// Dials the fingers that have no connection now.
+    pub(crate) fn dial_fingers<B: libp2p::swarm::NetworkBehaviour>(&self, swarm: &mut Swarm<B>) {
+        for p in &self.fingers {
+            if swarm.is_connected(p) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(*p)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = swarm.dial(opts) {
+                tracing::debug!(peer = %self.host_name(p), error = %e, "gossip dial failed");
+            }
+        }
+    }
+
+    /// Publishes an encoded announcement.
+    pub(crate) fn publish(
+        &self,
+        gossip: &mut gossipsub::Behaviour,
+        data: Vec<u8>,
+    ) -> Result<(), AnnounceError> {
+        match gossip.publish(self.topic.clone(), data) {
+            Ok(_) => Ok(()),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                Err(AnnounceError::NoSubscribers)
+            }
+            Err(e) => Err(AnnounceError::Gossip(Arc::new(e))),
+        }
+    }
+
+    /// Tells every peer which VMs run here, so their caches start warm.
+    pub(crate) fn publish_inventory(&self, gossip: &mut gossipsub::Behaviour) {
+        let a = self.directory.inventory();
+        match scored_proto::encode(&a) {
+            Ok(data) => {
+                if let Err(e) = self.publish(gossip, data) {
+                    tracing::debug!(error = %e, "inventory not published");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "inventory too large to announce"),
+        }
+    }
+
+    /// Peers in this host's mesh for the announcement topic.
+    pub(crate) fn mesh_size(&self, gossip: &gossipsub::Behaviour) -> usize {
+        gossip.mesh_peers(&self.topic.hash()).count()
+    }
+
+    /// Checks, applies and forwards one announcement, and tells gossip whether to pass it on.
+    pub(crate) fn receive(
+        &self,
+        gossip: &mut gossipsub::Behaviour,
+        propagation_source: PeerId,
+        message_id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) -> MessageAcceptance {
+        let verdict = self.judge(message.source, &message.data);
+        gossip.report_message_validation_result(&message_id, &propagation_source, verdict);
+        verdict
+    }
+
+    fn judge(&self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        let Some(author) = source
+            .and_then(|p| self.topology.host_by_peer(&p))
+            .map(|h| h.id)
+        else {
+            return MessageAcceptance::Reject;
+        };
+        let name = self.topology.host(author).name.clone();
+        let announcement = match scored_proto::decode::<Announcement>(data) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(author = %name, error = %e, "undecodable announcement");
+                return MessageAcceptance::Reject;
+            }
+        };
+        if author == self.me {
+            return MessageAcceptance::Ignore;
+        }
+        if let Err(e) = self.directory.apply(author, &announcement) {
+            tracing::warn!(author = %name, error = %e, "announcement rejected");
+            return MessageAcceptance::Reject;
+        }
+        let event = InboundEvent::Announcement {
+            from: author,
+            announcement,
+        };
+        if self.inbound.try_send(event).is_err() {
+            tracing::debug!(author = %name, "daemon queue full: announcement applied, event dropped");
+        }
+        MessageAcceptance::Accept
+    }
+
+    fn host_name(&self, peer: &PeerId) -> String {
+        self.topology
+            .host_by_peer(peer)
+            .map(|h| h.name.clone())
+            .unwrap_or_else(|| peer.to_string())
+    }
+}
+
+/// The peers this host keeps connections to for gossip: those at distances 1, 2, 4, … along
+/// the hosts sorted by name. Every host doing the same gives a connected overlay of
+/// O(log n) connections per host and O(log n) hops between any two.
+fn fingers(topology: &Topology, me: HostId) -> Vec<PeerId> {
+    let mut hosts: Vec<_> = topology
+        .hosts()
+        .iter()
+        .filter(|h| h.peer_id.is_some() && h.address.is_some())
+        .collect();
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let Some(i) = hosts.iter().position(|h| h.id == me) else {
+        return vec![];
+    };
+    let n = hosts.len();
+    let mut out = Vec::new();
+    let mut d = 1;
+    while d < n {
+        if let Some(p) = hosts[(i + d) % n].peer_id
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+        d *= 2;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+    use std::collections::{HashMap, HashSet};
+
+    fn topology_with_identities(n: usize) -> Topology {
+        let mut text = String::from("[levels]\nweights = [1]\n");
+        for i in 0..n {
+            let peer = Keypair::generate_ed25519().public().to_peer_id();
+            text.push_str(&format!(
+                "[[host]]\nname = \"h{i:02}\"\npath = [\"tor\"]\naddress = \"127.0.0.1\"\np2p_port = {}\npeer_id = \"{peer}\"\n",
+                10_000 + i
+            ));
+        }
+        Topology::parse(std::path::Path::new("fingers.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn gossip_fingers_form_a_connected_overlay_of_log_degree() {
+        for n in [1usize, 2, 3, 5, 8, 33] {
+            let topo = topology_with_identities(n);
+            let index: HashMap<PeerId, usize> = topo
+                .hosts()
+                .iter()
+                .map(|h| (h.peer_id.unwrap(), h.id.index()))
+                .collect();
+            let mut adjacent = vec![HashSet::new(); n];
+            for h in topo.hosts() {
+                let fingers = fingers(&topo, h.id);
+                assert!(fingers.len() <= (n as f64).log2().ceil() as usize, "n={n}");
+                for p in fingers {
+                    let j = index[&p];
+                    assert_ne!(j, h.id.index(), "a host never dials itself");
+                    adjacent[h.id.index()].insert(j);
+                    adjacent[j].insert(h.id.index());
+                }
+            }
+            let mut seen = vec![false; n];
+            let mut stack = vec![0];
+            while let Some(i) = stack.pop() {
+                if !std::mem::replace(&mut seen[i], true) {
+                    stack.extend(adjacent[i].iter().copied());
+                }
+            }
+            assert!(seen.iter().all(|s| *s), "n={n}: overlay not connected");
+        }
+    }
+}

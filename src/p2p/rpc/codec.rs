@@ -1,0 +1,392 @@
+//! The request-response codec: scored-proto frames over a libp2p stream, for whichever of the
+//! four protocols the stream was negotiated for. The protocol picks the message type, so each
+//! message keeps its own size limit, and the length prefix is checked against that limit before
+//! any body byte is read; the body buffer grows only as bytes arrive, so a peer announcing a
+//! large frame and sending nothing costs nothing.
+//!
+//! libp2p's request-response drops a stream whose request fails to decode without telling the
+//! behaviour who sent it, so the codec reports malformed frames itself, naming the peer: each
+//! connection's codec is cloned when the connection is established, right after the allowlist
+//! (the first behaviour) has recorded which peer it is for. This module never answers a request.
+
+use super::{Exchange, Kind, RpcRequest, RpcResponse};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::PeerId;
+use libp2p::StreamProtocol;
+use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
+use scored_proto::{
+    CapacityRequest, DecodeError, LocationRequest, Request, Response, StatsRequest, Token,
+    WireMessage, encode,
+};
+use std::io;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// A frame a peer sent that did not decode.
+#[derive(Debug)]
+pub(crate) struct MalformedFrame {
+    pub peer: Option<PeerId>,
+    pub protocol: &'static str,
+    pub error: io::Error,
+}
+
+/// What codecs share with the swarm: the peer whose connection is being set up, and where to
+/// report malformed frames.
+#[derive(Clone)]
+pub(crate) struct FrameWatch {
+    pub connecting: Arc<Mutex<Option<PeerId>>>,
+    pub reports: mpsc::Sender<MalformedFrame>,
+}
+
+impl FrameWatch {
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<MalformedFrame>) {
+        let (reports, rx) = mpsc::channel(capacity);
+        (
+            FrameWatch {
+                connecting: Arc::new(Mutex::new(None)),
+                reports,
+            },
+            rx,
+        )
+    }
+
+    pub(crate) fn set_connecting(&self, peer: Option<PeerId>) {
+        *self.connecting.lock().unwrap_or_else(|p| p.into_inner()) = peer;
+    }
+}
+
+/// The codec of every scored request-response protocol.
+pub(crate) struct RpcCodec {
+    peer: Option<PeerId>,
+    watch: FrameWatch,
+}
+
+impl RpcCodec {
+    pub(crate) fn new(watch: FrameWatch) -> Self {
+        RpcCodec { peer: None, watch }
+    }
+
+    fn report<T>(&self, kind: Kind, r: io::Result<T>) -> io::Result<T> {
+        match r {
+            Err(e) if is_malformed(&e) => {
+                // The error goes to the swarm; the stream gets one of the same kind and text.
+                let copy = io::Error::new(e.kind(), e.to_string());
+                // A full queue means the swarm is already disconnecting a flood of bad frames.
+                let _ = self.watch.reports.try_send(MalformedFrame {
+                    peer: self.peer,
+                    protocol: kind.protocol(),
+                    error: e,
+                });
+                Err(copy)
+            }
+            r => r,
+        }
+    }
+}
+
+impl Clone for RpcCodec {
+    /// The behaviour's codec has no peer; the clone made for a new connection takes the peer
+    /// being connected, and clones made per stream keep it.
+    fn clone(&self) -> Self {
+        let peer = self.peer.or_else(|| {
+            *self
+                .watch
+                .connecting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
+        RpcCodec {
+            peer,
+            watch: self.watch.clone(),
+        }
+    }
+}
+
+/// The kind a stream was negotiated for. Only the four scored protocols are ever registered,
+/// so anything else is a bug on this side, not the peer's.
+fn kind_of(protocol: &StreamProtocol) -> io::Result<Kind> {
+    Kind::from_protocol(protocol.as_ref()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{protocol} is not a scored request-response protocol"),
+        )
+    })
+}
+
+/// Decode failures travel as `InvalidData` so the swarm can tell a misbehaving peer from a
+/// broken connection.
+fn invalid(e: DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Whether an error from this codec means the peer sent bytes that are not a valid frame.
+pub(crate) fn is_malformed(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData
+}
+
+pub(crate) async fn read_frame<M, T>(io: &mut T) -> io::Result<M>
+where
+    M: WireMessage,
+    T: AsyncRead + Unpin + Send,
+{
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    let mut got = 0;
+    while got < LENGTH_PREFIX {
+        let n = io.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{}: stream closed before a frame", M::NAME),
+                ));
+            }
+            return Err(invalid(DecodeError::Truncated {
+                message: M::NAME,
+                expected: LENGTH_PREFIX,
+                got,
+            }));
+        }
+        got += n;
+    }
+    let len = frame_len::<M>(prefix).map_err(invalid)?;
+    let mut payload = Vec::with_capacity(len.min(64 << 10));
+    (&mut *io)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() < len {
+        return Err(invalid(DecodeError::Truncated {
+            message: M::NAME,
+            expected: len,
+            got: payload.len(),
+        }));
+    }
+    // One frame per stream: the sender closes its side after it. Anything more is not ours.
+    let mut extra = [0u8; 64];
+    let n = io.read(&mut extra).await?;
+    if n > 0 {
+        return Err(invalid(DecodeError::TrailingBytes {
+            message: M::NAME,
+            extra: n,
+        }));
+    }
+    decode_payload::<M>(&payload).map_err(invalid)
+}
+
+pub(crate) async fn write_frame<M, T>(io: &mut T, m: M) -> io::Result<()>
+where
+    M: WireMessage,
+    T: AsyncWrite + Unpin + Send,
+{
+    let frame = encode(&m).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    drop(m);
+    io.write_all(&frame).await?;
+    io.flush().await
+}
+
+async fn read_request_of<E: Exchange, T>(io: &mut T) -> io::Result<RpcRequest>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    Ok(E::request(read_frame::<Request<E>, T>(io).await?))
+}
+
+async fn read_response_of<E: Exchange, T>(
+    io: &mut T,
+    wrap: fn(Response<E::Answer>) -> RpcResponse,
+) -> io::Result<RpcResponse>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    Ok(wrap(read_frame::<Response<E::Answer>, T>(io).await?))
+}
+
+/// A message handed to the codec for a stream of another protocol: a bug on this side.
+fn wrong_stream(kind: Kind, protocol: &StreamProtocol) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("a {} message on a {protocol} stream", kind.protocol()),
+    )
+}
+
+impl libp2p::request_response::Codec for RpcCodec {
+    type Protocol = StreamProtocol;
+    type Request = RpcRequest;
+    type Response = RpcResponse;
+
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<RpcRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let kind = kind_of(p)?;
+        let r = match kind {
+            Kind::Token => read_request_of::<Token, T>(io).await,
+            Kind::Location => read_request_of::<LocationRequest, T>(io).await,
+            Kind::Capacity => read_request_of::<CapacityRequest, T>(io).await,
+            Kind::Stats => read_request_of::<StatsRequest, T>(io).await,
+        };
+        self.report(kind, r)
+    }
+
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<RpcResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let kind = kind_of(p)?;
+        let r = match kind {
+            Kind::Token => read_response_of::<Token, T>(io, RpcResponse::Token).await,
+            Kind::Location => {
+                read_response_of::<LocationRequest, T>(io, RpcResponse::Location).await
+            }
+            Kind::Capacity => {
+                read_response_of::<CapacityRequest, T>(io, RpcResponse::Capacity).await
+            }
+            Kind::Stats => read_response_of::<StatsRequest, T>(io, RpcResponse::Stats).await,
+        };
+        self.report(kind, r)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        req: RpcRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        if kind_of(p)? != req.kind() {
+            return Err(wrong_stream(req.kind(), p));
+        }
+        match req {
+            RpcRequest::Token(r) => write_frame(io, r).await,
+            RpcRequest::Location(r) => write_frame(io, r).await,
+            RpcRequest::Capacity(r) => write_frame(io, r).await,
+            RpcRequest::Stats(r) => write_frame(io, r).await,
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: RpcResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        if kind_of(p)? != res.kind() {
+            return Err(wrong_stream(res.kind(), p));
+        }
+        match res {
+            RpcResponse::Token(r) => write_frame(io, r).await,
+            RpcResponse::Location(r) => write_frame(io, r).await,
+            RpcResponse::Capacity(r) => write_frame(io, r).await,
+            RpcResponse::Stats(r) => write_frame(io, r).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::request_response::Codec;
+
+    fn read<M: WireMessage>(bytes: &[u8]) -> io::Result<M> {
+        let mut cursor = futures::io::Cursor::new(bytes.to_vec());
+        futures::executor::block_on(read_frame::<M, _>(&mut cursor))
+    }
+
+    #[test]
+    fn stream_reads_refuse_bad_frames_cleanly() {
+        let good = encode(&Request {
+            topology: 7,
+            body: CapacityRequest { memory_mib: 512 },
+        })
+        .unwrap();
+        assert_eq!(
+            read::<Request<CapacityRequest>>(&good)
+                .unwrap()
+                .body
+                .memory_mib,
+            512
+        );
+        // Empty stream: a closed stream, not a malformed frame.
+        let e = read::<Request<CapacityRequest>>(&[]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        for bad in [
+            &good[..2],                // inside the prefix
+            &good[..good.len() - 1],   // inside the body
+            &[0xff, 0xff, 0xff, 0xff], // 4 GiB announced
+            &[0, 0, 0, 0],             // no version byte
+        ] {
+            let e = read::<Request<CapacityRequest>>(bad).unwrap_err();
+            assert!(is_malformed(&e), "{e}");
+        }
+        let mut v9 = good.clone();
+        v9[LENGTH_PREFIX] = 9;
+        let e = read::<Request<CapacityRequest>>(&v9).unwrap_err();
+        assert!(
+            is_malformed(&e) && e.to_string().contains("version 9"),
+            "{e}"
+        );
+        let mut longer = good.clone();
+        longer.push(0);
+        let e = read::<Request<CapacityRequest>>(&longer).unwrap_err();
+        assert!(
+            is_malformed(&e) && e.to_string().contains("unexpected bytes"),
+            "{e}"
+        );
+        // A frame of the wrong protocol is refused, not misread.
+        let e = read::<Request<Token>>(&good).unwrap_err();
+        assert!(is_malformed(&e), "{e}");
+    }
+
+    #[test]
+    fn the_stream_protocol_picks_the_message_and_its_limit() {
+        let (watch, mut reports) = FrameWatch::new(4);
+        let mut codec = RpcCodec::new(watch);
+        let capacity = StreamProtocol::new(scored_proto::CAPACITY_PROTOCOL);
+        let token = StreamProtocol::new(scored_proto::TOKEN_PROTOCOL);
+        let request = RpcRequest::Capacity(Request {
+            topology: 7,
+            body: CapacityRequest { memory_mib: 512 },
+        });
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        futures::executor::block_on(codec.write_request(&capacity, &mut wire, request)).unwrap();
+        let bytes = wire.into_inner();
+        // Byte for byte what the proto crate frames: the kind adds nothing on the wire.
+        let alone = encode(&Request {
+            topology: 7,
+            body: CapacityRequest { memory_mib: 512 },
+        })
+        .unwrap();
+        assert_eq!(bytes, alone);
+        let mut cursor = futures::io::Cursor::new(bytes.clone());
+        match futures::executor::block_on(codec.read_request(&capacity, &mut cursor)).unwrap() {
+            RpcRequest::Capacity(r) => assert_eq!(r.body.memory_mib, 512),
+            other => panic!("read as {other:?}"),
+        }
+        // The same bytes on the token stream are a malformed token, reported with the protocol.
+        let mut cursor = futures::io::Cursor::new(bytes);
+        let e = futures::executor::block_on(codec.read_request(&token, &mut cursor)).unwrap_err();
+        assert!(is_malformed(&e), "{e}");
+        let report = reports.try_recv().unwrap();
+        assert_eq!(report.protocol, scored_proto::TOKEN_PROTOCOL);
+        // A capacity request written on the token stream is this side's bug, not the peer's.
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        let misrouted = RpcRequest::Capacity(Request {
+            topology: 7,
+            body: CapacityRequest { memory_mib: 1 },
+        });
+        let e = futures::executor::block_on(codec.write_request(&token, &mut wire, misrouted))
+            .unwrap_err();
+        assert!(!is_malformed(&e) && wire.into_inner().is_empty(), "{e}");
+        // A token frame longer than a capacity request may be is refused from its prefix alone.
+        let oversized = (CapacityRequest::MAX_FRAME as u32 + 100).to_be_bytes();
+        let mut cursor = futures::io::Cursor::new(oversized.to_vec());
+        let e =
+            futures::executor::block_on(codec.read_request(&capacity, &mut cursor)).unwrap_err();
+        assert!(is_malformed(&e) && e.to_string().contains("limit"), "{e}");
+    }
+}

@@ -1,0 +1,90 @@
+//! The request-response behaviour: one [`Rpc`] that sends any [`RpcRequest`] and reports every
+//! request and answer as one kind of event.
+//!
+//! Inside it is one libp2p request-response lane per protocol id, all sharing the codec and the
+//! message types. One lane cannot serve the four: libp2p 0.57's request-response offers every
+//! outbound protocol it was built with on each request, and the remote takes the first it
+//! supports, so a capacity request would travel on `/scored/token/1`. A lane per id keeps each
+//! message on its own protocol, byte for byte as before. This module routes; it never answers.
+
+use super::codec::{FrameWatch, RpcCodec};
+use super::{Kind, RpcRequest, RpcResponse};
+use libp2p::PeerId;
+use libp2p::StreamProtocol;
+use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::NetworkBehaviour;
+use std::time::Duration;
+
+type Lane = rr::Behaviour<RpcCodec>;
+
+/// Its events are the derived [`RpcEvent`], one variant per lane; [`RpcEvent::split`] tags them
+/// with their kind.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Rpc {
+    token: Lane,
+    location: Lane,
+    capacity: Lane,
+    stats: Lane,
+}
+
+impl Rpc {
+    /// `request_timeout` bounds every request inside the swarm (callers usually give up sooner).
+    pub(crate) fn new(watch: &FrameWatch, request_timeout: Duration) -> Self {
+        let config = rr::Config::default().with_request_timeout(request_timeout);
+        let lane = |kind: Kind| {
+            Lane::with_codec(
+                RpcCodec::new(watch.clone()),
+                [(StreamProtocol::new(kind.protocol()), ProtocolSupport::Full)],
+                config.clone(),
+            )
+        };
+        Rpc {
+            token: lane(Kind::Token),
+            location: lane(Kind::Location),
+            capacity: lane(Kind::Capacity),
+            stats: lane(Kind::Stats),
+        }
+    }
+
+    fn lane(&mut self, kind: Kind) -> &mut Lane {
+        match kind {
+            Kind::Token => &mut self.token,
+            Kind::Location => &mut self.location,
+            Kind::Capacity => &mut self.capacity,
+            Kind::Stats => &mut self.stats,
+        }
+    }
+
+    /// Sends `request` on its protocol; the id is unique together with the kind.
+    pub(crate) fn send_request(
+        &mut self,
+        peer: &PeerId,
+        request: RpcRequest,
+    ) -> (Kind, OutboundRequestId) {
+        let kind = request.kind();
+        (kind, self.lane(kind).send_request(peer, request))
+    }
+
+    /// Answers an inbound request; `false` when the peer is gone.
+    pub(crate) fn send_response(
+        &mut self,
+        channel: ResponseChannel<RpcResponse>,
+        response: RpcResponse,
+    ) -> bool {
+        self.lane(response.kind())
+            .send_response(channel, response)
+            .is_ok()
+    }
+}
+
+impl RpcEvent {
+    /// The event and the protocol it happened on.
+    pub(crate) fn split(self) -> (Kind, rr::Event<RpcRequest, RpcResponse>) {
+        match self {
+            RpcEvent::Token(e) => (Kind::Token, e),
+            RpcEvent::Location(e) => (Kind::Location, e),
+            RpcEvent::Capacity(e) => (Kind::Capacity, e),
+            RpcEvent::Stats(e) => (Kind::Stats, e),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The request-response half of the transport: one [`RpcRequest`]/[`RpcResponse`] pair over the
+//! four protocol ids, the codec that frames them, the map of requests awaiting an answer, and
+//! the per-peer limit on what a peer may ask.
+//!
+//! The protocol ids stay on the wire (`/scored/token/1`, …): the [`Kind`] of a message says which
+//! one it travels on, and the codec reads and writes the message of the protocol it is given.
+//! Nothing here decides how to answer: the driver does, from the directory or through the daemon.
+
+mod codec;
+mod lanes;
+mod pending;
+mod rate_limit;
+
+pub(crate) use codec::{FrameWatch, MalformedFrame};
+pub(crate) use lanes::{Rpc, RpcEvent};
+pub use pending::RequestFailure;
+pub(crate) use pending::{Pending, Reply};
+pub(crate) use rate_limit::{Limited, RateLimiter};
+pub use rate_limit::{Quota, RateLimits};
+
+use scored_proto::{
+    CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, LOCATION_PROTOCOL, LocationRequest,
+    LocationResponse, Refusal, Request, Response, STATS_PROTOCOL, StatsRequest, StatsResponse,
+    TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint, WireMessage,
+};
+
+/// Which request-response protocol a message belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Token,
+    Location,
+    Capacity,
+    Stats,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Token, Kind::Location, Kind::Capacity, Kind::Stats];
+
+    /// The protocol id this kind travels on.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Kind::Token => TOKEN_PROTOCOL,
+            Kind::Location => LOCATION_PROTOCOL,
+            Kind::Capacity => CAPACITY_PROTOCOL,
+            Kind::Stats => STATS_PROTOCOL,
+        }
+    }
+
+    pub fn from_protocol(id: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.protocol() == id)
+    }
+}
+
+/// A request to a peer, of any of the four kinds.
+#[derive(Debug)]
+pub(crate) enum RpcRequest {
+    Token(Request<Token>),
+    Location(Request<LocationRequest>),
+    Capacity(Request<CapacityRequest>),
+    Stats(Request<StatsRequest>),
+}
+
+/// A peer's answer; always of the kind of the request it answers (the codec reads it with the
+/// request's protocol).
+#[derive(Debug)]
+pub(crate) enum RpcResponse {
+    Token(Response<TokenAck>),
+    Location(Response<LocationResponse>),
+    Capacity(Response<CapacityResponse>),
+    Stats(Response<StatsResponse>),
+}
+
+impl RpcRequest {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            RpcRequest::Token(_) => Kind::Token,
+            RpcRequest::Location(_) => Kind::Location,
+            RpcRequest::Capacity(_) => Kind::Capacity,
+            RpcRequest::Stats(_) => Kind::Stats,
+        }
+    }
+
+    /// The fingerprint of the topology the sender runs with.
+    pub(crate) fn topology(&self) -> TopologyFingerprint {
+        match self {
+            RpcRequest::Token(r) => r.topology,
+            RpcRequest::Location(r) => r.topology,
+            RpcRequest::Capacity(r) => r.topology,
+            RpcRequest::Stats(r) => r.topology,
+        }
+    }
+}
+
+impl RpcResponse {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            RpcResponse::Token(_) => Kind::Token,
+            RpcResponse::Location(_) => Kind::Location,
+            RpcResponse::Capacity(_) => Kind::Capacity,
+            RpcResponse::Stats(_) => Kind::Stats,
+        }
+    }
+
+    /// The refusal of a request of `kind`.
+    pub(crate) fn refused(kind: Kind, refusal: Refusal) -> Self {
+        match kind {
+            Kind::Token => RpcResponse::Token(Response::Refused(refusal)),
+            Kind::Location => RpcResponse::Location(Response::Refused(refusal)),
+            Kind::Capacity => RpcResponse::Capacity(Response::Refused(refusal)),
+            Kind::Stats => RpcResponse::Stats(Response::Refused(refusal)),
+        }
+    }
+}
+
+/// A request body and the answer it gets: how a typed call becomes an [`RpcRequest`] and how
+/// its [`RpcResponse`] becomes the typed answer again.
+pub(crate) trait Exchange: WireMessage + Send + 'static {
+    type Answer: WireMessage + Send + 'static;
+    fn request(r: Request<Self>) -> RpcRequest;
+    /// The typed answer; `Err` gives back a response of another kind.
+    fn answer(r: RpcResponse) -> Result<Response<Self::Answer>, RpcResponse>;
+}
+
+macro_rules! exchange {
+    ($body:ty, $answer:ty, $kind:ident) => {
+        impl Exchange for $body {
+            type Answer = $answer;
+            fn request(r: Request<Self>) -> RpcRequest {
+                RpcRequest::$kind(r)
+            }
+            fn answer(r: RpcResponse) -> Result<Response<$answer>, RpcResponse> {
+                match r {
+                    RpcResponse::$kind(a) => Ok(a),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+exchange!(Token, TokenAck, Token);
+exchange!(LocationRequest, LocationResponse, Location);
+exchange!(CapacityRequest, CapacityResponse, Capacity);
+exchange!(StatsRequest, StatsResponse, Stats);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_their_protocols_both_ways() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_protocol(k.protocol()), Some(k));
+        }
+        assert_eq!(Kind::from_protocol("/scored/token/2"), None);
+        assert_eq!(
+            RpcResponse::refused(Kind::Stats, Refusal::Unavailable { reason: "x".into() }).kind(),
+            Kind::Stats
+        );
+    }
+}
