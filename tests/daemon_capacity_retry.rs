@@ -6,9 +6,9 @@
 mod support;
 
 use scored::config::Config;
+use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::metrics::Outcome;
 use scored::p2p::{DirectNetwork, Directory, Inbound, InboundEvent};
 use scored::proto::{CapacityResponse, Stamp, VmId};
 use scored::topology::{HostId, Topology};
@@ -63,7 +63,7 @@ async fn destination(mut inbound: Inbound, delays: Vec<Option<Duration>>) -> usi
     seen
 }
 
-async fn decide(delays: Vec<Option<Duration>>) -> (Outcome, String, usize) {
+async fn decide(delays: Vec<Option<Duration>>) -> (TurnOutcome, String, usize) {
     let topo = topology();
     let dir = tempfile::tempdir().unwrap();
     let sim = MemoryCluster::new(&topo);
@@ -99,14 +99,14 @@ async fn decide(delays: Vec<Option<Duration>>) -> (Outcome, String, usize) {
 async fn a_timed_out_capacity_answer_is_asked_for_once_more() {
     // The first answer comes after the timeout, the second at once: the move is found.
     let (outcome, detail, seen) = decide(vec![Some(2 * TIMEOUT), Some(Duration::ZERO)]).await;
-    assert_eq!(outcome, Outcome::Migrated, "{detail}");
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert_eq!(seen, 2, "one request, then one more");
 }
 
 #[tokio::test]
 async fn a_host_that_never_answers_is_asked_twice_then_counts_as_no_answer() {
     let (outcome, detail, seen) = decide(vec![None, None, None]).await;
-    assert_eq!(outcome, Outcome::NoCapacity, "{detail}");
+    assert_eq!(outcome, TurnOutcome::NoCapacity, "{detail}");
     assert!(detail.contains("1 no answer"), "{detail}");
     assert_eq!(seen, 2, "one more request, not more");
 }
@@ -114,6 +114,6 @@ async fn a_host_that_never_answers_is_asked_twice_then_counts_as_no_answer() {
 #[tokio::test]
 async fn a_prompt_answer_is_asked_for_once() {
     let (outcome, detail, seen) = decide(vec![Some(Duration::ZERO)]).await;
-    assert_eq!(outcome, Outcome::Migrated, "{detail}");
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert_eq!(seen, 1);
 }

@@ -13,12 +13,13 @@ mod support;
 use scored::config::Config;
 use scored::daemon::node::Node;
 use scored::daemon::run::drive;
+use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{self, FileHost, MemoryCluster, MigrationModel, synthetic_vm};
 use scored::hypervisor::{
     Capacity, Destination, Hypervisor, MigrationParams, MigrationReport, Vm, VmState,
 };
-use scored::metrics::{Direction, DirectionLabels, Outcome};
+use scored::metrics::{DirectionLabels, MigrationDirection};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
 use scored::proto::{CapacityRequest, VmId};
 use scored::topology::{HostId, Topology};
@@ -116,7 +117,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
         (0, 3, true)
     );
     let d = rt.block_on(nodes[0].assess(&vm_a));
-    assert_eq!(d.outcome, Outcome::Migrated, "{}", d.detail);
+    assert_eq!(d.outcome, TurnOutcome::Migrated, "{}", d.detail);
     assert_eq!(d.decision.unwrap().migrates_to(), Some(h6));
 
     // An operator moves c into h6 behind scored's back.
@@ -148,13 +149,13 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     assert!(r.free_memory_mib < 2560 - 256 - 512, "{r:?}");
     // The decision sees h6 as full and takes its rack mate h5.
     let d = rt.block_on(nodes[0].assess(&vm_a));
-    assert_eq!(d.outcome, Outcome::Migrated, "{}", d.detail);
+    assert_eq!(d.outcome, TurnOutcome::Migrated, "{}", d.detail);
     assert!(d.detail.contains("1 full"), "{}", d.detail);
     assert_eq!(d.decision.unwrap().migrates_to(), Some(h5));
     // The destination's own gauge counts it too.
     rt.block_on(nodes[5].refresh_inventory()).unwrap();
     let incoming = DirectionLabels {
-        direction: Direction::Incoming,
+        direction: MigrationDirection::Incoming,
     };
     let gauge = |n: &Node<DirectPeers>| {
         n.metrics

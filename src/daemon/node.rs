@@ -12,7 +12,7 @@ use super::journal::{self, Journal};
 use super::ring::{self, Arrival, Ring};
 use crate::config::{Config, VmRef};
 use crate::cost::{self, PartnerTraffic};
-use crate::decide::{self, Decider, Gates, Subject};
+use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
 use crate::flows::FlowSource;
 use crate::hypervisor::{
     Capacity, Destination, Hypervisor, HypervisorError, MigrationReport, Vm, VmState,
@@ -98,7 +98,7 @@ pub struct DecisionRecord {
 
 /// The result of assessing one VM now.
 pub struct Assessment {
-    pub outcome: metrics::Outcome,
+    pub outcome: TurnOutcome,
     pub decision: Option<decide::Decision>,
     pub partners: Vec<(VmId, HostId, f64)>,
     pub detail: String,
@@ -341,7 +341,7 @@ impl<P: Peers> Node<P> {
                 .migrations
                 .in_flight
                 .get_or_create(&metrics::DirectionLabels {
-                    direction: metrics::Direction::Incoming,
+                    direction: metrics::MigrationDirection::Incoming,
                 })
                 .set(i64::from(cap.incoming_migrations));
         }
@@ -429,8 +429,8 @@ impl<P: Peers> Node<P> {
                 tracing::debug!(vm = %vm, to = %e.to, journal = e.id, "journal: migration still running");
                 return;
             }
-            journal::Reconciled::Completed => journal::Outcome::ReconciledCompleted,
-            journal::Reconciled::Failed => journal::Outcome::ReconciledFailed,
+            journal::Reconciled::Completed => journal::Ending::ReconciledCompleted,
+            journal::Reconciled::Failed => journal::Ending::ReconciledFailed,
         };
         {
             let mut st = self.state();
@@ -1241,14 +1241,14 @@ impl<P: Peers> Node<P> {
         };
         if unsettled {
             return early(
-                metrics::Outcome::Busy,
+                TurnOutcome::Busy,
                 "a migration of this VM is not settled".into(),
             );
         }
         if unplaced > 0 {
             // Deciding without a partner's location could move the VM away from it.
             return early(
-                metrics::Outcome::Busy,
+                TurnOutcome::Busy,
                 format!(
                     "{unplaced} partner(s) could not be located (hosts not answering); deferred"
                 ),
@@ -1257,7 +1257,7 @@ impl<P: Peers> Node<P> {
         if let Some(until) = cooling {
             let left = until.saturating_duration_since(now).as_secs();
             return early(
-                metrics::Outcome::Cooldown,
+                TurnOutcome::Cooldown,
                 format!("cooling down for {left} s more"),
             );
         }
@@ -1324,15 +1324,7 @@ impl<P: Peers> Node<P> {
             search.answer(h, cap.as_ref());
         }
         let d = search.finish();
-        let outcome = match d.outcome {
-            decide::Outcome::Migrate { .. } if config.decision.dry_run => metrics::Outcome::DryRun,
-            decide::Outcome::Migrate { .. } => metrics::Outcome::Migrated,
-            decide::Outcome::Pinned => metrics::Outcome::Pinned,
-            decide::Outcome::NoTraffic => metrics::Outcome::NoTraffic,
-            decide::Outcome::NoBenefit => metrics::Outcome::NoBenefit,
-            decide::Outcome::Excluded => metrics::Outcome::Bounce,
-            decide::Outcome::NoCapacity => metrics::Outcome::NoCapacity,
-        };
+        let outcome = TurnOutcome::of(&d.outcome, config.decision.dry_run);
         let detail = format!(
             "asked {} host(s): {} full, {} no answer; {} excluded as a recent host",
             d.queries, d.full, d.unreachable, d.returning
@@ -1424,7 +1416,7 @@ impl<P: Peers> Node<P> {
         let early = match self.hv_call("VM state", move |hv| hv.state(vm)).await {
             Ok(VmState::Running) => None,
             Ok(VmState::Migrating) => Some((
-                metrics::Outcome::Busy,
+                TurnOutcome::Busy,
                 "the hypervisor runs a migration job of this VM; not deciding for it".to_string(),
             )),
             Ok(VmState::Absent) | Err(HypervisorError::NoSuchVm { .. }) => {
@@ -1433,11 +1425,11 @@ impl<P: Peers> Node<P> {
                 return None;
             }
             Err(e) if e.is_unavailable() => Some((
-                metrics::Outcome::HypervisorDown,
+                TurnOutcome::HypervisorDown,
                 format!("hypervisor not answering: {e}"),
             )),
             Err(e) => Some((
-                metrics::Outcome::Busy,
+                TurnOutcome::Busy,
                 format!("the VM's state cannot be read: {e}"),
             )),
         };
@@ -1458,14 +1450,14 @@ impl<P: Peers> Node<P> {
         if draining && to.is_none() && !self.pinned(&v, &self.config()) {
             to = self.drain_target(&v).await;
             if to.is_some() {
-                a.outcome = metrics::Outcome::Migrated;
+                a.outcome = TurnOutcome::Migrated;
                 a.detail = format!("draining: {}", a.detail);
             }
         }
         // From here to the job starting is a target of its own (≤ 100 ms, docs/evaluation.md).
         let decided = Instant::now();
         let mut at = self.me;
-        if a.outcome == metrics::Outcome::Migrated
+        if a.outcome == TurnOutcome::Migrated
             && let Some(dest) = to
         {
             if self.fenced(token) {
@@ -1484,9 +1476,9 @@ impl<P: Peers> Node<P> {
                 }
                 Err(e) => {
                     a.outcome = if e.hung() {
-                        metrics::Outcome::HypervisorDown
+                        TurnOutcome::HypervisorDown
                     } else {
-                        metrics::Outcome::Failed
+                        TurnOutcome::Failed
                     };
                     a.detail = format!("{}; migration failed: {e}", a.detail);
                 }
@@ -1558,16 +1550,14 @@ impl<P: Peers> Node<P> {
         };
         let entry = {
             let mut st = self.state();
-            st.journal
-                .begin(
-                    vm.id,
-                    self.name(),
-                    &dest.host,
-                    token.epoch,
-                    token.seq,
-                    unix_ms(),
-                )
-                .map_err(|e| MigrateError::Journal(e.to_string()))?
+            st.journal.begin(
+                vm.id,
+                self.name(),
+                &dest.host,
+                token.epoch,
+                token.seq,
+                unix_ms(),
+            )?
         };
         self.metrics.migrations.started.inc();
         // Gauges are handles: clone out of the family so no lock guard lives across an await.
@@ -1576,7 +1566,7 @@ impl<P: Peers> Node<P> {
             .migrations
             .in_flight
             .get_or_create(&metrics::DirectionLabels {
-                direction: metrics::Direction::Outgoing,
+                direction: metrics::MigrationDirection::Outgoing,
             })
             .clone();
         out_gauge.inc();
@@ -1595,7 +1585,7 @@ impl<P: Peers> Node<P> {
             Ok(report) => {
                 {
                     let mut st = self.state();
-                    let _ = st.journal.end(entry.id, journal::Outcome::Succeeded);
+                    let _ = st.journal.end(entry.id, journal::Ending::Succeeded);
                     st.history
                         .record(vm.id, self.me, report.elapsed, Instant::now());
                     st.migrations_done += 1;
@@ -1634,13 +1624,13 @@ impl<P: Peers> Node<P> {
                             .aborted
                             .get_or_create(&metrics::ReasonLabels { reason: *reason })
                             .inc();
-                        journal::Outcome::Aborted {
+                        journal::Ending::Aborted {
                             reason: reason.to_string(),
                         }
                     }
                     other => {
                         self.metrics.migrations.failed.inc();
-                        journal::Outcome::Failed {
+                        journal::Ending::Failed {
                             reason: other.to_string(),
                         }
                     }
@@ -1661,8 +1651,8 @@ impl<P: Peers> Node<P> {
         for v in vms {
             let started_unix_ms = unix_ms();
             let mut a = self.assess(&v).await;
-            if a.outcome == metrics::Outcome::Migrated {
-                a.outcome = metrics::Outcome::DryRun;
+            if a.outcome == TurnOutcome::Migrated {
+                a.outcome = TurnOutcome::DryRun;
             }
             let to = a.decision.as_ref().and_then(|d| d.migrates_to());
             out.push(self.decision_record(v.id, &a, to, stamp, started_unix_ms));
@@ -1690,11 +1680,13 @@ impl<P: Peers> Node<P> {
 }
 
 /// Why a migration this host started did not go through.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum MigrateError {
     /// The journal could not record it: nothing was started.
-    Journal(String),
-    Hypervisor(HypervisorError),
+    #[error("journal: {0}")]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
 }
 
 impl MigrateError {
@@ -1704,15 +1696,6 @@ impl MigrateError {
             self,
             MigrateError::Hypervisor(HypervisorError::NoAnswer { .. })
         )
-    }
-}
-
-impl std::fmt::Display for MigrateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MigrateError::Journal(e) => write!(f, "journal: {e}"),
-            MigrateError::Hypervisor(e) => e.fmt(f),
-        }
     }
 }
 

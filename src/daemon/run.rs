@@ -28,7 +28,7 @@ pub const SIM_SCHEME: &str = "sim+file://";
 
 /// What `scored run` was asked to do.
 #[derive(Clone, Debug)]
-pub struct RunOptions {
+pub struct DaemonOptions {
     pub config: PathBuf,
     pub overrides: Vec<Override>,
     /// Validate configuration and topology, then exit.
@@ -36,7 +36,7 @@ pub struct RunOptions {
 }
 
 /// Loads and cross-checks the configuration and topology; names this host.
-pub fn load(opts: &RunOptions) -> anyhow::Result<(Config, Arc<Topology>, HostId)> {
+pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Arc<Topology>, HostId)> {
     let config = Config::load(&opts.config, &opts.overrides).map_err(|e| anyhow!("{e}"))?;
     let topo = Topology::load(&config.host.topology).map_err(|e| anyhow!("{e}"))?;
     let name = match &config.host.name {
@@ -149,7 +149,7 @@ async fn follow_shared_traffic<P: Peers>(node: Arc<Node<P>>, host: FileHost) {
 }
 
 /// `scored run`.
-pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, topo, me) = load(&opts)?;
     if opts.check_config {
         println!(
@@ -170,7 +170,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn serve(
-    opts: RunOptions,
+    opts: DaemonOptions,
     config: Config,
     topo: Arc<Topology>,
     me: HostId,
