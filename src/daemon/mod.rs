@@ -8,3 +8,4 @@ pub mod journal;
 pub mod node;
 pub mod ring;
 pub mod run;
+pub mod turn;

@@ -10,6 +10,7 @@
 use super::history::{CooldownPolicy, History};
 use super::journal::{self, Journal};
 use super::ring::{self, Arrival, Ring};
+use super::turn::{Action, DropReason, Handoff, Input, TurnMachine};
 use crate::config::{Config, VmRef};
 use crate::cost::{self, PartnerTraffic};
 use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
@@ -19,7 +20,7 @@ use crate::hypervisor::{
 };
 use crate::metrics::{self, Metrics};
 use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
-use crate::token::{Neighbour, Next, Queue, Turn};
+use crate::token::Neighbour;
 use crate::topology::{HostId, Topology};
 use futures::StreamExt;
 use scored_proto::{
@@ -798,7 +799,7 @@ impl<P: Peers> Node<P> {
     /// Works on the token until it is handed to another host, fenced, or this host stops. A
     /// companion task publishes the token's heartbeat the whole time, whatever the turn waits on
     /// (capacity answers, a long migration).
-    pub async fn turn(self: Arc<Self>, mut token: Token) {
+    pub async fn turn(self: Arc<Self>, token: Token) {
         self.metrics.token.held.set(1);
         let stamp = |t: &Token| {
             (
@@ -822,7 +823,7 @@ impl<P: Peers> Node<P> {
                 }
             }
         });
-        let result = self.work(&mut token, &beat_tx).await;
+        let (token, result) = self.work(token, &beat_tx).await;
         drop(beat_tx);
         let _ = beating.await;
         self.metrics.token.held.set(0);
@@ -831,16 +832,22 @@ impl<P: Peers> Node<P> {
         if st.holding.is_some_and(|h| h.epoch == token.epoch) {
             st.holding = None;
         }
+        drop(st);
         if let Err(why) = result {
-            tracing::warn!(epoch = token.epoch, "token dropped: {why}");
+            tracing::warn!(
+                epoch = token.epoch,
+                "token dropped: {}",
+                why.describe(&self.topo)
+            );
         }
     }
 
+    /// Carries out the turn machine's actions until the token is handed on or dropped.
     async fn work(
         self: &Arc<Self>,
-        token: &mut Token,
+        token: Token,
         beat: &tokio::sync::watch::Sender<(Stamp, u32)>,
-    ) -> Result<(), String> {
+    ) -> (Token, Result<(), DropReason>) {
         let config = self.config();
         let handoff = config.token.handoff_timeout();
         let pause = heartbeat_interval(&config);
@@ -851,126 +858,105 @@ impl<P: Peers> Node<P> {
         if let Err(e) = self.read_inventory(false).await {
             tracing::warn!(error = %e, "inventory at token arrival; deciding on the last one read");
         }
-        self.add_local_slots(token);
-        let mut queue = Queue::new(token).map_err(|e| e.to_string())?;
-        let mut next = match token.holder {
-            Some(v) if token.slot(v).is_some() => Next::Holder(v),
-            _ => queue.first(token),
-        };
-        let mut unreachable: HashSet<HostId> = HashSet::new();
-        let mut missing: Vec<VmId> = Vec::new();
-        let mut local_skips = 0usize;
-        let mut round = token.round;
+        let (mut machine, mut action) =
+            match TurnMachine::start(self.me, token.clone(), &self.known_vms()) {
+                Ok(started) => started,
+                Err(why) => return (token, Err(why)),
+            };
         loop {
-            if self.fenced(token) {
-                return Err("a newer epoch exists".into());
-            }
-            beat.send_replace((
-                Stamp {
-                    epoch: token.epoch,
-                    seq: token.seq,
-                },
-                token.round,
-            ));
-            if token.round != round {
-                // A pass ended here: pace rounds (the heartbeat goes on meanwhile).
-                round = token.round;
-                self.pace_round(token, round).await;
-                if !missing.is_empty() {
-                    token.slots.retain(|s| !missing.contains(&s.vm));
-                    missing.clear();
+            if action.starts_step() {
+                if self.fenced(machine.token()) {
+                    return (machine.token().clone(), Err(DropReason::NewerEpoch));
                 }
-                self.add_local_slots(token);
-                queue = Queue::new(token).map_err(|e| e.to_string())?;
-                unreachable.clear();
+                beat.send_replace(machine.stamp());
             }
-            let vm = match next {
-                Next::Holder(vm) => vm,
-                Next::Empty => {
-                    // Nothing to schedule yet: keep the token, look again shortly.
+            let input = match action {
+                Action::Done => return (machine.token().clone(), Ok(())),
+                Action::Drop(why) => return (machine.token().clone(), Err(why)),
+                Action::PaceRound(round) => {
+                    self.pace_round(machine.token(), round).await;
+                    Input::Paced {
+                        known: self.known_vms(),
+                    }
+                }
+                Action::Wait => {
                     tokio::time::sleep(pause).await;
-                    self.add_local_slots(token);
-                    queue = Queue::new(token).map_err(|e| e.to_string())?;
-                    next = queue.first(token);
+                    Input::Waited {
+                        known: self.known_vms(),
+                    }
+                }
+                Action::GatherStatistics => {
+                    let g = self.gather_statistics(machine.token(), handoff).await;
+                    let vms = g.expected.len();
+                    action = machine.on(Input::Statistics(g.expected));
+                    // Logged once the round is ordered: the head of its schedule shows the order.
+                    let token = machine.token();
+                    let head: Vec<String> = token
+                        .schedule
+                        .iter()
+                        .take(SCHEDULE_LOGGED)
+                        .map(|v| v.to_string())
+                        .collect();
+                    tracing::info!(
+                        epoch = token.epoch, round = token.round, hosts_asked = g.asked,
+                        hosts_answered = g.answered, vms,
+                        elapsed_ms = g.elapsed.as_secs_f64() * 1e3, schedule = %head.join(","),
+                        "global policy: statistics gathered"
+                    );
                     continue;
                 }
-                Next::NeedsStatistics => {
-                    next = self.start_global_round(token, &mut queue, handoff).await;
-                    continue;
+                Action::Locate(vm) => {
+                    let host = self.locate_one(vm, handoff).await;
+                    // The slot's level and load: the keys the distributed and load-aware orders use.
+                    let token = machine.token();
+                    let slot = token.slot(vm).copied();
+                    tracing::debug!(
+                        vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch,
+                        seq = token.seq, round = token.round, slot_level = slot.map(|s| s.level),
+                        slot_load = slot.map(|s| s.load), "token: next holder"
+                    );
+                    Input::Located {
+                        host,
+                        stopping: self.state().stopping,
+                    }
+                }
+                Action::Decide(vm) => {
+                    let neighbours = self.take_turn(vm, machine.token()).await;
+                    tracing::debug!(vm = %vm, neighbours = neighbours.as_ref().map(|n| n.len()), "token: turn taken");
+                    Input::Decided(neighbours.unwrap_or_default())
+                }
+                Action::HandTo(h) => {
+                    let r = self.hand_to(h, machine.token(), handoff).await;
+                    if matches!(r, Handoff::Skip { .. }) {
+                        self.metrics.token.skipped_hosts.inc();
+                    }
+                    Input::Handed(r)
+                }
+                Action::Remint { host } => {
+                    // The host may have taken it after all: fence that copy off.
+                    let mut st = self.state();
+                    let epoch = st.ring.mint(self.me.0);
+                    st.ring.on_token(epoch, 0, Instant::now());
+                    st.holding = Some(Stamp { epoch, seq: 0 });
+                    drop(st);
+                    tracing::warn!(
+                        host = %self.host_name(host), epoch,
+                        unix_ms = unix_ms(),
+                        "ambiguous hand-off: token re-minted under a higher epoch"
+                    );
+                    Input::Reminted { epoch }
                 }
             };
-            let host = self.locate_one(vm, handoff).await;
-            // The slot's level and load: the keys the distributed and load-aware orders use.
-            let slot = token.slot(vm).copied();
-            tracing::debug!(
-                vm = %vm, host = ?host.map(|h| self.host_name(h)), epoch = token.epoch,
-                seq = token.seq, round = token.round, slot_level = slot.map(|s| s.level),
-                slot_load = slot.map(|s| s.load), "token: next holder"
-            );
-            let stopping = self.state().stopping;
-            match host {
-                Some(h) if h == self.me && stopping => {
-                    // Shutting down: no new decision here; pass over local VMs to a peer.
-                    local_skips += 1;
-                    if local_skips > token.slots.len() {
-                        return Err(
-                            "stopping, and no other host runs a VM to pass the token to".into()
-                        );
-                    }
-                    next = queue.skip(token, vm).map_err(|e| e.to_string())?;
-                }
-                Some(h) if h == self.me => {
-                    let neighbours = self.take_turn(vm, token).await;
-                    tracing::debug!(vm = %vm, neighbours = neighbours.as_ref().map(|n| n.len()), "token: turn taken");
-                    let neighbours = neighbours.unwrap_or_default();
-                    next = queue
-                        .hand_off(
-                            token,
-                            &Turn {
-                                vm,
-                                neighbours: &neighbours,
-                            },
-                        )
-                        .map_err(|e| e.to_string())?;
-                }
-                Some(h) if unreachable.contains(&h) => {
-                    next = queue.skip(token, vm).map_err(|e| e.to_string())?;
-                }
-                Some(h) => match self.hand_to(h, token, handoff).await {
-                    Handoff::Done => return Ok(()),
-                    Handoff::Fenced => {
-                        return Err(format!("{} holds a newer token", self.host_name(h)));
-                    }
-                    Handoff::Skip { ambiguous } => {
-                        unreachable.insert(h);
-                        self.metrics.token.skipped_hosts.inc();
-                        if ambiguous {
-                            // The host may have taken it after all: fence that copy off.
-                            let mut st = self.state();
-                            token.epoch = st.ring.mint(self.me.0);
-                            token.seq = 0;
-                            st.ring.on_token(token.epoch, 0, Instant::now());
-                            st.holding = Some(Stamp {
-                                epoch: token.epoch,
-                                seq: 0,
-                            });
-                            drop(st);
-                            tracing::warn!(
-                                host = %self.host_name(h), epoch = token.epoch,
-                                unix_ms = unix_ms(),
-                                "ambiguous hand-off: token re-minted under a higher epoch"
-                            );
-                        }
-                        next = queue.skip(token, vm).map_err(|e| e.to_string())?;
-                    }
-                },
-                None => {
-                    // No host admits to running it: stopped or deleted. Drop its slot at pass end.
-                    missing.push(vm);
-                    next = queue.skip(token, vm).map_err(|e| e.to_string())?;
-                }
-            }
+            action = machine.on(input);
         }
+    }
+
+    /// Every VM this host knows of: its own and those the directory learned from other hosts'
+    /// inventories (the token gets a slot for each).
+    fn known_vms(&self) -> Vec<VmId> {
+        let mut vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
+        vms.extend(self.peers.directory().known_vms());
+        vms
     }
 
     /// Waits at a pass boundary until the round took at least `min_round`, heartbeating.
@@ -997,41 +983,11 @@ impl<P: Peers> Node<P> {
         self.state().rounds_seen.insert(round, Instant::now());
     }
 
-    /// Adds a slot for every VM the token does not know yet: new or migrated-in local VMs, and
-    /// VMs the directory learned of from other hosts' inventories.
-    fn add_local_slots(&self, token: &mut Token) {
-        let mut vms: Vec<VmId> = self.state().inventory.iter().map(|v| v.id).collect();
-        vms.extend(self.peers.directory().known_vms());
-        let mut added = false;
-        for vm in vms {
-            if let Err(i) = token.slots.binary_search_by_key(&vm, |s| s.vm) {
-                token.slots.insert(
-                    i,
-                    scored_proto::Slot {
-                        vm,
-                        level: 0,
-                        visited: false,
-                        load: 0,
-                    },
-                );
-                added = true;
-            }
-        }
-        if added {
-            tracing::debug!(slots = token.slots.len(), "token learned new local VMs");
-        }
-    }
-
     /// Global policy, at a round start: asks every other host for its VMs' expected benefits
     /// (one statistics request per host, in parallel) and orders the round by them. A host that
     /// does not answer in time leaves its VMs at the end of the round, by id: a slow peer must
     /// not stall the token.
-    async fn start_global_round(
-        &self,
-        token: &mut Token,
-        queue: &mut Queue,
-        timeout: Duration,
-    ) -> Next {
+    async fn gather_statistics(&self, token: &Token, timeout: Duration) -> Gathered {
         let started = Instant::now();
         let req = StatsRequest {
             epoch: token.epoch,
@@ -1057,20 +1013,12 @@ impl<P: Peers> Node<P> {
             .token
             .statistics_gather
             .observe(elapsed.as_secs_f64());
-        let next = queue.start_round(token, &expected);
-        let head: Vec<String> = token
-            .schedule
-            .iter()
-            .take(SCHEDULE_LOGGED)
-            .map(|v| v.to_string())
-            .collect();
-        tracing::info!(
-            epoch = token.epoch, round = token.round, hosts_asked = asked,
-            hosts_answered = answered, vms = expected.len(),
-            elapsed_ms = elapsed.as_secs_f64() * 1e3, schedule = %head.join(","),
-            "global policy: statistics gathered"
-        );
-        next
+        Gathered {
+            expected,
+            asked,
+            answered,
+            elapsed,
+        }
     }
 
     async fn locate_one(&self, vm: VmId, timeout: Duration) -> Option<HostId> {
@@ -1089,7 +1037,7 @@ impl<P: Peers> Node<P> {
             .copied()
     }
 
-    async fn hand_to(&self, host: HostId, token: &mut Token, timeout: Duration) -> Handoff {
+    async fn hand_to(&self, host: HostId, token: &Token, timeout: Duration) -> Handoff {
         let mut ambiguous = false;
         for attempt in 1..=HANDOFF_ATTEMPTS {
             let started = Instant::now();
@@ -1699,6 +1647,14 @@ impl MigrateError {
     }
 }
 
+/// The statistics of a global round's start, and how the asking went.
+struct Gathered {
+    expected: Vec<(VmId, f64)>,
+    asked: usize,
+    answered: usize,
+    elapsed: Duration,
+}
+
 /// A capacity answer as the decision reads it: a host that does not accept (maintenance,
 /// or too little room) reads as full.
 fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
@@ -1716,10 +1672,4 @@ fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
         total_memory_mib: host.memory_mib,
         cpu_load: r.cpu_load,
     }
-}
-
-enum Handoff {
-    Done,
-    Fenced,
-    Skip { ambiguous: bool },
 }
