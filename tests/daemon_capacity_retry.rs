@@ -1,5 +1,5 @@
 //! A decision whose best destination's capacity answer timed out asks that host once more, as a
-//! token hand-off is retried, and only then gives up: a real `Node` deciding through the
+//! token hand-off is retried, and only then gives up: a real `Daemon` deciding through the
 //! in-process transport, with the destination's side played by hand so the first answer can be
 //! held back past the timeout.
 
@@ -89,7 +89,7 @@ async fn decide(delays: Vec<Option<Duration>>) -> (TurnOutcome, String, usize) {
     let node = inprocess::node(&topo, HostId(0), peers, hv, demands, config, dir.path());
     node.refresh_inventory().await.unwrap();
     node.traffic().tick(Instant::now());
-    let vm = node.state().inventory[0].clone();
+    let vm = node.inventory()[0].clone();
     let a = node.assess(&vm).await;
     let seen = h2.await.unwrap();
     (a.outcome, a.detail, seen)
