@@ -133,7 +133,7 @@ fn demands(pairs: &[(VmId, VmId, f64)]) -> Vec<Demand> {
 
 /// A simulated host replays the traffic of its shared cluster file: when the file's traffic
 /// changes (a test that makes traffic vary over time), the synthetic flows follow.
-async fn follow_shared_traffic<P: Peers>(node: Arc<Daemon<P>>, host: FileHost) {
+async fn follow_shared_traffic<P: Peers>(daemon: Arc<Daemon<P>>, host: FileHost) {
     let mut last = host.traffic().unwrap_or_default();
     let mut every = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -143,7 +143,7 @@ async fn follow_shared_traffic<P: Peers>(node: Arc<Daemon<P>>, host: FileHost) {
             continue;
         };
         if now != last {
-            if let Traffic::Synthetic { source, .. } = &mut *node.traffic() {
+            if let Traffic::Synthetic { source, .. } = &mut *daemon.traffic() {
                 source.set_demands(demands(&now));
             }
             tracing::info!(pairs = now.len(), "simulated traffic changed");
@@ -200,7 +200,7 @@ async fn serve(
     let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(&mut registry))
         .await
         .map_err(|e| anyhow!("p2p: {e}"))?;
-    let node = Arc::new(Daemon::new(Parts {
+    let daemon = Arc::new(Daemon::new(Parts {
         topo: topo.clone(),
         me,
         peers: Arc::new(peers),
@@ -210,14 +210,14 @@ async fn serve(
         metrics: metrics.clone(),
         journal,
     }));
-    node.reconcile(left).await;
+    daemon.reconcile(left).await;
     // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
     // status): the daemon starts with no local VMs, decides nothing for its host and takes no
     // VM in, and picks its VMs up on the first inventory refresh that reaches the hypervisor.
     // It announces no (empty) inventory meanwhile: its peers keep what they knew.
-    let inventory = node.refresh_inventory().await;
+    let inventory = daemon.refresh_inventory().await;
     if inventory.is_ok()
-        && let Err(e) = node.peers().announce_inventory().await
+        && let Err(e) = daemon.peers().announce_inventory().await
     {
         tracing::info!(error = %e, "first inventory announcement not published (no peer yet)");
     }
@@ -232,25 +232,27 @@ async fn serve(
         None
     };
     if let Some(path) = config.hypervisor.uri.strip_prefix(SIM_SCHEME) {
-        let host = FileHost::open_later(Path::new(path), node.name());
-        node.tasks
-            .spawn_until_stopped(follow_shared_traffic(node.clone(), host));
+        let host = FileHost::open_later(Path::new(path), daemon.name());
+        daemon
+            .tasks
+            .spawn_until_stopped(follow_shared_traffic(daemon.clone(), host));
     }
     let control_listener = control::bind(&config.control.socket)
         .with_context(|| format!("control.socket {}", config.control.socket.display()))?;
-    node.tasks
-        .spawn_until_stopped(serve_control(control_listener, node.clone()));
+    daemon
+        .tasks
+        .spawn_until_stopped(serve_control(control_listener, daemon.clone()));
 
     let ready = match &inventory {
         Ok(()) => format!(
             "host {} with {} VM(s), {} peers in the topology",
-            node.name(),
-            node.inventory().len(),
+            daemon.name(),
+            daemon.inventory().len(),
             topo.hosts().len() - 1
         ),
         Err(e) => format!(
             "host {}, hypervisor not answering yet ({e}), {} peers in the topology",
-            node.name(),
+            daemon.name(),
             topo.hosts().len() - 1
         ),
     };
@@ -260,14 +262,14 @@ async fn serve(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reload = {
-        let node = node.clone();
+        let daemon = daemon.clone();
         let path = opts.config.clone();
         let overrides = opts.overrides.clone();
         move || {
             let _ = notifier.reloading();
             match Config::load(&path, &overrides) {
                 Ok(new) => {
-                    let current = node.config();
+                    let current = daemon.config();
                     let r = current.reload(&new);
                     if let Err(e) = log.set_level(&r.config.log.level) {
                         tracing::warn!(error = %e, "log level not changed");
@@ -275,7 +277,7 @@ async fn serve(
                     for key in &r.needs_restart {
                         tracing::warn!(option = key, "changed; takes effect at the next restart");
                     }
-                    node.set_config(r.config);
+                    daemon.set_config(r.config);
                     tracing::info!(file = %path.display(), "configuration reloaded");
                 }
                 Err(e) => tracing::error!("configuration not reloaded:\n{e}"),
@@ -302,10 +304,10 @@ async fn serve(
             }
         }
     };
-    drive(node.clone(), inbound, stop).await;
+    drive(daemon.clone(), inbound, stop).await;
 
     let _ = Notifier::from_env().map(|n| n.stopping("handing the token on"));
-    shutdown(&node).await;
+    shutdown(&daemon).await;
     let _ = std::fs::remove_file(&config.control.socket);
     tracing::info!("stopped");
     Ok(())
@@ -313,8 +315,8 @@ async fn serve(
 
 /// Serves the control socket until the daemon stops: each connection in a task of its own,
 /// its request sent to the event loop as a command.
-async fn serve_control<P: Peers>(listener: UnixListener, node: Arc<Daemon<P>>) {
-    let commands = node.commands();
+async fn serve_control<P: Peers>(listener: UnixListener, daemon: Arc<Daemon<P>>) {
+    let commands = daemon.commands();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -325,7 +327,7 @@ async fn serve_control<P: Peers>(listener: UnixListener, node: Arc<Daemon<P>>) {
             }
         };
         let commands = commands.clone();
-        node.tasks.spawn_until_stopped(async move {
+        daemon.tasks.spawn_until_stopped(async move {
             if let Err(e) = control::serve_connection(stream, &commands).await {
                 tracing::debug!(error = %e, "control connection");
             }

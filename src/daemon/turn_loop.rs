@@ -80,8 +80,8 @@ impl<P: Peers> Daemon<P> {
         }
     }
 
-    /// Works on the token until it is handed to another host, fenced, or this host stops. A
-    /// companion task publishes the token's heartbeat the whole time, whatever the turn waits on
+    /// Works on the token until it is handed to another host, fenced, or this host stops. The
+    /// token's heartbeat is published beside the walk the whole time, whatever the walk waits on
     /// (capacity answers, a long migration).
     async fn turn(self: Arc<Self>, token: Token) {
         self.metrics.token.held.set(1);
