@@ -139,11 +139,17 @@ impl<P: Peers> Daemon<P> {
             .clone()
     }
 
-    /// Puts a reloaded configuration in force (the maintenance switch follows it).
+    /// Puts a configuration in force (live options take effect at their next use).
     pub fn set_config(&self, config: Config) {
-        let maintenance = config.placement.maintenance;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
-        self.operator().set_maintenance(maintenance);
+    }
+
+    /// Puts a reloaded configuration in force: as [`Self::set_config`], and the maintenance
+    /// switch follows the file (a drain under way goes on).
+    pub fn reload_config(&self, config: Config) {
+        let maintenance = config.placement.maintenance;
+        self.set_config(config);
+        self.operator().follow_configuration(maintenance);
     }
 
     pub fn name(&self) -> &str {

@@ -41,6 +41,11 @@ impl Operator {
         }
     }
 
+    /// The configuration's maintenance switch, at a reload.
+    pub(super) fn follow_configuration(&mut self, maintenance: bool) {
+        self.maintenance = maintenance;
+    }
+
     /// Maintenance on, and every VM moved away one per token visit.
     pub(super) fn drain(&mut self) {
         self.maintenance = true;

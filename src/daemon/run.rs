@@ -277,7 +277,7 @@ async fn serve(
                     for key in &r.needs_restart {
                         tracing::warn!(option = key, "changed; takes effect at the next restart");
                     }
-                    daemon.set_config(r.config);
+                    daemon.reload_config(r.config);
                     tracing::info!(file = %path.display(), "configuration reloaded");
                 }
                 Err(e) => tracing::error!("configuration not reloaded:\n{e}"),

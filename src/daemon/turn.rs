@@ -3,8 +3,9 @@
 //! waits for VMs, re-mints the token, or is done with it.
 //!
 //! Pure: no clock, no I/O, no logging. What the network and the hypervisor said comes in as
-//! [`Input`]s, what to do next goes out as [`Action`]s; `turn_loop` carries them out. This
-//! module never decides for a VM (that is `assess`) and never talks to a peer.
+//! [`Input`]s, what to do next goes out as [`Action`]s; the daemon's `turn_loop` carries them
+//! out over the network, the simulator's engine (`sim::engine`) in memory. This module never
+//! decides for a VM (that is `assess`) and never talks to a peer.
 
 use crate::token::{Neighbour, Next, Queue, TokenError, Turn};
 use crate::topology::{HostId, Topology};
