@@ -1,6 +1,6 @@
-//! One daemon decision (`Node::assess`: partners' rates from the flow source, their locations,
+//! One daemon decision (`Daemon::assess`: partners' rates from the flow source, their locations,
 //! capacity queries to the candidate hosts, Eq. 3.2, the daemon's gates) for a VM with 10, 100
-//! and 1,000 partners. Sixteen real `Node`s, each driven by its own event loop, joined through
+//! and 1,000 partners. Sixteen real `Daemon`s, each driven by its own event loop, joined through
 //! the in-process transport (`p2p::DirectNetwork`) with simulated hypervisors: the capacity
 //! answers come from the peers' own code. "cached": partners' locations already in the
 //! directory (the steady state); "cold": every location forgotten before each decision, so it is
@@ -13,8 +13,8 @@ mod inprocess;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use scored::config::Config;
-use scored::daemon::node::Node;
-use scored::daemon::run::drive;
+use scored::daemon::Daemon;
+use scored::daemon::event_loop::drive;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Inbound, Libp2pPeers, P2pConfig, Peers};
@@ -65,7 +65,7 @@ fn cluster(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     partners: u32,
-) -> (Arc<Node<DirectPeers>>, VmId, Placed) {
+) -> (Arc<Daemon<DirectPeers>>, VmId, Placed) {
     let topo = Arc::new(topology(dir, false));
     let net = DirectNetwork::new(topo.clone());
     nodes(rt, dir, topo, partners, |me, directory| {
@@ -78,7 +78,7 @@ fn cluster_libp2p(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     partners: u32,
-) -> (Arc<Node<Libp2pPeers>>, VmId, Placed) {
+) -> (Arc<Daemon<Libp2pPeers>>, VmId, Placed) {
     let topo = Arc::new(topology(dir, true));
     let t = topo.clone();
     nodes(rt, dir, topo, partners, |me, directory| {
@@ -97,7 +97,7 @@ fn nodes<P: Peers>(
     topo: Arc<Topology>,
     partners: u32,
     mut join: impl FnMut(HostId, Arc<Directory>) -> (P, Inbound),
-) -> (Arc<Node<P>>, VmId, Placed) {
+) -> (Arc<Daemon<P>>, VmId, Placed) {
     let sim = MemoryCluster::new(&topo);
     let subject = VmId(0x0a00_0001);
     sim.add_vm(HostId(0), synthetic_vm(subject, 512)).unwrap();
@@ -144,7 +144,7 @@ fn bench(c: &mut Criterion) {
     for partners in [10u32, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
         let (node, subject, placed) = cluster(&rt, dir.path(), partners);
-        let vm = node.state().inventory[0].clone();
+        let vm = node.inventory()[0].clone();
         assert_eq!(vm.id, subject);
         // Warm the location cache; the decision must see every partner.
         let first = rt.block_on(node.assess(&vm));
@@ -152,7 +152,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("cached", partners), &vm, |b, vm| {
             b.iter(|| black_box(rt.block_on(node.assess(vm)).outcome))
         });
-        let directory = node.peers.directory();
+        let directory = node.peers().directory();
         group.bench_with_input(BenchmarkId::new("cold", partners), &vm, |b, vm| {
             b.iter(|| {
                 for &(p, h) in &placed {
@@ -166,11 +166,11 @@ fn bench(c: &mut Criterion) {
     for partners in [10u32, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
         let (node, _, placed) = cluster_libp2p(&rt, dir.path(), partners);
-        let vm = node.state().inventory[0].clone();
+        let vm = node.inventory()[0].clone();
         // The first decision dials the peers; it must see every partner.
         let first = rt.block_on(node.assess(&vm));
         assert_eq!(first.partners.len(), partners as usize, "{}", first.detail);
-        let directory = node.peers.directory().clone();
+        let directory = node.peers().directory().clone();
         group.bench_with_input(BenchmarkId::new("libp2p_cold", partners), &vm, |b, vm| {
             b.iter(|| {
                 for &(p, h) in &placed {

@@ -137,6 +137,84 @@ impl Decision {
     }
 }
 
+/// How one VM's turn ended, for the log, `scored status` and the `outcome` label of
+/// `scored_decisions_total` (metrics only label it: the names are part of the alerts and
+/// dashboards). Wider than [`Outcome`]: a turn can end before or after the decision (the VM
+/// rests, its hypervisor does not answer, the migration failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TurnOutcome {
+    /// Eq. 3.2 held and the VM moved.
+    Migrated,
+    /// No candidate host gains more than `c_m`.
+    NoBenefit,
+    /// A host would gain, but none had room.
+    NoCapacity,
+    /// The VM moved recently and rests.
+    Cooldown,
+    /// The operator pinned the VM.
+    Pinned,
+    /// Eq. 3.2 held, but scored runs recommend-only.
+    DryRun,
+    /// No traffic observed for the VM: it cannot gain.
+    NoTraffic,
+    /// The move would send the VM back to a recent host for too small a gain.
+    Bounce,
+    /// Not decided now: a migration of this VM is not settled, a job of it already runs, or a
+    /// partner could not be located.
+    Busy,
+    /// The migration was tried and failed or was aborted.
+    Failed,
+    /// Not decided: this host's hypervisor does not answer.
+    HypervisorDown,
+}
+
+impl TurnOutcome {
+    pub const ALL: [TurnOutcome; 11] = [
+        TurnOutcome::Migrated,
+        TurnOutcome::NoBenefit,
+        TurnOutcome::NoCapacity,
+        TurnOutcome::Cooldown,
+        TurnOutcome::Pinned,
+        TurnOutcome::DryRun,
+        TurnOutcome::NoTraffic,
+        TurnOutcome::Bounce,
+        TurnOutcome::Busy,
+        TurnOutcome::Failed,
+        TurnOutcome::HypervisorDown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TurnOutcome::Migrated => "migrated",
+            TurnOutcome::NoBenefit => "no_benefit",
+            TurnOutcome::NoCapacity => "no_capacity",
+            TurnOutcome::Cooldown => "cooldown",
+            TurnOutcome::Pinned => "pinned",
+            TurnOutcome::DryRun => "dry_run",
+            TurnOutcome::NoTraffic => "no_traffic",
+            TurnOutcome::Bounce => "bounce",
+            TurnOutcome::Busy => "busy",
+            TurnOutcome::Failed => "failed",
+            TurnOutcome::HypervisorDown => "hypervisor_down",
+        }
+    }
+}
+
+impl TurnOutcome {
+    /// What a finished decision means for the turn: in dry-run a move is only recommended.
+    pub fn of(decision: &Outcome, dry_run: bool) -> TurnOutcome {
+        match decision {
+            Outcome::Migrate { .. } if dry_run => TurnOutcome::DryRun,
+            Outcome::Migrate { .. } => TurnOutcome::Migrated,
+            Outcome::Pinned => TurnOutcome::Pinned,
+            Outcome::NoTraffic => TurnOutcome::NoTraffic,
+            Outcome::NoBenefit => TurnOutcome::NoBenefit,
+            Outcome::Excluded => TurnOutcome::Bounce,
+            Outcome::NoCapacity => TurnOutcome::NoCapacity,
+        }
+    }
+}
+
 /// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
 /// VM limit and memory reserve from the topology.
 pub fn room_for(host: &Host, capacity: &Capacity, memory_mib: u64) -> bool {

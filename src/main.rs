@@ -206,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             overrides,
             check_config,
         } => {
-            scored::daemon::run::run(scored::daemon::run::RunOptions {
+            scored::daemon::run::run(scored::daemon::run::DaemonOptions {
                 config,
                 overrides,
                 check_config,

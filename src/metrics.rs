@@ -6,6 +6,7 @@
 //! dashboards work. libp2p-metrics registers into the same [`Registry`] as `scored_libp2p_*`. This
 //! module only counts and serves: it never decides anything, and holds no daemon state.
 
+use crate::decide::TurnOutcome;
 use crate::hypervisor::AbortReason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -34,67 +35,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// A gauge holding a float (rates, costs).
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// Why a decision ended as it did: the `outcome` label of `scored_decisions_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Eq. 3.2 held and the VM moved.
-    Migrated,
-    /// No candidate host gains more than `c_m`.
-    NoBenefit,
-    /// A host would gain, but none had room.
-    NoCapacity,
-    /// The VM moved recently and rests.
-    Cooldown,
-    /// The operator pinned the VM.
-    Pinned,
-    /// Eq. 3.2 held, but scored runs recommend-only.
-    DryRun,
-    /// No traffic observed for the VM: it cannot gain.
-    NoTraffic,
-    /// The move would send the VM back to a recent host for too small a gain.
-    Bounce,
-    /// Not decided now: a migration of this VM is not settled, a job of it already runs, or a
-    /// partner could not be located.
-    Busy,
-    /// The migration was tried and failed or was aborted.
-    Failed,
-    /// Not decided: this host's hypervisor does not answer.
-    HypervisorDown,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 11] = [
-        Outcome::Migrated,
-        Outcome::NoBenefit,
-        Outcome::NoCapacity,
-        Outcome::Cooldown,
-        Outcome::Pinned,
-        Outcome::DryRun,
-        Outcome::NoTraffic,
-        Outcome::Bounce,
-        Outcome::Busy,
-        Outcome::Failed,
-        Outcome::HypervisorDown,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Migrated => "migrated",
-            Outcome::NoBenefit => "no_benefit",
-            Outcome::NoCapacity => "no_capacity",
-            Outcome::Cooldown => "cooldown",
-            Outcome::Pinned => "pinned",
-            Outcome::DryRun => "dry_run",
-            Outcome::NoTraffic => "no_traffic",
-            Outcome::Bounce => "bounce",
-            Outcome::Busy => "busy",
-            Outcome::Failed => "failed",
-            Outcome::HypervisorDown => "hypervisor_down",
-        }
-    }
-}
-
-impl EncodeLabelValue for Outcome {
+impl EncodeLabelValue for TurnOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.name())
     }
@@ -106,25 +47,25 @@ impl EncodeLabelValue for AbortReason {
     }
 }
 
-/// Which way a migration goes, seen from this host.
+/// Which way a migration goes, seen from this host (not a flow's direction: `flows::table`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
+pub enum MigrationDirection {
     Outgoing,
     Incoming,
 }
 
-impl EncodeLabelValue for Direction {
+impl EncodeLabelValue for MigrationDirection {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(match self {
-            Direction::Outgoing => "outgoing",
-            Direction::Incoming => "incoming",
+            MigrationDirection::Outgoing => "outgoing",
+            MigrationDirection::Incoming => "incoming",
         })
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    pub outcome: Outcome,
+    pub outcome: TurnOutcome,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -134,7 +75,7 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DirectionLabels {
-    pub direction: Direction,
+    pub direction: MigrationDirection,
 }
 
 /// A topology level by its name in the topology file (`rack`, `aggregation`, `core`, …).
@@ -276,7 +217,7 @@ impl Metrics {
         };
         // Every label value a family can take exists from the start, so rate() and alerts see
         // a zero rather than an absent series.
-        for o in Outcome::ALL {
+        for o in TurnOutcome::ALL {
             let _ = m.decisions.get_or_create(&OutcomeLabels { outcome: o });
         }
         for reason in [
@@ -287,7 +228,7 @@ impl Metrics {
             let _ = m.migrations.aborted.get_or_create(&ReasonLabels { reason });
         }
         m.set_levels(levels, &[], &[]);
-        for direction in [Direction::Outgoing, Direction::Incoming] {
+        for direction in [MigrationDirection::Outgoing, MigrationDirection::Incoming] {
             let _ = m
                 .migrations
                 .in_flight
@@ -474,7 +415,7 @@ impl Metrics {
     }
 
     /// Counts one decision.
-    pub fn decided(&self, outcome: Outcome, took: Duration) {
+    pub fn decided(&self, outcome: TurnOutcome, took: Duration) {
         self.decisions
             .get_or_create(&OutcomeLabels { outcome })
             .inc();

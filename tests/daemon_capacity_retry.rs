@@ -1,14 +1,14 @@
 //! A decision whose best destination's capacity answer timed out asks that host once more, as a
-//! token hand-off is retried, and only then gives up: a real `Node` deciding through the
+//! token hand-off is retried, and only then gives up: a real `Daemon` deciding through the
 //! in-process transport, with the destination's side played by hand so the first answer can be
 //! held back past the timeout.
 
 mod support;
 
 use scored::config::Config;
+use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::metrics::Outcome;
 use scored::p2p::{DirectNetwork, Directory, Inbound, InboundEvent};
 use scored::proto::{CapacityResponse, Stamp, VmId};
 use scored::topology::{HostId, Topology};
@@ -63,7 +63,7 @@ async fn destination(mut inbound: Inbound, delays: Vec<Option<Duration>>) -> usi
     seen
 }
 
-async fn decide(delays: Vec<Option<Duration>>) -> (Outcome, String, usize) {
+async fn decide(delays: Vec<Option<Duration>>) -> (TurnOutcome, String, usize) {
     let topo = topology();
     let dir = tempfile::tempdir().unwrap();
     let sim = MemoryCluster::new(&topo);
@@ -89,7 +89,7 @@ async fn decide(delays: Vec<Option<Duration>>) -> (Outcome, String, usize) {
     let node = inprocess::node(&topo, HostId(0), peers, hv, demands, config, dir.path());
     node.refresh_inventory().await.unwrap();
     node.traffic().tick(Instant::now());
-    let vm = node.state().inventory[0].clone();
+    let vm = node.inventory()[0].clone();
     let a = node.assess(&vm).await;
     let seen = h2.await.unwrap();
     (a.outcome, a.detail, seen)
@@ -99,14 +99,14 @@ async fn decide(delays: Vec<Option<Duration>>) -> (Outcome, String, usize) {
 async fn a_timed_out_capacity_answer_is_asked_for_once_more() {
     // The first answer comes after the timeout, the second at once: the move is found.
     let (outcome, detail, seen) = decide(vec![Some(2 * TIMEOUT), Some(Duration::ZERO)]).await;
-    assert_eq!(outcome, Outcome::Migrated, "{detail}");
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert_eq!(seen, 2, "one request, then one more");
 }
 
 #[tokio::test]
 async fn a_host_that_never_answers_is_asked_twice_then_counts_as_no_answer() {
     let (outcome, detail, seen) = decide(vec![None, None, None]).await;
-    assert_eq!(outcome, Outcome::NoCapacity, "{detail}");
+    assert_eq!(outcome, TurnOutcome::NoCapacity, "{detail}");
     assert!(detail.contains("1 no answer"), "{detail}");
     assert_eq!(seen, 2, "one more request, not more");
 }
@@ -114,6 +114,6 @@ async fn a_host_that_never_answers_is_asked_twice_then_counts_as_no_answer() {
 #[tokio::test]
 async fn a_prompt_answer_is_asked_for_once() {
     let (outcome, detail, seen) = decide(vec![Some(Duration::ZERO)]).await;
-    assert_eq!(outcome, Outcome::Migrated, "{detail}");
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert_eq!(seen, 1);
 }

@@ -11,14 +11,15 @@
 mod support;
 
 use scored::config::Config;
-use scored::daemon::node::Node;
-use scored::daemon::run::drive;
+use scored::daemon::Daemon;
+use scored::daemon::event_loop::drive;
+use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{self, FileHost, MemoryCluster, MigrationModel, synthetic_vm};
 use scored::hypervisor::{
     Capacity, Destination, Hypervisor, MigrationParams, MigrationReport, Vm, VmState,
 };
-use scored::metrics::{Direction, DirectionLabels, Outcome};
+use scored::metrics::{DirectionLabels, MigrationDirection};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
 use scored::proto::{CapacityRequest, VmId};
 use scored::topology::{HostId, Topology};
@@ -77,7 +78,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
     config.decision.cooldown_base_s = 0;
     config.decision.migration_cost_fraction = 0.0;
-    let mut nodes: Vec<Arc<Node<DirectPeers>>> = Vec::new();
+    let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
     for h in 0..8u32 {
         let me = HostId(h);
         let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
@@ -101,12 +102,12 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     let ask = |h: HostId| {
         rt.block_on(
             nodes[0]
-                .peers
+                .peers()
                 .query_capacity(h, req, Duration::from_secs(5)),
         )
         .unwrap()
     };
-    let vm_a = nodes[0].state().inventory[0].clone();
+    let vm_a = nodes[0].inventory()[0].clone();
     assert_eq!(vm_a.id, a);
 
     // Nothing migrating: h6 accepts, and a goes to its partner's host.
@@ -116,7 +117,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
         (0, 3, true)
     );
     let d = rt.block_on(nodes[0].assess(&vm_a));
-    assert_eq!(d.outcome, Outcome::Migrated, "{}", d.detail);
+    assert_eq!(d.outcome, TurnOutcome::Migrated, "{}", d.detail);
     assert_eq!(d.decision.unwrap().migrates_to(), Some(h6));
 
     // An operator moves c into h6 behind scored's back.
@@ -148,16 +149,16 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     assert!(r.free_memory_mib < 2560 - 256 - 512, "{r:?}");
     // The decision sees h6 as full and takes its rack mate h5.
     let d = rt.block_on(nodes[0].assess(&vm_a));
-    assert_eq!(d.outcome, Outcome::Migrated, "{}", d.detail);
+    assert_eq!(d.outcome, TurnOutcome::Migrated, "{}", d.detail);
     assert!(d.detail.contains("1 full"), "{}", d.detail);
     assert_eq!(d.decision.unwrap().migrates_to(), Some(h5));
     // The destination's own gauge counts it too.
     rt.block_on(nodes[5].refresh_inventory()).unwrap();
     let incoming = DirectionLabels {
-        direction: Direction::Incoming,
+        direction: MigrationDirection::Incoming,
     };
-    let gauge = |n: &Node<DirectPeers>| {
-        n.metrics
+    let gauge = |n: &Daemon<DirectPeers>| {
+        n.metrics()
             .migrations
             .in_flight
             .get_or_create(&incoming)
@@ -168,7 +169,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     {
         let mut cfg = nodes[5].config();
         cfg.migration.max_incoming = 2;
-        *nodes[5].config.write().unwrap() = cfg;
+        nodes[5].set_config(cfg);
     }
     assert!(ask(h6).accepts);
 
@@ -520,7 +521,7 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
     config.migration.timeout_s = 2;
     config.migration.stall_timeout_s = 1;
     config.hypervisor.call_timeout_s = 1;
-    let mut nodes: Vec<Arc<Node<DirectPeers>>> = Vec::new();
+    let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
     for h in [h1, h2] {
         let (peers, inbound) = net.join(h, Arc::new(Directory::new(topo.clone(), h)));
         let (hv, demands): (Arc<dyn Hypervisor>, _) = if h == h1 {
@@ -543,9 +544,8 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         nodes.push(node);
     }
-    let outcome_of = |n: &Node<DirectPeers>, outcome: &str| {
-        n.state()
-            .recent
+    let outcome_of = |n: &Daemon<DirectPeers>, outcome: &str| {
+        n.recent_decisions()
             .iter()
             .any(|r| r.vm == a.to_string() && r.outcome == outcome)
     };
@@ -561,8 +561,7 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
     );
     // The turn (which began before the call) lasted at least the bound: the call was waited for.
     let turn = nodes[0]
-        .state()
-        .recent
+        .recent_decisions()
         .iter()
         .find(|r| r.vm == a.to_string() && r.outcome == "hypervisor_down")
         .map(|r| r.unix_ms.saturating_sub(r.started_unix_ms))
@@ -571,18 +570,15 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
         turn >= 3000,
         "gave up after {turn} ms, before timeout_s + call_timeout_s"
     );
-    {
-        let st = nodes[0].state();
-        assert!(st.unsettled.contains(&a), "a must be unsettled");
-        assert!(st.journal.is_open(a), "the journal entry stays open");
-    }
+    assert!(nodes[0].is_unsettled(a), "a must be unsettled");
+    assert!(nodes[0].journal_is_open(a), "the journal entry stays open");
     // The token goes on: h2 holds it afterwards, and h1's next turns for a neither decide nor
     // start a second job.
-    let seq = nodes[0].state().holding.map_or(0, |s| s.seq);
+    let seq = nodes[0].holding().map_or(0, |s| s.seq);
     wait_until("the token moves on", Duration::from_secs(30), || {
         [&nodes[0], &nodes[1]]
             .iter()
-            .any(|n| n.state().holding.is_some_and(|s| s.seq > seq + 2))
+            .any(|n| n.holding().is_some_and(|s| s.seq > seq + 2))
     });
     wait_until("a busy turn for a", Duration::from_secs(30), || {
         outcome_of(&nodes[0], "busy")
@@ -593,13 +589,12 @@ fn a_migration_call_that_never_returns_holds_the_token_only_for_a_bounded_time()
     // The hypervisor finishes the job: h1 settles it as completed, h2 has a.
     hanging.release();
     wait_until("a settles at h2", Duration::from_secs(30), || {
-        let st = nodes[0].state();
-        !st.unsettled.contains(&a) && !st.journal.is_open(a)
+        !nodes[0].is_unsettled(a) && !nodes[0].journal_is_open(a)
     });
     assert_eq!(sim.host_of(a), Some(h2));
     wait_until("h2 lists a", Duration::from_secs(30), || {
-        nodes[1].state().inventory.iter().any(|v| v.id == a)
+        nodes[1].inventory().iter().any(|v| v.id == a)
     });
-    assert_eq!(nodes[0].metrics.hypervisor_up.get(), 1, "answering again");
+    assert_eq!(nodes[0].metrics().hypervisor_up.get(), 1, "answering again");
     sim.check().unwrap();
 }

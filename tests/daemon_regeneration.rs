@@ -3,7 +3,7 @@
 //! stands down while a peer holds a token or heard of one recently, and otherwise mints an epoch
 //! above every epoch any peer reports, so its token is never fenced off on its first hand-off.
 //!
-//! Four real `Node`s with their event loops (`drive`) over the in-process transport, in-memory
+//! Four real `Daemon`s with their event loops (`drive`) over the in-process transport, in-memory
 //! hypervisors. Host h1 is the one whose detector fires (short hand-off timeout); the others never
 //! regenerate by themselves, and their token state is set by hand as a live or a dead token would
 //! leave it, without heartbeats, exactly as a fresh host sees a cluster before gossip reaches it.
@@ -11,9 +11,9 @@
 mod support;
 
 use scored::config::Config;
-use scored::daemon::node::Node;
+use scored::daemon::Daemon;
+use scored::daemon::event_loop::drive;
 use scored::daemon::ring::{epoch_generation, epoch_minter, next_epoch};
-use scored::daemon::run::drive;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory};
 use scored::topology::{HostId, Topology};
@@ -50,7 +50,7 @@ path = ["tor2"]
 "#;
 
 struct Cluster {
-    nodes: Vec<Arc<Node<DirectPeers>>>,
+    nodes: Vec<Arc<Daemon<DirectPeers>>>,
     _dir: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
 }
@@ -117,57 +117,54 @@ fn a_fresh_host_stands_down_while_a_peer_holds_the_token_then_mints_above_it() {
     // h3 holds a token minted by h4 two generations ago; nobody else has heard of it.
     let live = next_epoch(next_epoch(0, 3), 3);
     {
-        let mut st = c.nodes[2].state();
-        st.ring.on_token(live, 7, Instant::now());
-        st.holding = Some(Stamp::new(live, 7));
+        let mut watch = c.nodes[2].token_watch();
+        watch.on_token(live, 7, Instant::now());
+        watch.hold(Stamp::new(live, 7));
     }
     // h1's detector fires after ~1 s (2 × the hand-off timeout): it must learn the live epoch
     // from h3's answer, and not mint.
     assert!(
-        wait(Duration::from_secs(30), || h1.state().ring.highest_epoch()
-            == live),
+        wait(Duration::from_secs(30), || h1.highest_epoch() == live),
         "h1 never asked its peers about the token"
     );
     // Several more periods: h1 keeps standing down as long as h3 says it holds the token.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(h1.metrics.token.regenerations.get(), 0);
-    assert!(h1.state().holding.is_none());
-    assert_eq!(h1.state().ring.highest_epoch(), live);
+    assert_eq!(h1.metrics().token.regenerations.get(), 0);
+    assert!(h1.holding().is_none());
+    assert_eq!(h1.highest_epoch(), live);
 
     // The holder's token dies (h3 stops holding it and heard nothing for 10 s): h1 mints the next
     // generation above it, with its own index, and works on it.
     {
-        let mut st = c.nodes[2].state();
-        st.holding = None;
-        st.ring
-            .on_token(live, 8, Instant::now() - Duration::from_secs(10));
+        let mut watch = c.nodes[2].token_watch();
+        watch.release(live);
+        watch.on_token(live, 8, Instant::now() - Duration::from_secs(10));
     }
     assert!(
         wait(Duration::from_secs(30), || h1
-            .metrics
+            .metrics()
             .token
             .regenerations
             .get()
             == 1),
         "h1 did not regenerate a dead token"
     );
-    let epoch = h1.state().ring.highest_epoch();
+    let epoch = h1.highest_epoch();
     assert_eq!(epoch_generation(epoch), epoch_generation(live) + 1);
     assert_eq!(epoch_minter(epoch), 0);
     // The new token is not fenced anywhere: every host ends up knowing its epoch, nobody a
     // higher one, and only one token was ever minted.
     assert!(
-        wait(Duration::from_secs(30), || c.nodes.iter().all(|n| n
-            .state()
-            .ring
-            .highest_epoch()
-            == epoch)),
+        wait(Duration::from_secs(30), || c
+            .nodes
+            .iter()
+            .all(|n| n.highest_epoch() == epoch)),
         "the regenerated token did not reach every host"
     );
     let minted: u64 = c
         .nodes
         .iter()
-        .map(|n| n.metrics.token.regenerations.get())
+        .map(|n| n.metrics().token.regenerations.get())
         .sum();
     assert_eq!(minted, 1);
 }

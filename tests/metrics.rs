@@ -4,9 +4,10 @@
 mod support;
 
 use prometheus_client::registry::Registry;
+use scored::decide::TurnOutcome;
 use scored::hypervisor::AbortReason;
 use scored::metrics::{
-    CONTENT_TYPE, Direction, DirectionLabels, Metrics, MetricsServer, Outcome, ReasonLabels,
+    CONTENT_TYPE, DirectionLabels, Metrics, MetricsServer, MigrationDirection, ReasonLabels,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,8 +32,8 @@ fn exercise(m: &Metrics) {
     m.token.passes.inc_by(3);
     m.token.handoff_latency.observe(0.003);
     m.token.epoch.set(2);
-    m.decided(Outcome::Migrated, Duration::from_micros(80));
-    m.decided(Outcome::NoBenefit, Duration::from_micros(40));
+    m.decided(TurnOutcome::Migrated, Duration::from_micros(80));
+    m.decided(TurnOutcome::NoBenefit, Duration::from_micros(40));
     m.migrations.started.inc();
     m.migrations.succeeded.inc();
     m.migrations
@@ -44,7 +45,7 @@ fn exercise(m: &Metrics) {
     m.migrations
         .in_flight
         .get_or_create(&DirectionLabels {
-            direction: Direction::Incoming,
+            direction: MigrationDirection::Incoming,
         })
         .set(1);
     m.migrations.duration.observe(4.2);
@@ -121,7 +122,7 @@ fn exposition_is_strict_openmetrics() {
         );
     }
     // Every decision outcome is a series from the start.
-    for o in Outcome::ALL {
+    for o in TurnOutcome::ALL {
         assert!(
             e.value("scored_decisions_total", &[("outcome", o.name())])
                 .is_some()

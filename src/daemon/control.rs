@@ -1,13 +1,15 @@
 //! The local control socket: `scored status`, `plan`, `drain`, `maintenance`, `pin` talk to the
 //! running daemon through a unix socket only root can open. One JSON request line, one JSON
 //! reply line. Requests are size-limited; a malformed one gets an error reply, never a panic.
+//!
+//! This file is the protocol, the client and the rendering; a request reaches the daemon's state
+//! only as a command to its event loop (`commands`). No task is spawned here.
 
-use super::node::{DecisionRecord, Node};
-use crate::p2p::Peers;
+use super::commands::CommandSender;
+use super::records::DecisionRecord;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -97,19 +99,6 @@ pub struct PartnerStatus {
     pub bytes_per_sec: f64,
 }
 
-/// Serves the control socket on a bound listener (see [`bind`]) until the task is dropped.
-pub async fn serve_on<P: Peers>(listener: UnixListener, node: Arc<Node<P>>) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let node = node.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, node).await {
-                tracing::debug!(error = %e, "control connection");
-            }
-        });
-    }
-}
-
 /// Binds the socket, replacing a stale one, readable and writable by root only.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -133,7 +122,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-async fn handle<P: Peers>(stream: UnixStream, node: Arc<Node<P>>) -> std::io::Result<()> {
+/// Answers one connection: one request line, one reply line.
+pub async fn serve_connection(stream: UnixStream, commands: &CommandSender) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64 + 1));
@@ -144,7 +134,7 @@ async fn handle<P: Peers>(stream: UnixStream, node: Arc<Node<P>>) -> std::io::Re
         }
     } else {
         match serde_json::from_str::<Request>(line.trim()) {
-            Ok(req) => answer(&node, req).await,
+            Ok(req) => commands.ask(req).await,
             Err(e) => Reply::Error {
                 message: format!("bad request: {e}"),
             },
@@ -158,191 +148,61 @@ async fn handle<P: Peers>(stream: UnixStream, node: Arc<Node<P>>) -> std::io::Re
     w.shutdown().await
 }
 
-async fn answer<P: Peers>(node: &Arc<Node<P>>, req: Request) -> Reply {
-    match req {
-        Request::Status => Reply::Status(Box::new(status(node).await)),
-        Request::Plan => Reply::Plan {
-            decisions: node.plan().await,
-        },
-        Request::Drain => {
-            let mut st = node.state();
-            st.maintenance = true;
-            st.draining = true;
-            node.metrics.maintenance.set(1);
-            Reply::Done {
-                message: format!(
-                    "{}: maintenance on, draining {} VM(s) one per token visit",
-                    node.name(),
-                    st.inventory.len()
-                ),
-            }
-        }
-        Request::Maintenance { on } => {
-            let mut st = node.state();
-            st.maintenance = on;
-            if !on {
-                st.draining = false;
-            }
-            node.metrics.maintenance.set(on as i64);
-            Reply::Done {
-                message: format!(
-                    "{}: maintenance {}",
-                    node.name(),
-                    if on { "on" } else { "off" }
-                ),
-            }
-        }
-        Request::Pin { vm, on } => {
-            let found = node
-                .state()
-                .inventory
-                .iter()
-                .find(|v| v.id.to_string() == vm || v.name == vm)
-                .map(|v| v.id);
-            match found {
-                Some(id) => {
-                    let mut st = node.state();
-                    if on {
-                        st.pinned.insert(id);
-                    } else {
-                        st.pinned.remove(&id);
-                    }
-                    Reply::Done {
-                        message: format!(
-                            "VM {id} {} (until the daemon restarts; use placement.pinned or the domain's metadata to keep it)",
-                            if on { "pinned" } else { "unpinned" }
-                        ),
-                    }
-                }
-                None => Reply::Error {
-                    message: format!("no VM `{vm}` runs on {}", node.name()),
-                },
-            }
-        }
-    }
-}
-
-async fn status<P: Peers>(node: &Arc<Node<P>>) -> Status {
-    let config = node.config();
-    let (
-        inventory,
-        held,
-        highest,
-        seq,
-        maintenance,
-        draining,
-        reachable,
-        done,
-        recent,
-        pinned,
-        round,
-        hypervisor_down,
-        unsettled,
-    ) = {
-        let st = node.state();
-        let mut unsettled: Vec<String> = st.unsettled.iter().map(|v| v.to_string()).collect();
-        unsettled.sort();
-        (
-            st.inventory.clone(),
-            st.holding,
-            st.ring.highest_epoch(),
-            st.ring.last_seq(),
-            st.maintenance,
-            st.draining,
-            st.reachable.clone(),
-            st.migrations_done,
-            st.recent.iter().cloned().collect::<Vec<_>>(),
-            st.pinned.clone(),
-            st.rounds_seen.keys().next_back().copied().unwrap_or(0),
-            st.hypervisor_down
-                .as_ref()
-                .map(|(error, since)| HypervisorDown {
-                    error: error.clone(),
-                    for_s: since.elapsed().as_secs(),
-                }),
-            unsettled,
-        )
-    };
-    let topo = &node.topo;
-    let mut vms = Vec::with_capacity(inventory.len());
-    for v in &inventory {
-        let partners = node.cached_partners(v.id);
-        let cost: f64 = partners
-            .iter()
-            .map(|&(_, h, r)| r * topo.path_cost(node.me, h))
-            .sum();
-        vms.push(VmStatus {
-            id: v.id.to_string(),
-            name: v.name.clone(),
-            memory_mib: v.memory_mib,
-            pinned: v.pinned || pinned.contains(&v.id),
-            cost,
-            partners: partners
-                .iter()
-                .map(|&(p, h, r)| PartnerStatus {
-                    vm: p.to_string(),
-                    host: topo.host(h).name.clone(),
-                    level: topo.level(node.me, h),
-                    bytes_per_sec: r,
-                })
-                .collect(),
-        });
-    }
-    let (cost, _) = node.cost_by_level();
-    let mut peers: Vec<String> = reachable
-        .iter()
-        .map(|h| topo.host(*h).name.clone())
-        .collect();
-    peers.sort();
-    Status {
-        host: node.name().to_string(),
-        token: TokenStatus {
-            held: held.is_some(),
-            policy: config.token.policy.to_string(),
-            epoch_generation: super::ring::epoch_generation(highest),
-            epoch: highest,
-            seq,
-            round,
-        },
-        maintenance,
-        draining,
-        dry_run: config.decision.dry_run,
-        vms,
-        cost_by_level: topo.level_names().iter().cloned().zip(cost).collect(),
-        peers_reachable: peers,
-        migrations_done: done,
-        recent,
-        hypervisor_down,
-        unsettled,
-    }
+/// Why a control request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "{path}: cannot reach the daemon ({source}); is `scored run` running, and are you root?"
+    )]
+    Unreachable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unreadable reply from the daemon: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    #[error("{path}: no reply within {timeout:?}")]
+    NoReply { path: String, timeout: Duration },
 }
 
 /// Client side: sends one request and reads the reply.
-pub async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
-    let io = async {
-        let stream = UnixStream::connect(path).await.map_err(|e| {
-            format!(
-                "{}: cannot reach the daemon ({e}); is `scored run` running, and are you root?",
-                path.display()
-            )
-        })?;
+pub async fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Reply, ControlError> {
+    let shown = || path.display().to_string();
+    let io = |source| ControlError::Io {
+        path: shown(),
+        source,
+    };
+    let exchange = async {
+        let stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ControlError::Unreachable {
+                    path: shown(),
+                    source,
+                })?;
         let (r, mut w) = stream.into_split();
-        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_string(req).expect("control requests serialise");
         line.push('\n');
-        w.write_all(line.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        w.write_all(line.as_bytes()).await.map_err(io)?;
         let mut answer = String::new();
         BufReader::new(r.take(64 << 20))
             .read_line(&mut answer)
             .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str::<Reply>(answer.trim())
-            .map_err(|e| format!("unreadable reply from the daemon: {e}"))
+            .map_err(io)?;
+        serde_json::from_str::<Reply>(answer.trim()).map_err(ControlError::Unreadable)
     };
-    tokio::time::timeout(timeout, io)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| format!("{}: no reply within {timeout:?}", path.display()))?
+        .map_err(|_| ControlError::NoReply {
+            path: shown(),
+            timeout,
+        })?
 }
 
 /// Human-readable `scored status`.

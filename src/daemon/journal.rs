@@ -21,15 +21,22 @@ const COMPACT_AFTER: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    /// `doing` says which step failed ("cannot read", "cannot write journal record", …).
+    #[error("{path}: {doing}: {source}")]
+    Io {
+        path: String,
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
-        "{path}:{line}: corrupt journal record ({message}); move the file aside to start afresh"
+        "{path}:{line}: corrupt journal record ({source}); move the file aside to start afresh"
     )]
     Corrupt {
         path: String,
         line: usize,
-        message: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("journal entry {0} is not open")]
     NotOpen(u64),
@@ -50,10 +57,10 @@ pub struct Entry {
     pub started_unix_ms: u64,
 }
 
-/// How a migration ended.
+/// How a migration ended, as its journal entry closes (`outcome` in the file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum Ending {
     Succeeded,
     Failed {
         reason: String,
@@ -71,7 +78,7 @@ pub enum Outcome {
 #[serde(tag = "record", rename_all = "snake_case")]
 enum Record {
     Begin(Entry),
-    End { id: u64, outcome: Outcome },
+    End { id: u64, outcome: Ending },
 }
 
 /// What to do about an entry left open by a crash, given the VM's state on this host now.
@@ -107,23 +114,26 @@ impl Journal {
     /// Opens (or creates) the journal and returns it with the entries a previous run left open.
     pub fn open(path: &Path) -> Result<(Journal, Vec<Entry>), JournalError> {
         let p = path.display().to_string();
-        let io = |message: String| JournalError::Io {
-            path: p.clone(),
-            message,
+        let io = |doing: &'static str| {
+            let path = p.clone();
+            move |source| JournalError::Io {
+                path,
+                doing,
+                source,
+            }
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| io(format!("cannot create directory: {e}")))?;
+            std::fs::create_dir_all(dir).map_err(io("cannot create directory"))?;
         }
         let mut open = BTreeMap::new();
         let mut next_id = 1;
         let mut closed_records = 0;
         if path.exists() {
-            let f = File::open(path).map_err(|e| io(format!("cannot read: {e}")))?;
+            let f = File::open(path).map_err(io("cannot read"))?;
             let lines: Vec<String> = BufReader::new(f)
                 .lines()
                 .collect::<Result<_, _>>()
-                .map_err(|e| io(format!("cannot read: {e}")))?;
+                .map_err(io("cannot read"))?;
             let n = lines.len();
             for (i, line) in lines.iter().enumerate() {
                 if line.trim().is_empty() {
@@ -138,7 +148,7 @@ impl Journal {
                         return Err(JournalError::Corrupt {
                             path: p,
                             line: i + 1,
-                            message: e.to_string(),
+                            source: e,
                         });
                     }
                 };
@@ -160,7 +170,7 @@ impl Journal {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| io(format!("cannot open for append: {e}")))?;
+            .map_err(io("cannot open for append"))?;
         let mut j = Journal {
             path: path.to_path_buf(),
             file,
@@ -200,7 +210,7 @@ impl Journal {
     }
 
     /// Closes a migration with its outcome.
-    pub fn end(&mut self, id: u64, outcome: Outcome) -> Result<(), JournalError> {
+    pub fn end(&mut self, id: u64, outcome: Ending) -> Result<(), JournalError> {
         if !self.open.contains_key(&id) {
             return Err(JournalError::NotOpen(id));
         }
@@ -233,9 +243,10 @@ impl Journal {
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| JournalError::Io {
+            .map_err(|source| JournalError::Io {
                 path: self.path.display().to_string(),
-                message: format!("cannot write journal record: {e}"),
+                doing: "cannot write journal record",
+                source,
             })
     }
 
@@ -254,9 +265,10 @@ impl Journal {
             std::fs::rename(&tmp, &self.path)?;
             OpenOptions::new().append(true).open(&self.path)
         };
-        self.file = write().map_err(|e| JournalError::Io {
+        self.file = write().map_err(|source| JournalError::Io {
             path: p,
-            message: format!("cannot compact journal: {e}"),
+            doing: "cannot compact journal",
+            source,
         })?;
         self.closed_records = 0;
         Ok(())
@@ -276,10 +288,10 @@ mod tests {
         let a = j.begin(VmId(1), "hv1", "hv2", 7, 3, 1000).unwrap();
         let b = j.begin(VmId(2), "hv1", "hv3", 7, 4, 2000).unwrap();
         assert_ne!(a.id, b.id);
-        j.end(a.id, Outcome::Succeeded).unwrap();
+        j.end(a.id, Ending::Succeeded).unwrap();
         assert!(j.is_open(VmId(2)) && !j.is_open(VmId(1)));
         assert!(matches!(
-            j.end(a.id, Outcome::Succeeded),
+            j.end(a.id, Ending::Succeeded),
             Err(JournalError::NotOpen(_))
         ));
         drop(j);
@@ -325,7 +337,7 @@ mod tests {
             let e = j.begin(VmId(i), "a", "b", 1, i as u64, 0).unwrap();
             j.end(
                 e.id,
-                Outcome::Failed {
+                Ending::Failed {
                     reason: "test".into(),
                 },
             )

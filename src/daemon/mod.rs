@@ -1,10 +1,38 @@
 //! The daemon: one per hypervisor. Owns the local VM inventory, the flow table, the topology and
 //! the token while it is held; decides for local VMs with the shared policy/decision/cost code and
 //! migrates through the hypervisor. Never blocks its event loop on libvirt or capture.
+//!
+//! Rooms, each owning its state (docs/architecture.md, "The daemon's turn"): `host` (the daemon
+//! and its parts), `hypervisor_calls`, `inventory`, `ledger` (journal, settlement, history),
+//! `answers` (to peers), `token_watch` and `regeneration` (token loss), `turn` (the pure walk) and
+//! `turn_loop` (its driver), `vm_turn` and `assess` (one VM), `migration`, `operator`, `records`,
+//! `commands` and `control` (the control socket), `tasks` (the owner of every task),
+//! `event_loop` and `run` (wiring).
 
+mod answers;
+mod assess;
+pub mod commands;
 pub mod control;
+pub mod event_loop;
 pub mod history;
+pub mod host;
+mod hypervisor_calls;
+mod inventory;
 pub mod journal;
-pub mod node;
+mod ledger;
+mod migration;
+mod operator;
+pub mod records;
+mod regeneration;
 pub mod ring;
 pub mod run;
+mod tasks;
+pub mod token_watch;
+pub mod traffic;
+pub mod turn;
+mod turn_loop;
+mod vm_turn;
+
+pub use assess::Assessment;
+pub use host::{Daemon, Parts, heartbeat_interval, loss_timing};
+pub use hypervisor_calls::Outage;

@@ -18,12 +18,12 @@
 
 use std::time::{Duration, Instant};
 
-/// Largest host index an epoch can carry.
-pub const MAX_HOSTS: u32 = 1 << 16;
+/// Hosts that can mint an epoch: the host index fills the epoch's low 16 bits.
+pub const MAX_MINTING_HOSTS: u32 = 1 << 16;
 
 /// Builds the epoch a host mints after having seen `highest`.
 pub fn next_epoch(highest: u64, host_index: u32) -> u64 {
-    debug_assert!(host_index < MAX_HOSTS);
+    debug_assert!(host_index < MAX_MINTING_HOSTS);
     (((highest >> 16) + 1) << 16) | host_index as u64
 }
 

@@ -1,10 +1,13 @@
 //! `scored run`: builds the daemon from its configuration (topology, key, hypervisor, flow
 //! source, libp2p, metrics, control socket, systemd notify) and drives its event loop until
-//! SIGTERM or SIGINT. [`drive`] is the loop itself, shared with the in-process tests.
+//! SIGTERM or SIGINT. The loop itself is `event_loop::drive`, shared with the in-process tests.
+//! Wiring only: what the daemon does is in its rooms.
 
 use super::control;
+use super::event_loop::{drive, shutdown};
+use super::host::{Daemon, Parts};
 use super::journal::Journal;
-use super::node::{Node, Parts, Traffic};
+use super::traffic::Traffic;
 use crate::config::{Config, Override};
 use crate::flows::capture::{CaptureConfig, CaptureSource};
 use crate::flows::synthetic::{Demand, SyntheticSource};
@@ -13,7 +16,7 @@ use crate::hypervisor::Hypervisor;
 use crate::hypervisor::file::FileHost;
 use crate::metrics::{Metrics, MetricsServer};
 use crate::notify::Notifier;
-use crate::p2p::{Directory, Inbound, InboundEvent, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
+use crate::p2p::{Directory, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
 use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use prometheus_client::registry::Registry;
@@ -21,10 +24,11 @@ use scored_proto::VmId;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::UnixListener;
 
 /// What `scored run` was asked to do.
 #[derive(Clone, Debug)]
-pub struct RunOptions {
+pub struct DaemonOptions {
     pub config: PathBuf,
     pub overrides: Vec<Override>,
     /// Validate configuration and topology, then exit.
@@ -32,7 +36,7 @@ pub struct RunOptions {
 }
 
 /// Loads and cross-checks the configuration and topology; names this host.
-pub fn load(opts: &RunOptions) -> anyhow::Result<(Config, Arc<Topology>, HostId)> {
+pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Arc<Topology>, HostId)> {
     let config = Config::load(&opts.config, &opts.overrides).map_err(|e| anyhow!("{e}"))?;
     let topo = Topology::load(&config.host.topology).map_err(|e| anyhow!("{e}"))?;
     let name = match &config.host.name {
@@ -120,7 +124,7 @@ fn demands(pairs: &[(VmId, VmId, f64)]) -> Vec<Demand> {
 
 /// A simulated host replays the traffic of its shared cluster file: when the file's traffic
 /// changes (a test that makes traffic vary over time), the synthetic flows follow.
-async fn follow_shared_traffic<P: Peers>(node: Arc<Node<P>>, host: FileHost) {
+async fn follow_shared_traffic<P: Peers>(daemon: Arc<Daemon<P>>, host: FileHost) {
     let mut last = host.traffic().unwrap_or_default();
     let mut every = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -130,7 +134,7 @@ async fn follow_shared_traffic<P: Peers>(node: Arc<Node<P>>, host: FileHost) {
             continue;
         };
         if now != last {
-            if let Traffic::Synthetic { source, .. } = &mut *node.traffic() {
+            if let Traffic::Synthetic { source, .. } = &mut *daemon.traffic() {
                 source.set_demands(demands(&now));
             }
             tracing::info!(pairs = now.len(), "simulated traffic changed");
@@ -140,7 +144,7 @@ async fn follow_shared_traffic<P: Peers>(node: Arc<Node<P>>, host: FileHost) {
 }
 
 /// `scored run`.
-pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, topo, me) = load(&opts)?;
     if opts.check_config {
         println!(
@@ -161,7 +165,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn serve(
-    opts: RunOptions,
+    opts: DaemonOptions,
     config: Config,
     topo: Arc<Topology>,
     me: HostId,
@@ -187,7 +191,7 @@ async fn serve(
     let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(&mut registry))
         .await
         .map_err(|e| anyhow!("p2p: {e}"))?;
-    let node = Arc::new(Node::new(Parts {
+    let daemon = Arc::new(Daemon::new(Parts {
         topo: topo.clone(),
         me,
         peers: Arc::new(peers),
@@ -197,14 +201,14 @@ async fn serve(
         metrics: metrics.clone(),
         journal,
     }));
-    node.reconcile(left).await;
+    daemon.reconcile(left).await;
     // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
     // status): the daemon starts with no local VMs, decides nothing for its host and takes no
     // VM in, and picks its VMs up on the first inventory refresh that reaches the hypervisor.
     // It announces no (empty) inventory meanwhile: its peers keep what they knew.
-    let inventory = node.refresh_inventory().await;
+    let inventory = daemon.refresh_inventory().await;
     if inventory.is_ok()
-        && let Err(e) = node.peers.announce_inventory().await
+        && let Err(e) = daemon.peers().announce_inventory().await
     {
         tracing::info!(error = %e, "first inventory announcement not published (no peer yet)");
     }
@@ -218,22 +222,27 @@ async fn serve(
     } else {
         None
     };
-    let _traffic_task =
-        simulated.map(|host| AbortOnDrop(tokio::spawn(follow_shared_traffic(node.clone(), host))));
+    if let Some(host) = simulated {
+        daemon
+            .tasks
+            .spawn_until_stopped(follow_shared_traffic(daemon.clone(), host));
+    }
     let control_listener = control::bind(&config.control.socket)
         .with_context(|| format!("control.socket {}", config.control.socket.display()))?;
-    let control_task = tokio::spawn(control::serve_on(control_listener, node.clone()));
+    daemon
+        .tasks
+        .spawn_until_stopped(serve_control(control_listener, daemon.clone()));
 
     let ready = match &inventory {
         Ok(()) => format!(
             "host {} with {} VM(s), {} peers in the topology",
-            node.name(),
-            node.state().inventory.len(),
+            daemon.name(),
+            daemon.inventory().len(),
             topo.hosts().len() - 1
         ),
         Err(e) => format!(
             "host {}, hypervisor not answering yet ({e}), {} peers in the topology",
-            node.name(),
+            daemon.name(),
             topo.hosts().len() - 1
         ),
     };
@@ -243,14 +252,14 @@ async fn serve(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reload = {
-        let node = node.clone();
+        let daemon = daemon.clone();
         let path = opts.config.clone();
         let overrides = opts.overrides.clone();
         move || {
             let _ = notifier.reloading();
             match Config::load(&path, &overrides) {
                 Ok(new) => {
-                    let current = node.config();
+                    let current = daemon.config();
                     let r = current.reload(&new);
                     if let Err(e) = log.set_level(&r.config.log.level) {
                         tracing::warn!(error = %e, "log level not changed");
@@ -258,9 +267,7 @@ async fn serve(
                     for key in &r.needs_restart {
                         tracing::warn!(option = key, "changed; takes effect at the next restart");
                     }
-                    let maintenance = r.config.placement.maintenance;
-                    *node.config.write().unwrap_or_else(|e| e.into_inner()) = r.config;
-                    node.state().maintenance = maintenance;
+                    daemon.reload_config(r.config);
                     tracing::info!(file = %path.display(), "configuration reloaded");
                 }
                 Err(e) => tracing::error!("configuration not reloaded:\n{e}"),
@@ -287,149 +294,33 @@ async fn serve(
             }
         }
     };
-    drive(node.clone(), inbound, stop).await;
+    drive(daemon.clone(), inbound, stop).await;
 
     let _ = Notifier::from_env().map(|n| n.stopping("handing the token on"));
-    shutdown(&node).await;
-    control_task.abort();
+    shutdown(&daemon).await;
     let _ = std::fs::remove_file(&config.control.socket);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Stops a background task when the daemon stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Stops cleanly: no new decision, the token handed on, an in-flight migration finished (or its
-/// journal entry left for the next start to reconcile).
-pub async fn shutdown<P: Peers>(node: &Arc<Node<P>>) {
-    node.state().stopping = true;
-    let config = node.config();
-    let limit = config.migration.params().timeout + config.token.handoff_timeout() * 4;
-    let until = Instant::now() + limit;
-    while node.state().holding.is_some() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if node.state().holding.is_some() {
-        tracing::warn!("stopping while holding the token: peers will regenerate it");
-    }
-}
-
-/// The event loop: answers peers, takes tokens, watches for token loss, keeps inventory, flows
-/// and metrics fresh, until `stop` completes or the transport shuts down.
-pub async fn drive<P: Peers>(
-    node: Arc<Node<P>>,
-    mut inbound: Inbound,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut inventory = tokio::time::interval(Duration::from_secs(2));
-    let mut gauges = tokio::time::interval(Duration::from_secs(5));
-    // The flow table's own granularity is one second: advancing it more often is wasted work.
-    let mut flows = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tokio::pin!(stop);
+/// Serves the control socket until the daemon stops: each connection in a task of its own,
+/// its request sent to the event loop as a command.
+async fn serve_control<P: Peers>(listener: UnixListener, daemon: Arc<Daemon<P>>) {
+    let commands = daemon.commands();
     loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            ev = inbound.recv() => {
-                let Some(ev) = ev else { break };
-                handle(&node, ev);
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-            _ = flows.tick() => node.traffic().tick(Instant::now()),
-            _ = tick.tick() => {
-                if let Some(task) = node.loss_check(Instant::now()) {
-                    tokio::spawn(task);
-                }
+        };
+        let commands = commands.clone();
+        daemon.tasks.spawn_until_stopped(async move {
+            if let Err(e) = control::serve_connection(stream, &commands).await {
+                tracing::debug!(error = %e, "control connection");
             }
-            _ = inventory.tick() => {
-                let node = node.clone();
-                tokio::spawn(async move {
-                    match node.refresh_inventory().await {
-                        // The node logs an outage once, when it begins: not every refresh.
-                        Err(e) if e.is_unavailable() => {
-                            tracing::debug!(error = %e, "inventory refresh")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "inventory refresh"),
-                        Ok(()) => {}
-                    }
-                });
-            }
-            _ = gauges.tick() => {
-                let node = node.clone();
-                tokio::spawn(async move { update_gauges(&node).await });
-            }
-        }
-    }
-}
-
-fn handle<P: Peers>(node: &Arc<Node<P>>, ev: InboundEvent) {
-    match ev {
-        InboundEvent::Token { from, token, reply } => node.on_token(from, token, reply),
-        InboundEvent::Capacity { request, reply, .. } => {
-            tokio::spawn(node.clone().answer_capacity(request, reply));
-        }
-        InboundEvent::Stats { request, reply, .. } => {
-            tokio::spawn(node.clone().answer_stats(request, reply));
-        }
-        InboundEvent::Announcement { from, announcement } => {
-            node.on_announcement(from, announcement)
-        }
-        InboundEvent::PeerUp(h) => {
-            let mut st = node.state();
-            st.reachable.insert(h);
-            node.metrics.peers.connected.set(st.reachable.len() as i64);
-            drop(st);
-            // The announcement at start is lost while gossip has no peer: a new connection is
-            // the moment to make sure peers' caches know what runs here.
-            let node = node.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = node.peers.announce_inventory().await;
-            });
-        }
-        InboundEvent::PeerDown(h) => {
-            let mut st = node.state();
-            st.reachable.remove(&h);
-            node.metrics.peers.connected.set(st.reachable.len() as i64);
-        }
-    }
-}
-
-async fn update_gauges<P: Peers>(node: &Arc<Node<P>>) {
-    let (cost, traffic) = node.cost_by_level();
-    node.metrics
-        .set_levels(node.topo.level_names(), &cost, &traffic);
-    let stats = node.traffic().source().stats();
-    let sampling = u64::from(node.config().flows.sampling.max(1));
-    let f = &node.metrics.flows;
-    f.entries.set(stats.table.entries as i64);
-    // The source keeps totals since it started; the counters move by the difference (they are
-    // fed here only, so what they hold is what was fed before).
-    let frames = &stats.frames;
-    advance(&f.evictions, stats.table.evictions);
-    advance(&f.packets, frames.frames);
-    advance(&f.bytes, frames.bytes.saturating_mul(sampling));
-    advance(&f.drops, stats.kernel_drops);
-    advance(
-        &f.unattributed,
-        frames.frames.saturating_sub(frames.attributed_frames),
-    );
-    node.metrics
-        .maintenance
-        .set(node.state().maintenance as i64);
-}
-
-/// Brings a counter up to a source's running total.
-fn advance(counter: &prometheus_client::metrics::counter::Counter, total: u64) {
-    let fed = counter.get();
-    if total > fed {
-        counter.inc_by(total - fed);
+        });
     }
 }

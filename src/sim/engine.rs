@@ -1,14 +1,15 @@
 //! One policy's run: the token goes round the VMs for a number of rounds; each holder decides
-//! with the shared decision code, migrates through the in-memory hypervisor, updates the token
-//! with the shared policy code and hands it on by a direct call. Records the cost after every
-//! token step.
+//! with the shared decision code, migrates through the in-memory hypervisor, and the token walks
+//! on through the daemon's own turn machine (`daemon::turn`), every VM at one simulated holder,
+//! so a hand-off is a direct call. Records the cost after every token step.
 
 use super::Scenario;
 use crate::cost::PartnerTraffic;
+use crate::daemon::turn::{Action, Input, TurnMachine};
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
 use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
-use crate::token::{Neighbour, Next, Queue, Turn};
+use crate::token::Neighbour;
 use crate::topology::HostId;
 use scored_proto::{PolicyKind, Token, VmId};
 
@@ -58,6 +59,9 @@ pub struct RunOptions {
     pub verify_moves: bool,
 }
 
+/// The one holder every VM's turn happens at: the engine plays all hosts at once.
+const HOLDER: HostId = HostId(0);
+
 /// How many hosts a VM remembers having left.
 const MEMORY: usize = 4;
 
@@ -83,11 +87,9 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     let params = MigrationParams::default();
 
     let mut loc = sc.initial.clone();
-    let mut token = Token::new(0, opt.policy, sc.ids.clone());
-    let mut queue = Queue::new(&token).expect("ids are sorted and unique");
+    let token = Token::new(0, opt.policy, sc.ids.clone());
     let mut decider = Decider::new(topo);
     let mut partners: Vec<PartnerTraffic> = Vec::new();
-    let mut neighbours: Vec<Neighbour> = Vec::new();
     let mut previous: Vec<Vec<HostId>> = vec![Vec::new(); n];
     let mut moved = vec![false; n];
     let mut came_back = vec![false; n];
@@ -109,14 +111,29 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
 
     let mut round = 0usize;
     let mut cost = sc.cost(0, &loc);
-    let mut next = queue.first(&mut token);
-    if next == Next::NeedsStatistics {
-        let stats = expected_benefits(sc, 0, &loc, &mut decider, &mut partners);
-        next = queue.start_round(&mut token, &stats);
-    }
+    let (mut machine, mut action) =
+        TurnMachine::start(HOLDER, token, &[]).expect("ids are sorted and unique");
     let total = sc.rounds() * n;
     for step in 0..total {
-        let Next::Holder(vm) = next else { break };
+        // Between two decisions: every VM runs at the one simulated holder; a new round's
+        // statistics are gathered from the simulated placement.
+        loop {
+            match &action {
+                Action::Locate(_) => {
+                    action = machine.on(Input::Located {
+                        host: Some(HOLDER),
+                        stopping: false,
+                    })
+                }
+                // No statistics for a round past the last: the run is over.
+                Action::GatherStatistics if (machine.token().round as usize) < sc.rounds() => {
+                    let stats = expected_benefits(sc, round, &loc, &mut decider, &mut partners);
+                    action = machine.on(Input::Statistics(stats));
+                }
+                _ => break,
+            }
+        }
+        let Action::Decide(vm) = action else { break };
         let i = index(vm);
         let rates = &sc.rates[round];
         partners.clear();
@@ -181,30 +198,26 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 prev.truncate(MEMORY);
             }
         }
-        neighbours.clear();
-        neighbours.extend(rates.of(i).iter().map(|&(j, rate)| Neighbour {
-            vm: sc.ids[j as usize],
-            level: topo.level(loc[i], loc[j as usize]),
-            rate,
-        }));
-        next = queue
-            .hand_off(
-                &mut token,
-                &Turn {
-                    vm,
-                    neighbours: &neighbours,
-                },
-            )
-            .expect("every VM has a slot");
-        if token.round as usize != round && (token.round as usize) < sc.rounds() {
-            let exact = sc.cost(round, &loc);
-            run.drift = run.drift.max(((cost - exact) / exact.max(1e-300)).abs());
-            round = token.round as usize;
-            cost = sc.cost(round, &loc);
-            if next == Next::NeedsStatistics {
-                let stats = expected_benefits(sc, round, &loc, &mut decider, &mut partners);
-                next = queue.start_round(&mut token, &stats);
+        let neighbours: Vec<Neighbour> = rates
+            .of(i)
+            .iter()
+            .map(|&(j, rate)| Neighbour {
+                vm: sc.ids[j as usize],
+                level: topo.level(loc[i], loc[j as usize]),
+                rate,
+            })
+            .collect();
+        action = machine.on(Input::Decided(neighbours));
+        if let Action::PaceRound(r) = action {
+            // A simulated round needs no pacing: only the cost is brought to the new round's
+            // traffic.
+            if (r as usize) < sc.rounds() {
+                let exact = sc.cost(round, &loc);
+                run.drift = run.drift.max(((cost - exact) / exact.max(1e-300)).abs());
+                round = r as usize;
+                cost = sc.cost(round, &loc);
             }
+            action = machine.on(Input::Paced { known: Vec::new() });
         }
         if opt.record_steps {
             run.costs.push(cost);

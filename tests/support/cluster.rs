@@ -262,6 +262,7 @@ impl Cluster {
             &req,
             Duration::from_secs(10),
         ))
+        .map_err(|e| e.to_string())
     }
 
     pub fn status(&self, i: usize) -> Option<Status> {

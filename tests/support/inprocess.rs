@@ -1,4 +1,4 @@
-//! One daemon [`Node`] inside the test (or bench) process, built the way the in-process tests
+//! One [`Daemon`] inside the test (or bench) process, built the way the in-process tests
 //! and benches need it: synthetic traffic over a 1 s window, warmed up as if it had run for 30 s,
 //! metrics in a registry of its own, the journal in `dir`. The caller wires the transport and
 //! starts `drive` if it wants the event loop.
@@ -6,7 +6,8 @@
 use prometheus_client::registry::Registry;
 use scored::config::Config;
 use scored::daemon::journal::Journal;
-use scored::daemon::node::{Node, Parts, Traffic};
+use scored::daemon::traffic::Traffic;
+use scored::daemon::{Daemon, Parts};
 use scored::flows::synthetic::{Demand, SyntheticSource};
 use scored::flows::table::TableConfig;
 use scored::hypervisor::Hypervisor;
@@ -25,13 +26,13 @@ pub fn node<P: Peers>(
     demands: Vec<Demand>,
     config: Config,
     dir: &Path,
-) -> Arc<Node<P>> {
+) -> Arc<Daemon<P>> {
     let table = TableConfig {
         window: Duration::from_secs(1),
         ..TableConfig::default()
     };
     let (journal, _) = Journal::open(&dir.join(format!("h{}.journal", me.0))).unwrap();
-    Arc::new(Node::new(Parts {
+    Arc::new(Daemon::new(Parts {
         topo: topo.clone(),
         me,
         peers: Arc::new(peers),

@@ -1,0 +1,128 @@
+//! Answers to peers: capacity (may this host take a VM of this size?), statistics for the global
+//! policy and for a peer about to regenerate the token, and what peers announce (the token seen
+//! elsewhere, a VM that moved). Each capacity or statistics answer runs in a task of its own, so
+//! the event loop answers everyone even while this host decides or migrates.
+//!
+//! Reads the daemon's state and writes only what an announcement tells; it never decides.
+
+use super::host::Daemon;
+use crate::cost::PartnerTraffic;
+use crate::decide::Decider;
+use crate::p2p::{Peers, Responder};
+use crate::topology::HostId;
+use scored_proto::{
+    Announcement, CapacityRequest, CapacityResponse, StatsRequest, StatsResponse, VmBenefit, VmId,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl<P: Peers> Daemon<P> {
+    /// Capacity answer: what the hypervisor reports, less the topology's reserve, and whether this
+    /// host accepts a VM of the requested size at all (maintenance, room).
+    pub async fn answer_capacity(
+        self: Arc<Self>,
+        req: CapacityRequest,
+        reply: Responder<CapacityResponse>,
+    ) {
+        let within = self.config().hypervisor.call_timeout();
+        let cap = match self.hv.call("capacity", within, |hv| hv.capacity()).await {
+            Ok(c) => c,
+            Err(e) if e.is_unavailable() => {
+                return reply.refuse(format!("hypervisor not answering: {e}"));
+            }
+            Err(e) => return reply.refuse(format!("hypervisor: {e}")),
+        };
+        let host = self.topo.host(self.me);
+        let maintenance = self.operator().maintenance();
+        let max_incoming = self.config().migration.max_incoming;
+        // Incoming migrations count whoever started them: operators' virsh, OpenStack, or a
+        // second token on the other side of a partition.
+        let incoming = cap.incoming_migrations;
+        let free_slots = host
+            .max_vms
+            .saturating_sub(cap.running_vms)
+            .saturating_sub(incoming);
+        let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
+        reply.send(CapacityResponse {
+            free_slots,
+            free_memory_mib,
+            cpu_load: cap.cpu_load,
+            maintenance,
+            incoming_migrations: incoming,
+            accepts: !maintenance
+                && incoming < max_incoming
+                && free_slots > 0
+                && free_memory_mib >= req.memory_mib,
+        });
+    }
+
+    /// Statistics for the global policy: each local VM's best expected benefit, from cached
+    /// locations and no capacity queries.
+    pub async fn answer_stats(
+        self: Arc<Self>,
+        _req: StatsRequest,
+        reply: Responder<StatsResponse>,
+    ) {
+        let benefits = self.local_benefits().await;
+        let token = self.token_watch().view(Instant::now());
+        reply.send(StatsResponse {
+            token,
+            benefits: benefits
+                .into_iter()
+                .map(|(vm, benefit)| VmBenefit { vm, benefit })
+                .collect(),
+        });
+    }
+
+    pub(super) async fn local_benefits(&self) -> Vec<(VmId, f64)> {
+        let vms = self.inventory.ids();
+        let mut out = Vec::with_capacity(vms.len());
+        let mut decider = Decider::new(&self.topo);
+        for vm in vms {
+            // Cached locations only: a statistics answer must be quick, and an estimate will do.
+            let pt: Vec<PartnerTraffic> = self
+                .cached_partners(vm)
+                .into_iter()
+                .map(|(_, host, rate)| PartnerTraffic { host, rate })
+                .collect();
+            let best = decider
+                .candidates(self.me, &pt)
+                .iter()
+                .map(|c| c.benefit)
+                .fold(0.0f64, f64::max);
+            out.push((vm, best));
+        }
+        out
+    }
+
+    /// A peer's announcement (already applied to the directory).
+    pub fn on_announcement(&self, from: HostId, a: Announcement) {
+        let now = Instant::now();
+        match a {
+            Announcement::TokenSeen { at, round, .. } => {
+                let mut watch = self.token_watch();
+                watch.ring_mut().on_activity(at.epoch, at.seq, now);
+                watch.round_heard(round, now);
+            }
+            Announcement::Migration(m) => {
+                let Some(src) = self.topo.host_by_name(&m.from).map(|h| h.id) else {
+                    return;
+                };
+                // The announcement carries no duration; the cooldown base covers it.
+                self.ledger().moved(m.vm, src, Duration::ZERO, now);
+                if self
+                    .topo
+                    .host_by_name(&m.to)
+                    .is_some_and(|h| h.id == self.me)
+                {
+                    // The VM runs here now: read it from the hypervisor rather than wait for
+                    // the periodic refresh, so location answers and this host's decisions see
+                    // it here at once (the directory ignores claims about its own VMs).
+                    self.refresh_soon();
+                }
+                tracing::debug!(from = %self.host_name(from), vm = %m.vm, to = %m.to, "peer migrated a VM");
+            }
+            Announcement::Inventory { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Assessment of one local VM now: its partners with their rates and hosts, the daemon's own
+//! gates (cooldown, a migration not settled, pinning), the shared S-CORE decision with capacity
+//! queries to the candidate hosts, and what the result means for the turn. Also the draining
+//! target and this host's cost by level.
+//!
+//! Moves nothing and writes nothing but logs: migration is `migration`, the record `records`.
+
+use super::history::CooldownPolicy;
+use super::host::Daemon;
+use crate::config::{Config, VmRef};
+use crate::cost::{self, PartnerTraffic};
+use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
+use crate::hypervisor::{Capacity, Vm};
+use crate::p2p::{LocateOptions, PeerError, Peers};
+use crate::topology::HostId;
+use scored_proto::{CapacityRequest, CapacityResponse, VmId};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The result of assessing one VM now.
+pub struct Assessment {
+    pub outcome: TurnOutcome,
+    pub decision: Option<decide::Decision>,
+    pub partners: Vec<(VmId, HostId, f64)>,
+    pub detail: String,
+}
+
+impl<P: Peers> Daemon<P> {
+    /// Partners of `vm` with their hosts as the directory has them now, without asking any peer
+    /// (statistics, metrics, `scored status`: observers must not send the cluster queries).
+    pub fn cached_partners(&self, vm: VmId) -> Vec<(VmId, HostId, f64)> {
+        let dir = self.peers.directory();
+        self.traffic()
+            .source()
+            .partners(vm)
+            .into_iter()
+            .filter(|(p, r)| *p != vm && *r > 0.0)
+            .filter_map(|(p, rate)| dir.lookup(p).map(|host| (p, host, rate)))
+            .collect()
+    }
+
+    /// Partners of `vm` with their hosts and rates (those whose host is unknown are left out).
+    pub async fn partners(&self, vm: VmId, verify: bool) -> Vec<(VmId, HostId, f64)> {
+        self.locate_partners(vm, verify).await.0
+    }
+
+    /// Partners with their hosts, and how many partners could not be placed because a lookup
+    /// failed (as opposed to no host running them, e.g. a partner outside the data centre).
+    async fn locate_partners(&self, vm: VmId, verify: bool) -> (Vec<(VmId, HostId, f64)>, usize) {
+        let rates: Vec<(VmId, f64)> = self
+            .traffic()
+            .source()
+            .partners(vm)
+            .into_iter()
+            .filter(|(p, r)| *p != vm && *r > 0.0)
+            .collect();
+        if rates.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let ids: Vec<VmId> = rates.iter().map(|(p, _)| *p).collect();
+        let options = LocateOptions {
+            timeout: self.config().token.handoff_timeout(),
+            verify,
+            ..LocateOptions::default()
+        };
+        let located = self.peers.locate(&ids, options).await;
+        // `missing` mixes VMs no host runs with VMs whose host did not answer: when any query
+        // failed, every partner not found counts as unplaced (defer rather than guess).
+        let unplaced = if located.failures.is_empty() {
+            0
+        } else {
+            ids.len() - located.found.len()
+        };
+        let found = located.found;
+        (
+            rates
+                .into_iter()
+                .filter_map(|(p, r)| found.get(&p).map(|h| (p, *h, r)))
+                .collect(),
+            unplaced,
+        )
+    }
+
+    pub(super) fn pinned(&self, vm: &Vm, config: &Config) -> bool {
+        vm.pinned
+            || self.operator().pinned(vm.id)
+            || config.placement.pinned.iter().any(|r| match r {
+                VmRef::Id(id) => *id == vm.id,
+                VmRef::Name(n) => *n == vm.name,
+            })
+    }
+
+    /// Decides for one local VM now: the full S-CORE decision with capacity queries, and the
+    /// daemon's own gates (cooldown, unsettled migration). Moves nothing.
+    pub async fn assess(&self, vm: &Vm) -> Assessment {
+        let config = self.config();
+        let now = Instant::now();
+        let cooldown = CooldownPolicy {
+            base: Duration::from_secs(config.decision.cooldown_base_s),
+            cap: Duration::from_secs(config.decision.cooldown_max_s),
+            window: Duration::from_secs(config.decision.cooldown_window_s),
+        };
+        let history_policy = CooldownPolicy {
+            window: Duration::from_secs(config.decision.history_s),
+            ..cooldown
+        };
+        let (cooling, previous, unsettled) = {
+            let ledger = self.ledger();
+            let (until, prev) = ledger.rest(
+                vm.id,
+                &cooldown,
+                &history_policy,
+                config.decision.history_hosts as usize,
+                now,
+            );
+            (until, prev, ledger.busy(vm.id))
+        };
+        // Cached locations (kept right by migration announcements, refreshed on a miss): a
+        // stale one costs a suboptimal move at worst, while a verified lookup under load
+        // drops exactly the partners whose hosts answer slowly.
+        let (partners, unplaced) = self.locate_partners(vm.id, false).await;
+        let pt: Vec<PartnerTraffic> = partners
+            .iter()
+            .map(|&(_, host, rate)| PartnerTraffic { host, rate })
+            .collect();
+        let current = cost::vm_cost(&self.topo, self.me, &pt);
+        let early = |outcome, detail: String| Assessment {
+            outcome,
+            decision: None,
+            partners: partners.clone(),
+            detail,
+        };
+        if unsettled {
+            return early(
+                TurnOutcome::Busy,
+                "a migration of this VM is not settled".into(),
+            );
+        }
+        if unplaced > 0 {
+            // Deciding without a partner's location could move the VM away from it.
+            return early(
+                TurnOutcome::Busy,
+                format!(
+                    "{unplaced} partner(s) could not be located (hosts not answering); deferred"
+                ),
+            );
+        }
+        if let Some(until) = cooling {
+            let left = until.saturating_duration_since(now).as_secs();
+            return early(
+                TurnOutcome::Cooldown,
+                format!("cooling down for {left} s more"),
+            );
+        }
+        let gates = Gates {
+            pinned: self.pinned(vm, &config),
+            migration_cost: config.decision.effective_migration_cost(current),
+            maintenance: &[],
+            previous_hosts: &previous,
+            return_margin: config.decision.return_margin_fraction,
+            rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
+        };
+        let subject = Subject {
+            vm: vm.id,
+            host: self.me,
+            memory_mib: vm.memory_mib,
+            partners: &pt,
+        };
+        let mut decider = Decider::new(&self.topo);
+        let mut search = decider.search(&subject, &gates);
+        let req = CapacityRequest {
+            memory_mib: vm.memory_mib,
+        };
+        let timeout = config.token.handoff_timeout();
+        let max = config.decision.max_candidates as usize;
+        // Ask the first candidates all at once: the search consumes the answers in its own
+        // order, so the result is the same as asking one by one, in one round trip instead of
+        // several. Hosts that join later (rack alternates) are asked when the search needs them.
+        let first: Vec<HostId> = search.queue().iter().take(max).map(|c| c.host).collect();
+        let mut answers = self.peers.query_capacities(&first, req, timeout).await;
+        // Hosts whose answer timed out are asked once more, together, as a hand-off is retried:
+        // on a loaded machine one request can go unanswered for the whole timeout and the next
+        // pass at once, and a missed best move costs a round or more. At most one more timeout;
+        // refusals and unreachable hosts are final.
+        let timed_out: Vec<HostId> = answers
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(PeerError::Timeout { .. })))
+            .map(|(h, _)| *h)
+            .collect();
+        if !timed_out.is_empty() {
+            tracing::debug!(
+                hosts = timed_out.len(),
+                "capacity requests timed out; asking once more"
+            );
+            answers.retain(|(_, r)| !matches!(r, Err(PeerError::Timeout { .. })));
+            answers.extend(self.peers.query_capacities(&timed_out, req, timeout).await);
+        }
+        let mut known: HashMap<HostId, Option<Capacity>> = answers
+            .into_iter()
+            .map(|(h, r)| (h, self.capacity_answer(h, r)))
+            .collect();
+        let mut asked = 0;
+        while let Some(h) = search.next_query() {
+            if asked >= max {
+                break;
+            }
+            asked += 1;
+            let cap = match known.remove(&h) {
+                Some(c) => c,
+                None => {
+                    let r = self.peers.query_capacity(h, req, timeout).await;
+                    self.capacity_answer(h, r)
+                }
+            };
+            search.answer(h, cap.as_ref());
+        }
+        let d = search.finish();
+        let outcome = TurnOutcome::of(&d.outcome, config.decision.dry_run);
+        let detail = format!(
+            "asked {} host(s): {} full, {} no answer; {} excluded as a recent host",
+            d.queries, d.full, d.unreachable, d.returning
+        );
+        Assessment {
+            outcome,
+            decision: Some(d),
+            partners,
+            detail,
+        }
+    }
+
+    fn capacity_answer(
+        &self,
+        h: HostId,
+        r: Result<CapacityResponse, PeerError>,
+    ) -> Option<Capacity> {
+        match r {
+            Ok(r) => Some(capacity_of(self.topo.host(h), &r)),
+            Err(e) => {
+                tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
+                None
+            }
+        }
+    }
+
+    /// Draining: the best-connected host that accepts the VM, whatever Eq. 3.2 says.
+    pub(super) async fn drain_target(&self, vm: &Vm) -> Option<HostId> {
+        let partners = self.partners(vm.id, false).await;
+        let pt: Vec<PartnerTraffic> = partners
+            .iter()
+            .map(|&(_, host, rate)| PartnerTraffic { host, rate })
+            .collect();
+        let mut hosts: Vec<HostId> = self.peers.others();
+        hosts.sort_by(|a, b| {
+            cost::vm_cost(&self.topo, *a, &pt)
+                .total_cmp(&cost::vm_cost(&self.topo, *b, &pt))
+                .then(
+                    self.topo
+                        .level(self.me, *a)
+                        .cmp(&self.topo.level(self.me, *b)),
+                )
+        });
+        let req = CapacityRequest {
+            memory_mib: vm.memory_mib,
+        };
+        let timeout = self.config().token.handoff_timeout();
+        for h in hosts {
+            if let Ok(r) = self.peers.query_capacity(h, req, timeout).await
+                && r.accepts
+            {
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    /// This host's share of Eq. 3.1 by level, from current rates and cached locations.
+    pub fn cost_by_level(&self) -> (Vec<f64>, Vec<f64>) {
+        let levels = self.topo.levels() as usize;
+        let mut cost = vec![0.0; levels];
+        let mut traffic = vec![0.0; levels];
+        let vms = self.inventory.ids();
+        for vm in vms {
+            for (_, h, rate) in self.cached_partners(vm) {
+                let l = self.topo.level(self.me, h) as usize;
+                if l > 0 {
+                    cost[l - 1] += rate * self.topo.weights().path_cost(l as u8);
+                    traffic[l - 1] += rate;
+                }
+            }
+        }
+        (cost, traffic)
+    }
+}
+
+/// A capacity answer as the decision reads it: a host that does not accept (maintenance,
+/// or too little room) reads as full.
+fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
+    let running = if r.accepts {
+        host.max_vms
+            .saturating_sub(r.free_slots)
+            .saturating_sub(r.incoming_migrations)
+    } else {
+        host.max_vms
+    };
+    Capacity {
+        running_vms: running,
+        incoming_migrations: r.incoming_migrations,
+        free_memory_mib: r.free_memory_mib.saturating_add(host.reserve_memory_mib),
+        total_memory_mib: host.memory_mib,
+        cpu_load: r.cpu_load,
+    }
+}

@@ -1,0 +1,151 @@
+//! The local VMs as the hypervisor lists them, and the one task that keeps them fresh: every two
+//! seconds (or at once when a VM migrated in) it reads the VMs and the capacity, brings the flow
+//! capture, the directory and the gauges in step, and asks again about migrations not settled.
+//!
+//! Owns the VM list; it never decides for a VM and never touches the token.
+
+use super::host::{Daemon, lock};
+use crate::hypervisor::{HypervisorError, Vm};
+use crate::metrics::{self, MigrationDirection};
+use crate::p2p::Peers;
+use scored_proto::{Stamp, VmId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often the inventory task reads the hypervisor.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub(super) struct Inventory {
+    vms: Mutex<Vec<Vm>>,
+    /// Wakes the inventory task before its next tick.
+    refresh_now: Notify,
+}
+
+impl Inventory {
+    pub(super) fn vms(&self) -> Vec<Vm> {
+        lock(&self.vms).clone()
+    }
+
+    pub(super) fn ids(&self) -> Vec<VmId> {
+        lock(&self.vms).iter().map(|v| v.id).collect()
+    }
+
+    pub(super) fn get(&self, vm: VmId) -> Option<Vm> {
+        lock(&self.vms).iter().find(|v| v.id == vm).cloned()
+    }
+
+    pub(super) fn contains(&self, vm: VmId) -> bool {
+        lock(&self.vms).iter().any(|v| v.id == vm)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        lock(&self.vms).len()
+    }
+
+    /// The VM named `name_or_id` (its id or its domain name).
+    pub(super) fn find(&self, name_or_id: &str) -> Option<VmId> {
+        lock(&self.vms)
+            .iter()
+            .find(|v| v.id.to_string() == name_or_id || v.name == name_or_id)
+            .map(|v| v.id)
+    }
+
+    fn set(&self, vms: Vec<Vm>) {
+        *lock(&self.vms) = vms;
+    }
+}
+
+impl<P: Peers> Daemon<P> {
+    /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step
+    /// (the incoming-migration gauge too, from the capacity); then asks again about migrations
+    /// a previous run left unsettled.
+    pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
+        self.read_inventory(true).await?;
+        if self.ledger().has_unsettled() {
+            self.settle_unsettled().await;
+        }
+        Ok(())
+    }
+
+    /// Reads the VMs (and the capacity, `with_capacity`: the token's path needs the VMs alone),
+    /// without settling anything.
+    pub(super) async fn read_inventory(&self, with_capacity: bool) -> Result<(), HypervisorError> {
+        let within = self.config().hypervisor.call_timeout();
+        let (vms, cap) = self
+            .hv
+            .call("inventory", within, move |hv| {
+                let vms = hv.vms()?;
+                let cap = if with_capacity {
+                    Some(hv.capacity()?)
+                } else {
+                    None
+                };
+                Ok((vms, cap))
+            })
+            .await?;
+        self.set_inventory(vms);
+        if let Some(cap) = cap {
+            self.metrics
+                .migrations
+                .in_flight
+                .get_or_create(&metrics::DirectionLabels {
+                    direction: MigrationDirection::Incoming,
+                })
+                .set(i64::from(cap.incoming_migrations));
+        }
+        Ok(())
+    }
+
+    fn set_inventory(&self, vms: Vec<Vm>) {
+        if let Err(e) = self.traffic().source_mut().follow(&vms) {
+            tracing::warn!(error = %e, "flow capture does not follow every VM");
+        }
+        self.metrics.vms.set(vms.len() as i64);
+        let dir = self.peers.directory();
+        let known: HashMap<VmId, Stamp> = dir
+            .local_vms()
+            .into_iter()
+            .map(|l| (l.vm, l.since))
+            .collect();
+        dir.set_local(
+            vms.iter()
+                .map(|v| (v.id, known.get(&v.id).copied().unwrap_or_default())),
+        );
+        self.inventory.set(vms);
+    }
+
+    /// Every VM this host knows of: its own and those the directory learned from other hosts'
+    /// inventories (the token gets a slot for each).
+    pub(super) fn known_vms(&self) -> Vec<VmId> {
+        let mut vms = self.inventory.ids();
+        vms.extend(self.peers.directory().known_vms());
+        vms
+    }
+
+    /// Asks the inventory task to read the hypervisor now (a VM migrated in).
+    pub(super) fn refresh_soon(&self) {
+        self.inventory.refresh_now.notify_one();
+    }
+
+    /// The inventory task: runs until the daemon stops.
+    pub(super) async fn keep_inventory(self: Arc<Self>) {
+        let mut every = tokio::time::interval(REFRESH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.tasks.stopped() => return,
+                _ = every.tick() => {}
+                _ = self.inventory.refresh_now.notified() => {}
+            }
+            match self.refresh_inventory().await {
+                // The outage is logged once, when it begins: not every refresh.
+                Err(e) if e.is_unavailable() => tracing::debug!(error = %e, "inventory refresh"),
+                Err(e) => tracing::warn!(error = %e, "inventory refresh"),
+                Ok(()) => {}
+            }
+        }
+    }
+}

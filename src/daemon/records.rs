@@ -1,0 +1,52 @@
+//! The record of each VM's turn: logged as the `decision` line, kept (the latest few) for
+//! `scored status`, shown by `scored plan`. Holds records only; it decides nothing.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Decisions kept for `scored status`.
+const RECENT_DECISIONS: usize = 64;
+
+/// What happened to one VM's turn, for logs, metrics and `scored status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// When the turn for this VM began (assessment, then any migration), wall clock: with
+    /// `unix_ms` (when it ended) it shows that no two hosts ever decided at once.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    pub unix_ms: u64,
+    pub vm: String,
+    pub outcome: String,
+    /// u's own share of Eq. 3.1 where it runs (cost units).
+    pub current_cost: f64,
+    /// c_m that applied.
+    pub migration_cost: f64,
+    /// Best destination and its Eq. 3.2 benefit, before capacity and gates.
+    pub best_host: Option<String>,
+    pub best_benefit: Option<f64>,
+    /// Where it went (or would go, in dry-run).
+    pub to: Option<String>,
+    pub partners: usize,
+    pub detail: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The latest decisions, oldest first.
+#[derive(Default)]
+pub(super) struct Decisions {
+    recent: VecDeque<DecisionRecord>,
+}
+
+impl Decisions {
+    pub(super) fn push(&mut self, rec: DecisionRecord) {
+        self.recent.push_back(rec);
+        while self.recent.len() > RECENT_DECISIONS {
+            self.recent.pop_front();
+        }
+    }
+
+    pub(super) fn recent(&self) -> Vec<DecisionRecord> {
+        self.recent.iter().cloned().collect()
+    }
+}

@@ -1,0 +1,102 @@
+//! What this host knows of the token: the ring's fencing and loss state, the stamp of the token
+//! it works on (set by the turn when the token arrives or is minted, cleared when the turn hands
+//! it on or ends), and when each round began (for pacing and `scored status`).
+//!
+//! Plain state with methods: no sending, no sleeping, no clock of its own.
+
+use super::ring::{Arrival, Ring};
+use scored_proto::{Stamp, TokenView};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Rounds remembered for pacing.
+const ROUNDS_KEPT: usize = 8;
+
+pub struct TokenWatch {
+    ring: Ring,
+    holding: Option<Stamp>,
+    /// When this host first heard of each token round.
+    rounds_seen: BTreeMap<u32, Instant>,
+}
+
+impl TokenWatch {
+    pub(super) fn new(loss: Duration, stagger: Duration) -> Self {
+        TokenWatch {
+            ring: Ring::new(Instant::now(), loss, stagger),
+            holding: None,
+            rounds_seen: BTreeMap::new(),
+        }
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// A token arrived (or was minted) here: as [`Ring::on_token`].
+    pub fn on_token(&mut self, epoch: u64, seq: u64, now: Instant) -> Arrival {
+        self.ring.on_token(epoch, seq, now)
+    }
+
+    pub(super) fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+
+    /// The stamp of the token this host works on, if any.
+    pub fn holding(&self) -> Option<Stamp> {
+        self.holding
+    }
+
+    /// This host works on the token stamped `at` from now on.
+    pub fn hold(&mut self, at: Stamp) {
+        self.holding = Some(at);
+    }
+
+    /// The token of `epoch` left this host (handed on, dropped); a newer one that arrived
+    /// meanwhile stays held.
+    pub fn release(&mut self, epoch: u64) {
+        if self.holding.is_some_and(|h| h.epoch == epoch) {
+            self.holding = None;
+        }
+    }
+
+    /// The latest round this host has heard of.
+    pub fn latest_round(&self) -> u32 {
+        self.rounds_seen.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Round `round` was heard of at `now` (the first time counts).
+    pub(super) fn round_heard(&mut self, round: u32, now: Instant) {
+        self.rounds_seen.entry(round).or_insert(now);
+        while self.rounds_seen.len() > ROUNDS_KEPT {
+            self.rounds_seen.pop_first();
+        }
+    }
+
+    /// When `round` began, if heard of.
+    pub(super) fn round_began(&self, round: u32) -> Option<Instant> {
+        self.rounds_seen.get(&round).copied()
+    }
+
+    /// Round `round` starts now, for everyone's pacing.
+    pub(super) fn round_starts(&mut self, round: u32, now: Instant) {
+        self.rounds_seen.insert(round, now);
+    }
+
+    /// What this host knows of the token, for peers about to regenerate it.
+    pub(super) fn view(&self, now: Instant) -> TokenView {
+        let held = self.holding.is_some();
+        let idle = if held {
+            Some(Duration::ZERO)
+        } else {
+            self.ring.idle(now)
+        };
+        TokenView {
+            at: Stamp {
+                epoch: self.ring.highest_epoch(),
+                seq: self.ring.last_seq(),
+            },
+            idle_ms: idle.map(|d| d.as_millis().min(u32::MAX as u128) as u32),
+            held,
+        }
+    }
+}

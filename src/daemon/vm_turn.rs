@@ -1,0 +1,192 @@
+//! One local VM's turn while this host holds the token: the hypervisor's word on the VM's state
+//! first, then the assessment, a draining target if the host drains, the migration, and the
+//! record (log line, `scored status`, metrics). Also `scored plan`: the same assessment for every
+//! local VM, moving nothing.
+//!
+//! It never walks the token (that is `turn` and `turn_loop`).
+
+use super::assess::Assessment;
+use super::host::{Daemon, unix_ms};
+use super::records::DecisionRecord;
+use crate::decide::TurnOutcome;
+use crate::hypervisor::{HypervisorError, VmState};
+use crate::p2p::Peers;
+use crate::token::Neighbour;
+use crate::topology::HostId;
+use scored_proto::{Stamp, Token, VmId};
+use std::time::Instant;
+
+impl<P: Peers> Daemon<P> {
+    /// Whether a newer epoch than `token`'s is known here: the token must not act.
+    pub(super) fn fenced(&self, token: &Token) -> bool {
+        self.highest_epoch() > token.epoch
+    }
+
+    /// The record of an assessment, as logged, kept for `scored status` and shown by `plan`.
+    fn decision_record(
+        &self,
+        vm: VmId,
+        a: &Assessment,
+        to: Option<HostId>,
+        at: Stamp,
+        started_unix_ms: u64,
+    ) -> DecisionRecord {
+        let d = a.decision.as_ref();
+        DecisionRecord {
+            started_unix_ms,
+            unix_ms: unix_ms(),
+            vm: vm.to_string(),
+            outcome: a.outcome.name().to_string(),
+            current_cost: d.map(|d| d.current_cost).unwrap_or(0.0),
+            migration_cost: d.map(|d| d.migration_cost).unwrap_or(0.0),
+            best_host: d.and_then(|d| d.best).map(|c| self.host_name(c.host)),
+            best_benefit: d.and_then(|d| d.best).map(|c| c.benefit),
+            to: to.map(|h| self.host_name(h)),
+            partners: a.partners.len(),
+            detail: a.detail.clone(),
+            epoch: at.epoch,
+            seq: at.seq,
+        }
+    }
+
+    fn record(
+        &self,
+        vm: VmId,
+        a: &Assessment,
+        to: Option<HostId>,
+        token: &Token,
+        started_unix_ms: u64,
+    ) {
+        let at = Stamp {
+            epoch: token.epoch,
+            seq: token.seq,
+        };
+        let rec = self.decision_record(vm, a, to, at, started_unix_ms);
+        tracing::info!(
+            vm = %rec.vm, outcome = %rec.outcome, started_unix_ms = rec.started_unix_ms,
+            unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, round = token.round,
+            current_cost = rec.current_cost,
+            c_m = rec.migration_cost, best_host = ?rec.best_host, benefit = ?rec.best_benefit,
+            to = ?rec.to, partners = rec.partners, detail = %rec.detail, "decision"
+        );
+        self.decisions().push(rec);
+    }
+
+    /// The holder's turn for local VM `vm`: decide, maybe migrate, and report the neighbours the
+    /// token's levels are updated from.
+    pub(super) async fn take_turn(&self, vm: VmId, token: &Token) -> Option<Vec<Neighbour>> {
+        let v = self.inventory.get(vm)?;
+        let started = Instant::now();
+        let started_unix_ms = unix_ms();
+        // The hypervisor has the last word on whether this VM can be decided for now: a cached
+        // inventory must not drive a decision (or a migration) it cannot carry out.
+        let within = self.config().hypervisor.call_timeout();
+        let early = match self
+            .hv
+            .call("VM state", within, move |hv| hv.state(vm))
+            .await
+        {
+            Ok(VmState::Running) => None,
+            Ok(VmState::Migrating) => Some((
+                TurnOutcome::Busy,
+                "the hypervisor runs a migration job of this VM; not deciding for it".to_string(),
+            )),
+            Ok(VmState::Absent) | Err(HypervisorError::NoSuchVm { .. }) => {
+                // It left by other means (an operator's migration): no turn for it here.
+                let _ = self.read_inventory(true).await;
+                return None;
+            }
+            Err(e) if e.is_unavailable() => Some((
+                TurnOutcome::HypervisorDown,
+                format!("hypervisor not answering: {e}"),
+            )),
+            Err(e) => Some((
+                TurnOutcome::Busy,
+                format!("the VM's state cannot be read: {e}"),
+            )),
+        };
+        if let Some((outcome, detail)) = early {
+            let a = Assessment {
+                outcome,
+                decision: None,
+                partners: self.cached_partners(vm),
+                detail,
+            };
+            self.metrics.decided(a.outcome, started.elapsed());
+            self.record(vm, &a, None, token, started_unix_ms);
+            return Some(self.neighbours(self.me, &a.partners));
+        }
+        let draining = self.operator().draining();
+        let mut a = self.assess(&v).await;
+        let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
+        if draining && to.is_none() && !self.pinned(&v, &self.config()) {
+            to = self.drain_target(&v).await;
+            if to.is_some() {
+                a.outcome = TurnOutcome::Migrated;
+                a.detail = format!("draining: {}", a.detail);
+            }
+        }
+        // From here to the job starting is a target of its own (≤ 100 ms, docs/evaluation.md).
+        let decided = Instant::now();
+        let mut at = self.me;
+        if a.outcome == TurnOutcome::Migrated
+            && let Some(dest) = to
+        {
+            if self.fenced(token) {
+                return None;
+            }
+            match self.migrate(&v, dest, token, decided).await {
+                Ok(report) => {
+                    at = dest;
+                    a.detail = format!(
+                        "{}; migrated in {:.2} s, downtime {} ms, {} MiB",
+                        a.detail,
+                        report.elapsed.as_secs_f64(),
+                        report.downtime.as_millis(),
+                        report.bytes / (1024 * 1024)
+                    );
+                }
+                Err(e) => {
+                    a.outcome = if e.hung() {
+                        TurnOutcome::HypervisorDown
+                    } else {
+                        TurnOutcome::Failed
+                    };
+                    a.detail = format!("{}; migration failed: {e}", a.detail);
+                }
+            }
+        }
+        self.metrics.decided(a.outcome, started.elapsed());
+        self.record(vm, &a, to, token, started_unix_ms);
+        Some(self.neighbours(at, &a.partners))
+    }
+
+    /// The token's view of a VM at `at` with these partners.
+    fn neighbours(&self, at: HostId, partners: &[(VmId, HostId, f64)]) -> Vec<Neighbour> {
+        partners
+            .iter()
+            .map(|&(p, h, rate)| Neighbour {
+                vm: p,
+                level: self.topo.level(at, h),
+                rate,
+            })
+            .collect()
+    }
+
+    /// What this host would do for each local VM now (dry-run; `scored plan`).
+    pub async fn plan(&self) -> Vec<DecisionRecord> {
+        let vms = self.inventory.vms();
+        let mut out = Vec::with_capacity(vms.len());
+        let stamp = self.holding().unwrap_or_default();
+        for v in vms {
+            let started_unix_ms = unix_ms();
+            let mut a = self.assess(&v).await;
+            if a.outcome == TurnOutcome::Migrated {
+                a.outcome = TurnOutcome::DryRun;
+            }
+            let to = a.decision.as_ref().and_then(|d| d.migrates_to());
+            out.push(self.decision_record(v.id, &a, to, stamp, started_unix_ms));
+        }
+        out
+    }
+}
