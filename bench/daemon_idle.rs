@@ -5,7 +5,8 @@
 //! cluster), h2 runs the 16 partner VMs; metrics served on a loopback port. After a warm-up, h1's CPU time and RSS are read from
 //! /proc over a measurement window. `cargo bench --bench daemon_idle`; prints one line per figure.
 
-use scored::hypervisor::memory::{MemoryCluster, set_shared_traffic, synthetic_vm};
+use scored::hypervisor::file::set_shared_traffic;
+use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::proto::VmId;
 use scored::topology::{HostId, Topology};
 use std::io::{Read, Write};

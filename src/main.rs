@@ -92,7 +92,7 @@ enum Command {
     },
     /// Run a bare p2p node that prints its events as JSON lines (tests, troubleshooting).
     #[command(hide = true, name = "debug-p2p-node")]
-    DebugP2pNode(scored::p2p::node::NodeArgs),
+    DebugP2pNode(scored::p2p::probe::ProbeArgs),
     /// Developer testbed: hypervisors in network namespaces with real libvirt (root only).
     #[cfg(feature = "testbed")]
     #[command(subcommand)]
@@ -291,7 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DebugP2pNode(args) => {
-            tokio::runtime::Runtime::new()?.block_on(scored::p2p::node::run(args))?;
+            tokio::runtime::Runtime::new()?.block_on(scored::p2p::probe::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "testbed")]

@@ -10,7 +10,8 @@
 mod support;
 
 use rand::{Rng, SeedableRng};
-use scored::hypervisor::memory::{InFlight, MigrationModel, SharedFile};
+use scored::hypervisor::file::SharedFile;
+use scored::hypervisor::memory::{InFlight, MigrationModel};
 use scored::proto::VmId;
 use std::collections::HashSet;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 
 mod support;
 
-use scored::hypervisor::memory::set_shared_traffic;
+use scored::hypervisor::file::set_shared_traffic;
 use scored::proto::VmId;
 use std::collections::HashMap;
 use std::process::Command;

@@ -15,7 +15,8 @@ use scored::daemon::Daemon;
 use scored::daemon::event_loop::drive;
 use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
-use scored::hypervisor::memory::{self, FileHost, MemoryCluster, MigrationModel, synthetic_vm};
+use scored::hypervisor::file::{self, FileHost};
+use scored::hypervisor::memory::{MemoryCluster, MigrationModel, synthetic_vm};
 use scored::hypervisor::{
     Capacity, Destination, Hypervisor, MigrationParams, MigrationReport, Vm, VmState,
 };
@@ -133,7 +134,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
         })
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while memory::read_shared(&shared).unwrap().in_flight().is_empty() {
+    while file::read_shared(&shared).unwrap().in_flight().is_empty() {
         assert!(
             Instant::now() < deadline,
             "the operator's migration never started"
@@ -181,7 +182,7 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
     );
     rt.block_on(nodes[5].refresh_inventory()).unwrap();
     assert_eq!(gauge(&nodes[5]), 0);
-    memory::read_shared(&shared).unwrap().check().unwrap();
+    file::read_shared(&shared).unwrap().check().unwrap();
 }
 
 /// Counts in `lines` host `down`'s outage warnings and the migrations it started.

@@ -4,10 +4,10 @@
 //!
 //! Rooms, each owning its state (docs/architecture.md, "The daemon's turn"): `host` (the daemon
 //! and its parts), `hypervisor_calls`, `inventory`, `ledger` (journal, settlement, history),
-//! `answers` (to peers), `token_watch` and `regeneration` (token loss), `turn` (the pure walk) and
-//! `turn_loop` (its driver), `vm_turn` and `assess` (one VM), `migration`, `operator`, `records`,
-//! `commands` and `control` (the control socket), `tasks` (the owner of every task),
-//! `event_loop` and `run` (wiring).
+//! `answers` (to peers), `token_watch` and `regeneration` (token loss), `turn_loop` (drives the
+//! token's walk, the pure machine in `token::walk`), `vm_turn` and `assess` (one VM),
+//! `migration`, `operator`, `records`, `commands` and `control` (the control socket), `tasks`
+//! (the owner of every task), `event_loop` and `run` (wiring).
 
 mod answers;
 mod assess;
@@ -29,7 +29,6 @@ pub mod run;
 mod tasks;
 pub mod token_watch;
 pub mod traffic;
-pub mod turn;
 mod turn_loop;
 mod vm_turn;
 

@@ -1,4 +1,4 @@
-//! Drives the turn machine (`turn`): takes a token from a peer (fence, dedupe, acknowledge),
+//! Drives the turn machine (`token::walk`): takes a token from a peer (fence, dedupe, acknowledge),
 //! then carries out the machine's actions (locate, decide, hand to a host, gather statistics,
 //! pace the round, re-mint) with the token's heartbeat beating beside it until the token is
 //! handed on or dropped. The walk's logic is the machine's; this file only does what it says.
@@ -7,8 +7,8 @@
 
 use super::host::{Daemon, heartbeat_interval, unix_ms};
 use super::ring::{self, Arrival};
-use super::turn::{Action, DropReason, Handoff, Input, TurnMachine};
 use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
+use crate::token::walk::{Action, DropReason, Handoff, Input, TurnMachine};
 use crate::topology::HostId;
 use scored_proto::{Announcement, Stamp, StatsRequest, Token, TokenAck, VmId};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! record (log line, `scored status`, metrics). Also `scored plan`: the same assessment for every
 //! local VM, moving nothing.
 //!
-//! It never walks the token (that is `turn` and `turn_loop`).
+//! It never walks the token (that is `token::walk` and `turn_loop`).
 
 use super::assess::Assessment;
 use super::host::{Daemon, unix_ms};

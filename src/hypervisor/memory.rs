@@ -21,9 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-// The shared-file form used to live here; its callers' paths (`memory::FileHost`, …) still work.
-pub use super::file::{FileHost, SharedFile, read_shared, set_shared_traffic};
-
 /// How long a modelled migration takes and what it sends.
 ///
 /// The defaults are the thesis's testbed figures on an idle network (s-core.md §5): 196 MB guests

@@ -14,7 +14,7 @@ pub mod directory;
 mod driver;
 mod gossip;
 pub mod metrics;
-pub mod node;
+pub mod probe;
 mod rpc;
 mod service;
 

@@ -1,15 +1,15 @@
 //! One policy's run: the token goes round the VMs for a number of rounds; each holder decides
 //! with the shared decision code, migrates through the in-memory hypervisor, and the token walks
-//! on through the daemon's own turn machine (`daemon::turn`), every VM at one simulated holder,
+//! on through the daemon's own turn machine (`token::walk`), every VM at one simulated holder,
 //! so a hand-off is a direct call. Records the cost after every token step.
 
 use super::Scenario;
 use crate::cost::PartnerTraffic;
-use crate::daemon::turn::{Action, Input, TurnMachine};
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
 use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
 use crate::token::Neighbour;
+use crate::token::walk::{Action, Input, TurnMachine};
 use crate::topology::HostId;
 use scored_proto::{PolicyKind, Token, VmId};
 

@@ -6,6 +6,8 @@
 //! holder knows locally (its VM's partners, their levels and rates) plus, for the global policy,
 //! the statistics gathered at round start. This module never decides whether a VM migrates.
 
+pub mod walk;
+
 use scored_proto::{Level, PolicyKind, Slot, Token, VmId, load_class};
 use std::cmp::Reverse;
 use std::collections::BTreeSet;

@@ -6,7 +6,8 @@
 
 use super::host::free_ports;
 use scored::daemon::control::{self, Reply, Request, Status};
-use scored::hypervisor::memory::{self, MemoryCluster, MigrationModel, SharedFile, synthetic_vm};
+use scored::hypervisor::file::{self, SharedFile};
+use scored::hypervisor::memory::{MemoryCluster, MigrationModel, synthetic_vm};
 use scored::proto::VmId;
 use scored::sim::{Scenario, ScenarioParams};
 use scored::topology::{HostId, Topology};
@@ -232,7 +233,7 @@ impl Cluster {
     }
 
     pub fn shared(&self) -> SharedFile {
-        memory::read_shared(&self.shared).unwrap()
+        file::read_shared(&self.shared).unwrap()
     }
 
     /// Eq. 3.1 of the current placement under the scenario's traffic.

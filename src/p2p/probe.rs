@@ -21,7 +21,7 @@ pub const COMMANDS: &str =
     "relay | locate VM... | capacity HOST | stats HOST | migrate VM HOST | peers | quit";
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct NodeArgs {
+pub struct ProbeArgs {
     /// The cluster's topology file.
     #[arg(long)]
     pub topology: PathBuf,
@@ -55,7 +55,7 @@ fn successor(topology: &Topology, me: HostId) -> HostId {
     hosts[(i + 1) % hosts.len()].id
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
     // stdout carries the events; logs go to stderr.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -7,7 +7,7 @@
 //! out over the network, the simulator's engine (`sim::engine`) in memory. This module never
 //! decides for a VM (that is `assess`) and never talks to a peer.
 
-use crate::token::{Neighbour, Next, Queue, TokenError, Turn};
+use super::{Neighbour, Next, Queue, TokenError, Turn};
 use crate::topology::{HostId, Topology};
 use scored_proto::{Slot, Stamp, Token, VmId};
 use std::collections::HashSet;
