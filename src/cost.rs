@@ -6,8 +6,6 @@
 //! daemon, the simulator and the tests all call these same functions.
 
 use crate::topology::{HostId, SwitchId, Topology};
-// The weights belong to the topology (cost reads them); their old path here still works.
-pub use crate::topology::{LinkWeights, WeightsError};
 use scored_proto::{Level, VmId};
 
 /// Where VMs run: the allocation A of the thesis, σ_A(u).

@@ -286,6 +286,15 @@ impl<'t> Decider<'t> {
         &self.rack_hosts[self.rack_of[host.index()] as usize]
     }
 
+    /// The best Eq. 3.2 benefit among the candidates, capacity aside (0 when none gains): what a
+    /// host reports of its VMs for the global policy's round order.
+    pub fn best_benefit(&mut self, current: HostId, partners: &[PartnerTraffic]) -> f64 {
+        self.candidates(current, partners)
+            .iter()
+            .map(|c| c.benefit)
+            .fold(0.0f64, f64::max)
+    }
+
     /// The partners' hosts as candidates, in order of their contribution to u's current cost
     /// (highest first, ties by host id), each with its Eq. 3.2 benefit. u's own host is not a
     /// candidate. O(k log k + h·k) for k partners on h distinct hosts; from 48 partners on,

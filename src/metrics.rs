@@ -525,9 +525,16 @@ impl ProcessStats {
     /// Reads this process's statistics through sysinfo (which reads `/proc/self` on Linux).
     /// The start time has whole-second resolution.
     pub fn read() -> Option<ProcessStats> {
+        use std::sync::{Mutex, OnceLock};
         use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
+        // One System for the process's life: a fresh one reads /proc/cpuinfo and every CPU's
+        // line of /proc/stat on its first CPU refresh, on every scrape.
+        static SYSTEM: OnceLock<Mutex<System>> = OnceLock::new();
         let pid = sysinfo::get_current_pid().ok()?;
-        let mut system = System::new();
+        let mut system = SYSTEM
+            .get_or_init(|| Mutex::new(System::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         system.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[pid]),
             false,
@@ -541,7 +548,8 @@ impl ProcessStats {
             cpu_seconds: p.accumulated_cpu_time() as f64 / 1000.0,
             resident_bytes: p.memory(),
             virtual_bytes: p.virtual_memory(),
-            threads: p.tasks()?.len() as u64,
+            // sysinfo lists the threads other than the main one.
+            threads: p.tasks()?.len() as u64 + 1,
             start_time_seconds: p.start_time() as f64,
             open_fds: p.open_files().map(|n| n as u64),
             max_fds: p.open_files_limit().map(|n| n as u64),

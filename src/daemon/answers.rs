@@ -63,7 +63,7 @@ impl<P: Peers> Daemon<P> {
         _req: StatsRequest,
         reply: Responder<StatsResponse>,
     ) {
-        let benefits = self.local_benefits().await;
+        let benefits = self.local_benefits();
         let token = self.token_watch().view(Instant::now());
         reply.send(StatsResponse {
             token,
@@ -74,7 +74,7 @@ impl<P: Peers> Daemon<P> {
         });
     }
 
-    pub(super) async fn local_benefits(&self) -> Vec<(VmId, f64)> {
+    pub(super) fn local_benefits(&self) -> Vec<(VmId, f64)> {
         let vms = self.inventory.ids();
         let mut out = Vec::with_capacity(vms.len());
         let mut decider = Decider::new(&self.topo);
@@ -85,11 +85,7 @@ impl<P: Peers> Daemon<P> {
                 .into_iter()
                 .map(|(_, host, rate)| PartnerTraffic { host, rate })
                 .collect();
-            let best = decider
-                .candidates(self.me, &pt)
-                .iter()
-                .map(|c| c.benefit)
-                .fold(0.0f64, f64::max);
+            let best = decider.best_benefit(self.me, &pt);
             out.push((vm, best));
         }
         out

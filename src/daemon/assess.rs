@@ -242,28 +242,36 @@ impl<P: Peers> Daemon<P> {
         }
     }
 
-    /// Draining: the best-connected host that accepts the VM, whatever Eq. 3.2 says.
-    pub(super) async fn drain_target(&self, vm: &Vm) -> Option<HostId> {
-        let partners = self.partners(vm.id, false).await;
+    /// Draining: the best-connected host that accepts the VM, whatever Eq. 3.2 says. `partners`
+    /// are the ones its assessment just located (no second lookup).
+    pub(super) async fn drain_target(
+        &self,
+        vm: &Vm,
+        partners: &[(VmId, HostId, f64)],
+    ) -> Option<HostId> {
         let pt: Vec<PartnerTraffic> = partners
             .iter()
             .map(|&(_, host, rate)| PartnerTraffic { host, rate })
             .collect();
-        let mut hosts: Vec<HostId> = self.peers.others();
-        hosts.sort_by(|a, b| {
-            cost::vm_cost(&self.topo, *a, &pt)
-                .total_cmp(&cost::vm_cost(&self.topo, *b, &pt))
-                .then(
-                    self.topo
-                        .level(self.me, *a)
-                        .cmp(&self.topo.level(self.me, *b)),
+        // Each host's cost computed once, not once per comparison.
+        let mut hosts: Vec<(f64, u8, HostId)> = self
+            .peers
+            .others()
+            .into_iter()
+            .map(|h| {
+                (
+                    cost::vm_cost(&self.topo, h, &pt),
+                    self.topo.level(self.me, h),
+                    h,
                 )
-        });
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let req = CapacityRequest {
             memory_mib: vm.memory_mib,
         };
         let timeout = self.config().token.handoff_timeout();
-        for h in hosts {
+        for (_, _, h) in hosts {
             if let Ok(r) = self.peers.query_capacity(h, req, timeout).await
                 && r.accepts
             {

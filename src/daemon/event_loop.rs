@@ -58,11 +58,11 @@ async fn next_command(queue: &mut Option<mpsc::Receiver<Command>>) -> Command {
 pub async fn shutdown<P: Peers>(daemon: &Arc<Daemon<P>>) {
     let config = daemon.config();
     let limit = config.migration.params().timeout + config.token.handoff_timeout() * 4;
-    daemon
+    let turns_ended = daemon
         .tasks
         .shut_down(limit, config.hypervisor.call_timeout())
         .await;
-    if daemon.holding().is_some() {
+    if !turns_ended || daemon.holding().is_some() {
         tracing::warn!("stopping while holding the token: peers will regenerate it");
     }
 }

@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 pub(super) struct Tasks {
     tracker: TaskTracker,
     stop: CancellationToken,
-    /// The turn in progress (or last run): at most one works on a token at a time, except
-    /// that a token arriving while an older turn winds down gets a turn of its own.
-    turn: Mutex<Option<JoinHandle<()>>>,
+    /// The turns not yet ended: at most one works on a token at a time, except that a token
+    /// arriving while an older turn winds down gets a turn of its own. Shutdown waits for all.
+    turns: Mutex<Vec<JoinHandle<()>>>,
     /// The token loss check in progress, if any.
     loss_check: Mutex<Option<JoinHandle<()>>>,
 }
@@ -31,7 +31,7 @@ impl Tasks {
         Tasks {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
-            turn: Mutex::new(None),
+            turns: Mutex::new(Vec::new()),
             loss_check: Mutex::new(None),
         }
     }
@@ -55,7 +55,9 @@ impl Tasks {
     /// Starts a turn. A turn still winding down (its token handed on) is left to finish.
     pub(super) fn start_turn(&self, turn: impl Future<Output = ()> + Send + 'static) {
         let h = self.tracker.spawn(turn);
-        *self.turn.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.retain(|t| !t.is_finished());
+        turns.push(h);
     }
 
     /// Whether a token loss check is under way (only the event loop starts them).
@@ -78,15 +80,14 @@ impl Tasks {
         self.stop.cancelled()
     }
 
-    /// Stops: tells every task, waits up to `turn_limit` for the turn to hand the token on,
-    /// then up to `rest_limit` for every other task. Returns whether the turn ended in time.
+    /// Stops: tells every task, waits up to `turn_limit` for the turns to hand the token on,
+    /// then up to `rest_limit` for every other task. Returns whether every turn ended in time.
     pub(super) async fn shut_down(&self, turn_limit: Duration, rest_limit: Duration) -> bool {
         self.stop.cancel();
-        let turn = self.turn.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let turn_ended = match turn {
-            Some(h) => tokio::time::timeout(turn_limit, h).await.is_ok(),
-            None => true,
-        };
+        let turns = std::mem::take(&mut *self.turns.lock().unwrap_or_else(|e| e.into_inner()));
+        let turn_ended = tokio::time::timeout(turn_limit, futures::future::join_all(turns))
+            .await
+            .is_ok();
         self.tracker.close();
         if tokio::time::timeout(rest_limit, self.tracker.wait())
             .await

@@ -267,7 +267,7 @@ impl<P: Peers> Daemon<P> {
             epoch: token.epoch,
             round: token.round,
         };
-        let mut expected = self.local_benefits().await;
+        let mut expected = self.local_benefits();
         let answers = self.peers.query_all_stats(req, timeout).await;
         let asked = answers.len();
         let mut answered = 0usize;

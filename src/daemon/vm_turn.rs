@@ -120,7 +120,7 @@ impl<P: Peers> Daemon<P> {
         let mut a = self.assess(&v).await;
         let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
         if draining && to.is_none() && !self.pinned(&v, &self.config()) {
-            to = self.drain_target(&v).await;
+            to = self.drain_target(&v, &a.partners).await;
             if to.is_some() {
                 a.outcome = TurnOutcome::Migrated;
                 a.detail = format!("draining: {}", a.detail);

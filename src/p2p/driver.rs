@@ -189,12 +189,11 @@ impl Driver {
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
-    /// The sender's host, if it is within its allowance and made its request with our
-    /// topology; otherwise the refusal to send back.
+    /// The sender's host, if it made its request with our topology and is within its
+    /// allowance; otherwise the refusal to send back. The topology comes first: a peer started
+    /// with another file must keep hearing why (and the mismatch metric keep rising), not be
+    /// told it asks too often.
     fn admit(&mut self, peer: &PeerId, request: &RpcRequest) -> Result<HostId, Refusal> {
-        if let Err(limited) = self.limiter.admit(*peer, request.kind(), Instant::now()) {
-            return Err(self.rate_limited(peer, limited));
-        }
         if request.topology() != self.fingerprint {
             self.metrics.topology_mismatches.inc();
             if self.mismatch_logged.insert(*peer) {
@@ -208,6 +207,9 @@ impl Driver {
             return Err(Refusal::TopologyMismatch {
                 expected: self.fingerprint,
             });
+        }
+        if let Err(limited) = self.limiter.admit(*peer, request.kind(), Instant::now()) {
+            return Err(self.rate_limited(peer, limited));
         }
         // The allowlist admitted the connection, so the peer is in the topology.
         self.topology

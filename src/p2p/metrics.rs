@@ -26,7 +26,7 @@ pub struct P2pMetrics {
     pub rejected_announcements: Counter,
     /// Requests answered, by protocol.
     pub requests_served: Family<ProtocolLabel, Counter>,
-    /// Requests from peers refused before they were looked at, by reason ([`RATE_LIMITED`]).
+    /// Requests from peers refused without being handled, by reason ([`RATE_LIMITED`]).
     pub rejected: Family<ReasonLabel, Counter>,
 }
 
@@ -59,7 +59,7 @@ impl P2pMetrics {
         );
         registry.register(
             "scored_p2p_rejected",
-            "Requests from peers refused unread, by reason (rate_limited: over the peer's allowance)",
+            "Requests from peers refused without being handled, by reason (rate_limited: over the peer's allowance)",
             self.rejected.clone(),
         );
     }

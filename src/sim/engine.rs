@@ -259,11 +259,7 @@ fn expected_benefits(
                 host: loc[j as usize],
                 rate,
             }));
-            let best = decider
-                .candidates(loc[i], partners)
-                .iter()
-                .map(|c| c.benefit)
-                .fold(0.0f64, f64::max);
+            let best = decider.best_benefit(loc[i], partners);
             (sc.ids[i], best)
         })
         .collect()
