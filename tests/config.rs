@@ -231,7 +231,11 @@ fn unknown_keys_are_refused_where_they_stand() {
     assert_errors("verbose = true\n", &[(1, 1, "unknown key `verbose`")]);
     assert_errors(
         "[metrics]\n  listen = \"127.0.0.1:1\"\n  path = \"/m\"\n",
-        &[(3, 3, "unknown key `path` (allowed here: enabled or listen)")],
+        &[(
+            3,
+            3,
+            "unknown key `path` (allowed here: enabled, listen, max_connections, header_timeout_ms, write_timeout_ms)",
+        )],
     );
 }
 
