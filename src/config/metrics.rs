@@ -14,7 +14,7 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address of the HTTP endpoint serving `GET /metrics`.
     pub listen: SocketAddr,
-    /// Connections open at once; one more closes the oldest that has not sent its request.
+    /// Connections open at once; one more closes an older one (`metrics::server`'s rule).
     pub max_connections: u32,
     /// Time from the connection to the end of its request head (Prometheus sends it at once).
     pub header_timeout_ms: u64,

@@ -6,9 +6,9 @@
 //! complete request head (counted from the accept, so it covers a silent socket and a client
 //! trickling header bytes alike), then `write_timeout` for the answer to be taken in. Request
 //! bodies are never read. At most `max_connections` are open; when one more arrives, the
-//! endpoint sheds the oldest connection that has not sent a complete request (or, if every one
-//! has, the oldest still being answered: its client is the slowest reader) rather than making the
-//! newcomer wait, so idle, slow and non-reading clients cannot queue a scrape behind them.
+//! endpoint sheds an older one rather than making the newcomer wait ([`victim`]: a connection
+//! without a complete request first, from the client address holding the most, the oldest), so
+//! idle, slow and non-reading clients cannot queue a scrape behind them.
 //!
 //! This module only serves the registry it is given: it reads no daemon state and decides
 //! nothing. Its metrics are declared with the others in `crate::metrics`.
@@ -24,11 +24,12 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -223,15 +224,13 @@ impl Endpoint {
         self.metrics.connections.set(open.len() as i64);
     }
 
-    /// Closes the connection that has waited longest without sending a complete request, or
-    /// if every one has, the one whose answer has been waiting longest to be taken in.
+    /// Closes one connection to make room for a newer one (see [`victim`]).
     fn shed(&self, open: &mut BTreeMap<u64, Open>) {
-        let victim = open
-            .iter()
-            .find(|(_, o)| !o.requested.load(Ordering::Acquire))
-            .or_else(|| open.iter().next())
-            .map(|(id, _)| *id);
-        let Some(o) = victim.and_then(|id| open.remove(&id)) else {
+        let chosen = victim(
+            open.iter()
+                .map(|(id, o)| (*id, o.peer.ip(), o.requested.load(Ordering::Acquire))),
+        );
+        let Some(o) = chosen.and_then(|id| open.remove(&id)) else {
             return;
         };
         o.task.abort();
@@ -300,6 +299,40 @@ impl Endpoint {
     }
 }
 
+/// Which connection to close for a newcomer, given every open one as (accept order, client
+/// address, whether its request is complete) oldest first. A connection that has not sent a
+/// complete request goes before one being answered; among those, the one from the address that
+/// holds the most connections, so that one client flooding the port sheds its own connections
+/// and not Prometheus's single one; then the oldest. Within one address that is its oldest
+/// connection without a request, or if all have one, its oldest: that client is the slowest to
+/// read its answer.
+fn victim(open: impl IntoIterator<Item = (u64, IpAddr, bool)>) -> Option<u64> {
+    /// One client address: how many connections it holds and its oldest of each kind.
+    #[derive(Default)]
+    struct Client {
+        count: usize,
+        oldest_waiting: Option<u64>,
+        oldest: Option<u64>,
+    }
+    let mut clients: HashMap<IpAddr, Client> = HashMap::new();
+    for (id, ip, requested) in open {
+        let c = clients.entry(ip).or_default();
+        c.count += 1;
+        c.oldest = c.oldest.or(Some(id));
+        if !requested {
+            c.oldest_waiting = c.oldest_waiting.or(Some(id));
+        }
+    }
+    clients
+        .values()
+        .filter_map(|c| {
+            let id = c.oldest_waiting.or(c.oldest)?;
+            Some((c.oldest_waiting.is_some(), c.count, Reverse(id)))
+        })
+        .max()
+        .map(|(_, _, Reverse(id))| id)
+}
+
 /// The answer to one request: the metrics for `GET`/`HEAD /metrics`, 404 for any other path,
 /// 405 for any other method. (hyper answers malformed heads 400 and oversized ones 431.)
 fn answer(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
@@ -334,4 +367,43 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn one_client_loses_its_oldest_connection_without_a_request() {
+        assert_eq!(
+            victim([(1, A, true), (2, A, false), (3, A, false)]),
+            Some(2)
+        );
+        // Every one being answered: the oldest has waited longest for its client to read.
+        assert_eq!(victim([(1, A, true), (2, A, true)]), Some(1));
+        assert_eq!(victim([]), None);
+    }
+
+    #[test]
+    fn a_flooding_client_sheds_its_own_connections() {
+        // B's scrape, accepted first and not yet read, survives A's newer idle sockets.
+        let open = [(1, B, false), (2, A, false), (3, A, false), (4, A, false)];
+        assert_eq!(victim(open), Some(2));
+        // A's answers that are never read go before B's answer, but not before a socket that
+        // never sent a request, wherever it comes from.
+        let open = [(1, B, true), (2, A, true), (3, A, true)];
+        assert_eq!(victim(open), Some(2));
+        let open = [(1, A, true), (2, A, true), (3, A, true), (4, B, false)];
+        assert_eq!(victim(open), Some(4));
+    }
+
+    #[test]
+    fn between_equal_clients_the_oldest_goes() {
+        assert_eq!(victim([(1, A, false), (2, B, false)]), Some(1));
+        let open = [(1, A, true), (2, B, false), (3, A, false), (4, B, true)];
+        assert_eq!(victim(open), Some(2));
+    }
 }
