@@ -300,6 +300,13 @@ fn out_of_range_values_are_refused_at_their_value() {
         &[(2, 16, "max_incoming must be at least 1")],
     );
     assert_errors(
+        "[metrics]\nmax_connections = 0\nwrite_timeout_ms = 0\n",
+        &[
+            (2, 19, "max_connections must be at least 1"),
+            (3, 20, "write_timeout_ms must be at least 1"),
+        ],
+    );
+    assert_errors(
         "[host]\nname = \"hv 07\"\n",
         &[(2, 8, "`hv 07` is not a host name")],
     );
