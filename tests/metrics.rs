@@ -477,7 +477,7 @@ async fn scrape_is_answered_while_hostile_clients_hold_connections() {
     .unwrap();
     let addr = server.local_addr();
     // Twice as many hostile connections as the endpoint keeps.
-    let hostile = Hostile::open(addr, 4, 3).await;
+    let mut hostile = Hostile::open(addr, 4, 3).await;
     // Far below the endpoint's timeouts: an answer in time was served, not freed by a hostile
     // client's timeout.
     let (status, head, body) = tokio::time::timeout(
@@ -495,7 +495,14 @@ async fn scrape_is_answered_while_hostile_clients_hold_connections() {
     assert_eq!(dropped(&m, ConnectionDrop::HeaderTimeout), 0);
     assert_eq!(dropped(&m, ConnectionDrop::WriteTimeout), 0);
     assert!(m.endpoint.connections.get() <= 4);
-    drop(hostile);
+    // The first idle socket, the oldest without a request, was closed for the newer ones (long
+    // before its header timeout).
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), hostile.sockets[0].read(&mut buf))
+        .await
+        .expect("the oldest idle socket is closed")
+        .unwrap();
+    assert_eq!(n, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
