@@ -2,7 +2,7 @@
 //! limits that keep a scrape answered whatever other clients of the port do.
 //!
 //! Every connection carries one request and is closed after its answer (no keep-alive, as the
-//! hand-written server before it), so its whole life is bounded: `header_timeout` to send a
+//! endpoint always did), so its whole life is bounded: `header_timeout` to send a
 //! complete request head (counted from the accept, so it covers a silent socket and a client
 //! trickling header bytes alike), then `write_timeout` for the answer to be taken in. Request
 //! bodies are never read. At most `max_connections` are open; when one more arrives, the
