@@ -1,5 +1,5 @@
-//! Every Prometheus metric scored exports, declared in one place, and the HTTP endpoint that
-//! serves them as OpenMetrics text.
+//! Every Prometheus metric scored exports, declared in one place; the HTTP endpoint that serves
+//! them as OpenMetrics text is `server`.
 //!
 //! Names are `scored_*` with the unit in the name (prometheus-client appends the unit and, for
 //! counters, `_total`); the process collector uses the standard `process_*` names so stock
@@ -19,15 +19,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::fmt::Write as _;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+
+mod server;
+
+pub use server::{ConnectionDrop, DropLabels, EndpointLimits, MetricsServer};
 
 /// The content type of the OpenMetrics text format, as Prometheus expects it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -128,6 +125,13 @@ pub struct PeerMetrics {
     pub refused: Counter,
 }
 
+/// The `/metrics` endpoint's own connections (`server`).
+#[derive(Clone, Debug, Default)]
+pub struct EndpointMetrics {
+    pub connections: Gauge,
+    pub dropped: Family<DropLabels, Counter>,
+}
+
 /// Handles to every scored metric. Cloning is cheap (the values are shared), so each subsystem
 /// keeps a clone of the part it moves.
 #[derive(Clone, Debug)]
@@ -146,6 +150,7 @@ pub struct Metrics {
     pub hypervisor_up: Gauge,
     pub flows: FlowMetrics,
     pub peers: PeerMetrics,
+    pub endpoint: EndpointMetrics,
 }
 
 fn handoff_buckets() -> Histogram {
@@ -214,6 +219,7 @@ impl Metrics {
             hypervisor_up: Gauge::default(),
             flows: FlowMetrics::default(),
             peers: PeerMetrics::default(),
+            endpoint: EndpointMetrics::default(),
         };
         // Every label value a family can take exists from the start, so rate() and alerts see
         // a zero rather than an absent series.
@@ -233,6 +239,10 @@ impl Metrics {
                 .migrations
                 .in_flight
                 .get_or_create(&DirectionLabels { direction });
+        }
+
+        for reason in ConnectionDrop::ALL {
+            let _ = m.endpoint.dropped.get_or_create(&DropLabels { reason });
         }
 
         registry.register_collector(Box::new(ProcessCollector));
@@ -411,6 +421,16 @@ impl Metrics {
             "Connections refused because the peer is not in the topology file",
             m.peers.refused.clone(),
         );
+        r.register(
+            "metrics_connections",
+            "Connections open to this metrics endpoint",
+            m.endpoint.connections.clone(),
+        );
+        r.register(
+            "metrics_connections_dropped",
+            "Metrics endpoint connections closed before their answer was taken in, by reason",
+            m.endpoint.dropped.clone(),
+        );
         m
     }
 
@@ -557,211 +577,9 @@ impl ProcessStats {
     }
 }
 
-/// Largest request head the endpoint reads: Prometheus sends a few hundred bytes.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// A client that has not sent its request by then is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scrapes served at once; more wait for a slot.
-const MAX_CONNECTIONS: usize = 8;
-
-/// The `/metrics` HTTP endpoint. Stops when dropped.
-pub struct MetricsServer {
-    local_addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl MetricsServer {
-    /// Listens on `addr` and serves `registry` until dropped. Must run inside a tokio runtime.
-    pub async fn bind(addr: SocketAddr, registry: Arc<Registry>) -> io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("metrics endpoint: cannot listen on {addr}: {e}"),
-            )
-        })?;
-        let local_addr = listener.local_addr()?;
-        let task = tokio::spawn(serve(listener, registry));
-        Ok(MetricsServer { local_addr, task })
-    }
-
-    /// The address actually bound (the port is chosen by the OS when `addr` had port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning; the next scrape retries.
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = respond(stream, &registry).await {
-                tracing::debug!(error = %e, "metrics endpoint: request dropped");
-            }
-        });
-    }
-}
-
-async fn respond(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
-    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(Head::TooLarge)) => {
-            return reply(
-                &mut stream,
-                431,
-                "Request Header Fields Too Large",
-                "",
-                0,
-                b"",
-            )
-            .await;
-        }
-        Ok(Err(Head::Io(e))) => return Err(e),
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out")),
-    };
-    let plain = |status, reason, body: &'static [u8]| (status, reason, "text/plain", body.to_vec());
-    let (status, reason, content_type, body) = match route(&head) {
-        Route::Metrics { head_only } => {
-            let body = encode(registry).into_bytes();
-            if head_only {
-                // HEAD: the headers GET would send, without the body.
-                return reply(&mut stream, 200, "OK", CONTENT_TYPE, body.len(), &[]).await;
-            }
-            (200, "OK", CONTENT_TYPE, body)
-        }
-        Route::NotFound => plain(404, "Not Found", b"not found\n"),
-        Route::MethodNotAllowed => plain(405, "Method Not Allowed", b"only GET and HEAD\n"),
-        Route::BadRequest => plain(400, "Bad Request", b"bad request\n"),
-    };
-    reply(&mut stream, status, reason, content_type, body.len(), &body).await
-}
-
-enum Head {
-    TooLarge,
-    Io(io::Error),
-}
-
-/// Reads up to the blank line ending the request head, never more than [`MAX_REQUEST_BYTES`].
-async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, Head> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await.map_err(Head::Io)?;
-        if n == 0 {
-            return Err(Head::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before the request ended",
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end);
-            return Ok(buf);
-        }
-        if buf.len() > MAX_REQUEST_BYTES {
-            return Err(Head::TooLarge);
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics { head_only: bool },
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-fn route(head: &[u8]) -> Route {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return Route::BadRequest;
-    };
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or("");
-    if path != "/metrics" {
-        return Route::NotFound;
-    }
-    match method {
-        "GET" => Route::Metrics { head_only: false },
-        "HEAD" => Route::Metrics { head_only: true },
-        _ => Route::MethodNotAllowed,
-    }
-}
-
-async fn reply(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    content_type: &str,
-    content_length: usize,
-    body: &[u8],
-) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\n");
-    if status == 405 {
-        head.push_str("Allow: GET, HEAD\r\n");
-    }
-    if !content_type.is_empty() {
-        let _ = write!(head, "Content-Type: {content_type}\r\n");
-    }
-    let _ = write!(head, "Content-Length: {content_length}\r\n\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes() {
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nHost: x"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            route(b"GET /metrics?x=1 HTTP/1.0"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            route(b"HEAD /metrics HTTP/1.1"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(route(b"GET / HTTP/1.1"), Route::NotFound);
-        assert_eq!(route(b"GET /metricsx HTTP/1.1"), Route::NotFound);
-        assert_eq!(route(b"POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
-        assert_eq!(route(b"GET /metrics"), Route::BadRequest);
-        assert_eq!(route(b"GET /metrics SPDY/3"), Route::BadRequest);
-        assert_eq!(route(&[0xff, 0xfe]), Route::BadRequest);
-    }
 
     #[test]
     fn reads_own_process() {

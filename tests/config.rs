@@ -231,7 +231,11 @@ fn unknown_keys_are_refused_where_they_stand() {
     assert_errors("verbose = true\n", &[(1, 1, "unknown key `verbose`")]);
     assert_errors(
         "[metrics]\n  listen = \"127.0.0.1:1\"\n  path = \"/m\"\n",
-        &[(3, 3, "unknown key `path` (allowed here: enabled or listen)")],
+        &[(
+            3,
+            3,
+            "unknown key `path` (allowed here: enabled, listen, max_connections, header_timeout_ms, write_timeout_ms)",
+        )],
     );
 }
 
@@ -294,6 +298,13 @@ fn out_of_range_values_are_refused_at_their_value() {
     assert_errors(
         "[migration]\nmax_incoming = 0\n",
         &[(2, 16, "max_incoming must be at least 1")],
+    );
+    assert_errors(
+        "[metrics]\nmax_connections = 0\nwrite_timeout_ms = 0\n",
+        &[
+            (2, 19, "max_connections must be at least 1"),
+            (3, 20, "write_timeout_ms must be at least 1"),
+        ],
     );
     assert_errors(
         "[host]\nname = \"hv 07\"\n",

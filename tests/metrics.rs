@@ -3,11 +3,14 @@
 
 mod support;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use scored::decide::TurnOutcome;
 use scored::hypervisor::AbortReason;
 use scored::metrics::{
-    CONTENT_TYPE, DirectionLabels, Metrics, MetricsServer, MigrationDirection, ReasonLabels,
+    CONTENT_TYPE, ConnectionDrop, DirectionLabels, DropLabels, EndpointLimits, Metrics,
+    MetricsServer, MigrationDirection, ReasonLabels,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -243,9 +246,14 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 async fn endpoint_serves_metrics_and_nothing_else() {
     let (r, m) = registry();
     exercise(&m);
-    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(r))
-        .await
-        .unwrap();
+    let server = MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(r),
+        EndpointLimits::default(),
+        m.endpoint.clone(),
+    )
+    .await
+    .unwrap();
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
 
@@ -324,17 +332,25 @@ async fn endpoint_serves_metrics_and_nothing_else() {
 async fn bind_failure_names_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let (r, _) = registry();
-    let err = MetricsServer::bind(addr, Arc::new(r)).await.err().unwrap();
+    let (r, m) = registry();
+    let err = MetricsServer::bind(addr, Arc::new(r), EndpointLimits::default(), m.endpoint)
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_the_endpoint() {
     let (r, m) = registry();
-    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(r))
-        .await
-        .unwrap();
+    let server = MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(r),
+        EndpointLimits::default(),
+        m.endpoint.clone(),
+    )
+    .await
+    .unwrap();
     let Some(prom) = support::prometheus::Prometheus::start(server.local_addr(), "scored").await
     else {
         return;
@@ -368,4 +384,199 @@ async fn real_prometheus_scrapes_the_endpoint() {
     assert!(meta.contains("\"type\":\"histogram\""), "{meta}");
     assert!(meta.contains("\"unit\":\"bytes\""), "{meta}");
     drop(server);
+}
+
+/// Clients that hold connections without ever completing a request, as many as the endpoint
+/// allows and more: idle sockets, slowloris clients trickling header lines, and one that sends
+/// its request but never reads the (large) answer. Dropping the value closes them all.
+struct Hostile {
+    sockets: Vec<TcpStream>,
+    // Dropping it stops the trickling clients.
+    _trickle: tokio::task::JoinSet<()>,
+}
+
+impl Hostile {
+    async fn open(addr: SocketAddr, idle: usize, slow: usize) -> Hostile {
+        let mut sockets = Vec::new();
+        for _ in 0..idle {
+            sockets.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut trickle = tokio::task::JoinSet::new();
+        for _ in 0..slow {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+            // One header line every 100 ms, for at most two minutes: never the blank line.
+            trickle.spawn(async move {
+                for i in 0..1200 {
+                    if s.write_all(format!("X-{i}: y\r\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+        sockets.push(never_reads(addr).await);
+        Hostile {
+            sockets,
+            _trickle: trickle,
+        }
+    }
+}
+
+/// A client that asks for the metrics and never reads them, with a small receive window so
+/// that a large answer cannot all sit in its buffers.
+async fn never_reads(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+/// A registry as large as a busy host's (many series), so that an answer (about 8 MB)
+/// outgrows the socket buffers of a client that does not read it.
+fn large_registry() -> (Registry, Metrics) {
+    let (mut r, m) = registry();
+    exercise(&m);
+    let per_vm: Family<Vec<(String, String)>, Counter> = Default::default();
+    for i in 0..200_000u32 {
+        let vm = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xff, i & 0xff);
+        per_vm.get_or_create(&vec![("vm".to_string(), vm)]).inc();
+    }
+    r.register("test_per_vm", "Filler series", per_vm);
+    (r, m)
+}
+
+fn dropped(m: &Metrics, reason: ConnectionDrop) -> u64 {
+    m.endpoint
+        .dropped
+        .get_or_create(&DropLabels { reason })
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_is_answered_while_hostile_clients_hold_connections() {
+    let (r, m) = large_registry();
+    let limits = EndpointLimits {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(120),
+        write_timeout: Duration::from_secs(120),
+    };
+    let server = MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(r),
+        limits,
+        m.endpoint.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    // Twice as many hostile connections as the endpoint keeps.
+    let mut hostile = Hostile::open(addr, 4, 3).await;
+    // Far below the endpoint's timeouts: an answer in time was served, not freed by a hostile
+    // client's timeout.
+    let (status, head, body) = tokio::time::timeout(
+        Duration::from_secs(20),
+        http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
+    .expect("the scrape is answered while hostile clients hold connections");
+    assert_eq!(status, 200, "{head}");
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "the whole exposition");
+    assert!(text.contains("\nscored_peers_connected 7\n"));
+    // Room was made by closing hostile connections, none of them by a timeout.
+    assert!(dropped(&m, ConnectionDrop::Shed) >= 1);
+    assert_eq!(dropped(&m, ConnectionDrop::HeaderTimeout), 0);
+    assert_eq!(dropped(&m, ConnectionDrop::WriteTimeout), 0);
+    assert!(m.endpoint.connections.get() <= 4);
+    // The first idle socket, the oldest without a request, was closed for the newer ones (long
+    // before its header timeout).
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), hostile.sockets[0].read(&mut buf))
+        .await
+        .expect("the oldest idle socket is closed")
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_is_answered_while_clients_do_not_read_their_answers() {
+    let (r, m) = large_registry();
+    let limits = EndpointLimits {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(120),
+        write_timeout: Duration::from_secs(120),
+    };
+    let server = MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(r),
+        limits,
+        m.endpoint.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        readers.push(never_reads(addr).await);
+    }
+    // Far below the endpoint's timeouts, as above.
+    let (status, head, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
+    .expect("the scrape is answered while clients do not read their answers");
+    assert_eq!(status, 200, "{head}");
+    assert!(dropped(&m, ConnectionDrop::Shed) >= 1);
+    assert_eq!(dropped(&m, ConnectionDrop::WriteTimeout), 0);
+    drop(readers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_closed_at_their_timeouts() {
+    let (r, m) = large_registry();
+    let limits = EndpointLimits {
+        max_connections: 16,
+        header_timeout: Duration::from_millis(300),
+        write_timeout: Duration::from_millis(300),
+    };
+    let server = MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(r),
+        limits,
+        m.endpoint.clone(),
+    )
+    .await
+    .unwrap();
+    // One silent client, one trickling header lines, one that never reads its answer.
+    let mut hostile = Hostile::open(server.local_addr(), 1, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while dropped(&m, ConnectionDrop::HeaderTimeout) < 2
+        || dropped(&m, ConnectionDrop::WriteTimeout) < 1
+        || m.endpoint.connections.get() > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "header timeouts {}, write timeouts {}, open {}",
+            dropped(&m, ConnectionDrop::HeaderTimeout),
+            dropped(&m, ConnectionDrop::WriteTimeout),
+            m.endpoint.connections.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dropped(&m, ConnectionDrop::Shed), 0);
+    // The silent client sees its connection closed.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), hostile.sockets[0].read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert_eq!(n, 0);
 }

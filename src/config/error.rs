@@ -11,6 +11,7 @@ use super::host::HostConfigError;
 use super::hypervisor::HypervisorConfigError;
 use super::journal::JournalConfigError;
 use super::log::LogConfigError;
+use super::metrics::MetricsConfigError;
 use super::migration::MigrationConfigError;
 use super::overrides::OverrideError;
 use super::placement::PlacementConfigError;
@@ -70,6 +71,8 @@ pub enum Problem {
     #[error(transparent)]
     Flows(#[from] FlowsConfigError),
     #[error(transparent)]
+    Metrics(#[from] MetricsConfigError),
+    #[error(transparent)]
     Control(#[from] ControlConfigError),
     #[error(transparent)]
     Journal(#[from] JournalConfigError),
@@ -101,6 +104,7 @@ impl Problem {
             Problem::Placement(e) => e.keys(),
             Problem::Migration(e) => e.keys(),
             Problem::Flows(e) => e.keys(),
+            Problem::Metrics(e) => e.keys(),
             Problem::Control(e) => e.keys(),
             Problem::Journal(e) => e.keys(),
             Problem::Log(e) => e.keys(),

@@ -1,10 +1,10 @@
-//! `[metrics]`: whether and where the Prometheus endpoint listens.
+//! `[metrics]`: whether and where the Prometheus endpoint listens, and the limits that keep it
+//! answering scrapes whatever other clients of its port do.
 //!
-//! Declares the values only; the metrics themselves are `crate::metrics`'s.
+//! Declares and checks the values only; the metrics and the endpoint are `crate::metrics`'s.
 
-use super::section::{OptionSpec, Section};
+use super::section::{OptionSpec, Section, ZeroValue, at_least_one};
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 /// The Prometheus endpoint. Restart to change.
@@ -14,6 +14,12 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address of the HTTP endpoint serving `GET /metrics`.
     pub listen: SocketAddr,
+    /// Connections open at once; one more closes an older one (`metrics::server`'s rule).
+    pub max_connections: u32,
+    /// Time from the connection to the end of its request head (Prometheus sends it at once).
+    pub header_timeout_ms: u64,
+    /// Time for the client to take the answer in once its request is complete.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for MetricsConfig {
@@ -21,6 +27,25 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            max_connections: 16,
+            header_timeout_ms: 5_000,
+            // Prometheus's default scrape timeout: an answer taken in later is thrown away.
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A `[metrics]` value that cannot be right.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetricsConfigError {
+    #[error(transparent)]
+    Zero(#[from] ZeroValue),
+}
+
+impl MetricsConfigError {
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            MetricsConfigError::Zero(e) => vec![e.key.into()],
         }
     }
 }
@@ -31,12 +56,22 @@ impl Section for MetricsConfig {
         MetricsConfig {
             enabled: Restart,
             listen: Restart,
+            max_connections: Restart,
+            header_timeout_ms: Restart,
+            write_timeout_ms: Restart,
         }
     );
-    // Any socket address that parses may be listened on.
-    type Error = Infallible;
+    type Error = MetricsConfigError;
 
-    fn check(&self) -> Vec<Infallible> {
-        Vec::new()
+    fn check(&self) -> Vec<MetricsConfigError> {
+        [
+            at_least_one("metrics.max_connections", self.max_connections.into()),
+            at_least_one("metrics.header_timeout_ms", self.header_timeout_ms),
+            at_least_one("metrics.write_timeout_ms", self.write_timeout_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Into::into)
+        .collect()
     }
 }

@@ -52,7 +52,7 @@ pub use host::{HostConfig, HostConfigError};
 pub use hypervisor::{HypervisorConfig, HypervisorConfigError};
 pub use journal::{JournalConfig, JournalConfigError};
 pub use log::{LogConfig, LogConfigError, LogFormat};
-pub use metrics::MetricsConfig;
+pub use metrics::{MetricsConfig, MetricsConfigError};
 pub use migration::{MigrationConfig, MigrationConfigError};
 pub use overrides::{Override, OverrideError};
 pub use p2p::P2pConfig;

@@ -14,7 +14,7 @@ use crate::flows::synthetic::{Demand, SyntheticSource};
 use crate::flows::table::TableConfig;
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor::file::FileHost;
-use crate::metrics::{Metrics, MetricsServer};
+use crate::metrics::{EndpointLimits, Metrics, MetricsServer};
 use crate::notify::Notifier;
 use crate::p2p::{Directory, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
 use crate::topology::{HostId, Topology};
@@ -214,9 +214,14 @@ async fn serve(
     }
 
     let _metrics_server = if config.metrics.enabled {
-        let s = MetricsServer::bind(config.metrics.listen, Arc::new(registry))
-            .await
-            .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+        let s = MetricsServer::bind(
+            config.metrics.listen,
+            Arc::new(registry),
+            EndpointLimits::from(&config.metrics),
+            metrics.endpoint.clone(),
+        )
+        .await
+        .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
         tracing::info!(address = %s.local_addr(), "metrics endpoint");
         Some(s)
     } else {
