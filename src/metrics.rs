@@ -146,6 +146,8 @@ pub struct Metrics {
     pub hypervisor_up: Gauge,
     pub flows: FlowMetrics,
     pub peers: PeerMetrics,
+    /// Torn journal records cut when the journal was opened (kept in `<journal>.corrupt`).
+    pub journal_torn_records: Counter,
 }
 
 fn handoff_buckets() -> Histogram {
@@ -214,6 +216,7 @@ impl Metrics {
             hypervisor_up: Gauge::default(),
             flows: FlowMetrics::default(),
             peers: PeerMetrics::default(),
+            journal_torn_records: Counter::default(),
         };
         // Every label value a family can take exists from the start, so rate() and alerts see
         // a zero rather than an absent series.
@@ -399,6 +402,12 @@ impl Metrics {
             "flow_unattributed",
             "Captured packets that matched no local VM",
             f.unattributed.clone(),
+        );
+
+        r.register(
+            "journal_torn_records",
+            "Torn records (a write a crash interrupted) cut from the migration journal when it was opened, kept in <journal>.corrupt",
+            m.journal_torn_records.clone(),
         );
 
         r.register(

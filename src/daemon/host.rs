@@ -108,6 +108,9 @@ impl<P: Peers> Daemon<P> {
             journal,
         } = parts;
         let (loss, stagger) = loss_timing(&config);
+        metrics
+            .journal_torn_records
+            .inc_by(journal.repairs().len() as u64);
         let maintenance = config.placement.maintenance;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         Daemon {
