@@ -120,6 +120,8 @@ pub struct FlowMetrics {
     pub bytes: Counter,
     pub drops: Counter,
     pub unattributed: Counter,
+    /// Frames a VM sent from, or received for, an address not its own.
+    pub spoofed: Counter,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -402,6 +404,11 @@ impl Metrics {
             "flow_unattributed",
             "Captured packets that matched no local VM",
             f.unattributed.clone(),
+        );
+        r.register(
+            "flow_spoofed",
+            "Captured packets a local VM sent from, or received for, an address not its own (not counted as traffic)",
+            f.spoofed.clone(),
         );
 
         r.register(
