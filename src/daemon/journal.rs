@@ -383,6 +383,25 @@ mod tests {
     }
 
     #[test]
+    fn a_record_appended_after_a_failed_write_survives() {
+        // A write that failed half-way while the daemon runs on (a full disk): the migration did
+        // not start, and the daemon appends its next record later in the same run, glued to the
+        // torn bytes. The next open keeps the glued record and cuts the torn bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let first = j.begin(VmId(1), "hv1", "hv2", 7, 3, 1000).unwrap();
+        let torn = b"{\"record\":\"begin\",\"id\":2,\"vm\":\"10.";
+        append_raw(&path, torn);
+        let second = j.begin(VmId(2), "hv1", "hv3", 8, 1, 2000).unwrap();
+        drop(j);
+        let (_, left) = Journal::open(&path).unwrap();
+        assert_eq!(left, vec![first, second]);
+        let kept = std::fs::read(corrupt_path(&path)).expect("the torn bytes are kept");
+        assert!(kept.starts_with(torn), "{kept:?}");
+    }
+
+    #[test]
     fn torn_tails_of_every_shape_are_cut_and_kept() {
         // A record cut inside a multi-byte character (host names are UTF-8), a record whole but
         // for its newline (the write that failed before the sync), the zeros a file system can
