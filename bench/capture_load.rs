@@ -177,7 +177,9 @@ fn run(host: &TestHost, vm: &Vm, pps: u64, secs: u64, sample: u32, ring: bool) {
         let on_tap = host.counter("tapa", "rx_packets").unwrap() - rx0;
         let seen = stats.frames.frames;
         let cpu = stats.cpu - cpu0;
-        let lambda: f64 = src.partners(vm.id).iter().map(|p| p.1).sum();
+        // The measured rate: these frames are one-way, so λ as the decision counts it (what
+        // the partner answers, flows::answered) is zero.
+        let lambda: f64 = src.partner_rates(vm.id).iter().map(|p| p.rate()).sum();
         let reader = src.taps()[0].reader;
         println!(
             "{reader}, sample 1/{sample}: offered {pps} frames/s for {secs} s; generator sent {sent} in {:.2} s \

@@ -117,6 +117,8 @@ pub struct FlowMetrics {
     pub bytes: Counter,
     pub drops: Counter,
     pub unattributed: Counter,
+    /// Frames a VM sent from, or received for, an address not its own.
+    pub spoofed: Counter,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -151,6 +153,8 @@ pub struct Metrics {
     pub flows: FlowMetrics,
     pub peers: PeerMetrics,
     pub endpoint: EndpointMetrics,
+    /// Torn journal records cut when the journal was opened (kept in `<journal>.corrupt`).
+    pub journal_torn_records: Counter,
 }
 
 fn handoff_buckets() -> Histogram {
@@ -220,6 +224,7 @@ impl Metrics {
             flows: FlowMetrics::default(),
             peers: PeerMetrics::default(),
             endpoint: EndpointMetrics::default(),
+            journal_torn_records: Counter::default(),
         };
         // Every label value a family can take exists from the start, so rate() and alerts see
         // a zero rather than an absent series.
@@ -409,6 +414,17 @@ impl Metrics {
             "flow_unattributed",
             "Captured packets that matched no local VM",
             f.unattributed.clone(),
+        );
+        r.register(
+            "flow_spoofed",
+            "Captured packets a local VM sent from, or received for, an address not its own (not counted as traffic)",
+            f.spoofed.clone(),
+        );
+
+        r.register(
+            "journal_torn_records",
+            "Torn records (a write a crash interrupted) cut from the migration journal when it was opened, kept in <journal>.corrupt",
+            m.journal_torn_records.clone(),
         );
 
         r.register(

@@ -512,3 +512,115 @@ fn taps_that_come_and_go_are_followed() {
         assert!(s.frames.skipped(Skip::Group) + s.frames.skipped(Skip::Foreign) > 0);
     });
 }
+
+/// Writes `frames` raw onto VM `vm`'s own interface (a guest that forges what it sends).
+fn send_raw(vm: &TestVm, frames: &[Vec<u8>]) {
+    in_ns(&vm.ns, || {
+        let iface = pnet::datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == "eth0")
+            .expect("eth0 in the VM");
+        let cfg = pnet::datalink::Config {
+            promiscuous: false,
+            ..Default::default()
+        };
+        let Ok(pnet::datalink::Channel::Ethernet(mut tx, _rx)) =
+            pnet::datalink::channel(&iface, cfg)
+        else {
+            panic!("open raw socket in the VM");
+        };
+        for (i, f) in frames.iter().enumerate() {
+            tx.send_to(f, None)
+                .expect("send frame")
+                .expect("send frame");
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+}
+
+/// A UDP datagram of `payload` bytes as a frame (IPv4 checksum left zero: capture does not check
+/// it, and the receiving kernel's verdict does not matter here).
+fn udp_frame(
+    src: ([u8; 6], [u8; 4]),
+    dst: ([u8; 6], [u8; 4]),
+    port: u16,
+    payload: usize,
+) -> Vec<u8> {
+    let mut p = ipv4_header(0x45, (28 + payload) as u16, src.1, dst.1);
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.resize(28 + payload, 0x5a);
+    frame(src.0, dst.0, 0x0800, &p)
+}
+
+/// λ of `vm` with `partner` as the decision reads it (0 when not listed).
+fn lambda(src: &CaptureSource, vm: &TestVm, partner: VmId) -> f64 {
+    src.partners(id(vm))
+        .iter()
+        .find(|(p, _)| *p == partner)
+        .map_or(0.0, |(_, r)| *r)
+}
+
+#[test]
+fn traffic_nobody_answers_and_forged_sources_draw_no_vm() {
+    if skip_unless_root("traffic_nobody_answers_and_forged_sources_draw_no_vm") {
+        return;
+    }
+    let (h, a, b) = two_vms("gc");
+    in_ns(&h.host, || {
+        let mut src = CaptureSource::new(counting_config(1)).unwrap();
+        src.follow(&[as_vm(&a), as_vm(&b)]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+
+        // A sprays B with datagrams B takes in and never answers (no reply, no ICMP error).
+        udp(&a, &b, 9400, 3000, 1400);
+        settle();
+        let (sprayed, _) = bytes(&src, &a, &b);
+        assert!(
+            within(sprayed, 3000.0 * 1442.0, 0.02),
+            "capture saw {sprayed}"
+        );
+        assert_eq!(lambda(&src, &a, id(&b)), 0.0, "A drawn towards B");
+        assert_eq!(lambda(&src, &b, id(&a)), 0.0, "B drawn towards A");
+
+        // A forges its source: datagrams to B "from" 10.77.0.9, a VM of another host.
+        let forged = VmId::from_ipv4([10, 77, 0, 9].into());
+        let (a_out0, _) = bytes(&src, &a, &b);
+        let frames: Vec<Vec<u8>> = (0..2000)
+            .map(|_| udp_frame((MAC_A, [10, 77, 0, 9]), (MAC_B, b.ip.octets()), 9401, 1000))
+            .collect();
+        send_raw(&a, &frames);
+        settle();
+        let (a_out1, _) = bytes(&src, &a, &b);
+        // (The sums decay by e^-1e-7 per second with this window: equal within a millionth.)
+        assert!(
+            within(a_out1, a_out0, 1e-6),
+            "forged frames counted as A's traffic: {a_out0} → {a_out1}"
+        );
+        let spoofed = src.stats().frames.skipped(Skip::Spoofed);
+        assert!(
+            (2000..=2100).contains(&spoofed),
+            "forged frames counted apart on A's tap: {spoofed}"
+        );
+        assert_eq!(
+            lambda(&src, &b, forged),
+            0.0,
+            "B drawn towards the forged source"
+        );
+
+        // A conversation is counted in full: B answers.
+        tcp(&a, &b, 9402, 4 << 20, 64 << 10);
+        settle();
+        let rates = src.partner_rates(id(&a));
+        let raw = rates.iter().find(|r| r.partner == id(&b)).unwrap().rate();
+        let counted = lambda(&src, &a, id(&b));
+        assert!(
+            within(counted, raw, 1e-9),
+            "TCP A↔B: counted {counted} of {raw}"
+        );
+    });
+}

@@ -7,6 +7,7 @@
 
 use super::commands::Command;
 use super::host::Daemon;
+use crate::flows::Skip;
 use crate::p2p::{Inbound, InboundEvent, Peers};
 use std::future::Future;
 use std::sync::Arc;
@@ -125,6 +126,10 @@ impl<P: Peers> Daemon<P> {
         advance(
             &f.unattributed,
             frames.frames.saturating_sub(frames.attributed_frames),
+        );
+        advance(
+            &f.spoofed,
+            frames.skipped(Skip::Spoofed) + frames.skipped(Skip::Misaddressed),
         );
         self.metrics
             .maintenance

@@ -108,6 +108,9 @@ impl<P: Peers> Daemon<P> {
             journal,
         } = parts;
         let (loss, stagger) = loss_timing(&config);
+        metrics
+            .journal_torn_records
+            .inc_by(journal.repairs().len() as u64);
         let maintenance = config.placement.maintenance;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         Daemon {
@@ -145,7 +148,8 @@ impl<P: Peers> Daemon<P> {
     }
 
     /// Puts a reloaded configuration in force: as [`Self::set_config`], and the maintenance
-    /// switch follows the file (a drain under way goes on).
+    /// switch follows the file only where the file changed it (what `scored drain` or
+    /// `scored maintenance` set survives a reload of an unchanged file).
     pub fn reload_config(&self, config: Config) {
         let maintenance = config.placement.maintenance;
         self.set_config(config);

@@ -3,9 +3,10 @@
 //! flight, reconciles each with the hypervisor, and never starts a second migration of a VM whose
 //! first one has not been accounted for.
 //!
-//! Format: one JSON object per line, append-only. A torn last line (crash mid-write) is ignored;
-//! a corrupt line elsewhere is an error naming the file and line. The file is compacted (rewritten
-//! with only the open entries) when it grows. This module does no hypervisor calls itself:
+//! Format: one JSON object per line, append-only. A torn tail (crash mid-write) is cut at open,
+//! before anything is appended, and kept in `<journal>.corrupt` ([`tail`]); a corrupt line
+//! elsewhere is an error naming the file and line. The file is compacted (rewritten with only the
+//! open entries) when it grows. This module does no hypervisor calls itself:
 //! [`reconcile`] maps what the hypervisor says to an outcome, the daemon does the asking.
 
 use crate::hypervisor::VmState;
@@ -13,8 +14,12 @@ use scored_proto::VmId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+mod tail;
+
+pub use tail::{Repair, corrupt_path};
 
 /// Compact when the file holds this many closed records.
 const COMPACT_AFTER: usize = 1024;
@@ -108,6 +113,8 @@ pub struct Journal {
     open: BTreeMap<u64, Entry>,
     next_id: u64,
     closed_records: usize,
+    /// Torn bytes cut when this journal was opened.
+    repairs: Vec<Repair>,
 }
 
 impl Journal {
@@ -128,30 +135,13 @@ impl Journal {
         let mut open = BTreeMap::new();
         let mut next_id = 1;
         let mut closed_records = 0;
+        let mut repairs = Vec::new();
         if path.exists() {
-            let f = File::open(path).map_err(io("cannot read"))?;
-            let lines: Vec<String> = BufReader::new(f)
-                .lines()
-                .collect::<Result<_, _>>()
-                .map_err(io("cannot read"))?;
-            let n = lines.len();
-            for (i, line) in lines.iter().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let rec: Record = match serde_json::from_str(line) {
-                    Ok(r) => r,
-                    // A torn final line is what a crash mid-append leaves: the record never
-                    // counted, because a migration starts only after its Begin is synced.
-                    Err(_) if i + 1 == n => break,
-                    Err(e) => {
-                        return Err(JournalError::Corrupt {
-                            path: p,
-                            line: i + 1,
-                            source: e,
-                        });
-                    }
-                };
+            let bytes = std::fs::read(path).map_err(io("cannot read"))?;
+            let scan = tail::scan(&p, &bytes)?;
+            // Cut before the file is opened for append: the next record must start a line.
+            repairs = tail::repair(path, &scan)?;
+            for rec in scan.records {
                 match rec {
                     Record::Begin(e) => {
                         next_id = next_id.max(e.id + 1);
@@ -177,6 +167,7 @@ impl Journal {
             open,
             next_id,
             closed_records,
+            repairs,
         };
         if j.closed_records >= COMPACT_AFTER {
             j.compact()?;
@@ -235,6 +226,11 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The torn bytes cut when the journal was opened (each logged; kept in `.corrupt`).
+    pub fn repairs(&self) -> &[Repair] {
+        &self.repairs
     }
 
     fn append(&mut self, rec: &Record) -> Result<(), JournalError> {
@@ -348,6 +344,184 @@ mod tests {
         drop(j);
         let (_, left) = Journal::open(&path).unwrap();
         assert_eq!(left, vec![keep]);
+    }
+
+    fn append_raw(path: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_never_swallows_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let first = j.begin(VmId(1), "hv1", "hv2", 7, 3, 1000).unwrap();
+        drop(j);
+        // A crash in the middle of the next append.
+        let torn = b"{\"record\":\"begin\",\"id\":2,\"vm\":";
+        append_raw(&path, torn);
+
+        // The next run starts, and begins a migration of another VM.
+        let (mut j, left) = Journal::open(&path).unwrap();
+        assert_eq!(left, vec![first.clone()]);
+        let second = j.begin(VmId(2), "hv1", "hv3", 8, 1, 2000).unwrap();
+        drop(j);
+        // The run after it must still see that migration open (else the VM could be migrated
+        // twice), and the one after that must start at all (no crash loop).
+        let (mut j, left) = Journal::open(&path).unwrap();
+        assert_eq!(left, vec![first.clone(), second.clone()]);
+        let third = j.begin(VmId(3), "hv1", "hv4", 8, 2, 3000).unwrap();
+        j.end(first.id, Ending::Succeeded).unwrap();
+        drop(j);
+        let (_, left) = Journal::open(&path).unwrap();
+        assert_eq!(left, vec![second, third]);
+
+        // What the tail held is kept for the operator.
+        let kept = std::fs::read(corrupt_path(&path)).expect("the torn bytes are kept");
+        assert!(kept.windows(torn.len()).any(|w| w == torn), "{kept:?}");
+    }
+
+    #[test]
+    fn a_record_appended_after_a_failed_write_survives() {
+        // A write that failed half-way while the daemon runs on (a full disk): the migration did
+        // not start, and the daemon appends its next record later in the same run, glued to the
+        // torn bytes. The next open keeps the glued record and cuts the torn bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let first = j.begin(VmId(1), "hv1", "hv2", 7, 3, 1000).unwrap();
+        let torn = b"{\"record\":\"begin\",\"id\":2,\"vm\":\"10.";
+        append_raw(&path, torn);
+        let second = j.begin(VmId(2), "hv1", "hv3", 8, 1, 2000).unwrap();
+        drop(j);
+        let (_, left) = Journal::open(&path).unwrap();
+        assert_eq!(left, vec![first, second]);
+        let kept = std::fs::read(corrupt_path(&path)).expect("the torn bytes are kept");
+        assert!(kept.starts_with(torn), "{kept:?}");
+    }
+
+    #[test]
+    fn torn_tails_of_every_shape_are_cut_and_kept() {
+        // A record cut inside a multi-byte character (host names are UTF-8), a record whole but
+        // for its newline (the write that failed before the sync), the zeros a file system can
+        // leave after a crash, and an unparseable last line.
+        let whole = |host: &str| {
+            let mut l = serde_json::to_string(&Record::Begin(Entry {
+                id: 5,
+                vm: VmId(5),
+                from: "hv1".into(),
+                to: host.into(),
+                epoch: 1,
+                seq: 1,
+                started_unix_ms: 0,
+            }))
+            .unwrap();
+            l.push('\n');
+            l.into_bytes()
+        };
+        let cut_utf8 = {
+            let l = whole("hôte-é");
+            let at = l.iter().position(|b| *b == 0xc3).unwrap() + 1;
+            l[..at].to_vec()
+        };
+        let no_newline = {
+            let l = whole("hv9");
+            l[..l.len() - 1].to_vec()
+        };
+        let tails: [(&str, Vec<u8>); 4] = [
+            ("partial UTF-8", cut_utf8),
+            ("no trailing newline", no_newline),
+            ("zeros", vec![0u8; 37]),
+            (
+                "unparseable last line",
+                b"{\"record\":\"end\",\"id\n".to_vec(),
+            ),
+        ];
+        for (what, tail) in tails {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal");
+            let (mut j, _) = Journal::open(&path).unwrap();
+            let open = j.begin(VmId(1), "hv1", "hv2", 7, 3, 1000).unwrap();
+            drop(j);
+            let before = std::fs::metadata(&path).unwrap().len();
+            append_raw(&path, &tail);
+
+            let (mut j, left) =
+                Journal::open(&path).unwrap_or_else(|e| panic!("{what}: start fails: {e}"));
+            assert_eq!(left, vec![open.clone()], "{what}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                before,
+                "{what}: the file is cut back to its last whole record"
+            );
+            let next = j.begin(VmId(2), "hv1", "hv3", 8, 1, 2000).unwrap();
+            drop(j);
+            let (_, left) = Journal::open(&path).unwrap();
+            assert_eq!(left, vec![open, next], "{what}");
+            let kept = std::fs::read(corrupt_path(&path)).unwrap();
+            assert!(kept.starts_with(&tail), "{what}: {kept:?}");
+        }
+    }
+
+    #[test]
+    fn the_corrupt_file_is_appended_to_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        drop(Journal::open(&path).unwrap());
+        append_raw(&path, b"{\"record\":\"be");
+        let (j, _) = Journal::open(&path).unwrap();
+        assert_eq!(j.repairs().len(), 1);
+        assert_eq!(j.repairs()[0].offset, 0);
+        assert_eq!(j.repairs()[0].length, 13);
+        drop(j);
+        append_raw(&path, b"\x00\x00");
+        let (j, _) = Journal::open(&path).unwrap();
+        assert_eq!(j.repairs().len(), 1);
+        drop(j);
+        let kept = std::fs::read(corrupt_path(&path)).unwrap();
+        assert_eq!(kept, b"{\"record\":\"be\n\x00\x00\n");
+        // A clean journal repairs nothing.
+        let (j, _) = Journal::open(&path).unwrap();
+        assert!(j.repairs().is_empty());
+    }
+
+    #[test]
+    fn a_record_glued_to_torn_bytes_by_an_older_version_is_kept() {
+        // Before this repair existed, the next record was appended right after the torn bytes:
+        // the line holds torn bytes then a whole record, in the middle of the file or at its end.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let rec = |id: u64, vm: u32| {
+            let mut l = serde_json::to_string(&Record::Begin(Entry {
+                id,
+                vm: VmId(vm),
+                from: "hv1".into(),
+                to: "hv2".into(),
+                epoch: 1,
+                seq: id,
+                started_unix_ms: 0,
+            }))
+            .unwrap();
+            l.push('\n');
+            l
+        };
+        let text = format!(
+            "{}{{\"record\":\"be{}{{\"record\":\"end\",\"id\":{}{}",
+            rec(1, 1),
+            rec(2, 2),
+            rec(3, 3),
+            rec(4, 4)
+        );
+        std::fs::write(&path, &text).unwrap();
+        let (_, left) = Journal::open(&path).expect("a glued line does not stop the start");
+        let vms: Vec<VmId> = left.iter().map(|e| e.vm).collect();
+        assert_eq!(vms, vec![VmId(1), VmId(2), VmId(3), VmId(4)]);
+        let kept = std::fs::read_to_string(corrupt_path(&path)).unwrap();
+        assert_eq!(kept, "{\"record\":\"be\n{\"record\":\"end\",\"id\":\n");
+        // The file now holds whole records only.
+        let (_, again) = Journal::open(&path).unwrap();
+        assert_eq!(again, left);
     }
 
     #[test]

@@ -12,10 +12,17 @@
 //!
 //! Frames sent to a group MAC (broadcast, multicast; e.g. ARP requests) or to a multicast,
 //! broadcast or unspecified IPv4 address are not traffic with one partner: counted as `Group`.
-//! ARP replies are attributed like IP (sender/target protocol addresses). IPv6 partners: an
-//! IPv4-mapped address (`::ffff:a.b.c.d`) is the VM `a.b.c.d`; any other IPv6 address is looked
-//! up in [`Ipv6Aliases`] (the IPv6 addresses of known VMs); the rest is counted as
-//! `Ipv6Unmapped` — a partner the decision cannot locate gives it nothing to act on.
+//! ARP is counted as `Arp`, never as traffic: a guest's kernel answers it whatever its firewall
+//! says, so it must not vouch for a conversation (`flows::answered`), and it weighs nothing next
+//! to one. IPv6 partners: an IPv4-mapped address (`::ffff:a.b.c.d`) is the VM `a.b.c.d`; any
+//! other IPv6 address is looked up in [`Ipv6Aliases`] (the IPv6 addresses of known VMs); the rest
+//! is counted as `Ipv6Unmapped` — a partner the decision cannot locate gives it nothing to act on.
+//!
+//! A guest chooses what it writes on its interface, so its own end of a frame must be its own
+//! address: a frame it sends from another address (IPv4 source not its id nor one of its known
+//! addresses, IPv6 source not one of its known addresses) is counted as `Spoofed`, and a frame
+//! it receives for another address as `Misaddressed`; neither is anyone's traffic. A VM's other
+//! addresses reach the check through [`Ipv6Aliases`] (IPv4 ones as `::ffff:a.b.c.d`).
 //!
 //! Pure: no I/O, no clock.
 
@@ -43,16 +50,25 @@ pub enum Skip {
     SelfAddressed,
     /// The tap's VM id is not known yet (learned from the first IPv4 frame it sends).
     Unlearned,
+    /// Sent by the tap's VM from an address not its own.
+    Spoofed,
+    /// Received by the tap's VM for an address not its own.
+    Misaddressed,
+    /// ARP: answered by any guest's kernel, so never traffic with a partner.
+    Arp,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 6] = [
+    pub const ALL: [Skip; 9] = [
         Skip::Foreign,
         Skip::Group,
         Skip::NotIp,
         Skip::Ipv6Unmapped,
         Skip::SelfAddressed,
         Skip::Unlearned,
+        Skip::Spoofed,
+        Skip::Misaddressed,
+        Skip::Arp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +79,9 @@ impl Skip {
             Skip::Ipv6Unmapped => "ipv6_unmapped",
             Skip::SelfAddressed => "self_addressed",
             Skip::Unlearned => "unlearned",
+            Skip::Spoofed => "spoofed",
+            Skip::Misaddressed => "misaddressed",
+            Skip::Arp => "arp",
         }
     }
 
@@ -122,17 +141,18 @@ pub fn attribute(
     } else {
         return Attribution::Skipped(Skip::Foreign);
     };
-    let partner = match (f.payload, dir) {
-        (Payload::Ipv4 { dst, .. }, Direction::Out) => dst,
-        (Payload::Ipv4 { src, .. }, Direction::In) => src,
-        (Payload::Arp { target, .. }, Direction::Out) => target,
-        (Payload::Arp { sender, .. }, Direction::In) => sender,
-        (Payload::Ipv6 { dst, .. }, Direction::Out) => match ipv6_partner(&dst, aliases) {
-            Ok(v) => v.0,
+    // The partner, and the VM's own end of the frame (checked last, so frames skipped for
+    // another reason keep it).
+    let (partner, own) = match (f.payload, dir) {
+        (Payload::Ipv4 { src, dst }, Direction::Out) => (dst, ipv4_mapped(src)),
+        (Payload::Ipv4 { src, dst }, Direction::In) => (src, ipv4_mapped(dst)),
+        (Payload::Arp { .. }, _) => return Attribution::Skipped(Skip::Arp),
+        (Payload::Ipv6 { src, dst }, Direction::Out) => match ipv6_partner(&dst, aliases) {
+            Ok(v) => (v.0, src),
             Err(s) => return Attribution::Skipped(s),
         },
-        (Payload::Ipv6 { src, .. }, Direction::In) => match ipv6_partner(&src, aliases) {
-            Ok(v) => v.0,
+        (Payload::Ipv6 { src, dst }, Direction::In) => match ipv6_partner(&src, aliases) {
+            Ok(v) => (v.0, dst),
             Err(s) => return Attribution::Skipped(s),
         },
         (Payload::Other { .. }, _) => return Attribution::Skipped(Skip::NotIp),
@@ -143,10 +163,36 @@ pub fn attribute(
     if partner == vm.0 {
         return Attribution::Skipped(Skip::SelfAddressed);
     }
+    if !is_own(vm, &own, aliases) {
+        return Attribution::Skipped(match dir {
+            Direction::Out => Skip::Spoofed,
+            Direction::In => Skip::Misaddressed,
+        });
+    }
     Attribution::Counted {
         partner: VmId(partner),
         dir,
     }
+}
+
+/// `::ffff:a.b.c.d`.
+fn ipv4_mapped(a: u32) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[10] = 0xff;
+    m[11] = 0xff;
+    m[12..].copy_from_slice(&a.to_be_bytes());
+    m
+}
+
+/// Whether `a` is one of `vm`'s addresses: its id, or an address `aliases` gives it.
+fn is_own(vm: VmId, a: &[u8; 16], aliases: &Ipv6Aliases) -> bool {
+    if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+        let v4 = u32::from_be_bytes([a[12], a[13], a[14], a[15]]);
+        if v4 == vm.0 {
+            return true;
+        }
+    }
+    aliases.get(a) == Some(&vm)
 }
 
 /// The IPv4 address a frame was sent from, if `macs` sent it: how a tap learns its VM's id when
@@ -425,10 +471,84 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_is_credited_only_with_frames_from_or_to_its_own_address() {
+        let mut al = no_aliases();
+        let ipc = [10, 0, 0, 3];
+        // A sends "from" C's address: not A's traffic.
+        let forged = udp4(A, B, ipc, IPB, 100);
+        assert_eq!(
+            attribute(VA, &[A], &al, &forged, forged.len()),
+            Attribution::Skipped(Skip::Spoofed)
+        );
+        // A frame to A's MAC but another address: A's kernel drops it; not A's traffic.
+        let misaddressed = udp4(B, A, IPB, ipc, 100);
+        assert_eq!(
+            attribute(VA, &[A], &al, &misaddressed, misaddressed.len()),
+            Attribution::Skipped(Skip::Misaddressed)
+        );
+        // Once C's address is known to be A's second one, both are A's traffic.
+        al.insert(ipv4_mapped(u32::from_be_bytes(ipc)), VA);
+        assert_eq!(
+            attribute(VA, &[A], &al, &forged, forged.len()),
+            Attribution::Counted {
+                partner: VB,
+                dir: Direction::Out
+            }
+        );
+        assert_eq!(
+            attribute(VA, &[A], &al, &misaddressed, misaddressed.len()),
+            Attribution::Counted {
+                partner: VB,
+                dir: Direction::In
+            }
+        );
+        // An address known as another VM's is not A's.
+        al.insert(ipv4_mapped(u32::from_be_bytes(ipc)), VB);
+        assert_eq!(
+            attribute(VA, &[A], &al, &forged, forged.len()),
+            Attribution::Skipped(Skip::Spoofed)
+        );
+        // IPv6: the source must be one of A's known addresses.
+        let a6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let b6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        al.insert(b6, VB);
+        let f6 = ipv6_frame(A, B, a6, b6);
+        assert_eq!(
+            attribute(VA, &[A], &al, &f6, f6.len()),
+            Attribution::Skipped(Skip::Spoofed)
+        );
+        al.insert(a6, VA);
+        assert_eq!(
+            attribute(VA, &[A], &al, &f6, f6.len()),
+            Attribution::Counted {
+                partner: VB,
+                dir: Direction::Out
+            }
+        );
+        // ARP: the kernel answers it whatever the guest's firewall says, so it vouches for no
+        // conversation (and weighs nothing next to one).
+        let mut arp = Vec::new();
+        arp.extend_from_slice(&A);
+        arp.extend_from_slice(&B);
+        arp.extend_from_slice(&frame::ETHERTYPE_ARP.to_be_bytes());
+        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        arp.extend_from_slice(&B);
+        arp.extend_from_slice(&IPB);
+        arp.extend_from_slice(&A);
+        arp.extend_from_slice(&IPA);
+        assert_eq!(
+            attribute(VA, &[A], &al, &arp, arp.len()),
+            Attribution::Skipped(Skip::Arp)
+        );
+    }
+
+    #[test]
     fn ipv6_partners_map_or_are_counted_apart() {
         let mut al = no_aliases();
         let a6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let b6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        // A's own address is known (the check of the VM's own end needs it).
+        al.insert(a6, VA);
         let f = ipv6_frame(A, B, a6, b6);
         assert_eq!(
             attribute(VA, &[A], &al, &f, f.len()),

@@ -24,9 +24,13 @@
 //! re-created). Sampling 1-in-N runs in the kernel (a classic BPF filter on the socket), so
 //! unsampled frames cost no copy and no system call; the table gets each sampled frame × N.
 //!
+//! λ handed to the decision counts what each partner answers ([`super::answered`]); the table
+//! keeps both directions as captured.
+//!
 //! Must not: decide anything, call the hypervisor, or block its caller.
 
-use super::attribute::{FrameCounters, Ipv6Aliases, TapTally};
+use super::answered::answered_rate;
+use super::attribute::{FrameCounters, Ipv6Aliases, Skip, TapTally};
 use super::frame::Mac;
 use super::table::{FlowTable, PartnerRate, TableConfig};
 use super::{FlowError, FlowSource, Result, SourceStats, TapStatus};
@@ -287,6 +291,7 @@ impl CaptureSource {
             status: status.clone(),
             stop: stop.clone(),
             config: self.config,
+            forged_logged: std::cell::Cell::new(false),
         };
         let handle = std::thread::Builder::new()
             .name(format!("capture-{}", spec.name))
@@ -384,10 +389,14 @@ impl FlowSource for CaptureSource {
         self.local_aliases.clear();
         for vm in vms {
             for iface in &vm.interfaces {
+                // Every known address of the VM: its IPv6 ones locate it as a partner, and all
+                // of them (IPv4 as ::ffff:a.b.c.d) are its own end of the frames it exchanges.
                 for a in &iface.addresses {
-                    if let IpAddr::V6(a) = a {
-                        self.local_aliases.insert(a.octets(), vm.id);
-                    }
+                    let key = match a {
+                        IpAddr::V6(a) => a.octets(),
+                        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                    };
+                    self.local_aliases.insert(key, vm.id);
                 }
                 match &iface.tap {
                     Some(tap) => specs.push(TapSpec {
@@ -426,19 +435,20 @@ impl FlowSource for CaptureSource {
         }
     }
 
+    /// λ counts what each partner answers (`flows::answered`): a guest controls what it sends.
     fn partners(&self, vm: VmId) -> Vec<(VmId, f64)> {
         let now = self.now();
-        self.shared.table().partners(vm, now)
+        let rates = self.shared.table().partner_rates(vm, now);
+        rates
+            .iter()
+            .map(|r| (r.partner, answered_rate(r)))
+            .filter(|(_, rate)| *rate > 0.0)
+            .collect()
     }
 
     fn partner_rates(&self, vm: VmId) -> Vec<PartnerRate> {
         let now = self.now();
         self.shared.table().partner_rates(vm, now)
-    }
-
-    fn vm_load(&self, vm: VmId) -> f64 {
-        let now = self.now();
-        self.shared.table().vm_load(vm, now)
     }
 
     fn stats(&self) -> SourceStats {
@@ -643,6 +653,8 @@ struct Worker {
     status: Arc<TapShared>,
     stop: Arc<AtomicBool>,
     config: CaptureConfig,
+    /// Whether this tap's forged frames were logged (once per tap: a guest may send millions).
+    forged_logged: std::cell::Cell<bool>,
 }
 
 impl Worker {
@@ -723,7 +735,17 @@ impl Worker {
         if let Some(vm) = tally.vm() {
             self.status.vm.store(vm.0 as u64 + 1, Ordering::Release);
         }
-        lock(&self.status.counters).add(&tally.take_counters());
+        let counters = tally.take_counters();
+        let forged = counters.skipped(Skip::Spoofed) + counters.skipped(Skip::Misaddressed);
+        if forged > 0 && !self.forged_logged.replace(true) {
+            tracing::warn!(
+                tap = %self.spec.name,
+                vm = ?tally.vm().map(|v| v.to_string()),
+                frames = forged,
+                "capture: frames from or to an address not the VM's own; not counted as traffic (logged once per tap, counted in scored_flow_spoofed_total)"
+            );
+        }
+        lock(&self.status.counters).add(&counters);
         if let Some((_, drops)) = kernel_stats(self.fd) {
             self.status.kernel_drops.fetch_add(drops, Ordering::AcqRel);
         }

@@ -5,6 +5,7 @@
 //! - [`table`]: the flow table (pure; time passed in).
 //! - [`frame`], [`attribute`]: header parsing and attribution of a frame to (VM, partner,
 //!   direction) (pure).
+//! - [`answered`]: traffic a guest controls: λ from capture counts what the partner answers.
 //! - [`capture`]: the real source, AF_PACKET capture on each tap through `pnet`, on its own
 //!   threads.
 //! - [`synthetic`]: a source fed from a list of rates and a given clock (simulator, tests).
@@ -13,6 +14,7 @@
 //! This module reports traffic; it decides nothing and never calls the hypervisor (it is told
 //! which VMs and taps are local through [`FlowSource::follow`]).
 
+pub mod answered;
 pub mod attribute;
 pub mod capture;
 pub mod frame;

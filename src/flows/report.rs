@@ -5,6 +5,7 @@
 //! Command-line edge: it prints, sleeps and reads interface lists; the measuring itself is the
 //! same [`CaptureSource`] the daemon runs.
 
+use super::answered::answered_rate;
 use super::capture::{CaptureConfig, CaptureSource, TapSpec};
 use super::frame::Mac;
 use super::table::TableConfig;
@@ -163,8 +164,8 @@ fn print_report(
     writeln!(out, "--- {:.1} s", elapsed.as_secs_f64())?;
     writeln!(
         out,
-        "{:<16} {:<16} {:>12} {:>12} {:>10} {:>6}",
-        "vm", "partner", "out", "in", "frames/s", "idle"
+        "{:<16} {:<16} {:>12} {:>12} {:>12} {:>10} {:>6}",
+        "vm", "partner", "out", "in", "counted", "frames/s", "idle"
     )?;
     let mut vms: Vec<VmId> = stats.taps.iter().filter_map(|t| t.vm).collect();
     vms.sort_unstable();
@@ -175,11 +176,13 @@ fn print_report(
         for r in rates {
             writeln!(
                 out,
-                "{:<16} {:<16} {:>12} {:>12} {:>10.1} {:>5}s",
+                "{:<16} {:<16} {:>12} {:>12} {:>12} {:>10.1} {:>5}s",
                 vm.to_string(),
                 r.partner.to_string(),
                 format_rate(r.out_bytes_per_sec),
                 format_rate(r.in_bytes_per_sec),
+                // λ as the decision reads it: what the partner answers (flows::answered).
+                format_rate(answered_rate(&r)),
                 r.packets_per_sec,
                 r.idle.as_secs()
             )?;
