@@ -59,7 +59,7 @@ impl Default for TransportLimits {
             max_established: 4096,
             max_established_per_peer: 3,
             handshake_timeout: Duration::from_secs(10),
-            max_streams_per_connection: 128,
+            max_streams_per_connection: 64,
             max_requests_per_peer: 32,
             max_inflight_bytes: 256 << 20,
             max_inflight_bytes_per_peer: 48 << 20,
@@ -233,4 +233,58 @@ pub(crate) fn connection_limits(limits: &TransportLimits) -> connection_limits::
             .with_max_established(Some(limits.max_established))
             .with_max_established_per_peer(Some(limits.max_established_per_peer)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn gate(max_unlisted: u32, max_per_ip: u32) -> PendingGate {
+        let text = "[levels]\nweights = [1, 3]\n[[host]]\nname = \"a\"\npath = [\"agg\", \"tor1\"]\naddress = \"10.0.0.1\"\np2p_port = 7070\n";
+        let topology = Topology::parse(Path::new("t.toml"), text).unwrap();
+        let limits = TransportLimits {
+            max_pending_incoming: max_unlisted,
+            max_pending_incoming_per_ip: max_per_ip,
+            ..TransportLimits::default()
+        };
+        PendingGate::new(&topology, &limits, P2pMetrics::default())
+    }
+
+    fn from(ip: &str) -> Multiaddr {
+        format!("/ip4/{ip}/tcp/40000").parse().unwrap()
+    }
+
+    #[test]
+    fn outsiders_fill_their_share_and_never_a_listed_address() {
+        let mut g = gate(3, 2);
+        let id = ConnectionId::new_unchecked;
+        g.admit(id(1), &from("192.0.2.1")).unwrap();
+        g.admit(id(2), &from("192.0.2.1")).unwrap();
+        // Per address first, then the outsiders' shared places.
+        assert!(matches!(
+            g.admit(id(3), &from("192.0.2.1")),
+            Err(PendingRefused::PerAddress { max: 2, .. })
+        ));
+        g.admit(id(4), &from("192.0.2.2")).unwrap();
+        assert!(matches!(
+            g.admit(id(5), &from("192.0.2.3")),
+            Err(PendingRefused::Unlisted { max: 3 })
+        ));
+        // A host the topology lists still gets in, up to its own per-address limit.
+        g.admit(id(6), &from("10.0.0.1")).unwrap();
+        g.admit(id(7), &from("10.0.0.1")).unwrap();
+        assert!(g.admit(id(8), &from("10.0.0.1")).is_err());
+        assert_eq!(g.metrics.pending_incoming.get(), 5);
+        // A finished or failed handshake frees its place, once.
+        g.release(id(4));
+        g.release(id(4));
+        g.admit(id(9), &from("192.0.2.3")).unwrap();
+        assert!(g.admit(id(10), &from("192.0.2.4")).is_err());
+        for i in [1, 2, 6, 7, 9] {
+            g.release(id(i));
+        }
+        assert_eq!(g.metrics.pending_incoming.get(), 0);
+        assert!(g.per_ip.is_empty() && g.unlisted == 0);
+    }
 }

@@ -455,6 +455,21 @@ mod tests {
     }
 
     #[test]
+    fn the_token_limit_follows_the_topology_up_to_the_wire_limit() {
+        let wire = <Request<Token> as WireMessage>::MAX_FRAME;
+        let two = token_frame_limit(2);
+        assert!(two < wire / 8, "{two}");
+        assert_eq!(token_frame_limit(10_000), wire);
+        // Refused from the prefix alone: no body byte is there to read.
+        let prefix = (two as u32).to_be_bytes();
+        let mut cursor = futures::io::Cursor::new(prefix.to_vec());
+        let e =
+            futures::executor::block_on(read_frame::<Request<Token>, _>(&mut cursor, two, None))
+                .unwrap_err();
+        assert!(is_malformed(&e) && e.to_string().contains("limit"), "{e}");
+    }
+
+    #[test]
     fn the_stream_protocol_picks_the_message_and_its_limit() {
         let (watch, mut reports) =
             FrameWatch::new(4, InboundBudget::new(8, 1 << 20, 1 << 20), usize::MAX);
