@@ -188,9 +188,8 @@ impl Driver {
             Refused::Malformed(e) => e,
             Refused::OverBudget(over) => {
                 // Not necessarily the peer's fault (the host's budget may be spent by others):
-                // its stream is dropped, its connection kept.
+                // its stream is dropped, its connection kept. The codec counted it.
                 let reason = over.reason();
-                self.metrics.reject(reason);
                 if let Some(peer) = bad.peer
                     && self.over_limit_logged.insert((peer, reason))
                 {

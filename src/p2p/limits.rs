@@ -29,7 +29,8 @@ pub struct TransportLimits {
     /// list, all together. Addresses the topology lists are held only to the per-address limit,
     /// so a flood from elsewhere cannot lock a listed host out.
     pub max_pending_incoming: u32,
-    /// Incoming connections still in their handshake from one IP address.
+    /// Incoming connections still in their handshake from one IP address, times the number of
+    /// hosts the topology lists at that address (at least one).
     pub max_pending_incoming_per_ip: u32,
     /// Outgoing connections being dialled at once.
     pub max_pending_outgoing: u32,
@@ -75,7 +76,8 @@ impl Default for TransportLimits {
 pub(crate) struct PendingGate {
     max_unlisted: u32,
     max_per_ip: u32,
-    listed: HashSet<IpAddr>,
+    /// Hosts the topology lists at each address.
+    listed: HashMap<IpAddr, u32>,
     holding: HashMap<ConnectionId, (IpAddr, bool)>,
     per_ip: HashMap<IpAddr, u32>,
     unlisted: u32,
@@ -91,8 +93,10 @@ const MAX_LOGGED: usize = 1024;
 pub(crate) enum PendingRefused {
     #[error("{ip} already has {max} connections in their handshake")]
     PerAddress { ip: IpAddr, max: u32 },
-    #[error("{max} connections from addresses outside the topology are already in their handshake")]
-    Unlisted { max: u32 },
+    #[error(
+        "{ip} is not in the topology, and {max} connections from such addresses are already in their handshake"
+    )]
+    Unlisted { ip: IpAddr, max: u32 },
 }
 
 impl PendingGate {
@@ -100,7 +104,13 @@ impl PendingGate {
         PendingGate {
             max_unlisted: limits.max_pending_incoming,
             max_per_ip: limits.max_pending_incoming_per_ip,
-            listed: topology.hosts().iter().filter_map(|h| h.address).collect(),
+            listed: topology.hosts().iter().filter_map(|h| h.address).fold(
+                HashMap::new(),
+                |mut m, ip| {
+                    *m.entry(ip).or_default() += 1;
+                    m
+                },
+            ),
             holding: HashMap::new(),
             per_ip: HashMap::new(),
             unlisted: 0,
@@ -119,16 +129,17 @@ impl PendingGate {
                 _ => None,
             })
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        let listed = self.listed.contains(&ip);
+        let hosts = self.listed.get(&ip).copied();
+        let listed = hosts.is_some();
+        // Several hosts behind one address (a cluster on one machine) each get their share.
+        let max = self.max_per_ip.saturating_mul(hosts.unwrap_or(1));
         let count = self.per_ip.get(&ip).copied().unwrap_or(0);
-        if count >= self.max_per_ip {
-            return Err(PendingRefused::PerAddress {
-                ip,
-                max: self.max_per_ip,
-            });
+        if count >= max {
+            return Err(PendingRefused::PerAddress { ip, max });
         }
         if !listed && self.unlisted >= self.max_unlisted {
             return Err(PendingRefused::Unlisted {
+                ip,
                 max: self.max_unlisted,
             });
         }
@@ -167,15 +178,9 @@ impl NetworkBehaviour for PendingGate {
     ) -> Result<(), ConnectionDenied> {
         self.admit(id, remote).map_err(|refused| {
             self.metrics.reject(PENDING_INCOMING);
-            let ip = match &refused {
-                PendingRefused::PerAddress { ip, .. } => Some(*ip),
-                PendingRefused::Unlisted { .. } => None,
-            };
-            let first = match ip {
-                Some(ip) => self.logged.len() < MAX_LOGGED && self.logged.insert(ip),
-                None => self.logged.len() < MAX_LOGGED && self.logged.insert(IpAddr::from([0; 4])),
-            };
-            if first {
+            let (PendingRefused::PerAddress { ip, .. } | PendingRefused::Unlisted { ip, .. }) =
+                refused;
+            if self.logged.len() < MAX_LOGGED && self.logged.insert(ip) {
                 tracing::warn!(%remote, reason = %refused, "refused an incoming connection before its handshake (logged once per address)");
             }
             ConnectionDenied::new(refused)
@@ -269,7 +274,7 @@ mod tests {
         g.admit(id(4), &from("192.0.2.2")).unwrap();
         assert!(matches!(
             g.admit(id(5), &from("192.0.2.3")),
-            Err(PendingRefused::Unlisted { max: 3 })
+            Err(PendingRefused::Unlisted { max: 3, .. })
         ));
         // A host the topology lists still gets in, up to its own per-address limit.
         g.admit(id(6), &from("10.0.0.1")).unwrap();

@@ -194,8 +194,12 @@ impl Libp2pPeers {
             limits.max_inflight_bytes_per_peer,
             limits.max_inflight_bytes,
         );
-        let (watch, refused) =
-            FrameWatch::new(256, budget, token_frame_limit(topology.hosts().len()));
+        let (watch, refused) = FrameWatch::new(
+            256,
+            budget,
+            token_frame_limit(topology.hosts().len()),
+            config.metrics.clone(),
+        );
         let mut scratch = Registry::default();
         let (registry, observed) = match registry {
             Some(r) => (r.sub_registry_with_prefix("scored"), true),

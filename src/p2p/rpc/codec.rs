@@ -15,6 +15,7 @@
 
 use super::budget::{BytesPermit, InboundBudget, OverBudget, RequestPermit};
 use super::{Exchange, Kind, RpcRequest, RpcResponse};
+use crate::p2p::metrics::P2pMetrics;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 use libp2p::StreamProtocol;
@@ -60,13 +61,15 @@ pub(crate) fn token_frame_limit(hosts: usize) -> usize {
 }
 
 /// What codecs share with the swarm: the peer whose connection is being set up, where to
-/// report refused streams, the budget of requests in flight, and the token frame limit.
+/// report refused streams, the budget of requests in flight, the token frame limit, and the
+/// counters of what the budget refuses.
 #[derive(Clone)]
 pub(crate) struct FrameWatch {
     pub connecting: Arc<Mutex<Option<PeerId>>>,
     pub reports: mpsc::Sender<RefusedFrame>,
     pub budget: Arc<InboundBudget>,
     pub token_frame: usize,
+    pub metrics: P2pMetrics,
 }
 
 impl FrameWatch {
@@ -74,6 +77,7 @@ impl FrameWatch {
         capacity: usize,
         budget: Arc<InboundBudget>,
         token_frame: usize,
+        metrics: P2pMetrics,
     ) -> (Self, mpsc::Receiver<RefusedFrame>) {
         let (reports, rx) = mpsc::channel(capacity);
         (
@@ -82,6 +86,7 @@ impl FrameWatch {
                 reports,
                 budget,
                 token_frame,
+                metrics,
             },
             rx,
         )
@@ -110,14 +115,19 @@ impl RpcCodec {
     }
 
     fn report<T>(&self, kind: Kind, r: io::Result<T>) -> io::Result<T> {
-        let why = match r {
+        let (why, error) = match r {
             Err(e) if is_malformed(&e) => {
                 // The error goes to the swarm; the stream gets one of the same kind and text.
                 let copy = io::Error::new(e.kind(), e.to_string());
                 (Refused::Malformed(e), copy)
             }
             Err(e) => match over_budget(&e) {
-                Some(over) => (Refused::OverBudget(over), e),
+                Some(over) => {
+                    // Counted here, so that a flood larger than the report queue is counted
+                    // whole; the swarm only logs it.
+                    self.watch.metrics.reject(over.reason());
+                    (Refused::OverBudget(over), e)
+                }
                 None => return Err(e),
             },
             ok => return ok,
@@ -126,9 +136,9 @@ impl RpcCodec {
         let _ = self.watch.reports.try_send(RefusedFrame {
             peer: self.peer,
             protocol: kind.protocol(),
-            why: why.0,
+            why,
         });
-        Err(why.1)
+        Err(error)
     }
 
     /// The largest frame of `kind` this host reads.
@@ -471,8 +481,12 @@ mod tests {
 
     #[test]
     fn the_stream_protocol_picks_the_message_and_its_limit() {
-        let (watch, mut reports) =
-            FrameWatch::new(4, InboundBudget::new(8, 1 << 20, 1 << 20), usize::MAX);
+        let (watch, mut reports) = FrameWatch::new(
+            4,
+            InboundBudget::new(8, 1 << 20, 1 << 20),
+            usize::MAX,
+            P2pMetrics::default(),
+        );
         let mut codec = RpcCodec::new(watch);
         let capacity = StreamProtocol::new(scored_proto::CAPACITY_PROTOCOL);
         let token = StreamProtocol::new(scored_proto::TOKEN_PROTOCOL);
