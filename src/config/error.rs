@@ -14,6 +14,7 @@ use super::log::LogConfigError;
 use super::metrics::MetricsConfigError;
 use super::migration::MigrationConfigError;
 use super::overrides::OverrideError;
+use super::p2p::P2pConfigError;
 use super::placement::PlacementConfigError;
 use super::token::TokenConfigError;
 use crate::diagnostics::{syntax_message, write_lines, write_position};
@@ -61,6 +62,8 @@ pub enum Problem {
     #[error(transparent)]
     Hypervisor(#[from] HypervisorConfigError),
     #[error(transparent)]
+    P2p(#[from] P2pConfigError),
+    #[error(transparent)]
     Token(#[from] TokenConfigError),
     #[error(transparent)]
     Decision(#[from] DecisionConfigError),
@@ -99,6 +102,7 @@ impl Problem {
             | Problem::Override(_) => Vec::new(),
             Problem::Host(e) => e.keys(),
             Problem::Hypervisor(e) => e.keys(),
+            Problem::P2p(e) => e.keys(),
             Problem::Token(e) => e.keys(),
             Problem::Decision(e) => e.keys(),
             Problem::Placement(e) => e.keys(),

@@ -55,7 +55,7 @@ pub use log::{LogConfig, LogConfigError, LogFormat};
 pub use metrics::{MetricsConfig, MetricsConfigError};
 pub use migration::{MigrationConfig, MigrationConfigError};
 pub use overrides::{Override, OverrideError};
-pub use p2p::P2pConfig;
+pub use p2p::{P2pConfig, P2pConfigError};
 pub use placement::{PlacementConfig, PlacementConfigError, VmRef, VmRefError};
 pub use section::{NoFile, OptionSpec, Reload, ZeroValue};
 pub use token::{TokenConfig, TokenConfigError};
@@ -295,6 +295,8 @@ mod tests {
         c.host.topology = "".into();
         c.hypervisor.uri = "qemu".into();
         c.hypervisor.call_timeout_s = 0;
+        c.p2p.max_requests_per_peer = 0;
+        c.p2p.max_inflight_per_peer_mib = c.p2p.max_inflight_mib + 1;
         c.token.handoff_timeout_ms = 0;
         c.token.regeneration_timeout_ms = Some(0);
         let d = &mut c.decision;
@@ -320,7 +322,7 @@ mod tests {
         c.journal.path = "".into();
         c.log.level = "loud".into();
         let problems = c.problems();
-        assert_eq!(problems.len(), 26, "{problems:#?}");
+        assert_eq!(problems.len(), 28, "{problems:#?}");
         for p in &problems {
             assert!(!p.keys().is_empty(), "{p}");
             for k in p.keys() {

@@ -187,6 +187,7 @@ async fn serve(
     let directory = Arc::new(Directory::new(topo.clone(), me));
     let mut p2p = P2pConfig::new(key, topo.clone(), me);
     p2p.listen = config.p2p.listen.clone();
+    p2p.limits = config.p2p.limits();
     p2p.metrics = p2p_metrics;
     let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(&mut registry))
         .await

@@ -1,25 +1,32 @@
-//! What a scored libp2p node is made of: the allowlist, the request-response [`Rpc`], gossipsub
-//! for announcements, identify, and ping for liveness, composed in that order, and the swarm
-//! built around them (TCP + Noise + Yamux). Construction only: nothing here runs the swarm or
-//! looks at a message.
+//! What a scored libp2p node is made of: the connection limits, the allowlist, the
+//! request-response [`Rpc`], gossipsub for announcements, identify, and ping for liveness,
+//! composed in that order, and the swarm built around them (TCP + Noise + Yamux, with a
+//! handshake timeout and a bound on streams per connection). Construction only: nothing here
+//! runs the swarm or looks at a message.
 //!
 //! Liveness is libp2p ping on every connection (a failed ping closes it, and the daemon sees
 //! `PeerDown`) rather than a Heartbeat message of our own: it already runs on every connection
 //! and measures what a heartbeat would.
 
 use super::allowlist::Allowlist;
+use super::limits::{PendingGate, connection_limits};
 use super::rpc::{FrameWatch, Rpc};
 use super::service::{P2pConfig, StartError};
+use libp2p::core::upgrade::Version;
 use libp2p::gossipsub;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{Swarm, Transport, identify, noise, ping, tcp, yamux};
 use prometheus_client::registry::Registry;
 use scored_proto::{Announcement, IDENTIFY_PROTOCOL, TopologyFingerprint, WireMessage};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    // First, so that an outsider is refused before any other behaviour sees the connection,
-    // and so that the codecs know the peer when the rpc lanes set their handlers up.
+    // The limits first: a connection over them costs nothing more than its refusal.
+    pub pending: PendingGate,
+    pub limits: libp2p::connection_limits::Behaviour,
+    // Right after the limits, so that an outsider is refused before any other behaviour sees
+    // the connection, and so that the codecs know the peer when the rpc lanes set their
+    // handlers up.
     pub allowlist: Allowlist,
     pub rpc: Rpc,
     pub gossip: gossipsub::Behaviour,
@@ -52,12 +59,23 @@ pub(crate) fn build_swarm(
         .with_timeout(config.ping_interval * 2);
     let metrics = config.metrics.clone();
     let topology = config.topology.clone();
+    let limits = config.limits;
+    let mut yamux = yamux::Config::default();
+    yamux.set_max_num_streams(limits.max_streams_per_connection);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
+        // libp2p's `with_tcp` puts no time limit on a handshake: a peer that connects and says
+        // nothing would be held for ever.
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux)
+                        .timeout(limits.handshake_timeout),
+                )
+            },
         )
         .map_err(|e| StartError::setup("TCP transport", e))?
         .with_bandwidth_metrics(registry)
@@ -67,8 +85,10 @@ pub(crate) fn build_swarm(
                 gossip_config,
             )?;
             Ok(Behaviour {
+                pending: PendingGate::new(&topology, &limits, metrics.clone()),
+                limits: connection_limits(&limits),
                 allowlist: Allowlist::new(&topology, me, metrics, watch.clone()),
-                rpc: Rpc::new(&watch, config.request_timeout),
+                rpc: Rpc::new(&watch, config.request_timeout, limits.max_requests_per_peer),
                 gossip,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -78,7 +98,11 @@ pub(crate) fn build_swarm(
             })
         })
         .map_err(|e| StartError::setup("behaviours", e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(config.idle_timeout)
+                // Streams still choosing their protocol hold no permit of the rpc budget yet.
+                .with_max_negotiating_inbound_streams(limits.max_requests_per_peer)
+        })
         .build();
     Ok(swarm)
 }

@@ -1,6 +1,6 @@
 //! The one task that owns the swarm: it takes commands from [`Libp2pPeers`] handles, sends
 //! requests and settles their answers, admits or refuses what peers ask (rate limit, topology
-//! fingerprint), answers location queries from the directory, hands every other request to the
+//! fingerprint), counts and logs what the transport's limits refused, answers location queries from the directory, hands every other request to the
 //! daemon and sends its answer back, and reacts to connections, gossip, identify and ping.
 //! It decides nothing for the daemon and never waits on it: answers come back as futures.
 //!
@@ -11,7 +11,8 @@ use super::directory::Directory;
 use super::gossip::Gossip;
 use super::metrics::P2pMetrics;
 use super::rpc::{
-    Kind, Limited, MalformedFrame, Pending, RateLimiter, Reply, RpcEvent, RpcRequest, RpcResponse,
+    Kind, Limited, Pending, RateLimiter, Refused, RefusedFrame, Reply, RpcEvent, RpcRequest,
+    RpcResponse,
 };
 use super::service::P2pConfig;
 use super::{AnnounceError, InboundEvent, Responder, deliver, reply_or_unavailable};
@@ -22,8 +23,8 @@ use futures::{FutureExt, StreamExt};
 use libp2p::gossipsub;
 use libp2p::metrics::Recorder;
 use libp2p::request_response::{self as rr, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, Swarm, identify, ping};
+use libp2p::swarm::{ConnectionDenied, DialError, ListenError, SwarmEvent};
+use libp2p::{PeerId, Swarm, connection_limits, identify, ping};
 use scored_proto::{Refusal, Response, TopologyFingerprint};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ struct Answer {
 pub(crate) struct Channels {
     pub inbound: mpsc::Sender<InboundEvent>,
     pub commands: mpsc::UnboundedReceiver<Command>,
-    pub malformed: mpsc::Receiver<MalformedFrame>,
+    pub refused: mpsc::Receiver<RefusedFrame>,
 }
 
 pub(crate) struct Driver {
@@ -61,7 +62,7 @@ pub(crate) struct Driver {
     /// libp2p's own metrics, when the daemon registered them.
     libp2p_metrics: Option<libp2p::metrics::Metrics>,
     commands: mpsc::UnboundedReceiver<Command>,
-    malformed: mpsc::Receiver<MalformedFrame>,
+    refused: mpsc::Receiver<RefusedFrame>,
     request_timeout: Duration,
     pending: Pending,
     limiter: RateLimiter,
@@ -69,6 +70,8 @@ pub(crate) struct Driver {
     gossip: Gossip,
     mismatch_logged: HashSet<PeerId>,
     limited_logged: HashSet<(PeerId, Kind)>,
+    /// Peers already named in the log for a transport limit, with the limit's reason.
+    over_limit_logged: HashSet<(PeerId, &'static str)>,
 }
 
 impl Driver {
@@ -90,7 +93,7 @@ impl Driver {
             metrics: config.metrics.clone(),
             libp2p_metrics,
             commands: channels.commands,
-            malformed: channels.malformed,
+            refused: channels.refused,
             request_timeout: config.request_timeout,
             pending: Pending::default(),
             limiter: RateLimiter::new(config.rate_limits),
@@ -98,6 +101,7 @@ impl Driver {
             gossip,
             mismatch_logged: HashSet::new(),
             limited_logged: HashSet::new(),
+            over_limit_logged: HashSet::new(),
         }
     }
 
@@ -118,7 +122,7 @@ impl Driver {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.swarm_event(event),
-                Some(bad) = self.malformed.recv() => self.malformed(bad),
+                Some(bad) = self.refused.recv() => self.refused(bad),
                 Some(a) = self.answers.next(), if !self.answers.is_empty() => {
                     // A daemon's answer is counted as served, refusal or not, once it is sent.
                     self.respond(a.channel, a.response, true);
@@ -179,14 +183,43 @@ impl Driver {
         }
     }
 
-    fn malformed(&mut self, bad: MalformedFrame) {
+    fn refused(&mut self, bad: RefusedFrame) {
+        let error = match bad.why {
+            Refused::Malformed(e) => e,
+            Refused::OverBudget(over) => {
+                // Not necessarily the peer's fault (the host's budget may be spent by others):
+                // its stream is dropped, its connection kept. The codec counted it.
+                let reason = over.reason();
+                if let Some(peer) = bad.peer
+                    && self.over_limit_logged.insert((peer, reason))
+                {
+                    tracing::warn!(peer = %self.host_name(&peer), protocol = bad.protocol, %over, "dropped a request stream over the transport's budget (logged once per peer and reason)");
+                }
+                return;
+            }
+        };
         self.metrics.malformed_frames.inc();
         let Some(peer) = bad.peer else {
-            tracing::warn!(protocol = bad.protocol, error = %bad.error, "malformed frame from an unidentified connection");
+            tracing::warn!(protocol = bad.protocol, %error, "malformed frame from an unidentified connection");
             return;
         };
-        tracing::warn!(peer = %self.host_name(&peer), protocol = bad.protocol, error = %bad.error, "malformed frame: disconnecting the peer");
+        tracing::warn!(peer = %self.host_name(&peer), protocol = bad.protocol, %error, "malformed frame: disconnecting the peer");
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Counts a connection that libp2p's connection limits refused, naming its peer once.
+    fn connection_denied(&mut self, peer: Option<PeerId>, cause: &ConnectionDenied) {
+        let Some(exceeded) = cause.downcast_ref::<connection_limits::Exceeded>() else {
+            return;
+        };
+        self.metrics.reject(super::metrics::CONNECTION_LIMIT);
+        let reason = super::metrics::CONNECTION_LIMIT;
+        if let Some(peer) = peer
+            && self.topology.host_by_peer(&peer).is_some()
+            && self.over_limit_logged.insert((peer, reason))
+        {
+            tracing::warn!(peer = %self.host_name(&peer), %exceeded, "refused a connection over the transport's limits (logged once per peer)");
+        }
     }
 
     /// The sender's host, if it made its request with our topology and is within its
@@ -348,6 +381,7 @@ impl Driver {
             }
         }
         match event {
+            BehaviourEvent::Pending(never) | BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Allowlist(never) => match never {},
             BehaviourEvent::Rpc(e) => self.rpc_event(e),
             BehaviourEvent::Gossip(gossipsub::Event::Message {
@@ -420,13 +454,20 @@ impl Driver {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let DialError::Denied { cause } = &error {
+                    self.connection_denied(peer_id, cause);
+                }
                 tracing::debug!(peer = ?peer_id.map(|p| self.host_name(&p)), %error, "dial failed");
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
                 error,
+                peer_id,
                 ..
             } => {
+                if let ListenError::Denied { cause } = &error {
+                    self.connection_denied(peer_id, cause);
+                }
                 tracing::debug!(%send_back_addr, %error, "incoming connection failed");
             }
             _ => {}

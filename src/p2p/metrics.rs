@@ -3,6 +3,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Label set of per-protocol counters: `protocol="/scored/token/1"`.
@@ -13,6 +14,15 @@ pub type ReasonLabel = Vec<(String, String)>;
 
 /// The `reason` of requests refused because their peer exceeded its rate limit.
 pub const RATE_LIMITED: &str = "rate_limited";
+/// Incoming connections refused before their handshake: too many already in it from one
+/// address, or from addresses outside the topology.
+pub const PENDING_INCOMING: &str = "pending_incoming";
+/// Connections refused by an established or outgoing connection limit.
+pub const CONNECTION_LIMIT: &str = "connection_limit";
+/// Request streams dropped because their peer already has its limit of requests in flight.
+pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
+/// Request streams dropped because their bytes would exceed the peer's or the host's budget.
+pub const INFLIGHT_BYTES: &str = "inflight_bytes";
 
 #[derive(Clone, Debug, Default)]
 pub struct P2pMetrics {
@@ -26,8 +36,10 @@ pub struct P2pMetrics {
     pub rejected_announcements: Counter,
     /// Requests answered, by protocol.
     pub requests_served: Family<ProtocolLabel, Counter>,
-    /// Requests from peers refused without being handled, by reason ([`RATE_LIMITED`]).
+    /// Requests from peers refused without being handled, by reason ([`RATE_LIMITED`], …).
     pub rejected: Family<ReasonLabel, Counter>,
+    /// Incoming connections in their handshake now.
+    pub pending_incoming: Gauge,
 }
 
 impl P2pMetrics {
@@ -59,8 +71,13 @@ impl P2pMetrics {
         );
         registry.register(
             "scored_p2p_rejected",
-            "Requests from peers refused without being handled, by reason (rate_limited: over the peer's allowance)",
+            "Peer input refused without being handled, by reason (rate_limited: over the peer's allowance; pending_incoming, connection_limit: a connection over a transport limit; requests_in_flight, inflight_bytes: a request stream over its peer's or the host's budget)",
             self.rejected.clone(),
+        );
+        registry.register(
+            "scored_p2p_pending_incoming_connections",
+            "Incoming connections in their Noise/Yamux handshake now",
+            self.pending_incoming.clone(),
         );
     }
 

@@ -13,6 +13,7 @@ pub mod direct;
 pub mod directory;
 mod driver;
 mod gossip;
+mod limits;
 pub mod metrics;
 pub mod probe;
 mod rpc;
@@ -20,6 +21,7 @@ mod service;
 
 pub use direct::{DirectNetwork, DirectPeers};
 pub use directory::{AnnouncementRejected, Directory, LocateOptions, Locations};
+pub use limits::TransportLimits;
 pub use metrics::P2pMetrics;
 pub use rpc::{Quota, RateLimits, RequestFailure};
 pub use service::{Libp2pPeers, ListenFailure, P2pConfig, StartError};

@@ -6,8 +6,11 @@ use super::behaviour::build_swarm;
 use super::directory::Directory;
 use super::driver::{Channels, Command, Driver};
 use super::gossip::Gossip;
+use super::limits::TransportLimits;
 use super::metrics::P2pMetrics;
-use super::rpc::{Exchange, FrameWatch, RateLimits, RequestFailure};
+use super::rpc::{
+    Exchange, FrameWatch, InboundBudget, RateLimits, RequestFailure, token_frame_limit,
+};
 use super::{Inbound, PeerError, Peers, fingerprint};
 use crate::topology::{HostId, Topology};
 use futures::StreamExt;
@@ -49,6 +52,8 @@ pub struct P2pConfig {
     pub redial_interval: Duration,
     /// What each peer may ask of this host per protocol; over it, requests are refused.
     pub rate_limits: RateLimits,
+    /// Connections, streams, requests and bytes others may hold on this host.
+    pub limits: TransportLimits,
 }
 
 impl P2pConfig {
@@ -66,6 +71,7 @@ impl P2pConfig {
             inventory_interval: Duration::from_secs(300),
             redial_interval: Duration::from_secs(10),
             rate_limits: RateLimits::default(),
+            limits: TransportLimits::default(),
         }
     }
 }
@@ -182,7 +188,18 @@ impl Libp2pPeers {
             });
         };
         let fp = fingerprint(&topology);
-        let (watch, malformed) = FrameWatch::new(256);
+        let limits = &config.limits;
+        let budget = InboundBudget::new(
+            limits.max_requests_per_peer,
+            limits.max_inflight_bytes_per_peer,
+            limits.max_inflight_bytes,
+        );
+        let (watch, refused) = FrameWatch::new(
+            256,
+            budget,
+            token_frame_limit(topology.hosts().len()),
+            config.metrics.clone(),
+        );
         let mut scratch = Registry::default();
         let (registry, observed) = match registry {
             Some(r) => (r.sub_registry_with_prefix("scored"), true),
@@ -229,7 +246,7 @@ impl Libp2pPeers {
         let channels = Channels {
             inbound: inbound_tx,
             commands: commands_rx,
-            malformed,
+            refused,
         };
         let driver = Driver::new(
             swarm,

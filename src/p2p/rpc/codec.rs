@@ -2,49 +2,91 @@
 //! four protocols the stream was negotiated for. The protocol picks the message type, so each
 //! message keeps its own size limit, and the length prefix is checked against that limit before
 //! any body byte is read; the body buffer grows only as bytes arrive, so a peer announcing a
-//! large frame and sending nothing costs nothing.
+//! large frame and sending nothing costs nothing. A token hand-off is held to what the topology
+//! can need (at most [`MAX_HOST_VMS`] slots per host), tighter than the wire's own limit in any
+//! cluster of fewer than 32 hosts. Each inbound request holds a permit of the shared
+//! [`InboundBudget`] from its first byte until its answer is written, and the bytes of its frame
+//! as they arrive: over either, the stream is dropped and reported.
 //!
 //! libp2p's request-response drops a stream whose request fails to decode without telling the
 //! behaviour who sent it, so the codec reports malformed frames itself, naming the peer: each
 //! connection's codec is cloned when the connection is established, right after the allowlist
 //! (the first behaviour) has recorded which peer it is for. This module never answers a request.
 
+use super::budget::{BytesPermit, InboundBudget, OverBudget, RequestPermit};
 use super::{Exchange, Kind, RpcRequest, RpcResponse};
+use crate::p2p::metrics::P2pMetrics;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
-    CapacityRequest, DecodeError, LocationRequest, Request, Response, StatsRequest, Token,
-    WireMessage, encode,
+    CapacityRequest, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME, Request,
+    Response, StatsRequest, Token, WireMessage, encode,
 };
 use std::io;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// A frame a peer sent that did not decode.
+/// A request stream a peer opened that this host dropped.
 #[derive(Debug)]
-pub(crate) struct MalformedFrame {
+pub(crate) struct RefusedFrame {
     pub peer: Option<PeerId>,
     pub protocol: &'static str,
-    pub error: io::Error,
+    pub why: Refused,
 }
 
-/// What codecs share with the swarm: the peer whose connection is being set up, and where to
-/// report malformed frames.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The frame did not decode (or announced more than its limit): the peer misbehaves.
+    Malformed(io::Error),
+    /// The request would exceed a budget; the peer may be honest but unlucky.
+    OverBudget(OverBudget),
+}
+
+/// Bytes one token slot may take on the wire at most (sparse id, flags, load, schedule entry),
+/// as the wire's own limit assumes: 24 MiB for 2^21 slots.
+const TOKEN_SLOT_BYTES: usize = MAX_TOKEN_FRAME >> 21;
+/// Room for the token's plain fields and the frame's envelope.
+const TOKEN_HEADER_BYTES: usize = 4 << 10;
+
+/// The largest token frame a cluster of `hosts` can need: every host runs at most
+/// [`MAX_HOST_VMS`] VMs (it could not report more), so no token lists more slots than that.
+pub(crate) fn token_frame_limit(hosts: usize) -> usize {
+    hosts
+        .saturating_mul(MAX_HOST_VMS)
+        .saturating_mul(TOKEN_SLOT_BYTES)
+        .saturating_add(TOKEN_HEADER_BYTES)
+        .min(<Request<Token> as WireMessage>::MAX_FRAME)
+}
+
+/// What codecs share with the swarm: the peer whose connection is being set up, where to
+/// report refused streams, the budget of requests in flight, the token frame limit, and the
+/// counters of what the budget refuses.
 #[derive(Clone)]
 pub(crate) struct FrameWatch {
     pub connecting: Arc<Mutex<Option<PeerId>>>,
-    pub reports: mpsc::Sender<MalformedFrame>,
+    pub reports: mpsc::Sender<RefusedFrame>,
+    pub budget: Arc<InboundBudget>,
+    pub token_frame: usize,
+    pub metrics: P2pMetrics,
 }
 
 impl FrameWatch {
-    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<MalformedFrame>) {
+    pub(crate) fn new(
+        capacity: usize,
+        budget: Arc<InboundBudget>,
+        token_frame: usize,
+        metrics: P2pMetrics,
+    ) -> (Self, mpsc::Receiver<RefusedFrame>) {
         let (reports, rx) = mpsc::channel(capacity);
         (
             FrameWatch {
                 connecting: Arc::new(Mutex::new(None)),
                 reports,
+                budget,
+                token_frame,
+                metrics,
             },
             rx,
         )
@@ -55,33 +97,61 @@ impl FrameWatch {
     }
 }
 
-/// The codec of every scored request-response protocol.
+/// The codec of every scored request-response protocol. libp2p clones it for each stream and
+/// keeps the clone until the stream ends, so an inbound request's permit lives in it.
 pub(crate) struct RpcCodec {
     peer: Option<PeerId>,
     watch: FrameWatch,
+    permit: Option<RequestPermit>,
 }
 
 impl RpcCodec {
     pub(crate) fn new(watch: FrameWatch) -> Self {
-        RpcCodec { peer: None, watch }
+        RpcCodec {
+            peer: None,
+            watch,
+            permit: None,
+        }
     }
 
     fn report<T>(&self, kind: Kind, r: io::Result<T>) -> io::Result<T> {
-        match r {
+        let (why, error) = match r {
             Err(e) if is_malformed(&e) => {
                 // The error goes to the swarm; the stream gets one of the same kind and text.
                 let copy = io::Error::new(e.kind(), e.to_string());
-                // A full queue means the swarm is already disconnecting a flood of bad frames.
-                let _ = self.watch.reports.try_send(MalformedFrame {
-                    peer: self.peer,
-                    protocol: kind.protocol(),
-                    error: e,
-                });
-                Err(copy)
+                (Refused::Malformed(e), copy)
             }
-            r => r,
+            Err(e) => match over_budget(&e) {
+                Some(over) => {
+                    // Counted here, so that a flood larger than the report queue is counted
+                    // whole; the swarm only logs it.
+                    self.watch.metrics.reject(over.reason());
+                    (Refused::OverBudget(over), e)
+                }
+                None => return Err(e),
+            },
+            ok => return ok,
+        };
+        // A full queue means the swarm is already dealing with a flood of refused streams.
+        let _ = self.watch.reports.try_send(RefusedFrame {
+            peer: self.peer,
+            protocol: kind.protocol(),
+            why,
+        });
+        Err(error)
+    }
+
+    /// The largest frame of `kind` this host reads.
+    fn limit<M: WireMessage>(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Token => self.watch.token_frame.min(M::MAX_FRAME),
+            _ => M::MAX_FRAME,
         }
     }
+}
+
+fn over_budget(e: &io::Error) -> Option<OverBudget> {
+    e.get_ref()?.downcast_ref::<OverBudget>().copied()
 }
 
 impl Clone for RpcCodec {
@@ -98,6 +168,7 @@ impl Clone for RpcCodec {
         RpcCodec {
             peer,
             watch: self.watch.clone(),
+            permit: None,
         }
     }
 }
@@ -124,7 +195,16 @@ pub(crate) fn is_malformed(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::InvalidData
 }
 
-pub(crate) async fn read_frame<M, T>(io: &mut T) -> io::Result<M>
+/// Bytes read (and held from the budget) at a time while a frame arrives.
+const CHUNK: usize = 64 << 10;
+
+/// Reads one frame of at most `limit` bytes (prefix included), holding its bytes from
+/// `budget` as they arrive when one is given.
+pub(crate) async fn read_frame<M, T>(
+    io: &mut T,
+    limit: usize,
+    mut budget: Option<&mut BytesPermit>,
+) -> io::Result<M>
 where
     M: WireMessage,
     T: AsyncRead + Unpin + Send,
@@ -149,17 +229,31 @@ where
         got += n;
     }
     let len = frame_len::<M>(prefix).map_err(invalid)?;
-    let mut payload = Vec::with_capacity(len.min(64 << 10));
-    (&mut *io)
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .await?;
-    if payload.len() < len {
-        return Err(invalid(DecodeError::Truncated {
+    let max = limit.saturating_sub(LENGTH_PREFIX);
+    if len > max {
+        return Err(invalid(DecodeError::TooLarge {
             message: M::NAME,
-            expected: len,
-            got: payload.len(),
+            len: len as u64,
+            max,
         }));
+    }
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let start = payload.len();
+        let want = (len - start).min(CHUNK);
+        if let Some(b) = budget.as_deref_mut() {
+            b.hold(start + want).map_err(io::Error::other)?;
+        }
+        payload.resize(start + want, 0);
+        let n = io.read(&mut payload[start..]).await?;
+        payload.truncate(start + n);
+        if n == 0 {
+            return Err(invalid(DecodeError::Truncated {
+                message: M::NAME,
+                expected: len,
+                got: start,
+            }));
+        }
     }
     // One frame per stream: the sender closes its side after it. Anything more is not ours.
     let mut extra = [0u8; 64];
@@ -184,13 +278,20 @@ where
     io.flush().await
 }
 
-async fn read_request_of<E: Exchange, T>(io: &mut T) -> io::Result<RpcRequest>
+async fn read_request_of<E: Exchange, T>(
+    io: &mut T,
+    limit: usize,
+    budget: &mut BytesPermit,
+) -> io::Result<RpcRequest>
 where
     T: AsyncRead + Unpin + Send,
 {
-    Ok(E::request(read_frame::<Request<E>, T>(io).await?))
+    Ok(E::request(
+        read_frame::<Request<E>, T>(io, limit, Some(budget)).await?,
+    ))
 }
 
+/// Answers are read without the budget: each answers a request this host chose to send.
 async fn read_response_of<E: Exchange, T>(
     io: &mut T,
     wrap: fn(Response<E::Answer>) -> RpcResponse,
@@ -198,7 +299,10 @@ async fn read_response_of<E: Exchange, T>(
 where
     T: AsyncRead + Unpin + Send,
 {
-    Ok(wrap(read_frame::<Response<E::Answer>, T>(io).await?))
+    let limit = <Response<E::Answer> as WireMessage>::MAX_FRAME;
+    Ok(wrap(
+        read_frame::<Response<E::Answer>, T>(io, limit, None).await?,
+    ))
 }
 
 /// A message handed to the codec for a stream of another protocol: a bug on this side.
@@ -219,11 +323,29 @@ impl libp2p::request_response::Codec for RpcCodec {
         T: AsyncRead + Unpin + Send,
     {
         let kind = kind_of(p)?;
+        // Held until this codec (the stream's) is dropped, after the answer is written.
+        match self.watch.budget.request(self.peer) {
+            Ok(permit) => self.permit = Some(permit),
+            Err(over) => return self.report(kind, Err(io::Error::other(over))),
+        }
+        let mut bytes = self.watch.budget.bytes(self.peer);
         let r = match kind {
-            Kind::Token => read_request_of::<Token, T>(io).await,
-            Kind::Location => read_request_of::<LocationRequest, T>(io).await,
-            Kind::Capacity => read_request_of::<CapacityRequest, T>(io).await,
-            Kind::Stats => read_request_of::<StatsRequest, T>(io).await,
+            Kind::Token => {
+                let limit = self.limit::<Request<Token>>(kind);
+                read_request_of::<Token, T>(io, limit, &mut bytes).await
+            }
+            Kind::Location => {
+                let limit = self.limit::<Request<LocationRequest>>(kind);
+                read_request_of::<LocationRequest, T>(io, limit, &mut bytes).await
+            }
+            Kind::Capacity => {
+                let limit = self.limit::<Request<CapacityRequest>>(kind);
+                read_request_of::<CapacityRequest, T>(io, limit, &mut bytes).await
+            }
+            Kind::Stats => {
+                let limit = self.limit::<Request<StatsRequest>>(kind);
+                read_request_of::<StatsRequest, T>(io, limit, &mut bytes).await
+            }
         };
         self.report(kind, r)
     }
@@ -294,7 +416,7 @@ mod tests {
 
     fn read<M: WireMessage>(bytes: &[u8]) -> io::Result<M> {
         let mut cursor = futures::io::Cursor::new(bytes.to_vec());
-        futures::executor::block_on(read_frame::<M, _>(&mut cursor))
+        futures::executor::block_on(read_frame::<M, _>(&mut cursor, M::MAX_FRAME, None))
     }
 
     #[test]
@@ -343,8 +465,28 @@ mod tests {
     }
 
     #[test]
+    fn the_token_limit_follows_the_topology_up_to_the_wire_limit() {
+        let wire = <Request<Token> as WireMessage>::MAX_FRAME;
+        let two = token_frame_limit(2);
+        assert!(two < wire / 8, "{two}");
+        assert_eq!(token_frame_limit(10_000), wire);
+        // Refused from the prefix alone: no body byte is there to read.
+        let prefix = (two as u32).to_be_bytes();
+        let mut cursor = futures::io::Cursor::new(prefix.to_vec());
+        let e =
+            futures::executor::block_on(read_frame::<Request<Token>, _>(&mut cursor, two, None))
+                .unwrap_err();
+        assert!(is_malformed(&e) && e.to_string().contains("limit"), "{e}");
+    }
+
+    #[test]
     fn the_stream_protocol_picks_the_message_and_its_limit() {
-        let (watch, mut reports) = FrameWatch::new(4);
+        let (watch, mut reports) = FrameWatch::new(
+            4,
+            InboundBudget::new(8, 1 << 20, 1 << 20),
+            usize::MAX,
+            P2pMetrics::default(),
+        );
         let mut codec = RpcCodec::new(watch);
         let capacity = StreamProtocol::new(scored_proto::CAPACITY_PROTOCOL);
         let token = StreamProtocol::new(scored_proto::TOKEN_PROTOCOL);

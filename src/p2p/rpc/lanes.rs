@@ -29,8 +29,17 @@ pub(crate) struct Rpc {
 
 impl Rpc {
     /// `request_timeout` bounds every request inside the swarm (callers usually give up sooner).
-    pub(crate) fn new(watch: &FrameWatch, request_timeout: Duration) -> Self {
-        let config = rr::Config::default().with_request_timeout(request_timeout);
+    /// `max_requests_per_peer` is what the codec's budget lets one peer have in flight; each
+    /// lane allows twice that per connection, so that the budget, which counts and names what
+    /// it refuses, is what refuses (libp2p drops a stream over its own bound silently).
+    pub(crate) fn new(
+        watch: &FrameWatch,
+        request_timeout: Duration,
+        max_requests_per_peer: usize,
+    ) -> Self {
+        let config = rr::Config::default()
+            .with_request_timeout(request_timeout)
+            .with_max_concurrent_streams(2 * max_requests_per_peer);
         let lane = |kind: Kind| {
             Lane::with_codec(
                 RpcCodec::new(watch.clone()),

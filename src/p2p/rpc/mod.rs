@@ -1,17 +1,19 @@
 //! The request-response half of the transport: one [`RpcRequest`]/[`RpcResponse`] pair over the
-//! four protocol ids, the codec that frames them, the map of requests awaiting an answer, and
-//! the per-peer limit on what a peer may ask.
+//! four protocol ids, the codec that frames them, the map of requests awaiting an answer, the
+//! per-peer limit on what a peer may ask, and the budget of requests and bytes in flight.
 //!
 //! The protocol ids stay on the wire (`/scored/token/1`, …): the [`Kind`] of a message says which
 //! one it travels on, and the codec reads and writes the message of the protocol it is given.
 //! Nothing here decides how to answer: the driver does, from the directory or through the daemon.
 
+mod budget;
 mod codec;
 mod lanes;
 mod pending;
 mod rate_limit;
 
-pub(crate) use codec::{FrameWatch, MalformedFrame};
+pub(crate) use budget::InboundBudget;
+pub(crate) use codec::{FrameWatch, Refused, RefusedFrame, token_frame_limit};
 pub(crate) use lanes::{Rpc, RpcEvent};
 pub use pending::RequestFailure;
 pub(crate) use pending::{Pending, Reply};
