@@ -26,7 +26,8 @@ pub struct P2pMetrics {
     pub rejected_announcements: Counter,
     /// Requests answered, by protocol.
     pub requests_served: Family<ProtocolLabel, Counter>,
-    /// Requests from peers refused without being handled, by reason ([`RATE_LIMITED`]).
+    /// Requests and announcements from peers refused without being handled, by reason
+    /// ([`RATE_LIMITED`], and the announcement reasons of `AnnouncementRejected::reason`).
     pub rejected: Family<ReasonLabel, Counter>,
 }
 
@@ -59,7 +60,7 @@ impl P2pMetrics {
         );
         registry.register(
             "scored_p2p_rejected",
-            "Requests from peers refused without being handled, by reason (rate_limited: over the peer's allowance)",
+            "Requests and announcements from peers refused without being handled, by reason (rate_limited: over the peer's allowance; future_stamp, not_its_migration, inventory_too_large, ...: announcements, see docs/protocol.md)",
             self.rejected.clone(),
         );
     }
