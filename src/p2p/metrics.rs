@@ -36,7 +36,8 @@ pub struct P2pMetrics {
     pub rejected_announcements: Counter,
     /// Requests answered, by protocol.
     pub requests_served: Family<ProtocolLabel, Counter>,
-    /// Requests from peers refused without being handled, by reason ([`RATE_LIMITED`], …).
+    /// Peer input refused without being handled, by reason ([`RATE_LIMITED`], the transport
+    /// limits, and the announcement reasons of `AnnouncementRejected::reason`).
     pub rejected: Family<ReasonLabel, Counter>,
     /// Incoming connections in their handshake now.
     pub pending_incoming: Gauge,
@@ -71,7 +72,7 @@ impl P2pMetrics {
         );
         registry.register(
             "scored_p2p_rejected",
-            "Peer input refused without being handled, by reason (rate_limited: over the peer's allowance; pending_incoming, connection_limit: a connection over a transport limit; requests_in_flight, inflight_bytes: a request stream over its peer's or the host's budget)",
+            "Peer input refused without being handled, by reason (rate_limited: over the peer's allowance; pending_incoming, connection_limit: a connection over a transport limit; requests_in_flight, inflight_bytes: a request stream over its peer's or the host's budget; future_stamp, not_its_migration, inventory_too_large, ...: announcements, see docs/protocol.md)",
             self.rejected.clone(),
         );
         registry.register(
