@@ -7,6 +7,7 @@
 //! gaps with batched queries to the hosts concerned, follow "moved to" hints, and fall back to
 //! asking every host. This module does no I/O itself: queries go through [`Peers`].
 
+use super::zombies::Zombies;
 use super::{PeerError, Peers};
 use crate::topology::{HostId, Topology};
 use scored_proto::{
@@ -54,6 +55,8 @@ pub struct Directory {
     topology: Arc<Topology>,
     me: HostId,
     state: Mutex<State>,
+    /// Hosts' own claims of what they run, for zombie detection (`zombies`).
+    zombies: Zombies,
 }
 
 impl std::fmt::Debug for Directory {
@@ -70,6 +73,7 @@ impl std::fmt::Debug for Directory {
 impl Directory {
     pub fn new(topology: Arc<Topology>, me: HostId) -> Self {
         Directory {
+            zombies: Zombies::new(topology.clone(), me),
             topology,
             me,
             state: Mutex::new(State::default()),
@@ -83,6 +87,11 @@ impl Directory {
 
     pub fn me(&self) -> HostId {
         self.me
+    }
+
+    /// What peers claim to run, for zombie detection.
+    pub fn zombies(&self) -> &Zombies {
+        &self.zombies
     }
 
     /// Replaces the list of VMs running here (e.g. from the hypervisor at start).
@@ -229,6 +238,8 @@ impl Directory {
     /// Applies a peer's announcement. `author` is the authenticated host that published it; a
     /// host may only speak for itself (its inventory, or a migration from or to it).
     pub fn apply(&self, author: HostId, a: &Announcement) -> Result<(), AnnouncementRejected> {
+        // Before any check of the directory's own: a zombie shows as a claim it would refuse.
+        self.zombies.observe(author, a, std::time::Instant::now());
         let host = |name: &str| {
             self.topology
                 .host_by_name(name)
