@@ -7,7 +7,7 @@ set -euo pipefail
 # feature; `cargo build --no-default-features` needs neither) and for the real-hypervisor tests.
 PKGS=(pkg-config libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
       qemu-system-x86 iproute2 iputils-ping procps prometheus systemd cpio busybox-static
-      tcpdump debootstrap systemd-container)
+      tcpdump debootstrap systemd-container openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -166,10 +166,12 @@ pub enum TurnOutcome {
     Failed,
     /// Not decided: this host's hypervisor does not answer.
     HypervisorDown,
+    /// Not decided: the VM runs on more than one host at once (a zombie).
+    Zombie,
 }
 
 impl TurnOutcome {
-    pub const ALL: [TurnOutcome; 11] = [
+    pub const ALL: [TurnOutcome; 12] = [
         TurnOutcome::Migrated,
         TurnOutcome::NoBenefit,
         TurnOutcome::NoCapacity,
@@ -181,6 +183,7 @@ impl TurnOutcome {
         TurnOutcome::Busy,
         TurnOutcome::Failed,
         TurnOutcome::HypervisorDown,
+        TurnOutcome::Zombie,
     ];
 
     pub fn name(self) -> &'static str {
@@ -196,6 +199,7 @@ impl TurnOutcome {
             TurnOutcome::Busy => "busy",
             TurnOutcome::Failed => "failed",
             TurnOutcome::HypervisorDown => "hypervisor_down",
+            TurnOutcome::Zombie => "zombie",
         }
     }
 }

@@ -150,6 +150,8 @@ pub struct Metrics {
     pub maintenance: Gauge,
     /// 1 while this host's hypervisor answers, 0 during an outage.
     pub hypervisor_up: Gauge,
+    /// VMs this host sees running on more than one host at once (zombies).
+    pub zombie_vms: Gauge,
     pub flows: FlowMetrics,
     pub peers: PeerMetrics,
     pub endpoint: EndpointMetrics,
@@ -221,6 +223,7 @@ impl Metrics {
             vms: Gauge::default(),
             maintenance: Gauge::default(),
             hypervisor_up: Gauge::default(),
+            zombie_vms: Gauge::default(),
             flows: FlowMetrics::default(),
             peers: PeerMetrics::default(),
             endpoint: EndpointMetrics::default(),
@@ -381,6 +384,11 @@ impl Metrics {
             "hypervisor_up",
             "1 while this host's hypervisor answers; 0 while it does not (no decisions for its VMs)",
             m.hypervisor_up.clone(),
+        );
+        r.register(
+            "zombie_vms",
+            "VMs this host sees running on more than one host at once, by the hosts' own inventories (no decisions for them)",
+            m.zombie_vms.clone(),
         );
 
         let f = &m.flows;

@@ -409,3 +409,129 @@ fn destination_libvirtd_dying_mid_migration_is_recorded_and_the_token_moves_on()
         assert!(tb.console(g).continuous(), "{g}: {:?}", tb.console(g));
     }
 }
+
+/// A zombie on real hypervisors: the same guest identity (its `<scored:vm ip>`) running on hv1
+/// and hv2, as a migration that failed late would leave it. Every daemon reports it
+/// (`scored status`), hv1's log names the journal entry of that migration, nobody decides for it
+/// (no outcome but `zombie`, no migration), and once hv2's copy is destroyed every daemon sees
+/// it gone.
+#[test]
+fn the_same_guest_on_two_hosts_is_reported_everywhere_and_left_alone() {
+    if !testbed_ready("e2e zombie") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tb = thesis_testbed("scezmb");
+    let ip = Ipv4Addr::new(10, 77, 1, 50);
+    let vm = scored::proto::VmId::from_ipv4(ip);
+    // hv1's journal: the migration to hv2 that failed and left the copy there.
+    let (mut journal, _) =
+        scored::daemon::journal::Journal::open(&tb.state.hosts[0].journal()).unwrap();
+    let entry = journal.begin(vm, "hv1", "hv2", 1, 1, 1_000).unwrap();
+    journal
+        .end(
+            entry.id,
+            scored::daemon::journal::Ending::Failed {
+                reason: "virDomainMigrate3 failed after the destination started".into(),
+            },
+        )
+        .unwrap();
+    drop(journal);
+    tb.start_guest(0, &GuestSpec::new("zz", ip))
+        .expect("start zz");
+    tb.start_guest(1, &GuestSpec::new("zzcopy", ip))
+        .expect("start its copy");
+    for g in ["zz", "zzcopy"] {
+        tb.wait_heartbeat(g, 1, Duration::from_secs(90)).unwrap();
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_scored"));
+    tb.start_daemons(exe, &[]).expect("start the daemons");
+    tb.wait_daemons(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tails(&tb)));
+
+    let started = Instant::now();
+    let shown = |h: &TestbedHost| {
+        status(h).is_some_and(|s| {
+            s.zombies
+                .iter()
+                .any(|z| z.vm == "10.77.1.50" && z.hosts == ["hv1", "hv2"])
+        })
+    };
+    while !tb.state.hosts.iter().all(shown) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not every daemon reports the zombie\n{}",
+            tails(&tb)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = status(&tb.state.hosts[0]).unwrap();
+    let j = s.zombies[0].journal.clone().unwrap_or_default();
+    assert!(
+        j.contains(&format!("entry {}", entry.id))
+            && j.contains("hv1 -> hv2")
+            && j.contains("failed"),
+        "{j}"
+    );
+    let warned = events(&tb.state.hosts[0]).into_iter().find(|e| {
+        message(e).starts_with("zombie: VM runs on more than one host") && e["vm"] == "10.77.1.50"
+    });
+    let warned = warned.unwrap_or_else(|| panic!("no zombie warning on hv1\n{}", tails(&tb)));
+    assert!(
+        warned["journal"]
+            .as_str()
+            .is_some_and(|j| j.contains(&format!("entry {}", entry.id))),
+        "{warned}"
+    );
+    // Every daemon logs it at its next inventory reading (every 2 s).
+    let logged = |h: &TestbedHost| events(h).iter().any(|e| message(e).starts_with("zombie:"));
+    while !tb.state.hosts.iter().all(logged) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not every daemon logged the zombie\n{}",
+            tails(&tb)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // While both run, no decision for the VM is anything but `zombie`, and it never moves.
+    for h in &tb.state.hosts {
+        for e in events(h) {
+            if message(&e) == "decision" && e["vm"] == "10.77.1.50" {
+                assert_eq!(e["outcome"], "zombie", "{}: {e}", h.name);
+            }
+            assert!(
+                !(message(&e).starts_with("migrat") && e["vm"] == "10.77.1.50"),
+                "{}: {e}",
+                h.name
+            );
+        }
+    }
+    let both = look(&tb);
+    assert_eq!(
+        (settled_host(&both, "zz"), settled_host(&both, "zzcopy")),
+        (Some(0), Some(1))
+    );
+
+    // hv2's copy goes; every daemon sees the VM on one host again.
+    let conn = virt::connect::Connect::open(Some(&tb.state.hosts[1].local_uri())).unwrap();
+    conn.lookup_domain_by_name("zzcopy")
+        .unwrap()
+        .destroy()
+        .unwrap();
+    let gone = Instant::now();
+    while !tb
+        .state
+        .hosts
+        .iter()
+        .all(|h| status(h).is_some_and(|s| s.zombies.is_empty()))
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(60),
+            "the zombie is still reported\n{}",
+            tails(&tb)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(settled_host(&look(&tb), "zz"), Some(0));
+}

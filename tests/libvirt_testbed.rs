@@ -449,3 +449,127 @@ fn a_backend_opened_while_libvirtd_is_down_connects_once_it_is_back() {
     assert_eq!(hv.vms().expect("libvirtd is back").len(), 0);
     assert_eq!(hv.capacity().expect("capacity").running_vms, 0);
 }
+
+/// tcpdump of the migration data port range in one host's namespace, into a file; stopped
+/// (SIGTERM to the tcpdump this test started) on `stop` or on drop.
+struct MigrationCapture {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl MigrationCapture {
+    fn start(h: &TestbedHost, path: std::path::PathBuf) -> MigrationCapture {
+        let _ = std::fs::remove_file(&path);
+        // libvirt's QEMU listens for incoming migrations on migration_port_min..max.
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &h.netns, "tcpdump", "-i", "any", "-U", "-s", "0", "-w",
+            ])
+            .arg(&path)
+            .args(["tcp", "portrange", "49152-49215"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tcpdump (scripts/install-deps.sh installs it)");
+        let capture = MigrationCapture { child, path };
+        // The pcap header is written once tcpdump listens.
+        wait_until("tcpdump listens", Duration::from_secs(10), || {
+            std::fs::metadata(&capture.path).is_ok_and(|m| m.len() >= 24)
+        });
+        capture
+    }
+
+    /// Stops the capture and returns what it holds.
+    fn stop(mut self) -> Vec<u8> {
+        self.end();
+        std::fs::read(&self.path).expect("read the capture")
+    }
+
+    fn end(&mut self) {
+        // SAFETY: the pid of the tcpdump this value started (`ip netns exec` execs it).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MigrationCapture {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.end();
+        }
+    }
+}
+
+/// How often `needle` occurs in `hay`.
+fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// Guest memory must not cross the network readable: the kernel command line of the guest and
+/// the boot id its init holds, both in its RAM, must not appear in the captured migration stream. The
+/// default migration is encrypted (QEMU's TLS with the testbed's certificates, the client's
+/// verified by the destination).
+#[test]
+fn a_default_migration_sends_no_guest_memory_in_cleartext() {
+    if !testbed_ready("migration cleartext") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tb = testbed("sclvtls");
+    let (h1, h2) = (&tb.state.hosts[0], &tb.state.hosts[1]);
+    let ip = Ipv4Addr::new(10, 77, 1, 40);
+    let g = GuestSpec::new("g4secret", ip);
+    tb.start_guest(0, &g).expect("start guest");
+    let before = tb
+        .wait_heartbeat("g4secret", 2, Duration::from_secs(60))
+        .expect("guest boots");
+    let id = VmId::from_ipv4(ip);
+    // Its kernel command line, and the boot id its init keeps in a shell variable.
+    let markers: [&[u8]; 2] = [b"sc_name=g4secret", before.boot.as_bytes()];
+
+    let capture = MigrationCapture::start(h2, tb.dir.join("migration-default.pcap"));
+    let report = backend(h1)
+        .migrate(id, &destination(h2), &MigrationParams::default())
+        .expect("migration with the default parameters");
+    let wire = capture.stop();
+    eprintln!("default: {report:?}, {} bytes captured", wire.len());
+    assert!(
+        wire.len() as u64 > report.bytes / 2,
+        "the capture must hold the migration stream ({} bytes captured, {} migrated)",
+        wire.len(),
+        report.bytes
+    );
+    for m in markers {
+        let n = occurrences(&wire, m);
+        assert_eq!(
+            n,
+            0,
+            "guest memory in cleartext on the wire: `{}` seen {n} times",
+            String::from_utf8_lossy(m)
+        );
+    }
+    assert_on_exactly(&tb, "g4secret", 1);
+
+    // The same capture of a migration with TLS turned off does see the guest's memory: the
+    // markers are there to be found, and the encrypted stream above hid them.
+    let capture = MigrationCapture::start(h1, tb.dir.join("migration-cleartext.pcap"));
+    let plain = MigrationParams {
+        tls: false,
+        ..MigrationParams::default()
+    };
+    backend(h2)
+        .migrate(id, &destination(h1), &plain)
+        .expect("migration without TLS");
+    let wire = capture.stop();
+    for m in markers {
+        assert!(
+            occurrences(&wire, m) > 0,
+            "without TLS `{}` must be readable on the wire",
+            String::from_utf8_lossy(m)
+        );
+    }
+    assert_on_exactly(&tb, "g4secret", 0);
+    tb.wait_heartbeat("g4secret", before.n + 2, Duration::from_secs(30))
+        .unwrap();
+    assert!(tb.console("g4secret").continuous());
+}

@@ -6,9 +6,15 @@
 use super::section::{OptionSpec, Section, ZeroValue, at_least_one};
 use crate::hypervisor::{Compression, MigrationParams};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// How one live migration runs. Reloads on SIGHUP (applies to the next migration).
+/// Where libvirt's qemu driver looks for certificates unless qemu.conf says otherwise
+/// (`default_tls_x509_cert_dir`).
+pub const DEFAULT_TLS_CERT_DIR: &str = "/etc/pki/qemu";
+
+/// How one live migration runs. Reloads on SIGHUP (applies to the next migration), except
+/// `tls` and `tls_cert_dir`, which the start checks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MigrationConfig {
@@ -29,6 +35,12 @@ pub struct MigrationConfig {
     pub stall_timeout_s: u64,
     /// Most migrations this host accepts at the same time as destination.
     pub max_incoming: u32,
+    /// Encrypt the migration stream (libvirt's `VIR_MIGRATE_TLS`). Restart to change: the
+    /// certificates are checked at start.
+    pub tls: bool,
+    /// The qemu driver's `migrate_tls_x509_cert_dir` (qemu.conf): checked at start for
+    /// ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem and client-key.pem.
+    pub tls_cert_dir: PathBuf,
 }
 
 impl Default for MigrationConfig {
@@ -44,6 +56,8 @@ impl Default for MigrationConfig {
             timeout_s: p.timeout.as_secs(),
             stall_timeout_s: p.stall_timeout.as_secs(),
             max_incoming: 1,
+            tls: p.tls,
+            tls_cert_dir: PathBuf::from(DEFAULT_TLS_CERT_DIR),
         }
     }
 }
@@ -59,6 +73,7 @@ impl MigrationConfig {
             post_copy: self.post_copy,
             timeout: Duration::from_secs(self.timeout_s),
             stall_timeout: Duration::from_secs(self.stall_timeout_s),
+            tls: self.tls,
         }
     }
 }
@@ -77,6 +92,8 @@ pub enum MigrationConfigError {
         "post_copy cannot be combined with compression = \"multifd-zstd\" (QEMU refuses multifd with post-copy)"
     )]
     PostCopyWithMultifd,
+    #[error("tls_cert_dir must be an absolute directory when tls is on (libvirtd reads it)")]
+    TlsCertDir,
 }
 
 impl MigrationConfigError {
@@ -89,6 +106,7 @@ impl MigrationConfigError {
             MigrationConfigError::PostCopyWithMultifd => {
                 &["migration.post_copy", "migration.compression"]
             }
+            MigrationConfigError::TlsCertDir => &["migration.tls_cert_dir"],
         };
         keys.iter().map(|k| k.to_string()).collect()
     }
@@ -106,6 +124,8 @@ impl Section for MigrationConfig {
             timeout_s: Live,
             stall_timeout_s: Live,
             max_incoming: Live,
+            tls: Restart,
+            tls_cert_dir: Restart,
         }
     );
     type Error = MigrationConfigError;
@@ -128,6 +148,9 @@ impl Section for MigrationConfig {
         }
         if self.post_copy && self.compression == Compression::MultifdZstd {
             out.push(MigrationConfigError::PostCopyWithMultifd);
+        }
+        if self.tls && !self.tls_cert_dir.is_absolute() {
+            out.push(MigrationConfigError::TlsCertDir);
         }
         out
     }

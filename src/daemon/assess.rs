@@ -1,5 +1,5 @@
 //! Assessment of one local VM now: its partners with their rates and hosts, the daemon's own
-//! gates (cooldown, a migration not settled, pinning), the shared S-CORE decision with capacity
+//! gates (cooldown, a migration not settled, a zombie, pinning), the shared S-CORE decision with capacity
 //! queries to the candidate hosts, and what the result means for the turn. Also the draining
 //! target and this host's cost by level.
 //!
@@ -134,6 +134,18 @@ impl<P: Peers> Daemon<P> {
             return early(
                 TurnOutcome::Busy,
                 "a migration of this VM is not settled".into(),
+            );
+        }
+        if let Some(hosts) = self.zombie_hosts(vm.id) {
+            // Two copies: whichever moves, the other stays, and any decision rests on a
+            // location that is half wrong. The operator removes one (`scored status`).
+            let names: Vec<String> = hosts.iter().map(|h| self.host_name(*h)).collect();
+            return early(
+                TurnOutcome::Zombie,
+                format!(
+                    "runs on {} at once (zombie); no decision until one copy is gone",
+                    names.join(" and ")
+                ),
             );
         }
         if unplaced > 0 {

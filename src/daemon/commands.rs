@@ -173,6 +173,7 @@ impl<P: Peers> Daemon<P> {
                 for_s: now.saturating_duration_since(o.since).as_secs(),
             }),
             unsettled,
+            zombies: self.zombie_status(),
         }
     }
 }

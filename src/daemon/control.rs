@@ -61,6 +61,9 @@ pub struct Status {
     /// VMs whose migration, left open by a previous run, is not settled yet.
     #[serde(default)]
     pub unsettled: Vec<String>,
+    /// VMs running on more than one host, as the hosts' inventories say (zombies).
+    #[serde(default)]
+    pub zombies: Vec<super::zombies::ZombieStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -252,6 +255,15 @@ pub fn render_status(s: &Status) -> String {
             o,
             "migrations left by the last run, not settled yet: {}",
             s.unsettled.join(", ")
+        );
+    }
+    for z in &s.zombies {
+        let _ = writeln!(
+            o,
+            "ZOMBIE: VM {} runs on {} (no decision for it until one copy is gone); journal here: {}",
+            z.vm,
+            z.hosts.join(", "),
+            z.journal.as_deref().unwrap_or("no migration of it")
         );
     }
     let costs: Vec<String> = s

@@ -52,6 +52,8 @@ pub struct Daemon<P: Peers> {
     command_queue: Mutex<Option<mpsc::Receiver<Command>>>,
     /// One settlement pass at a time (the inventory task and a direct refresh may overlap).
     pub(super) settling: tokio::sync::Mutex<()>,
+    /// The inventory last announced and the zombies last reported (`zombies`).
+    pub(super) zombie_watch: Mutex<super::zombies::ZombieWatch>,
 }
 
 /// What a [`Daemon`] is built from.
@@ -131,6 +133,7 @@ impl<P: Peers> Daemon<P> {
             commands: CommandSender::new(tx),
             command_queue: Mutex::new(Some(rx)),
             settling: tokio::sync::Mutex::new(()),
+            zombie_watch: Mutex::default(),
         }
     }
 

@@ -170,6 +170,7 @@ impl<P: Peers> Daemon<P> {
                 Err(e) => tracing::warn!(error = %e, "inventory refresh"),
                 Ok(()) => {}
             }
+            self.watch_zombies().await;
         }
     }
 }

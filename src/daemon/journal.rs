@@ -106,6 +106,41 @@ pub fn reconcile(state: VmState) -> Reconciled {
     }
 }
 
+/// The last migration of `vm` the journal file at `path` holds, and how it ended (`None`: still
+/// open). Reads the file without opening it for append: for a log line about that VM (zombies),
+/// not for settling. Unreadable lines are skipped; a missing file holds nothing.
+pub fn last_of(path: &Path, vm: VmId) -> Result<Option<(Entry, Option<Ending>)>, JournalError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: path.display().to_string(),
+                doing: "cannot read",
+                source,
+            });
+        }
+    };
+    let mut last: Option<(Entry, Option<Ending>)> = None;
+    for rec in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+    {
+        match rec {
+            Record::Begin(e) if e.vm == vm => last = Some((e, None)),
+            Record::End { id, outcome } => {
+                if let Some((e, how)) = last.as_mut()
+                    && e.id == id
+                {
+                    *how = Some(outcome);
+                }
+            }
+            Record::Begin(_) => {}
+        }
+    }
+    Ok(last)
+}
+
 /// An open journal file.
 pub struct Journal {
     path: PathBuf,
@@ -529,5 +564,25 @@ mod tests {
         assert_eq!(reconcile(VmState::Absent), Reconciled::Completed);
         assert_eq!(reconcile(VmState::Running), Reconciled::Failed);
         assert_eq!(reconcile(VmState::Migrating), Reconciled::StillRunning);
+    }
+
+    #[test]
+    fn the_last_migration_of_a_vm_is_found_with_its_ending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        assert_eq!(last_of(&path, VmId(1)).unwrap(), None);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let a = j.begin(VmId(1), "hv1", "hv2", 7, 3, 1000).unwrap();
+        j.end(a.id, Ending::Succeeded).unwrap();
+        let b = j.begin(VmId(1), "hv1", "hv3", 7, 5, 2000).unwrap();
+        let other = j.begin(VmId(2), "hv1", "hv3", 7, 6, 2000).unwrap();
+        j.end(other.id, Ending::Succeeded).unwrap();
+        assert_eq!(last_of(&path, VmId(1)).unwrap(), Some((b.clone(), None)));
+        let failed = Ending::Failed {
+            reason: "virDomainMigrate3".into(),
+        };
+        j.end(b.id, failed.clone()).unwrap();
+        assert_eq!(last_of(&path, VmId(1)).unwrap(), Some((b, Some(failed))));
+        assert_eq!(last_of(&path, VmId(3)).unwrap(), None);
     }
 }

@@ -53,6 +53,11 @@ impl Ledger {
         self.journal.is_open(vm)
     }
 
+    /// Where the journal is on disk (read, not written, by the zombie report).
+    pub(super) fn journal_path(&self) -> std::path::PathBuf {
+        self.journal.path().to_path_buf()
+    }
+
     pub(super) fn migrations_done(&self) -> u64 {
         self.migrations_done
     }

@@ -31,6 +31,7 @@ pub mod token_watch;
 pub mod traffic;
 mod turn_loop;
 mod vm_turn;
+pub mod zombies;
 
 pub use assess::Assessment;
 pub use host::{Daemon, Parts, heartbeat_interval, loss_timing};

@@ -57,7 +57,25 @@ pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Arc<Topology>, Host
             topo.source().display()
         ));
     }
+    check_migration_tls(&config)?;
     Ok((config, Arc::new(topo), me))
+}
+
+/// With encrypted migration on, a libvirt host must hold QEMU's certificates: a missing file
+/// fails the start (and `--check-config`) by name rather than every migration later. A
+/// simulated host migrates nothing through QEMU.
+fn check_migration_tls(config: &Config) -> anyhow::Result<()> {
+    if !config.migration.tls
+        || config
+            .hypervisor
+            .uri
+            .starts_with(crate::hypervisor::SIM_SCHEME)
+    {
+        return Ok(());
+    }
+    #[cfg(feature = "libvirt")]
+    crate::hypervisor::libvirt::tls::check_certificates(&config.migration.tls_cert_dir)?;
+    Ok(())
 }
 
 fn hostname() -> anyhow::Result<String> {

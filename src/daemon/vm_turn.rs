@@ -119,7 +119,11 @@ impl<P: Peers> Daemon<P> {
         let draining = self.operator().draining();
         let mut a = self.assess(&v).await;
         let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
-        if draining && to.is_none() && !self.pinned(&v, &self.config()) {
+        if draining
+            && to.is_none()
+            && a.outcome != TurnOutcome::Zombie
+            && !self.pinned(&v, &self.config())
+        {
             to = self.drain_target(&v, &a.partners).await;
             if to.is_some() {
                 a.outcome = TurnOutcome::Migrated;

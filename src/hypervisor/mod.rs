@@ -261,6 +261,10 @@ pub struct MigrationParams {
     pub timeout: Duration,
     /// Abort when the remaining data has not shrunk for this long.
     pub stall_timeout: Duration,
+    /// Encrypt the migration stream (libvirt's `VIR_MIGRATE_TLS`): QEMU on both hosts speaks
+    /// TLS with the certificates of the qemu driver's `migrate_tls_x509_cert_dir`. Without it a
+    /// guest's memory crosses the network readable by anyone on the path.
+    pub tls: bool,
 }
 
 impl Default for MigrationParams {
@@ -273,6 +277,7 @@ impl Default for MigrationParams {
             post_copy: false,
             timeout: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(30),
+            tls: true,
         }
     }
 }

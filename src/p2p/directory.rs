@@ -17,6 +17,7 @@ mod cache;
 mod clock;
 mod locate;
 
+use super::zombies::Zombies;
 use crate::topology::{HostId, Topology};
 use cache::{Cache, Entry, Source};
 pub use clock::DEFAULT_STAMP_SKEW;
@@ -113,6 +114,8 @@ pub struct Directory {
     topology: Arc<Topology>,
     me: HostId,
     state: Mutex<State>,
+    /// Hosts' own claims of what they run, for zombie detection (`zombies`).
+    zombies: Zombies,
 }
 
 impl std::fmt::Debug for Directory {
@@ -137,6 +140,7 @@ impl Directory {
             clock: TokenClock::new(DEFAULT_STAMP_SKEW),
         };
         Directory {
+            zombies: Zombies::new(topology.clone(), me),
             topology,
             me,
             state: Mutex::new(state),
@@ -171,6 +175,11 @@ impl Directory {
     /// This host's view of the token, if it has heard of one.
     pub fn token_clock(&self) -> Option<Stamp> {
         self.lock().clock.now()
+    }
+
+    /// What peers claim to run, for zombie detection.
+    pub fn zombies(&self) -> &Zombies {
+        &self.zombies
     }
 
     /// Replaces the list of VMs running here (e.g. from the hypervisor at start).
@@ -383,6 +392,8 @@ impl Directory {
     /// host may only speak for itself. The one place where peers' inventories and migrations
     /// enter this host.
     pub fn apply(&self, author: HostId, a: &Announcement) -> Result<Applied, AnnouncementRejected> {
+        // Before any check of the directory's own: a zombie shows as a claim it would refuse.
+        self.zombies.observe(author, a, std::time::Instant::now());
         let host = |name: &str| {
             self.topology
                 .host_by_name(name)

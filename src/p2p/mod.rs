@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod probe;
 mod rpc;
 mod service;
+pub mod zombies;
 
 pub use direct::{DirectNetwork, DirectPeers};
 pub use directory::{AnnouncementRejected, Directory, LocateOptions, Locations};
@@ -25,6 +26,7 @@ pub use limits::TransportLimits;
 pub use metrics::P2pMetrics;
 pub use rpc::{Quota, RateLimits, RequestFailure};
 pub use service::{Libp2pPeers, ListenFailure, P2pConfig, StartError};
+pub use zombies::{Zombie, Zombies};
 
 use crate::topology::{HostId, Topology};
 use futures::{FutureExt, StreamExt};

@@ -70,6 +70,7 @@ impl Testbed {
             Override::new("hypervisor.uri", h.local_uri()),
             Override::new("control.socket", h.control_socket().display().to_string()),
             Override::new("journal.path", h.journal().display().to_string()),
+            Override::new("migration.tls_cert_dir", h.tls_dir().display().to_string()),
         ];
         all.extend(testbed_defaults());
         all.extend(overrides.iter().cloned());

@@ -47,10 +47,17 @@ pub(super) fn write_libvirt_config(h: &TestbedHost) -> Result<()> {
          log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
         uuid.trim()
     );
-    let qemu = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
-                security_driver = \"none\"\nstdio_handler = \"file\"\ncgroup_controllers = []\n\
-                namespaces = []\n";
-    for (f, text) in [("libvirtd.conf", libvirtd.as_str()), ("qemu.conf", qemu)] {
+    // Encrypted migration with the testbed's own certificates (`pki`), the client's verified.
+    let qemu = format!(
+        "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
+         security_driver = \"none\"\nstdio_handler = \"file\"\ncgroup_controllers = []\n\
+         namespaces = []\nmigrate_tls_x509_cert_dir = \"{}\"\nmigrate_tls_x509_verify = 1\n",
+        h.tls_dir().display()
+    );
+    for (f, text) in [
+        ("libvirtd.conf", libvirtd.as_str()),
+        ("qemu.conf", qemu.as_str()),
+    ] {
         let p = h.dir.join("etc").join(f);
         std::fs::write(&p, text).map_err(|e| TestbedError::io(&p, e))?;
     }

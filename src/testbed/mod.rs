@@ -8,7 +8,7 @@
 //! so teardown kills exactly the processes in its own namespaces and deletes them.
 //!
 //! This file builds and tears down the whole; `network` (namespaces, bridges, the fabric),
-//! `libvirtd` (one private libvirtd per host), `domains` (guests, their consoles), `guest` (the
+//! `libvirtd` (one private libvirtd per host), `pki` (certificates for encrypted migration), `domains` (guests, their consoles), `guest` (the
 //! guest image), `daemons` (scored on every host) and `watch` (the live view) do one job each.
 
 pub mod cli;
@@ -17,6 +17,7 @@ mod domains;
 pub mod guest;
 mod libvirtd;
 mod network;
+mod pki;
 pub mod watch;
 
 pub use domains::{Console, GuestSpec, Heartbeat};
@@ -287,6 +288,7 @@ impl Testbed {
         self.check_fabric()?;
         // The first daemon probes QEMU's capabilities (~8 s); the others reuse its cache.
         let caps_cache = cfg.cache.join("libvirt-qemu-capabilities");
+        pki::issue(&cfg.dir, &self.state.hosts)?;
         for i in 0..self.state.hosts.len() {
             let host = self.state.hosts[i].clone();
             write_libvirt_config(&host)?;

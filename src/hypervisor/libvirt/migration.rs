@@ -159,7 +159,7 @@ impl LibvirtHypervisor {
 }
 
 /// The typed parameters and flags of one migration. Always live, persistent at the destination
-/// and undefined at the source.
+/// and undefined at the source; encrypted (TLS) unless the parameters say otherwise.
 pub fn migrate_parameters(p: &MigrationParams, dest: &Destination) -> (MigrateParameters, u32) {
     let mut flags =
         sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
@@ -189,6 +189,10 @@ pub fn migrate_parameters(p: &MigrationParams, dest: &Destination) -> (MigratePa
     }
     if p.post_copy {
         flags |= sys::VIR_MIGRATE_POSTCOPY;
+    }
+    if p.tls {
+        // QEMU's TLS on the data stream; the URI stays tcp:// (TLS runs inside it).
+        flags |= sys::VIR_MIGRATE_TLS;
     }
     (mp, flags)
 }
@@ -260,10 +264,14 @@ mod tests {
             | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
         let p = MigrationParams {
             auto_converge: false,
+            tls: false,
             ..Default::default()
         };
         let (mp, flags) = migrate_parameters(&p, &dest);
         assert_eq!(flags, base);
+        // Encrypted by default.
+        let (_, flags) = migrate_parameters(&MigrationParams::default(), &dest);
+        assert_eq!(flags & sys::VIR_MIGRATE_TLS, sys::VIR_MIGRATE_TLS);
         assert_eq!(mp.uri.as_deref(), Some("tcp://10.77.0.2"));
         assert_eq!(mp.bandwidth, None);
         let p = MigrationParams {
@@ -271,6 +279,7 @@ mod tests {
             auto_converge: true,
             compression: Compression::Xbzrle,
             post_copy: true,
+            tls: false,
             ..Default::default()
         };
         let (mp, flags) = migrate_parameters(&p, &dest);

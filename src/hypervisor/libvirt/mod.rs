@@ -4,7 +4,7 @@
 //! This file holds the connection and the [`Hypervisor`] implementation; the jobs live apart:
 //! `domains` reads domains (listing XML, identity, state), `migration` runs one live
 //! migration and confirms it at the destination, `watchdog` is the thread that stops a
-//! migration that stalls or overruns.
+//! migration that stalls or overruns, `tls` checks the certificates of encrypted migration.
 //!
 //! Every method blocks (libvirt RPCs; a migration takes seconds): call them from
 //! `spawn_blocking`. It reports and executes; it never decides whether a VM should move.
@@ -20,13 +20,14 @@
 //! the destination's completed job statistics and to check the VM runs there, and in managed mode
 //! a scored that dies mid-job makes the source libvirtd cancel the job, so the VM stays where the
 //! journal says it was. Flags are always LIVE | PERSIST_DEST | UNDEFINE_SOURCE: the VM is defined
-//! on exactly one host before and after. Disks: the guests scored moves are diskless or on shared
+//! on exactly one host before and after; TLS (QEMU's, on the data stream) unless configured off. Disks: the guests scored moves are diskless or on shared
 //! storage; a domain with a local disk image fails in libvirt's Prepare phase on the destination
 //! (the image path does not exist there) and keeps running at the source. scored never asks for
 //! storage migration (`VIR_MIGRATE_NON_SHARED_DISK`), which would copy whole disks.
 
 mod domains;
 mod migration;
+pub mod tls;
 mod watchdog;
 
 pub use domains::{DomainDescription, DomainXmlError, METADATA_NS, parse_mac};

@@ -1,0 +1,179 @@
+//! Zombies: one VM running on two hosts at once (a failed migration left a copy behind). Three
+//! real `Daemon`s over the in-process transport, each with its own hypervisor: h1 and h2 each run
+//! a copy of V, h3 runs V's partner, so moving V to h3 is a clear gain. While both copies run,
+//! nobody decides for V, and every daemon says so (gauge, `scored status`, h1 naming the journal
+//! entry of the failed migration); once one copy is gone, V is decided for again.
+
+mod support;
+
+use scored::config::Config;
+use scored::daemon::Daemon;
+use scored::daemon::control::{Reply, Request, render_status};
+use scored::daemon::event_loop::drive;
+use scored::daemon::journal::{Ending, Journal};
+use scored::decide::TurnOutcome;
+use scored::flows::synthetic::Demand;
+use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
+use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
+use scored::p2p::{DirectNetwork, DirectPeers, Directory};
+use scored::proto::VmId;
+use scored::topology::{HostId, Topology};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::inprocess;
+
+/// Polls `pred` every 50 ms until it holds; fails after a minute (a wait, not a measurement).
+async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{what}: after {:?}", started.elapsed());
+}
+
+fn topology() -> Arc<Topology> {
+    let t = "[levels]\nnames = [\"rack\"]\nweights = [1.0]\n\n\
+             [defaults]\nmax_vms = 4\nmemory_mib = 4096\nreserve_memory_mib = 256\n\n\
+             [[host]]\nname = \"h1\"\npath = [\"tor1\"]\n\n\
+             [[host]]\nname = \"h2\"\npath = [\"tor1\"]\n\n\
+             [[host]]\nname = \"h3\"\npath = [\"tor1\"]\n";
+    Arc::new(Topology::parse(Path::new("zombie-topology.toml"), t).unwrap())
+}
+
+const V: VmId = VmId(0x0a00_0001);
+const PARTNER: VmId = VmId(0x0a00_0002);
+
+#[test]
+fn a_vm_running_on_two_hosts_is_decided_by_nobody_and_reported_by_everyone() {
+    let rt = inprocess::runtime();
+    rt.block_on(async {
+        let topo = topology();
+        let dir = tempfile::tempdir().unwrap();
+        // Two hypervisors that each run V: h1's and h3's world, and h2's.
+        let main = MemoryCluster::new(&topo);
+        main.add_vm(HostId(0), synthetic_vm(V, 512)).unwrap();
+        main.add_vm(HostId(2), synthetic_vm(PARTNER, 512)).unwrap();
+        let second = MemoryCluster::new(&topo);
+        second.add_vm(HostId(1), synthetic_vm(V, 512)).unwrap();
+
+        // h1's journal: the migration of V to h2 that failed and left a copy there.
+        let (mut journal, _) = Journal::open(&dir.path().join("h0.journal")).unwrap();
+        let entry = journal.begin(V, "h1", "h2", 1, 1, 1_000).unwrap();
+        journal
+            .end(
+                entry.id,
+                Ending::Failed {
+                    reason: "virDomainMigrate3: connection reset".into(),
+                },
+            )
+            .unwrap();
+        drop(journal);
+
+        let net = DirectNetwork::new(topo.clone());
+        let mut config = Config::default();
+        config.token.handoff_timeout_ms = 300;
+        config.decision.cooldown_base_s = 0;
+        config.token.min_round_s = 1;
+        let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        for (h, cluster) in [(0, &main), (1, &second), (2, &main)] {
+            let me = HostId(h);
+            let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
+            let demands = if h == 1 {
+                Vec::new()
+            } else {
+                vec![Demand {
+                    vm: V,
+                    partner: PARTNER,
+                    bytes_per_sec: 1000.0,
+                }]
+            };
+            let node = inprocess::node(
+                &topo,
+                me,
+                peers,
+                Arc::new(cluster.host(me)),
+                demands,
+                config.clone(),
+                dir.path(),
+            );
+            let mut stop = stop_rx.clone();
+            tokio::spawn(drive(node.clone(), inbound, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            nodes.push(node);
+        }
+        // Every daemon sees V on h1 and h2, from their own inventories.
+        let both = vec![HostId(0), HostId(1)];
+        wait_until("every daemon sees the zombie", || {
+            nodes
+                .iter()
+                .all(|n| n.zombies().iter().any(|z| z.vm == V && z.hosts == both))
+        })
+        .await;
+        for (i, n) in nodes.iter().enumerate() {
+            // The gauge is set by the inventory task, right after the same reading.
+            wait_until("the gauge shows the zombie", || {
+                n.metrics().zombie_vms.get() == 1
+            })
+            .await;
+            let Reply::Status(s) = n.commands().ask(Request::Status).await else {
+                panic!("no status from h{}", i + 1);
+            };
+            assert_eq!(s.zombies.len(), 1, "h{}: {:?}", i + 1, s.zombies);
+            assert_eq!(s.zombies[0].vm, V.to_string());
+            assert_eq!(s.zombies[0].hosts, vec!["h1", "h2"]);
+            // Only h1's journal holds the migration that left the copy on h2.
+            match (i, s.zombies[0].journal.as_deref()) {
+                (0, Some(j)) => assert!(
+                    j.contains(&format!("entry {}", entry.id))
+                        && j.contains("h1 -> h2")
+                        && j.contains("failed"),
+                    "{j}"
+                ),
+                (0, None) => panic!("h1's status must name its journal entry"),
+                (_, j) => assert_eq!(j, None),
+            }
+            assert!(render_status(&s).contains("ZOMBIE: VM 10.0.0.1 runs on h1, h2"));
+        }
+        // While both copies run, the token visits V on both hosts and nobody moves it.
+        for i in [0, 1] {
+            nodes[i].traffic().tick(Instant::now());
+            let vm = nodes[i].inventory()[0].clone();
+            let a = nodes[i].assess(&vm).await;
+            assert_eq!(a.outcome, TurnOutcome::Zombie, "h{}: {}", i + 1, a.detail);
+            assert!(a.detail.contains("h1 and h2"), "{}", a.detail);
+        }
+        assert_eq!(
+            (main.migrations(), second.migrations(), main.host_of(V)),
+            (0, 0, Some(HostId(0))),
+            "V was migrated while a second copy of it ran on h2"
+        );
+
+        // h2's copy goes (here: it leaves h2's hypervisor for a host no daemon runs on).
+        let elsewhere = Destination {
+            host: "h3".into(),
+            libvirt_uri: None,
+            migration_uri: None,
+        };
+        second
+            .host(HostId(1))
+            .migrate(V, &elsewhere, &MigrationParams::default())
+            .unwrap();
+        wait_until("every daemon sees the zombie gone", || {
+            nodes
+                .iter()
+                .all(|n| n.zombies().is_empty() && n.metrics().zombie_vms.get() == 0)
+        })
+        .await;
+        // And V is decided for again: it joins its partner on h3.
+        wait_until("V moves to its partner's host", || {
+            main.host_of(V) == Some(HostId(2))
+        })
+        .await;
+        let _ = stop_tx.send(true);
+    });
+}
