@@ -95,11 +95,7 @@ impl<P: Peers> Daemon<P> {
     pub fn on_announcement(&self, from: HostId, a: Announcement) {
         let now = Instant::now();
         match a {
-            Announcement::TokenSeen { at, round, .. } => {
-                let mut watch = self.token_watch();
-                watch.ring_mut().on_activity(at.epoch, at.seq, now);
-                watch.round_heard(round, now);
-            }
+            Announcement::TokenSeen { at, round, .. } => self.on_token_seen(from, at, round, now),
             Announcement::Migration(m) => {
                 let Some(src) = self.topo.host_by_name(&m.from).map(|h| h.id) else {
                     return;
