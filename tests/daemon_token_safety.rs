@@ -445,3 +445,23 @@ fn a_turn_that_panics_lets_the_token_go_and_is_counted() {
         "the token was not regenerated after the panic"
     );
 }
+
+#[test]
+fn a_lower_host_that_answers_but_never_regenerates_holds_regeneration_back_only_for_a_while() {
+    // h1 answers every question but its own detector never fires (a stuck loss check, or a
+    // peer that lies by omission): h2, next in line, must not wait for it for ever.
+    let c = cluster(&[1], &[]);
+    assert!(
+        wait(Duration::from_secs(30), || c.nodes[1]
+            .metrics()
+            .token
+            .regenerations
+            .get()
+            >= 1),
+        "h2 kept deferring to h1, which answers but never regenerates"
+    );
+    assert!(
+        wait(Duration::from_secs(30), || c.passes() >= 4),
+        "h2's token did not go round"
+    );
+}

@@ -16,6 +16,12 @@ use scored_proto::{Stamp, StatsRequest, Token, TokenView};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Periods a host defers to a lower host that answers, without hearing of a token itself, before
+/// it regenerates anyway: the lower host goes first at its own (earlier) deadline, so if it has
+/// not minted after this many periods it will not (its loss check is stuck, or it lies by
+/// omission). Minting still happens only when no peer reports a live token.
+const MAX_DEFERRALS: u32 = 3;
+
 /// What asking every peer's daemon before minting led to.
 enum Verdict {
     /// A peer holds a live token, or heard of one recently.
@@ -118,11 +124,19 @@ impl<P: Peers> Daemon<P> {
                 Verdict::Busy
             } else if let Some((host, view)) = live {
                 Verdict::Live(host, view)
-            } else if let Some(host) = lower {
+            } else if let Some(host) = lower
+                && watch.ring().deferrals() < MAX_DEFERRALS
+            {
                 // Someone before us will (or did) regenerate: wait another period.
                 watch.ring_mut().defer(now);
                 Verdict::LowerAnswered(host)
             } else if let Some(epoch) = watch.ring().mint(self.me.0) {
+                if let Some(host) = lower {
+                    tracing::warn!(
+                        peer = %self.host_name(host), deferrals = watch.ring().deferrals(),
+                        "a host before this one answers but has not regenerated the token: minting"
+                    );
+                }
                 watch.on_token(epoch, 0, now);
                 watch.hold(Stamp { epoch, seq: 0 });
                 Verdict::Minted(epoch)

@@ -127,12 +127,15 @@ pub struct Ring {
     stagger: Duration,
     /// Hosts in the topology: an epoch's minter must be one of them.
     hosts: u32,
+    /// Periods this host deferred to a lower host since it last heard of a token first-hand.
+    deferrals: u32,
 }
 
 impl Ring {
     pub fn new(now: Instant, loss_timeout: Duration, stagger: Duration, hosts: u32) -> Self {
         Ring {
             hosts,
+            deferrals: 0,
             highest_epoch: 0,
             last_seq: 0,
             received: (0, 0),
@@ -153,6 +156,7 @@ impl Ring {
             self.highest_epoch = epoch;
             self.received = (epoch, seq);
             self.heard = Some(now);
+            self.deferrals = 0;
         }
         arrival
     }
@@ -205,6 +209,7 @@ impl Ring {
             self.highest_epoch = epoch;
             self.last_seq = seq;
             self.heard = Some(now);
+            self.deferrals = 0;
         }
         Ok(())
     }
@@ -251,12 +256,13 @@ impl Ring {
     /// long life of the cluster) catches up to the lowest epoch that majority agrees on. A
     /// minority of liars moves neither: the value taken is one a majority vouches for.
     pub fn rebase(&mut self, reports: &[u64]) -> Rebase {
-        let n = reports.len();
+        // A peer that knows no epoch vouches for none (it may have just started).
+        let mut sorted: Vec<u64> = reports.iter().copied().filter(|&e| e != 0).collect();
+        let n = sorted.len();
         let others = self.hosts.saturating_sub(1) as usize;
         if n == 0 || n * 2 <= others {
             return Rebase::Unchanged;
         }
-        let mut sorted = reports.to_vec();
         sorted.sort_unstable();
         let majority = n / 2 + 1;
         // At or below `low`: a majority of the reports; at or above `high`: a majority too.
@@ -290,12 +296,20 @@ impl Ring {
     /// This host holds the token and works on it: keep the detector quiet.
     pub fn touch(&mut self, now: Instant) {
         self.heard = Some(now);
+        self.deferrals = 0;
     }
 
     /// This host leaves regeneration to another (a lower host answered): wait a full period
     /// again, without claiming to have heard anything.
     pub fn defer(&mut self, now: Instant) {
         self.armed = now;
+        self.deferrals += 1;
+    }
+
+    /// Periods deferred to a lower host since this host last heard of a token itself (a token,
+    /// a heartbeat, its own turn; a peer's report is a claim, not news heard here).
+    pub fn deferrals(&self) -> u32 {
+        self.deferrals
     }
 
     pub fn highest_epoch(&self) -> u64 {
@@ -406,6 +420,7 @@ mod tests {
         assert_eq!(r.idle(t0 + 20 * S), None);
         assert!(!r.should_regenerate(0, t0 + 14 * S));
         assert!(r.should_regenerate(0, t0 + 15 * S));
+        assert_eq!(r.deferrals(), 1);
         let live = next_epoch(next_epoch(0, 4).unwrap(), 2).unwrap();
         // Heard 3 s before the report arrived, at t0 + 12 s: the detector counts from t0 + 9 s.
         r.on_report(live, 17, Some(t0 + 9 * S)).unwrap();
@@ -421,6 +436,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.idle(t0 + 12 * S), Some(3 * S));
         assert_eq!(r.last_seq(), 17);
+        // Reports are claims, not news heard here: they do not end a run of deferrals.
+        assert_eq!(r.deferrals(), 1);
+        r.on_activity(live, 18, t0 + 13 * S).unwrap();
+        assert_eq!(r.deferrals(), 0);
         // Whatever this host mints now is above the live epoch it learned of.
         assert!(r.mint(0).unwrap() > live);
         assert_eq!(r.on_token(live, 16, t0 + 12 * S), Arrival::Fresh);
@@ -519,6 +538,11 @@ mod tests {
         let old = epoch(3 * MAX_GENERATION_STEP, 2);
         // One liar reports a far value; the other two know nothing yet.
         assert_eq!(r.rebase(&[old, 0, 0]), Rebase::Unchanged);
+        // Hosts that know nothing vouch for nothing: they never pull a host down either.
+        let mut high = Ring::new(t0, 10 * S, S, 4);
+        high.on_token(old, 1, t0);
+        assert_eq!(high.rebase(&[0, 0, epoch(1, 1)]), Rebase::Unchanged);
+        assert_eq!(high.highest_epoch(), old);
         assert_eq!(r.highest_epoch(), 0);
         // A majority reports the cluster's long-lived epoch: caught up, and it is admitted.
         assert_eq!(

@@ -17,8 +17,9 @@ const ROUNDS_KEPT: usize = 8;
 pub struct TokenWatch {
     ring: Ring,
     holding: Option<Stamp>,
-    /// The epoch whose copy held here gave way to another copy of the same epoch.
-    gave_way: Option<u64>,
+    /// The token held here gave way to another copy of its epoch: it must not act any more.
+    /// Cleared with the holding, so a later visit of that epoch's (single) token acts again.
+    gave_way: bool,
     /// When this host first heard of each token round.
     rounds_seen: BTreeMap<u32, Instant>,
     /// (peer, reason) pairs already logged for an epoch rejected: one line each. Bounded by the
@@ -32,7 +33,7 @@ impl TokenWatch {
         TokenWatch {
             ring: Ring::new(Instant::now(), loss, stagger, hosts),
             holding: None,
-            gave_way: None,
+            gave_way: false,
             rounds_seen: BTreeMap::new(),
             rejections_logged: HashSet::new(),
         }
@@ -41,12 +42,15 @@ impl TokenWatch {
     /// Whether the token of `epoch` must not act any more: a newer epoch is known, or this
     /// host's copy of it gave way to another copy ([`Ring::rival_copy`]).
     pub fn superseded(&self, epoch: u64) -> bool {
-        self.ring.highest_epoch() > epoch || self.gave_way == Some(epoch)
+        self.ring.highest_epoch() > epoch
+            || (self.gave_way && self.holding.is_some_and(|h| h.epoch == epoch))
     }
 
-    /// This host's copy of `epoch` gives way to another copy of the same epoch.
+    /// The copy of `epoch` held here, if that is the one held, gives way to another copy.
     pub(super) fn give_way(&mut self, epoch: u64) {
-        self.gave_way = Some(epoch);
+        if self.holding.is_some_and(|h| h.epoch == epoch) {
+            self.gave_way = true;
+        }
     }
 
     /// Whether a rejection of `reason` from `peer` is the first one (to be logged).
@@ -75,6 +79,7 @@ impl TokenWatch {
     /// This host works on the token stamped `at` from now on.
     pub fn hold(&mut self, at: Stamp) {
         self.holding = Some(at);
+        self.gave_way = false;
     }
 
     /// The token of `epoch` left this host (handed on, dropped); a newer one that arrived
@@ -82,6 +87,7 @@ impl TokenWatch {
     pub fn release(&mut self, epoch: u64) {
         if self.holding.is_some_and(|h| h.epoch == epoch) {
             self.holding = None;
+            self.gave_way = false;
         }
     }
 
