@@ -540,7 +540,10 @@ mod tests {
         assert_eq!(r.rebase(&[old, 0, 0]), Rebase::Unchanged);
         // Hosts that know nothing vouch for nothing: they never pull a host down either.
         let mut high = Ring::new(t0, 10 * S, S, 4);
-        high.on_token(old, 1, t0);
+        for g in 1..=3 {
+            high.on_activity(epoch(g * MAX_GENERATION_STEP, 2), 0, t0)
+                .unwrap();
+        }
         assert_eq!(high.rebase(&[0, 0, epoch(1, 1)]), Rebase::Unchanged);
         assert_eq!(high.highest_epoch(), old);
         assert_eq!(r.highest_epoch(), 0);

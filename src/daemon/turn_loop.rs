@@ -7,7 +7,7 @@
 
 use super::host::{Daemon, heartbeat_interval, unix_ms};
 use super::ring::{self, Arrival, EpochRejected};
-use crate::p2p::{LocateOptions, PeerError, Peers, RequestFailure, Responder};
+use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
 use crate::token::walk::{Action, DropReason, Handoff, Input, TurnMachine};
 use crate::topology::HostId;
 use futures::FutureExt;
@@ -458,21 +458,10 @@ impl<P: Peers> Daemon<P> {
     }
 }
 
-/// Whether a hand-off that failed with `e` may have reached the receiver's daemon anyway: the
-/// request went out and what came back was no answer (a timeout, the connection closed, the
-/// stream broke), so the receiver may hold the token now. Refusals, failed dials and peers that
-/// do not speak the protocol never got it.
+/// Whether a hand-off that failed with `e` may have reached the receiver's daemon anyway (so the
+/// receiver may hold the token now): see [`PeerError::may_have_been_delivered`].
 fn may_have_arrived(e: &PeerError) -> bool {
-    matches!(
-        e,
-        PeerError::Timeout { .. }
-            | PeerError::Protocol {
-                cause: RequestFailure::ConnectionClosed
-                    | RequestFailure::Stream(_)
-                    | RequestFailure::Timeout,
-                ..
-            }
-    )
+    e.may_have_been_delivered()
 }
 
 /// The statistics of a global round's start, and how the asking went.
@@ -486,6 +475,7 @@ struct Gathered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::p2p::RequestFailure;
     use std::sync::Arc;
 
     fn protocol(cause: RequestFailure) -> PeerError {
@@ -516,7 +506,7 @@ mod tests {
         assert!(!may_have_arrived(&protocol(RequestFailure::Unsupported)));
         assert!(!may_have_arrived(&PeerError::Unreachable {
             host: "h2".into(),
-            reason: "not connected"
+            reason: crate::p2p::DIAL_FAILED,
         }));
     }
 }
