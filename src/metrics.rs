@@ -92,6 +92,8 @@ pub struct TokenMetrics {
     pub regenerations: Counter,
     pub skipped_hosts: Counter,
     pub fenced: Counter,
+    /// Turns that ended in a panic (the token they held was let go).
+    pub turn_panics: Counter,
     /// Global policy: time to gather every host's statistics at a round start (its count is
     /// the number of rounds this host started).
     pub statistics_gather: Histogram,
@@ -125,6 +127,10 @@ pub struct FlowMetrics {
 pub struct PeerMetrics {
     pub connected: Gauge,
     pub refused: Counter,
+    /// What peers sent that was refused, by reason: the family the transport registers as
+    /// `scored_p2p_rejected_total` (`run` shares it), so the daemon's own checks (an epoch no
+    /// host could have minted) count beside the transport's.
+    pub rejected: Family<Vec<(String, String)>, Counter>,
 }
 
 /// The `/metrics` endpoint's own connections (`server`).
@@ -204,6 +210,7 @@ impl Metrics {
                 regenerations: Counter::default(),
                 skipped_hosts: Counter::default(),
                 fenced: Counter::default(),
+                turn_panics: Counter::default(),
                 statistics_gather: statistics_buckets(),
             },
             decisions: Family::default(),
@@ -297,6 +304,11 @@ impl Metrics {
             "token_fenced",
             "Tokens dropped because their epoch was older than one already seen",
             t.fenced.clone(),
+        );
+        r.register(
+            "token_turn_panics",
+            "Turns that ended in a panic; the token they held was let go and is regenerated",
+            t.turn_panics.clone(),
         );
         r.register_with_unit(
             "token_statistics_gather",

@@ -7,6 +7,9 @@
 //! hypervisors. Host h1 is the one whose detector fires (short hand-off timeout); the others never
 //! regenerate by themselves, and their token state is set by hand as a live or a dead token would
 //! leave it, without heartbeats, exactly as a fresh host sees a cluster before gossip reaches it.
+//!
+//! And over libp2p on 127.0.0.1: a lower host whose transport is up but whose daemon never
+//! answers does not hold regeneration back.
 
 mod support;
 
@@ -22,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::inprocess;
+use support::loopback::loopback;
 
 const TOPOLOGY: &str = r#"
 [levels]
@@ -115,7 +119,7 @@ fn a_fresh_host_stands_down_while_a_peer_holds_the_token_then_mints_above_it() {
     let c = cluster();
     let h1 = &c.nodes[0];
     // h3 holds a token minted by h4 two generations ago; nobody else has heard of it.
-    let live = next_epoch(next_epoch(0, 3), 3);
+    let live = next_epoch(next_epoch(0, 3).unwrap(), 3).unwrap();
     {
         let mut watch = c.nodes[2].token_watch();
         watch.on_token(live, 7, Instant::now());
@@ -167,4 +171,54 @@ fn a_fresh_host_stands_down_while_a_peer_holds_the_token_then_mints_above_it() {
         .map(|n| n.metrics().token.regenerations.get())
         .sum();
     assert_eq!(minted, 1);
+}
+
+#[test]
+fn a_lower_host_whose_daemon_never_answers_does_not_hold_regeneration_back() {
+    let l = loopback(2);
+    let rt = inprocess::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = MemoryCluster::new(&l.topology);
+    sim.add_vm(HostId(1), synthetic_vm(VmId(0x0a00_0102), 512))
+        .unwrap();
+    // h0, first in the topology, is a bare transport with its real key: connections, pings and
+    // location answers (the transport's own) work, but nothing reads its daemon's queue.
+    let (_stuck, _never_read) = rt.block_on(async {
+        let me = HostId(0);
+        let directory = Arc::new(Directory::new(l.topology.clone(), me));
+        let config = scored::p2p::P2pConfig::new(l.keys[0].clone(), l.topology.clone(), me);
+        scored::p2p::Libp2pPeers::start(config, directory)
+            .await
+            .unwrap()
+    });
+    let me = HostId(1);
+    let (peers, inbound) = rt.block_on(async {
+        let directory = Arc::new(Directory::new(l.topology.clone(), me));
+        let config = scored::p2p::P2pConfig::new(l.keys[1].clone(), l.topology.clone(), me);
+        scored::p2p::Libp2pPeers::start(config, directory)
+            .await
+            .unwrap()
+    });
+    let mut config = Config::default();
+    config.token.handoff_timeout_ms = 400;
+    let hv = Arc::new(sim.host(me));
+    let h1 = inprocess::node(&l.topology, me, peers, hv, Vec::new(), config, dir.path());
+    rt.block_on(h1.refresh_inventory()).unwrap();
+    rt.spawn(drive(h1.clone(), inbound, std::future::pending()));
+    // h1 must see through h0: a daemon that does not answer is no reason to wait.
+    assert!(
+        wait(Duration::from_secs(40), || h1
+            .metrics()
+            .token
+            .regenerations
+            .get()
+            >= 1),
+        "h1 kept deferring to h0, whose daemon never answers"
+    );
+    assert!(
+        wait(Duration::from_secs(20), || !h1
+            .recent_decisions()
+            .is_empty()),
+        "h1 regenerated the token but took no turn"
+    );
 }

@@ -95,6 +95,7 @@ fn exposition_is_strict_openmetrics() {
         ("scored_token_epoch", "gauge"),
         ("scored_token_regenerations", "counter"),
         ("scored_token_skipped_hosts", "counter"),
+        ("scored_token_turn_panics", "counter"),
         ("scored_token_statistics_gather_seconds", "histogram"),
         ("scored_decisions", "counter"),
         ("scored_migrations_started", "counter"),

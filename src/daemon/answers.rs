@@ -111,11 +111,7 @@ impl<P: Peers> Daemon<P> {
         let now = Instant::now();
         match a {
             Announcement::TokenSeen { at, round, .. } => {
-                {
-                    let mut watch = self.token_watch();
-                    watch.ring_mut().on_activity(at.epoch, at.seq, now);
-                    watch.round_heard(round, now);
-                }
+                self.on_token_seen(from, at, round, now);
                 self.sync_token_clock();
             }
             Announcement::Migration(m) => {

@@ -113,6 +113,7 @@ impl<P: Peers> Daemon<P> {
         metrics
             .journal_torn_records
             .inc_by(journal.repairs().len() as u64);
+        let minters = topo.hosts().len() as u32;
         let maintenance = config.placement.maintenance;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         Daemon {
@@ -125,7 +126,7 @@ impl<P: Peers> Daemon<P> {
             traffic: Mutex::new(traffic),
             inventory: Inventory::default(),
             ledger: Mutex::new(Ledger::new(journal)),
-            watch: Mutex::new(TokenWatch::new(loss, stagger)),
+            watch: Mutex::new(TokenWatch::new(loss, stagger, minters)),
             operator: Mutex::new(Operator::new(maintenance)),
             decisions: Mutex::new(Decisions::default()),
             reachable: Mutex::new(HashSet::new()),

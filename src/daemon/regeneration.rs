@@ -1,23 +1,44 @@
 //! Token loss: when no sign of the token was heard for the loss timeout (staggered by this
-//! host's place in the topology), check that no lower host is alive to regenerate it, ask every
-//! peer what it knows of the token, and only then mint an epoch above every one reported and
-//! start a turn with a token built from every host's VMs (docs/protocol.md, "Token loss").
+//! host's place in the topology), ask every peer's daemon what it knows of the token and which
+//! VMs it runs; compare notes (an epoch no majority vouches for is dropped); stand down while a
+//! peer holds a live token or a lower host's daemon answers; only then mint an epoch above every
+//! one admitted and start a turn with a token built from every host's VMs (docs/protocol.md,
+//! "Token loss").
 //!
-//! The fencing arithmetic is `ring`'s; this room only asks and mints. It never decides for a VM.
+//! The fencing arithmetic and the epoch check are `ring`'s; this room only asks and mints. It
+//! never decides for a VM.
 
 use super::host::{Daemon, loss_timing, unix_ms};
-use super::ring;
+use super::ring::{self, EpochRejected, Rebase};
 use crate::p2p::Peers;
 use crate::topology::HostId;
-use futures::StreamExt;
 use scored_proto::{Stamp, StatsRequest, Token, TokenView};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Periods a host defers to a lower host that answers, without hearing of a token itself, before
+/// it regenerates anyway: the lower host goes first at its own (earlier) deadline, so if it has
+/// not minted after this many periods it will not (its loss check is stuck, or it lies by
+/// omission). Minting still happens only when no peer reports a live token.
+const MAX_DEFERRALS: u32 = 3;
+
+/// What asking every peer's daemon before minting led to.
+enum Verdict {
+    /// A peer holds a live token, or heard of one recently.
+    Live(HostId, TokenView),
+    /// A host before this one in the topology has a daemon that answers: it goes first.
+    LowerAnswered(HostId),
+    /// This host holds a token, or is stopping.
+    Busy,
+    /// The generations are used up: nothing can be minted above the highest epoch known.
+    Exhausted,
+    Minted(u64),
+}
+
 impl<P: Peers> Daemon<P> {
     /// Called on every tick while no token is held here: when the loss timeout (staggered by this
-    /// host's place in the topology) has run out, checks that no lower host is alive to do it,
-    /// then mints a new token (in a task of its own, one at a time).
+    /// host's place in the topology) has run out, asks the peers and maybe mints a new token (in
+    /// a task of its own, one at a time).
     pub(super) fn check_token_loss(self: &Arc<Self>, now: Instant) {
         if self.stopping() || self.tasks.loss_check_running() {
             return;
@@ -30,14 +51,7 @@ impl<P: Peers> Daemon<P> {
             }
         }
         let daemon = self.clone();
-        self.tasks.start_loss_check(async move {
-            if daemon.lower_host_alive().await {
-                // Someone before us will (or did) regenerate: wait another period.
-                daemon.token_watch().ring_mut().defer(Instant::now());
-                return;
-            }
-            daemon.regenerate().await;
-        });
+        self.tasks.start_loss_check(daemon.regenerate());
     }
 
     /// Place in the regeneration order: hosts earlier in the topology file go first.
@@ -45,37 +59,22 @@ impl<P: Peers> Daemon<P> {
         self.me.index().min(32)
     }
 
-    /// Whether any host before this one in the topology answers a (cheap, empty) location query.
-    async fn lower_host_alive(&self) -> bool {
-        let timeout = self.config().token.handoff_timeout() / 2;
-        let lower: Vec<HostId> = (0..self.me.0).map(HostId).collect();
-        let peers = self.peers.clone();
-        let answers = futures::stream::iter(lower.into_iter().map(|h| {
-            let peers = peers.clone();
-            async move { peers.query_locations(h, Vec::new(), timeout).await.is_ok() }
-        }))
-        .buffer_unordered(crate::p2p::MAX_CONCURRENT_QUERIES);
-        futures::pin_mut!(answers);
-        while let Some(alive) = answers.next().await {
-            if alive {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Asks every peer what it knows of the token and which VMs it runs; unless one of them heard
-    /// of a live token recently, mints an epoch above every one reported, builds a fresh token from
-    /// every host's inventory and works on it.
+    /// Asks every peer's daemon what it knows of the token and which VMs it runs; unless one of
+    /// them heard of a live token recently, or a host before this one answered, mints an epoch
+    /// above every one admitted, builds a fresh token from every host's inventory and works on
+    /// it.
+    ///
+    /// A statistics request is answered by the peer's event loop, not by its transport: a host
+    /// whose daemon is stuck (its connections and pings still up) does not answer, so it neither
+    /// holds regeneration back as "alive" nor vouches for an epoch.
     ///
     /// Asking first matters most for a host that just (re)started: it has heard nothing yet, so
     /// its own loss detector fires although a token is alive, and the epoch it knows is 0.
     async fn regenerate(self: Arc<Self>) {
         let config = self.config();
         let (loss, _) = loss_timing(&config);
-        let known = self.highest_epoch();
         let req = StatsRequest {
-            epoch: known,
+            epoch: self.highest_epoch(),
             round: 0,
         };
         let mut vms = self.known_vms();
@@ -85,38 +84,88 @@ impl<P: Peers> Daemon<P> {
             .await;
         let now = Instant::now();
         let mut answered = 0;
-        let mut live: Option<(HostId, TokenView)> = None;
-        let epoch = {
+        let mut rejected: Vec<(HostId, EpochRejected)> = Vec::new();
+        let (verdict, rebased) = {
             let mut watch = self.token_watch();
+            let reports: Vec<u64> = answers
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok().map(|s| s.token.at.epoch))
+                .collect();
+            let rebased = watch.ring_mut().rebase(&reports);
+            let mut live: Option<(HostId, TokenView)> = None;
+            let mut lower: Option<HostId> = None;
             for (host, r) in &answers {
                 let Ok(s) = r else { continue };
                 answered += 1;
+                if *host < self.me && lower.is_none() {
+                    lower = Some(*host);
+                }
                 vms.extend(s.benefits.iter().map(|b| b.vm));
                 let view = s.token;
                 if view.at.epoch == 0 {
                     continue;
                 }
                 let idle = Duration::from_millis(view.idle_ms.unwrap_or(u32::MAX).into());
-                watch
-                    .ring_mut()
-                    .on_report(view.at.epoch, view.at.seq, now.checked_sub(idle));
+                if let Err(why) =
+                    watch
+                        .ring_mut()
+                        .on_report(view.at.epoch, view.at.seq, now.checked_sub(idle))
+                {
+                    rejected.push((*host, why));
+                    continue;
+                }
                 // Heard of within half the loss timeout: that token is alive, or was minted by a
                 // peer a moment ago. Either way it is not ours to replace.
                 if (view.held || idle < loss / 2) && view.at.epoch >= watch.ring().highest_epoch() {
                     live = Some((*host, view));
                 }
             }
-            if live.is_some() || watch.holding().is_some() || self.stopping() {
-                None
-            } else {
-                let epoch = watch.ring().mint(self.me.0);
+            let verdict = if watch.holding().is_some() || self.stopping() {
+                Verdict::Busy
+            } else if let Some((host, view)) = live {
+                Verdict::Live(host, view)
+            } else if let Some(host) = lower
+                && watch.ring().deferrals() < MAX_DEFERRALS
+            {
+                // Someone before us will (or did) regenerate: wait another period.
+                watch.ring_mut().defer(now);
+                Verdict::LowerAnswered(host)
+            } else if let Some(epoch) = watch.ring().mint(self.me.0) {
+                if let Some(host) = lower {
+                    tracing::warn!(
+                        peer = %self.host_name(host), deferrals = watch.ring().deferrals(),
+                        "a host before this one answers but has not regenerated the token: minting"
+                    );
+                }
                 watch.on_token(epoch, 0, now);
                 watch.hold(Stamp { epoch, seq: 0 });
-                Some(epoch)
-            }
+                Verdict::Minted(epoch)
+            } else {
+                Verdict::Exhausted
+            };
+            (verdict, rebased)
         };
-        let Some(epoch) = epoch else {
-            if let Some((host, view)) = live {
+        for (host, why) in rejected {
+            self.epoch_rejected(host, "statistics answer", why);
+        }
+        match rebased {
+            Rebase::Unchanged => {}
+            Rebase::Lowered { from, to } => tracing::warn!(
+                from,
+                to,
+                hosts_answered = answered,
+                "this host knew an epoch no majority of its peers vouches for: fell back to theirs"
+            ),
+            Rebase::Raised { from, to } => tracing::info!(
+                from,
+                to,
+                hosts_answered = answered,
+                "caught up with the epoch a majority of the peers knows"
+            ),
+        }
+        let epoch = match verdict {
+            Verdict::Minted(epoch) => epoch,
+            Verdict::Live(host, view) => {
                 self.metrics
                     .token
                     .epoch
@@ -129,8 +178,23 @@ impl<P: Peers> Daemon<P> {
                     held = view.held,
                     "token not regenerated: a peer heard of a live token recently"
                 );
+                return;
             }
-            return;
+            Verdict::LowerAnswered(host) => {
+                tracing::debug!(
+                    peer = %self.host_name(host),
+                    "token not regenerated: a host before this one answers and goes first"
+                );
+                return;
+            }
+            Verdict::Busy => return,
+            Verdict::Exhausted => {
+                tracing::error!(
+                    epoch = self.highest_epoch(),
+                    "token not regenerated: no epoch left above the highest known"
+                );
+                return;
+            }
         };
         let token = Token::new(epoch, config.token.policy, vms);
         self.metrics.token.regenerations.inc();

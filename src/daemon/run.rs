@@ -198,6 +198,7 @@ async fn serve(
     let metrics = Arc::new(Metrics::register(&mut registry, topo.level_names()));
     let p2p_metrics = P2pMetrics {
         refused_connections: metrics.peers.refused.clone(),
+        rejected: metrics.peers.rejected.clone(),
         ..P2pMetrics::default()
     };
     p2p_metrics.register(&mut registry);

@@ -1,12 +1,14 @@
 //! What this host knows of the token: the ring's fencing and loss state, the stamp of the token
 //! it works on (set by the turn when the token arrives or is minted, cleared when the turn hands
-//! it on or ends), and when each round began (for pacing and `scored status`).
+//! it on or ends), whether that token gave way to another copy of its epoch, and when each round
+//! began (for pacing and `scored status`).
 //!
 //! Plain state with methods: no sending, no sleeping, no clock of its own.
 
 use super::ring::{Arrival, Ring};
+use crate::topology::HostId;
 use scored_proto::{Stamp, TokenView};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Rounds remembered for pacing.
@@ -15,17 +17,45 @@ const ROUNDS_KEPT: usize = 8;
 pub struct TokenWatch {
     ring: Ring,
     holding: Option<Stamp>,
+    /// The token held here gave way to another copy of its epoch: it must not act any more.
+    /// Cleared with the holding, so a later visit of that epoch's (single) token acts again.
+    gave_way: bool,
     /// When this host first heard of each token round.
     rounds_seen: BTreeMap<u32, Instant>,
+    /// (peer, reason) pairs already logged for an epoch rejected: one line each. Bounded by the
+    /// topology's hosts times the reasons.
+    rejections_logged: HashSet<(HostId, &'static str)>,
 }
 
 impl TokenWatch {
-    pub(super) fn new(loss: Duration, stagger: Duration) -> Self {
+    /// `hosts`: the topology's hosts, the only minters an epoch may name.
+    pub(super) fn new(loss: Duration, stagger: Duration, hosts: u32) -> Self {
         TokenWatch {
-            ring: Ring::new(Instant::now(), loss, stagger),
+            ring: Ring::new(Instant::now(), loss, stagger, hosts),
             holding: None,
+            gave_way: false,
             rounds_seen: BTreeMap::new(),
+            rejections_logged: HashSet::new(),
         }
+    }
+
+    /// Whether the token of `epoch` must not act any more: a newer epoch is known, or this
+    /// host's copy of it gave way to another copy ([`Ring::rival_copy`]).
+    pub fn superseded(&self, epoch: u64) -> bool {
+        self.ring.highest_epoch() > epoch
+            || (self.gave_way && self.holding.is_some_and(|h| h.epoch == epoch))
+    }
+
+    /// The copy of `epoch` held here, if that is the one held, gives way to another copy.
+    pub(super) fn give_way(&mut self, epoch: u64) {
+        if self.holding.is_some_and(|h| h.epoch == epoch) {
+            self.gave_way = true;
+        }
+    }
+
+    /// Whether a rejection of `reason` from `peer` is the first one (to be logged).
+    pub(super) fn first_rejection(&mut self, peer: HostId, reason: &'static str) -> bool {
+        self.rejections_logged.insert((peer, reason))
     }
 
     pub fn ring(&self) -> &Ring {
@@ -49,6 +79,7 @@ impl TokenWatch {
     /// This host works on the token stamped `at` from now on.
     pub fn hold(&mut self, at: Stamp) {
         self.holding = Some(at);
+        self.gave_way = false;
     }
 
     /// The token of `epoch` left this host (handed on, dropped); a newer one that arrived
@@ -56,6 +87,7 @@ impl TokenWatch {
     pub fn release(&mut self, epoch: u64) {
         if self.holding.is_some_and(|h| h.epoch == epoch) {
             self.holding = None;
+            self.gave_way = false;
         }
     }
 

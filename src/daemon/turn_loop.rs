@@ -6,10 +6,11 @@
 //! It never decides for a VM itself (that is `vm_turn`) and holds no state of its own.
 
 use super::host::{Daemon, heartbeat_interval, unix_ms};
-use super::ring::{self, Arrival};
+use super::ring::{self, Arrival, EpochRejected};
 use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
 use crate::token::walk::{Action, DropReason, Handoff, Input, TurnMachine};
 use crate::topology::HostId;
+use futures::FutureExt;
 use scored_proto::{Announcement, Stamp, StatsRequest, Token, TokenAck, VmId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +22,20 @@ const HANDOFF_ATTEMPTS: u32 = 3;
 const SCHEDULE_LOGGED: usize = 32;
 
 impl<P: Peers> Daemon<P> {
-    /// A peer hands us the token: fence, dedupe, acknowledge, and start working on it.
+    /// A peer hands us the token: check its epoch, fence, dedupe, refuse it while working on
+    /// another, acknowledge, and start working on it.
     pub fn on_token(self: &Arc<Self>, from: HostId, token: Token, reply: Responder<TokenAck>) {
         let now = Instant::now();
-        let arrival = {
-            let mut watch = self.token_watch();
-            let a = watch.on_token(token.epoch, token.seq, now);
-            if a == Arrival::Stale {
+        let mut watch = self.token_watch();
+        match watch.ring().classify(token.epoch, token.seq) {
+            Arrival::Rejected(why) => {
+                drop(watch);
+                self.epoch_rejected(from, "token", why);
+                reply.send(TokenAck::Declined {
+                    reason: why.to_string(),
+                });
+            }
+            Arrival::Stale => {
                 let current = Stamp {
                     epoch: watch.ring().highest_epoch(),
                     seq: watch.ring().last_seq(),
@@ -36,23 +44,87 @@ impl<P: Peers> Daemon<P> {
                 self.metrics.token.fenced.inc();
                 tracing::warn!(from = %self.host_name(from), epoch = token.epoch, "stale token fenced off");
                 reply.send(TokenAck::Fenced { current });
-                return;
             }
-            if a == Arrival::Fresh {
+            Arrival::Duplicate => {
+                drop(watch);
+                reply.send(TokenAck::Accepted);
+            }
+            Arrival::Fresh => {
+                if let Some(held) = watch.holding() {
+                    // One acting holder: this host works on a token already. Learning the other's
+                    // epoch fences ours if it is newer (our turn ends at its next step) without
+                    // starting a second turn beside it; the sender skips us and goes on.
+                    let _ = watch.ring_mut().on_activity(token.epoch, token.seq, now);
+                    let gives_way =
+                        watch
+                            .ring()
+                            .rival_copy(token.epoch, token.seq, from.0, self.me.0);
+                    if gives_way {
+                        watch.give_way(held.epoch);
+                    }
+                    drop(watch);
+                    tracing::warn!(
+                        from = %self.host_name(from), epoch = token.epoch, seq = token.seq,
+                        held_epoch = held.epoch, held_seq = held.seq, gives_way,
+                        "second token refused: this host is working on one"
+                    );
+                    reply.send(TokenAck::Declined {
+                        reason: format!("{} is working on token {held}", self.name()),
+                    });
+                    return;
+                }
+                watch.on_token(token.epoch, token.seq, now);
                 watch.hold(Stamp {
                     epoch: token.epoch,
                     seq: token.seq,
                 });
+                drop(watch);
+                reply.send(TokenAck::Accepted);
+                self.metrics
+                    .token
+                    .epoch
+                    .set(ring::epoch_generation(token.epoch) as i64);
+                self.start_turn(token);
             }
-            a
-        };
-        reply.send(TokenAck::Accepted);
-        if arrival == Arrival::Fresh {
-            self.metrics
-                .token
-                .epoch
-                .set(ring::epoch_generation(token.epoch) as i64);
-            self.start_turn(token);
+        }
+    }
+
+    /// A peer's heartbeat: the token is alive (if its epoch passes the check), and if it shows
+    /// a second copy of the epoch this host works on, the copy that must give way does.
+    pub(super) fn on_token_seen(&self, from: HostId, at: Stamp, round: u32, now: Instant) {
+        let mut watch = self.token_watch();
+        if let Err(why) = watch.ring_mut().on_activity(at.epoch, at.seq, now) {
+            drop(watch);
+            self.epoch_rejected(from, "token heartbeat", why);
+            return;
+        }
+        watch.round_heard(round, now);
+        let Some(held) = watch.holding() else { return };
+        if held.epoch == at.epoch && watch.ring().rival_copy(at.epoch, at.seq, from.0, self.me.0) {
+            watch.give_way(held.epoch);
+            drop(watch);
+            tracing::warn!(
+                peer = %self.host_name(from), epoch = at.epoch, seq = at.seq,
+                "a second copy of the token's epoch walks at a lower host: this copy gives way"
+            );
+        }
+    }
+
+    /// An epoch a peer sent failed the check (`ring::Ring::admit`): counted by reason, logged
+    /// once per peer and reason, never recorded.
+    pub(super) fn epoch_rejected(&self, from: HostId, via: &'static str, why: EpochRejected) {
+        self.metrics
+            .peers
+            .rejected
+            .get_or_create(&vec![("reason".to_string(), why.reason().to_string())])
+            .inc();
+        if self.token_watch().first_rejection(from, why.reason()) {
+            let host = self.topo.host(from);
+            tracing::warn!(
+                peer = %host.name, peer_id = ?host.peer_id.map(|p| p.to_string()), via,
+                reason = why.reason(), error = %why,
+                "epoch from a peer rejected (further ones from it are only counted)"
+            );
         }
     }
 
@@ -108,20 +180,42 @@ impl<P: Peers> Daemon<P> {
             }
         };
         let walking = async {
-            let r = self.work(token, &beat_tx).await;
+            // A panic inside the walk (a bug) must not leave this host claiming the token: it
+            // would stop regeneration everywhere. The stamp last beaten names what was held.
+            let r = std::panic::AssertUnwindSafe(self.work(token, &beat_tx))
+                .catch_unwind()
+                .await;
+            let last = beat_tx.borrow().0;
             drop(beat_tx);
-            r
+            r.map_err(|panic| (last, panic))
         };
-        let ((token, result), ()) = tokio::join!(walking, beating);
+        let (walked, ()) = tokio::join!(walking, beating);
         self.metrics.token.held.set(0);
-        // A newer token may have arrived meanwhile; only clear what is ours.
-        self.token_watch().release(token.epoch);
-        if let Err(why) = result {
-            tracing::warn!(
-                epoch = token.epoch,
-                "token dropped: {}",
-                why.describe(&self.topo)
-            );
+        match walked {
+            Ok((token, result)) => {
+                // A newer token may have arrived meanwhile; only clear what is ours.
+                self.token_watch().release(token.epoch);
+                if let Err(why) = result {
+                    tracing::warn!(
+                        epoch = token.epoch,
+                        "token dropped: {}",
+                        why.describe(&self.topo)
+                    );
+                }
+            }
+            Err((last, panic)) => {
+                self.token_watch().release(last.epoch);
+                self.metrics.token.turn_panics.inc();
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_string());
+                tracing::error!(
+                    epoch = last.epoch, seq = last.seq, panic = %what,
+                    "the turn panicked: token let go (peers or this host regenerate it)"
+                );
+            }
         }
     }
 
@@ -218,10 +312,14 @@ impl<P: Peers> Daemon<P> {
                 Action::Remint { host } => {
                     // The host may have taken it after all: fence that copy off.
                     let mut watch = self.token_watch();
-                    let epoch = watch.ring().mint(self.me.0);
+                    let Some(epoch) = watch.ring().mint(self.me.0) else {
+                        drop(watch);
+                        return (machine.token().clone(), Err(DropReason::EpochsExhausted));
+                    };
                     watch.on_token(epoch, 0, Instant::now());
                     watch.hold(Stamp { epoch, seq: 0 });
                     drop(watch);
+                    beat.send_replace((Stamp { epoch, seq: 0 }, machine.token().round));
                     tracing::warn!(
                         host = %self.host_name(host), epoch,
                         unix_ms = unix_ms(),
@@ -326,24 +424,28 @@ impl<P: Peers> Daemon<P> {
                     return Handoff::Done;
                 }
                 Ok(TokenAck::Fenced { current }) => {
-                    self.token_watch().ring_mut().on_activity(
+                    let learned = self.token_watch().ring_mut().on_activity(
                         current.epoch,
                         current.seq,
                         Instant::now(),
                     );
+                    if let Err(why) = learned {
+                        // The host claims an epoch no host could have minted from what we know:
+                        // it did not take the token, and its claim fences nothing here.
+                        self.epoch_rejected(host, "fenced answer", why);
+                        return Handoff::Skip { ambiguous };
+                    }
                     self.metrics.token.fenced.inc();
                     return Handoff::Fenced;
                 }
                 Ok(TokenAck::Declined { reason }) => {
                     tracing::warn!(host = %self.host_name(host), %reason, "token declined; skipping host");
-                    return Handoff::Skip { ambiguous: false };
-                }
-                Err(PeerError::Timeout { .. }) => {
-                    ambiguous = true;
-                    tracing::warn!(host = %self.host_name(host), attempt, "token hand-off timed out");
+                    // An earlier attempt that got no answer may still have delivered it.
+                    return Handoff::Skip { ambiguous };
                 }
                 Err(e) => {
-                    tracing::warn!(host = %self.host_name(host), attempt, error = %e, "token hand-off failed");
+                    ambiguous |= may_have_arrived(&e);
+                    tracing::warn!(host = %self.host_name(host), attempt, error = %e, ambiguous, "token hand-off failed");
                     if !ambiguous && attempt == HANDOFF_ATTEMPTS {
                         return Handoff::Skip { ambiguous: false };
                     }
@@ -356,10 +458,55 @@ impl<P: Peers> Daemon<P> {
     }
 }
 
+/// Whether a hand-off that failed with `e` may have reached the receiver's daemon anyway (so the
+/// receiver may hold the token now): see [`PeerError::may_have_been_delivered`].
+fn may_have_arrived(e: &PeerError) -> bool {
+    e.may_have_been_delivered()
+}
+
 /// The statistics of a global round's start, and how the asking went.
 struct Gathered {
     expected: Vec<(VmId, f64)>,
     asked: usize,
     answered: usize,
     elapsed: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::p2p::RequestFailure;
+    use std::sync::Arc;
+
+    fn protocol(cause: RequestFailure) -> PeerError {
+        PeerError::Protocol {
+            host: "h2".into(),
+            what: "token",
+            cause,
+        }
+    }
+
+    #[test]
+    fn a_hand_off_lost_after_its_request_went_out_is_ambiguous() {
+        let timeout = PeerError::Timeout {
+            host: "h2".into(),
+            what: "token",
+            after: Duration::from_secs(1),
+        };
+        assert!(may_have_arrived(&timeout));
+        assert!(may_have_arrived(&protocol(
+            RequestFailure::ConnectionClosed
+        )));
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        assert!(may_have_arrived(&protocol(RequestFailure::Stream(
+            Arc::new(io)
+        ))));
+        // Never sent, or refused: the receiver does not hold it.
+        assert!(!may_have_arrived(&protocol(RequestFailure::DialFailed)));
+        assert!(!may_have_arrived(&protocol(RequestFailure::Unsupported)));
+        assert!(!may_have_arrived(&PeerError::Unreachable {
+            host: "h2".into(),
+            reason: crate::p2p::DIAL_FAILED,
+        }));
+    }
 }

@@ -17,9 +17,10 @@ use scored_proto::{Stamp, Token, VmId};
 use std::time::Instant;
 
 impl<P: Peers> Daemon<P> {
-    /// Whether a newer epoch than `token`'s is known here: the token must not act.
+    /// Whether a newer epoch than `token`'s is known here, or this host's copy of its epoch gave
+    /// way to another copy: the token must not act.
     pub(super) fn fenced(&self, token: &Token) -> bool {
-        self.highest_epoch() > token.epoch
+        self.token_watch().superseded(token.epoch)
     }
 
     /// The record of an assessment, as logged, kept for `scored status` and shown by `plan`.

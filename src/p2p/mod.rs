@@ -82,6 +82,31 @@ pub enum PeerError {
     Closed,
 }
 
+/// The [`PeerError::Unreachable`] reason of a request whose dial failed: it never left.
+pub(crate) const DIAL_FAILED: &str = "dial failed";
+/// The [`PeerError::Unreachable`] reason of a request whose connection closed before the answer:
+/// it may have been delivered.
+pub(crate) const CONNECTION_CLOSED: &str = "connection closed before the answer";
+
+impl PeerError {
+    /// Whether the request may have reached the peer's daemon although no answer came back: it
+    /// went out and what followed was no answer (a timeout, the connection closed, the stream
+    /// broke). Refusals, failed dials and peers that do not speak the protocol never got it.
+    pub fn may_have_been_delivered(&self) -> bool {
+        match self {
+            PeerError::Timeout { .. } => true,
+            PeerError::Unreachable { reason, .. } => *reason == CONNECTION_CLOSED,
+            PeerError::Protocol { cause, .. } => matches!(
+                cause,
+                RequestFailure::ConnectionClosed
+                    | RequestFailure::Stream(_)
+                    | RequestFailure::Timeout
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Why an announcement was not published.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum AnnounceError {

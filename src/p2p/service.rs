@@ -370,11 +370,11 @@ impl Libp2pPeers {
                     RequestFailure::Timeout => timed_out(),
                     RequestFailure::DialFailed => PeerError::Unreachable {
                         host: name(),
-                        reason: "dial failed",
+                        reason: super::DIAL_FAILED,
                     },
                     RequestFailure::ConnectionClosed => PeerError::Unreachable {
                         host: name(),
-                        reason: "connection closed before the answer",
+                        reason: super::CONNECTION_CLOSED,
                     },
                     cause => PeerError::Protocol {
                         host: name(),

@@ -93,7 +93,8 @@ pub enum Handoff {
     Done,
     /// The host holds a newer token.
     Fenced,
-    /// The host could not take it; `ambiguous` when it may have taken it after all (a timeout).
+    /// The host could not take it; `ambiguous` when it may have taken it after all (the request
+    /// went out and no answer came back: a timeout, a connection closed or a stream broken).
     Skip {
         ambiguous: bool,
     },
@@ -108,6 +109,10 @@ pub enum DropReason {
     FencedBy(HostId),
     #[error("stopping, and no other host runs a VM to pass the token to")]
     NoOtherHost,
+    /// A re-mint was due and the epochs' generations are used up (only a peer pushing them to
+    /// the top of the range gets here): better no token than one that wraps below every fence.
+    #[error("no epoch left to mint above the highest known")]
+    EpochsExhausted,
     #[error("token: {0}")]
     Token(#[from] TokenError),
     /// The driver answered an action with the wrong input (a bug): better drop the token than
