@@ -24,6 +24,10 @@ pub struct TokenConfig {
     /// round time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regeneration_timeout_ms: Option<u64>,
+    /// Token steps a peer's announced stamp may run ahead of this host's view of the token;
+    /// an announcement further ahead is rejected (a stamp from the future would outrank every
+    /// true location until the cluster caught up with it).
+    pub stamp_skew_steps: u64,
 }
 
 impl Default for TokenConfig {
@@ -33,6 +37,7 @@ impl Default for TokenConfig {
             handoff_timeout_ms: 2_000,
             min_round_s: 60,
             regeneration_timeout_ms: None,
+            stamp_skew_steps: crate::p2p::directory::DEFAULT_STAMP_SKEW,
         }
     }
 }
@@ -85,6 +90,7 @@ impl Section for TokenConfig {
             handoff_timeout_ms: Restart,
             min_round_s: Restart,
             regeneration_timeout_ms: Restart,
+            stamp_skew_steps: Restart,
         }
     );
     type Error = TokenConfigError;

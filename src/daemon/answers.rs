@@ -11,7 +11,8 @@ use crate::decide::Decider;
 use crate::p2p::{Peers, Responder};
 use crate::topology::HostId;
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, StatsRequest, StatsResponse, VmBenefit, VmId,
+    Announcement, CapacityRequest, CapacityResponse, Stamp, StatsRequest, StatsResponse, VmBenefit,
+    VmId,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,29 +92,46 @@ impl<P: Peers> Daemon<P> {
         out
     }
 
+    /// Tells the directory where the token is as far as the ring knows: peers' stamps are
+    /// judged by what the ring accepted, never by an announcement's own stamp.
+    pub(super) fn sync_token_clock(&self) {
+        let seen = {
+            let watch = self.token_watch();
+            let ring = watch.ring();
+            Stamp {
+                epoch: ring.highest_epoch(),
+                seq: ring.last_seq(),
+            }
+        };
+        self.peers.directory().observe_token(seen);
+    }
+
     /// A peer's announcement (already applied to the directory).
     pub fn on_announcement(&self, from: HostId, a: Announcement) {
         let now = Instant::now();
         match a {
             Announcement::TokenSeen { at, round, .. } => {
-                let mut watch = self.token_watch();
-                watch.ring_mut().on_activity(at.epoch, at.seq, now);
-                watch.round_heard(round, now);
+                {
+                    let mut watch = self.token_watch();
+                    watch.ring_mut().on_activity(at.epoch, at.seq, now);
+                    watch.round_heard(round, now);
+                }
+                self.sync_token_clock();
             }
             Announcement::Migration(m) => {
-                let Some(src) = self.topo.host_by_name(&m.from).map(|h| h.id) else {
+                let host = |name: &str| self.topo.host_by_name(name).map(|h| h.id);
+                let (Some(src), Some(dst)) = (host(&m.from), host(&m.to)) else {
                     return;
                 };
-                // The announcement carries no duration; the cooldown base covers it.
-                self.ledger().moved(m.vm, src, Duration::ZERO, now);
-                if self
-                    .topo
-                    .host_by_name(&m.to)
-                    .is_some_and(|h| h.id == self.me)
-                {
-                    // The VM runs here now: read it from the hypervisor rather than wait for
-                    // the periodic refresh, so location answers and this host's decisions see
-                    // it here at once (the directory ignores claims about its own VMs).
+                if dst == from {
+                    // Attributable: the host now running the VM says so itself (the directory
+                    // passes each arrival on once). The announcement carries no duration; the
+                    // cooldown base covers it.
+                    self.ledger().moved(m.vm, src, Duration::ZERO, now);
+                } else if dst == self.me {
+                    // Its former host says the VM comes here: read it from the hypervisor rather
+                    // than wait for the periodic refresh, so location answers and this host's
+                    // decisions see it here at once, and this host announces the arrival.
                     self.refresh_soon();
                 }
                 tracing::debug!(from = %self.host_name(from), vm = %m.vm, to = %m.to, "peer migrated a VM");

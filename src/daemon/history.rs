@@ -11,6 +11,14 @@ use scored_proto::VmId;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// VMs whose moves are remembered: above the 40,960 VMs of the dc-2560 simulation. Moves come
+/// from peers' announcements, so the map needs a bound of its own; past it, the VMs whose last
+/// move is oldest are forgotten first (their cooldown is the likeliest to be over).
+pub const MAX_VMS: usize = 1 << 16;
+/// Moves remembered per VM: the cooldown stops doubling at 20 moves in the window, so older
+/// ones change nothing.
+pub const MAX_MOVES_PER_VM: usize = 24;
+
 /// Operator settings for the cooldown.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CooldownPolicy {
@@ -52,10 +60,34 @@ impl History {
 
     /// Records that `vm` left `from` at `at`, the migration taking `took`.
     pub fn record(&mut self, vm: VmId, from: HostId, took: Duration, at: Instant) {
-        self.moves
-            .entry(vm)
-            .or_default()
-            .push_back(Move { at, from, took });
+        let q = self.moves.entry(vm).or_default();
+        q.push_back(Move { at, from, took });
+        if q.len() > MAX_MOVES_PER_VM {
+            q.pop_front();
+        }
+        if self.moves.len() > MAX_VMS {
+            self.forget_oldest();
+        }
+    }
+
+    /// Forgets the eighth of the VMs whose last move is oldest: O(n) once per n/8 new VMs.
+    fn forget_oldest(&mut self) {
+        let mut last: Vec<Instant> = self
+            .moves
+            .values()
+            .filter_map(|q| q.back().map(|m| m.at))
+            .collect();
+        let excess = last.len() / 8;
+        let (_, cutoff, _) = last.select_nth_unstable(excess);
+        let cutoff = *cutoff;
+        let mut dropped = 0;
+        self.moves.retain(|_, q| {
+            let keep = dropped >= excess || q.back().is_some_and(|m| m.at > cutoff);
+            if !keep {
+                dropped += 1;
+            }
+            keep
+        });
     }
 
     /// Drops moves older than the window (call now and then; bounded work per VM).
@@ -164,5 +196,29 @@ mod tests {
         assert!(h.left_recently(VmId(1), &p, later).is_empty());
         h.forget_old(&p, later);
         assert!(h.moves.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_moves_keeps_the_history_bounded() {
+        let p = CooldownPolicy::default();
+        let t0 = Instant::now();
+        let mut h = History::new();
+        // A peer announcing arrivals of VMs without end, and one VM moving without end.
+        for i in 0..200_000u32 {
+            h.record(VmId(i), HostId(1), MIN, t0);
+        }
+        for _ in 0..10_000 {
+            h.record(VmId(7), HostId(2), MIN, t0);
+        }
+        assert!(h.moves.len() <= MAX_VMS, "{} VMs", h.moves.len());
+        assert!(h.moves.values().all(|q| q.len() <= MAX_MOVES_PER_VM));
+        // A fresh move after the flood still counts in full.
+        let v = VmId(u32::MAX);
+        let t1 = t0 + MIN;
+        h.record(v, HostId(3), MIN, t1);
+        assert_eq!(h.cooldown_until(v, &p, t1), Some(t1 + 15 * MIN));
+        assert_eq!(h.left_recently(v, &p, t1), vec![HostId(3)]);
+        // VM 7 moved far more than the cap: its cooldown is at the cap.
+        assert_eq!(h.cooldown_until(VmId(7), &p, t0), Some(t0 + p.cap));
     }
 }

@@ -8,10 +8,10 @@ use super::host::{Daemon, lock};
 use crate::hypervisor::{HypervisorError, Vm};
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
-use scored_proto::{Stamp, VmId};
-use std::collections::HashMap;
+use crate::p2p::directory::Arrival;
+use scored_proto::{Announcement, MigrationAnnounce, VmId};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// How often the inventory task reads the hypervisor.
@@ -86,7 +86,8 @@ impl<P: Peers> Daemon<P> {
                 Ok((vms, cap))
             })
             .await?;
-        self.set_inventory(vms);
+        let arrivals = self.set_inventory(vms);
+        self.announce_arrivals(arrivals).await;
         if let Some(cap) = cap {
             self.metrics
                 .migrations
@@ -99,22 +100,45 @@ impl<P: Peers> Daemon<P> {
         Ok(())
     }
 
-    fn set_inventory(&self, vms: Vec<Vm>) {
+    /// Brings flows, directory and gauges in step with `vms`; returns the VMs that arrived
+    /// from a known host, which this host must announce.
+    fn set_inventory(&self, vms: Vec<Vm>) -> Vec<Arrival> {
         if let Err(e) = self.traffic().source_mut().follow(&vms) {
             tracing::warn!(error = %e, "flow capture does not follow every VM");
         }
         self.metrics.vms.set(vms.len() as i64);
-        let dir = self.peers.directory();
-        let known: HashMap<VmId, Stamp> = dir
-            .local_vms()
-            .into_iter()
-            .map(|l| (l.vm, l.since))
-            .collect();
-        dir.set_local(
-            vms.iter()
-                .map(|v| (v.id, known.get(&v.id).copied().unwrap_or_default())),
-        );
+        self.sync_token_clock();
+        let arrivals = self
+            .peers
+            .directory()
+            .refresh_local(vms.iter().map(|v| v.id));
         self.inventory.set(vms);
+        arrivals
+    }
+
+    /// Tells every host that each of `arrivals` runs here now. Only the host running a VM may
+    /// claim it (docs/protocol.md, "Location directory"): its former host's announcement is a
+    /// hint, this one the fact peers cache and count in the VM's cooldown. The move is in this
+    /// host's history too: it will decide for the VM from now on.
+    async fn announce_arrivals(&self, arrivals: Vec<Arrival>) {
+        for a in arrivals {
+            self.ledger()
+                .moved(a.vm, a.from, Duration::ZERO, Instant::now());
+            let announcement = Announcement::Migration(MigrationAnnounce {
+                vm: a.vm,
+                from: self.topo.host(a.from).name.clone(),
+                to: self.name().to_string(),
+                at: a.at,
+            });
+            match self.peers.publish(announcement).await {
+                Ok(()) => {
+                    tracing::debug!(vm = %a.vm, from = %self.host_name(a.from), at = %a.at, "arrival announced")
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %a.vm, from = %self.host_name(a.from), error = %e, "arrival not announced")
+                }
+            }
+        }
     }
 
     /// Every VM this host knows of: its own and those the directory learned from other hosts'

@@ -185,6 +185,7 @@ async fn serve(
     p2p_metrics.register(&mut registry);
 
     let directory = Arc::new(Directory::new(topo.clone(), me));
+    directory.set_stamp_skew(config.token.stamp_skew_steps);
     let mut p2p = P2pConfig::new(key, topo.clone(), me);
     p2p.listen = config.p2p.listen.clone();
     p2p.metrics = p2p_metrics;

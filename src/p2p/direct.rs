@@ -3,7 +3,7 @@
 //! libp2p, and location queries are answered from the target's [`Directory`], so the daemon
 //! cannot tell the two transports apart. Hosts can be taken off the network to test failures.
 
-use super::directory::Directory;
+use super::directory::{Applied, Directory};
 use super::{
     AnnounceError, Inbound, InboundEvent, PeerError, Peers, deliver, reply_or_unavailable,
 };
@@ -248,8 +248,10 @@ impl Peers for DirectPeers {
         };
         for (inbound, directory) in targets {
             // The same check a libp2p receiver makes on the signed author.
-            if let Err(e) = directory.apply(self.me, &announcement) {
-                return Err(PeerError::Announce(e.into()));
+            match directory.apply(self.me, &announcement) {
+                Err(e) => return Err(PeerError::Announce(e.into())),
+                Ok(Applied::Repeat) => continue,
+                Ok(Applied::News) => {}
             }
             let _ = inbound.try_send(InboundEvent::Announcement {
                 from: self.me,

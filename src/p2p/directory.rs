@@ -3,34 +3,64 @@
 //!
 //! Facts are ordered by [`Stamp`], the token position under which a VM arrived where it is: a
 //! cache entry is replaced only by a fact at least as new, so a late answer or announcement
-//! never undoes a newer one. Lookups ([`locate`]) answer from the directory, verify or fill
+//! never undoes a newer one. Who may say what (docs/protocol.md, "Location directory"): only
+//! the host that runs a VM claims it (its inventory, its arrival, its answer "here"); the host
+//! a VM left may only say where it went about an entry that pointed at itself; no stamp may run
+//! further ahead of this host's view of the token than the skew; no host is believed to run
+//! more VMs than its slots. Lookups ([`locate`]) answer from the directory, verify or fill
 //! gaps with batched queries to the hosts concerned, follow "moved to" hints, and fall back to
 //! asking every host. This module does no I/O itself: queries go through [`Peers`].
+//!
+//! [`Peers`]: super::Peers
 
-use super::{PeerError, Peers};
+mod cache;
+mod clock;
+mod locate;
+
 use crate::topology::{HostId, Topology};
-use scored_proto::{
-    Announcement, Located, LocationResponse, MAX_LOCATION_BATCH, Moved, Stamp, VmId,
-};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use cache::{Cache, Entry, Source};
+pub use clock::DEFAULT_STAMP_SKEW;
+use clock::TokenClock;
+pub use locate::{LocateOptions, Locations, locate};
+use scored_proto::{Announcement, Located, LocationResponse, Moved, Stamp, VmId};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 /// Departures remembered to answer "moved to" (oldest forgotten first).
 pub const MAX_DEPARTED: usize = 4096;
-/// Cache entries kept; far above the 40,960 VMs of the dc-2560 simulation.
-pub const MAX_CACHED: usize = 1 << 20;
 
-#[derive(Default)]
 struct State {
     local: HashMap<VmId, Stamp>,
     departed: HashMap<VmId, (HostId, Stamp)>,
     departed_order: VecDeque<VmId>,
-    cache: HashMap<VmId, (HostId, Stamp)>,
+    cache: Cache,
+    /// VMs whose former host said they come here, not listed by the hypervisor yet: where
+    /// from and under which stamp, so this host can announce their arrival itself. At most
+    /// this host's slots.
+    expected: HashMap<VmId, (HostId, Stamp)>,
+    clock: TokenClock,
+}
+
+/// A VM that appeared on this host after its former host said it would: this host announces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    pub vm: VmId,
+    pub from: HostId,
+    pub at: Stamp,
+}
+
+/// What an applied announcement was to this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// News (or not about locations): the daemon hears of it.
+    News,
+    /// A migration this host already knew of: applying it again changed nothing, and the
+    /// daemon does not hear of it (a repeated announcement must not count as another move).
+    Repeat,
 }
 
 /// Why an announcement is not applied: a host may only speak for itself, about hosts the
-/// topology lists.
+/// topology lists, with stamps no further ahead than the skew and no more VMs than its slots.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AnnouncementRejected {
     #[error("names host `{name}`, which is not in the topology")]
@@ -46,6 +76,35 @@ pub enum AnnouncementRejected {
     NotItsInventory { author: String, host: String },
     #[error("{author} announced the token at {host}")]
     NotItsToken { author: String, host: String },
+    #[error(
+        "{author} stamped VM {vm} at {at}, too far ahead of the token this host saw at {clock}"
+    )]
+    FromTheFuture {
+        author: String,
+        vm: VmId,
+        at: Stamp,
+        clock: Stamp,
+    },
+    #[error("{author} announced {vms} VMs, more than its {slots} slots")]
+    InventoryTooLarge {
+        author: String,
+        vms: usize,
+        slots: u32,
+    },
+}
+
+impl AnnouncementRejected {
+    /// The `reason` label of `scored_p2p_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AnnouncementRejected::UnknownHost { .. } => "unknown_host",
+            AnnouncementRejected::NotItsMigration { .. } => "not_its_migration",
+            AnnouncementRejected::NotItsInventory { .. } => "not_its_inventory",
+            AnnouncementRejected::NotItsToken { .. } => "not_its_token",
+            AnnouncementRejected::FromTheFuture { .. } => "future_stamp",
+            AnnouncementRejected::InventoryTooLarge { .. } => "inventory_too_large",
+        }
+    }
 }
 
 /// One host's location directory. Shared (behind an `Arc`) by the daemon, which tells it what
@@ -69,10 +128,18 @@ impl std::fmt::Debug for Directory {
 
 impl Directory {
     pub fn new(topology: Arc<Topology>, me: HostId) -> Self {
+        let state = State {
+            local: HashMap::new(),
+            departed: HashMap::new(),
+            departed_order: VecDeque::new(),
+            cache: Cache::new(&topology),
+            expected: HashMap::new(),
+            clock: TokenClock::new(DEFAULT_STAMP_SKEW),
+        };
         Directory {
             topology,
             me,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
         }
     }
 
@@ -85,6 +152,27 @@ impl Directory {
         self.me
     }
 
+    /// Token steps a peer's stamp may run ahead of this host's view of the token.
+    pub fn set_stamp_skew(&self, steps: u64) {
+        self.lock().clock.set_skew(steps);
+    }
+
+    /// This host saw the token at `at` (a token it received, a heartbeat its ring accepted).
+    /// The first time, cached entries stamped too far ahead of it (learned before any stamp
+    /// could be judged) are dropped.
+    pub fn observe_token(&self, at: Stamp) {
+        let mut s = self.lock();
+        if s.clock.observe(at) {
+            let clock = s.clock;
+            s.cache.retain(|e| clock.admits(e.at));
+        }
+    }
+
+    /// This host's view of the token, if it has heard of one.
+    pub fn token_clock(&self) -> Option<Stamp> {
+        self.lock().clock.now()
+    }
+
     /// Replaces the list of VMs running here (e.g. from the hypervisor at start).
     pub fn set_local(&self, vms: impl IntoIterator<Item = (VmId, Stamp)>) {
         let mut s = self.lock();
@@ -93,25 +181,61 @@ impl Directory {
             local,
             departed,
             cache,
+            expected,
             ..
         } = &mut *s;
         for vm in local.keys() {
             departed.remove(vm);
-            cache.remove(vm);
+            cache.remove(*vm);
+            expected.remove(vm);
         }
+    }
+
+    /// Brings the VMs running here in step with the hypervisor's list, keeping the stamps of
+    /// those already here. A VM new here takes the stamp its former host announced, else this
+    /// host's view of the token (it runs here now, at the latest). Returns the new VMs whose
+    /// former host announced them coming here: this host announces their arrival.
+    pub fn refresh_local(&self, vms: impl IntoIterator<Item = VmId>) -> Vec<Arrival> {
+        let mut s = self.lock();
+        let now = s.clock.now().unwrap_or_default();
+        let mut arrivals = Vec::new();
+        let mut local = HashMap::new();
+        for vm in vms {
+            let since = match s.local.get(&vm) {
+                Some(&since) => since,
+                None => {
+                    // A VM listed without its former host's word (an incoming migration not
+                    // finished yet, an operator's move) is claimed by the inventory alone.
+                    match s.expected.remove(&vm) {
+                        Some((from, at)) => {
+                            arrivals.push(Arrival { vm, from, at });
+                            at
+                        }
+                        None => now,
+                    }
+                }
+            };
+            local.insert(vm, since);
+        }
+        drop(s);
+        self.set_local(local);
+        arrivals
     }
 
     /// `vm` now runs here, since token `at`.
     pub fn arrived(&self, vm: VmId, at: Stamp) {
         let mut s = self.lock();
+        s.clock.observe(at);
         s.local.insert(vm, at);
         s.departed.remove(&vm);
-        s.cache.remove(&vm);
+        s.cache.remove(vm);
+        s.expected.remove(&vm);
     }
 
     /// `vm` left this host for `to` under token `at`.
     pub fn departed(&self, vm: VmId, to: HostId, at: Stamp) {
         let mut s = self.lock();
+        s.clock.observe(at);
         s.local.remove(&vm);
         if s.departed.insert(vm, (to, at)).is_none() {
             s.departed_order.push_back(vm);
@@ -121,7 +245,7 @@ impl Directory {
                 s.departed.remove(&old);
             }
         }
-        Self::learn_locked(&mut s, self.me, vm, to, at);
+        self.put(&mut s, vm, to, at, Source::Hint);
     }
 
     pub fn is_local(&self, vm: VmId) -> bool {
@@ -152,7 +276,7 @@ impl Directory {
     /// sorted. A regenerated token starts from these and the local ones.
     pub fn known_vms(&self) -> Vec<VmId> {
         let s = self.lock();
-        let mut v: Vec<VmId> = s.cache.keys().copied().collect();
+        let mut v: Vec<VmId> = s.cache.vms().collect();
         v.sort_unstable();
         v
     }
@@ -163,35 +287,64 @@ impl Directory {
         if s.local.contains_key(&vm) {
             return Some(self.me);
         }
-        s.cache.get(&vm).map(|(h, _)| *h)
+        s.cache.get(vm).map(|e| e.host)
     }
 
     pub fn cached_len(&self) -> usize {
         self.lock().cache.len()
     }
 
-    /// Records that `vm` runs on `host` since `at`, unless a newer fact is known. Claims about
-    /// this host are ignored: for its own VMs the directory knows better than any peer.
+    /// Records that `host` says it runs `vm` since `at`, unless a newer fact is known. Claims
+    /// about this host are ignored: for its own VMs the directory knows better than any peer.
     pub fn learn(&self, vm: VmId, host: HostId, at: Stamp) -> bool {
         let mut s = self.lock();
-        Self::learn_locked(&mut s, self.me, vm, host, at)
+        self.put(&mut s, vm, host, at, Source::Claim)
     }
 
-    fn learn_locked(s: &mut State, me: HostId, vm: VmId, host: HostId, at: Stamp) -> bool {
-        if host == me || s.local.contains_key(&vm) {
+    /// Sets `vm`'s entry unless a newer fact is known; whether the entry changed.
+    fn put(&self, s: &mut State, vm: VmId, host: HostId, at: Stamp, source: Source) -> bool {
+        if host == self.me || s.local.contains_key(&vm) {
             return false;
         }
-        match s.cache.get(&vm) {
-            Some((_, known)) if *known > at => false,
+        match s.cache.get(vm) {
+            Some(known) if known.at > at => false,
+            // The same place and stamp, told by no stronger source: nothing to change.
+            Some(known) if known.host == host && known.at == at && known.source >= source => false,
             _ => {
-                if s.cache.len() >= MAX_CACHED && !s.cache.contains_key(&vm) {
-                    // Rare (a million VMs): start over rather than track recency on every hit.
-                    s.cache.clear();
-                }
-                s.cache.insert(vm, (host, at));
+                s.cache.put(vm, Entry { host, at, source });
                 true
             }
         }
+    }
+
+    /// `author`, which `vm` left, says it went to `to`: believed about an entry that pointed at
+    /// the author (or none), never over what another host said.
+    fn hint(&self, s: &mut State, vm: VmId, author: HostId, to: HostId, at: Stamp) -> bool {
+        if s.cache.get(vm).is_some_and(|e| e.host != author) {
+            return false;
+        }
+        if s.cache.get(vm).is_some() && to == self.me {
+            s.cache.remove(vm);
+            return true;
+        }
+        self.put(s, vm, to, at, Source::Hint)
+    }
+
+    /// `host` answered that it runs `vm` since `since`: it wins over any cache entry. The
+    /// stamp kept is the newer of the two, so a late older fact does not undo the answer.
+    fn claimed_here(&self, s: &mut State, vm: VmId, host: HostId, since: Stamp) {
+        if host == self.me || s.local.contains_key(&vm) {
+            return;
+        }
+        let at = s.cache.get(vm).map_or(since, |e| e.at.max(since));
+        s.cache.put(
+            vm,
+            Entry {
+                host,
+                at,
+                source: Source::Claim,
+            },
+        );
     }
 
     /// Drops every cached location (not this host's own VMs or departures), e.g. to measure
@@ -203,8 +356,8 @@ impl Directory {
     /// `host` says it does not run `vm`: drop a cache entry that points there.
     pub fn forget(&self, vm: VmId, host: HostId) {
         let mut s = self.lock();
-        if s.cache.get(&vm).is_some_and(|(h, _)| *h == host) {
-            s.cache.remove(&vm);
+        if s.cache.get(vm).is_some_and(|e| e.host == host) {
+            s.cache.remove(vm);
         }
     }
 
@@ -227,8 +380,9 @@ impl Directory {
     }
 
     /// Applies a peer's announcement. `author` is the authenticated host that published it; a
-    /// host may only speak for itself (its inventory, or a migration from or to it).
-    pub fn apply(&self, author: HostId, a: &Announcement) -> Result<(), AnnouncementRejected> {
+    /// host may only speak for itself. The one place where peers' inventories and migrations
+    /// enter this host.
+    pub fn apply(&self, author: HostId, a: &Announcement) -> Result<Applied, AnnouncementRejected> {
         let host = |name: &str| {
             self.topology
                 .host_by_name(name)
@@ -236,20 +390,41 @@ impl Directory {
                 .ok_or_else(|| AnnouncementRejected::UnknownHost { name: name.into() })
         };
         let author_name = || self.topology.host(author).name.clone();
+        let mut s = self.lock();
+        let future = |s: &State, vm: VmId, at: Stamp| {
+            (!s.clock.admits(at)).then(|| AnnouncementRejected::FromTheFuture {
+                author: author_name(),
+                vm,
+                at,
+                clock: s.clock.now().unwrap_or_default(),
+            })
+        };
         match a {
             Announcement::Migration(m) => {
                 let from = host(&m.from)?;
                 let to = host(&m.to)?;
-                if author != from && author != to {
-                    return Err(AnnouncementRejected::NotItsMigration {
+                if let Some(e) = future(&s, m.vm, m.at) {
+                    return Err(e);
+                }
+                if author == to {
+                    // The one attributable claim: the host now running the VM says so.
+                    let news = self.put(&mut s, m.vm, to, m.at, Source::Arrival);
+                    Ok(if news { Applied::News } else { Applied::Repeat })
+                } else if author == from {
+                    // Its former host only tells where the VM went.
+                    self.hint(&mut s, m.vm, from, to, m.at);
+                    if to == self.me {
+                        self.expect(&mut s, m.vm, from, m.at);
+                    }
+                    Ok(Applied::News)
+                } else {
+                    Err(AnnouncementRejected::NotItsMigration {
                         author: author_name(),
                         vm: m.vm,
                         from: m.from.clone(),
                         to: m.to.clone(),
-                    });
+                    })
                 }
-                self.learn(m.vm, to, m.at);
-                Ok(())
             }
             Announcement::Inventory { host: name, vms } => {
                 let h = host(name)?;
@@ -259,10 +434,21 @@ impl Directory {
                         host: name.clone(),
                     });
                 }
-                for l in vms {
-                    self.learn(l.vm, h, l.since);
+                let slots = self.topology.host(h).max_vms;
+                if vms.len() > slots as usize {
+                    return Err(AnnouncementRejected::InventoryTooLarge {
+                        author: author_name(),
+                        vms: vms.len(),
+                        slots,
+                    });
                 }
-                Ok(())
+                if let Some(e) = vms.iter().find_map(|l| future(&s, l.vm, l.since)) {
+                    return Err(e);
+                }
+                for l in vms {
+                    self.put(&mut s, l.vm, h, l.since, Source::Claim);
+                }
+                Ok(Applied::News)
             }
             Announcement::TokenSeen { host: name, .. } => {
                 if host(name)? != author {
@@ -271,226 +457,25 @@ impl Directory {
                         host: name.clone(),
                     });
                 }
-                Ok(())
+                Ok(Applied::News)
             }
         }
     }
 
-    /// Applies one host's answer to a batch it was asked about.
-    fn absorb(&self, asked: HostId, batch: &[VmId], answer: &LocationResponse) -> Absorbed {
-        let in_batch: BTreeSet<VmId> = batch.iter().copied().collect();
-        let mut answered = BTreeSet::new();
-        let mut out = Absorbed::default();
-        for l in &answer.here {
-            if in_batch.contains(&l.vm) && answered.insert(l.vm) {
-                self.learn(l.vm, asked, l.since);
-                out.here.push(l.vm);
-            }
+    /// `from` says `vm` comes here: remembered until the hypervisor lists it, within this
+    /// host's slots (a former host cannot make this host remember more).
+    fn expect(&self, s: &mut State, vm: VmId, from: HostId, at: Stamp) {
+        if s.local.contains_key(&vm) {
+            return;
         }
-        for m in &answer.moved {
-            if !in_batch.contains(&m.vm) || answered.contains(&m.vm) {
-                continue;
-            }
-            if let Some(to) = self.topology.host_by_name(&m.to) {
-                // The asked host no longer has it, whatever we believed.
-                self.forget(m.vm, asked);
-                self.learn(m.vm, to.id, m.at);
-                out.moved.push((m.vm, to.id));
-                answered.insert(m.vm);
-            }
+        let slots = self.topology.host(self.me).max_vms as usize;
+        if s.expected.len() >= slots && !s.expected.contains_key(&vm) {
+            // Arrivals come one migration at a time: a full table is stale or made up.
+            s.expected.clear();
         }
-        out.unknown = batch
-            .iter()
-            .copied()
-            .filter(|v| !answered.contains(v))
-            .collect();
-        out
+        s.expected.insert(vm, (from, at));
     }
 }
 
-/// One answer, sorted out.
-#[derive(Default)]
-struct Absorbed {
-    here: Vec<VmId>,
-    /// VMs the host says went elsewhere, and where.
-    moved: Vec<(VmId, HostId)>,
-    /// VMs the host knows nothing of.
-    unknown: Vec<VmId>,
-}
-
-/// How [`locate`] trusts the directory.
-#[derive(Clone, Copy, Debug)]
-pub struct LocateOptions {
-    /// Each query gives up after this long.
-    pub timeout: Duration,
-    /// Ask the cached host even on a cache hit (one batched query per host), rather than
-    /// trusting the cache. Use before acting on a location that matters, e.g. a migration.
-    pub verify: bool,
-    /// "Moved to" hints followed in a row before asking everyone.
-    pub max_hops: usize,
-}
-
-impl Default for LocateOptions {
-    fn default() -> Self {
-        LocateOptions {
-            timeout: Duration::from_secs(2),
-            verify: false,
-            max_hops: 3,
-        }
-    }
-}
-
-/// The outcome of a lookup.
-#[derive(Debug, Default)]
-pub struct Locations {
-    pub found: HashMap<VmId, HostId>,
-    /// VMs no host admitted to running (stopped, or their host unreachable).
-    pub missing: Vec<VmId>,
-    /// Queries that failed (the lookup carries on without them).
-    pub failures: Vec<PeerError>,
-    /// Queries sent.
-    pub queries: usize,
-}
-
-/// Finds the host of each of `vms` (see the module doc for the order of sources).
-pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -> Locations {
-    let dir = peers.directory();
-    let me = peers.me();
-    let mut out = Locations::default();
-    let mut targeted: HashMap<HostId, Vec<VmId>> = HashMap::new();
-    let mut unknown: BTreeSet<VmId> = BTreeSet::new();
-    let unique: BTreeSet<VmId> = vms.iter().copied().collect();
-    for vm in unique {
-        match dir.lookup(vm) {
-            Some(h) if h == me => {
-                out.found.insert(vm, me);
-            }
-            Some(h) if !options.verify => {
-                out.found.insert(vm, h);
-            }
-            Some(h) => targeted.entry(h).or_default().push(vm),
-            None => {
-                unknown.insert(vm);
-            }
-        }
-    }
-
-    // Ask the hosts we have reason to believe in, following "moved to" hints.
-    let mut hops = 0;
-    while !targeted.is_empty() {
-        let batch: Vec<(HostId, Vec<VmId>)> = targeted.drain().collect();
-        let mut next: HashMap<HostId, Vec<VmId>> = HashMap::new();
-        for (host, ids, result) in query_batches(peers, batch, options.timeout, &mut out).await {
-            match result {
-                Ok(answer) => {
-                    let a = dir.absorb(host, &ids, &answer);
-                    for vm in &a.unknown {
-                        dir.forget(*vm, host);
-                    }
-                    for vm in a.here {
-                        out.found.insert(vm, dir.lookup(vm).unwrap_or(host));
-                    }
-                    unknown.extend(a.unknown);
-                    for (vm, to) in a.moved {
-                        if to == me {
-                            // We were told it came here, yet the directory does not have it.
-                            unknown.insert(vm);
-                        } else if hops + 1 < options.max_hops {
-                            next.entry(to).or_default().push(vm);
-                        } else {
-                            unknown.insert(vm);
-                        }
-                    }
-                }
-                Err(e) => {
-                    unknown.extend(ids);
-                    out.failures.push(e);
-                }
-            }
-        }
-        targeted = next;
-        hops += 1;
-    }
-
-    // Nobody we know of has them: ask every host, then follow any hints once more.
-    if !unknown.is_empty() {
-        let ids: Vec<VmId> = unknown.iter().copied().collect();
-        let everyone: Vec<(HostId, Vec<VmId>)> = peers
-            .others()
-            .into_iter()
-            .map(|h| (h, ids.clone()))
-            .collect();
-        let mut hints: HashMap<VmId, HostId> = HashMap::new();
-        for (host, ids, result) in query_batches(peers, everyone, options.timeout, &mut out).await {
-            match result {
-                Ok(answer) => {
-                    let a = dir.absorb(host, &ids, &answer);
-                    for vm in a.here {
-                        if unknown.remove(&vm) {
-                            out.found.insert(vm, dir.lookup(vm).unwrap_or(host));
-                        }
-                    }
-                    hints.extend(a.moved);
-                }
-                Err(e) => out.failures.push(e),
-            }
-        }
-        // A VM that moved while we asked: its old host points at the new one.
-        let mut follow: HashMap<HostId, Vec<VmId>> = HashMap::new();
-        for vm in &unknown {
-            if let Some(&to) = hints.get(vm)
-                && to != me
-            {
-                follow.entry(to).or_default().push(*vm);
-            }
-        }
-        let follow: Vec<(HostId, Vec<VmId>)> = follow.into_iter().collect();
-        for (host, ids, result) in query_batches(peers, follow, options.timeout, &mut out).await {
-            match result {
-                Ok(answer) => {
-                    for vm in dir.absorb(host, &ids, &answer).here {
-                        if unknown.remove(&vm) {
-                            out.found.insert(vm, dir.lookup(vm).unwrap_or(host));
-                        }
-                    }
-                }
-                Err(e) => out.failures.push(e),
-            }
-        }
-        out.missing = unknown.into_iter().collect();
-    }
-    out
-}
-
-/// Sends each host its batch (split at the protocol's batch limit), concurrently.
-async fn query_batches<P: Peers>(
-    peers: &P,
-    batches: Vec<(HostId, Vec<VmId>)>,
-    timeout: Duration,
-    out: &mut Locations,
-) -> Vec<(HostId, Vec<VmId>, Result<LocationResponse, PeerError>)> {
-    let jobs: Vec<(HostId, Vec<VmId>)> = batches
-        .into_iter()
-        .flat_map(|(h, ids)| {
-            ids.chunks(MAX_LOCATION_BATCH)
-                .map(|c| (h, c.to_vec()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    out.queries += jobs.len();
-    let hosts: Vec<HostId> = (0..jobs.len() as u32).map(HostId).collect();
-    // fan_out runs over indices into `jobs`, so one host can have several chunks.
-    let jobs = &jobs;
-    let results = super::fan_out(&hosts, |i| {
-        let (h, ids) = &jobs[i.index()];
-        peers.query_locations(*h, ids.clone(), timeout)
-    })
-    .await;
-    results
-        .into_iter()
-        .map(|(i, r)| {
-            let (h, ids) = &jobs[i.index()];
-            (*h, ids.clone(), r)
-        })
-        .collect()
-}
+#[cfg(test)]
+mod tests;

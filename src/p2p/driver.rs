@@ -11,7 +11,7 @@ use super::directory::Directory;
 use super::gossip::Gossip;
 use super::metrics::P2pMetrics;
 use super::rpc::{
-    Kind, Limited, MalformedFrame, Pending, RateLimiter, Reply, RpcEvent, RpcRequest, RpcResponse,
+    Limited, MalformedFrame, Pending, RateLimiter, Reply, RpcEvent, RpcRequest, RpcResponse,
 };
 use super::service::P2pConfig;
 use super::{AnnounceError, InboundEvent, Responder, deliver, reply_or_unavailable};
@@ -68,7 +68,6 @@ pub(crate) struct Driver {
     answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     gossip: Gossip,
     mismatch_logged: HashSet<PeerId>,
-    limited_logged: HashSet<(PeerId, Kind)>,
 }
 
 impl Driver {
@@ -97,7 +96,6 @@ impl Driver {
             answers: FuturesUnordered::new(),
             gossip,
             mismatch_logged: HashSet::new(),
-            limited_logged: HashSet::new(),
         }
     }
 
@@ -222,12 +220,12 @@ impl Driver {
 
     fn rate_limited(&mut self, peer: &PeerId, limited: Limited) -> Refusal {
         self.metrics.reject(super::metrics::RATE_LIMITED);
-        if self.limited_logged.insert((*peer, limited.kind)) {
+        if limited.first {
             tracing::warn!(
                 peer = %self.host_name(peer),
                 protocol = limited.kind.protocol(),
                 retry_after = ?limited.retry_after,
-                "peer exceeds its request allowance: refusing (logged once per peer and protocol)"
+                "peer exceeds its request allowance: refusing (logged once per peer and protocol until it calms down)"
             );
         }
         Refusal::Unavailable {

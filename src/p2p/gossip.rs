@@ -10,13 +10,15 @@
 //! directory corrects on the next lookup. This module does not run the swarm: the driver calls
 //! it with the swarm's gossip behaviour.
 
-use super::directory::Directory;
+use super::directory::{Applied, Directory};
+use super::metrics::P2pMetrics;
 use super::{AnnounceError, InboundEvent};
 use crate::topology::{HostId, Topology};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Swarm};
 use scored_proto::{ANNOUNCE_TOPIC, Announcement};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -28,7 +30,14 @@ pub(crate) struct Gossip {
     inbound: mpsc::Sender<InboundEvent>,
     topic: IdentTopic,
     fingers: Vec<PeerId>,
+    metrics: P2pMetrics,
+    /// (author, reason) pairs already logged: a rejected announcement is counted every time
+    /// and logged once per author and reason. Bounded by the topology's hosts × the reasons.
+    logged: HashSet<(HostId, &'static str)>,
 }
+
+/// The `reason` of announcements that do not decode.
+const UNDECODABLE: &str = "undecodable_announcement";
 
 impl Gossip {
     pub(crate) fn new(
@@ -36,6 +45,7 @@ impl Gossip {
         me: HostId,
         directory: Arc<Directory>,
         inbound: mpsc::Sender<InboundEvent>,
+        metrics: P2pMetrics,
     ) -> Self {
         let fingers = fingers(&topology, me);
         Gossip {
@@ -45,6 +55,8 @@ impl Gossip {
             inbound,
             topic: IdentTopic::new(ANNOUNCE_TOPIC),
             fingers,
+            metrics,
+            logged: HashSet::new(),
         }
     }
 
@@ -105,7 +117,7 @@ impl Gossip {
 
     /// Checks, applies and forwards one announcement, and tells gossip whether to pass it on.
     pub(crate) fn receive(
-        &self,
+        &mut self,
         gossip: &mut gossipsub::Behaviour,
         propagation_source: PeerId,
         message_id: gossipsub::MessageId,
@@ -116,36 +128,58 @@ impl Gossip {
         verdict
     }
 
-    fn judge(&self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+    fn judge(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        // gossipsub checked the signature: the source is the author.
         let Some(author) = source
             .and_then(|p| self.topology.host_by_peer(&p))
             .map(|h| h.id)
         else {
             return MessageAcceptance::Reject;
         };
-        let name = self.topology.host(author).name.clone();
         let announcement = match scored_proto::decode::<Announcement>(data) {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(author = %name, error = %e, "undecodable announcement");
+                self.rejected(author, UNDECODABLE, &e);
                 return MessageAcceptance::Reject;
             }
         };
         if author == self.me {
             return MessageAcceptance::Ignore;
         }
-        if let Err(e) = self.directory.apply(author, &announcement) {
-            tracing::warn!(author = %name, error = %e, "announcement rejected");
-            return MessageAcceptance::Reject;
+        match self.directory.apply(author, &announcement) {
+            Err(e) => {
+                self.rejected(author, e.reason(), &e);
+                MessageAcceptance::Reject
+            }
+            // Valid, and maybe news to hosts further on; but not to this host's daemon.
+            Ok(Applied::Repeat) => MessageAcceptance::Accept,
+            Ok(Applied::News) => {
+                let event = InboundEvent::Announcement {
+                    from: author,
+                    announcement,
+                };
+                if self.inbound.try_send(event).is_err() {
+                    let name = &self.topology.host(author).name;
+                    tracing::debug!(author = %name, "daemon queue full: announcement applied, event dropped");
+                }
+                MessageAcceptance::Accept
+            }
         }
-        let event = InboundEvent::Announcement {
-            from: author,
-            announcement,
-        };
-        if self.inbound.try_send(event).is_err() {
-            tracing::debug!(author = %name, "daemon queue full: announcement applied, event dropped");
+    }
+
+    /// Counts a rejected announcement, and logs it the first time for its author and reason.
+    fn rejected(&mut self, author: HostId, reason: &'static str, error: &dyn std::fmt::Display) {
+        self.metrics.reject(reason);
+        if self.logged.insert((author, reason)) {
+            let h = self.topology.host(author);
+            tracing::warn!(
+                author = %h.name,
+                peer = ?h.peer_id,
+                reason,
+                %error,
+                "announcement rejected (logged once per host and reason; counted in scored_p2p_rejected_total)"
+            );
         }
-        MessageAcceptance::Accept
     }
 
     fn host_name(&self, peer: &PeerId) -> String {

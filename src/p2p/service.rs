@@ -196,6 +196,7 @@ impl Libp2pPeers {
             config.me,
             directory.clone(),
             inbound_tx.clone(),
+            config.metrics.clone(),
         );
         gossip
             .subscribe(&mut swarm.behaviour_mut().gossip)

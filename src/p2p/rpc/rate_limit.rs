@@ -9,7 +9,7 @@
 
 use super::Kind;
 use libp2p::PeerId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// One protocol's allowance per peer: `burst` requests at once, refilled at `per_second`.
@@ -84,6 +84,8 @@ pub(crate) struct Limited {
     pub quota: Quota,
     /// How long until one more request would be admitted.
     pub retry_after: Duration,
+    /// The first refusal since the peer's bucket was last full: the one worth a log line.
+    pub first: bool,
 }
 
 /// Every (peer, protocol) bucket. An absent bucket is a full one, so buckets that have refilled
@@ -92,6 +94,10 @@ pub(crate) struct RateLimiter {
     limits: RateLimits,
     /// When each bucket will be full again (the "theoretical arrival time").
     full_at: HashMap<(PeerId, Kind), Instant>,
+    /// Buckets that refused since they were last full (logged once each). Always a subset of
+    /// `full_at`'s keys, so pruning bounds both; a peer that floods again after calming down
+    /// is logged again.
+    refused: HashSet<(PeerId, Kind)>,
 }
 
 impl RateLimiter {
@@ -99,6 +105,7 @@ impl RateLimiter {
         RateLimiter {
             limits,
             full_at: HashMap::new(),
+            refused: HashSet::new(),
         }
     }
 
@@ -115,6 +122,7 @@ impl RateLimiter {
                 kind,
                 quota,
                 retry_after: next - (now + capacity),
+                first: self.refused.insert((peer, kind)),
             });
         }
         self.full_at.insert((peer, kind), next);
@@ -124,11 +132,13 @@ impl RateLimiter {
     /// Forgets buckets that are full by `now`.
     pub(crate) fn prune(&mut self, now: Instant) {
         self.full_at.retain(|_, full_at| *full_at > now);
+        let full_at = &self.full_at;
+        self.refused.retain(|k| full_at.contains_key(k));
     }
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.full_at.len()
+        self.full_at.len().max(self.refused.len())
     }
 }
 
@@ -235,5 +245,32 @@ mod tests {
         for i in 0..1_000u32 {
             l.admit(peer, Kind::Stats, t0 + 10 * MS * i).unwrap();
         }
+    }
+
+    /// Many peers flooding: what is remembered of them (buckets and logged refusals) is gone
+    /// once they calm down, and a peer that floods again is logged again.
+    #[test]
+    fn refusals_are_logged_once_per_flood_and_forgotten_after() {
+        let mut l = limiter(2, 10);
+        let t0 = Instant::now();
+        let peers: Vec<PeerId> = (0..1_000).map(|_| PeerId::random()).collect();
+        let mut logged = 0;
+        for p in &peers {
+            for _ in 0..50 {
+                if let Err(e) = l.admit(*p, Kind::Token, t0) {
+                    logged += usize::from(e.first);
+                }
+            }
+        }
+        assert_eq!(logged, peers.len(), "one log line per flooding peer");
+        l.prune(t0 + Duration::from_secs(1));
+        assert_eq!(l.tracked(), 0);
+        // The same peer flooding again later is logged again; an honest peer is served.
+        let later = t0 + Duration::from_secs(2);
+        l.admit(peers[0], Kind::Token, later).unwrap();
+        l.admit(peers[0], Kind::Token, later).unwrap();
+        assert!(l.admit(peers[0], Kind::Token, later).unwrap_err().first);
+        assert!(!l.admit(peers[0], Kind::Token, later).unwrap_err().first);
+        l.admit(peers[1], Kind::Token, later).unwrap();
     }
 }
