@@ -195,7 +195,7 @@ impl Cluster {
             .append(true)
             .open(&h.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_scored"))
+        let child = Command::new(daemon_binary())
             .arg("run")
             .arg("--config")
             .arg(&h.config)
@@ -365,6 +365,15 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The `scored` binary the daemons run: this build's, or `SCORED_TEST_BIN` when set. Helpers that
+/// share one target dir overwrite each other's `debug/scored`; a copy taken right after one's own
+/// build keeps a cluster test on the code it means to test.
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os("SCORED_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scored")))
 }
 
 /// Renders `section.key = value` pairs as TOML (later pairs override earlier ones).

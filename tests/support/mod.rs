@@ -12,4 +12,5 @@ pub mod loopback;
 pub mod netns;
 pub mod openmetrics;
 pub mod prometheus;
+pub mod rogue;
 pub mod time;
