@@ -177,6 +177,8 @@ fn exported_names() -> (HashSet<String>, BTreeSet<String>) {
     let mut r = Registry::default();
     let levels = ["rack", "aggregation", "core"].map(String::from);
     let _m = scored::metrics::Metrics::register(&mut r, &levels);
+    // The p2p layer's own families, registered beside them as `scored run` does.
+    scored::p2p::P2pMetrics::default().register(&mut r);
     // libp2p's metrics as the daemon registers them (`Libp2pPeers::start_observed`).
     let _p2p = libp2p::metrics::Metrics::new(r.sub_registry_with_prefix("scored"));
     let e = openmetrics::check(&scored::metrics::encode(&r)).unwrap();

@@ -113,6 +113,13 @@ impl<P: Peers> Daemon<P> {
         metrics
             .journal_torn_records
             .inc_by(journal.repairs().len() as u64);
+        for reason in super::ring::EpochRejected::REASONS {
+            // The series exist from the start, like every other reason's.
+            metrics
+                .peers
+                .rejected
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
+        }
         let minters = topo.hosts().len() as u32;
         let maintenance = config.placement.maintenance;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);

@@ -70,6 +70,9 @@ pub enum EpochRejected {
 }
 
 impl EpochRejected {
+    /// Every value [`reason`](Self::reason) takes (each series exists from the start).
+    pub const REASONS: [&'static str; 2] = ["epoch_unknown_minter", "epoch_too_far_ahead"];
+
     /// The `reason` label of `scored_p2p_rejected_total`.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -95,6 +95,16 @@ pub enum AnnouncementRejected {
 }
 
 impl AnnouncementRejected {
+    /// Every value [`reason`](Self::reason) takes (each series exists from the start).
+    pub const REASONS: [&'static str; 6] = [
+        "unknown_host",
+        "not_its_migration",
+        "not_its_inventory",
+        "not_its_token",
+        "future_stamp",
+        "inventory_too_large",
+    ];
+
     /// The `reason` label of `scored_p2p_rejected_total`.
     pub fn reason(&self) -> &'static str {
         match self {

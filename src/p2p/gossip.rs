@@ -37,7 +37,7 @@ pub(crate) struct Gossip {
 }
 
 /// The `reason` of announcements that do not decode.
-const UNDECODABLE: &str = "undecodable_announcement";
+pub(crate) const UNDECODABLE: &str = "undecodable_announcement";
 
 impl Gossip {
     pub(crate) fn new(

@@ -45,6 +45,32 @@ pub struct P2pMetrics {
 
 impl P2pMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every label value a family can take exists from the start, so rate() and alerts see
+        // a zero rather than an absent series.
+        let transport = [
+            RATE_LIMITED,
+            PENDING_INCOMING,
+            CONNECTION_LIMIT,
+            REQUESTS_IN_FLIGHT,
+            INFLIGHT_BYTES,
+            super::gossip::UNDECODABLE,
+        ];
+        for reason in transport
+            .into_iter()
+            .chain(super::directory::AnnouncementRejected::REASONS)
+        {
+            self.rejected
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
+        }
+        for protocol in [
+            scored_proto::TOKEN_PROTOCOL,
+            scored_proto::LOCATION_PROTOCOL,
+            scored_proto::CAPACITY_PROTOCOL,
+            scored_proto::STATS_PROTOCOL,
+        ] {
+            self.requests_served
+                .get_or_create(&vec![("protocol".to_string(), protocol.to_string())]);
+        }
         registry.register(
             "scored_p2p_refused_connections",
             "Connections refused: the peer's PeerId is not in the topology",
