@@ -115,7 +115,7 @@ impl<P: Peers> Daemon<P> {
             .inc_by(journal.repairs().len() as u64);
         for reason in super::ring::EpochRejected::REASONS {
             // The series exist from the start, like every other reason's.
-            metrics
+            let _ = metrics
                 .peers
                 .rejected
                 .get_or_create(&vec![("reason".to_string(), reason.to_string())]);

@@ -59,7 +59,8 @@ impl P2pMetrics {
             .into_iter()
             .chain(super::directory::AnnouncementRejected::REASONS)
         {
-            self.rejected
+            let _ = self
+                .rejected
                 .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
         }
         for protocol in [
@@ -68,7 +69,8 @@ impl P2pMetrics {
             scored_proto::CAPACITY_PROTOCOL,
             scored_proto::STATS_PROTOCOL,
         ] {
-            self.requests_served
+            let _ = self
+                .requests_served
                 .get_or_create(&vec![("protocol".to_string(), protocol.to_string())]);
         }
         registry.register(
