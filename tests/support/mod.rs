@@ -12,5 +12,6 @@ pub mod loopback;
 pub mod netns;
 pub mod openmetrics;
 pub mod prometheus;
+pub mod raw_peer;
 pub mod rogue;
 pub mod time;
