@@ -18,40 +18,15 @@ use scored::daemon::Daemon;
 use scored::daemon::event_loop::drive;
 use scored::daemon::ring::{epoch_generation, epoch_minter, next_epoch};
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory};
-use scored::topology::{HostId, Topology};
+use scored::p2p::{DirectPeers, Directory};
+use scored::topology::HostId;
 use scored_proto::{Stamp, VmId};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::four_hosts::{FourHosts, four_hosts};
 use support::inprocess;
 use support::loopback::loopback;
-
-const TOPOLOGY: &str = r#"
-[levels]
-names = ["rack", "core"]
-weights = [1.0, 2.718281828459045]
-
-[defaults]
-max_vms = 8
-memory_mib = 16384
-
-[[host]]
-name = "h1"
-path = ["tor1"]
-
-[[host]]
-name = "h2"
-path = ["tor1"]
-
-[[host]]
-name = "h3"
-path = ["tor2"]
-
-[[host]]
-name = "h4"
-path = ["tor2"]
-"#;
+use support::time::wait;
 
 struct Cluster {
     nodes: Vec<Arc<Daemon<DirectPeers>>>,
@@ -62,13 +37,7 @@ struct Cluster {
 fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let rt = inprocess::runtime();
-    let topo = Arc::new(Topology::parse(Path::new("regeneration.toml"), TOPOLOGY).unwrap());
-    let net = DirectNetwork::new(topo.clone());
-    let sim = MemoryCluster::new(&topo);
-    for h in 0..4 {
-        sim.add_vm(HostId(h), synthetic_vm(VmId(0x0a00_0001 + h), 512))
-            .unwrap();
-    }
+    let FourHosts { topo, net, sim } = four_hosts("regeneration.toml");
     let mut nodes = Vec::new();
     for h in 0..4u32 {
         let me = HostId(h);
@@ -100,18 +69,6 @@ fn cluster() -> Cluster {
         _dir: dir,
         _rt: rt,
     }
-}
-
-/// Polls `f` every 50 ms until it holds or `limit` passed.
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 #[test]

@@ -13,43 +13,17 @@ use scored::config::Config;
 use scored::daemon::Daemon;
 use scored::daemon::event_loop::drive;
 use scored::daemon::ring::{epoch_generation, next_epoch};
-use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory, PeerError, Peers, RequestFailure};
+use scored::p2p::{DirectPeers, Directory, PeerError, Peers, RequestFailure};
 use scored::topology::{HostId, Topology};
 use scored_proto::{
     Announcement, CapacityRequest, CapacityResponse, LocationResponse, PolicyKind, Stamp,
     StatsRequest, StatsResponse, Token, TokenAck, VmId,
 };
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::four_hosts::{FourHosts, four_hosts};
 use support::inprocess;
-
-const TOPOLOGY: &str = r#"
-[levels]
-names = ["rack", "core"]
-weights = [1.0, 2.718281828459045]
-
-[defaults]
-max_vms = 8
-memory_mib = 16384
-
-[[host]]
-name = "h1"
-path = ["tor1"]
-
-[[host]]
-name = "h2"
-path = ["tor1"]
-
-[[host]]
-name = "h3"
-path = ["tor2"]
-
-[[host]]
-name = "h4"
-path = ["tor2"]
-"#;
+use support::time::wait;
 
 const T: Duration = Duration::from_secs(2);
 
@@ -181,13 +155,7 @@ struct Cluster {
 fn cluster(regenerating: &[usize], faults: &[(usize, Fault)]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let rt = inprocess::runtime();
-    let topo = Arc::new(Topology::parse(Path::new("safety.toml"), TOPOLOGY).unwrap());
-    let net = DirectNetwork::new(topo.clone());
-    let sim = MemoryCluster::new(&topo);
-    for h in 0..4 {
-        sim.add_vm(HostId(h), synthetic_vm(VmId(0x0a00_0001 + h), 512))
-            .unwrap();
-    }
+    let FourHosts { topo, net, sim } = four_hosts("safety.toml");
     let mut c = Cluster {
         nodes: Vec::new(),
         faults: Vec::new(),
@@ -250,18 +218,6 @@ impl Cluster {
         self._rt
             .block_on(async move { peers.inner.send_token(HostId(to as u32), token, T).await })
     }
-}
-
-/// Polls `f` every 50 ms until it holds or `limit` passed.
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 fn token(epoch: u64, seq: u64) -> Token {

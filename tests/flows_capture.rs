@@ -364,28 +364,10 @@ fn malformed_and_truncated_frames_are_counted_and_capture_goes_on() {
         ];
         const EACH: usize = 10;
         // VM A misbehaves: it writes the frames raw onto its own interface.
-        in_ns(&a.ns, || {
-            let iface = pnet::datalink::interfaces()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .expect("eth0 in VM A");
-            let cfg = pnet::datalink::Config {
-                promiscuous: false,
-                ..Default::default()
-            };
-            let Ok(pnet::datalink::Channel::Ethernet(mut tx, _rx)) =
-                pnet::datalink::channel(&iface, cfg)
-            else {
-                panic!("open raw socket in VM A");
-            };
-            for _ in 0..EACH {
-                for (_, f) in &bad {
-                    tx.send_to(f, None)
-                        .expect("send frame")
-                        .expect("send frame");
-                }
-            }
-        });
+        let frames: Vec<Vec<u8>> = (0..EACH)
+            .flat_map(|_| bad.iter().map(|(_, f)| f.clone()))
+            .collect();
+        send_raw(&a, &frames);
         settle();
         let stats = src.stats();
         let tap_a = stats.taps.iter().find(|t| t.name == "tapa").unwrap();

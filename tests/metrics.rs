@@ -243,18 +243,23 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Serves `r` on a free port of 127.0.0.1 within `limits`, counted in `m`'s endpoint metrics.
+async fn serve(r: Registry, m: &Metrics, limits: EndpointLimits) -> MetricsServer {
+    MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(r),
+        limits,
+        m.endpoint.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn endpoint_serves_metrics_and_nothing_else() {
     let (r, m) = registry();
     exercise(&m);
-    let server = MetricsServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(r),
-        EndpointLimits::default(),
-        m.endpoint.clone(),
-    )
-    .await
-    .unwrap();
+    let server = serve(r, &m, EndpointLimits::default()).await;
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
 
@@ -344,14 +349,7 @@ async fn bind_failure_names_the_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_the_endpoint() {
     let (r, m) = registry();
-    let server = MetricsServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(r),
-        EndpointLimits::default(),
-        m.endpoint.clone(),
-    )
-    .await
-    .unwrap();
+    let server = serve(r, &m, EndpointLimits::default()).await;
     let Some(prom) = support::prometheus::Prometheus::start(server.local_addr(), "scored").await
     else {
         return;
@@ -453,6 +451,25 @@ fn large_registry() -> (Registry, Metrics) {
     (r, m)
 }
 
+/// At most `max_connections` at once; a request head and an answer each get `timeout`.
+fn limits(max_connections: usize, timeout: Duration) -> EndpointLimits {
+    EndpointLimits {
+        max_connections,
+        header_timeout: timeout,
+        write_timeout: timeout,
+    }
+}
+
+/// Scrapes `addr`, failing with `what` unless the answer comes within 20 s.
+async fn scrape_within_20s(addr: SocketAddr, what: &str) -> (u16, String, Vec<u8>) {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
+    .expect(what)
+}
+
 fn dropped(m: &Metrics, reason: ConnectionDrop) -> u64 {
     m.endpoint
         .dropped
@@ -463,30 +480,17 @@ fn dropped(m: &Metrics, reason: ConnectionDrop) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_is_answered_while_hostile_clients_hold_connections() {
     let (r, m) = large_registry();
-    let limits = EndpointLimits {
-        max_connections: 4,
-        header_timeout: Duration::from_secs(120),
-        write_timeout: Duration::from_secs(120),
-    };
-    let server = MetricsServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(r),
-        limits,
-        m.endpoint.clone(),
-    )
-    .await
-    .unwrap();
+    let server = serve(r, &m, limits(4, Duration::from_secs(120))).await;
     let addr = server.local_addr();
     // Twice as many hostile connections as the endpoint keeps.
     let mut hostile = Hostile::open(addr, 4, 3).await;
     // Far below the endpoint's timeouts: an answer in time was served, not freed by a hostile
     // client's timeout.
-    let (status, head, body) = tokio::time::timeout(
-        Duration::from_secs(20),
-        http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+    let (status, head, body) = scrape_within_20s(
+        addr,
+        "the scrape is answered while hostile clients hold connections",
     )
-    .await
-    .expect("the scrape is answered while hostile clients hold connections");
+    .await;
     assert_eq!(status, 200, "{head}");
     let text = std::str::from_utf8(&body).unwrap();
     assert!(text.ends_with("# EOF\n"), "the whole exposition");
@@ -509,31 +513,18 @@ async fn scrape_is_answered_while_hostile_clients_hold_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_is_answered_while_clients_do_not_read_their_answers() {
     let (r, m) = large_registry();
-    let limits = EndpointLimits {
-        max_connections: 4,
-        header_timeout: Duration::from_secs(120),
-        write_timeout: Duration::from_secs(120),
-    };
-    let server = MetricsServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(r),
-        limits,
-        m.endpoint.clone(),
-    )
-    .await
-    .unwrap();
+    let server = serve(r, &m, limits(4, Duration::from_secs(120))).await;
     let addr = server.local_addr();
     let mut readers = Vec::new();
     for _ in 0..8 {
         readers.push(never_reads(addr).await);
     }
     // Far below the endpoint's timeouts, as above.
-    let (status, head, _) = tokio::time::timeout(
-        Duration::from_secs(20),
-        http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+    let (status, head, _) = scrape_within_20s(
+        addr,
+        "the scrape is answered while clients do not read their answers",
     )
-    .await
-    .expect("the scrape is answered while clients do not read their answers");
+    .await;
     assert_eq!(status, 200, "{head}");
     assert!(dropped(&m, ConnectionDrop::Shed) >= 1);
     assert_eq!(dropped(&m, ConnectionDrop::WriteTimeout), 0);
@@ -543,19 +534,7 @@ async fn scrape_is_answered_while_clients_do_not_read_their_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_closed_at_their_timeouts() {
     let (r, m) = large_registry();
-    let limits = EndpointLimits {
-        max_connections: 16,
-        header_timeout: Duration::from_millis(300),
-        write_timeout: Duration::from_millis(300),
-    };
-    let server = MetricsServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(r),
-        limits,
-        m.endpoint.clone(),
-    )
-    .await
-    .unwrap();
+    let server = serve(r, &m, limits(16, Duration::from_millis(300))).await;
     // One silent client, one trickling header lines, one that never reads its answer.
     let mut hostile = Hostile::open(server.local_addr(), 1, 1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -6,9 +6,8 @@ mod support;
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self as rr, ProtocolSupport};
+use libp2p::request_response as rr;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, noise, tcp, yamux};
 use scored::p2p::{
     Directory, InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, PeerError, Peers, Quota,
     StartError,
@@ -22,23 +21,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::host::free_ports;
 use support::loopback::{self, HostSpec, Loopback, loopback, vm};
+use support::raw_peer::{RawCodec, raw_swarm};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(5);
-
-fn config(l: &Loopback, i: usize) -> P2pConfig {
-    let mut c = P2pConfig::new(l.keys[i].clone(), l.topology.clone(), HostId(i as u32));
-    c.gossip_heartbeat = Duration::from_millis(150);
-    c.ping_interval = Duration::from_secs(2);
-    c.redial_interval = Duration::from_secs(1);
-    c
-}
 
 /// Host i runs 10.0.i.1 ..= 10.0.i.8.
 async fn start(l: &Loopback, i: usize) -> (Libp2pPeers, scored::p2p::Inbound) {
     let dir = Arc::new(Directory::new(l.topology.clone(), HostId(i as u32)));
     dir.set_local((1..=8).map(|k| (vm(i, k), Stamp::ZERO)));
-    Libp2pPeers::start(config(l, i), dir).await.unwrap()
+    Libp2pPeers::start(l.config(i), dir).await.unwrap()
 }
 
 #[derive(Debug)]
@@ -326,7 +318,7 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
     let l = loopback(2);
     let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
     dir.set_local([(vm(0, 1), Stamp::ZERO)]);
-    let mut c = config(&l, 0);
+    let mut c = l.config(0);
     // Two capacity requests at once, then one a second: a third right after is over.
     c.rate_limits.capacity = Quota {
         burst: 2,
@@ -394,60 +386,6 @@ async fn a_node_refuses_to_start_with_the_wrong_key() {
     assert!(e.to_string().contains("host h0"), "{e}");
 }
 
-/// Writes arbitrary bytes as a request and reads whatever comes back: an allowed peer gone bad.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl rr::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut v = Vec::new();
-        futures::AsyncReadExt::read_to_end(io, &mut v).await?;
-        Ok(v)
-    }
-
-    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let v = self.read_request(p, io).await?;
-        if v.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(v)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        futures::AsyncWriteExt::write_all(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        self.write_request(p, io, res).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_are_refused_and_the_sender_disconnected() {
     // Shown only when the test fails.
@@ -457,25 +395,9 @@ async fn garbage_frames_are_refused_and_the_sender_disconnected() {
     let l = loopback(2);
     let (victim, mut victim_inbound) = start(&l, 0).await;
     // h1's key, speaking raw bytes instead of scored frames.
-    let mut raw = libp2p::SwarmBuilder::with_existing_identity(l.keys[1].clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            rr::Behaviour::with_codec(
-                RawCodec,
-                [(StreamProtocol::new(TOKEN_PROTOCOL), ProtocolSupport::Full)],
-                rr::Config::default().with_request_timeout(Duration::from_secs(5)),
-            )
-        })
-        .unwrap()
-        // Our side never closes an idle connection: any close below is the victim's doing.
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    // h1's key, speaking raw bytes instead of scored frames. Our side never closes an idle
+    // connection: any close below is the victim's doing.
+    let mut raw = raw_swarm(&l.keys[1], RawCodec::default(), Duration::from_secs(5));
     let victim_peer = victim.peer_id();
     let victim_addr = victim.listen_addrs()[0].clone();
 

@@ -6,31 +6,23 @@
 mod support;
 
 use futures::StreamExt;
-use libp2p::identity::Keypair;
-use libp2p::request_response::{self as rr, ProtocolSupport};
+use libp2p::request_response as rr;
+use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{Swarm, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId};
 use scored::p2p::{Directory, InboundEvent, Libp2pPeers, P2pConfig, Peers};
 use scored::topology::HostId;
-use scored_proto::{PolicyKind, Request, TOKEN_PROTOCOL, Token, TokenAck, VmId};
+use scored_proto::{PolicyKind, Request, Token, TokenAck, VmId};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use support::loopback::{Loopback, loopback};
+use support::raw_peer::{RawCodec, RawSwarm, raw_swarm};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(10);
-
-fn config(l: &Loopback, i: usize) -> P2pConfig {
-    let mut c = P2pConfig::new(l.keys[i].clone(), l.topology.clone(), HostId(i as u32));
-    c.gossip_heartbeat = Duration::from_millis(150);
-    c.ping_interval = Duration::from_secs(2);
-    c.redial_interval = Duration::from_secs(1);
-    c
-}
 
 /// Starts host `i` with `c`; a stand-in daemon accepts every token and reports it on the
 /// returned channel.
@@ -110,12 +102,12 @@ async fn still_held(conns: &mut [TcpStream]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_from_outsiders_cannot_lock_a_listed_peer_out() {
     let l = loopback(2);
-    let mut c = config(&l, 0);
+    let mut c = l.config(0);
     c.limits.max_pending_incoming = 32;
     c.limits.max_pending_incoming_per_ip = 4;
     c.limits.handshake_timeout = Duration::from_secs(15);
     let (victim, mut taken) = start(&l, 0, c).await;
-    let (honest, _) = start(&l, 1, config(&l, 1)).await;
+    let (honest, _) = start(&l, 1, l.config(1)).await;
     let target = SocketAddr::from(([127, 0, 0, 1], l.specs[0].port));
 
     // 20 addresses the topology does not list, 8 raw TCP connections each, never a byte sent.
@@ -150,108 +142,20 @@ async fn half_open_handshakes_from_outsiders_cannot_lock_a_listed_peer_out() {
     }
 }
 
-/// Writes its request's bytes, then one byte every 100 ms without ever finishing the frame,
-/// until the other side gives up on the stream: a listed peer that holds what it is let hold.
-#[derive(Clone, Default)]
-struct StallingCodec;
-
-impl rr::Codec for StallingCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut v = Vec::new();
-        futures::AsyncReadExt::read_to_end(io, &mut v).await?;
-        Ok(v)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        use futures::AsyncWriteExt;
-        io.write_all(&req).await?;
-        io.flush().await?;
-        for _ in 0..600 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            io.write_all(&[0]).await?;
-            io.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        _: &mut T,
-        _: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-}
-
-/// A swarm with a listed host's key that speaks `codec` on the token protocol, opens as many
-/// streams as it likes and never closes an idle connection itself.
-fn rogue<C>(key: &Keypair, codec: C) -> Swarm<rr::Behaviour<C>>
-where
-    C: rr::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
-{
-    libp2p::SwarmBuilder::with_existing_identity(key.clone())
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, || {
-            let mut y = yamux::Config::default();
-            y.set_max_num_streams(1024);
-            y
-        })
-        .unwrap()
-        .with_behaviour(|_| {
-            rr::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(TOKEN_PROTOCOL), ProtocolSupport::Full)],
-                rr::Config::default()
-                    .with_request_timeout(Duration::from_secs(60))
-                    .with_max_concurrent_streams(10_000),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+/// Host h1 gone bad: it speaks `codec` on the token protocol.
+fn rogue(l: &Loopback, codec: RawCodec) -> RawSwarm {
+    raw_swarm(&l.keys[1], codec, Duration::from_secs(60))
 }
 
 /// Sends `n` stalling requests and drives the rogue until at least `failures` of them failed
 /// (the victim dropped their streams) or 20 s passed; returns how many failed.
-async fn flood<C>(
-    rogue: &mut Swarm<rr::Behaviour<C>>,
+async fn flood(
+    rogue: &mut RawSwarm,
     victim: PeerId,
     addr: Multiaddr,
     requests: Vec<Vec<u8>>,
     failures: usize,
-) -> usize
-where
-    C: rr::Codec<Protocol = StreamProtocol, Request = Vec<u8>, Response = Vec<u8>>
-        + Clone
-        + Send
-        + 'static,
-{
+) -> usize {
     for r in requests {
         rogue
             .behaviour_mut()
@@ -272,10 +176,7 @@ where
 }
 
 /// Keeps the rogue's connections and streams alive while the honest peer works.
-fn keep_driving<C>(mut rogue: Swarm<rr::Behaviour<C>>) -> tokio::task::JoinHandle<()>
-where
-    C: rr::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
-{
+fn keep_driving(mut rogue: RawSwarm) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
@@ -297,11 +198,11 @@ fn partial_frame(len: u32, body: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_peer_opening_many_streams_is_cut_at_its_request_limit() {
     let l = loopback(3);
-    let mut c = config(&l, 0);
+    let mut c = l.config(0);
     c.limits.max_requests_per_peer = 8;
     let (victim, mut taken) = start(&l, 0, c).await;
-    let (honest, _) = start(&l, 2, config(&l, 2)).await;
-    let mut r = rogue(&l.keys[1], StallingCodec);
+    let (honest, _) = start(&l, 2, l.config(2)).await;
+    let mut r = rogue(&l, RawCodec::STALLING);
     // 40 token hand-offs that never finish, on one connection.
     let requests = (0..40).map(|_| partial_frame(1000, 10)).collect();
     let addr = victim.listen_addrs()[0].clone();
@@ -320,11 +221,11 @@ async fn a_listed_peer_opening_many_streams_is_cut_at_its_request_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_peer_sending_large_frames_is_cut_at_its_byte_budget() {
     let l = loopback(3);
-    let mut c = config(&l, 0);
+    let mut c = l.config(0);
     c.limits.max_inflight_bytes_per_peer = 1 << 20;
     let (victim, mut taken) = start(&l, 0, c).await;
-    let (honest, _) = start(&l, 2, config(&l, 2)).await;
-    let mut r = rogue(&l.keys[1], StallingCodec);
+    let (honest, _) = start(&l, 2, l.config(2)).await;
+    let mut r = rogue(&l, RawCodec::STALLING);
     // 16 token frames announcing 1 MiB, 256 KiB of each sent: 4 MiB held if let in.
     let requests = (0..16).map(|_| partial_frame(1 << 20, 256 << 10)).collect();
     let addr = victim.listen_addrs()[0].clone();
@@ -343,11 +244,11 @@ async fn a_listed_peer_sending_large_frames_is_cut_at_its_byte_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_peer_opening_many_connections_is_cut_at_the_per_peer_limit() {
     let l = loopback(3);
-    let mut c = config(&l, 0);
+    let mut c = l.config(0);
     c.limits.max_established_per_peer = 3;
     let (victim, mut taken) = start(&l, 0, c).await;
-    let (honest, _) = start(&l, 2, config(&l, 2)).await;
-    let mut r = rogue(&l.keys[1], StallingCodec);
+    let (honest, _) = start(&l, 2, l.config(2)).await;
+    let mut r = rogue(&l, RawCodec::STALLING);
     let addr = victim.listen_addrs()[0].clone();
     const DIALS: usize = 10;
     for _ in 0..DIALS {
@@ -384,63 +285,10 @@ async fn a_listed_peer_opening_many_connections_is_cut_at_the_per_peer_limit() {
     rogue_task.abort();
 }
 
-/// Writes arbitrary bytes as a request and reads whatever comes back.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl rr::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut v = Vec::new();
-        futures::AsyncReadExt::read_to_end(io, &mut v).await?;
-        if v.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(v)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        futures::AsyncWriteExt::write_all(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        _: &mut T,
-        _: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_larger_than_the_topology_allows_is_refused_from_its_prefix() {
     let l = loopback(2);
-    let (victim, mut taken) = start(&l, 0, config(&l, 0)).await;
+    let (victim, mut taken) = start(&l, 0, l.config(0)).await;
     // Two hosts report at most 2 × 65,536 VMs; this token lists 1.5 million. It is a valid
     // frame under the wire's own 24 MiB limit.
     let vms: Vec<VmId> = (0..1_500_000u32)
@@ -451,7 +299,7 @@ async fn a_token_larger_than_the_topology_allows_is_refused_from_its_prefix() {
         body: Token::new(1, PolicyKind::RoundRobin, vms),
     })
     .unwrap();
-    let mut r = rogue(&l.keys[1], RawCodec);
+    let mut r = rogue(&l, RawCodec::default());
     let addr = victim.listen_addrs()[0].clone();
     r.behaviour_mut()
         .send_request_with_addresses(&victim.peer_id(), frame, vec![addr]);

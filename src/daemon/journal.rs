@@ -47,6 +47,18 @@ pub enum JournalError {
     NotOpen(u64),
 }
 
+impl JournalError {
+    /// Turns the I/O error of step `doing` on the file at `path` into a journal error.
+    fn io(path: &Path, doing: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.display().to_string();
+        move |source| JournalError::Io {
+            path,
+            doing,
+            source,
+        }
+    }
+}
+
 /// A migration as recorded before it started.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -113,13 +125,7 @@ pub fn last_of(path: &Path, vm: VmId) -> Result<Option<(Entry, Option<Ending>)>,
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(JournalError::Io {
-                path: path.display().to_string(),
-                doing: "cannot read",
-                source,
-            });
-        }
+        Err(source) => return Err(JournalError::io(path, "cannot read")(source)),
     };
     let mut last: Option<(Entry, Option<Ending>)> = None;
     for rec in text
@@ -155,15 +161,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal and returns it with the entries a previous run left open.
     pub fn open(path: &Path) -> Result<(Journal, Vec<Entry>), JournalError> {
-        let p = path.display().to_string();
-        let io = |doing: &'static str| {
-            let path = p.clone();
-            move |source| JournalError::Io {
-                path,
-                doing,
-                source,
-            }
-        };
+        let io = |doing| JournalError::io(path, doing);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io("cannot create directory"))?;
         }
@@ -173,7 +171,7 @@ impl Journal {
         let mut repairs = Vec::new();
         if path.exists() {
             let bytes = std::fs::read(path).map_err(io("cannot read"))?;
-            let scan = tail::scan(&p, &bytes)?;
+            let scan = tail::scan(&path.display().to_string(), &bytes)?;
             // Cut before the file is opened for append: the next record must start a line.
             repairs = tail::repair(path, &scan)?;
             for rec in scan.records {
@@ -274,16 +272,11 @@ impl Journal {
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.sync_data())
-            .map_err(|source| JournalError::Io {
-                path: self.path.display().to_string(),
-                doing: "cannot write journal record",
-                source,
-            })
+            .map_err(JournalError::io(&self.path, "cannot write journal record"))
     }
 
     /// Rewrites the file with only the open entries (write beside, sync, rename).
     fn compact(&mut self) -> Result<(), JournalError> {
-        let p = self.path.display().to_string();
         let tmp = self.path.with_extension("compact");
         let write = || -> std::io::Result<File> {
             let mut f = File::create(&tmp)?;
@@ -296,11 +289,7 @@ impl Journal {
             std::fs::rename(&tmp, &self.path)?;
             OpenOptions::new().append(true).open(&self.path)
         };
-        self.file = write().map_err(|source| JournalError::Io {
-            path: p,
-            doing: "cannot compact journal",
-            source,
-        })?;
+        self.file = write().map_err(JournalError::io(&self.path, "cannot compact journal"))?;
         self.closed_records = 0;
         Ok(())
     }

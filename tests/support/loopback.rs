@@ -4,10 +4,12 @@
 use super::host::free_ports;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use scored::topology::Topology;
+use scored::p2p::P2pConfig;
+use scored::topology::{HostId, Topology};
 use scored_proto::VmId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct HostSpec {
     pub name: String,
@@ -32,6 +34,22 @@ pub struct Loopback {
     pub keys: Vec<Keypair>,
     pub specs: Vec<HostSpec>,
     pub topology: Arc<Topology>,
+}
+
+impl Loopback {
+    /// Host `i`'s transport configuration, with timers short enough for a test: gossip
+    /// heartbeats every 150 ms, pings every 2 s, redials every second.
+    pub fn config(&self, i: usize) -> P2pConfig {
+        let mut c = P2pConfig::new(
+            self.keys[i].clone(),
+            self.topology.clone(),
+            HostId(i as u32),
+        );
+        c.gossip_heartbeat = Duration::from_millis(150);
+        c.ping_interval = Duration::from_secs(2);
+        c.redial_interval = Duration::from_secs(1);
+        c
+    }
 }
 
 /// `n` hosts named h0…, two per rack.

@@ -6,11 +6,13 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod four_hosts;
 pub mod host;
 pub mod inprocess;
 pub mod loopback;
 pub mod netns;
 pub mod openmetrics;
 pub mod prometheus;
+pub mod raw_peer;
 pub mod rogue;
 pub mod time;

@@ -21,3 +21,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Polls `f` every 50 ms until it holds or `limit` passed; whether it held (asked once more at
+/// the end).
+pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

@@ -154,15 +154,7 @@ pub(super) fn repair(path: &Path, scan: &Scan) -> Result<Vec<Repair>, JournalErr
     if scan.torn.is_empty() {
         return Ok(Vec::new());
     }
-    let p = path.display().to_string();
-    let io = |doing: &'static str| {
-        let path = p.clone();
-        move |source| JournalError::Io {
-            path,
-            doing,
-            source,
-        }
-    };
+    let io = |doing| JournalError::io(path, doing);
     let corrupt = corrupt_path(path);
     {
         let mut f = OpenOptions::new()
