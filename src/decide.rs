@@ -8,6 +8,7 @@
 
 use crate::cost::{self, PartnerRates, PartnerTraffic};
 use crate::hypervisor::Capacity;
+use crate::rules::{NO_RULES, Refusal, RuleCheck};
 use crate::topology::{Host, HostId, Topology};
 use scored_proto::VmId;
 
@@ -61,6 +62,9 @@ pub struct Gates<'a> {
     pub return_margin: f64,
     /// How many other hosts of a partner host's rack to try when that host cannot take u.
     pub rack_alternates: usize,
+    /// The placement rules that bear on u (anti-affinity, affinity, exclusions): a candidate
+    /// they refuse is never asked.
+    pub rules: &'a RuleCheck<'a>,
 }
 
 impl Gates<'_> {
@@ -73,6 +77,7 @@ impl Gates<'_> {
             previous_hosts: &[],
             return_margin: 0.0,
             rack_alternates: 3,
+            rules: &NO_RULES,
         }
     }
 }
@@ -88,8 +93,8 @@ pub enum Outcome {
     NoTraffic,
     /// No candidate saves more than `c_m`.
     NoBenefit,
-    /// Candidates beyond `c_m` exist but every one was in maintenance or a recent host whose
-    /// gain is too small to return to.
+    /// Candidates beyond `c_m` exist but every one was in maintenance, refused by a placement
+    /// rule, or a recent host whose gain is too small to return to.
     Excluded,
     /// Candidates beyond `c_m` exist but none had room (or answered).
     NoCapacity,
@@ -123,9 +128,14 @@ pub struct Decision {
     pub queries: u32,
     pub full: u32,
     pub unreachable: u32,
-    /// Candidates above `c_m` skipped: in maintenance / a recent host with too small a gain.
+    /// Candidates above `c_m` skipped: in maintenance / a recent host with too small a gain /
+    /// refused by a placement rule.
     pub in_maintenance: u32,
     pub returning: u32,
+    pub by_rule: u32,
+    /// The rule that refused the best candidate a rule refused (the one `plan` and the
+    /// decision log name).
+    pub refusal: Option<Refusal>,
 }
 
 impl Decision {
@@ -372,6 +382,8 @@ impl<'t> Decider<'t> {
             unreachable: 0,
             in_maintenance: 0,
             returning: 0,
+            by_rule: 0,
+            refusal: None,
         };
         self.queue.clear();
         self.seen.clear();
@@ -390,10 +402,14 @@ impl<'t> Decider<'t> {
                 .copied()
                 .max_by(|a, b| a.benefit.total_cmp(&b.benefit).then(b.host.cmp(&a.host)));
             let cands = std::mem::take(&mut self.candidates);
+            let mut ruled_out = Vec::new();
             for c in &cands {
                 self.seen.push(c.host);
-                if Self::admit(&mut decision, gates, c) {
+                let by_rule = decision.by_rule;
+                if Self::admit(&mut decision, gates, subject.host, c) {
                     self.queue.push(*c);
+                } else if decision.by_rule > by_rule {
+                    ruled_out.push(c.host);
                 }
             }
             self.candidates = cands;
@@ -404,6 +420,22 @@ impl<'t> Decider<'t> {
                     .then(b.contribution.total_cmp(&a.contribution))
                     .then(a.host.cmp(&b.host))
             });
+            if gates.rack_alternates > 0 && !ruled_out.is_empty() {
+                // A partner's host a rule refuses (a replica runs there, say) is as good a
+                // reason to try its rack-mates as a full one: the rule then judges each of them.
+                let mut search = Search {
+                    decider: self,
+                    subject,
+                    gates,
+                    next: 0,
+                    decision,
+                    done,
+                };
+                for h in ruled_out {
+                    search.add_alternates(h);
+                }
+                return search;
+            }
         }
         Search {
             decider: self,
@@ -416,12 +448,25 @@ impl<'t> Decider<'t> {
     }
 
     /// Eq. 3.2 and the gates that need no capacity answer; counts what it turns away.
-    fn admit(decision: &mut Decision, gates: &Gates<'_>, c: &Candidate) -> bool {
+    fn admit(decision: &mut Decision, gates: &Gates<'_>, from: HostId, c: &Candidate) -> bool {
         if !cost::should_migrate(c.benefit, gates.migration_cost) {
             return false;
         }
         if gates.maintenance.contains(&c.host) {
             decision.in_maintenance += 1;
+            return false;
+        }
+        if let Err(r) = gates.rules.allows(from, c.host) {
+            decision.by_rule += 1;
+            // Candidates come in contribution order, alternates later: keep the refusal of the
+            // highest benefit.
+            let better = match (decision.refusal, decision.best) {
+                (None, _) => true,
+                _ => decision.best.is_some_and(|b| b.host == c.host),
+            };
+            if better {
+                decision.refusal = Some(r);
+            }
             return false;
         }
         if gates.return_margin > 0.0
@@ -533,7 +578,7 @@ impl Search<'_, '_> {
                 break;
             }
             d.seen.push(c.host);
-            if Decider::admit(&mut self.decision, self.gates, &c) {
+            if Decider::admit(&mut self.decision, self.gates, current, &c) {
                 // Keep the unasked part of the queue in benefit order.
                 let tail = &d.queue[self.next..];
                 let at = self.next + tail.partition_point(|q| q.benefit >= c.benefit);
@@ -552,7 +597,7 @@ impl Search<'_, '_> {
             d.unreachable += self.decider.queue.len().saturating_sub(self.next) as u32;
             d.outcome = if d.full + d.unreachable > 0 {
                 Outcome::NoCapacity
-            } else if d.in_maintenance + d.returning > 0 {
+            } else if d.in_maintenance + d.returning + d.by_rule > 0 {
                 Outcome::Excluded
             } else {
                 Outcome::NoBenefit

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod p2p;
+pub mod rules;
 pub mod sim;
 #[cfg(feature = "testbed")]
 pub mod testbed;

@@ -171,6 +171,7 @@ impl<P: Peers> Daemon<P> {
             previous_hosts: &previous,
             return_margin: config.decision.return_margin_fraction,
             rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
+            rules: &crate::rules::NO_RULES,
         };
         let subject = Subject {
             vm: vm.id,

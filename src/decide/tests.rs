@@ -304,3 +304,55 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_rule_refuses_a_candidate_names_itself_and_sends_the_search_to_the_rack() {
+    use crate::rules::{GroupKind, Member, Rules};
+    let topo = fat_tree();
+    let mut d = Decider::new(&topo);
+    let mut rules = Rules::none();
+    let g = rules
+        .add_group("db-main", GroupKind::AntiAffinity, 0)
+        .unwrap();
+    // u (on host 0) talks to its replica on host 9; another partner on host 10 (pod 3).
+    let partners = [p(9, 100.0), p(10, 1.0)];
+    let members = [Member {
+        group: g,
+        vm: VmId(8),
+        host: HostId(9),
+    }];
+    let check = rules.check_for(&topo, VmId(7), &[g], &members);
+    let gates = Gates {
+        rules: &check,
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    // Host 9 is refused; its rack-mate, host 8, is as close to the replica as allowed.
+    assert_eq!(dec.migrates_to(), Some(HostId(8)));
+    assert_eq!(dec.by_rule, 1);
+    assert_eq!(
+        dec.refusal.unwrap().describe(&rules, &topo),
+        "anti-affinity group db-main, scope host: r005h02 runs 0.0.0.8"
+    );
+    // At rack scope the whole rack is refused: u goes to host 10's rack instead, or nowhere.
+    let mut rules = Rules::none();
+    let g = rules
+        .add_group("db-main", GroupKind::AntiAffinity, 1)
+        .unwrap();
+    let members = [Member {
+        group: g,
+        vm: VmId(8),
+        host: HostId(9),
+    }];
+    let check = rules.check_for(&topo, VmId(7), &[g], &members);
+    let gates = Gates {
+        rules: &check,
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    assert_ne!(
+        dec.migrates_to().map(|h| topo.level(h, HostId(9)) <= 1),
+        Some(true)
+    );
+    assert!(dec.by_rule >= 1);
+}

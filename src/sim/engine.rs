@@ -154,6 +154,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             previous_hosts: &previous[i],
             return_margin: opt.return_margin,
             rack_alternates: opt.rack_alternates,
+            rules: &crate::rules::NO_RULES,
         };
         let decision = decider.decide(&subject, &gates, |h| hosts[h.index()].capacity().ok());
         run.capacity_queries += decision.queries as u64;
