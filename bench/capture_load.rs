@@ -225,6 +225,7 @@ fn main() {
             addresses: vec![IpAddr::V4(a.ip)],
         }],
         pinned: false,
+        groups: Vec::new(),
     };
     run(&host, &vm, pps, secs, 1, true);
     run(&host, &vm, pps, secs, 1, false);

@@ -53,6 +53,7 @@ fn as_vm(vm: &TestVm) -> Vm {
             addresses: vec![IpAddr::V4(vm.ip)],
         }],
         pinned: false,
+        groups: Vec::new(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// The operator's constraints on placement. Reloads on SIGHUP.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PlacementConfig {
     /// VMs that never move, by address (VM id) or libvirt domain name. Domains carrying the
@@ -20,6 +20,22 @@ pub struct PlacementConfig {
     pub pinned: Vec<VmRef>,
     /// This host takes no incoming VMs, and `scored drain` may empty it.
     pub maintenance: bool,
+    /// The cluster's placement rules file (anti-affinity, affinity, exclusions, windows,
+    /// budgets), the same on every host. A missing file at this path is no rules.
+    pub rules_file: std::path::PathBuf,
+}
+
+/// Where the rules file is unless the configuration says otherwise.
+pub const DEFAULT_RULES_FILE: &str = "/etc/scored/rules.toml";
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            pinned: Vec::new(),
+            maintenance: false,
+            rules_file: DEFAULT_RULES_FILE.into(),
+        }
+    }
 }
 
 /// A VM named in the configuration: by its id (primary IPv4 address) or its libvirt name.
@@ -101,6 +117,7 @@ impl Section for PlacementConfig {
         PlacementConfig {
             pinned: Live,
             maintenance: Live,
+            rules_file: Live,
         }
     );
     type Error = PlacementConfigError;

@@ -140,6 +140,7 @@ mod tests {
             vcpus: 1,
             interfaces: vec![],
             pinned: false,
+            groups: Vec::new(),
         }
     }
 

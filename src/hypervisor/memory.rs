@@ -127,6 +127,7 @@ pub fn synthetic_vm(id: VmId, memory_mib: u64) -> Vm {
             addresses: vec![std::net::IpAddr::V4(id.to_ipv4())],
         }],
         pinned: false,
+        groups: Vec::new(),
     }
 }
 

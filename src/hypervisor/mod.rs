@@ -216,6 +216,20 @@ pub struct Vm {
     pub interfaces: Vec<Interface>,
     /// The operator pinned this VM (domain metadata): scored never moves it.
     pub pinned: bool,
+    /// Placement groups the VM's own metadata puts it in (`<scored:group …/>`); they travel
+    /// with the domain when it migrates. The rules file may name more.
+    #[serde(default)]
+    pub groups: Vec<GroupTag>,
+}
+
+/// A group a VM's metadata names: `<scored:group name='db-main' kind='anti-affinity'
+/// scope='host'/>`. Kind and scope may be left out when the rules file declares the group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct GroupTag {
+    pub name: String,
+    pub kind: Option<crate::rules::GroupKind>,
+    /// `host`, `rack` or a level name of the topology.
+    pub scope: Option<String>,
 }
 
 /// How much room this host has, as its hypervisor reports it.

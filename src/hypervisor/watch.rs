@@ -80,6 +80,7 @@ mod tests {
             vcpus: 1,
             interfaces: vec![],
             pinned: false,
+            groups: Vec::new(),
         }
     }
 

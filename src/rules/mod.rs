@@ -31,7 +31,8 @@ pub struct GroupId(pub u32);
 pub struct ExclusionId(pub u32);
 
 /// What a group asks of its members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GroupKind {
     /// No two members within the scope (replicas on different hosts, racks, ...).
     AntiAffinity,

@@ -266,6 +266,7 @@ impl DomainDescription {
             vcpus: self.vcpus,
             interfaces,
             pinned: self.pinned,
+            groups: Vec::new(),
         })
     }
 }
