@@ -127,6 +127,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                                 return_margin: study.return_margin,
                                 record_steps,
                                 verify_moves: false,
+                                rules: true,
                             };
                             let run = engine::run(sc, &opt, progress);
                             Done::Run(Box::new(run), t.elapsed())

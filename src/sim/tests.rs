@@ -26,6 +26,24 @@ fn scenario(seed: u64, fill: f64) -> Scenario {
     .unwrap()
 }
 
+/// A scenario where 30% of the VMs are in groups: replicas (host and rack scope) with the
+/// heaviest traffic of the scenario between them, and affinity tiers.
+fn grouped(seed: u64) -> Scenario {
+    Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            seed,
+            fill: 0.75,
+            groups: groups::GroupParams {
+                share: 0.3,
+                ..groups::GroupParams::default()
+            },
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap()
+}
+
 fn options(policy: PolicyKind) -> RunOptions {
     RunOptions {
         policy,
@@ -34,6 +52,7 @@ fn options(policy: PolicyKind) -> RunOptions {
         return_margin: 0.0,
         record_steps: true,
         verify_moves: true,
+        rules: true,
     }
 }
 
@@ -283,6 +302,62 @@ fn outputs_are_written() {
     assert!(summary.contains("| distributed |"), "{summary}");
     let sweep = std::fs::read_to_string(dir.path().join("cm_sweep.csv")).unwrap();
     assert_eq!(sweep.lines().count(), 1 + 2 * 4);
+}
+
+#[test]
+fn no_policy_and_no_centralised_plan_breaks_a_placement_rule() {
+    let sc = grouped(23);
+    assert!(
+        sc.group_counts.iter().all(|&c| c > 0),
+        "every kind of group: {:?}",
+        sc.group_counts
+    );
+    assert_eq!(
+        sc.rule_violations(&sc.initial),
+        0,
+        "the initial allocation obeys every group"
+    );
+    for p in PolicyKind::ALL {
+        let r = run(&sc, p);
+        assert_eq!(r.bad_moves, 0, "{p}");
+        assert!(r.migrations > 0, "{p} never moved a VM");
+        assert_eq!(
+            sc.rule_violations(&r.placement),
+            0,
+            "{p}: members of a group ended where their rule forbids"
+        );
+        assert_eq!(r.violations, 0, "{p}");
+        // The decision's filter alone kept the rules: the destination's re-check refused nothing.
+        assert_eq!(r.refused_by_rule, 0, "{p}");
+        assert!(
+            r.outcomes[4] > 0,
+            "{p}: no decision was turned away by a rule"
+        );
+        // Without the rules, the same scenario puts replicas together: the rules did the work.
+        let free = engine::run(
+            &sc,
+            &RunOptions {
+                rules: false,
+                ..options(p)
+            },
+            |_| {},
+        );
+        assert!(
+            free.violations > 0,
+            "{p}: the scenario provokes no violation"
+        );
+    }
+    let b = baseline::run(&sc);
+    assert_eq!(
+        sc.rule_violations(&b.incremental_placement),
+        0,
+        "centralised, incremental"
+    );
+    assert_eq!(
+        sc.rule_violations(&b.placement),
+        0,
+        "centralised, re-placement"
+    );
 }
 
 #[test]
