@@ -40,8 +40,8 @@ impl Default for GroupParams {
             sizes: (2, 5),
             rack_scope: 0.2,
             affinity: 0.2,
-            // Four MapReduce chunks a window: heavier than almost any other pair.
-            replication_bytes: 4.0 * 128e6,
+            // Two MapReduce chunks a window: heavier than any other pair but a rare few.
+            replication_bytes: 2.0 * 128e6,
         }
     }
 }

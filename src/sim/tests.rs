@@ -360,6 +360,107 @@ fn no_policy_and_no_centralised_plan_breaks_a_placement_rule() {
     );
 }
 
+/// `scenario(seed, 0.75)` with migration windows and budgets.
+fn gated(seed: u64, windows: Vec<crate::rules::Window>, budget: crate::rules::Budget) -> Scenario {
+    Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            seed,
+            fill: 0.75,
+            windows,
+            budget,
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Every day from `start` to `end` (minutes of the day), UTC, every host.
+fn nightly(start: u16, end: u16) -> crate::rules::Window {
+    crate::rules::Window {
+        name: "night".into(),
+        hosts: None,
+        tz: jiff::tz::TimeZone::UTC,
+        spans: vec![crate::rules::Span {
+            days: crate::rules::window::EVERY_DAY,
+            start,
+            end,
+        }],
+    }
+}
+
+#[test]
+fn no_vm_migrates_outside_its_window_in_simulated_time() {
+    // The run starts at midnight, one turn a second: 192 VMs x 5 rounds = 16 minutes. The
+    // window opens at 00:05 (step 300) and closes at 00:10 (step 600).
+    let sc = gated(29, vec![nightly(5, 10)], crate::rules::Budget::default());
+    let r = run(&sc, PolicyKind::Distributed);
+    assert!(r.migrations > 0, "nothing moved inside the window");
+    let c0 = sc.cost(0, &sc.initial);
+    let n = sc.vms();
+    for (k, c) in r.costs.iter().enumerate() {
+        let step = k + 1;
+        // Before the window every step keeps the initial cost (the first round's traffic).
+        if step < 300 && step < n {
+            assert_eq!(
+                *c, c0,
+                "a VM moved at step {step}, before the window opened"
+            );
+        }
+        // After it, the cost changes only where a round brings new traffic.
+        if step > 601 && (step % n) != 0 && step < r.costs.len() {
+            assert_eq!(
+                r.costs[k - 1],
+                *c,
+                "a VM moved at step {step}, after the window closed"
+            );
+        }
+    }
+    // Outside the window decisions are still made: they are counted, not skipped.
+    assert!(r.outcomes[5] > 0);
+    assert_eq!(r.outcomes.iter().sum::<u64>() as usize, sc.rounds() * n);
+}
+
+#[test]
+fn budgets_cap_migrations_per_vm_and_per_host() {
+    let free = run(
+        &gated(31, Vec::new(), crate::rules::Budget::default()),
+        PolicyKind::RoundRobin,
+    );
+    assert!(
+        free.migrations > free.vms_moved,
+        "the scenario should move some VM twice"
+    );
+    let per_vm = gated(
+        31,
+        Vec::new(),
+        crate::rules::Budget {
+            per_vm_per_day: Some(1),
+            per_host_per_hour: None,
+        },
+    );
+    let r = run(&per_vm, PolicyKind::RoundRobin);
+    assert!(r.migrations > 0);
+    assert_eq!(r.migrations, r.vms_moved, "a VM moved twice in a day");
+    assert!(r.outcomes[6] > 0);
+    // The whole run lasts 16 simulated minutes: at most 2 migrations touch each host.
+    let per_host = gated(
+        31,
+        Vec::new(),
+        crate::rules::Budget {
+            per_vm_per_day: None,
+            per_host_per_hour: Some(2),
+        },
+    );
+    let r = run(&per_host, PolicyKind::RoundRobin);
+    assert!(r.migrations > 0);
+    assert!(
+        r.migrations <= 16,
+        "{} migrations over 16 hosts with 2 each (out or in)",
+        r.migrations
+    );
+}
+
 #[test]
 fn impossible_scenarios_are_refused() {
     let err = Scenario::build(
