@@ -160,3 +160,70 @@ pub fn draw(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn groups_take_their_share_and_obey_their_rule_where_they_start() {
+        // 40 racks of 10 hosts, 4 VMs a host.
+        let hosts = 400u32;
+        let rack: Vec<u32> = (0..hosts).map(|h| h / 10).collect();
+        let initial: Vec<HostId> = (0..hosts * 4).map(|v| HostId(v % hosts)).collect();
+        let ids: Vec<VmId> = (0..initial.len() as u32).map(VmId).collect();
+        let params = GroupParams {
+            share: 0.25,
+            ..GroupParams::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let d = draw(&params, &ids, &initial, &rack, &mut rng);
+        assert!(d.members.abs_diff(400) <= 1, "{} members", d.members);
+        let groups = d.rules.groups();
+        assert_eq!(groups.len(), d.counts.iter().sum::<usize>());
+        for c in d.counts {
+            assert!(c > 0, "{:?}", d.counts);
+        }
+        let mut pairs = 0;
+        for g in groups {
+            assert!((2..=5).contains(&g.members.len()), "{}", g.name);
+            pairs += g.members.len() * (g.members.len() - 1) / 2;
+            let at = |v: &VmId| initial[v.0 as usize];
+            for (i, a) in g.members.iter().enumerate() {
+                for b in &g.members[i + 1..] {
+                    let same_rack = rack[at(a).index()] == rack[at(b).index()];
+                    match (g.kind, g.scope) {
+                        (GroupKind::AntiAffinity, 0) => {
+                            assert!(same_rack && at(a) != at(b), "{}", g.name)
+                        }
+                        (GroupKind::AntiAffinity, _) => assert!(!same_rack, "{}", g.name),
+                        (GroupKind::Affinity, _) => assert!(same_rack, "{}", g.name),
+                    }
+                }
+            }
+        }
+        assert_eq!(d.flows.len(), pairs);
+        assert!(d.flows.iter().all(|f| f.bytes == params.replication_bytes));
+        // No VM is in two groups.
+        let mut all: Vec<VmId> = groups.iter().flat_map(|g| g.members.clone()).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), d.members);
+    }
+
+    #[test]
+    fn no_share_no_groups() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let initial = vec![HostId(0), HostId(1)];
+        let d = draw(
+            &GroupParams::default(),
+            &[VmId(1), VmId(2)],
+            &initial,
+            &[0, 0],
+            &mut rng,
+        );
+        assert!(d.rules.is_empty() && d.flows.is_empty());
+    }
+}
