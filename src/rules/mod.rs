@@ -57,6 +57,13 @@ impl GroupKind {
             GroupKind::Affinity => "affinity",
         }
     }
+
+    /// The kind [`GroupKind::name`] writes as `name` (domain metadata, the testbed's flags).
+    pub fn from_name(name: &str) -> Option<GroupKind> {
+        [GroupKind::AntiAffinity, GroupKind::Affinity]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 /// A named group of VMs with a kind and a scope.
