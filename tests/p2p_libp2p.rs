@@ -14,8 +14,9 @@ use scored::p2p::{
 };
 use scored::topology::HostId;
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, PolicyKind, Refusal, Request, Response, Stamp,
-    StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, WIRE_VERSION,
+    Announcement, CapacityResponse, PlacementRequest, PlacementResponse, PolicyKind, Refusal,
+    Request, Response, Stamp, StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck,
+    VmBenefit, WIRE_VERSION,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,13 +68,16 @@ fn daemon(
                         assert_eq!(ack, TokenAck::Accepted);
                     }
                 }
-                InboundEvent::Capacity { reply, .. } => reply.send(CapacityResponse {
-                    free_slots: i as u32,
-                    free_memory_mib: 1024 * i as u64,
-                    cpu_load: 0.1,
-                    maintenance: false,
-                    incoming_migrations: 0,
-                    accepts: true,
+                InboundEvent::Capacity { reply, .. } => reply.send(PlacementResponse {
+                    capacity: CapacityResponse {
+                        free_slots: i as u32,
+                        free_memory_mib: 1024 * i as u64,
+                        cpu_load: 0.1,
+                        maintenance: false,
+                        incoming_migrations: 0,
+                        accepts: true,
+                    },
+                    refused_by_rule: None,
                 }),
                 InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
                     token: Default::default(),
@@ -154,10 +158,10 @@ async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
     // Capacity and statistics of every other host, concurrently.
     let others: Vec<HostId> = (1..N as u32).map(HostId).collect();
     let caps = peers[0]
-        .query_capacities(&others, CapacityRequest { memory_mib: 512 }, T)
+        .query_capacities(&others, PlacementRequest::room(512), T)
         .await;
     for (h, c) in &caps {
-        assert_eq!(c.as_ref().unwrap().free_slots, h.0);
+        assert_eq!(c.as_ref().unwrap().capacity.free_slots, h.0);
     }
     let stats = peers[3]
         .query_all_stats(StatsRequest { epoch: 1, round: 0 }, T)
@@ -248,7 +252,7 @@ async fn an_outsider_is_refused_before_anything_is_served() {
             .await
             .unwrap();
     let e = outsider
-        .query_capacity(HostId(0), CapacityRequest { memory_mib: 1 }, T)
+        .query_capacity(HostId(0), PlacementRequest::room(1), T)
         .await
         .unwrap_err();
     // Usually "connection closed" or "dial failed", depending on timing; never an answer.
@@ -331,13 +335,16 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
         while let Some(e) = inbound.recv().await {
             if let InboundEvent::Capacity { reply, .. } = e {
                 asked += 1;
-                reply.send(CapacityResponse {
-                    free_slots: 1,
-                    free_memory_mib: 1024,
-                    cpu_load: 0.0,
-                    maintenance: false,
-                    incoming_migrations: 0,
-                    accepts: true,
+                reply.send(PlacementResponse {
+                    capacity: CapacityResponse {
+                        free_slots: 1,
+                        free_memory_mib: 1024,
+                        cpu_load: 0.0,
+                        maintenance: false,
+                        incoming_migrations: 0,
+                        accepts: true,
+                    },
+                    refused_by_rule: None,
                 });
             }
             if asked == 2 {
@@ -346,9 +353,9 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
         }
         panic!("node stopped");
     });
-    let ask = || asker.query_capacity(HostId(0), CapacityRequest { memory_mib: 1 }, T);
-    assert!(ask().await.unwrap().accepts);
-    assert!(ask().await.unwrap().accepts);
+    let ask = || asker.query_capacity(HostId(0), PlacementRequest::room(1), T);
+    assert!(ask().await.unwrap().capacity.accepts);
+    assert!(ask().await.unwrap().capacity.accepts);
     let e = ask().await.unwrap_err();
     match &e {
         PeerError::Refused {

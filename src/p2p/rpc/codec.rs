@@ -21,8 +21,9 @@ use libp2p::PeerId;
 use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
-    CapacityRequest, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME, Request,
-    Response, StatsRequest, Token, WireMessage, encode,
+    CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, DecodeError, LocationRequest,
+    MAX_HOST_VMS, MAX_TOKEN_FRAME, PlacementRequest, PlacementResponse, Request, Response,
+    StatsRequest, Token, WireMessage, encode,
 };
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -184,6 +185,46 @@ fn kind_of(protocol: &StreamProtocol) -> io::Result<Kind> {
     })
 }
 
+/// Whether a capacity stream was negotiated for version 1: a peer not upgraded yet. Its request
+/// names no VM (the rules are then the asker's alone) and its answer carries no rule's sentence
+/// (a refusal reads as no room, which is what an old asker makes of it).
+fn capacity_v1(p: &StreamProtocol) -> bool {
+    p.as_ref() == CAPACITY_PROTOCOL
+}
+
+fn request_to_v1(r: Request<PlacementRequest>) -> Request<CapacityRequest> {
+    Request {
+        topology: r.topology,
+        body: CapacityRequest {
+            memory_mib: r.body.memory_mib,
+        },
+    }
+}
+
+fn request_from_v1(r: Request<CapacityRequest>) -> RpcRequest {
+    RpcRequest::Capacity(Request {
+        topology: r.topology,
+        body: PlacementRequest::room(r.body.memory_mib),
+    })
+}
+
+fn response_to_v1(r: Response<PlacementResponse>) -> Response<CapacityResponse> {
+    match r {
+        Response::Ok(p) => Response::Ok(p.capacity),
+        Response::Refused(r) => Response::Refused(r),
+    }
+}
+
+fn response_from_v1(r: Response<CapacityResponse>) -> RpcResponse {
+    RpcResponse::Capacity(match r {
+        Response::Ok(capacity) => Response::Ok(PlacementResponse {
+            capacity,
+            refused_by_rule: None,
+        }),
+        Response::Refused(r) => Response::Refused(r),
+    })
+}
+
 /// Decode failures travel as `InvalidData` so the swarm can tell a misbehaving peer from a
 /// broken connection.
 fn invalid(e: DecodeError) -> io::Error {
@@ -338,9 +379,15 @@ impl libp2p::request_response::Codec for RpcCodec {
                 let limit = self.limit::<Request<LocationRequest>>(kind);
                 read_request_of::<LocationRequest, T>(io, limit, &mut bytes).await
             }
-            Kind::Capacity => {
+            Kind::Capacity if capacity_v1(p) => {
                 let limit = self.limit::<Request<CapacityRequest>>(kind);
-                read_request_of::<CapacityRequest, T>(io, limit, &mut bytes).await
+                read_frame::<Request<CapacityRequest>, T>(io, limit, Some(&mut bytes))
+                    .await
+                    .map(request_from_v1)
+            }
+            Kind::Capacity => {
+                let limit = self.limit::<Request<PlacementRequest>>(kind);
+                read_request_of::<PlacementRequest, T>(io, limit, &mut bytes).await
             }
             Kind::Stats => {
                 let limit = self.limit::<Request<StatsRequest>>(kind);
@@ -360,8 +407,14 @@ impl libp2p::request_response::Codec for RpcCodec {
             Kind::Location => {
                 read_response_of::<LocationRequest, T>(io, RpcResponse::Location).await
             }
+            Kind::Capacity if capacity_v1(p) => {
+                let limit = <Response<CapacityResponse> as WireMessage>::MAX_FRAME;
+                read_frame::<Response<CapacityResponse>, T>(io, limit, None)
+                    .await
+                    .map(response_from_v1)
+            }
             Kind::Capacity => {
-                read_response_of::<CapacityRequest, T>(io, RpcResponse::Capacity).await
+                read_response_of::<PlacementRequest, T>(io, RpcResponse::Capacity).await
             }
             Kind::Stats => read_response_of::<StatsRequest, T>(io, RpcResponse::Stats).await,
         };
@@ -383,6 +436,7 @@ impl libp2p::request_response::Codec for RpcCodec {
         match req {
             RpcRequest::Token(r) => write_frame(io, r).await,
             RpcRequest::Location(r) => write_frame(io, r).await,
+            RpcRequest::Capacity(r) if capacity_v1(p) => write_frame(io, request_to_v1(r)).await,
             RpcRequest::Capacity(r) => write_frame(io, r).await,
             RpcRequest::Stats(r) => write_frame(io, r).await,
         }
@@ -403,6 +457,7 @@ impl libp2p::request_response::Codec for RpcCodec {
         match res {
             RpcResponse::Token(r) => write_frame(io, r).await,
             RpcResponse::Location(r) => write_frame(io, r).await,
+            RpcResponse::Capacity(r) if capacity_v1(p) => write_frame(io, response_to_v1(r)).await,
             RpcResponse::Capacity(r) => write_frame(io, r).await,
             RpcResponse::Stats(r) => write_frame(io, r).await,
         }
@@ -492,7 +547,7 @@ mod tests {
         let token = StreamProtocol::new(scored_proto::TOKEN_PROTOCOL);
         let request = RpcRequest::Capacity(Request {
             topology: 7,
-            body: CapacityRequest { memory_mib: 512 },
+            body: PlacementRequest::room(512),
         });
         let mut wire = futures::io::Cursor::new(Vec::new());
         futures::executor::block_on(codec.write_request(&capacity, &mut wire, request)).unwrap();
@@ -506,7 +561,7 @@ mod tests {
         assert_eq!(bytes, alone);
         let mut cursor = futures::io::Cursor::new(bytes.clone());
         match futures::executor::block_on(codec.read_request(&capacity, &mut cursor)).unwrap() {
-            RpcRequest::Capacity(r) => assert_eq!(r.body.memory_mib, 512),
+            RpcRequest::Capacity(r) => assert_eq!(r.body, PlacementRequest::room(512)),
             other => panic!("read as {other:?}"),
         }
         // The same bytes on the token stream are a malformed token, reported with the protocol.
@@ -519,7 +574,7 @@ mod tests {
         let mut wire = futures::io::Cursor::new(Vec::new());
         let misrouted = RpcRequest::Capacity(Request {
             topology: 7,
-            body: CapacityRequest { memory_mib: 1 },
+            body: PlacementRequest::room(1),
         });
         let e = futures::executor::block_on(codec.write_request(&token, &mut wire, misrouted))
             .unwrap_err();
@@ -530,5 +585,87 @@ mod tests {
         let e =
             futures::executor::block_on(codec.read_request(&capacity, &mut cursor)).unwrap_err();
         assert!(is_malformed(&e) && e.to_string().contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn a_v1_capacity_stream_carries_the_v1_messages() {
+        let (watch, _reports) = FrameWatch::new(
+            4,
+            InboundBudget::new(8, 1 << 20, 1 << 20),
+            usize::MAX,
+            P2pMetrics::default(),
+        );
+        let mut codec = RpcCodec::new(watch);
+        let v1 = StreamProtocol::new(scored_proto::CAPACITY_PROTOCOL);
+        let v2 = StreamProtocol::new(scored_proto::CAPACITY_PROTOCOL_V2);
+        let moving = PlacementRequest {
+            memory_mib: 512,
+            moving: Some(scored_proto::MovingVm {
+                vm: scored_proto::VmId(7),
+                groups: vec![scored_proto::GroupRef {
+                    name: "db".into(),
+                    kind: scored_proto::GroupKind::AntiAffinity,
+                    scope: 0,
+                }],
+            }),
+        };
+        let write = |codec: &mut RpcCodec, p: &StreamProtocol, body: PlacementRequest| {
+            let mut wire = futures::io::Cursor::new(Vec::new());
+            let r = RpcRequest::Capacity(Request { topology: 7, body });
+            futures::executor::block_on(codec.write_request(p, &mut wire, r)).unwrap();
+            wire.into_inner()
+        };
+        // An old peer gets the bytes it always got: the VM is not named.
+        let old = write(&mut codec, &v1, moving.clone());
+        let v1_frame = encode(&Request {
+            topology: 7,
+            body: CapacityRequest { memory_mib: 512 },
+        })
+        .unwrap();
+        assert_eq!(old, v1_frame);
+        // A new peer reads the VM and its group.
+        let new = write(&mut codec, &v2, moving.clone());
+        let mut cursor = futures::io::Cursor::new(new);
+        match futures::executor::block_on(codec.read_request(&v2, &mut cursor)).unwrap() {
+            RpcRequest::Capacity(r) => assert_eq!(r.body, moving),
+            other => panic!("read as {other:?}"),
+        }
+        // An old peer's request reads as a request for room alone.
+        let mut cursor = futures::io::Cursor::new(old);
+        match futures::executor::block_on(codec.read_request(&v1, &mut cursor)).unwrap() {
+            RpcRequest::Capacity(r) => assert_eq!(r.body, PlacementRequest::room(512)),
+            other => panic!("read as {other:?}"),
+        }
+        // A rule's refusal, answered to an old peer: no room, which is what it acts on.
+        let refused = PlacementResponse {
+            capacity: CapacityResponse {
+                free_slots: 2,
+                free_memory_mib: 4096,
+                cpu_load: 0.1,
+                maintenance: false,
+                incoming_migrations: 0,
+                accepts: false,
+            },
+            refused_by_rule: Some("anti-affinity group db, scope host: h2 runs 10.0.0.9".into()),
+        };
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        let answer = RpcResponse::Capacity(Response::Ok(refused.clone()));
+        futures::executor::block_on(codec.write_response(&v1, &mut wire, answer)).unwrap();
+        let mut cursor = futures::io::Cursor::new(wire.into_inner());
+        match futures::executor::block_on(codec.read_response(&v1, &mut cursor)).unwrap() {
+            RpcResponse::Capacity(Response::Ok(r)) => {
+                assert!(!r.capacity.accepts);
+                assert_eq!(r.refused_by_rule, None);
+            }
+            other => panic!("read as {other:?}"),
+        }
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        let answer = RpcResponse::Capacity(Response::Ok(refused.clone()));
+        futures::executor::block_on(codec.write_response(&v2, &mut wire, answer)).unwrap();
+        let mut cursor = futures::io::Cursor::new(wire.into_inner());
+        match futures::executor::block_on(codec.read_response(&v2, &mut cursor)).unwrap() {
+            RpcResponse::Capacity(Response::Ok(r)) => assert_eq!(r, refused),
+            other => panic!("read as {other:?}"),
+        }
     }
 }
