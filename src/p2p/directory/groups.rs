@@ -214,3 +214,134 @@ fn located(s: &State, me: HostId, vm: VmId) -> Option<HostId> {
     }
     s.cache.get(vm).map(|e| e.host)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Topology;
+    use scored_proto::{Announcement, MigrationAnnounce, Stamp};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// Three hosts with room for two VMs each.
+    fn directory(me: u32) -> Directory {
+        let mut text = String::from("[levels]\nweights = [1]\n[defaults]\nmax_vms = 2\n");
+        for i in 0..3 {
+            text.push_str(&format!("[[host]]\nname = \"h{i}\"\npath = [\"tor\"]\n"));
+        }
+        let topo = Arc::new(Topology::parse(Path::new("groups.toml"), &text).unwrap());
+        Directory::new(topo, HostId(me))
+    }
+
+    fn in_db(vm: u32) -> VmGroups {
+        VmGroups {
+            vm: VmId(vm),
+            groups: vec!["db".into()],
+        }
+    }
+
+    fn announce(host: &str, vms: Vec<VmGroups>) -> GroupsAnnounce {
+        GroupsAnnounce {
+            host: host.into(),
+            vms,
+        }
+    }
+
+    fn members(dir: &Directory, now: Instant) -> Vec<(VmId, HostId, Known)> {
+        dir.group_members(&["db"], now)
+            .into_iter()
+            .map(|m| (m.vm, m.host, m.known))
+            .collect()
+    }
+
+    #[test]
+    fn a_host_speaks_only_for_its_own_vms_within_its_slots() {
+        let dir = directory(0);
+        let t0 = Instant::now();
+        // h2 cannot speak for h1.
+        let e = dir
+            .apply_groups(HostId(2), &announce("h1", vec![in_db(1)]), t0)
+            .unwrap_err();
+        assert_eq!(e.reason(), "not_its_inventory");
+        // Three VMs on a host of two slots: refused whole.
+        let e = dir
+            .apply_groups(
+                HostId(1),
+                &announce("h1", vec![in_db(1), in_db(2), in_db(3)]),
+                t0,
+            )
+            .unwrap_err();
+        assert_eq!(e.reason(), "inventory_too_large");
+        assert!(members(&dir, t0).is_empty());
+        dir.apply_groups(HostId(1), &announce("h1", vec![in_db(1)]), t0)
+            .unwrap();
+        assert_eq!(
+            members(&dir, t0),
+            vec![(VmId(1), HostId(1), Known::Announced)]
+        );
+        // A later announcement replaces the earlier one: an emptied host names nobody.
+        dir.apply_groups(HostId(1), &announce("h1", vec![]), t0)
+            .unwrap();
+        assert!(members(&dir, t0).is_empty());
+    }
+
+    #[test]
+    fn what_peers_said_lapses_and_follows_the_vm_when_it_moves() {
+        let dir = directory(0);
+        let t0 = Instant::now();
+        dir.observe_token(Stamp::new(1 << 16, 1));
+        dir.apply_groups(HostId(1), &announce("h1", vec![in_db(1)]), t0)
+            .unwrap();
+        // The VM moves to h2 (h2 says so): its group goes with it before h2 announces it.
+        let arrival = Announcement::Migration(MigrationAnnounce {
+            vm: VmId(1),
+            from: "h1".into(),
+            to: "h2".into(),
+            at: Stamp::new(1 << 16, 2),
+        });
+        dir.apply(HostId(2), &arrival).unwrap();
+        assert_eq!(
+            members(&dir, t0),
+            vec![(VmId(1), HostId(2), Known::Announced)]
+        );
+        // Without a fresh announcement, the word of h1 no longer counts.
+        assert!(members(&dir, t0 + GROUPS_FRESH).is_empty());
+    }
+
+    #[test]
+    fn room_is_held_until_the_vm_arrives_goes_elsewhere_or_the_hold_ends() {
+        let dir = directory(0);
+        let now = Instant::now();
+        let hold = now + Duration::from_secs(60);
+        dir.reserve(VmId(1), HostId(1), vec!["db".into()], hold);
+        assert_eq!(
+            members(&dir, now),
+            vec![(VmId(1), HostId(0), Known::Reserved)]
+        );
+        // It arrives: this host's own VM from now on, no longer a reservation.
+        dir.refresh_local([VmId(1)]);
+        dir.set_local_groups(vec![in_db(1)]);
+        assert_eq!(members(&dir, now), vec![(VmId(1), HostId(0), Known::Here)]);
+        assert!(dir.reservations(now).is_empty());
+        // Another is promised, then its host moves it elsewhere.
+        dir.observe_token(Stamp::new(1 << 16, 1));
+        dir.reserve(VmId(2), HostId(1), vec!["db".into()], hold);
+        let elsewhere = Announcement::Migration(MigrationAnnounce {
+            vm: VmId(2),
+            from: "h1".into(),
+            to: "h2".into(),
+            at: Stamp::new(1 << 16, 2),
+        });
+        dir.apply(HostId(1), &elsewhere).unwrap();
+        assert!(dir.reservations(now).is_empty());
+        // A third is promised and never comes: the hold ends.
+        dir.reserve(VmId(3), HostId(2), vec!["db".into()], hold);
+        assert_eq!(dir.reservations(now).len(), 1);
+        assert!(dir.reservations(hold).is_empty());
+        // Never more than this host's slots, however many requests come.
+        for v in 10..20 {
+            dir.reserve(VmId(v), HostId(1), vec!["db".into()], hold);
+        }
+        assert_eq!(dir.reservations(now).len(), 2);
+    }
+}
