@@ -153,3 +153,69 @@ fn two_decisions_on_stale_knowledge_cannot_both_place_a_replica_on_one_host() {
         .collect();
     assert_eq!(held, to_h2);
 }
+
+#[test]
+fn a_destination_refuses_a_replica_within_rack_scope_of_one_it_heard_of() {
+    let topo = Arc::new(topology());
+    let (h1, h2, h3) = (HostId(0), HostId(1), HostId(2));
+    let (r1, r2, app) = (VmId(0x0a00_0001), VmId(0x0a00_0002), VmId(0x0a00_0003));
+    let rack_replica = |id| {
+        let mut vm = replica(id);
+        vm.groups[0].scope = Some("rack".into());
+        vm
+    };
+    // r1 on h1 (rack tor1), r2 on h3 (tor2), and r2's chatty partner on h2, r1's rack-mate.
+    let sim = MemoryCluster::new(&topo);
+    sim.add_vm(h1, rack_replica(r1)).unwrap();
+    sim.add_vm(h3, rack_replica(r2)).unwrap();
+    sim.add_vm(h2, synthetic_vm(app, 512)).unwrap();
+    let rt = inprocess::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let net = DirectNetwork::new(topo.clone());
+    let mut config = Config::default();
+    config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+    config.decision.cooldown_base_s = 0;
+    config.decision.migration_cost_fraction = 0.0;
+    let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
+    for h in 0..4u32 {
+        let me = HostId(h);
+        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
+        let demands = if me == h3 {
+            vec![Demand {
+                vm: r2,
+                partner: app,
+                bytes_per_sec: 1e6,
+            }]
+        } else {
+            Vec::new()
+        };
+        let node = inprocess::node(
+            &topo,
+            me,
+            peers,
+            Arc::new(sim.host(me)),
+            demands,
+            config.clone(),
+            dir.path(),
+        );
+        rt.block_on(node.refresh_inventory()).unwrap();
+        node.traffic().tick(Instant::now());
+        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        nodes.push(node);
+    }
+    // h1 announces its VMs and their groups; h3 has not heard (its view is stale).
+    rt.block_on(nodes[0].peers().announce_inventory()).unwrap();
+    let vm2 = nodes[2].inventory()[0].clone();
+    let a = rt.block_on(nodes[2].assess(&vm2));
+    let d = a.decision.as_ref().unwrap();
+    // h2 knows r1 runs in its rack and says no; h2's rack-mate h1 runs r1 itself.
+    assert_ne!(d.migrates_to(), Some(h2), "{}", a.detail);
+    assert_eq!(d.destination_refusal, Some(h2), "{}", a.detail);
+    assert!(
+        a.detail.contains(&format!(
+            "h2 refused: anti-affinity group db, scope rack: h1 runs {r1}"
+        )),
+        "{}",
+        a.detail
+    );
+}

@@ -165,6 +165,15 @@ impl<P: Peers> Daemon<P> {
             };
             groups.extend(resolved);
         }
+        // A name the wire cannot carry would make the whole request unsendable (the host would
+        // count as not answering): such a group is left to the asker's own check.
+        groups.retain(|g| match scored_proto::check_group_name(&g.name) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(vm = %vm.id, error = %e, "group not named in capacity requests");
+                false
+            }
+        });
         if groups.len() > MAX_VM_GROUPS {
             tracing::warn!(vm = %vm.id, groups = groups.len(), "VM in more groups than a capacity request carries; the first {MAX_VM_GROUPS} are sent");
             groups.truncate(MAX_VM_GROUPS);
