@@ -10,6 +10,7 @@
 //! Nothing here decides how to answer: the driver does, from the directory or through the daemon.
 
 mod budget;
+mod capacity_v1;
 mod codec;
 mod lanes;
 mod pending;
