@@ -75,8 +75,10 @@ impl<P: Peers> Daemon<P> {
                 .find(|&g| rules.group(g).name == name)
         };
         for vm in self.inventory() {
-            for tag in &vm.groups {
-                if let Some(group) = id_of(&tag.name) {
+            let by_name = rules.groups_named(&vm.name).iter().map(|&g| rules.group(g));
+            let named = vm.groups.iter().map(|t| t.name.as_str());
+            for name in named.chain(by_name.map(|g| g.name.as_str())) {
+                if let Some(group) = id_of(name) {
                     out.push(Member {
                         group,
                         vm: vm.id,
@@ -141,30 +143,28 @@ impl<P: Peers> Daemon<P> {
     /// cannot resolve is left out, its error is the rules room's to report). At most
     /// `MAX_VM_GROUPS`.
     pub fn moving_vm(&self, rules: &Rules, vm: &Vm) -> MovingVm {
-        let mut groups: Vec<GroupRef> = rules
-            .groups_of(vm.id)
+        // The rules room interns local VMs' tags; a tag it has not (yet) is resolved as it
+        // would be, on a copy (`Rules::intern_tags`: one reading of a tag everywhere).
+        let mut rules = Cow::Borrowed(rules);
+        let mut ids: Vec<GroupId> = rules.groups_of(vm.id).to_vec();
+        ids.extend_from_slice(rules.groups_named(&vm.name));
+        if vm
+            .groups
             .iter()
-            .map(|&g| group_ref(rules.group(g)))
-            .collect();
-        for tag in &vm.groups {
-            if groups.iter().any(|g| g.name == tag.name) {
-                continue;
-            }
-            let resolved = match rules.group_by_name(&tag.name) {
-                Some(g) => Some(group_ref(rules.group(g))),
-                None => match (tag.kind, tag.scope.as_deref()) {
-                    (Some(kind), Some(scope)) => {
-                        rules::scope_of(&self.topo, scope).map(|scope| GroupRef {
-                            name: tag.name.clone(),
-                            kind: wire_kind(kind),
-                            scope,
-                        })
-                    }
-                    _ => None,
-                },
-            };
-            groups.extend(resolved);
+            .any(|t| rules.group_by_name(&t.name).is_none())
+        {
+            let (tagged, _errors) = rules.to_mut().intern_tags(&self.topo, &vm.groups);
+            ids.extend(tagged);
+        } else {
+            ids.extend(
+                vm.groups
+                    .iter()
+                    .filter_map(|t| rules.group_by_name(&t.name)),
+            );
         }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut groups: Vec<GroupRef> = ids.iter().map(|&g| group_ref(rules.group(g))).collect();
         // A name the wire cannot carry would make the whole request unsendable (the host would
         // count as not answering): such a group is left to the asker's own check.
         groups.retain(|g| match scored_proto::check_group_name(&g.name) {
@@ -181,20 +181,28 @@ impl<P: Peers> Daemon<P> {
         MovingVm { vm: vm.id, groups }
     }
 
-    /// Tells the directory which groups this host's VMs name, so it announces them.
+    /// Tells the directory which groups this host's VMs are in by what only this host knows
+    /// (their metadata tags, and their libvirt names where the rules file lists them by name),
+    /// so it announces them.
     pub(super) fn publish_local_groups(&self, vms: &[Vm]) {
+        let rules = self.placement_rules();
         let groups = vms
             .iter()
-            .filter(|v| !v.groups.is_empty())
-            .map(|v| VmGroups {
-                vm: v.id,
-                groups: v
-                    .groups
-                    .iter()
-                    .map(|t| t.name.clone())
-                    .take(MAX_VM_GROUPS)
-                    .collect(),
+            .map(|v| {
+                let mut names: Vec<String> = v.groups.iter().map(|t| t.name.clone()).collect();
+                for &g in rules.groups_named(&v.name) {
+                    names.push(rules.group(g).name.clone());
+                }
+                names.retain(|n| scored_proto::check_group_name(n).is_ok());
+                names.sort_unstable();
+                names.dedup();
+                names.truncate(MAX_VM_GROUPS);
+                VmGroups {
+                    vm: v.id,
+                    groups: names,
+                }
             })
+            .filter(|v| !v.groups.is_empty())
             .collect();
         self.peers.directory().set_local_groups(groups);
     }
