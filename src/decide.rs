@@ -139,6 +139,10 @@ pub struct Decision {
     /// The rule that refused the best candidate a rule refused (the one `plan` and the
     /// decision log name).
     pub refusal: Option<Refusal>,
+    /// The first (best) candidate that refused u by a rule of its own: it re-checks with what
+    /// it knows better (its own VMs, the room it holds for VMs on their way). Counted in
+    /// `by_rule` too; its sentence came with its answer, and the caller keeps it.
+    pub destination_refusal: Option<HostId>,
 }
 
 impl Decision {
@@ -404,6 +408,7 @@ impl<'t> Decider<'t> {
             returning: 0,
             by_rule: 0,
             refusal: None,
+            destination_refusal: None,
         };
         self.queue.clear();
         self.seen.clear();
@@ -572,6 +577,29 @@ impl Search<'_, '_> {
             }
             Some(_) => self.decision.full += 1,
             None => self.decision.unreachable += 1,
+        }
+        if c.via == Via::PartnerHost && self.gates.rack_alternates > 0 {
+            self.add_alternates(host);
+        }
+    }
+
+    /// `host`'s answer was that a placement rule refuses u there: the destination's re-check
+    /// (docs/protocol.md, "Capacity"). Counted with the rules' refusals, not as a full host, and
+    /// the search goes on as after a full host (a partner's host brings in its rack-mates, each
+    /// judged again).
+    pub fn refused_by_rule(&mut self, host: HostId) {
+        let Some(c) = self.decider.queue.get(self.next).copied() else {
+            return;
+        };
+        if self.done || c.host != host {
+            return;
+        }
+        self.next += 1;
+        self.decision.queries += 1;
+        self.decision.by_rule += 1;
+        // Asked best first: the first refusal is the best candidate's.
+        if self.decision.destination_refusal.is_none() {
+            self.decision.destination_refusal = Some(host);
         }
         if c.via == Via::PartnerHost && self.gates.rack_alternates > 0 {
             self.add_alternates(host);

@@ -10,7 +10,7 @@ use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::p2p::{DirectNetwork, Directory, Inbound, InboundEvent};
-use scored::proto::{CapacityResponse, Stamp, VmId};
+use scored::proto::{CapacityResponse, PlacementResponse, Stamp, VmId};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
@@ -52,7 +52,10 @@ async fn destination(mut inbound: Inbound, delays: Vec<Option<Duration>>) -> usi
                 Some(d) => {
                     tokio::spawn(async move {
                         tokio::time::sleep(d).await;
-                        reply.send(answer);
+                        reply.send(PlacementResponse {
+                            capacity: answer,
+                            refused_by_rule: None,
+                        });
                     });
                 }
                 // Keep the responder alive: the asker must time out, not see a refusal.

@@ -22,7 +22,7 @@ use scored::hypervisor::{
 };
 use scored::metrics::{DirectionLabels, MigrationDirection};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
-use scored::proto::{CapacityRequest, VmId};
+use scored::proto::{PlacementRequest, VmId};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -99,14 +99,15 @@ fn incoming_migrations_started_elsewhere_bound_what_a_host_accepts() {
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         nodes.push(node);
     }
-    let req = CapacityRequest { memory_mib: 512 };
+    let req = PlacementRequest::room(512);
     let ask = |h: HostId| {
         rt.block_on(
             nodes[0]
                 .peers()
-                .query_capacity(h, req, Duration::from_secs(5)),
+                .query_capacity(h, req.clone(), Duration::from_secs(5)),
         )
         .unwrap()
+        .capacity
     };
     let vm_a = nodes[0].inventory()[0].clone();
     assert_eq!(vm_a.id, a);

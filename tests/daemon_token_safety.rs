@@ -16,8 +16,8 @@ use scored::daemon::ring::{epoch_generation, next_epoch};
 use scored::p2p::{DirectPeers, Directory, PeerError, Peers, RequestFailure};
 use scored::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, LocationResponse, PolicyKind, Stamp,
-    StatsRequest, StatsResponse, Token, TokenAck, VmId,
+    Announcement, GroupsAnnounce, LocationResponse, PlacementRequest, PlacementResponse,
+    PolicyKind, Stamp, StatsRequest, StatsResponse, Token, TokenAck, VmId,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,9 +121,9 @@ impl Peers for Faulty {
     fn query_capacity(
         &self,
         host: HostId,
-        request: CapacityRequest,
+        request: PlacementRequest,
         timeout: Duration,
-    ) -> impl Future<Output = Result<CapacityResponse, PeerError>> + Send {
+    ) -> impl Future<Output = Result<PlacementResponse, PeerError>> + Send {
         self.inner.query_capacity(host, request, timeout)
     }
 
@@ -138,6 +138,13 @@ impl Peers for Faulty {
 
     fn publish(&self, a: Announcement) -> impl Future<Output = Result<(), PeerError>> + Send {
         self.inner.publish(a)
+    }
+
+    fn publish_groups(
+        &self,
+        g: GroupsAnnounce,
+    ) -> impl Future<Output = Result<(), PeerError>> + Send {
+        self.inner.publish_groups(g)
     }
 }
 

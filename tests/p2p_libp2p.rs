@@ -14,14 +14,16 @@ use scored::p2p::{
 };
 use scored::topology::HostId;
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, PolicyKind, Refusal, Request, Response, Stamp,
-    StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, WIRE_VERSION,
+    Announcement, CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, GroupKind, GroupRef,
+    MovingVm, PlacementRequest, PlacementResponse, PolicyKind, Refusal, Request, Response, Stamp,
+    StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, VmGroups,
+    WIRE_VERSION,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use support::host::free_ports;
 use support::loopback::{self, HostSpec, Loopback, loopback, vm};
-use support::raw_peer::{RawCodec, raw_swarm};
+use support::raw_peer::{RawCodec, raw_swarm, raw_swarm_on};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(5);
@@ -67,13 +69,16 @@ fn daemon(
                         assert_eq!(ack, TokenAck::Accepted);
                     }
                 }
-                InboundEvent::Capacity { reply, .. } => reply.send(CapacityResponse {
-                    free_slots: i as u32,
-                    free_memory_mib: 1024 * i as u64,
-                    cpu_load: 0.1,
-                    maintenance: false,
-                    incoming_migrations: 0,
-                    accepts: true,
+                InboundEvent::Capacity { reply, .. } => reply.send(PlacementResponse {
+                    capacity: CapacityResponse {
+                        free_slots: i as u32,
+                        free_memory_mib: 1024 * i as u64,
+                        cpu_load: 0.1,
+                        maintenance: false,
+                        incoming_migrations: 0,
+                        accepts: true,
+                    },
+                    refused_by_rule: None,
                 }),
                 InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
                     token: Default::default(),
@@ -154,10 +159,10 @@ async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
     // Capacity and statistics of every other host, concurrently.
     let others: Vec<HostId> = (1..N as u32).map(HostId).collect();
     let caps = peers[0]
-        .query_capacities(&others, CapacityRequest { memory_mib: 512 }, T)
+        .query_capacities(&others, PlacementRequest::room(512), T)
         .await;
     for (h, c) in &caps {
-        assert_eq!(c.as_ref().unwrap().free_slots, h.0);
+        assert_eq!(c.as_ref().unwrap().capacity.free_slots, h.0);
     }
     let stats = peers[3]
         .query_all_stats(StatsRequest { epoch: 1, round: 0 }, T)
@@ -209,6 +214,36 @@ async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
         peers[0].locate(&[moving], verify).await.found[&moving],
         HostId(5)
     );
+    // Groups VMs' metadata names travel on /scored/announce/2 and every other host keeps them.
+    let replica = vm(4, 1);
+    peers[4].directory().set_local_groups(vec![VmGroups {
+        vm: replica,
+        groups: vec!["db".into()],
+    }]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        // Republished until heard, as the daemon does every 30 s (the /2 mesh forms by itself).
+        let _ = peers[4].announce_inventory().await;
+        let heard: Vec<bool> = peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 4)
+            .map(|(_, p)| {
+                p.directory()
+                    .group_members(&["db"], std::time::Instant::now())
+                    .iter()
+                    .any(|m| m.vm == replica && m.host == HostId(4))
+            })
+            .collect();
+        if heard.iter().all(|h| *h) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "groups announcement not heard everywhere: {heard:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Every request above was served and counted.
     assert!(peers[1].metrics().served_count(TOKEN_PROTOCOL) >= 2);
     for d in daemons {
@@ -248,7 +283,7 @@ async fn an_outsider_is_refused_before_anything_is_served() {
             .await
             .unwrap();
     let e = outsider
-        .query_capacity(HostId(0), CapacityRequest { memory_mib: 1 }, T)
+        .query_capacity(HostId(0), PlacementRequest::room(1), T)
         .await
         .unwrap_err();
     // Usually "connection closed" or "dial failed", depending on timing; never an answer.
@@ -331,13 +366,16 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
         while let Some(e) = inbound.recv().await {
             if let InboundEvent::Capacity { reply, .. } = e {
                 asked += 1;
-                reply.send(CapacityResponse {
-                    free_slots: 1,
-                    free_memory_mib: 1024,
-                    cpu_load: 0.0,
-                    maintenance: false,
-                    incoming_migrations: 0,
-                    accepts: true,
+                reply.send(PlacementResponse {
+                    capacity: CapacityResponse {
+                        free_slots: 1,
+                        free_memory_mib: 1024,
+                        cpu_load: 0.0,
+                        maintenance: false,
+                        incoming_migrations: 0,
+                        accepts: true,
+                    },
+                    refused_by_rule: None,
                 });
             }
             if asked == 2 {
@@ -346,9 +384,9 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
         }
         panic!("node stopped");
     });
-    let ask = || asker.query_capacity(HostId(0), CapacityRequest { memory_mib: 1 }, T);
-    assert!(ask().await.unwrap().accepts);
-    assert!(ask().await.unwrap().accepts);
+    let ask = || asker.query_capacity(HostId(0), PlacementRequest::room(1), T);
+    assert!(ask().await.unwrap().capacity.accepts);
+    assert!(ask().await.unwrap().capacity.accepts);
     let e = ask().await.unwrap_err();
     match &e {
         PeerError::Refused {
@@ -488,4 +526,104 @@ async fn garbage_frames_are_refused_and_the_sender_disconnected() {
     let ack: Response<TokenAck> = scored_proto::decode(&response).unwrap();
     assert_eq!(ack, Response::Ok(TokenAck::Accepted));
     assert_eq!(answer.await.unwrap().slots[0].vm, vm(1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
+    let l = loopback(2);
+    let (node, mut inbound) = start(&l, 0).await;
+    // h1 runs the previous release: it speaks /scored/capacity/1 only.
+    let mut old = raw_swarm_on(&l.keys[1], RawCodec::default(), T, CAPACITY_PROTOCOL);
+    let port = l.topology.host(HostId(1)).p2p_port;
+    old.listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+        .unwrap();
+    // The new node's daemon refuses whatever it is asked by a rule.
+    let daemon = tokio::spawn(async move {
+        while let Some(ev) = inbound.recv().await {
+            if let InboundEvent::Capacity { request, reply, .. } = ev {
+                // An old peer's request names no VM.
+                assert_eq!(request, PlacementRequest::room(512));
+                reply.send(PlacementResponse {
+                    capacity: capacity(false),
+                    refused_by_rule: Some("anti-affinity group db, scope host: h0 runs x".into()),
+                });
+                return;
+            }
+        }
+    });
+    let v1 = scored_proto::encode(&Request {
+        topology: node.fingerprint(),
+        body: CapacityRequest { memory_mib: 512 },
+    })
+    .unwrap();
+    old.behaviour_mut().send_request_with_addresses(
+        &node.peer_id(),
+        v1,
+        vec![node.listen_addrs()[0].clone()],
+    );
+    // The new node asks the old peer about a VM of a group; the old peer reads what it always
+    // read, and accepts.
+    let moving = PlacementRequest {
+        memory_mib: 256,
+        moving: Some(MovingVm {
+            vm: vm(0, 1),
+            groups: vec![GroupRef {
+                name: "db".into(),
+                kind: GroupKind::AntiAffinity,
+                scope: 0,
+            }],
+        }),
+    };
+    let asker = node.clone();
+    let ask = tokio::spawn(async move { asker.query_capacity(HostId(1), moving, T).await });
+    let (mut answered, mut asked) = (None, false);
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while answered.is_none() || !asked {
+            match old.select_next_some().await {
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    message: rr::Message::Response { response, .. },
+                    ..
+                }) => answered = Some(response),
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    message:
+                        rr::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                }) => {
+                    let r = scored_proto::decode::<Request<CapacityRequest>>(&request).unwrap();
+                    assert_eq!(r.body.memory_mib, 256);
+                    let answer = scored_proto::encode(&Response::Ok(capacity(true))).unwrap();
+                    old.behaviour_mut().send_response(channel, answer).unwrap();
+                    asked = true;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the old peer was not asked or not answered");
+    // The old peer reads a v1 answer: no room, which is what it makes of the refusal.
+    let answer = scored_proto::decode::<Response<CapacityResponse>>(&answered.unwrap()).unwrap();
+    assert_eq!(answer, Response::Ok(capacity(false)));
+    let theirs = ask.await.unwrap().unwrap();
+    assert_eq!(
+        theirs,
+        PlacementResponse {
+            capacity: capacity(true),
+            refused_by_rule: None
+        }
+    );
+    daemon.await.unwrap();
+}
+
+fn capacity(accepts: bool) -> CapacityResponse {
+    CapacityResponse {
+        free_slots: 1,
+        free_memory_mib: 1024,
+        cpu_load: 0.0,
+        maintenance: false,
+        incoming_migrations: 0,
+        accepts,
+    }
 }

@@ -6,7 +6,10 @@
 
 use crate::compact::Malformed;
 
-/// The wire format version this build speaks. Bumped with the protocol ids' major version.
+/// The wire format version of the messages of the first protocol ids (`/scored/<name>/1`).
+/// A message of a later protocol id (`/scored/capacity/2`, …) carries that id's major number
+/// in its frame instead ([`WireMessage::VERSION`]), so each message has exactly one layout per
+/// version byte, and a daemon that speaks both versions of a protocol reads each by its own.
 pub const WIRE_VERSION: u8 = 1;
 
 /// Bytes of the length prefix.
@@ -18,6 +21,8 @@ pub trait WireMessage: Sized {
     const NAME: &'static str;
     /// The largest frame, length prefix included, that this message may take on the wire.
     const MAX_FRAME: usize;
+    /// The version byte its frames carry: the major number of the protocol id it travels on.
+    const VERSION: u8 = WIRE_VERSION;
 
     /// Appends the body (without version byte) to `out`.
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError>;
@@ -94,7 +99,7 @@ impl DecodeError {
 pub fn encode<M: WireMessage>(m: &M) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&[0; LENGTH_PREFIX]);
-    out.push(WIRE_VERSION);
+    out.push(M::VERSION);
     m.encode_body(&mut out)?;
     if out.len() > M::MAX_FRAME {
         return Err(EncodeError::TooLarge {
@@ -131,11 +136,11 @@ pub fn decode_payload<M: WireMessage>(payload: &[u8]) -> Result<M, DecodeError> 
     let Some((&version, body)) = payload.split_first() else {
         return Err(DecodeError::Empty { message: M::NAME });
     };
-    if version != WIRE_VERSION {
+    if version != M::VERSION {
         return Err(DecodeError::Version {
             message: M::NAME,
             got: version,
-            supported: WIRE_VERSION,
+            supported: M::VERSION,
         });
     }
     M::decode_body(body)

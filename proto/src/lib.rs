@@ -8,10 +8,12 @@
 pub mod codec;
 mod compact;
 pub mod message;
+pub mod placement;
 
 pub use codec::{DecodeError, EncodeError, WIRE_VERSION, WireMessage, decode, encode};
 pub use compact::MAX_SLOT_LEVEL;
 pub use message::*;
+pub use placement::*;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -233,7 +233,7 @@ pub enum Announcement {
     },
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_HOST_NAME {
         return Err(format!(
             "{field}: host name of {} bytes (must be 1..={MAX_HOST_NAME})",
@@ -251,7 +251,7 @@ fn check_name(field: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_reason(reason: &str) -> Result<(), String> {
+pub(crate) fn check_reason(reason: &str) -> Result<(), String> {
     if reason.len() > MAX_REASON {
         return Err(format!(
             "reason of {} bytes exceeds {MAX_REASON}",
@@ -470,6 +470,7 @@ impl WireMessage for Token {
 impl<T: WireMessage> WireMessage for Request<T> {
     const NAME: &'static str = T::NAME;
     const MAX_FRAME: usize = T::MAX_FRAME + ENVELOPE;
+    const VERSION: u8 = T::VERSION;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         put(Self::NAME, &self.topology, out)?;
@@ -492,6 +493,7 @@ impl<T: WireMessage> WireMessage for Response<T> {
     } else {
         SMALL_FRAME + ENVELOPE
     };
+    const VERSION: u8 = T::VERSION;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {

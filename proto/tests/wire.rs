@@ -293,6 +293,9 @@ fn decode_all(bytes: &[u8]) {
     one::<Request<StatsRequest>>(bytes);
     one::<Response<StatsResponse>>(bytes);
     one::<Announcement>(bytes);
+    one::<Request<PlacementRequest>>(bytes);
+    one::<Response<PlacementResponse>>(bytes);
+    one::<GroupsAnnounce>(bytes);
 }
 
 proptest! {

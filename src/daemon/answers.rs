@@ -11,19 +11,22 @@ use crate::decide::Decider;
 use crate::p2p::{Peers, Responder};
 use crate::topology::HostId;
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, Stamp, StatsRequest, StatsResponse, VmBenefit,
-    VmId,
+    Announcement, CapacityResponse, PlacementRequest, PlacementResponse, Stamp, StatsRequest,
+    StatsResponse, VmBenefit, VmId,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl<P: Peers> Daemon<P> {
     /// Capacity answer: what the hypervisor reports, less the topology's reserve, and whether this
-    /// host accepts a VM of the requested size at all (maintenance, room).
+    /// host accepts a VM of the requested size at all (maintenance, room). A request that names
+    /// the VM is judged by the placement rules here too, with what this host knows best; an
+    /// accepted one holds room for the VM (`group_members`).
     pub async fn answer_capacity(
         self: Arc<Self>,
-        req: CapacityRequest,
-        reply: Responder<CapacityResponse>,
+        from: HostId,
+        req: PlacementRequest,
+        reply: Responder<PlacementResponse>,
     ) {
         let within = self.config().hypervisor.call_timeout();
         let cap = match self.hv.call("capacity", within, |hv| hv.capacity()).await {
@@ -44,7 +47,7 @@ impl<P: Peers> Daemon<P> {
             .saturating_sub(cap.running_vms)
             .saturating_sub(incoming);
         let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
-        reply.send(CapacityResponse {
+        let mut capacity = CapacityResponse {
             free_slots,
             free_memory_mib,
             cpu_load: cap.cpu_load,
@@ -54,6 +57,23 @@ impl<P: Peers> Daemon<P> {
                 && incoming < max_incoming
                 && free_slots > 0
                 && free_memory_mib >= req.memory_mib,
+        };
+        let mut refused_by_rule = None;
+        if let Some(moving) = &req.moving {
+            // Held until the VM arrives or is seen elsewhere, at most as long as the asker's
+            // migration may take after its decision.
+            let config = self.config();
+            let hold =
+                Duration::from_secs(config.migration.timeout_s) + config.token.handoff_timeout();
+            if let Err(sentence) = self.recheck(from, moving, capacity.accepts, hold) {
+                tracing::info!(vm = %moving.vm, from = %self.host_name(from), rule = %sentence, "capacity request refused by a placement rule");
+                capacity.accepts = false;
+                refused_by_rule = Some(truncate(sentence, scored_proto::MAX_REASON));
+            }
+        }
+        reply.send(PlacementResponse {
+            capacity,
+            refused_by_rule,
         });
     }
 
@@ -135,4 +155,17 @@ impl<P: Peers> Daemon<P> {
             Announcement::Inventory { .. } => {}
         }
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary (a refusal's sentence is bounded on
+/// the wire; group names are at most 64 bytes, so this only matters for a rule of many words).
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }

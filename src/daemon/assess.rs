@@ -13,7 +13,7 @@ use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
 use crate::hypervisor::{Capacity, Vm};
 use crate::p2p::{LocateOptions, PeerError, Peers};
 use crate::topology::HostId;
-use scored_proto::{CapacityRequest, CapacityResponse, VmId};
+use scored_proto::{PlacementRequest, PlacementResponse, VmId};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -181,8 +181,11 @@ impl<P: Peers> Daemon<P> {
         };
         let mut decider = Decider::new(&self.topo);
         let mut search = decider.search(&subject, &gates);
-        let req = CapacityRequest {
+        // The request names the VM, so each destination judges it by the rules with what it
+        // knows better and holds room for it; a recommendation moves nothing and holds none.
+        let req = PlacementRequest {
             memory_mib: vm.memory_mib,
+            moving: (!config.decision.dry_run).then(|| self.moving_vm(&self.placement_rules(), vm)),
         };
         let timeout = config.token.handoff_timeout();
         let max = config.decision.max_candidates as usize;
@@ -190,7 +193,10 @@ impl<P: Peers> Daemon<P> {
         // order, so the result is the same as asking one by one, in one round trip instead of
         // several. Hosts that join later (rack alternates) are asked when the search needs them.
         let first: Vec<HostId> = search.queue().iter().take(max).map(|c| c.host).collect();
-        let mut answers = self.peers.query_capacities(&first, req, timeout).await;
+        let mut answers = self
+            .peers
+            .query_capacities(&first, req.clone(), timeout)
+            .await;
         // Hosts whose answer timed out are asked once more, together, as a hand-off is retried:
         // on a loaded machine one request can go unanswered for the whole timeout and the next
         // pass at once, and a missed best move costs a round or more. At most one more timeout;
@@ -206,12 +212,18 @@ impl<P: Peers> Daemon<P> {
                 "capacity requests timed out; asking once more"
             );
             answers.retain(|(_, r)| !matches!(r, Err(PeerError::Timeout { .. })));
-            answers.extend(self.peers.query_capacities(&timed_out, req, timeout).await);
+            answers.extend(
+                self.peers
+                    .query_capacities(&timed_out, req.clone(), timeout)
+                    .await,
+            );
         }
-        let mut known: HashMap<HostId, Option<Capacity>> = answers
+        let mut known: HashMap<HostId, Result<Option<Capacity>, String>> = answers
             .into_iter()
             .map(|(h, r)| (h, self.capacity_answer(h, r)))
             .collect();
+        // The sentence of each destination that refused the VM by a rule of its own.
+        let mut refusals: HashMap<HostId, String> = HashMap::new();
         let mut asked = 0;
         while let Some(h) = search.next_query() {
             if asked >= max {
@@ -221,18 +233,31 @@ impl<P: Peers> Daemon<P> {
             let cap = match known.remove(&h) {
                 Some(c) => c,
                 None => {
-                    let r = self.peers.query_capacity(h, req, timeout).await;
+                    let r = self.peers.query_capacity(h, req.clone(), timeout).await;
                     self.capacity_answer(h, r)
                 }
             };
-            search.answer(h, cap.as_ref());
+            match cap {
+                Ok(cap) => search.answer(h, cap.as_ref()),
+                Err(rule) => {
+                    search.refused_by_rule(h);
+                    refusals.insert(h, rule);
+                }
+            }
         }
         let d = search.finish();
         let outcome = TurnOutcome::of(&d.outcome, config.decision.dry_run);
-        let detail = format!(
+        let mut detail = format!(
             "asked {} host(s): {} full, {} no answer; {} excluded as a recent host",
             d.queries, d.full, d.unreachable, d.returning
         );
+        if let Some(rule) = d.destination_refusal.and_then(|h| refusals.get(&h)) {
+            let h = d
+                .destination_refusal
+                .map(|h| self.host_name(h))
+                .unwrap_or_default();
+            detail.push_str(&format!("; {h} refused: {rule}"));
+        }
         Assessment {
             outcome,
             decision: Some(d),
@@ -241,16 +266,22 @@ impl<P: Peers> Daemon<P> {
         }
     }
 
+    /// A capacity answer as the search takes it: the room (`None`: no answer), or the rule the
+    /// destination refused the VM by.
     fn capacity_answer(
         &self,
         h: HostId,
-        r: Result<CapacityResponse, PeerError>,
-    ) -> Option<Capacity> {
+        r: Result<PlacementResponse, PeerError>,
+    ) -> Result<Option<Capacity>, String> {
         match r {
-            Ok(r) => Some(capacity_of(self.topo.host(h), &r)),
+            Ok(PlacementResponse {
+                refused_by_rule: Some(rule),
+                ..
+            }) => Err(rule),
+            Ok(r) => Ok(Some(capacity_of(self.topo.host(h), &r.capacity))),
             Err(e) => {
                 tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
-                None
+                Ok(None)
             }
         }
     }
@@ -280,13 +311,15 @@ impl<P: Peers> Daemon<P> {
             })
             .collect();
         hosts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let req = CapacityRequest {
+        // Named, so a destination the rules refuse says no: draining never breaks a rule.
+        let req = PlacementRequest {
             memory_mib: vm.memory_mib,
+            moving: Some(self.moving_vm(&self.placement_rules(), vm)),
         };
         let timeout = self.config().token.handoff_timeout();
         for (_, _, h) in hosts {
-            if let Ok(r) = self.peers.query_capacity(h, req, timeout).await
-                && r.accepts
+            if let Ok(r) = self.peers.query_capacity(h, req.clone(), timeout).await
+                && r.capacity.accepts
             {
                 return Some(h);
             }
@@ -315,7 +348,7 @@ impl<P: Peers> Daemon<P> {
 
 /// A capacity answer as the decision reads it: a host that does not accept (maintenance,
 /// or too little room) reads as full.
-fn capacity_of(host: &crate::topology::Host, r: &CapacityResponse) -> Capacity {
+fn capacity_of(host: &crate::topology::Host, r: &scored_proto::CapacityResponse) -> Capacity {
     let running = if r.accepts {
         host.max_vms
             .saturating_sub(r.free_slots)

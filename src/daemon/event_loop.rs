@@ -72,9 +72,13 @@ impl<P: Peers> Daemon<P> {
     fn on_inbound(self: &Arc<Self>, ev: InboundEvent) {
         match ev {
             InboundEvent::Token { from, token, reply } => self.on_token(from, token, reply),
-            InboundEvent::Capacity { request, reply, .. } => {
+            InboundEvent::Capacity {
+                from,
+                request,
+                reply,
+            } => {
                 self.tasks
-                    .spawn(self.clone().answer_capacity(request, reply));
+                    .spawn(self.clone().answer_capacity(from, request, reply));
             }
             InboundEvent::Stats { request, reply, .. } => {
                 self.tasks.spawn(self.clone().answer_stats(request, reply));

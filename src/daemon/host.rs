@@ -54,6 +54,8 @@ pub struct Daemon<P: Peers> {
     pub(super) settling: tokio::sync::Mutex<()>,
     /// The inventory last announced and the zombies last reported (`zombies`).
     pub(super) zombie_watch: Mutex<super::zombies::ZombieWatch>,
+    /// The placement rules in force; the destination's re-check (`group_members`).
+    pub(super) placement: super::group_members::Placement,
 }
 
 /// What a [`Daemon`] is built from.
@@ -142,6 +144,7 @@ impl<P: Peers> Daemon<P> {
             command_queue: Mutex::new(Some(rx)),
             settling: tokio::sync::Mutex::new(()),
             zombie_watch: Mutex::default(),
+            placement: Default::default(),
         }
     }
 

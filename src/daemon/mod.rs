@@ -4,7 +4,8 @@
 //!
 //! Rooms, each owning its state (docs/architecture.md, "The daemon's turn"): `host` (the daemon
 //! and its parts), `hypervisor_calls`, `inventory`, `ledger` (journal, settlement, history),
-//! `answers` (to peers), `token_watch` and `regeneration` (token loss), `turn_loop` (drives the
+//! `answers` (to peers), `group_members` (what is known of placement groups; the destination's
+//! re-check), `token_watch` and `regeneration` (token loss), `turn_loop` (drives the
 //! token's walk, the pure machine in `token::walk`), `vm_turn` and `assess` (one VM),
 //! `migration`, `operator`, `records`, `commands` and `control` (the control socket), `tasks`
 //! (the owner of every task), `event_loop` and `run` (wiring).
@@ -14,6 +15,7 @@ mod assess;
 pub mod commands;
 pub mod control;
 pub mod event_loop;
+mod group_members;
 pub mod history;
 pub mod host;
 mod hypervisor_calls;

@@ -389,3 +389,41 @@ fn a_rack_a_rule_refuses_sends_the_search_to_the_racks_beside_it() {
     ));
     assert_eq!(dec.by_rule, 2, "host 9 and its rack-mate 8");
 }
+
+#[test]
+fn a_destination_that_refuses_by_rule_is_a_rule_refusal_and_sends_the_search_on() {
+    let topo = fat_tree();
+    let mut d = Decider::new(&topo);
+    // u (host 0) talks to a partner on host 9 and, a little, to one on host 10.
+    let partners = [p(9, 100.0), p(10, 1.0)];
+    let gates = Gates::thesis(0.0);
+    let s = subject(&partners);
+    let mut search = d.search(&s, &gates);
+    assert_eq!(search.next_query(), Some(HostId(9)));
+    // Host 9 knows better than u's host: a replica arrived there meanwhile.
+    search.refused_by_rule(HostId(9));
+    // Its rack-mate is asked next, as for a full host; it has room.
+    assert_eq!(search.next_query(), Some(HostId(8)));
+    search.answer(HostId(8), cap(0).as_ref());
+    let dec = search.finish();
+    assert_eq!(dec.migrates_to(), Some(HostId(8)));
+    assert_eq!((dec.by_rule, dec.full, dec.queries), (1, 0, 2));
+    assert_eq!(dec.destination_refusal, Some(HostId(9)));
+    // Every candidate refuses: the VM stays, excluded by a rule, not for want of room.
+    let gates = Gates {
+        rack_alternates: 0,
+        ..Gates::thesis(0.0)
+    };
+    let mut search = d.search(&s, &gates);
+    while let Some(h) = search.next_query() {
+        search.refused_by_rule(h);
+    }
+    let dec = search.finish();
+    assert_eq!(dec.outcome, Outcome::Excluded);
+    assert_eq!(dec.full + dec.unreachable, 0);
+    assert_eq!(
+        dec.destination_refusal,
+        Some(HostId(9)),
+        "the best candidate's refusal is the one named"
+    );
+}

@@ -9,8 +9,8 @@ use super::{
 };
 use crate::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, LocationResponse, Response, StatsRequest,
-    StatsResponse, Token, TokenAck, VmId, WireMessage,
+    Announcement, GroupsAnnounce, LocationResponse, PlacementRequest, PlacementResponse, Response,
+    StatsRequest, StatsResponse, Token, TokenAck, VmId, WireMessage,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -203,11 +203,11 @@ impl Peers for DirectPeers {
     async fn query_capacity(
         &self,
         host: HostId,
-        request: CapacityRequest,
+        request: PlacementRequest,
         timeout: Duration,
-    ) -> Result<CapacityResponse, PeerError> {
+    ) -> Result<PlacementResponse, PeerError> {
         let from = self.me;
-        self.ask(host, CapacityRequest::NAME, timeout, |reply| {
+        self.ask(host, PlacementRequest::NAME, timeout, |reply| {
             InboundEvent::Capacity {
                 from,
                 request,
@@ -257,6 +257,28 @@ impl Peers for DirectPeers {
                 from: self.me,
                 announcement: announcement.clone(),
             });
+        }
+        Ok(())
+    }
+
+    async fn publish_groups(&self, groups: GroupsAnnounce) -> Result<(), PeerError> {
+        let targets: Vec<Arc<Directory>> = {
+            let hosts = self.network.lock();
+            if !hosts.get(&self.me).is_some_and(|n| n.reachable) {
+                return Err(PeerError::Announce(AnnounceError::OffNetwork));
+            }
+            hosts
+                .iter()
+                .filter(|(h, n)| **h != self.me && n.reachable)
+                .map(|(_, n)| n.directory.clone())
+                .collect()
+        };
+        let now = std::time::Instant::now();
+        for directory in targets {
+            // The same check a libp2p receiver makes on the signed author.
+            directory
+                .apply_groups(self.me, &groups, now)
+                .map_err(|e| PeerError::Announce(e.into()))?;
         }
         Ok(())
     }
@@ -515,13 +537,16 @@ mod tests {
                     while let Some(e) = d.recv().await {
                         match e {
                             InboundEvent::Capacity { reply, request, .. } => {
-                                reply.send(CapacityResponse {
-                                    free_slots: i as u32 + 1,
-                                    free_memory_mib: 1000,
-                                    cpu_load: 0.5,
-                                    maintenance: i == 1,
-                                    incoming_migrations: 0,
-                                    accepts: request.memory_mib <= 1000,
+                                reply.send(PlacementResponse {
+                                    capacity: scored_proto::CapacityResponse {
+                                        free_slots: i as u32 + 1,
+                                        free_memory_mib: 1000,
+                                        cpu_load: 0.5,
+                                        maintenance: i == 1,
+                                        incoming_migrations: 0,
+                                        accepts: request.memory_mib <= 1000,
+                                    },
+                                    refused_by_rule: None,
                                 })
                             }
                             InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
@@ -539,14 +564,14 @@ mod tests {
             .collect();
         let hosts = [HostId(3), HostId(1), HostId(2)];
         let caps = c.peers[0]
-            .query_capacities(&hosts, CapacityRequest { memory_mib: 512 }, T)
+            .query_capacities(&hosts, PlacementRequest::room(512), T)
             .await;
         let slots: Vec<(HostId, u32)> = caps
             .iter()
-            .map(|(h, r)| (*h, r.as_ref().unwrap().free_slots))
+            .map(|(h, r)| (*h, r.as_ref().unwrap().capacity.free_slots))
             .collect();
         assert_eq!(slots, vec![(HostId(3), 3), (HostId(1), 1), (HostId(2), 2)]);
-        assert!(caps[2].1.as_ref().unwrap().maintenance);
+        assert!(caps[2].1.as_ref().unwrap().capacity.maintenance);
         let stats = c.peers[0]
             .query_all_stats(StatsRequest { epoch: 1, round: 1 }, T)
             .await;

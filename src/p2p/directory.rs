@@ -15,6 +15,7 @@
 
 mod cache;
 mod clock;
+mod groups;
 mod locate;
 
 use super::zombies::Zombies;
@@ -22,6 +23,7 @@ use crate::topology::{HostId, Topology};
 use cache::{Cache, Entry, Source};
 pub use clock::DEFAULT_STAMP_SKEW;
 use clock::TokenClock;
+pub use groups::{GROUPS_FRESH, GroupMember, Known, Reservation};
 pub use locate::{LocateOptions, Locations, locate};
 use scored_proto::{Announcement, Located, LocationResponse, Moved, Stamp, VmId};
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +42,8 @@ struct State {
     /// this host's slots.
     expected: HashMap<VmId, (HostId, Stamp)>,
     clock: TokenClock,
+    /// Metadata groups: this host's, its peers', and the room it holds for VMs on their way.
+    groups: groups::Groups,
 }
 
 /// A VM that appeared on this host after its former host said it would: this host announces it.
@@ -148,6 +152,7 @@ impl Directory {
             cache: Cache::new(&topology),
             expected: HashMap::new(),
             clock: TokenClock::new(DEFAULT_STAMP_SKEW),
+            groups: groups::Groups::default(),
         };
         Directory {
             zombies: Zombies::new(topology.clone(), me),
@@ -201,12 +206,15 @@ impl Directory {
             departed,
             cache,
             expected,
+            groups,
             ..
         } = &mut *s;
         for vm in local.keys() {
             departed.remove(vm);
             cache.remove(*vm);
             expected.remove(vm);
+            // Arrived: its groups are now this host's own, read from the hypervisor.
+            groups.release(*vm);
         }
     }
 
@@ -249,6 +257,7 @@ impl Directory {
         s.departed.remove(&vm);
         s.cache.remove(vm);
         s.expected.remove(&vm);
+        s.groups.release(vm);
     }
 
     /// `vm` left this host for `to` under token `at`.
@@ -426,6 +435,10 @@ impl Directory {
                 let to = host(&m.to)?;
                 if let Some(e) = future(&s, m.vm, m.at) {
                     return Err(e);
+                }
+                if to != self.me {
+                    // It went elsewhere: the room held for it here is free again.
+                    s.groups.release(m.vm);
                 }
                 if author == to {
                     // The one attributable claim: the host now running the VM says so.

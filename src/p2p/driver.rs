@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) enum Command {
     Request(PeerId, RpcRequest, Reply),
     Publish(Vec<u8>, oneshot::Sender<Result<(), AnnounceError>>),
+    /// A groups announcement, on `/scored/announce/2`.
+    PublishGroups(Vec<u8>, oneshot::Sender<Result<(), AnnounceError>>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     GossipMesh(oneshot::Sender<usize>),
 }
@@ -150,6 +152,9 @@ impl Driver {
             }
             Command::Publish(data, tx) => {
                 let _ = tx.send(self.gossip.publish(&mut b.gossip, data));
+            }
+            Command::PublishGroups(data, tx) => {
+                let _ = tx.send(self.gossip.publish_groups(&mut b.gossip, data));
             }
             Command::Connected(tx) => {
                 let _ = tx.send(self.swarm.connected_peers().copied().collect());

@@ -17,7 +17,7 @@ use crate::topology::{HostId, Topology};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Swarm};
-use scored_proto::{ANNOUNCE_TOPIC, Announcement};
+use scored_proto::{ANNOUNCE_TOPIC, ANNOUNCE_TOPIC_V2, Announcement, GroupsAnnounce};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -29,6 +29,9 @@ pub(crate) struct Gossip {
     directory: Arc<Directory>,
     inbound: mpsc::Sender<InboundEvent>,
     topic: IdentTopic,
+    /// `/scored/announce/2`: the groups VMs' metadata names (hosts of an older release do not
+    /// subscribe, and so never receive what they could not read).
+    topic_v2: IdentTopic,
     fingers: Vec<PeerId>,
     metrics: P2pMetrics,
     /// (author, reason) pairs already logged: a rejected announcement is counted every time
@@ -54,6 +57,7 @@ impl Gossip {
             directory,
             inbound,
             topic: IdentTopic::new(ANNOUNCE_TOPIC),
+            topic_v2: IdentTopic::new(ANNOUNCE_TOPIC_V2),
             fingers,
             metrics,
             logged: HashSet::new(),
@@ -64,7 +68,8 @@ impl Gossip {
         &self,
         gossip: &mut gossipsub::Behaviour,
     ) -> Result<(), gossipsub::SubscriptionError> {
-        gossip.subscribe(&self.topic).map(|_| ())
+        gossip.subscribe(&self.topic)?;
+        gossip.subscribe(&self.topic_v2).map(|_| ())
     }
 
     /// Dials the fingers that have no connection now.
@@ -88,7 +93,24 @@ impl Gossip {
         gossip: &mut gossipsub::Behaviour,
         data: Vec<u8>,
     ) -> Result<(), AnnounceError> {
-        match gossip.publish(self.topic.clone(), data) {
+        Self::publish_on(gossip, &self.topic, data)
+    }
+
+    /// Publishes an encoded groups announcement (`/scored/announce/2`).
+    pub(crate) fn publish_groups(
+        &self,
+        gossip: &mut gossipsub::Behaviour,
+        data: Vec<u8>,
+    ) -> Result<(), AnnounceError> {
+        Self::publish_on(gossip, &self.topic_v2, data)
+    }
+
+    fn publish_on(
+        gossip: &mut gossipsub::Behaviour,
+        topic: &IdentTopic,
+        data: Vec<u8>,
+    ) -> Result<(), AnnounceError> {
+        match gossip.publish(topic.clone(), data) {
             Ok(_) => Ok(()),
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                 Err(AnnounceError::NoSubscribers)
@@ -108,6 +130,17 @@ impl Gossip {
             }
             Err(e) => tracing::warn!(error = %e, "inventory too large to announce"),
         }
+        let Some(groups) = self.directory.local_groups_announcement() else {
+            return;
+        };
+        match scored_proto::encode(&groups) {
+            Ok(data) => {
+                if let Err(e) = self.publish_groups(gossip, data) {
+                    tracing::debug!(error = %e, "groups not published");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "groups too large to announce"),
+        }
     }
 
     /// Peers in this host's mesh for the announcement topic.
@@ -123,7 +156,11 @@ impl Gossip {
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) -> MessageAcceptance {
-        let verdict = self.judge(message.source, &message.data);
+        let verdict = if message.topic == self.topic_v2.hash() {
+            self.judge_groups(message.source, &message.data)
+        } else {
+            self.judge(message.source, &message.data)
+        };
         gossip.report_message_validation_result(&message_id, &propagation_source, verdict);
         verdict
     }
@@ -163,6 +200,37 @@ impl Gossip {
                     tracing::debug!(author = %name, "daemon queue full: announcement applied, event dropped");
                 }
                 MessageAcceptance::Accept
+            }
+        }
+    }
+
+    /// Checks and applies a groups announcement (the daemon reads groups from the directory when
+    /// it needs them: no event).
+    fn judge_groups(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        let Some(author) = source
+            .and_then(|p| self.topology.host_by_peer(&p))
+            .map(|h| h.id)
+        else {
+            return MessageAcceptance::Reject;
+        };
+        let groups = match scored_proto::decode::<GroupsAnnounce>(data) {
+            Ok(g) => g,
+            Err(e) => {
+                self.rejected(author, UNDECODABLE, &e);
+                return MessageAcceptance::Reject;
+            }
+        };
+        if author == self.me {
+            return MessageAcceptance::Ignore;
+        }
+        match self
+            .directory
+            .apply_groups(author, &groups, std::time::Instant::now())
+        {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(e) => {
+                self.rejected(author, e.reason(), &e);
+                MessageAcceptance::Reject
             }
         }
     }

@@ -21,7 +21,9 @@ mod service;
 pub mod zombies;
 
 pub use direct::{DirectNetwork, DirectPeers};
-pub use directory::{AnnouncementRejected, Directory, LocateOptions, Locations};
+pub use directory::{
+    AnnouncementRejected, Directory, GroupMember, Known, LocateOptions, Locations, Reservation,
+};
 pub use limits::TransportLimits;
 pub use metrics::P2pMetrics;
 pub use rpc::{Quota, RateLimits, RequestFailure};
@@ -31,9 +33,9 @@ pub use zombies::{Zombie, Zombies};
 use crate::topology::{HostId, Topology};
 use futures::{FutureExt, StreamExt};
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, EncodeError, LocationResponse,
-    MigrationAnnounce, Refusal, Response, Stamp, StatsRequest, StatsResponse, Token, TokenAck,
-    TopologyFingerprint, VmId,
+    Announcement, EncodeError, GroupsAnnounce, LocationResponse, MigrationAnnounce,
+    PlacementRequest, PlacementResponse, Refusal, Response, Stamp, StatsRequest, StatsResponse,
+    Token, TokenAck, TopologyFingerprint, VmId,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -171,10 +173,11 @@ pub enum InboundEvent {
         token: Token,
         reply: Responder<TokenAck>,
     },
+    /// "Could you take this VM?" (`/scored/capacity/2`; a v1 peer's request names no VM).
     Capacity {
         from: HostId,
-        request: CapacityRequest,
-        reply: Responder<CapacityResponse>,
+        request: PlacementRequest,
+        reply: Responder<PlacementResponse>,
     },
     Stats {
         from: HostId,
@@ -260,12 +263,14 @@ pub trait Peers: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<LocationResponse, PeerError>> + Send;
 
+    /// Asks `host` for room, naming the VM that would move when `request.moving` is set (the
+    /// destination then judges it by the placement rules too).
     fn query_capacity(
         &self,
         host: HostId,
-        request: CapacityRequest,
+        request: PlacementRequest,
         timeout: Duration,
-    ) -> impl Future<Output = Result<CapacityResponse, PeerError>> + Send;
+    ) -> impl Future<Output = Result<PlacementResponse, PeerError>> + Send;
 
     fn query_stats(
         &self,
@@ -281,18 +286,27 @@ pub trait Peers: Send + Sync + 'static {
         announcement: Announcement,
     ) -> impl Future<Output = Result<(), PeerError>> + Send;
 
+    /// Sends this host's metadata groups (`/scored/announce/2`) to every peer, best effort.
+    /// Does not apply it to our own directory.
+    fn publish_groups(
+        &self,
+        groups: GroupsAnnounce,
+    ) -> impl Future<Output = Result<(), PeerError>> + Send;
+
     /// Capacity of many hosts at once (at most [`MAX_CONCURRENT_QUERIES`] in flight), in the
     /// order given.
     fn query_capacities<'a>(
         &'a self,
         hosts: &'a [HostId],
-        request: CapacityRequest,
+        request: PlacementRequest,
         timeout: Duration,
-    ) -> impl Future<Output = Vec<(HostId, Result<CapacityResponse, PeerError>)>> + Send + 'a
+    ) -> impl Future<Output = Vec<(HostId, Result<PlacementResponse, PeerError>)>> + Send + 'a
     where
         Self: Sized,
     {
-        fan_out(hosts, move |h| self.query_capacity(h, request, timeout))
+        fan_out(hosts, move |h| {
+            self.query_capacity(h, request.clone(), timeout)
+        })
     }
 
     /// Statistics of every other host, for the global policy's round start. Costs one request
@@ -344,13 +358,21 @@ pub trait Peers: Send + Sync + 'static {
         self.publish(a)
     }
 
-    /// Tells every peer which VMs run here, so their caches start warm.
+    /// Tells every peer which VMs run here, so their caches start warm, and which groups their
+    /// metadata names (when any does: an empty list is not news).
     fn announce_inventory(&self) -> impl Future<Output = Result<(), PeerError>> + Send + '_
     where
         Self: Sized,
     {
-        let a = self.directory().inventory();
-        self.publish(a)
+        async move {
+            let a = self.directory().inventory();
+            let groups = self.directory().local_groups_announcement();
+            self.publish(a).await?;
+            match groups {
+                Some(g) => self.publish_groups(g).await,
+                None => Ok(()),
+            }
+        }
     }
 
     /// Every host in the topology but this one.

@@ -7,8 +7,8 @@ use super::{InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, Peers};
 use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, Stamp, StatsRequest, StatsResponse, Token,
-    TokenAck, VmBenefit, VmId,
+    Announcement, CapacityResponse, PlacementRequest, PlacementResponse, Stamp, StatsRequest,
+    StatsResponse, Token, TokenAck, VmBenefit, VmId,
 };
 use serde_json::json;
 use std::net::Ipv4Addr;
@@ -151,18 +151,22 @@ fn capacity(
     topology: &Topology,
     me: HostId,
     running: usize,
-    request: CapacityRequest,
-) -> CapacityResponse {
+    request: PlacementRequest,
+) -> PlacementResponse {
     let h = topology.host(me);
     let free_slots = h.max_vms.saturating_sub(running as u32);
     let free_memory_mib = h.memory_mib.saturating_sub(h.reserve_memory_mib);
-    CapacityResponse {
-        free_slots,
-        free_memory_mib,
-        cpu_load: 0.0,
-        maintenance: false,
-        incoming_migrations: 0,
-        accepts: free_slots > 0 && request.memory_mib <= free_memory_mib,
+    PlacementResponse {
+        capacity: CapacityResponse {
+            free_slots,
+            free_memory_mib,
+            cpu_load: 0.0,
+            maintenance: false,
+            incoming_migrations: 0,
+            accepts: free_slots > 0 && request.memory_mib <= free_memory_mib,
+        },
+        // This node knows no rules.
+        refused_by_rule: None,
     }
 }
 
@@ -231,8 +235,9 @@ async fn command(peers: &Libp2pPeers, words: &[&str], timeout: Duration) -> anyh
         }
         ["capacity", h] => {
             let c = peers
-                .query_capacity(host(h)?, CapacityRequest { memory_mib: 1024 }, timeout)
-                .await?;
+                .query_capacity(host(h)?, PlacementRequest::room(1024), timeout)
+                .await?
+                .capacity;
             emit(
                 json!({"event": "capacity", "host": h, "free_slots": c.free_slots,
                 "free_memory_mib": c.free_memory_mib, "accepts": c.accepts}),

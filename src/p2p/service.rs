@@ -19,8 +19,9 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, TransportError};
 use prometheus_client::registry::Registry;
 use scored_proto::{
-    Announcement, CapacityRequest, CapacityResponse, LocationRequest, LocationResponse, Request,
-    Response, StatsRequest, StatsResponse, Token, TokenAck, TopologyFingerprint, VmId,
+    Announcement, GroupsAnnounce, LocationRequest, LocationResponse, PlacementRequest,
+    PlacementResponse, Request, Response, StatsRequest, StatsResponse, Token, TokenAck,
+    TopologyFingerprint, VmId,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -437,9 +438,9 @@ impl Peers for Libp2pPeers {
     async fn query_capacity(
         &self,
         host: HostId,
-        request: CapacityRequest,
+        request: PlacementRequest,
         timeout: Duration,
-    ) -> Result<CapacityResponse, PeerError> {
+    ) -> Result<PlacementResponse, PeerError> {
         self.request(host, request, timeout).await
     }
 
@@ -459,6 +460,18 @@ impl Peers for Libp2pPeers {
         self.shared
             .commands
             .send(Command::Publish(data, tx))
+            .map_err(|_| PeerError::Closed)?;
+        rx.await
+            .map_err(|_| PeerError::Closed)?
+            .map_err(PeerError::Announce)
+    }
+
+    async fn publish_groups(&self, groups: GroupsAnnounce) -> Result<(), PeerError> {
+        let data = scored_proto::encode(&groups).map_err(|e| PeerError::Announce(e.into()))?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::PublishGroups(data, tx))
             .map_err(|_| PeerError::Closed)?;
         rx.await
             .map_err(|_| PeerError::Closed)?

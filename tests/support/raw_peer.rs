@@ -94,6 +94,17 @@ pub type RawSwarm = Swarm<rr::Behaviour<RawCodec>>;
 /// `request_timeout`, opens as many streams as it likes and never closes an idle connection
 /// itself: any close is the other side's doing.
 pub fn raw_swarm(key: &Keypair, codec: RawCodec, request_timeout: Duration) -> RawSwarm {
+    raw_swarm_on(key, codec, request_timeout, TOKEN_PROTOCOL)
+}
+
+/// As [`raw_swarm`], on `protocol` alone (e.g. a peer of an older release that speaks only
+/// `/scored/capacity/1`).
+pub fn raw_swarm_on(
+    key: &Keypair,
+    codec: RawCodec,
+    request_timeout: Duration,
+    protocol: &'static str,
+) -> RawSwarm {
     libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, || {
@@ -105,7 +116,7 @@ pub fn raw_swarm(key: &Keypair, codec: RawCodec, request_timeout: Duration) -> R
         .with_behaviour(|_| {
             rr::Behaviour::with_codec(
                 codec,
-                [(StreamProtocol::new(TOKEN_PROTOCOL), ProtocolSupport::Full)],
+                [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
                 rr::Config::default()
                     .with_request_timeout(request_timeout)
                     .with_max_concurrent_streams(10_000),

@@ -68,6 +68,8 @@ type Check = Box<dyn Fn(&[u8]) -> Result<bool, DecodeError>>;
 pub struct Example {
     pub name: &'static str,
     pub frame: Vec<u8>,
+    /// The version byte the frame must carry (the major number of its protocol id).
+    pub version: u8,
     /// Decodes `bytes` as this example's type and says whether it equals the example.
     pub check: Check,
 }
@@ -77,6 +79,7 @@ fn example<M: WireMessage + PartialEq + 'static>(name: &'static str, m: M) -> Ex
     Example {
         name,
         frame,
+        version: M::VERSION,
         check: Box::new(move |b| decode::<M>(b).map(|d| d == m)),
     }
 }
@@ -218,5 +221,63 @@ pub fn all() -> Vec<Example> {
                 ],
             },
         ),
+        // Version 2 (`/scored/capacity/2`, `/scored/announce/2`).
+        example("capacity2_request_room", req(PlacementRequest::room(2048))),
+        example("capacity2_request_moving", req(moving_request())),
+        example(
+            "capacity2_response_refused_by_rule",
+            Response::Ok(PlacementResponse {
+                capacity: CapacityResponse {
+                    free_slots: 3,
+                    free_memory_mib: 6144,
+                    cpu_load: 0.25,
+                    maintenance: false,
+                    incoming_migrations: 0,
+                    accepts: false,
+                },
+                refused_by_rule: Some(
+                    "anti-affinity group db-main, scope host: hv2 runs 10.0.0.2".into(),
+                ),
+            }),
+        ),
+        example(
+            "capacity2_refused_topology",
+            Response::<PlacementResponse>::Refused(Refusal::TopologyMismatch {
+                expected: 0x0102_0304_0506_0708,
+            }),
+        ),
+        example(
+            "announce2_groups",
+            GroupsAnnounce {
+                host: "hv2".into(),
+                vms: vec![VmGroups {
+                    vm: vm(10, 0, 0, 2),
+                    groups: vec!["db-main".into(), "web-rack".into()],
+                }],
+            },
+        ),
     ]
+}
+
+/// A capacity request for a VM in an anti-affinity group at host scope and an affinity group at
+/// rack scope.
+pub fn moving_request() -> PlacementRequest {
+    PlacementRequest {
+        memory_mib: 2048,
+        moving: Some(MovingVm {
+            vm: vm(10, 0, 0, 3),
+            groups: vec![
+                GroupRef {
+                    name: "db-main".into(),
+                    kind: GroupKind::AntiAffinity,
+                    scope: 0,
+                },
+                GroupRef {
+                    name: "web-rack".into(),
+                    kind: GroupKind::Affinity,
+                    scope: 1,
+                },
+            ],
+        }),
+    }
 }

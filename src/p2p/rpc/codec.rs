@@ -14,6 +14,9 @@
 //! (the first behaviour) has recorded which peer it is for. This module never answers a request.
 
 use super::budget::{BytesPermit, InboundBudget, OverBudget, RequestPermit};
+use super::capacity_v1::{
+    capacity_v1, request_from_v1, request_to_v1, response_from_v1, response_to_v1,
+};
 use super::{Exchange, Kind, RpcRequest, RpcResponse};
 use crate::p2p::metrics::P2pMetrics;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -21,8 +24,8 @@ use libp2p::PeerId;
 use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
-    CapacityRequest, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME, Request,
-    Response, StatsRequest, Token, WireMessage, encode,
+    CapacityRequest, CapacityResponse, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME,
+    PlacementRequest, Request, Response, StatsRequest, Token, WireMessage, encode,
 };
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -338,9 +341,15 @@ impl libp2p::request_response::Codec for RpcCodec {
                 let limit = self.limit::<Request<LocationRequest>>(kind);
                 read_request_of::<LocationRequest, T>(io, limit, &mut bytes).await
             }
-            Kind::Capacity => {
+            Kind::Capacity if capacity_v1(p) => {
                 let limit = self.limit::<Request<CapacityRequest>>(kind);
-                read_request_of::<CapacityRequest, T>(io, limit, &mut bytes).await
+                read_frame::<Request<CapacityRequest>, T>(io, limit, Some(&mut bytes))
+                    .await
+                    .map(request_from_v1)
+            }
+            Kind::Capacity => {
+                let limit = self.limit::<Request<PlacementRequest>>(kind);
+                read_request_of::<PlacementRequest, T>(io, limit, &mut bytes).await
             }
             Kind::Stats => {
                 let limit = self.limit::<Request<StatsRequest>>(kind);
@@ -360,8 +369,14 @@ impl libp2p::request_response::Codec for RpcCodec {
             Kind::Location => {
                 read_response_of::<LocationRequest, T>(io, RpcResponse::Location).await
             }
+            Kind::Capacity if capacity_v1(p) => {
+                let limit = <Response<CapacityResponse> as WireMessage>::MAX_FRAME;
+                read_frame::<Response<CapacityResponse>, T>(io, limit, None)
+                    .await
+                    .map(response_from_v1)
+            }
             Kind::Capacity => {
-                read_response_of::<CapacityRequest, T>(io, RpcResponse::Capacity).await
+                read_response_of::<PlacementRequest, T>(io, RpcResponse::Capacity).await
             }
             Kind::Stats => read_response_of::<StatsRequest, T>(io, RpcResponse::Stats).await,
         };
@@ -383,6 +398,7 @@ impl libp2p::request_response::Codec for RpcCodec {
         match req {
             RpcRequest::Token(r) => write_frame(io, r).await,
             RpcRequest::Location(r) => write_frame(io, r).await,
+            RpcRequest::Capacity(r) if capacity_v1(p) => write_frame(io, request_to_v1(r)).await,
             RpcRequest::Capacity(r) => write_frame(io, r).await,
             RpcRequest::Stats(r) => write_frame(io, r).await,
         }
@@ -403,6 +419,7 @@ impl libp2p::request_response::Codec for RpcCodec {
         match res {
             RpcResponse::Token(r) => write_frame(io, r).await,
             RpcResponse::Location(r) => write_frame(io, r).await,
+            RpcResponse::Capacity(r) if capacity_v1(p) => write_frame(io, response_to_v1(r)).await,
             RpcResponse::Capacity(r) => write_frame(io, r).await,
             RpcResponse::Stats(r) => write_frame(io, r).await,
         }
@@ -492,7 +509,7 @@ mod tests {
         let token = StreamProtocol::new(scored_proto::TOKEN_PROTOCOL);
         let request = RpcRequest::Capacity(Request {
             topology: 7,
-            body: CapacityRequest { memory_mib: 512 },
+            body: PlacementRequest::room(512),
         });
         let mut wire = futures::io::Cursor::new(Vec::new());
         futures::executor::block_on(codec.write_request(&capacity, &mut wire, request)).unwrap();
@@ -506,7 +523,7 @@ mod tests {
         assert_eq!(bytes, alone);
         let mut cursor = futures::io::Cursor::new(bytes.clone());
         match futures::executor::block_on(codec.read_request(&capacity, &mut cursor)).unwrap() {
-            RpcRequest::Capacity(r) => assert_eq!(r.body.memory_mib, 512),
+            RpcRequest::Capacity(r) => assert_eq!(r.body, PlacementRequest::room(512)),
             other => panic!("read as {other:?}"),
         }
         // The same bytes on the token stream are a malformed token, reported with the protocol.
@@ -519,7 +536,7 @@ mod tests {
         let mut wire = futures::io::Cursor::new(Vec::new());
         let misrouted = RpcRequest::Capacity(Request {
             topology: 7,
-            body: CapacityRequest { memory_mib: 1 },
+            body: PlacementRequest::room(1),
         });
         let e = futures::executor::block_on(codec.write_request(&token, &mut wire, misrouted))
             .unwrap_err();

@@ -40,10 +40,13 @@ impl Rpc {
         let config = rr::Config::default()
             .with_request_timeout(request_timeout)
             .with_max_concurrent_streams(2 * max_requests_per_peer);
+        // A lane offers its versions newest first; the peer takes the first it speaks.
         let lane = |kind: Kind| {
             Lane::with_codec(
                 RpcCodec::new(watch.clone()),
-                [(StreamProtocol::new(kind.protocol()), ProtocolSupport::Full)],
+                kind.protocols()
+                    .iter()
+                    .map(|p| (StreamProtocol::new(p), ProtocolSupport::Full)),
                 config.clone(),
             )
         };

@@ -4,9 +4,13 @@
 //!
 //! The protocol ids stay on the wire (`/scored/token/1`, …): the [`Kind`] of a message says which
 //! one it travels on, and the codec reads and writes the message of the protocol it is given.
+//! Capacity speaks two versions: `/scored/capacity/2` carries the moving VM and its groups, and
+//! `/scored/capacity/1` is still offered and answered, the codec converting, for a peer that
+//! has not been upgraded yet.
 //! Nothing here decides how to answer: the driver does, from the directory or through the daemon.
 
 mod budget;
+mod capacity_v1;
 mod codec;
 mod lanes;
 mod pending;
@@ -21,9 +25,9 @@ pub(crate) use rate_limit::{Limited, RateLimiter};
 pub use rate_limit::{Quota, RateLimits};
 
 use scored_proto::{
-    CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, LOCATION_PROTOCOL, LocationRequest,
-    LocationResponse, Refusal, Request, Response, STATS_PROTOCOL, StatsRequest, StatsResponse,
-    TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint, WireMessage,
+    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, LOCATION_PROTOCOL, LocationRequest, LocationResponse,
+    PlacementRequest, PlacementResponse, Refusal, Request, Response, STATS_PROTOCOL, StatsRequest,
+    StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint, WireMessage,
 };
 
 /// Which request-response protocol a message belongs to.
@@ -38,7 +42,8 @@ pub(crate) enum Kind {
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Token, Kind::Location, Kind::Capacity, Kind::Stats];
 
-    /// The protocol id this kind travels on.
+    /// The name of this kind in metric labels, logs and refusals: its first protocol id,
+    /// whichever version a stream was negotiated for, so series and alerts keep their names.
     pub fn protocol(self) -> &'static str {
         match self {
             Kind::Token => TOKEN_PROTOCOL,
@@ -48,8 +53,20 @@ impl Kind {
         }
     }
 
+    /// Every protocol id of this kind this build speaks, newest first: the order a request
+    /// offers them in, so a peer that speaks the newest takes it and an older one the one it
+    /// knows.
+    pub fn protocols(self) -> &'static [&'static str] {
+        match self {
+            Kind::Token => &[TOKEN_PROTOCOL],
+            Kind::Location => &[LOCATION_PROTOCOL],
+            Kind::Capacity => &[CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL],
+            Kind::Stats => &[STATS_PROTOCOL],
+        }
+    }
+
     pub fn from_protocol(id: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.protocol() == id)
+        Kind::ALL.into_iter().find(|k| k.protocols().contains(&id))
     }
 }
 
@@ -58,7 +75,7 @@ impl Kind {
 pub(crate) enum RpcRequest {
     Token(Request<Token>),
     Location(Request<LocationRequest>),
-    Capacity(Request<CapacityRequest>),
+    Capacity(Request<PlacementRequest>),
     Stats(Request<StatsRequest>),
 }
 
@@ -68,7 +85,7 @@ pub(crate) enum RpcRequest {
 pub(crate) enum RpcResponse {
     Token(Response<TokenAck>),
     Location(Response<LocationResponse>),
-    Capacity(Response<CapacityResponse>),
+    Capacity(Response<PlacementResponse>),
     Stats(Response<StatsResponse>),
 }
 
@@ -142,7 +159,7 @@ macro_rules! exchange {
 
 exchange!(Token, TokenAck, Token);
 exchange!(LocationRequest, LocationResponse, Location);
-exchange!(CapacityRequest, CapacityResponse, Capacity);
+exchange!(PlacementRequest, PlacementResponse, Capacity);
 exchange!(StatsRequest, StatsResponse, Stats);
 
 #[cfg(test)]
@@ -155,6 +172,14 @@ mod tests {
             assert_eq!(Kind::from_protocol(k.protocol()), Some(k));
         }
         assert_eq!(Kind::from_protocol("/scored/token/2"), None);
+        // A capacity request of either version is a capacity request.
+        assert_eq!(Kind::from_protocol(CAPACITY_PROTOCOL), Some(Kind::Capacity));
+        assert_eq!(
+            Kind::from_protocol(CAPACITY_PROTOCOL_V2),
+            Some(Kind::Capacity)
+        );
+        assert_eq!(Kind::Capacity.protocols()[0], CAPACITY_PROTOCOL_V2);
+        assert_eq!(Kind::Capacity.protocol(), CAPACITY_PROTOCOL);
         assert_eq!(
             RpcResponse::refused(Kind::Stats, Refusal::Unavailable { reason: "x".into() }).kind(),
             Kind::Stats

@@ -1,0 +1,275 @@
+//! What this host knows of placement groups beyond itself, and the destination's re-check.
+//!
+//! - [`Daemon::group_members`]: where the members of a VM's groups run, for the `RuleCheck` of
+//!   a decision (`rules::Rules::check_for`): rules-file members located through the directory,
+//!   this host's VMs by their metadata (exact), peers' VMs by their groups announcements, and
+//!   the VMs this host holds room for.
+//! - [`Daemon::moving_vm`]: what a capacity request says of the VM that would move (its groups
+//!   with kind and scope), so the destination can judge it.
+//! - [`Daemon::recheck`]: the destination's side: the same `RuleCheck`, built from what this
+//!   host knows best, and a reservation for an accepted VM, both under one lock, so two
+//!   decisions made on stale knowledge cannot both place members of one anti-affinity group
+//!   here (or within its scope of here, as far as this host knows).
+//!
+//! The rule logic is `crate::rules`'; this room only gathers what the checks are asked about.
+//! It never decides a move and never sends anything but location lookups.
+
+use super::host::{Daemon, lock};
+use crate::hypervisor::Vm;
+use crate::p2p::{Known, LocateOptions, Peers};
+use crate::rules::{self, GroupId, GroupKind, Member, Rules};
+use crate::topology::HostId;
+use scored_proto::{GroupRef, MAX_VM_GROUPS, MovingVm, VmGroups, VmId};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// The placement rules in force and the lock that makes a destination's check and its
+/// reservation one step.
+#[derive(Default)]
+pub struct Placement {
+    rules: RwLock<Arc<Rules>>,
+    /// Held from a capacity request's rule check to its reservation.
+    gate: Mutex<()>,
+}
+
+impl Placement {
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_rules(&self, rules: Arc<Rules>) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
+    }
+}
+
+impl<P: Peers> Daemon<P> {
+    /// The placement rules in force.
+    pub fn placement_rules(&self) -> Arc<Rules> {
+        self.placement.rules()
+    }
+
+    /// Puts placement rules in force (the rules file, at start and on reload).
+    pub fn set_placement_rules(&self, rules: Arc<Rules>) {
+        self.placement.set_rules(rules);
+    }
+
+    /// Where the members of `groups` (ids of `rules`) run, as far as this host knows without
+    /// asking anyone: for each group, its rules-file members the directory can place, this
+    /// host's VMs whose metadata names it, peers' VMs their fresh announcements name, and the VMs
+    /// this host holds room for. A VM may appear more than once; `check_for` removes repeats.
+    pub fn known_group_members(&self, rules: &Rules, groups: &[GroupId]) -> Vec<Member> {
+        let dir = self.peers.directory();
+        let mut out = Vec::new();
+        for &g in groups {
+            for &vm in &rules.group(g).members {
+                if let Some(host) = dir.lookup(vm) {
+                    out.push(Member { group: g, vm, host });
+                }
+            }
+        }
+        let id_of = |name: &str| {
+            groups
+                .iter()
+                .copied()
+                .find(|&g| rules.group(g).name == name)
+        };
+        for vm in self.inventory() {
+            let by_name = rules.groups_named(&vm.name).iter().map(|&g| rules.group(g));
+            let named = vm.groups.iter().map(|t| t.name.as_str());
+            for name in named.chain(by_name.map(|g| g.name.as_str())) {
+                if let Some(group) = id_of(name) {
+                    out.push(Member {
+                        group,
+                        vm: vm.id,
+                        host: self.me,
+                    });
+                }
+            }
+        }
+        let names: Vec<&str> = groups
+            .iter()
+            .map(|&g| rules.group(g).name.as_str())
+            .collect();
+        for m in dir.group_members(&names, Instant::now()) {
+            if m.known == Known::Here {
+                // The inventory above is the hypervisor's word; the directory's copy may lag.
+                continue;
+            }
+            if let Some(group) = id_of(&m.group) {
+                out.push(Member {
+                    group,
+                    vm: m.vm,
+                    host: m.host,
+                });
+            }
+        }
+        out
+    }
+
+    /// As [`Self::known_group_members`], and rules-file members the directory cannot place are
+    /// looked up (one batch per host, as partners are): the deciding host's view.
+    pub async fn group_members(&self, rules: &Rules, groups: &[GroupId]) -> Vec<Member> {
+        let mut out = self.known_group_members(rules, groups);
+        let unplaced: Vec<VmId> = groups
+            .iter()
+            .flat_map(|&g| rules.group(g).members.iter().copied())
+            .filter(|vm| !out.iter().any(|m| m.vm == *vm))
+            .collect();
+        if unplaced.is_empty() {
+            return out;
+        }
+        let options = LocateOptions {
+            timeout: self.config().token.handoff_timeout(),
+            ..LocateOptions::default()
+        };
+        let found = self.peers.locate(&unplaced, options).await.found;
+        for &g in groups {
+            for vm in &rules.group(g).members {
+                if let Some(&host) = found.get(vm) {
+                    out.push(Member {
+                        group: g,
+                        vm: *vm,
+                        host,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The groups of `vm` as a capacity request names them: the rules file's, then those its
+    /// metadata names (the file's kind and scope win for a group it declares; a tag the rules
+    /// cannot resolve is left out, its error is the rules room's to report). At most
+    /// `MAX_VM_GROUPS`.
+    pub fn moving_vm(&self, rules: &Rules, vm: &Vm) -> MovingVm {
+        // The rules room interns local VMs' tags; a tag it has not (yet) is resolved as it
+        // would be, on a copy (`Rules::intern_tags`: one reading of a tag everywhere).
+        let mut rules = Cow::Borrowed(rules);
+        let mut ids: Vec<GroupId> = rules.groups_of(vm.id).to_vec();
+        ids.extend_from_slice(rules.groups_named(&vm.name));
+        if vm
+            .groups
+            .iter()
+            .any(|t| rules.group_by_name(&t.name).is_none())
+        {
+            let (tagged, _errors) = rules.to_mut().intern_tags(&self.topo, &vm.groups);
+            ids.extend(tagged);
+        } else {
+            ids.extend(
+                vm.groups
+                    .iter()
+                    .filter_map(|t| rules.group_by_name(&t.name)),
+            );
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut groups: Vec<GroupRef> = ids.iter().map(|&g| group_ref(rules.group(g))).collect();
+        // A name the wire cannot carry would make the whole request unsendable (the host would
+        // count as not answering): such a group is left to the asker's own check.
+        groups.retain(|g| match scored_proto::check_group_name(&g.name) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(vm = %vm.id, error = %e, "group not named in capacity requests");
+                false
+            }
+        });
+        if groups.len() > MAX_VM_GROUPS {
+            tracing::warn!(vm = %vm.id, groups = groups.len(), "VM in more groups than a capacity request carries; the first {MAX_VM_GROUPS} are sent");
+            groups.truncate(MAX_VM_GROUPS);
+        }
+        MovingVm { vm: vm.id, groups }
+    }
+
+    /// Tells the directory which groups this host's VMs are in by what only this host knows
+    /// (their metadata tags, and their libvirt names where the rules file lists them by name),
+    /// so it announces them.
+    pub(super) fn publish_local_groups(&self, vms: &[Vm]) {
+        let rules = self.placement_rules();
+        let groups = vms
+            .iter()
+            .map(|v| {
+                let mut names: Vec<String> = v.groups.iter().map(|t| t.name.clone()).collect();
+                for &g in rules.groups_named(&v.name) {
+                    names.push(rules.group(g).name.clone());
+                }
+                names.retain(|n| scored_proto::check_group_name(n).is_ok());
+                names.sort_unstable();
+                names.dedup();
+                names.truncate(MAX_VM_GROUPS);
+                VmGroups {
+                    vm: v.id,
+                    groups: names,
+                }
+            })
+            .filter(|v| !v.groups.is_empty())
+            .collect();
+        self.peers.directory().set_local_groups(groups);
+    }
+
+    /// The destination's re-check of a request to take `moving` from `from`: the rules' check
+    /// with what this host knows (its own VMs exactly, peers' as announced, the VMs it holds
+    /// room for); when the rules allow it and `accepts` (there is room), room is held for the
+    /// VM for `hold`. The refusal is the rule's sentence.
+    pub(super) fn recheck(
+        &self,
+        from: HostId,
+        moving: &MovingVm,
+        accepts: bool,
+        hold: Duration,
+    ) -> Result<(), String> {
+        let rules = self.placement_rules();
+        let mut owned: Cow<'_, Rules> = Cow::Borrowed(&*rules);
+        let mut ids = Vec::with_capacity(moving.groups.len());
+        for g in &moving.groups {
+            let id = match owned.group_by_name(&g.name) {
+                // Declared by the rules file here too: its kind and scope hold.
+                Some(id) => id,
+                // A group only the VM's metadata names: judged as the asker resolved it.
+                None => match owned
+                    .to_mut()
+                    .group_named(&g.name, rules_kind(g.kind), g.scope)
+                {
+                    Ok(id) => id,
+                    Err(e) => return Err(format!("group {}: {e}", g.name)),
+                },
+            };
+            ids.push(id);
+        }
+        let _gate = lock(&self.placement.gate);
+        let members = self.known_group_members(&owned, &ids);
+        let check = owned.check_for(&self.topo, moving.vm, &ids, &members);
+        if let Err(r) = check.allows(from, self.me) {
+            return Err(r.describe(&owned, &self.topo));
+        }
+        if accepts && !moving.groups.is_empty() {
+            let names = moving.groups.iter().map(|g| g.name.clone()).collect();
+            self.peers
+                .directory()
+                .reserve(moving.vm, from, names, Instant::now() + hold);
+        }
+        Ok(())
+    }
+}
+
+fn group_ref(g: &rules::Group) -> GroupRef {
+    GroupRef {
+        name: g.name.clone(),
+        kind: wire_kind(g.kind),
+        scope: g.scope,
+    }
+}
+
+fn wire_kind(k: GroupKind) -> scored_proto::GroupKind {
+    match k {
+        GroupKind::AntiAffinity => scored_proto::GroupKind::AntiAffinity,
+        GroupKind::Affinity => scored_proto::GroupKind::Affinity,
+    }
+}
+
+fn rules_kind(k: scored_proto::GroupKind) -> GroupKind {
+    match k {
+        scored_proto::GroupKind::AntiAffinity => GroupKind::AntiAffinity,
+        scored_proto::GroupKind::Affinity => GroupKind::Affinity,
+    }
+}
