@@ -601,8 +601,12 @@ impl Search<'_, '_> {
         if self.decision.destination_refusal.is_none() {
             self.decision.destination_refusal = Some(host);
         }
-        if c.via == Via::PartnerHost && self.gates.rack_alternates > 0 {
-            self.add_alternates(host);
+        if c.via == Via::PartnerHost
+            && self.gates.rack_alternates > 0
+            && self.add_alternates(host) == 0
+        {
+            // The rule may refuse the whole rack: try the racks next to it.
+            self.add_pod_alternates(host);
         }
     }
 
