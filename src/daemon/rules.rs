@@ -1,0 +1,414 @@
+//! The placement rules as this host applies them (`crate::rules` is the model; this room is the
+//! daemon's side of it): the rules file, loaded at start and on SIGHUP (a file that does not
+//! load on reload leaves the rules in force, logged and counted); the groups the local VMs'
+//! libvirt metadata declares, interned into the rules; what a decision's [`RuleCheck`] is built
+//! from (the VM's groups and where their other members run); the migration window and the
+//! budgets that hold a chosen move back; and the rules this host's VMs break where they run.
+//!
+//! It never decides and never migrates: `assess` and `vm_turn` ask it.
+
+use super::control::ViolationStatus;
+use super::host::{Daemon, lock, unix_ms};
+use crate::decide::TurnOutcome;
+use crate::hypervisor::{GroupTag, Vm};
+use crate::p2p::{LocateOptions, Peers};
+use crate::rules::{GroupId, Member, Refusal, RuleCheck, Rules, WindowState, scope_of};
+use crate::topology::{HostId, Topology};
+use scored_proto::VmId;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Reads the rules file at `path`: a missing file is no rules. The one place the daemon reads
+/// it, so the daemon, `scored rules check` and the tests agree on what a file means.
+pub fn read_rules_file(path: &Path, topo: &Topology) -> Result<Rules, String> {
+    let _ = topo;
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Rules::none()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        // The file parser lands with `rules::file`; until then a present file is reported,
+        // never half-read.
+        Ok(_) => Err(format!(
+            "{}: this build does not read rules files yet",
+            path.display()
+        )),
+    }
+}
+
+/// The rules in force on this host.
+#[derive(Default)]
+pub(super) struct PlacementRules {
+    /// The rules file's, as last loaded.
+    file: Arc<Rules>,
+    /// `file` with the groups the local VMs' metadata declares: what decisions use.
+    current: Arc<Rules>,
+    /// Each local VM's metadata groups, as interned in `current`.
+    local: HashMap<VmId, Vec<GroupId>>,
+    /// The tags `local` was built from, sorted by VM: rebuilt only when they change.
+    tags: Vec<(VmId, Vec<GroupTag>)>,
+}
+
+impl PlacementRules {
+    /// `current` and `local` again from `file` and `tags`. A tag that cannot be interned (a
+    /// group the file does not declare and the tag does not say the kind and scope of, or a
+    /// kind that disagrees with the file's) is logged and left out: the VM is decided for
+    /// without that group.
+    fn rebuild(&mut self, topo: &Topology) {
+        let mut rules = (*self.file).clone();
+        let mut local = HashMap::new();
+        for (vm, tags) in &self.tags {
+            let mut ids = Vec::new();
+            for t in tags {
+                match intern(&mut rules, topo, t) {
+                    Ok(g) => ids.push(g),
+                    Err(why) => {
+                        tracing::warn!(vm = %vm, group = %t.name, "metadata group ignored: {why}")
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                local.insert(*vm, ids);
+            }
+        }
+        self.current = Arc::new(rules);
+        self.local = local;
+    }
+}
+
+/// The group a metadata tag names: the file's when it declares it (the file's kind and scope
+/// win; a tag that disagrees is an error), else a group of the tag's own kind and scope.
+fn intern(rules: &mut Rules, topo: &Topology, t: &GroupTag) -> Result<GroupId, String> {
+    let scope = match &t.scope {
+        Some(s) => {
+            Some(scope_of(topo, s).ok_or_else(|| format!("no level `{s}` in the topology"))?)
+        }
+        None => None,
+    };
+    if let Some(id) = rules.group_by_name(&t.name) {
+        let g = rules.group(id);
+        if t.kind.is_some_and(|k| k != g.kind) || scope.is_some_and(|s| s != g.scope) {
+            return Err(format!(
+                "the rules file declares it {}, scope {}",
+                g.kind,
+                crate::rules::scope_name(topo, g.scope)
+            ));
+        }
+        return Ok(id);
+    }
+    match (t.kind, scope) {
+        (Some(kind), Some(scope)) => rules
+            .group_named(&t.name, kind, scope)
+            .map_err(|e| e.to_string()),
+        _ => Err("not declared in the rules file, and the metadata gives no kind and scope".into()),
+    }
+}
+
+/// The rules file's members of `groups`, sorted.
+fn file_members(rules: &Rules, groups: &[GroupId]) -> Vec<VmId> {
+    let mut ids: Vec<VmId> = groups
+        .iter()
+        .flat_map(|g| rules.group(*g).members.iter().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// What a decision's [`RuleCheck`] is built from.
+pub(super) struct RuleInputs {
+    pub rules: Arc<Rules>,
+    /// The VM's metadata groups (its rules-file groups the rules know themselves).
+    pub extra: Vec<GroupId>,
+    /// Where the other members of its groups run, as far as known.
+    pub members: Vec<Member>,
+    /// Members whose host could not be asked (a lookup failed): deciding could break a rule.
+    pub unplaced: usize,
+}
+
+impl RuleInputs {
+    pub fn check<'a>(&'a self, topo: &'a Topology, vm: VmId) -> RuleCheck<'a> {
+        self.rules.check_for(topo, vm, &self.extra, &self.members)
+    }
+}
+
+impl<P: Peers> Daemon<P> {
+    /// Puts the rules file's `rules` in force (the metadata groups of the local VMs join them).
+    pub fn set_rules(&self, rules: Rules) {
+        let mut r = lock(&self.rules);
+        r.file = Arc::new(rules);
+        r.rebuild(&self.topo);
+    }
+
+    /// Loads the rules file the configuration names and puts it in force. A file that does not
+    /// load leaves the rules in force as they were (none at start): logged with every error,
+    /// counted in `scored_rules_file_errors_total`.
+    pub fn load_rules(&self) -> bool {
+        let path = self.config().placement.rules_file;
+        match read_rules_file(&path, &self.topo) {
+            Ok(rules) => {
+                tracing::info!(
+                    file = %path.display(),
+                    groups = rules.groups().len(),
+                    exclusions = rules.exclusions().len(),
+                    windows = rules.windows.len(),
+                    repair = rules.repair,
+                    "placement rules in force"
+                );
+                self.set_rules(rules);
+                true
+            }
+            Err(e) => {
+                self.metrics.rules_file_errors.inc();
+                tracing::error!(file = %path.display(), "placement rules not loaded; the rules in force stay:\n{e}");
+                false
+            }
+        }
+    }
+
+    /// The rules in force: the file's with the local VMs' metadata groups.
+    pub fn rules(&self) -> Arc<Rules> {
+        lock(&self.rules).current.clone()
+    }
+
+    /// Follows the local VMs' metadata groups (after each inventory read).
+    pub(super) fn follow_metadata_groups(&self, vms: &[Vm]) {
+        let mut tags: Vec<(VmId, Vec<GroupTag>)> = vms
+            .iter()
+            .filter(|v| !v.groups.is_empty())
+            .map(|v| (v.id, v.groups.clone()))
+            .collect();
+        tags.sort_unstable_by_key(|(vm, _)| *vm);
+        let mut r = lock(&self.rules);
+        if r.tags != tags {
+            r.tags = tags;
+            r.rebuild(&self.topo);
+        }
+    }
+
+    /// Where the members of `groups` run: the rules file's members located as partners are
+    /// (asking their hosts on a cache miss), and the local VMs' metadata members. The one
+    /// place members are looked up: what peers gossip of their VMs' groups joins here. Also
+    /// how many members could not be placed because a lookup failed.
+    pub(super) async fn group_members(
+        &self,
+        rules: &Rules,
+        groups: &[GroupId],
+    ) -> (Vec<Member>, usize) {
+        let ids = file_members(rules, groups);
+        if ids.is_empty() {
+            return (self.members_at(rules, groups, &HashMap::new()), 0);
+        }
+        let options = LocateOptions {
+            timeout: self.config().token.handoff_timeout(),
+            verify: false,
+            ..LocateOptions::default()
+        };
+        let located = self.peers.locate(&ids, options).await;
+        let unplaced = if located.failures.is_empty() {
+            0
+        } else {
+            ids.len() - located.found.len()
+        };
+        (self.members_at(rules, groups, &located.found), unplaced)
+    }
+
+    /// As [`Self::group_members`] from the directory alone, asking no peer (observers:
+    /// `scored status`, the gauge).
+    fn cached_group_members(&self, rules: &Rules, groups: &[GroupId]) -> Vec<Member> {
+        let dir = self.peers.directory();
+        let found: HashMap<VmId, HostId> = file_members(rules, groups)
+            .into_iter()
+            .filter_map(|v| dir.lookup(v).map(|h| (v, h)))
+            .collect();
+        self.members_at(rules, groups, &found)
+    }
+
+    /// The members of `groups`: the file's where `found` places them, and the local VMs'
+    /// metadata members here.
+    fn members_at(
+        &self,
+        rules: &Rules,
+        groups: &[GroupId],
+        found: &HashMap<VmId, HostId>,
+    ) -> Vec<Member> {
+        let mut out = Vec::new();
+        for (vm, gs) in &lock(&self.rules).local {
+            for g in gs.iter().filter(|g| groups.contains(g)) {
+                out.push(Member {
+                    group: *g,
+                    vm: *vm,
+                    host: self.me,
+                });
+            }
+        }
+        for g in groups {
+            for vm in &rules.group(*g).members {
+                if let Some(&host) = found.get(vm) {
+                    out.push(Member {
+                        group: *g,
+                        vm: *vm,
+                        host,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The rules in force, `vm`'s metadata groups and every group it is in.
+    fn groups_of(&self, vm: VmId) -> (Arc<Rules>, Vec<GroupId>, Vec<GroupId>) {
+        let (rules, extra) = {
+            let r = lock(&self.rules);
+            (
+                r.current.clone(),
+                r.local.get(&vm).cloned().unwrap_or_default(),
+            )
+        };
+        let mut groups: Vec<GroupId> = rules.groups_of(vm).to_vec();
+        groups.extend(extra.iter().copied());
+        groups.sort_unstable();
+        groups.dedup();
+        (rules, extra, groups)
+    }
+
+    /// The rules that bear on local VM `vm` and where its groups' members run.
+    pub(super) async fn rule_inputs(&self, vm: VmId) -> RuleInputs {
+        let (rules, extra, groups) = self.groups_of(vm);
+        let (members, unplaced) = if groups.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            self.group_members(&rules, &groups).await
+        };
+        RuleInputs {
+            rules,
+            extra,
+            members,
+            unplaced,
+        }
+    }
+
+    /// As [`Self::rule_inputs`], from what this host knows without asking.
+    fn cached_rule_inputs(&self, vm: VmId) -> RuleInputs {
+        let (rules, extra, groups) = self.groups_of(vm);
+        let members = self.cached_group_members(&rules, &groups);
+        RuleInputs {
+            rules,
+            extra,
+            members,
+            unplaced: 0,
+        }
+    }
+
+    /// A refusal for a person, naming the member VM where this host knows its name:
+    /// "anti-affinity group db-main, scope host: hv7 runs db-main-2".
+    pub(super) fn explain(&self, rules: &Rules, r: &Refusal) -> String {
+        let names: HashMap<VmId, String> = self
+            .inventory
+            .vms()
+            .into_iter()
+            .map(|v| (v.id, v.name))
+            .collect();
+        r.describe_as(rules, &self.topo, |vm| {
+            names.get(&vm).cloned().unwrap_or_else(|| vm.to_string())
+        })
+    }
+
+    /// Why a chosen move of `vm` from here to `to` may not start now, if it may not: a closed
+    /// migration window (of this host or of `to`) or a spent budget. The decision stands (the
+    /// record and `scored plan` show it); only the migration waits.
+    pub(super) fn held_back(
+        &self,
+        rules: &Rules,
+        vm: VmId,
+        to: HostId,
+    ) -> Option<(TurnOutcome, String)> {
+        let now = unix_ms();
+        for h in [self.me, to] {
+            if let WindowState::Closed { next_open_unix_ms } = rules.window(h, now as i64) {
+                let next = next_open_unix_ms
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                    .map(|t| format!("opens {t}"))
+                    .unwrap_or_else(|| "none opens within a week".into());
+                return Some((
+                    TurnOutcome::OutsideWindow,
+                    format!(
+                        "window: {} is outside its migration windows ({next})",
+                        self.host_name(h)
+                    ),
+                ));
+            }
+        }
+        let (vm_day, from_hour, to_hour) = self.ledger().budget_counts(vm, self.me, to);
+        if let Err(spent) = rules
+            .budget
+            .allows(vm_day, (self.me, from_hour), Some((to, to_hour)))
+        {
+            return Some((TurnOutcome::OverBudget, spent.describe(&self.topo)));
+        }
+        None
+    }
+
+    /// The rules the local VMs break where they run, from what this host knows without asking
+    /// (`scored status`, `scored plan`, the gauge); sorted by VM.
+    pub fn violations(&self) -> Vec<ViolationStatus> {
+        let mut out = Vec::new();
+        let mut vms = self.inventory.vms();
+        vms.sort_unstable_by_key(|v| v.id);
+        for v in vms {
+            let inputs = self.cached_rule_inputs(v.id);
+            let check = inputs.check(&self.topo, v.id);
+            for r in check.violations(self.me) {
+                out.push(ViolationStatus {
+                    vm: v.id.to_string(),
+                    name: v.name.clone(),
+                    kind: r.kind().to_string(),
+                    rule: self.explain(&inputs.rules, &r),
+                });
+            }
+        }
+        out
+    }
+
+    /// Sets `scored_rule_violations` by kind (after each inventory read).
+    pub(super) fn watch_violations(&self) {
+        let seen = self.violations();
+        for kind in Refusal::KINDS {
+            let n = seen.iter().filter(|v| v.kind == kind).count();
+            self.metrics.rule_violations(kind).set(n as i64);
+        }
+    }
+
+    /// A destination for a VM that breaks an anti-affinity rule here, when the repair option is
+    /// on: the hosts where the move ends the violation and breaks no rule, cheapest for u's
+    /// traffic first, the first with room (at most `max_candidates` asked).
+    pub(super) async fn repair_target(
+        &self,
+        vm: &Vm,
+        check: &RuleCheck<'_>,
+        partners: &[crate::cost::PartnerTraffic],
+    ) -> Option<HostId> {
+        let mut hosts: Vec<(f64, HostId)> = self
+            .peers
+            .others()
+            .into_iter()
+            .filter(|h| check.repairs(self.me, *h))
+            .map(|h| (crate::cost::vm_cost(&self.topo, h, partners), h))
+            .collect();
+        hosts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let config = self.config();
+        hosts.truncate(config.decision.max_candidates as usize);
+        let req = scored_proto::CapacityRequest {
+            memory_mib: vm.memory_mib,
+        };
+        let timeout = config.token.handoff_timeout();
+        for (_, h) in hosts {
+            if let Ok(r) = self.peers.query_capacity(h, req, timeout).await
+                && r.accepts
+                && r.free_memory_mib >= vm.memory_mib
+            {
+                return Some(h);
+            }
+        }
+        None
+    }
+}
