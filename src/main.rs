@@ -57,6 +57,9 @@ enum Command {
     /// Check or generate topology files.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Check the placement rules file (anti-affinity, affinity, exclusions, windows, budgets).
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Simulate S-CORE's token policies on a topology against a centralised baseline.
     Sim(scored::sim::SimArgs),
     /// Capture on VM taps and print the live per-(VM, partner) rates scored decides from.
@@ -190,6 +193,23 @@ enum TopologyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate a rules file against the topology (every error as file:line:col) and
+    /// summarise it: groups, exclusions, windows with their next opening, budgets.
+    Check {
+        /// The rules file (default: `placement.rules_file` of the configuration file, else
+        /// /etc/scored/rules.toml).
+        file: Option<PathBuf>,
+        /// The topology file (default: the one the configuration file names).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// The configuration file the default paths are read from.
+        #[arg(long, default_value = scored::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -228,6 +248,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             control: a,
         } => control(&a, Request::Pin { vm, on: !off }),
         Command::Topology(TopologyCommand::Check { files }) => Ok(topology_check(&files)),
+        Command::Rules(RulesCommand::Check {
+            file,
+            topology,
+            config,
+        }) => rules_check(file, topology, &config),
         Command::Topology(TopologyCommand::Generate { shape }) => {
             let spec = match shape.as_str() {
                 "dc-2560" => topology::generate::dc_2560(),
@@ -320,6 +345,56 @@ fn topology_check(files: &[PathBuf]) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn rules_check(
+    file: Option<PathBuf>,
+    topology: Option<PathBuf>,
+    config: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    // Paths not given come from the configuration the daemon would read, when there is one.
+    let conf = if (file.is_none() || topology.is_none()) && config.exists() {
+        Some(scored::config::Config::load(config, &[]).map_err(|e| anyhow::anyhow!("{e}"))?)
+    } else {
+        None
+    };
+    let file = file.unwrap_or_else(|| match &conf {
+        Some(c) => c.placement.rules_file.clone(),
+        None => scored::config::DEFAULT_RULES_FILE.into(),
+    });
+    let topology = topology.unwrap_or_else(|| match &conf {
+        Some(c) => c.host.topology.clone(),
+        None => scored::config::HostConfig::default().topology,
+    });
+    let file = file.as_path();
+    let topo = match Topology::load(&topology) {
+        Ok(t) => t,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if !file.exists() {
+        eprintln!(
+            "{}: no such file (the daemon runs with no placement rules while it is missing)",
+            file.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    match scored::rules::file::load(file, &topo) {
+        Ok(rules) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            println!("{}: ok (topology {})", file.display(), topology.display());
+            print!("{}", scored::rules::summary(&rules, &topo, now));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errs) => {
+            eprintln!("{errs}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! What `dist/` ships to operators: the systemd unit passes `systemd-analyze verify` and keeps its
-//! hardening, the Prometheus rules and config pass promtool (with rule unit tests), and the
-//! Grafana dashboard and alerts use only metrics that scored exports.
+//! hardening, the Prometheus rules and config pass promtool (with rule unit tests), the
+//! Grafana dashboard and alerts use only metrics that scored exports, and the example rules file
+//! is valid for the example topology and shows every kind of rule.
 
 mod support;
 
@@ -158,6 +159,48 @@ fn systemd_unit_is_a_hardened_notify_service() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
     // systemd rates 0-10; below 4 is "OK". The unit scored 1.9 when written.
     assert!(level <= 3.0, "exposure {level}:\n{report}");
+}
+
+/// dist/rules.toml, checked by `scored rules check` against the testbed topology its comments
+/// are written for, holds an example of every kind of rule an operator can state.
+#[test]
+fn example_rules_file_is_valid_and_shows_every_kind_of_rule() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let topology = root.join("topology/testbed.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_scored"))
+        .args(["rules", "check"])
+        .arg(dist("rules.toml"))
+        .arg("--topology")
+        .arg(&topology)
+        .output()
+        .unwrap();
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for line in [
+        "groups      3",
+        "anti-affinity, scope host: db-main (2 listed)",
+        "anti-affinity, scope rack: etcd (3 listed)",
+        "affinity, scope aggregation: shop (2 listed)",
+        "exclusions  2",
+        "db-off-agg2: group db-main never on 1 host(s)",
+        "batch-not-on-hv1: 10.77.3.7, batch-7 never on 1 host(s)",
+        "windows     3",
+        "weeknights: mon-fri 22:00-06:00 Europe/London, 3 host(s)",
+        "site-b-nights: every day 01:00-05:00 America/New_York, 1 host(s)",
+        "budget      per VM per day: 4; per host per hour: 6",
+        "repair      off",
+    ] {
+        assert!(shown.contains(line), "`{line}` missing from:\n{shown}");
+    }
+    // The library reads it the same way the daemon will.
+    let topo = scored::topology::Topology::load(&topology).unwrap();
+    let rules = scored::rules::file::load(&dist("rules.toml"), &topo).unwrap();
+    let hv4 = topo.host_by_name("hv4").unwrap().id;
+    let hv1 = topo.host_by_name("hv1").unwrap().id;
+    assert!(rules.windows.iter().any(|w| w.applies_to(hv4)));
+    assert!(rules.windows.iter().filter(|w| w.applies_to(hv1)).count() == 2);
+    // The daemon's default path is where the package documents the file.
+    assert_eq!(scored::config::DEFAULT_RULES_FILE, "/etc/scored/rules.toml");
 }
 
 #[test]

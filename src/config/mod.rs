@@ -56,7 +56,7 @@ pub use metrics::{MetricsConfig, MetricsConfigError};
 pub use migration::{MigrationConfig, MigrationConfigError};
 pub use overrides::{Override, OverrideError};
 pub use p2p::{P2pConfig, P2pConfigError};
-pub use placement::{PlacementConfig, PlacementConfigError, VmRef, VmRefError};
+pub use placement::{DEFAULT_RULES_FILE, PlacementConfig, PlacementConfigError, VmRef, VmRefError};
 pub use section::{NoFile, OptionSpec, Reload, ZeroValue};
 pub use token::{TokenConfig, TokenConfigError};
 

@@ -190,6 +190,20 @@ impl MemoryCluster {
         Ok(())
     }
 
+    /// Replaces a VM's placement groups, as an operator's `virsh metadata --live` would on a
+    /// running domain. The groups then travel with the VM when it migrates.
+    pub fn set_groups(&self, vm: VmId, groups: Vec<super::GroupTag>) -> Result<()> {
+        let mut c = self.lock();
+        let host = *c
+            .location
+            .get(&vm)
+            .ok_or(HypervisorError::NoSuchVm { vm })?;
+        if let Some(v) = c.hosts[host.index()].vms.iter_mut().find(|v| v.id == vm) {
+            v.groups = groups;
+        }
+        Ok(())
+    }
+
     /// The handle through which host `host` is driven.
     pub fn host(&self, host: HostId) -> MemoryHost {
         MemoryHost {
@@ -557,6 +571,35 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(err, HypervisorError::NoSuchVm { .. }));
         c.check().unwrap();
+    }
+
+    pub(crate) fn db_main() -> Vec<super::super::GroupTag> {
+        vec![super::super::GroupTag {
+            name: "db-main".into(),
+            kind: Some(crate::rules::GroupKind::AntiAffinity),
+            scope: Some("host".into()),
+        }]
+    }
+
+    #[test]
+    fn a_vm_s_groups_are_reported_and_travel_with_it() {
+        let (t, c) = cluster();
+        c.add_vm(HostId(0), synthetic_vm(VmId(7), 196)).unwrap();
+        let mut watch = crate::hypervisor::watch::VmWatch::new();
+        watch.poll(&c.host(HostId(0))).unwrap();
+        c.set_groups(VmId(7), db_main()).unwrap();
+        // The host reports the change like any other change of the VM.
+        let changes = watch.poll(&c.host(HostId(0))).unwrap();
+        assert!(
+            matches!(&changes[..], [crate::hypervisor::watch::VmChange::Changed(v)] if v.groups == db_main()),
+            "{changes:?}"
+        );
+        c.host(HostId(0))
+            .migrate(VmId(7), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        let there = c.host(HostId(5)).vms().unwrap();
+        assert_eq!(there[0].groups, db_main(), "{there:?}");
+        assert!(c.set_groups(VmId(8), Vec::new()).is_err());
     }
 
     #[test]

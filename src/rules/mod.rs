@@ -9,10 +9,16 @@
 //! - [`Rules::window`]: may this host migrate at this instant?
 //! - [`Budget`]: has a VM or a host used up its migrations?
 //!
+//! Where rules come from: [`file`] reads the cluster's rules file; [`tags`] joins a VM to groups
+//! by its libvirt name (named in the file) and by its own metadata (`<scored:group …/>`).
+//!
 //! A *scope* is a level of the topology: 0 is the host itself, 1 the rack, 2 the next switch tier
 //! up, and so on (`ℓ(x, y)` of docs/s-core.md). Two hosts are *within* scope `s` when
 //! `ℓ(x, y) ≤ s`.
 
+pub mod file;
+mod summary;
+mod tags;
 pub mod window;
 
 use crate::topology::{HostId, Topology};
@@ -20,6 +26,9 @@ use scored_proto::{Level, VmId};
 use std::collections::HashMap;
 use std::fmt;
 
+pub use file::{RulesFileError, RulesFileErrors};
+pub use summary::summary;
+pub use tags::TagError;
 pub use window::{Span, Window, WindowState};
 
 /// Index of a group in its [`Rules`].
@@ -48,6 +57,13 @@ impl GroupKind {
             GroupKind::Affinity => "affinity",
         }
     }
+
+    /// The kind [`GroupKind::name`] writes as `name` (domain metadata, the testbed's flags).
+    pub fn from_name(name: &str) -> Option<GroupKind> {
+        [GroupKind::AntiAffinity, GroupKind::Affinity]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 /// A named group of VMs with a kind and a scope.
@@ -60,6 +76,22 @@ pub struct Group {
     /// Members named by id (the rules file). Members named by their own libvirt metadata are
     /// not listed here: their host knows them and reports them.
     pub members: Vec<VmId>,
+    /// Members the rules file names by libvirt domain name: only the host a VM runs on knows its
+    /// name, so they join by id there ([`Rules::bind_names`]) and reach other hosts as that
+    /// host reports them.
+    pub names: Vec<String>,
+    /// Who declared the group: a VM's metadata may join a group the rules file declares with
+    /// its name alone, but must give kind and scope for any other.
+    pub source: GroupSource,
+}
+
+/// Who declared a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupSource {
+    /// The rules file (or a program building rules as the file would, e.g. the simulator).
+    RulesFile,
+    /// A VM's own metadata, with kind and scope.
+    Metadata,
 }
 
 /// A set of hosts, one bit each.
@@ -304,8 +336,11 @@ pub enum RulesError {
 pub struct Rules {
     groups: Vec<Group>,
     by_name: HashMap<String, GroupId>,
-    /// Groups each VM belongs to by the rules file.
+    /// Groups each VM belongs to by the rules file (by id, or by name once bound).
     of_vm: HashMap<VmId, Vec<GroupId>>,
+    /// Groups and exclusions the rules file puts a libvirt domain name in.
+    of_name: HashMap<String, Vec<GroupId>>,
+    name_exclusions: HashMap<String, Vec<ExclusionId>>,
     exclusions: Vec<Exclusion>,
     /// Exclusions for one VM, and for every member of a group.
     vm_exclusions: HashMap<VmId, Vec<ExclusionId>>,
@@ -356,6 +391,8 @@ impl Rules {
             kind,
             scope,
             members: Vec::new(),
+            names: Vec::new(),
+            source: GroupSource::RulesFile,
         });
         self.by_name.insert(name.to_string(), id);
         Ok(id)
@@ -383,6 +420,19 @@ impl Rules {
         }
     }
 
+    /// Adds the VM of libvirt name `name` to `group` (once): it joins by id where it runs, when
+    /// its host calls [`Rules::bind_names`].
+    pub fn add_member_name(&mut self, group: GroupId, name: &str) {
+        let g = &mut self.groups[group.0 as usize];
+        if !g.names.iter().any(|n| n == name) {
+            g.names.push(name.to_string());
+            self.of_name
+                .entry(name.to_string())
+                .or_default()
+                .push(group);
+        }
+    }
+
     /// Adds an exclusion for these VMs and every member of these groups.
     pub fn add_exclusion(
         &mut self,
@@ -399,6 +449,34 @@ impl Rules {
             self.group_exclusions.entry(*g).or_default().push(id);
         }
         id
+    }
+
+    /// Applies exclusion `id` to the VM of libvirt name `name` too (bound like group members).
+    pub fn exclude_name(&mut self, id: ExclusionId, name: &str) {
+        let list = self.name_exclusions.entry(name.to_string()).or_default();
+        if !list.contains(&id) {
+            list.push(id);
+        }
+    }
+
+    /// Whom exclusion `id` applies to: VMs by id, by libvirt name, and groups.
+    pub fn excluded(&self, id: ExclusionId) -> (Vec<VmId>, Vec<&str>, Vec<GroupId>) {
+        let mut vms: Vec<VmId> = (self.vm_exclusions.iter())
+            .filter(|(_, e)| e.contains(&id))
+            .map(|(v, _)| *v)
+            .collect();
+        let mut names: Vec<&str> = (self.name_exclusions.iter())
+            .filter(|(_, e)| e.contains(&id))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut groups: Vec<GroupId> = (self.group_exclusions.iter())
+            .filter(|(_, e)| e.contains(&id))
+            .map(|(g, _)| *g)
+            .collect();
+        vms.sort_unstable();
+        names.sort_unstable();
+        groups.sort_unstable();
+        (vms, names, groups)
     }
 
     pub fn group(&self, id: GroupId) -> &Group {
