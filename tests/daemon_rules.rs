@@ -18,6 +18,7 @@ use scored::daemon::control::render_status;
 use scored::daemon::event_loop::drive;
 use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
+use scored::hypervisor::GroupTag;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory};
 use scored::proto::{Announcement, MigrationAnnounce, Stamp, VmId};
@@ -325,5 +326,70 @@ fn replicas_on_one_host_are_reported_and_repaired_when_asked() {
         assert_eq!(a.outcome, TurnOutcome::Migrated, "{}", a.detail);
         assert!(a.detail.contains("repair"), "{}", a.detail);
         assert_ne!(a.to, Some(H1));
+    });
+}
+
+#[test]
+fn groups_from_the_vms_own_metadata_count_like_the_files() {
+    inprocess::runtime().block_on(async {
+        let topo = topology();
+        let dir = tempfile::tempdir().unwrap();
+        let sim = MemoryCluster::new(&topo);
+        // Two members of a group only their libvirt metadata declares, started on one host.
+        for vm in [R1, R2] {
+            let mut v = synthetic_vm(vm, 512);
+            v.groups = vec![GroupTag {
+                name: "cache".into(),
+                kind: Some(GroupKind::AntiAffinity),
+                scope: Some("rack".into()),
+            }];
+            sim.add_vm(H1, v).unwrap();
+        }
+        let w = World {
+            topo: topo.clone(),
+            sim,
+            net: DirectNetwork::new(topo),
+            dir,
+            _stop: tokio::sync::watch::channel(false).0,
+        };
+        let node = h1(&w, config(), Rules::none(), |_| {}).await;
+        let rules: Vec<String> = node
+            .status()
+            .violations
+            .into_iter()
+            .map(|v| v.rule)
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                "anti-affinity group cache, scope rack: h1 runs vm-10.0.0.2",
+                "anti-affinity group cache, scope rack: h1 runs vm-10.0.0.1"
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_rules_file_that_does_not_load_on_reload_leaves_the_rules_in_force() {
+    inprocess::runtime().block_on(async {
+        let w = world(&[(R1, H1), (R2, H3)]).await;
+        let file = w.dir.path().join("rules.toml");
+        std::fs::write(
+            &file,
+            "[[group]]\nname = \"db-main\"\nkind = \"anti-affinity\"\nscope = \"host\"\nmembers = [\"10.0.0.1\", \"10.0.0.2\"]\n",
+        )
+        .unwrap();
+        let mut c = config();
+        c.placement.rules_file = file.clone();
+        let node = h1(&w, c, Rules::none(), |_| {}).await;
+        assert!(node.load_rules(), "the file loads");
+        assert_eq!(node.rules().groups().len(), 1);
+        // A typo: the reload is refused, counted, and db-main still holds.
+        std::fs::write(&file, "[[group]]\nname = \"db-main\"\nkind = \"anti-afinity\"\n").unwrap();
+        assert!(!node.load_rules());
+        assert_eq!(node.metrics().rules_file_errors.get(), 1);
+        assert_eq!(node.rules().groups().len(), 1);
+        let a = node.assess(&local(&node, R1)).await;
+        assert_ne!(a.to, Some(H3), "{}", a.detail);
     });
 }

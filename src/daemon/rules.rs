@@ -12,27 +12,17 @@ use super::host::{Daemon, lock, unix_ms};
 use crate::decide::TurnOutcome;
 use crate::hypervisor::{GroupTag, Vm};
 use crate::p2p::{LocateOptions, Peers};
-use crate::rules::{GroupId, Member, Refusal, RuleCheck, Rules, WindowState, scope_of};
+use crate::rules::{GroupId, Member, Refusal, RuleCheck, Rules, WindowState};
 use crate::topology::{HostId, Topology};
 use scored_proto::VmId;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Reads the rules file at `path`: a missing file is no rules. The one place the daemon reads
-/// it, so the daemon, `scored rules check` and the tests agree on what a file means.
+/// Reads the rules file at `path` (`rules::file`: a missing file is no rules), every error as
+/// `file:line:col` on a line of its own.
 pub fn read_rules_file(path: &Path, topo: &Topology) -> Result<Rules, String> {
-    let _ = topo;
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Rules::none()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-        // The file parser lands with `rules::file`; until then a present file is reported,
-        // never half-read.
-        Ok(_) => Err(format!(
-            "{}: this build does not read rules files yet",
-            path.display()
-        )),
-    }
+    crate::rules::file::load(path, topo).map_err(|e| e.to_string())
 }
 
 /// The rules in force on this host.
@@ -40,31 +30,30 @@ pub fn read_rules_file(path: &Path, topo: &Topology) -> Result<Rules, String> {
 pub(super) struct PlacementRules {
     /// The rules file's, as last loaded.
     file: Arc<Rules>,
-    /// `file` with the groups the local VMs' metadata declares: what decisions use.
+    /// `file` with the local VMs bound by name and the groups their metadata declares: what
+    /// decisions use.
     current: Arc<Rules>,
     /// Each local VM's metadata groups, as interned in `current`.
     local: HashMap<VmId, Vec<GroupId>>,
-    /// The tags `local` was built from, sorted by VM: rebuilt only when they change.
-    tags: Vec<(VmId, Vec<GroupTag>)>,
+    /// The local VMs (id, libvirt name, metadata tags) `current` was built from, sorted by id:
+    /// rebuilt only when they change.
+    vms: Vec<(VmId, String, Vec<GroupTag>)>,
 }
 
 impl PlacementRules {
-    /// `current` and `local` again from `file` and `tags`. A tag that cannot be interned (a
-    /// group the file does not declare and the tag does not say the kind and scope of, or a
-    /// kind that disagrees with the file's) is logged and left out: the VM is decided for
-    /// without that group.
+    /// `current` and `local` again from `file` and `vms`. A tag that cannot be honoured as
+    /// written is logged (`rules::TagError` says why and what applies instead).
     fn rebuild(&mut self, topo: &Topology) {
         let mut rules = (*self.file).clone();
+        rules.bind_names(self.vms.iter().map(|(id, name, _)| (*id, name.as_str())));
         let mut local = HashMap::new();
-        for (vm, tags) in &self.tags {
-            let mut ids = Vec::new();
-            for t in tags {
-                match intern(&mut rules, topo, t) {
-                    Ok(g) => ids.push(g),
-                    Err(why) => {
-                        tracing::warn!(vm = %vm, group = %t.name, "metadata group ignored: {why}")
-                    }
-                }
+        for (vm, name, tags) in &self.vms {
+            if tags.is_empty() {
+                continue;
+            }
+            let (ids, errors) = rules.intern_tags(topo, tags);
+            for e in errors {
+                tracing::warn!(vm = %vm, name = %name, "{e}");
             }
             if !ids.is_empty() {
                 local.insert(*vm, ids);
@@ -72,34 +61,6 @@ impl PlacementRules {
         }
         self.current = Arc::new(rules);
         self.local = local;
-    }
-}
-
-/// The group a metadata tag names: the file's when it declares it (the file's kind and scope
-/// win; a tag that disagrees is an error), else a group of the tag's own kind and scope.
-fn intern(rules: &mut Rules, topo: &Topology, t: &GroupTag) -> Result<GroupId, String> {
-    let scope = match &t.scope {
-        Some(s) => {
-            Some(scope_of(topo, s).ok_or_else(|| format!("no level `{s}` in the topology"))?)
-        }
-        None => None,
-    };
-    if let Some(id) = rules.group_by_name(&t.name) {
-        let g = rules.group(id);
-        if t.kind.is_some_and(|k| k != g.kind) || scope.is_some_and(|s| s != g.scope) {
-            return Err(format!(
-                "the rules file declares it {}, scope {}",
-                g.kind,
-                crate::rules::scope_name(topo, g.scope)
-            ));
-        }
-        return Ok(id);
-    }
-    match (t.kind, scope) {
-        (Some(kind), Some(scope)) => rules
-            .group_named(&t.name, kind, scope)
-            .map_err(|e| e.to_string()),
-        _ => Err("not declared in the rules file, and the metadata gives no kind and scope".into()),
     }
 }
 
@@ -170,17 +131,16 @@ impl<P: Peers> Daemon<P> {
         lock(&self.rules).current.clone()
     }
 
-    /// Follows the local VMs' metadata groups (after each inventory read).
+    /// Follows the local VMs' names and metadata groups (after each inventory read).
     pub(super) fn follow_metadata_groups(&self, vms: &[Vm]) {
-        let mut tags: Vec<(VmId, Vec<GroupTag>)> = vms
+        let mut seen: Vec<(VmId, String, Vec<GroupTag>)> = vms
             .iter()
-            .filter(|v| !v.groups.is_empty())
-            .map(|v| (v.id, v.groups.clone()))
+            .map(|v| (v.id, v.name.clone(), v.groups.clone()))
             .collect();
-        tags.sort_unstable_by_key(|(vm, _)| *vm);
+        seen.sort_unstable_by_key(|(vm, _, _)| *vm);
         let mut r = lock(&self.rules);
-        if r.tags != tags {
-            r.tags = tags;
+        if r.vms != seen {
+            r.vms = seen;
             r.rebuild(&self.topo);
         }
     }
