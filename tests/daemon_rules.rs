@@ -393,3 +393,256 @@ fn a_rules_file_that_does_not_load_on_reload_leaves_the_rules_in_force() {
         assert_ne!(a.to, Some(H3), "{}", a.detail);
     });
 }
+
+// ---- The same rules on a cluster of real `scored run` processes over libp2p, read from the
+// rules file (tests/support/cluster.rs: eight hosts, two per rack).
+
+mod cluster {
+    use super::support::cluster::{Cluster, Options};
+    use scored::hypervisor::file::set_shared_traffic;
+    use scored::proto::VmId;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    /// A cluster reading `rules.toml` (beside its configuration) with `text` in it.
+    fn with_rules(text: &str, vms: usize) -> Cluster {
+        let c = Cluster::new(Options {
+            vms,
+            overrides: vec![("placement.rules_file".into(), "\"rules.toml\"".into())],
+            ..Options::default()
+        });
+        std::fs::write(c.path("rules.toml"), text).unwrap();
+        c
+    }
+
+    fn traffic(c: &Cluster) -> Vec<(VmId, VmId, f64)> {
+        c.shared().traffic.clone()
+    }
+
+    /// Every pair talks to a new partner five VMs on: gains everywhere once more.
+    fn rotate_partners(c: &Cluster) {
+        let ids = &c.scenario.ids;
+        let n = ids.len();
+        let t: Vec<(VmId, VmId, f64)> = (0..n)
+            .map(|i| (ids[i], ids[(i + 5) % n], 2000.0 + i as f64))
+            .collect();
+        set_shared_traffic(&c.shared, &t).unwrap();
+    }
+
+    /// Decisions logged since `cursor`: (host index, vm, outcome, detail).
+    fn decisions(c: &Cluster, cursor: &mut Vec<usize>) -> Vec<(usize, String, String, String)> {
+        c.new_events(cursor)
+            .into_iter()
+            .filter(|(_, e)| e["message"] == "decision")
+            .map(|(h, e)| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (h, s("vm"), s("outcome"), s("detail"))
+            })
+            .collect()
+    }
+
+    /// Polls the placement every 250 ms, checking `each`, until no migration happened for
+    /// `quiet` after at least one, or `limit` passed; returns the migrations.
+    fn settle(
+        c: &mut Cluster,
+        quiet: Duration,
+        limit: Duration,
+        mut each: impl FnMut(&HashMap<VmId, String>),
+    ) -> u64 {
+        let start = Instant::now();
+        let mut last = (c.shared().migrations(), Instant::now());
+        while start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(250));
+            let f = c.shared();
+            f.check().expect("cluster invariants");
+            each(&f.placement());
+            let m = f.migrations();
+            if m != last.0 {
+                last = (m, Instant::now());
+            } else if m > 0 && last.1.elapsed() >= quiet {
+                break;
+            }
+        }
+        last.0
+    }
+
+    fn hup_all(c: &Cluster) {
+        for h in &c.hosts {
+            let pid = h.child.as_ref().expect("running").id();
+            // SAFETY: a signal to our own child process.
+            unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        }
+    }
+
+    fn count(c: &Cluster, host: usize, message: &str) -> usize {
+        c.events()
+            .iter()
+            .filter(|(h, e)| *h == host && e["message"] == message)
+            .count()
+    }
+
+    #[test]
+    fn replicas_with_the_heaviest_traffic_are_never_co_located_while_other_pairs_are() {
+        let probe = Cluster::new(Options {
+            vms: 16,
+            ..Options::default()
+        });
+        let (ids, initial) = (probe.scenario.ids.clone(), probe.scenario.initial.clone());
+        drop(probe);
+        // Two VMs on different hosts become db-main's replicas and the heaviest pair.
+        let a = ids[0];
+        let b = *ids
+            .iter()
+            .zip(&initial)
+            .find(|(_, h)| **h != initial[0])
+            .unwrap()
+            .0;
+        let rules = format!(
+            "[[group]]\nname = \"db-main\"\nkind = \"anti-affinity\"\nscope = \"host\"\nmembers = [\"{a}\", \"{b}\"]\n"
+        );
+        let mut c = with_rules(&rules, 16);
+        let mut t = traffic(&c);
+        let heaviest = t.iter().map(|p| p.2).fold(0.0, f64::max);
+        t.retain(|&(x, y, _)| !([x, y].contains(&a) && [x, y].contains(&b)));
+        t.push((a, b, 4.0 * heaviest));
+        set_shared_traffic(&c.shared, &t).unwrap();
+        let together = |p: &HashMap<VmId, String>| {
+            t.iter()
+                .filter(|&&(x, y, _)| x != a && p[&x] == p[&y])
+                .count()
+        };
+        let before = together(&c.shared().placement());
+        c.start_all();
+        let mut polls = 0;
+        let moves = settle(
+            &mut c,
+            Duration::from_secs(15),
+            Duration::from_secs(150),
+            |p| {
+                polls += 1;
+                assert_ne!(p[&a], p[&b], "db-main's replicas on one host");
+            },
+        );
+        assert!(moves > 0, "nothing moved");
+        let p = c.shared().placement();
+        assert!(
+            together(&p) > before,
+            "other chatty pairs were co-located: {before} -> {}",
+            together(&p)
+        );
+        let named = c.events().iter().any(|(_, e)| {
+            e["message"] == "decision"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("anti-affinity group db-main, scope host:")
+        });
+        assert!(
+            named,
+            "a decision names the rule that kept the replicas apart"
+        );
+        eprintln!("{moves} migrations, {polls} polls, replicas apart at each");
+    }
+
+    #[test]
+    fn migrations_stop_when_the_window_closes() {
+        let mut c = with_rules("", 16);
+        c.start_all();
+        assert!(
+            c.wait(Duration::from_secs(90), |c| c.shared().migrations() > 0),
+            "no migration while the window is open"
+        );
+        // A window that opened an hour and a half ago and closed half an hour ago: closed now.
+        let min = (super::support::time::unix_ms() / 60_000 % 1440) as i64;
+        let hhmm = |m: i64| {
+            let m = m.rem_euclid(1440);
+            format!("{:02}:{:02}", m / 60, m % 60)
+        };
+        std::fs::write(
+            c.path("rules.toml"),
+            format!(
+                "[[window]]\nname = \"nights\"\ntimezone = \"UTC\"\nstart = \"{}\"\nend = \"{}\"\n",
+                hhmm(min - 90),
+                hhmm(min - 30)
+            ),
+        )
+        .unwrap();
+        hup_all(&c);
+        assert!(
+            c.wait(Duration::from_secs(30), |c| (0..c.hosts.len())
+                .all(|i| count(c, i, "placement rules in force") >= 2)),
+            "every host reloads its rules"
+        );
+        // A migration decided just before the reload may still finish.
+        std::thread::sleep(Duration::from_secs(2));
+        let closed_at = c.shared().migrations();
+        let mut cursor = Vec::new();
+        let _ = decisions(&c, &mut cursor);
+        rotate_partners(&c);
+        let mut outside = 0;
+        let waited = c.wait(Duration::from_secs(120), |c| {
+            assert_eq!(
+                c.shared().migrations(),
+                closed_at,
+                "a migration outside the window"
+            );
+            outside += decisions(c, &mut cursor)
+                .iter()
+                .filter(|d| d.2 == "outside_window")
+                .count();
+            outside >= 4
+        });
+        assert!(
+            waited,
+            "decisions went on, each held back by the window ({outside})"
+        );
+    }
+
+    #[test]
+    fn a_vm_whose_budget_is_spent_stays() {
+        let mut c = with_rules("[budget]\nper_vm_per_day = 1\n", 16);
+        c.start_all();
+        settle(
+            &mut c,
+            Duration::from_secs(10),
+            Duration::from_secs(120),
+            |_| {},
+        );
+        let mut cursor = Vec::new();
+        let _ = decisions(&c, &mut cursor);
+        // New partners everywhere: VMs that moved once would move again.
+        rotate_partners(&c);
+        let mut spent: Vec<String> = Vec::new();
+        let found = c.wait(Duration::from_secs(120), |c| {
+            spent.extend(
+                decisions(c, &mut cursor)
+                    .into_iter()
+                    .filter(|d| d.2 == "over_budget")
+                    .map(|d| d.1),
+            );
+            !spent.is_empty()
+        });
+        assert!(found, "no VM reached its budget");
+        settle(
+            &mut c,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            |_| {},
+        );
+        let mut moved: HashMap<String, usize> = HashMap::new();
+        for (_, e) in c.events() {
+            if e["message"] == "migration succeeded" {
+                *moved
+                    .entry(e["vm"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        for (vm, n) in &moved {
+            assert!(*n <= 1, "VM {vm} moved {n} times with a budget of 1 a day");
+        }
+        assert!(
+            spent.iter().all(|vm| moved.get(vm) == Some(&1)),
+            "a VM held back had moved once: {spent:?} {moved:?}"
+        );
+    }
+}

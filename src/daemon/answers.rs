@@ -119,6 +119,8 @@ impl<P: Peers> Daemon<P> {
                 let (Some(src), Some(dst)) = (host(&m.from), host(&m.to)) else {
                     return;
                 };
+                // The budgets count every move heard of, told by its source or its destination.
+                self.ledger().count_move(m.vm, src, dst);
                 if dst == from && src != self.me {
                     // Attributable: the host now running the VM says so itself (the directory
                     // passes each arrival on once). The announcement carries no duration; the

@@ -113,6 +113,11 @@ impl Ledger {
         self.moves.record(&self.topo, vm, from, to, unix_ms());
     }
 
+    /// A peer told of a move (whoever told it first): counted for the budgets only, once.
+    pub(super) fn count_move(&mut self, vm: VmId, from: HostId, to: HostId) {
+        self.moves.record(&self.topo, vm, from, to, unix_ms());
+    }
+
     /// Records a migration about to start; nothing starts if this fails.
     pub(super) fn begin(
         &mut self,

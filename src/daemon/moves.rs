@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 /// How long a move counts: the longest budget period.
 pub const DAY_MS: u64 = 24 * 3600 * 1000;
 pub const HOUR_MS: u64 = 3600 * 1000;
+/// Two reports of one VM's move between the same hosts this close together are one move.
+pub const SAME_MOVE_MS: u64 = 10 * 60 * 1000;
 /// Moves remembered at most: about 45 moves a minute for a whole day. Past it the oldest go
 /// first (a budget then errs on the generous side).
 pub const MAX_MOVES: usize = 1 << 16;
@@ -126,7 +128,9 @@ impl MoveLog {
         }
     }
 
-    /// `vm` moved from `from` to `to` at `unix_ms`.
+    /// `vm` moved from `from` to `to` at `unix_ms`. One move is often told twice (its source's
+    /// announcement, the destination's arrival): the same move within [`SAME_MOVE_MS`] of one
+    /// already known counts once.
     pub fn record(&mut self, topo: &Topology, vm: VmId, from: HostId, to: HostId, unix_ms: u64) {
         let m = Move {
             vm,
@@ -134,6 +138,11 @@ impl MoveLog {
             to,
             unix_ms,
         };
+        if self.moves.iter().rev().any(|o| {
+            o.vm == vm && o.from == from && o.to == to && o.unix_ms.abs_diff(unix_ms) < SAME_MOVE_MS
+        }) {
+            return;
+        }
         self.push(m);
         // Forget what no budget counts any more.
         while self
@@ -216,6 +225,10 @@ mod tests {
         }
         let log = MoveLog::open(&path, &topo, NOW);
         assert_eq!(log.vm_moves(v, NOW), 2, "V moved twice in the last day");
+        assert_eq!(log.vm_moves(VmId(8), NOW), 1);
+        // The destination's arrival after the source's announcement: the same move.
+        let mut log = log;
+        log.record(&topo, VmId(8), h3, h1, NOW - 50_000);
         assert_eq!(log.vm_moves(VmId(8), NOW), 1);
         assert_eq!(log.host_moves(h1, NOW), 2, "into h1 twice in the last hour");
         assert_eq!(log.host_moves(h2, NOW), 0, "h2's move was five hours ago");

@@ -227,6 +227,14 @@ async fn serve(
         metrics: metrics.clone(),
         journal,
     }));
+    tracing::info!(
+        file = %config.placement.rules_file.display(),
+        groups = rules.groups().len(),
+        exclusions = rules.exclusions().len(),
+        windows = rules.windows.len(),
+        repair = rules.repair,
+        "placement rules in force"
+    );
     daemon.set_rules(rules);
     daemon.reconcile(left).await;
     // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
