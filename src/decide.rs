@@ -185,10 +185,18 @@ pub enum TurnOutcome {
     HypervisorDown,
     /// Not decided: the VM runs on more than one host at once (a zombie).
     Zombie,
+    /// Every candidate that gains was refused by a placement rule (anti-affinity, affinity, an
+    /// exclusion).
+    Rule,
+    /// A move was chosen, but this host or the destination is outside its migration windows:
+    /// nothing moves until one opens.
+    OutsideWindow,
+    /// A move was chosen, but the VM's or a host's migration budget is spent.
+    OverBudget,
 }
 
 impl TurnOutcome {
-    pub const ALL: [TurnOutcome; 12] = [
+    pub const ALL: [TurnOutcome; 15] = [
         TurnOutcome::Migrated,
         TurnOutcome::NoBenefit,
         TurnOutcome::NoCapacity,
@@ -201,6 +209,9 @@ impl TurnOutcome {
         TurnOutcome::Failed,
         TurnOutcome::HypervisorDown,
         TurnOutcome::Zombie,
+        TurnOutcome::Rule,
+        TurnOutcome::OutsideWindow,
+        TurnOutcome::OverBudget,
     ];
 
     pub fn name(self) -> &'static str {
@@ -217,6 +228,9 @@ impl TurnOutcome {
             TurnOutcome::Failed => "failed",
             TurnOutcome::HypervisorDown => "hypervisor_down",
             TurnOutcome::Zombie => "zombie",
+            TurnOutcome::Rule => "rule",
+            TurnOutcome::OutsideWindow => "outside_window",
+            TurnOutcome::OverBudget => "over_budget",
         }
     }
 }

@@ -149,7 +149,7 @@ impl ControlArgs {
 }
 
 fn control(args: &ControlArgs, req: scored::daemon::control::Request) -> anyhow::Result<ExitCode> {
-    use scored::daemon::control::{Reply, render_decisions, render_status, request};
+    use scored::daemon::control::{Reply, render_plan, render_status, request};
     let path = args.socket()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -166,7 +166,10 @@ fn control(args: &ControlArgs, req: scored::daemon::control::Request) -> anyhow:
     }
     match reply {
         Reply::Status(s) => print!("{}", render_status(&s)),
-        Reply::Plan { decisions } => print!("{}", render_decisions(&decisions)),
+        Reply::Plan {
+            decisions,
+            violations,
+        } => print!("{}", render_plan(&decisions, &violations)),
         Reply::Done { message } => println!("{message}"),
         Reply::Error { message } => {
             eprintln!("scored: {message}");

@@ -163,6 +163,16 @@ pub struct Metrics {
     pub endpoint: EndpointMetrics,
     /// Torn journal records cut when the journal was opened (kept in `<journal>.corrupt`).
     pub journal_torn_records: Counter,
+    /// Local VMs breaking a placement rule where they run, by the rule's kind.
+    pub rule_violations_by_kind: Family<KindLabels, Gauge>,
+    /// Rules files that did not load (at start or on SIGHUP; the rules in force stay).
+    pub rules_file_errors: Counter,
+}
+
+/// The kind of a placement rule (`rules::Refusal::kind`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
 }
 
 fn handoff_buckets() -> Histogram {
@@ -235,7 +245,12 @@ impl Metrics {
             peers: PeerMetrics::default(),
             endpoint: EndpointMetrics::default(),
             journal_torn_records: Counter::default(),
+            rule_violations_by_kind: Family::default(),
+            rules_file_errors: Counter::default(),
         };
+        for kind in crate::rules::Refusal::KINDS {
+            let _ = m.rule_violations(kind);
+        }
         // Every label value a family can take exists from the start, so rate() and alerts see
         // a zero rather than an absent series.
         for o in TurnOutcome::ALL {
@@ -403,6 +418,17 @@ impl Metrics {
             m.zombie_vms.clone(),
         );
 
+        r.register(
+            "rule_violations",
+            "Local VMs breaking a placement rule where they run (an operator's move, a VM started in the wrong place), by the rule's kind",
+            m.rule_violations_by_kind.clone(),
+        );
+        r.register(
+            "rules_file_errors",
+            "Rules files that did not load, at start or on SIGHUP (the rules in force stay)",
+            m.rules_file_errors.clone(),
+        );
+
         let f = &m.flows;
         r.register(
             "flow_entries",
@@ -471,6 +497,15 @@ impl Metrics {
     }
 
     /// Counts one decision.
+    /// The violations gauge of one rule kind.
+    pub fn rule_violations(&self, kind: &str) -> Gauge {
+        self.rule_violations_by_kind
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .clone()
+    }
+
     pub fn decided(&self, outcome: TurnOutcome, took: Duration) {
         self.decisions
             .get_or_create(&OutcomeLabels { outcome })

@@ -371,7 +371,7 @@ fn dry_run_decides_but_moves_nothing() {
     // `scored plan` against a running daemon: JSON with the numbers.
     let plan = (0..c.hosts.len())
         .filter_map(|i| match c.request(i, Request::Plan) {
-            Ok(Reply::Plan { decisions }) => Some(decisions),
+            Ok(Reply::Plan { decisions, .. }) => Some(decisions),
             _ => None,
         })
         .flatten()

@@ -122,6 +122,11 @@ impl Section for PlacementConfig {
     );
     type Error = PlacementConfigError;
 
+    /// A relative `rules_file` is beside the configuration file, as the topology is.
+    fn resolve_paths(&mut self, dir: &std::path::Path) {
+        super::section::resolve_path(&mut self.rules_file, dir);
+    }
+
     fn check(&self) -> Vec<PlacementConfigError> {
         let mut out = Vec::new();
         let mut seen: HashMap<&VmRef, usize> = HashMap::new();

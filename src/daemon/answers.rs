@@ -139,11 +139,13 @@ impl<P: Peers> Daemon<P> {
                 let (Some(src), Some(dst)) = (host(&m.from), host(&m.to)) else {
                     return;
                 };
+                // The budgets count every move heard of, told by its source or its destination.
+                self.ledger().count_move(m.vm, src, dst);
                 if dst == from && src != self.me {
                     // Attributable: the host now running the VM says so itself (the directory
                     // passes each arrival on once). The announcement carries no duration; the
                     // cooldown base covers it. A move out of here is in the history already.
-                    self.ledger().moved(m.vm, src, Duration::ZERO, now);
+                    self.ledger().moved(m.vm, src, dst, Duration::ZERO, now);
                 } else if dst == self.me {
                     // Its former host says the VM comes here: read it from the hypervisor rather
                     // than wait for the periodic refresh, so location answers and this host's

@@ -12,6 +12,7 @@ use crate::cost::{self, PartnerTraffic};
 use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
 use crate::hypervisor::{Capacity, Vm};
 use crate::p2p::{LocateOptions, PeerError, Peers};
+use crate::rules::Refusal;
 use crate::topology::HostId;
 use scored_proto::{PlacementRequest, PlacementResponse, VmId};
 use std::collections::HashMap;
@@ -21,6 +22,9 @@ use std::time::{Duration, Instant};
 pub struct Assessment {
     pub outcome: TurnOutcome,
     pub decision: Option<decide::Decision>,
+    /// Where the VM goes (or would go: dry-run, a closed window, a spent budget): the
+    /// decision's destination, or a repair's.
+    pub to: Option<HostId>,
     pub partners: Vec<(VmId, HostId, f64)>,
     pub detail: String,
 }
@@ -127,6 +131,7 @@ impl<P: Peers> Daemon<P> {
         let early = |outcome, detail: String| Assessment {
             outcome,
             decision: None,
+            to: None,
             partners: partners.clone(),
             detail,
         };
@@ -164,6 +169,18 @@ impl<P: Peers> Daemon<P> {
                 format!("cooling down for {left} s more"),
             );
         }
+        let placement = self.rule_inputs(vm.id).await;
+        if placement.unplaced > 0 {
+            // Deciding without a group member's location could put two replicas together.
+            return early(
+                TurnOutcome::Busy,
+                format!(
+                    "{} member(s) of its placement groups could not be located (hosts not answering); deferred",
+                    placement.unplaced
+                ),
+            );
+        }
+        let check = placement.check(&self.topo, vm.id);
         let gates = Gates {
             pinned: self.pinned(vm, &config),
             migration_cost: config.decision.effective_migration_cost(current),
@@ -171,7 +188,7 @@ impl<P: Peers> Daemon<P> {
             previous_hosts: &previous,
             return_margin: config.decision.return_margin_fraction,
             rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
-            rules: &crate::rules::NO_RULES,
+            rules: &check,
         };
         let subject = Subject {
             vm: vm.id,
@@ -185,7 +202,7 @@ impl<P: Peers> Daemon<P> {
         // knows better and holds room for it; a recommendation moves nothing and holds none.
         let req = PlacementRequest {
             memory_mib: vm.memory_mib,
-            moving: (!config.decision.dry_run).then(|| self.moving_vm(&self.placement_rules(), vm)),
+            moving: (!config.decision.dry_run).then(|| self.moving_vm(&self.rules(), vm)),
         };
         let timeout = config.token.handoff_timeout();
         let max = config.decision.max_candidates as usize;
@@ -246,11 +263,18 @@ impl<P: Peers> Daemon<P> {
             }
         }
         let d = search.finish();
-        let outcome = TurnOutcome::of(&d.outcome, config.decision.dry_run);
+        let mut outcome = TurnOutcome::of(&d.outcome, config.decision.dry_run);
         let mut detail = format!(
             "asked {} host(s): {} full, {} no answer; {} excluded as a recent host",
             d.queries, d.full, d.unreachable, d.returning
         );
+        if let Some(r) = &d.refusal {
+            detail = format!(
+                "{detail}; {} refused by a rule: {}",
+                d.by_rule,
+                self.explain(&placement.rules, r)
+            );
+        }
         if let Some(rule) = d.destination_refusal.and_then(|h| refusals.get(&h)) {
             let h = d
                 .destination_refusal
@@ -258,8 +282,46 @@ impl<P: Peers> Daemon<P> {
                 .unwrap_or_default();
             detail.push_str(&format!("; {h} refused: {rule}"));
         }
+        if d.by_rule > 0
+            && d.outcome == decide::Outcome::Excluded
+            && d.returning == 0
+            && d.in_maintenance == 0
+        {
+            outcome = TurnOutcome::Rule;
+        }
+        let mut to = d.migrates_to();
+        if to.is_none() && placement.rules.repair && !gates.pinned {
+            // An anti-affinity rule broken here: move away even without a gain.
+            let broken = check
+                .violations(self.me)
+                .into_iter()
+                .find(|r| matches!(r, Refusal::AntiAffinity { .. }));
+            if let Some(r) = broken {
+                let why = self.explain(&placement.rules, &r);
+                match self.repair_target(vm, &check, &pt).await {
+                    Some(h) => {
+                        to = Some(h);
+                        outcome = if config.decision.dry_run {
+                            TurnOutcome::DryRun
+                        } else {
+                            TurnOutcome::Migrated
+                        };
+                        detail = format!("repair: {why}; {} ends it", self.host_name(h));
+                    }
+                    None => detail = format!("{detail}; repair: {why}; no allowed host with room"),
+                }
+            }
+        }
+        if outcome == TurnOutcome::Migrated
+            && let Some(h) = to
+            && let Some((o, why)) = self.held_back(&placement.rules, vm.id, h)
+        {
+            outcome = o;
+            detail = format!("{detail}; {why}");
+        }
         Assessment {
             outcome,
+            to,
             decision: Some(d),
             partners,
             detail,
@@ -297,11 +359,15 @@ impl<P: Peers> Daemon<P> {
             .iter()
             .map(|&(_, host, rate)| PartnerTraffic { host, rate })
             .collect();
+        // A drain keeps the placement rules: no host they refuse.
+        let placement = self.rule_inputs(vm.id).await;
+        let check = placement.check(&self.topo, vm.id);
         // Each host's cost computed once, not once per comparison.
         let mut hosts: Vec<(f64, u8, HostId)> = self
             .peers
             .others()
             .into_iter()
+            .filter(|h| check.allows(self.me, *h).is_ok())
             .map(|h| {
                 (
                     cost::vm_cost(&self.topo, h, &pt),
@@ -314,7 +380,7 @@ impl<P: Peers> Daemon<P> {
         // Named, so a destination the rules refuse says no: draining never breaks a rule.
         let req = PlacementRequest {
             memory_mib: vm.memory_mib,
-            moving: Some(self.moving_vm(&self.placement_rules(), vm)),
+            moving: Some(self.moving_vm(&self.rules(), vm)),
         };
         let timeout = self.config().token.handoff_timeout();
         for (_, _, h) in hosts {

@@ -53,7 +53,11 @@ impl<P: Peers> Daemon<P> {
                 let daemon = self.clone();
                 self.tasks.spawn(async move {
                     let decisions = daemon.plan().await;
-                    let _ = reply.send(Reply::Plan { decisions });
+                    let violations = daemon.violations();
+                    let _ = reply.send(Reply::Plan {
+                        decisions,
+                        violations,
+                    });
                 });
                 return;
             }
@@ -98,7 +102,7 @@ impl<P: Peers> Daemon<P> {
     }
 
     /// `scored status`.
-    fn status(&self) -> Status {
+    pub fn status(&self) -> Status {
         let config = self.config();
         let topo = &self.topo;
         let (maintenance, draining) = {
@@ -174,6 +178,7 @@ impl<P: Peers> Daemon<P> {
             }),
             unsettled,
             zombies: self.zombie_status(),
+            violations: self.violations(),
         }
     }
 }

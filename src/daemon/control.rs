@@ -37,9 +37,18 @@ pub enum Request {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Status(Box<Status>),
-    Plan { decisions: Vec<DecisionRecord> },
-    Done { message: String },
-    Error { message: String },
+    Plan {
+        decisions: Vec<DecisionRecord>,
+        /// The placement rules local VMs break where they run.
+        #[serde(default)]
+        violations: Vec<ViolationStatus>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,6 +73,20 @@ pub struct Status {
     /// VMs running on more than one host, as the hosts' inventories say (zombies).
     #[serde(default)]
     pub zombies: Vec<super::zombies::ZombieStatus>,
+    /// The placement rules local VMs break where they run.
+    #[serde(default)]
+    pub violations: Vec<ViolationStatus>,
+}
+
+/// A placement rule a local VM breaks where it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViolationStatus {
+    pub vm: String,
+    pub name: String,
+    /// `anti_affinity`, `affinity` or `exclusion` (the metric's label).
+    pub kind: String,
+    /// The rule, for a person: "anti-affinity group db-main, scope host: h1 runs db-main-2".
+    pub rule: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -266,6 +289,7 @@ pub fn render_status(s: &Status) -> String {
             z.journal.as_deref().unwrap_or("no migration of it")
         );
     }
+    o.push_str(&render_violations(&s.violations));
     let costs: Vec<String> = s
         .cost_by_level
         .iter()
@@ -302,6 +326,27 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(o, "\nrecent decisions:");
         o.push_str(&render_decisions(&s.recent));
     }
+    o
+}
+
+/// Human-readable placement rules broken here (`scored status`, `scored plan`); nothing when
+/// none is.
+pub fn render_violations(vs: &[ViolationStatus]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    for v in vs {
+        let _ = writeln!(o, "RULE BROKEN: VM {} ({}): {}", v.vm, v.name, v.rule);
+    }
+    o
+}
+
+/// Human-readable `scored plan`: the rules broken here, then what each VM's turn would do.
+pub fn render_plan(ds: &[DecisionRecord], vs: &[ViolationStatus]) -> String {
+    let mut o = render_violations(vs);
+    if !o.is_empty() {
+        o.push('\n');
+    }
+    o.push_str(&render_decisions(ds));
     o
 }
 

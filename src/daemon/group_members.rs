@@ -1,9 +1,10 @@
 //! What this host knows of placement groups beyond itself, and the destination's re-check.
 //!
-//! - [`Daemon::group_members`]: where the members of a VM's groups run, for the `RuleCheck` of
-//!   a decision (`rules::Rules::check_for`): rules-file members located through the directory,
-//!   this host's VMs by their metadata (exact), peers' VMs by their groups announcements, and
-//!   the VMs this host holds room for.
+//! - [`Daemon::known_group_members`]: where the members of a VM's groups run as far as this
+//!   host knows without asking, for the `RuleCheck` of a decision (`rules::Rules::check_for`;
+//!   the rules room adds lookups of rules-file members it cannot place): rules-file members
+//!   located through the directory, this host's VMs by their metadata (exact), peers' VMs by
+//!   their groups announcements, and the VMs this host holds room for.
 //! - [`Daemon::moving_vm`]: what a capacity request says of the VM that would move (its groups
 //!   with kind and scope), so the destination can judge it.
 //! - [`Daemon::recheck`]: the destination's side: the same `RuleCheck`, built from what this
@@ -16,44 +17,22 @@
 
 use super::host::{Daemon, lock};
 use crate::hypervisor::Vm;
-use crate::p2p::{Known, LocateOptions, Peers};
+use crate::p2p::{Known, Peers};
 use crate::rules::{self, GroupId, GroupKind, Member, Rules};
 use crate::topology::HostId;
-use scored_proto::{GroupRef, MAX_VM_GROUPS, MovingVm, VmGroups, VmId};
+use scored_proto::{GroupRef, MAX_VM_GROUPS, MovingVm, VmGroups};
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The placement rules in force and the lock that makes a destination's check and its
-/// reservation one step.
+/// The lock that makes a destination's rule check and its reservation one step.
 #[derive(Default)]
 pub struct Placement {
-    rules: RwLock<Arc<Rules>>,
     /// Held from a capacity request's rule check to its reservation.
     gate: Mutex<()>,
 }
 
-impl Placement {
-    pub fn rules(&self) -> Arc<Rules> {
-        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set_rules(&self, rules: Arc<Rules>) {
-        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
-    }
-}
-
 impl<P: Peers> Daemon<P> {
-    /// The placement rules in force.
-    pub fn placement_rules(&self) -> Arc<Rules> {
-        self.placement.rules()
-    }
-
-    /// Puts placement rules in force (the rules file, at start and on reload).
-    pub fn set_placement_rules(&self, rules: Arc<Rules>) {
-        self.placement.set_rules(rules);
-    }
-
     /// Where the members of `groups` (ids of `rules`) run, as far as this host knows without
     /// asking anyone: for each group, its rules-file members the directory can place, this
     /// host's VMs whose metadata names it, peers' VMs their fresh announcements name, and the VMs
@@ -107,37 +86,6 @@ impl<P: Peers> Daemon<P> {
         out
     }
 
-    /// As [`Self::known_group_members`], and rules-file members the directory cannot place are
-    /// looked up (one batch per host, as partners are): the deciding host's view.
-    pub async fn group_members(&self, rules: &Rules, groups: &[GroupId]) -> Vec<Member> {
-        let mut out = self.known_group_members(rules, groups);
-        let unplaced: Vec<VmId> = groups
-            .iter()
-            .flat_map(|&g| rules.group(g).members.iter().copied())
-            .filter(|vm| !out.iter().any(|m| m.vm == *vm))
-            .collect();
-        if unplaced.is_empty() {
-            return out;
-        }
-        let options = LocateOptions {
-            timeout: self.config().token.handoff_timeout(),
-            ..LocateOptions::default()
-        };
-        let found = self.peers.locate(&unplaced, options).await.found;
-        for &g in groups {
-            for vm in &rules.group(g).members {
-                if let Some(&host) = found.get(vm) {
-                    out.push(Member {
-                        group: g,
-                        vm: *vm,
-                        host,
-                    });
-                }
-            }
-        }
-        out
-    }
-
     /// The groups of `vm` as a capacity request names them: the rules file's, then those its
     /// metadata names (the file's kind and scope win for a group it declares; a tag the rules
     /// cannot resolve is left out, its error is the rules room's to report). At most
@@ -185,7 +133,7 @@ impl<P: Peers> Daemon<P> {
     /// (their metadata tags, and their libvirt names where the rules file lists them by name),
     /// so it announces them.
     pub(super) fn publish_local_groups(&self, vms: &[Vm]) {
-        let rules = self.placement_rules();
+        let rules = self.rules();
         let groups = vms
             .iter()
             .map(|v| {
@@ -218,7 +166,7 @@ impl<P: Peers> Daemon<P> {
         accepts: bool,
         hold: Duration,
     ) -> Result<(), String> {
-        let rules = self.placement_rules();
+        let rules = self.rules();
         let mut owned: Cow<'_, Rules> = Cow::Borrowed(&*rules);
         let mut ids = Vec::with_capacity(moving.groups.len());
         for g in &moving.groups {

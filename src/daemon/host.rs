@@ -12,6 +12,7 @@ use super::journal::Journal;
 use super::ledger::Ledger;
 use super::operator::Operator;
 use super::records::{DecisionRecord, Decisions};
+use super::rules::PlacementRules;
 use super::tasks::Tasks;
 use super::token_watch::TokenWatch;
 use super::traffic::Traffic;
@@ -44,6 +45,8 @@ pub struct Daemon<P: Peers> {
     watch: Mutex<TokenWatch>,
     operator: Mutex<Operator>,
     decisions: Mutex<Decisions>,
+    /// The placement rules in force (`rules`).
+    pub(super) rules: Mutex<PlacementRules>,
     /// Hosts with a live connection to us.
     reachable: Mutex<HashSet<HostId>>,
     pub(super) tasks: Tasks,
@@ -125,6 +128,7 @@ impl<P: Peers> Daemon<P> {
         let minters = topo.hosts().len() as u32;
         let maintenance = config.placement.maintenance;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let ledger = Ledger::new(journal, topo.clone());
         Daemon {
             topo,
             me,
@@ -134,10 +138,11 @@ impl<P: Peers> Daemon<P> {
             config: RwLock::new(config),
             traffic: Mutex::new(traffic),
             inventory: Inventory::default(),
-            ledger: Mutex::new(Ledger::new(journal)),
+            ledger: Mutex::new(ledger),
             watch: Mutex::new(TokenWatch::new(loss, stagger, minters)),
             operator: Mutex::new(Operator::new(maintenance)),
             decisions: Mutex::new(Decisions::default()),
+            rules: Mutex::default(),
             reachable: Mutex::new(HashSet::new()),
             tasks: Tasks::new(),
             commands: CommandSender::new(tx),

@@ -64,6 +64,7 @@ impl<P: Peers> Daemon<P> {
     /// a previous run left unsettled.
     pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
         self.read_inventory(true).await?;
+        self.watch_violations();
         if self.ledger().has_unsettled() {
             self.settle_unsettled().await;
         }
@@ -107,6 +108,7 @@ impl<P: Peers> Daemon<P> {
             tracing::warn!(error = %e, "flow capture does not follow every VM");
         }
         self.metrics.vms.set(vms.len() as i64);
+        self.follow_metadata_groups(&vms);
         self.sync_token_clock();
         let arrivals = self
             .peers
@@ -124,7 +126,7 @@ impl<P: Peers> Daemon<P> {
     async fn announce_arrivals(&self, arrivals: Vec<Arrival>) {
         for a in arrivals {
             self.ledger()
-                .moved(a.vm, a.from, Duration::ZERO, Instant::now());
+                .moved(a.vm, a.from, self.me, Duration::ZERO, Instant::now());
             let announcement = Announcement::Migration(MigrationAnnounce {
                 vm: a.vm,
                 from: self.topo.host(a.from).name.clone(),

@@ -1,15 +1,16 @@
 //! What this host knows of migrations: the journal (written before a migration starts, closed
 //! when it ends), the VMs whose migration is left open and not settled yet, the history of moves
-//! (cooldown, no bouncing back), and the count of migrations out of here. Settlement lives here
-//! too: after a crash or a hung call, the hypervisor is asked how each open migration ended.
+//! (cooldown, no bouncing back), the moves of the last day the budgets count (`moves`), and the
+//! count of migrations out of here. Settlement lives here too: after a crash or a hung call, the hypervisor is asked how each open migration ended.
 //!
 //! It never starts a migration (that is `migration`) and never decides for a VM.
 
 use super::history::{CooldownPolicy, History};
 use super::host::{Daemon, unix_ms};
 use super::journal::{self, Journal, JournalError};
+use super::moves::{self, MoveLog};
 use crate::p2p::Peers;
-use crate::topology::HostId;
+use crate::topology::{HostId, Topology};
 use scored_proto::{Stamp, VmId};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,17 +22,34 @@ pub(super) struct Ledger {
     /// until settled. Asked about again on every inventory refresh.
     unsettled: HashSet<VmId>,
     history: History,
+    /// Every move known in the last day, on disk beside the journal (the budgets).
+    moves: MoveLog,
+    topo: Arc<Topology>,
     migrations_done: u64,
 }
 
 impl Ledger {
-    pub(super) fn new(journal: Journal) -> Self {
+    pub(super) fn new(journal: Journal, topo: Arc<Topology>) -> Self {
+        let moves = MoveLog::open(&moves::path_beside(journal.path()), &topo, unix_ms());
         Ledger {
             journal,
             unsettled: HashSet::new(),
             history: History::new(),
+            moves,
+            topo,
             migrations_done: 0,
         }
+    }
+
+    /// What the budgets count for moving `vm` from `from` to `to` now: its moves in the last
+    /// day, and each host's moves (out or in) in the last hour.
+    pub(super) fn budget_counts(&self, vm: VmId, from: HostId, to: HostId) -> (u32, u32, u32) {
+        let now = unix_ms();
+        (
+            self.moves.vm_moves(vm, now),
+            self.moves.host_moves(from, now),
+            self.moves.host_moves(to, now),
+        )
     }
 
     pub(super) fn is_unsettled(&self, vm: VmId) -> bool {
@@ -82,9 +100,22 @@ impl Ledger {
         (self.history.cooldown_until(vm, cooldown, now), prev)
     }
 
-    /// A VM left `from` (a migration here or a peer's announcement).
-    pub(super) fn moved(&mut self, vm: VmId, from: HostId, took: Duration, now: Instant) {
+    /// A VM went from `from` to `to` (an arrival here or a peer's announcement).
+    pub(super) fn moved(
+        &mut self,
+        vm: VmId,
+        from: HostId,
+        to: HostId,
+        took: Duration,
+        now: Instant,
+    ) {
         self.history.record(vm, from, took, now);
+        self.moves.record(&self.topo, vm, from, to, unix_ms());
+    }
+
+    /// A peer told of a move (whoever told it first): counted for the budgets only, once.
+    pub(super) fn count_move(&mut self, vm: VmId, from: HostId, to: HostId) {
+        self.moves.record(&self.topo, vm, from, to, unix_ms());
     }
 
     /// Records a migration about to start; nothing starts if this fails.
@@ -100,11 +131,18 @@ impl Ledger {
     }
 
     /// A migration this host ran went through.
-    pub(super) fn succeeded(&mut self, entry: u64, vm: VmId, from: HostId, took: Duration) {
+    pub(super) fn succeeded(
+        &mut self,
+        entry: u64,
+        vm: VmId,
+        (from, to): (HostId, HostId),
+        took: Duration,
+    ) {
         if let Err(e) = self.journal.end(entry, journal::Ending::Succeeded) {
             tracing::warn!(vm = %vm, journal = entry, error = %e, "journal: entry not closed");
         }
         self.history.record(vm, from, took, Instant::now());
+        self.moves.record(&self.topo, vm, from, to, unix_ms());
         self.migrations_done += 1;
     }
 
@@ -194,6 +232,10 @@ impl<P: Peers> Daemon<P> {
                 ledger
                     .history
                     .record(vm, self.me, Duration::ZERO, Instant::now());
+                if let Some(to) = self.topo.host_by_name(&e.to).map(|h| h.id) {
+                    let topo = self.topo.clone();
+                    ledger.moves.record(&topo, vm, self.me, to, unix_ms());
+                }
             }
         }
         tracing::info!(vm = %vm, to = %e.to, journal = e.id, ?verdict, unix_ms = unix_ms(), "journal: migration settled");

@@ -62,7 +62,7 @@ impl<P: Peers> Daemon<P> {
         match result {
             Ok(report) => {
                 self.ledger()
-                    .succeeded(entry.id, vm.id, self.me, report.elapsed);
+                    .succeeded(entry.id, vm.id, (self.me, to), report.elapsed);
                 let m = &self.metrics.migrations;
                 m.succeeded.inc();
                 m.duration.observe(report.elapsed.as_secs_f64());

@@ -7,7 +7,8 @@
 //! `answers` (to peers), `group_members` (what is known of placement groups; the destination's
 //! re-check), `token_watch` and `regeneration` (token loss), `turn_loop` (drives the
 //! token's walk, the pure machine in `token::walk`), `vm_turn` and `assess` (one VM),
-//! `migration`, `operator`, `records`, `commands` and `control` (the control socket), `tasks`
+//! `migration`, `rules` (the placement rules in force) and `moves` (the budgets' count),
+//! `operator`, `records`, `commands` and `control` (the control socket), `tasks`
 //! (the owner of every task), `event_loop` and `run` (wiring).
 
 mod answers;
@@ -23,10 +24,12 @@ mod inventory;
 pub mod journal;
 mod ledger;
 mod migration;
+mod moves;
 mod operator;
 pub mod records;
 mod regeneration;
 pub mod ring;
+mod rules;
 pub mod run;
 mod tasks;
 pub mod token_watch;

@@ -164,13 +164,18 @@ async fn follow_shared_traffic<P: Peers>(daemon: Arc<Daemon<P>>, host: FileHost)
 /// `scored run`.
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, topo, me) = load(&opts)?;
+    // A rules file that does not load stops the start: running without the anti-affinity an
+    // operator wrote could put replicas together. (On SIGHUP the rules in force stay instead.)
+    let rules = super::rules::read_rules_file(&config.placement.rules_file, &topo)
+        .map_err(|e| anyhow!("placement rules:\n{e}"))?;
     if opts.check_config {
         println!(
-            "{}: ok (host {}, topology {} with {} hosts)",
+            "{}: ok (host {}, topology {} with {} hosts, {} placement group(s))",
             opts.config.display(),
             topo.host(me).name,
             topo.source().display(),
-            topo.hosts().len()
+            topo.hosts().len(),
+            rules.groups().len()
         );
         return Ok(());
     }
@@ -179,14 +184,14 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(opts, config, topo, me, log))
+    runtime.block_on(serve(opts, config, (topo, me), rules, log))
 }
 
 async fn serve(
     opts: DaemonOptions,
     config: Config,
-    topo: Arc<Topology>,
-    me: HostId,
+    (topo, me): (Arc<Topology>, HostId),
+    rules: crate::rules::Rules,
     log: crate::logging::LogHandle,
 ) -> anyhow::Result<()> {
     let notifier = Notifier::from_env().context("systemd notify")?;
@@ -222,6 +227,15 @@ async fn serve(
         metrics: metrics.clone(),
         journal,
     }));
+    tracing::info!(
+        file = %config.placement.rules_file.display(),
+        groups = rules.groups().len(),
+        exclusions = rules.exclusions().len(),
+        windows = rules.windows.len(),
+        repair = rules.repair,
+        "placement rules in force"
+    );
+    daemon.set_rules(rules);
     daemon.reconcile(left).await;
     // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
     // status): the daemon starts with no local VMs, decides nothing for its host and takes no
@@ -295,6 +309,9 @@ async fn serve(
                     }
                     daemon.reload_config(r.config);
                     tracing::info!(file = %path.display(), "configuration reloaded");
+                    // The rules file reloads with the configuration; a bad one keeps the rules
+                    // in force.
+                    daemon.load_rules();
                 }
                 Err(e) => tracing::error!("configuration not reloaded:\n{e}"),
             }

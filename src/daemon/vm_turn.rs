@@ -110,6 +110,7 @@ impl<P: Peers> Daemon<P> {
             let a = Assessment {
                 outcome,
                 decision: None,
+                to: None,
                 partners: self.cached_partners(vm),
                 detail,
             };
@@ -119,16 +120,21 @@ impl<P: Peers> Daemon<P> {
         }
         let draining = self.operator().draining();
         let mut a = self.assess(&v).await;
-        let mut to = a.decision.as_ref().and_then(|d| d.migrates_to());
+        let mut to = a.to;
         if draining
             && to.is_none()
             && a.outcome != TurnOutcome::Zombie
             && !self.pinned(&v, &self.config())
         {
             to = self.drain_target(&v, &a.partners).await;
-            if to.is_some() {
+            if let Some(dest) = to {
                 a.outcome = TurnOutcome::Migrated;
                 a.detail = format!("draining: {}", a.detail);
+                // A drain keeps the windows and budgets as every move does.
+                if let Some((o, why)) = self.held_back(&self.rules(), v.id, dest) {
+                    a.outcome = o;
+                    a.detail = format!("{}; {why}", a.detail);
+                }
             }
         }
         // From here to the job starting is a target of its own (≤ 100 ms, docs/evaluation.md).
@@ -189,7 +195,7 @@ impl<P: Peers> Daemon<P> {
             if a.outcome == TurnOutcome::Migrated {
                 a.outcome = TurnOutcome::DryRun;
             }
-            let to = a.decision.as_ref().and_then(|d| d.migrates_to());
+            let to = a.to;
             out.push(self.decision_record(v.id, &a, to, stamp, started_unix_ms));
         }
         out

@@ -249,24 +249,40 @@ impl Refusal {
         }
     }
 
+    /// Every [`Self::kind`], for metric series that exist from the start.
+    pub const KINDS: [&'static str; 3] = ["anti_affinity", "affinity", "exclusion"];
+
     /// For a person: "anti-affinity group db-main, scope host: hv7 runs 10.0.0.2".
     pub fn describe(&self, rules: &Rules, topo: &Topology) -> String {
+        self.describe_as(rules, topo, |vm| vm.to_string())
+    }
+
+    /// As [`Self::describe`], the member VM written by `name` (its libvirt name where the
+    /// caller knows it: "hv7 runs db-main-2").
+    pub fn describe_as(
+        &self,
+        rules: &Rules,
+        topo: &Topology,
+        name: impl Fn(VmId) -> String,
+    ) -> String {
         match *self {
             Refusal::AntiAffinity { group, member, at } => {
                 let g = rules.group(group);
                 format!(
-                    "anti-affinity group {}, scope {}: {} runs {member}",
+                    "anti-affinity group {}, scope {}: {} runs {}",
                     g.name,
                     scope_name(topo, g.scope),
-                    topo.host(at).name
+                    topo.host(at).name,
+                    name(member)
                 )
             }
             Refusal::Affinity { group, member, at } => {
                 let g = rules.group(group);
                 format!(
-                    "affinity group {}, scope {}: would leave {member} on {}",
+                    "affinity group {}, scope {}: would leave {} on {}",
                     g.name,
                     scope_name(topo, g.scope),
+                    name(member),
                     topo.host(at).name
                 )
             }
