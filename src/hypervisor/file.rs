@@ -319,6 +319,8 @@ impl Cluster {
             model: file.model,
             migrations: file.migrations,
             in_flight: file.in_flight,
+            // Daemons re-check rules themselves; the shared file only moves VMs.
+            rules: None,
         }
     }
 
