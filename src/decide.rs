@@ -19,6 +19,9 @@ pub enum Via {
     PartnerHost,
     /// Same rack as a partner's host that had no room (or could not be used).
     PartnerRack { of: HostId },
+    /// Another rack under the switch above a partner's rack, when a placement rule refuses
+    /// that whole rack (replicas kept in separate racks still want to be close).
+    PartnerPod { of: HostId },
 }
 
 /// A host u could move to, with the Eq. 3.2 benefit of moving there.
@@ -248,6 +251,8 @@ pub struct Decider<'t> {
     /// Rack number of each host, and the hosts of each rack.
     rack_of: Vec<u32>,
     rack_hosts: Vec<Vec<HostId>>,
+    /// The other racks under each rack's parent switch (empty for a rack at the top).
+    sibling_racks: Vec<Vec<u32>>,
     candidates: Vec<Candidate>,
     /// Candidates above `c_m` in benefit order, consumed by a search.
     queue: Vec<Candidate>,
@@ -278,10 +283,25 @@ impl<'t> Decider<'t> {
             rack_of.push(r);
             rack_hosts[r as usize].push(h.id);
         }
+        // Racks grouped by their parent switch, O(racks).
+        let mut under: std::collections::HashMap<crate::topology::SwitchId, Vec<u32>> =
+            std::collections::HashMap::new();
+        for (i, r) in racks.iter().enumerate() {
+            if let Some(p) = topo.switch(*r).parent {
+                under.entry(p).or_default().push(i as u32);
+            }
+        }
+        let mut sibling_racks = vec![Vec::new(); racks.len()];
+        for group in under.values() {
+            for &r in group {
+                sibling_racks[r as usize] = group.iter().copied().filter(|&o| o != r).collect();
+            }
+        }
         Decider {
             topo,
             rack_of,
             rack_hosts,
+            sibling_racks,
             candidates: Vec::new(),
             queue: Vec::new(),
             seen: Vec::new(),
@@ -432,7 +452,10 @@ impl<'t> Decider<'t> {
                     done,
                 };
                 for h in ruled_out {
-                    search.add_alternates(h);
+                    if search.add_alternates(h) == 0 {
+                        // The rule refuses the whole rack: try the racks next to it.
+                        search.add_pod_alternates(h);
+                    }
                 }
                 return search;
             }
@@ -555,12 +578,34 @@ impl Search<'_, '_> {
         }
     }
 
-    fn add_alternates(&mut self, full: HostId) {
+    /// Adds up to `rack_alternates` hosts of `full`'s rack; how many were admitted.
+    fn add_alternates(&mut self, full: HostId) -> usize {
+        let d = &mut *self.decider;
+        let rack = d.rack_of[full.index()] as usize;
+        let hosts = std::mem::take(&mut d.rack_hosts[rack]);
+        let kept = self.add_from(&hosts, Via::PartnerRack { of: full });
+        self.decider.rack_hosts[rack] = hosts;
+        kept
+    }
+
+    /// Adds up to `rack_alternates` hosts of the racks beside `refused`'s (under the same
+    /// parent switch), best benefit first; how many were admitted.
+    fn add_pod_alternates(&mut self, refused: HostId) -> usize {
+        let d = &*self.decider;
+        let rack = d.rack_of[refused.index()] as usize;
+        let hosts: Vec<HostId> = d.sibling_racks[rack]
+            .iter()
+            .flat_map(|&r| d.rack_hosts[r as usize].iter().copied())
+            .collect();
+        self.add_from(&hosts, Via::PartnerPod { of: refused })
+    }
+
+    fn add_from(&mut self, hosts: &[HostId], via: Via) -> usize {
         let d = &mut *self.decider;
         let current = self.subject.host;
         let mut found = std::mem::take(&mut d.alternates);
         found.clear();
-        for &h in &d.rack_hosts[d.rack_of[full.index()] as usize] {
+        for &h in hosts {
             if h == current || d.seen.contains(&h) {
                 continue;
             }
@@ -568,7 +613,7 @@ impl Search<'_, '_> {
                 host: h,
                 contribution: 0.0,
                 benefit: d.benefit(current, h, self.subject.partners),
-                via: Via::PartnerRack { of: full },
+                via,
             });
         }
         found.sort_by(|a, b| b.benefit.total_cmp(&a.benefit).then(a.host.cmp(&b.host)));
@@ -587,6 +632,7 @@ impl Search<'_, '_> {
             }
         }
         d.alternates = found;
+        kept
     }
 
     /// The decision, as far as the answers went.

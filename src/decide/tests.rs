@@ -356,3 +356,36 @@ fn a_rule_refuses_a_candidate_names_itself_and_sends_the_search_to_the_rack() {
     );
     assert!(dec.by_rule >= 1);
 }
+
+#[test]
+fn a_rack_a_rule_refuses_sends_the_search_to_the_racks_beside_it() {
+    use crate::rules::{GroupKind, Member, Rules};
+    let topo = fat_tree();
+    let mut d = Decider::new(&topo);
+    let mut rules = Rules::none();
+    let g = rules.add_group("etcd", GroupKind::AntiAffinity, 1).unwrap();
+    // u on host 0 (pod 1) talks only to its replica on host 9 (pod 3, rack 4 = hosts 8, 9).
+    let partners = [p(9, 100.0)];
+    let members = [Member {
+        group: g,
+        vm: VmId(8),
+        host: HostId(9),
+    }];
+    let check = rules.check_for(&topo, VmId(7), &[g], &members);
+    let gates = Gates {
+        rules: &check,
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&subject(&partners), &gates, |_| cap(0));
+    // Rack 4 is refused whole; rack 5 (hosts 10, 11) is under the same pod switch.
+    let to = dec.migrates_to().expect("a host in the next rack");
+    assert!([HostId(10), HostId(11)].contains(&to), "{dec:?}");
+    assert!(matches!(
+        dec.outcome,
+        Outcome::Migrate {
+            via: Via::PartnerPod { of: HostId(9) },
+            ..
+        }
+    ));
+    assert_eq!(dec.by_rule, 2, "host 9 and its rack-mate 8");
+}
