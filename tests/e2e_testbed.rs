@@ -1,6 +1,7 @@
 //! scored end to end on real libvirt hypervisors: the thesis's 4-host testbed (hv1+hv2 in tor1,
 //! hv3 in tor2 under agg1, hv4 in tor3 under agg2) in network namespaces, `scored run` in each,
-//! decisions driven by traffic captured on the guests' taps, migrations through libvirt.
+//! decisions driven by traffic captured on the guests' taps, migrations through libvirt, placement
+//! rules read from the guests' own domain metadata.
 //!
 //! Needs root (CI is root); without it each test says why and returns. The tests run one at a
 //! time (TCG guests share two cores); the testbed's Drop guard kills the daemons, libvirtds and
@@ -9,6 +10,8 @@
 mod support;
 
 use scored::daemon::control::{self, Reply, Request, Status};
+use scored::hypervisor::GroupTag;
+use scored::rules::GroupKind;
 use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -283,6 +286,139 @@ fn daemons_co_locate_chatty_pairs_from_captured_traffic() {
         assert_eq!(c.boots[0], first[g].boot, "{g}");
     }
     check_at_all_times(&look(&tb), &GUESTS);
+}
+
+/// Hosts where `g` is active right now (running, paused, or migrating in).
+fn active_on(s: &Seen, g: &str) -> Vec<usize> {
+    s.active.get(g).cloned().unwrap_or_default()
+}
+
+/// Two replicas of one service, named by their own libvirt metadata as an anti-affinity group
+/// at host scope, exchange the heaviest traffic of the testbed; a third pair chats without any
+/// rule. scored brings the free pair onto one host and the replicas as close as the rule lets
+/// them (one rack, two hosts), and at no poll does any libvirtd show both replicas on one host.
+#[test]
+fn anti_affinity_metadata_keeps_chatty_replicas_on_different_hosts() {
+    if !testbed_ready("e2e anti-affinity") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tb = thesis_testbed("scerul");
+    let replica = |name: &str, last: u8, peer: u8| {
+        let mut g = guest(name, last, peer);
+        // Ten times the free pair's bytes per second: the heaviest pair by far.
+        g.ping_size = 4000;
+        g.ping_interval = 0.2;
+        g.groups = vec![GroupTag {
+            name: "db-main".into(),
+            kind: Some(GroupKind::AntiAffinity),
+            scope: Some("host".into()),
+        }];
+        g
+    };
+    // The replicas across the core (hv1, hv4); the free pair across agg1 (hv2, hv3).
+    for (host, g) in [
+        (0, replica("db1", 21, 22)),
+        (3, replica("db2", 22, 21)),
+        (1, guest("vm3", 23, 24)),
+        (2, guest("vm4", 24, 23)),
+    ] {
+        tb.start_guest(host, &g).expect("start guest");
+    }
+    let guests = ["db1", "db2", "vm3", "vm4"];
+    for g in guests {
+        tb.wait_heartbeat(g, 1, Duration::from_secs(90)).unwrap();
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_scored"));
+    tb.start_daemons(exe, &[]).expect("start the daemons");
+    tb.wait_daemons(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tails(&tb)));
+
+    let started = Instant::now();
+    // hv1 and hv2 (hosts 0 and 1) are tor1's.
+    let rack = |h: usize| h < 2;
+    let apart = |s: &Seen| {
+        let (a, b) = (active_on(s, "db1"), active_on(s, "db2"));
+        assert!(
+            a.iter().all(|h| !b.contains(h)),
+            "the replicas db1 and db2 share a host: {s:?}\n{}",
+            tails(&tb)
+        );
+    };
+    // Until the free pair shares a host and the replicas share hv1 and hv2's rack (the only
+    // rack with two hosts), checking every poll.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let settled = loop {
+        let s = look(&tb);
+        check_at_all_times(&s, &guests);
+        apart(&s);
+        let at = |g| settled_host(&s, g);
+        let free_together = at("vm3").is_some() && at("vm3") == at("vm4");
+        let replicas_close =
+            matches!((at("db1"), at("db2")), (Some(a), Some(b)) if rack(a) && rack(b));
+        if free_together && replicas_close {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled within 240 s (vm3 with vm4: {free_together}, db1 and db2 in one rack: \
+             {replicas_close}): {s:?}\n{}",
+            tails(&tb)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let moves: Vec<String> = tb
+        .state
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            events(h)
+                .into_iter()
+                .filter(|e| message(e) == "migrated")
+                .map(|e| format!("{} {} -> {}", e["vm"], h.name, e["dest"]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    eprintln!(
+        "settled {:.1} s after the daemons were ready, token round {}: {settled:?}; moves {moves:?}",
+        started.elapsed().as_secs_f64(),
+        highest_round(&tb)
+    );
+
+    // Two more token rounds on this placement: no decision takes the replicas together later.
+    let round = highest_round(&tb);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while highest_round(&tb) < round + 2 {
+        let s = look(&tb);
+        check_at_all_times(&s, &guests);
+        apart(&s);
+        assert!(
+            Instant::now() < deadline,
+            "the token stopped: round {round}\n{}",
+            tails(&tb)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let end = look(&tb);
+    apart(&end);
+    let (a, b) = (settled_host(&end, "db1"), settled_host(&end, "db2"));
+    assert!(a.is_some() && b.is_some() && a != b, "{end:?}");
+    assert_eq!(
+        settled_host(&end, "vm3"),
+        settled_host(&end, "vm4"),
+        "{end:?}"
+    );
+
+    // The operator can see why the replicas did not meet: a daemon names the rule.
+    let named = tb.state.hosts.iter().any(|h| {
+        std::fs::read_to_string(h.daemon_log())
+            .unwrap_or_default()
+            .contains("anti-affinity group db-main, scope host")
+    });
+    assert!(named, "no daemon named the rule\n{}", tails(&tb));
+    for g in guests {
+        assert!(tb.console(g).continuous(), "{g}: {:?}", tb.console(g));
+    }
 }
 
 /// Waits for the first `migration starting` line of any daemon: (source index, destination
