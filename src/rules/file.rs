@@ -245,7 +245,8 @@ fn scope_names(topo: &Topology) -> String {
 /// A group's members as the file lists them, for the conflict check.
 struct Listed<'r> {
     group: super::GroupId,
-    line: usize,
+    /// Where its name is (the line is worked out only for a message: it costs a scan).
+    name_at: Range<usize>,
     members: Vec<(VmRef, &'r Spanned<String>)>,
 }
 
@@ -341,7 +342,7 @@ fn groups<'r>(
         }
         out.push(Listed {
             group: id,
-            line: errs.line_of(&name.span()),
+            name_at: name.span(),
             members,
         });
     }
@@ -366,9 +367,9 @@ fn conflicts(errs: &mut Errors, rules: &Rules, listed: &[Listed], topo: &Topolog
         }
         for earlier in earlier_ones.iter().map(|&i| &listed[i]) {
             let (a, b) = (rules.group(earlier.group), rules.group(later.group));
-            let (together, apart, together_line) = match (a.kind, b.kind) {
-                (GroupKind::Affinity, GroupKind::AntiAffinity) => (a, b, earlier.line),
-                (GroupKind::AntiAffinity, GroupKind::Affinity) => (b, a, later.line),
+            let (together, apart, together_at) = match (a.kind, b.kind) {
+                (GroupKind::Affinity, GroupKind::AntiAffinity) => (a, b, &earlier.name_at),
+                (GroupKind::AntiAffinity, GroupKind::Affinity) => (b, a, &later.name_at),
                 _ => continue,
             };
             if together.scope > apart.scope {
@@ -382,6 +383,7 @@ fn conflicts(errs: &mut Errors, rules: &Rules, listed: &[Listed], topo: &Topolog
             }
             let mut pair = [shared[0].0.to_string(), shared[1].0.to_string()];
             pair.sort();
+            let together_line = errs.line_of(together_at);
             let within = scope_name(topo, together.scope);
             let article = if within.starts_with(['a', 'e', 'i', 'o', 'u']) {
                 "an"
