@@ -60,6 +60,7 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
             return_margin: 0.0,
             record_steps: true,
             verify_moves: false,
+            rules: true,
         },
         |_| {},
     );

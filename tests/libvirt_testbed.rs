@@ -1,6 +1,7 @@
 //! Real libvirt hypervisors in network namespaces (the testbed), driven through scored's libvirt
-//! backend and nothing else: a live migration that the guest does not notice, a destination whose
-//! libvirtd dies mid-migration, and a migration that cannot converge and is aborted.
+//! backend and nothing else: a live migration that the guest does not notice (its placement groups
+//! travel with it), a destination whose libvirtd dies mid-migration, and a migration that cannot
+//! converge and is aborted.
 //!
 //! Needs root (CI is root) and the packages of scripts/install-deps.sh; without root each test
 //! says why and returns. The tests run one at a time (TCG guests share two cores) and every
@@ -8,12 +9,13 @@
 
 mod support;
 
-use scored::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
+use scored::hypervisor::libvirt::{DomainDescription, LibvirtConfig, LibvirtHypervisor};
 use scored::hypervisor::watch::{VmChange, VmWatch};
 use scored::hypervisor::{
-    AbortReason, Destination, Hypervisor, HypervisorError, MigrationParams, VmState,
+    AbortReason, Destination, GroupTag, Hypervisor, HypervisorError, MigrationParams, VmState,
 };
 use scored::proto::VmId;
+use scored::rules::GroupKind;
 use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
@@ -99,6 +101,12 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
     // Echoes to hv2's own address: traffic that must follow the guest to its new tap.
     g.peers = vec![h2.address];
     g.ping_interval = 0.2;
+    // Placement groups in its metadata, which must travel with it.
+    g.groups = vec![GroupTag {
+        name: "db-main".into(),
+        kind: Some(GroupKind::AntiAffinity),
+        scope: Some("host".into()),
+    }];
     tb.start_guest(0, &g).expect("start guest");
     let before = tb
         .wait_heartbeat("g1", 2, Duration::from_secs(60))
@@ -112,6 +120,7 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
     assert_eq!((vm.id, vm.name.as_str(), vm.memory_mib), (id, "g1", 128));
     assert_eq!(vm.interfaces[0].tap.as_deref(), Some(g.tap().as_str()));
     assert!(!vm.pinned);
+    assert_eq!(vm.groups, g.groups);
     assert_eq!(hv1.capacity().unwrap().running_vms, 1);
     assert_eq!(hv2.capacity().unwrap().running_vms, 0);
     let mut watch2 = VmWatch::new();
@@ -142,9 +151,19 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
     assert_eq!(hv2.state(id).unwrap(), VmState::Running);
     assert_on_exactly(&tb, "g1", 1);
     match watch2.poll(&hv2).unwrap().as_slice() {
-        [VmChange::Appeared(v)] => assert_eq!(v.id, id),
+        [VmChange::Appeared(v)] => assert_eq!((v.id, &v.groups), (id, &g.groups)),
         other => panic!("hv2 should see g1 appear: {other:?}"),
     }
+    // hv2's persistent definition has them too: a restart of the guest there keeps its rules.
+    let defined = virt::connect::Connect::open(Some(&h2.local_uri()))
+        .and_then(|c| c.lookup_domain_by_name("g1"))
+        .and_then(|d| d.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE))
+        .expect("hv2's definition of g1");
+    assert_eq!(
+        DomainDescription::parse(&defined).unwrap().groups,
+        g.groups,
+        "{defined}"
+    );
 
     // The guest kept counting: same boot, no second banner, and it goes on at hv2.
     let after = tb

@@ -93,7 +93,7 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
 
 #[test]
 fn bad_input_is_named() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--topology", FAT_TREE, "--policy", "fastest"],
             "unknown policy `fastest`",
@@ -114,6 +114,18 @@ fn bad_input_is_named() {
             &["--topology", "topology/missing.toml"],
             "topology/missing.toml: cannot read file",
         ),
+        (
+            &["--topology", FAT_TREE, "--window", "mon-fri 22:00-25:00"],
+            "--window `mon-fri 22:00-25:00`: `25:00` is not a time of day HH:MM",
+        ),
+        (
+            &["--topology", FAT_TREE, "--window", "someday 22:00-06:00"],
+            "--window `someday 22:00-06:00`: `someday` is not a day (mon … sun)",
+        ),
+        (
+            &["--topology", FAT_TREE, "--timezone", "Mars/Olympus"],
+            "--timezone `Mars/Olympus`: no such IANA time zone",
+        ),
     ];
     for (args, want) in cases {
         let out = scored(args);
@@ -122,4 +134,49 @@ fn bad_input_is_named() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[test]
+fn replica_groups_are_kept_apart_and_the_cost_of_the_rules_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = scored(&[
+        "--topology",
+        FAT_TREE,
+        "--rounds",
+        "3",
+        "--groups",
+        "0.3",
+        "--window",
+        "sat,sun 00:00-00:00",
+        "--window",
+        "mon-fri 00:00-06:00",
+        "--budget-vm-day",
+        "2",
+        "--sweep",
+        "none",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    for want in [
+        "rule violations: 0 (",
+        "moves the destination's re-check refused: 0",
+        "| distributed, without rules |",
+        "2 migration window(s); budget: 2 per VM per day, no limit per host per hour",
+    ] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+    // summary.csv keeps its columns; the runs without rules are rows of their own.
+    let csv = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "run,reduction,normalised_final_cost,migrations,migrations_per_vm,vms_moved,vms_moved_back,seconds"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("\"load-aware, without rules\",")),
+        "{csv}"
+    );
 }

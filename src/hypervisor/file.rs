@@ -319,6 +319,8 @@ impl Cluster {
             model: file.model,
             migrations: file.migrations,
             in_flight: file.in_flight,
+            // Daemons re-check rules themselves; the shared file only moves VMs.
+            rules: None,
         }
     }
 
@@ -337,7 +339,7 @@ impl Cluster {
 mod tests {
     use super::*;
     use crate::hypervisor::memory::synthetic_vm;
-    use crate::hypervisor::memory::tests::{cluster, to};
+    use crate::hypervisor::memory::tests::{cluster, db_main, to};
     use crate::topology::Topology;
 
     #[test]
@@ -400,6 +402,27 @@ mod tests {
         let f = read_shared(&path).unwrap();
         f.check().unwrap();
         assert_eq!(f.placement().len(), 8);
+    }
+
+    #[test]
+    fn a_vm_s_groups_are_kept_in_the_file_and_travel_with_it() {
+        let (t, c) = cluster();
+        c.set_model(MigrationModel {
+            sent_fraction: 0.5,
+            throughput_bytes_per_s: 1e12,
+            downtime: Duration::from_millis(1),
+        });
+        c.add_vm(HostId(0), synthetic_vm(VmId(7), 196)).unwrap();
+        c.set_groups(VmId(7), db_main()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        c.save_shared(&path, &[]).unwrap();
+        let h0 = FileHost::open(&path, &t.host(HostId(0)).name).unwrap();
+        assert_eq!(h0.vms().unwrap()[0].groups, db_main());
+        h0.migrate(VmId(7), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        let h5 = FileHost::open(&path, &t.host(HostId(5)).name).unwrap();
+        assert_eq!(h5.vms().unwrap()[0].groups, db_main());
     }
 
     /// A shared-file cluster of the k=4 fat tree whose migrations take `ms` milliseconds for a

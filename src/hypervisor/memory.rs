@@ -4,7 +4,9 @@
 //!
 //! In [`MemoryCluster`] a migration moves the VM between hosts atomically under one lock, so every
 //! VM is on exactly one host at every moment, and it refuses a destination that is full (VM limit
-//! or memory). Its report is modelled from the thesis's measurements, not timed: nothing there
+//! or memory), or one a placement rule forbids when it was given rules ([`MemoryCluster::set_rules`]:
+//! the destination's re-check, as the simulator's independent witness that no decision broke a
+//! rule). Its report is modelled from the thesis's measurements, not timed: nothing there
 //! sleeps or reads a clock. It decides nothing.
 //!
 //! The same cluster kept in a file for daemons in separate processes is [`super::file`]'s: it
@@ -14,6 +16,7 @@ use super::{
     AbortReason, Capacity, Cause, Destination, Hypervisor, HypervisorError, Interface,
     MigrationParams, MigrationReport, Result, Vm, VmState,
 };
+use crate::rules::Rules;
 use crate::topology::{HostId, Topology};
 use scored_proto::VmId;
 use serde::{Deserialize, Serialize};
@@ -93,6 +96,8 @@ pub(super) struct Cluster {
     pub(super) migrations: u64,
     /// Always empty in a [`MemoryCluster`], whose moves are instantaneous.
     pub(super) in_flight: Vec<InFlight>,
+    /// Rules every move is re-checked against (members as the rules name them, located here).
+    pub(super) rules: Option<(Arc<Rules>, Arc<Topology>)>,
 }
 
 /// A cluster of in-memory hosts shaped like a topology (names, VM limits, guest memory).
@@ -158,8 +163,15 @@ impl MemoryCluster {
                 model: MigrationModel::default(),
                 migrations: 0,
                 in_flight: Vec::new(),
+                rules: None,
             })),
         }
+    }
+
+    /// From now on, refuses every move `rules` forbid, judged against where the members of the
+    /// moving VM's groups run in this cluster (a destination's re-check). `None`: no rules.
+    pub fn set_rules(&self, rules: Option<(Arc<Rules>, Arc<Topology>)>) {
+        self.lock().rules = rules;
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Cluster> {
@@ -186,6 +198,20 @@ impl MemoryCluster {
             .ok_or(HypervisorError::NoSuchVm { vm })?;
         if let Some(v) = c.hosts[host.index()].vms.iter_mut().find(|v| v.id == vm) {
             v.pinned = pinned;
+        }
+        Ok(())
+    }
+
+    /// Replaces a VM's placement groups, as an operator's `virsh metadata --live` would on a
+    /// running domain. The groups then travel with the VM when it migrates.
+    pub fn set_groups(&self, vm: VmId, groups: Vec<super::GroupTag>) -> Result<()> {
+        let mut c = self.lock();
+        let host = *c
+            .location
+            .get(&vm)
+            .ok_or(HypervisorError::NoSuchVm { vm })?;
+        if let Some(v) = c.hosts[host.index()].vms.iter_mut().find(|v| v.id == vm) {
+            v.groups = groups;
         }
         Ok(())
     }
@@ -423,6 +449,13 @@ impl Cluster {
         if let Some(why) = self.full(to, memory) {
             return Err(fail("prepare", format!("destination is full: {why}")));
         }
+        if let Some(on) = &self.rules {
+            let (rules, topo) = (&*on.0, &*on.1);
+            let check = rules.check_located(topo, vm, |m| self.location.get(&m).copied());
+            if let Err(r) = check.allows(from, to) {
+                return Err(fail("prepare", r.describe(rules, topo)));
+            }
+        }
         let report = self.model.report(memory, params);
         if report.elapsed > params.timeout {
             return Err(HypervisorError::Aborted {
@@ -557,6 +590,71 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(err, HypervisorError::NoSuchVm { .. }));
         c.check().unwrap();
+    }
+
+    pub(crate) fn db_main() -> Vec<super::super::GroupTag> {
+        vec![super::super::GroupTag {
+            name: "db-main".into(),
+            kind: Some(crate::rules::GroupKind::AntiAffinity),
+            scope: Some("host".into()),
+        }]
+    }
+
+    #[test]
+    fn a_vm_s_groups_are_reported_and_travel_with_it() {
+        let (t, c) = cluster();
+        c.add_vm(HostId(0), synthetic_vm(VmId(7), 196)).unwrap();
+        let mut watch = crate::hypervisor::watch::VmWatch::new();
+        watch.poll(&c.host(HostId(0))).unwrap();
+        c.set_groups(VmId(7), db_main()).unwrap();
+        // The host reports the change like any other change of the VM.
+        let changes = watch.poll(&c.host(HostId(0))).unwrap();
+        assert!(
+            matches!(&changes[..], [crate::hypervisor::watch::VmChange::Changed(v)] if v.groups == db_main()),
+            "{changes:?}"
+        );
+        c.host(HostId(0))
+            .migrate(VmId(7), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        let there = c.host(HostId(5)).vms().unwrap();
+        assert_eq!(there[0].groups, db_main(), "{there:?}");
+        assert!(c.set_groups(VmId(8), Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_move_a_placement_rule_forbids_is_refused_with_the_rule() {
+        use crate::rules::GroupKind;
+        let (t, c) = cluster();
+        let mut rules = Rules::none();
+        let g = rules
+            .add_group("db-main", GroupKind::AntiAffinity, 0)
+            .unwrap();
+        rules.add_member(g, VmId(7));
+        rules.add_member(g, VmId(8));
+        c.add_vm(HostId(0), synthetic_vm(VmId(7), 1024)).unwrap();
+        c.add_vm(HostId(5), synthetic_vm(VmId(8), 1024)).unwrap();
+        // Without rules the replicas may meet.
+        c.host(HostId(0))
+            .migrate(VmId(7), &to(&t, 5), &MigrationParams::default())
+            .unwrap();
+        c.host(HostId(5))
+            .migrate(VmId(7), &to(&t, 0), &MigrationParams::default())
+            .unwrap();
+        c.set_rules(Some((Arc::new(rules), Arc::new(t.clone()))));
+        let err = c
+            .host(HostId(0))
+            .migrate(VmId(7), &to(&t, 5), &MigrationParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("anti-affinity group db-main, scope host: r003h02 runs 0.0.0.8"),
+            "{err}"
+        );
+        assert_eq!(c.host_of(VmId(7)), Some(HostId(0)));
+        // Anywhere else is still fine.
+        c.host(HostId(0))
+            .migrate(VmId(7), &to(&t, 4), &MigrationParams::default())
+            .unwrap();
     }
 
     #[test]

@@ -57,6 +57,13 @@ impl GroupKind {
             GroupKind::Affinity => "affinity",
         }
     }
+
+    /// The kind [`GroupKind::name`] writes as `name` (domain metadata, the testbed's flags).
+    pub fn from_name(name: &str) -> Option<GroupKind> {
+        [GroupKind::AntiAffinity, GroupKind::Affinity]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 /// A named group of VMs with a kind and a scope.
@@ -530,6 +537,38 @@ impl Rules {
             members: known,
             exclusions,
         }
+    }
+
+    /// [`Rules::check_for`] where the caller can locate every VM (`locate`: where a VM runs,
+    /// `None` when unknown): the members the rules name for u's groups, located. For whoever
+    /// holds the whole placement: the simulator, the in-memory hypervisor's re-check, tests.
+    /// Members known only from their own metadata are not listed here and are not found.
+    pub fn check_located<'a>(
+        &'a self,
+        topo: &'a Topology,
+        vm: VmId,
+        mut locate: impl FnMut(VmId) -> Option<HostId>,
+    ) -> RuleCheck<'a> {
+        let groups = self.groups_of(vm);
+        if groups.is_empty() {
+            return self.check_for(topo, vm, &[], &[]);
+        }
+        let mut members = Vec::new();
+        for &g in groups {
+            for &m in &self.group(g).members {
+                if m == vm {
+                    continue;
+                }
+                if let Some(host) = locate(m) {
+                    members.push(Member {
+                        group: g,
+                        vm: m,
+                        host,
+                    });
+                }
+            }
+        }
+        self.check_for(topo, vm, &[], &members)
     }
 }
 

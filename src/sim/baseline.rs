@@ -16,12 +16,16 @@
 //! Why this one: the thesis's genetic algorithm took 12 hours; this reaches a far lower cost than
 //! any token policy in seconds at 40,000 VMs, which is what a baseline must do to be a yardstick.
 //! It is a plan, not a run: it migrates nothing, ignores how many VMs it would move, and respects
-//! capacity throughout. Pure: no I/O, no clock, no randomness.
+//! capacity throughout. It respects the scenario's placement groups too: every move and swap of
+//! a member is judged by `crate::rules` as a decision is, and a traffic-built allocation that
+//! breaks a group (it joins the heaviest pairs first, replicas included) is not used. Windows and
+//! budgets do not apply to a plan. Pure: no I/O, no clock, no randomness.
 
 use super::Scenario;
 use super::traffic::Rates;
 use crate::cost::{self, PartnerTraffic};
 use crate::decide::Decider;
+use crate::rules::RuleCheck;
 use crate::topology::HostId;
 
 /// The baseline's plans for each round of traffic.
@@ -44,6 +48,8 @@ pub struct Baseline {
     pub work: Work,
     /// Rounds whose re-placement plan came from the traffic-built allocation.
     pub constructive: u32,
+    /// Rounds whose traffic-built allocation broke a placement rule and was left out.
+    pub constructive_refused: u32,
 }
 
 /// What the local searches did.
@@ -68,6 +74,7 @@ pub fn run(sc: &Scenario) -> Baseline {
     let mut best: Option<LocalSearch<'_>> = None;
     let mut costs = Vec::new();
     let mut constructive_rounds = 0;
+    let mut constructive_refused = 0;
     for r in 0..sc.rounds() {
         let rates = &sc.rates[r];
         incremental.optimise(rates, &mut work);
@@ -89,7 +96,9 @@ pub fn run(sc: &Scenario) -> Baseline {
             let mut f = LocalSearch::new(sc, fresh);
             f.optimise(rates, &mut work);
             let c = sc.cost(r, &f.loc);
-            if c < pick.0 {
+            if sc.rule_violations(&f.loc) > 0 {
+                constructive_refused += 1;
+            } else if c < pick.0 {
                 pick = (c, f, true);
             }
         }
@@ -108,6 +117,7 @@ pub fn run(sc: &Scenario) -> Baseline {
         incremental_placement: incremental.loc,
         work,
         constructive: constructive_rounds,
+        constructive_refused,
     }
 }
 
@@ -207,6 +217,22 @@ impl<'s> LocalSearch<'s> {
         self.partners = partners;
     }
 
+    /// The rules for VM `v` where everything runs now, except `apart` (the partner of a swap,
+    /// whose relation to `v` a swap leaves as it was); `None` when no group names `v`.
+    fn check(&self, v: usize, apart: Option<usize>) -> Option<RuleCheck<'s>> {
+        let sc = self.sc;
+        let vm = sc.ids[v];
+        if sc.rules.groups_of(vm).is_empty() {
+            return None;
+        }
+        let base = sc.ids[0].0;
+        let loc = &self.loc;
+        Some(sc.rules.check_located(&sc.topology, vm, |m| {
+            let i = (m.0 - base) as usize;
+            (Some(i) != apart).then(|| loc[i])
+        }))
+    }
+
     fn relocate(&mut self, v: u32, to: HostId) {
         let from = self.loc[v as usize];
         let m = &mut self.members[from.index()];
@@ -235,11 +261,15 @@ impl<'s> LocalSearch<'s> {
         self.hosts.dedup();
         let mut best = (0.0, None);
         let mut other = std::mem::take(&mut self.other);
+        let rules_u = self.check(u, None);
+        let allowed = |c: &Option<RuleCheck<'_>>, from: HostId, to: HostId| {
+            c.as_ref().is_none_or(|c| c.allows(from, to).is_ok())
+        };
         for hi in 0..self.hosts.len() {
             let y = self.hosts[hi];
             let gain_u = cost::benefit(topo, x, y, partners);
             if (self.members[y.index()].len() as u32) < self.slots[y.index()] {
-                if gain_u > best.0 {
+                if gain_u > best.0 && allowed(&rules_u, x, y) {
                     best = (gain_u, Some(Step::Move(y)));
                 }
                 continue;
@@ -262,7 +292,10 @@ impl<'s> LocalSearch<'s> {
                 // Both one-sided benefits count the u–w pair as if the other stayed put; after a
                 // swap their level is unchanged.
                 let gain = gain_u + gain_w - 4.0 * lam * pc;
-                if gain > best.0 {
+                if gain > best.0
+                    && allowed(&self.check(u, Some(w)), x, y)
+                    && allowed(&self.check(w, Some(u)), y, x)
+                {
                     best = (gain, Some(Step::Swap(w as u32)));
                 }
             }
@@ -277,10 +310,12 @@ impl<'s> LocalSearch<'s> {
                 continue;
             }
             self.racks.push(rack[0]);
+            // (A rule may refuse some of them: the first with room the rules allow.)
             if let Some(&z) = rack.iter().find(|&&z| {
                 z != x
                     && (self.members[z.index()].len() as u32) < self.slots[z.index()]
                     && self.hosts.binary_search(&z).is_err()
+                    && allowed(&rules_u, x, z)
             }) {
                 let g = cost::benefit(topo, x, z, partners);
                 if g > best.0 {

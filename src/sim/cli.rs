@@ -1,10 +1,13 @@
 //! `scored sim` on the command line: arguments, progress bar (only when stderr is a terminal),
 //! the printed summary and the files in `--out`.
 
+use super::groups::GroupParams;
 use super::output;
 use super::study::{self, Study};
 use super::traffic::TrafficParams;
-use super::{Scenario, ScenarioParams};
+use super::{Clock, Scenario, ScenarioParams};
+use crate::rules::window::EVERY_DAY;
+use crate::rules::{Budget, Span, Window};
 use crate::topology::Topology;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,6 +62,100 @@ pub struct SimArgs {
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Share of VMs in placement groups of 2–5 members with heavy replication traffic between
+    /// them (0: none, the thesis's scenario).
+    #[arg(long, default_value_t = 0.0)]
+    pub groups: f64,
+    /// Share of the groups that are anti-affinity at rack scope (the other anti-affinity groups
+    /// are at host scope).
+    #[arg(long, default_value_t = 0.2)]
+    pub group_rack_scope: f64,
+    /// Share of the groups that are affinity groups at rack scope.
+    #[arg(long, default_value_t = 0.2)]
+    pub group_affinity: f64,
+    /// Replication between every two members of a group, bytes per 60 s traffic window.
+    #[arg(long, default_value_t = 256e6)]
+    pub replication_bytes: f64,
+    /// A migration window in simulated time, every host: `[DAYS ]HH:MM-HH:MM`, DAYS like
+    /// `mon-fri` or `sat,sun` (default every day); an end not after the start runs past
+    /// midnight. Repeat for more; none: migrate at any time.
+    #[arg(long = "window")]
+    pub windows: Vec<String>,
+    /// IANA time zone of the windows.
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    /// At most this many migrations of one VM in any 24 h of simulated time.
+    #[arg(long)]
+    pub budget_vm_day: Option<u32>,
+    /// At most this many migrations out of or into one host in any hour of simulated time.
+    #[arg(long)]
+    pub budget_host_hour: Option<u32>,
+    /// Simulated time of the first token step (RFC 3339).
+    #[arg(long, default_value = "2026-01-05T00:00:00Z")]
+    pub start: String,
+    /// Simulated milliseconds per token step (one VM's turn).
+    #[arg(long, default_value_t = 1000)]
+    pub turn_ms: u32,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// `--window`: `[DAYS ]HH:MM-HH:MM` in time zone `tz`, for every host.
+fn parse_window(spec: &str, tz: &jiff::tz::TimeZone) -> anyhow::Result<Window> {
+    let bad = |why: &str| anyhow::anyhow!("--window `{spec}`: {why}");
+    let (days, times) = match spec.trim().rsplit_once(' ') {
+        Some((d, t)) => (Some(d.trim()), t),
+        None => (None, spec.trim()),
+    };
+    let day = |d: &str| {
+        DAYS.iter()
+            .position(|x| *x == d.to_ascii_lowercase())
+            .ok_or_else(|| bad(&format!("`{d}` is not a day (mon … sun)")))
+    };
+    let mut mask = 0u8;
+    match days {
+        None => mask = EVERY_DAY,
+        Some(list) => {
+            for part in list.split(',') {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (day(a)?, day(b)?);
+                        let mut d = a;
+                        loop {
+                            mask |= 1 << d;
+                            if d == b {
+                                break;
+                            }
+                            d = (d + 1) % 7;
+                        }
+                    }
+                    None => mask |= 1 << day(part)?,
+                }
+            }
+        }
+    }
+    let minute = |t: &str| -> anyhow::Result<u16> {
+        let (h, m) = t
+            .split_once(':')
+            .ok_or_else(|| bad(&format!("`{t}` is not HH:MM")))?;
+        match (h.parse::<u16>(), m.parse::<u16>()) {
+            (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok(h * 60 + m),
+            _ => Err(bad(&format!("`{t}` is not a time of day HH:MM"))),
+        }
+    };
+    let (a, b) = times
+        .split_once('-')
+        .ok_or_else(|| bad("expected HH:MM-HH:MM"))?;
+    Ok(Window {
+        name: spec.to_string(),
+        hosts: None,
+        tz: tz.clone(),
+        spans: vec![Span {
+            days: mask,
+            start: minute(a)?,
+            end: minute(b)?,
+        }],
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +217,36 @@ impl SimArgs {
             "--churn {} must be in [0, 1]",
             self.churn
         );
+        for (name, v) in [
+            ("--groups", self.groups),
+            ("--group-rack-scope", self.group_rack_scope),
+            ("--group-affinity", self.group_affinity),
+        ] {
+            anyhow::ensure!((0.0..=1.0).contains(&v), "{name} {v} must be in [0, 1]");
+        }
+        anyhow::ensure!(
+            self.group_rack_scope + self.group_affinity <= 1.0,
+            "--group-rack-scope {} and --group-affinity {} share more than all the groups",
+            self.group_rack_scope,
+            self.group_affinity
+        );
+        anyhow::ensure!(
+            self.replication_bytes.is_finite() && self.replication_bytes >= 0.0,
+            "--replication-bytes {} must be a non-negative number",
+            self.replication_bytes
+        );
+        let tz = jiff::tz::TimeZone::get(&self.timezone).map_err(|_| {
+            anyhow::anyhow!("--timezone `{}`: no such IANA time zone", self.timezone)
+        })?;
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| parse_window(w, &tz))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let start: jiff::Timestamp = self
+            .start
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--start `{}`: {e}", self.start))?;
         let params = ScenarioParams {
             vms: self.vms,
             fill: self.fill,
@@ -129,6 +256,22 @@ impl SimArgs {
                 churn: self.churn,
                 intra_rack: self.intra_rack,
                 ..TrafficParams::default()
+            },
+            groups: GroupParams {
+                share: self.groups,
+                rack_scope: self.group_rack_scope,
+                affinity: self.group_affinity,
+                replication_bytes: self.replication_bytes,
+                ..GroupParams::default()
+            },
+            windows,
+            budget: Budget {
+                per_vm_per_day: self.budget_vm_day,
+                per_host_per_hour: self.budget_host_hour,
+            },
+            clock: Clock {
+                start_unix_ms: start.as_millisecond(),
+                turn_ms: self.turn_ms as i64,
             },
             ..ScenarioParams::default()
         };
@@ -197,6 +340,11 @@ pub fn run_cli(args: &SimArgs) -> anyhow::Result<()> {
             r.bad_moves
         );
     }
+    let violations = output::rule_violations(&sc, &report);
+    anyhow::ensure!(
+        violations == 0,
+        "{violations} placement rule violation(s) in the final allocations"
+    );
     if let Some(dir) = &args.out {
         let written = output::write_all(dir, &sc, &report)?;
         eprintln!("wrote {} files to {}", written.len(), dir.display());

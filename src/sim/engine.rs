@@ -2,16 +2,25 @@
 //! with the shared decision code, migrates through the in-memory hypervisor, and the token walks
 //! on through the daemon's own turn machine (`token::walk`), every VM at one simulated holder,
 //! so a hand-off is a direct call. Records the cost after every token step.
+//!
+//! With the scenario's rules on, each decision's `RuleCheck` is built from the simulated
+//! placement, the in-memory hypervisor re-checks every move as a destination would (a refusal
+//! there means the decision's filter missed something, and is counted), and a move happens only
+//! inside a migration window of its source host and within the budgets, counted in simulated
+//! time. Outside a window the decision is still made, as the daemon does.
 
 use super::Scenario;
 use crate::cost::PartnerTraffic;
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
 use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
+use crate::rules::{self, Budget};
 use crate::token::Neighbour;
 use crate::token::walk::{Action, Input, TurnMachine};
 use crate::topology::HostId;
 use scored_proto::{PolicyKind, Token, VmId};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// What one policy's run produced.
 #[derive(Clone, Debug)]
@@ -31,8 +40,16 @@ pub struct PolicyRun {
     /// Migrations whose benefit was not positive or (with `verify_moves`) that did not lower the
     /// recomputed cost: must stay 0.
     pub bad_moves: u64,
-    /// Decisions by outcome: migrate, no-benefit, no-capacity, no-traffic, excluded.
-    pub outcomes: [u64; 5],
+    /// Decisions by outcome: migrate, no-benefit, no-capacity, no-traffic, excluded (by the
+    /// maintenance, return or placement-rule gates, or the destination's re-check), outside a
+    /// migration window, over a budget.
+    pub outcomes: [u64; 7],
+    /// Moves the in-memory hypervisor's rule re-check refused: must stay 0 (the decision's
+    /// filter already applies every rule).
+    pub refused_by_rule: u64,
+    /// Pairs of group members whose final placement breaks their rule (the scenario's rules,
+    /// judged even when the run ignored them).
+    pub violations: u64,
     /// Capacity queries the decisions sent.
     pub capacity_queries: u64,
     /// Largest relative gap seen between the step-by-step cost and a full recomputation.
@@ -57,6 +74,41 @@ pub struct RunOptions {
     /// Recompute Eq. 3.1 in full after every migration and count any that did not lower it
     /// (tests; O(pairs) per migration).
     pub verify_moves: bool,
+    /// Apply the scenario's placement rules (groups, windows, budgets); off: the same scenario
+    /// as if no rule existed, to measure what the rules cost.
+    pub rules: bool,
+}
+
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Migrations in simulated time, for the budgets: each VM's in the last day, each host's (out
+/// or in) in the last hour.
+struct Spent {
+    vm: Vec<VecDeque<i64>>,
+    host: Vec<VecDeque<i64>>,
+}
+
+impl Spent {
+    fn count(times: &mut VecDeque<i64>, since: i64) -> u32 {
+        while times.front().is_some_and(|&t| t <= since) {
+            times.pop_front();
+        }
+        times.len() as u32
+    }
+
+    fn allows(&mut self, budget: &Budget, vm: usize, from: HostId, to: HostId, now: i64) -> bool {
+        let v = Self::count(&mut self.vm[vm], now - DAY_MS);
+        let f = Self::count(&mut self.host[from.index()], now - HOUR_MS);
+        let t = Self::count(&mut self.host[to.index()], now - HOUR_MS);
+        budget.allows(v, (from, f), Some((to, t))).is_ok()
+    }
+
+    fn record(&mut self, vm: usize, from: HostId, to: HostId, now: i64) {
+        self.vm[vm].push_back(now);
+        self.host[from.index()].push_back(now);
+        self.host[to.index()].push_back(now);
+    }
 }
 
 /// The one holder every VM's turn happens at: the engine plays all hosts at once.
@@ -85,6 +137,22 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         })
         .collect();
     let params = MigrationParams::default();
+    let rules = opt.rules.then_some(&*sc.rules);
+    if opt.rules && !sc.rules.is_empty() {
+        cluster.set_rules(Some((sc.rules.clone(), Arc::new(topo.clone()))));
+    }
+    let gated = rules.filter(|r| !r.windows.is_empty() || r.budget != Budget::default());
+    let mut spent = Spent {
+        vm: vec![VecDeque::new(); if gated.is_some() { n } else { 0 }],
+        host: vec![
+            VecDeque::new();
+            if gated.is_some() {
+                topo.hosts().len()
+            } else {
+                0
+            }
+        ],
+    };
 
     let mut loc = sc.initial.clone();
     let token = Token::new(0, opt.policy, sc.ids.clone());
@@ -103,7 +171,9 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         vms_moved: 0,
         moved_back: 0,
         bad_moves: 0,
-        outcomes: [0; 5],
+        outcomes: [0; 7],
+        refused_by_rule: 0,
+        violations: 0,
         capacity_queries: 0,
         drift: 0.0,
     };
@@ -147,6 +217,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             memory_mib: sc.vm_memory_mib,
             partners: &partners,
         };
+        let check = rules.map(|r| r.check_located(topo, vm, |m| Some(loc[index(m)])));
         let gates = Gates {
             pinned: false,
             migration_cost: opt.migration_cost,
@@ -154,23 +225,37 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             previous_hosts: &previous[i],
             return_margin: opt.return_margin,
             rack_alternates: opt.rack_alternates,
-            rules: &crate::rules::NO_RULES,
+            rules: check.as_ref().unwrap_or(&rules::NO_RULES),
         };
         let decision = decider.decide(&subject, &gates, |h| hosts[h.index()].capacity().ok());
         run.capacity_queries += decision.queries as u64;
-        run.outcomes[match decision.outcome {
+        let now = sc.params.clock.at(step);
+        let mut slot = match decision.outcome {
             Outcome::Migrate { .. } => 0,
             Outcome::NoBenefit => 1,
             Outcome::NoCapacity => 2,
             Outcome::NoTraffic | Outcome::Pinned => 3,
             Outcome::Excluded => 4,
-        }] += 1;
-        if let Outcome::Migrate { to, benefit, .. } = decision.outcome {
+        };
+        if let (Outcome::Migrate { to, .. }, Some(r)) = (decision.outcome, gated) {
+            if !r.window(loc[i], now).allows() {
+                slot = 5;
+            } else if !spent.allows(&r.budget, i, loc[i], to, now) {
+                slot = 6;
+            }
+        }
+        if let (0, Outcome::Migrate { to, benefit, .. }) = (slot, decision.outcome) {
             let from = loc[i];
-            if hosts[from.index()]
-                .migrate(vm, &dests[to.index()], &params)
-                .is_ok()
-            {
+            let done = hosts[from.index()].migrate(vm, &dests[to.index()], &params);
+            if done.is_err() && rules.is_some() {
+                // Only the rule re-check can refuse: the decision asked for room first.
+                run.refused_by_rule += 1;
+                slot = 4;
+            }
+            if done.is_ok() {
+                if gated.is_some() {
+                    spent.record(i, from, to, now);
+                }
                 loc[i] = to;
                 if benefit <= 0.0 {
                     run.bad_moves += 1;
@@ -199,6 +284,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 prev.truncate(MEMORY);
             }
         }
+        run.outcomes[slot] += 1;
         let neighbours: Vec<Neighbour> = rates
             .of(i)
             .iter()
@@ -239,6 +325,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     for (i, &h) in loc.iter().enumerate() {
         debug_assert_eq!(cluster.host_of(sc.ids[i]), Some(h));
     }
+    run.violations = sc.rule_violations(&loc);
     run.placement = loc;
     run
 }

@@ -8,6 +8,7 @@
 
 pub mod baseline;
 pub mod engine;
+pub mod groups;
 pub mod output;
 #[cfg(feature = "plot")]
 pub mod plot;
@@ -15,11 +16,14 @@ pub mod study;
 pub mod traffic;
 
 use crate::cost;
+use crate::rules::{Budget, Rules, Window};
 use crate::topology::{HostId, Topology};
+use groups::GroupParams;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use scored_proto::{PolicyKind, VmId};
+use std::sync::Arc;
 use traffic::{Generator, Rates, Structure, TrafficParams};
 
 /// Why a scenario cannot be built.
@@ -49,6 +53,12 @@ pub struct ScenarioParams {
     pub rounds: usize,
     pub seed: u64,
     pub traffic: TrafficParams,
+    /// Replica and affinity groups (none by default: the thesis's scenario).
+    pub groups: GroupParams,
+    /// Migration windows, in simulated time (none: migrate at any time).
+    pub windows: Vec<Window>,
+    pub budget: Budget,
+    pub clock: Clock,
 }
 
 impl Default for ScenarioParams {
@@ -60,7 +70,38 @@ impl Default for ScenarioParams {
             rounds: 5,
             seed: 1,
             traffic: TrafficParams::default(),
+            groups: GroupParams::default(),
+            windows: Vec::new(),
+            budget: Budget::default(),
+            clock: Clock::default(),
         }
+    }
+}
+
+/// Simulated time, in which windows open and close and budgets are counted: token step k (from
+/// 0) happens at `start_unix_ms + k · turn_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    pub start_unix_ms: i64,
+    pub turn_ms: i64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            // Monday 2026-01-05 00:00 UTC.
+            start_unix_ms: 1_767_571_200_000,
+            // One second a turn: a decision with its capacity queries and hand-off.
+            turn_ms: 1_000,
+        }
+    }
+}
+
+impl Clock {
+    /// When token step `step` happens, Unix milliseconds.
+    pub fn at(&self, step: usize) -> i64 {
+        self.start_unix_ms
+            .saturating_add((step as i64).saturating_mul(self.turn_ms))
     }
 }
 
@@ -81,6 +122,12 @@ pub struct Scenario {
     pub structure: Structure,
     /// Rack number (order of `Topology::racks`) of each host.
     pub rack_number: Vec<u32>,
+    /// The placement rules: the drawn groups (members by id), the windows and the budget.
+    pub rules: Arc<Rules>,
+    /// Groups drawn: anti-affinity at host scope, at rack scope, affinity at rack scope.
+    pub group_counts: [usize; 3],
+    /// VMs in a group.
+    pub grouped_vms: usize,
 }
 
 impl Scenario {
@@ -136,13 +183,26 @@ impl Scenario {
             .map(|h| number[h.rack().0 as usize])
             .collect();
         let home: Vec<u32> = initial.iter().map(|h| rack_number[h.index()]).collect();
+        let ids: Vec<VmId> = (0..n as u32).map(|i| VmId(0x0a00_0001 + i)).collect();
+        // Groups come from a stream of their own, so the placement and the traffic of a seed
+        // are the same with or without them.
+        let mut group_rng = ChaCha8Rng::seed_from_u64(params.seed);
+        group_rng.set_stream(1);
+        let drawn = groups::draw(&params.groups, &ids, &initial, &rack_number, &mut group_rng);
         let structure = Structure::new(&home, &params.traffic, &mut rng);
         let generator = Generator::new(&params.traffic, &structure);
         let mut flows = generator.initial(&mut rng);
-        let mut rates = vec![Rates::from_flows(n, &flows, params.traffic.window_s)];
+        let with_replication = |flows: &[traffic::Flow]| -> Rates {
+            if drawn.flows.is_empty() {
+                return Rates::from_flows(n, flows, params.traffic.window_s);
+            }
+            let all: Vec<traffic::Flow> = flows.iter().chain(&drawn.flows).copied().collect();
+            Rates::from_flows(n, &all, params.traffic.window_s)
+        };
+        let mut rates = vec![with_replication(&flows)];
         for _ in 1..params.rounds {
             flows = generator.churn(&flows, &mut rng);
-            rates.push(Rates::from_flows(n, &flows, params.traffic.window_s));
+            rates.push(with_replication(&flows));
         }
         if rates[0].pairs().is_empty() {
             return Err(SimError::NoTraffic {
@@ -150,8 +210,13 @@ impl Scenario {
                 racks: structure.groups.len(),
             });
         }
-        let ids = (0..n as u32).map(|i| VmId(0x0a00_0001 + i)).collect();
+        let mut rules = drawn.rules;
+        rules.windows = params.windows.clone();
+        rules.budget = params.budget;
         Ok(Scenario {
+            rules: Arc::new(rules),
+            group_counts: drawn.counts,
+            grouped_vms: drawn.members,
             topology,
             vm_memory_mib: mem,
             params,
@@ -188,6 +253,26 @@ impl Scenario {
             self.pairs(round),
             &Self::placement(&self.ids, loc),
         )
+    }
+
+    /// Pairs of group members whose placement under `loc` breaks their group's rule (replicas
+    /// within the scope of an anti-affinity group, affinity members apart), each pair once;
+    /// judged by `crate::rules` as every decision is.
+    pub fn rule_violations(&self, loc: &[HostId]) -> u64 {
+        if self.rules.groups().is_empty() {
+            return 0;
+        }
+        let locate = Self::placement(&self.ids, loc);
+        let mut twice = 0u64;
+        for (i, &at) in loc.iter().enumerate() {
+            let vm = self.ids[i];
+            if self.rules.groups_of(vm).is_empty() {
+                continue;
+            }
+            let check = self.rules.check_located(&self.topology, vm, &locate);
+            twice += check.violations(at).len() as u64;
+        }
+        twice / 2
     }
 
     /// Round `round`'s communicating pairs with their rates, as VM ids.

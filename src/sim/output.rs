@@ -42,24 +42,26 @@ pub struct Row {
     pub seconds: f64,
 }
 
-/// The summary rows: each policy, then the baseline.
+/// The summary rows: each policy, then the baseline, then (when the scenario has placement
+/// rules) each policy as if there were none, named `<policy>, without rules`.
 pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
     let n = sc.vms() as f64;
     let c0 = report.initial_costs[0];
+    let row = |r: &crate::sim::engine::PolicyRun, name: String, seconds: f64| Row {
+        name,
+        normalised: r.final_cost() / c0,
+        reduction: report.reduction(r.final_cost()),
+        migrations: r.migrations,
+        per_vm: r.migrations as f64 / n,
+        vms_moved: r.vms_moved,
+        moved_back: Some(r.moved_back),
+        seconds,
+    };
     let mut out: Vec<Row> = report
         .runs
         .iter()
         .zip(&report.run_times)
-        .map(|(r, t)| Row {
-            name: r.policy.name().to_string(),
-            normalised: r.final_cost() / c0,
-            reduction: report.reduction(r.final_cost()),
-            migrations: r.migrations,
-            per_vm: r.migrations as f64 / n,
-            vms_moved: r.vms_moved,
-            moved_back: Some(r.moved_back),
-            seconds: t.as_secs_f64(),
-        })
+        .map(|(r, t)| row(r, r.policy.name().to_string(), t.as_secs_f64()))
         .collect();
     if let Some(b) = &report.baseline {
         for (name, costs, moved) in [
@@ -83,7 +85,64 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
             });
         }
     }
+    for (r, t) in report.without_rules.iter().zip(&report.without_rules_times) {
+        let name = format!("{}, without rules", r.policy.name());
+        out.push(row(r, name, t.as_secs_f64()));
+    }
     out
+}
+
+/// Rule violations (pairs of group members placed where their rule forbids) in the final
+/// allocation of every policy run with the rules and of both centralised plans: must be 0.
+pub fn rule_violations(sc: &Scenario, report: &Report) -> u64 {
+    let runs: u64 = report.runs.iter().map(|r| r.violations).sum();
+    let plans = report.baseline.as_ref().map_or(0, |b| {
+        sc.rule_violations(&b.incremental_placement) + sc.rule_violations(&b.placement)
+    });
+    runs + plans
+}
+
+/// The placement rules' part of the summary: the groups, windows and budget, `rule violations:
+/// N`, and what the same runs do without the rules. Empty when the scenario has no rules.
+fn rules_text(sc: &Scenario, report: &Report) -> String {
+    let mut s = String::new();
+    let rules = &sc.rules;
+    if rules.is_empty() {
+        return s;
+    }
+    let [host, rack, affinity] = sc.group_counts;
+    let _ = writeln!(
+        s,
+        "\nplacement rules: {} groups over {} VMs ({host} anti-affinity at host scope, {rack} anti-affinity at rack scope, {affinity} affinity at rack scope); {} migration window(s); budget: {} per VM per day, {} per host per hour",
+        rules.groups().len(),
+        sc.grouped_vms,
+        rules.windows.len(),
+        rules
+            .budget
+            .per_vm_per_day
+            .map_or("no limit".to_string(), |v| v.to_string()),
+        rules
+            .budget
+            .per_host_per_hour
+            .map_or("no limit".to_string(), |v| v.to_string()),
+    );
+    let refused: u64 = report.runs.iter().map(|r| r.refused_by_rule).sum();
+    let _ = writeln!(
+        s,
+        "rule violations: {} (every policy with the rules and both centralised plans; moves the destination's re-check refused: {refused})",
+        rule_violations(sc, report)
+    );
+    if !report.without_rules.is_empty() {
+        let _ = write!(
+            s,
+            "without the rules (rows `…, without rules` above), the same runs end with violations:"
+        );
+        for r in &report.without_rules {
+            let _ = write!(s, " {} {};", r.policy.name(), r.violations);
+        }
+        let _ = writeln!(s);
+    }
+    s
 }
 
 /// The summary as a Markdown table with a header describing the scenario.
@@ -135,21 +194,31 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         s,
         "\ndecisions (one per token step): migrate / no benefit above c_m / no room / no traffic / excluded by a gate; capacity queries; largest gap between the step-by-step cost (initial minus the benefits) and Eq. 3.1 recomputed\n"
     );
-    for r in &report.runs {
-        let o = r.outcomes;
+    let gated = !sc.rules.windows.is_empty() || sc.rules.budget != crate::rules::Budget::default();
+    if gated {
         let _ = writeln!(
             s,
-            "- {}: {} / {} / {} / {} / {}; {} queries; gap {:.1e}",
+            "(with migration windows or budgets: then outside a window / over a budget)\n"
+        );
+    }
+    for r in &report.runs {
+        let o = r.outcomes;
+        let _ = write!(
+            s,
+            "- {}: {} / {} / {} / {} / {}",
             r.policy.name(),
             o[0],
             o[1],
             o[2],
             o[3],
             o[4],
-            r.capacity_queries,
-            r.drift
         );
+        if gated {
+            let _ = write!(s, " / {} / {}", o[5], o[6]);
+        }
+        let _ = writeln!(s, "; {} queries; gap {:.1e}", r.capacity_queries, r.drift);
     }
+    s.push_str(&rules_text(sc, report));
     let last = sc.rounds() - 1;
     let names = sc.topology.level_names();
     let _ = write!(
@@ -214,6 +283,13 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             b.constructive,
             b.costs.len()
         );
+        if b.constructive_refused > 0 {
+            let _ = writeln!(
+                s,
+                "(the traffic-built allocation broke a placement rule in {} round(s) and was left out)",
+                b.constructive_refused
+            );
+        }
     }
     if !report.sweep.is_empty() {
         let _ = writeln!(s, "\nc_m sweep (cost reduction):\n");

@@ -53,6 +53,10 @@ pub struct SweepPoint {
 pub struct Report {
     /// One run per policy, in `Study::policies` order.
     pub runs: Vec<PolicyRun>,
+    /// The same runs ignoring the scenario's placement rules (empty when it has none): what
+    /// the rules cost, and the violations they prevent.
+    pub without_rules: Vec<PolicyRun>,
+    pub without_rules_times: Vec<Duration>,
     pub baseline: Option<Baseline>,
     pub sweep: Vec<SweepPoint>,
     /// Eq. 3.1 of the initial allocation under each round's traffic.
@@ -78,7 +82,8 @@ impl Report {
 }
 
 enum Job {
-    Run(PolicyKind, f64, bool),
+    /// Policy, c_m fraction, main run (else a sweep point), rules applied.
+    Run(PolicyKind, f64, bool, bool),
     Baseline,
 }
 
@@ -97,14 +102,19 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         jobs.push(Job::Baseline);
     }
     for &p in &study.policies {
-        jobs.push(Job::Run(p, study.cm_fraction, true));
+        jobs.push(Job::Run(p, study.cm_fraction, true, true));
+    }
+    if !sc.rules.is_empty() {
+        for &p in &study.policies {
+            jobs.push(Job::Run(p, study.cm_fraction, true, false));
+        }
     }
     for &f in &study.sweep {
         if f == study.cm_fraction {
             continue;
         }
         for &p in &study.policies {
-            jobs.push(Job::Run(p, f, false));
+            jobs.push(Job::Run(p, f, false, true));
         }
     }
     let next = AtomicUsize::new(0);
@@ -119,7 +129,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                     let t = Instant::now();
                     let done = match *job {
                         Job::Baseline => Done::Baseline(Box::new(baseline::run(sc)), t.elapsed()),
-                        Job::Run(policy, f, record_steps) => {
+                        Job::Run(policy, f, record_steps, rules) => {
                             let opt = RunOptions {
                                 policy,
                                 migration_cost: f * unit,
@@ -127,6 +137,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                                 return_margin: study.return_margin,
                                 record_steps,
                                 verify_moves: false,
+                                rules,
                             };
                             let run = engine::run(sc, &opt, progress);
                             Done::Run(Box::new(run), t.elapsed())
@@ -146,6 +157,8 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     let initial_costs: Vec<f64> = (0..sc.rounds()).map(|r| sc.cost(r, &sc.initial)).collect();
     let mut report = Report {
         runs: Vec::new(),
+        without_rules: Vec::new(),
+        without_rules_times: Vec::new(),
         baseline: None,
         sweep: Vec::new(),
         initial_costs,
@@ -163,9 +176,14 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                 report.baseline_time = t;
             }
             Done::Run(run, t) => {
-                let Job::Run(_, f, main) = jobs[k] else {
+                let Job::Run(_, f, main, rules) = jobs[k] else {
                     continue;
                 };
+                if !rules {
+                    report.without_rules.push(*run);
+                    report.without_rules_times.push(t);
+                    continue;
+                }
                 if in_sweep(f) {
                     report.sweep.push(SweepPoint {
                         policy: run.policy,

@@ -26,6 +26,24 @@ fn scenario(seed: u64, fill: f64) -> Scenario {
     .unwrap()
 }
 
+/// A scenario where 30% of the VMs are in groups: replicas (host and rack scope) with the
+/// heaviest traffic of the scenario between them, and affinity tiers.
+fn grouped(seed: u64) -> Scenario {
+    Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            seed,
+            fill: 0.75,
+            groups: groups::GroupParams {
+                share: 0.3,
+                ..groups::GroupParams::default()
+            },
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap()
+}
+
 fn options(policy: PolicyKind) -> RunOptions {
     RunOptions {
         policy,
@@ -34,6 +52,7 @@ fn options(policy: PolicyKind) -> RunOptions {
         return_margin: 0.0,
         record_steps: true,
         verify_moves: true,
+        rules: true,
     }
 }
 
@@ -283,6 +302,163 @@ fn outputs_are_written() {
     assert!(summary.contains("| distributed |"), "{summary}");
     let sweep = std::fs::read_to_string(dir.path().join("cm_sweep.csv")).unwrap();
     assert_eq!(sweep.lines().count(), 1 + 2 * 4);
+}
+
+#[test]
+fn no_policy_and_no_centralised_plan_breaks_a_placement_rule() {
+    let sc = grouped(23);
+    assert!(
+        sc.group_counts.iter().all(|&c| c > 0),
+        "every kind of group: {:?}",
+        sc.group_counts
+    );
+    assert_eq!(
+        sc.rule_violations(&sc.initial),
+        0,
+        "the initial allocation obeys every group"
+    );
+    for p in PolicyKind::ALL {
+        let r = run(&sc, p);
+        assert_eq!(r.bad_moves, 0, "{p}");
+        assert!(r.migrations > 0, "{p} never moved a VM");
+        assert_eq!(
+            sc.rule_violations(&r.placement),
+            0,
+            "{p}: members of a group ended where their rule forbids"
+        );
+        assert_eq!(r.violations, 0, "{p}");
+        // The decision's filter alone kept the rules: the destination's re-check refused nothing.
+        assert_eq!(r.refused_by_rule, 0, "{p}");
+        assert!(
+            r.outcomes[4] > 0,
+            "{p}: no decision was turned away by a rule"
+        );
+        // Without the rules, the same scenario puts replicas together: the rules did the work.
+        let free = engine::run(
+            &sc,
+            &RunOptions {
+                rules: false,
+                ..options(p)
+            },
+            |_| {},
+        );
+        assert!(
+            free.violations > 0,
+            "{p}: the scenario provokes no violation"
+        );
+    }
+    let b = baseline::run(&sc);
+    assert_eq!(
+        sc.rule_violations(&b.incremental_placement),
+        0,
+        "centralised, incremental"
+    );
+    assert_eq!(
+        sc.rule_violations(&b.placement),
+        0,
+        "centralised, re-placement"
+    );
+}
+
+/// `scenario(seed, 0.75)` with migration windows and budgets.
+fn gated(seed: u64, windows: Vec<crate::rules::Window>, budget: crate::rules::Budget) -> Scenario {
+    Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            seed,
+            fill: 0.75,
+            windows,
+            budget,
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Every day from `start` to `end` (minutes of the day), UTC, every host.
+fn nightly(start: u16, end: u16) -> crate::rules::Window {
+    crate::rules::Window {
+        name: "night".into(),
+        hosts: None,
+        tz: jiff::tz::TimeZone::UTC,
+        spans: vec![crate::rules::Span {
+            days: crate::rules::window::EVERY_DAY,
+            start,
+            end,
+        }],
+    }
+}
+
+#[test]
+fn no_vm_migrates_outside_its_window_in_simulated_time() {
+    // The run starts at midnight, one turn a second: 192 VMs x 5 rounds = 16 minutes. The
+    // window opens at 00:05 (step 300) and closes at 00:10 (step 600).
+    let sc = gated(29, vec![nightly(5, 10)], crate::rules::Budget::default());
+    let r = run(&sc, PolicyKind::Distributed);
+    assert!(r.migrations > 0, "nothing moved inside the window");
+    let c0 = sc.cost(0, &sc.initial);
+    let n = sc.vms();
+    for (k, c) in r.costs.iter().enumerate() {
+        let step = k + 1;
+        // Before the window every step keeps the initial cost (the first round's traffic).
+        if step < 300 && step < n {
+            assert_eq!(
+                *c, c0,
+                "a VM moved at step {step}, before the window opened"
+            );
+        }
+        // After it, the cost changes only where a round brings new traffic.
+        if step > 601 && (step % n) != 0 && step < r.costs.len() {
+            assert_eq!(
+                r.costs[k - 1],
+                *c,
+                "a VM moved at step {step}, after the window closed"
+            );
+        }
+    }
+    // Outside the window decisions are still made: they are counted, not skipped.
+    assert!(r.outcomes[5] > 0);
+    assert_eq!(r.outcomes.iter().sum::<u64>() as usize, sc.rounds() * n);
+}
+
+#[test]
+fn budgets_cap_migrations_per_vm_and_per_host() {
+    let free = run(
+        &gated(31, Vec::new(), crate::rules::Budget::default()),
+        PolicyKind::RoundRobin,
+    );
+    assert!(
+        free.migrations > free.vms_moved,
+        "the scenario should move some VM twice"
+    );
+    let per_vm = gated(
+        31,
+        Vec::new(),
+        crate::rules::Budget {
+            per_vm_per_day: Some(1),
+            per_host_per_hour: None,
+        },
+    );
+    let r = run(&per_vm, PolicyKind::RoundRobin);
+    assert!(r.migrations > 0);
+    assert_eq!(r.migrations, r.vms_moved, "a VM moved twice in a day");
+    assert!(r.outcomes[6] > 0);
+    // The whole run lasts 16 simulated minutes: at most 2 migrations touch each host.
+    let per_host = gated(
+        31,
+        Vec::new(),
+        crate::rules::Budget {
+            per_vm_per_day: None,
+            per_host_per_hour: Some(2),
+        },
+    );
+    let r = run(&per_host, PolicyKind::RoundRobin);
+    assert!(r.migrations > 0);
+    assert!(
+        r.migrations <= 16,
+        "{} migrations over 16 hosts with 2 each (out or in)",
+        r.migrations
+    );
 }
 
 #[test]

@@ -76,6 +76,10 @@ pub enum TestbedCommand {
         dirty_mib: u32,
         #[arg(long)]
         pinned: bool,
+        /// A placement group of its metadata, `NAME[:KIND[:SCOPE]]` (KIND anti-affinity or
+        /// affinity, SCOPE host, rack or a level name), as `<scored:group>` (repeatable).
+        #[arg(long = "group", value_name = "NAME[:KIND[:SCOPE]]", value_parser = group_tag)]
+        groups: Vec<crate::hypervisor::GroupTag>,
     },
     /// Live-migrate a guest through scored's libvirt backend and print the report.
     Migrate {
@@ -188,6 +192,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             peers,
             dirty_mib,
             pinned,
+            groups,
         } => {
             let tb = Testbed::open(&place.dir())?;
             let Some(i) = tb.state.hosts.iter().position(|h| h.name == host) else {
@@ -201,6 +206,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             g.peers = peers;
             g.dirty_mib = dirty_mib;
             g.pinned = pinned;
+            g.groups = groups;
             tb.start_guest(i, &g)?;
             println!(
                 "{name} ({ip}) started on {host}; console: {}",
@@ -253,5 +259,47 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// `db-main:anti-affinity:host` as the group tag its metadata would carry.
+fn group_tag(text: &str) -> Result<crate::hypervisor::GroupTag, String> {
+    use crate::rules::GroupKind;
+    let mut parts = text.split(':');
+    let name = parts.next().unwrap_or("").to_string();
+    if name.is_empty() {
+        return Err("a group needs a name".into());
+    }
+    let kind = match parts.next() {
+        None => None,
+        Some(k) => Some(
+            GroupKind::from_name(k)
+                .ok_or_else(|| format!("kind `{k}`: use anti-affinity or affinity"))?,
+        ),
+    };
+    let scope = parts.next().map(str::to_string);
+    if parts.next().is_some() {
+        return Err(format!("`{text}`: use NAME[:KIND[:SCOPE]]"));
+    }
+    Ok(crate::hypervisor::GroupTag { name, kind, scope })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::GroupKind;
+
+    #[test]
+    fn group_flags_read_as_metadata_tags() {
+        let t = group_tag("db-main:anti-affinity:rack").unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.kind, t.scope.as_deref()),
+            ("db-main", Some(GroupKind::AntiAffinity), Some("rack"))
+        );
+        let t = group_tag("web").unwrap();
+        assert_eq!((t.kind, t.scope), (None, None));
+        assert!(group_tag("db:sometimes").unwrap_err().contains("sometimes"));
+        assert!(group_tag(":affinity").is_err());
+        assert!(group_tag("a:affinity:host:x").is_err());
     }
 }

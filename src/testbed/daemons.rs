@@ -28,6 +28,12 @@ impl TestbedHost {
         self.dir.join("migrations.journal")
     }
 
+    /// The daemon's placement rules file: absent (no rules) until a test or the operator of the
+    /// testbed writes one, so the machine's own /etc/scored/rules.toml never leaks in.
+    pub fn rules_file(&self) -> PathBuf {
+        self.dir.join("rules.toml")
+    }
+
     fn daemon_pid_file(&self) -> PathBuf {
         self.dir.join("scored.pid")
     }
@@ -70,6 +76,7 @@ impl Testbed {
             Override::new("hypervisor.uri", h.local_uri()),
             Override::new("control.socket", h.control_socket().display().to_string()),
             Override::new("journal.path", h.journal().display().to_string()),
+            Override::new("placement.rules_file", h.rules_file().display().to_string()),
             Override::new("migration.tls_cert_dir", h.tls_dir().display().to_string()),
         ];
         all.extend(testbed_defaults());

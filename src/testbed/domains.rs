@@ -3,6 +3,7 @@
 //! image is `guest`'s job.
 
 use super::{PREFIX_LEN, Result, Testbed, TestbedError};
+use crate::hypervisor::GroupTag;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ pub struct GuestSpec {
     /// Seconds after boot before the rewriting starts.
     pub dirty_after_secs: u32,
     pub pinned: bool,
+    /// Placement groups of its metadata (`<scored:group …/>`), as an operator would set them.
+    pub groups: Vec<GroupTag>,
 }
 
 impl GuestSpec {
@@ -38,7 +41,37 @@ impl GuestSpec {
             dirty_mib: 0,
             dirty_after_secs: 0,
             pinned: false,
+            groups: Vec::new(),
         }
+    }
+
+    /// The guest's `<scored:vm>` metadata element: its identity, its pin and its groups.
+    pub fn metadata_xml(&self) -> String {
+        let mut groups = String::new();
+        for g in &self.groups {
+            groups.push_str(&format!(
+                "\n      <scored:group name='{}'",
+                attribute(&g.name)
+            ));
+            if let Some(kind) = g.kind {
+                groups.push_str(&format!(" kind='{}'", kind.name()));
+            }
+            if let Some(scope) = &g.scope {
+                groups.push_str(&format!(" scope='{}'", attribute(scope)));
+            }
+            groups.push_str("/>");
+        }
+        let close = if groups.is_empty() {
+            "/>".to_string()
+        } else {
+            format!(">{groups}\n    </scored:vm>")
+        };
+        format!(
+            "<scored:vm xmlns:scored='{ns}' ip='{ip}' pinned='{pinned}'{close}",
+            ns = crate::hypervisor::libvirt::METADATA_NS,
+            ip = self.ip,
+            pinned = if self.pinned { "yes" } else { "no" },
+        )
     }
 
     /// Locally administered MAC derived from the address, so captures can map one to the other.
@@ -108,6 +141,13 @@ impl Console {
     }
 }
 
+/// `text` as the value of an attribute quoted with `'`.
+fn attribute(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('\'', "&apos;")
+}
+
 impl Testbed {
     pub fn console_path(&self, guest: &str) -> PathBuf {
         self.dir.join("console").join(format!("{guest}.log"))
@@ -156,7 +196,7 @@ impl Testbed {
             r#"<domain type='qemu'>
   <name>{name}</name>
   <metadata>
-    <scored:vm xmlns:scored='{ns}' ip='{ip}' pinned='{pinned}'/>
+    {metadata}
   </metadata>
   <memory unit='MiB'>{mem}</memory>
   <vcpu>1</vcpu>
@@ -188,9 +228,7 @@ impl Testbed {
 </domain>
 "#,
             name = g.name,
-            ns = crate::hypervisor::libvirt::METADATA_NS,
-            ip = g.ip,
-            pinned = if g.pinned { "yes" } else { "no" },
+            metadata = g.metadata_xml(),
             mem = g.memory_mib,
             kernel = self.state.kernel.display(),
             initrd = self.state.initrd.display(),
@@ -216,5 +254,46 @@ impl Testbed {
             .map_err(|e| lv("virDomainDefineXML", e))?;
         dom.create().map_err(|e| lv("virDomainCreate", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::libvirt::DomainDescription;
+    use crate::rules::GroupKind;
+
+    /// What the testbed writes is what scored's libvirt backend reads.
+    #[test]
+    fn a_guest_s_groups_are_read_back_from_its_metadata() {
+        let mut g = GuestSpec::new("db1", Ipv4Addr::new(10, 77, 1, 21));
+        g.groups = vec![
+            GroupTag {
+                name: "db-main".into(),
+                kind: Some(GroupKind::AntiAffinity),
+                scope: Some("host".into()),
+            },
+            GroupTag {
+                name: "o'neil & <co>".into(),
+                kind: None,
+                scope: None,
+            },
+        ];
+        let xml = |g: &GuestSpec| {
+            format!(
+                "<domain><name>{}</name><uuid>4dcb9ef2-a3c4-4a6b-8c1e-2b1f7d0e9a13</uuid>\
+                 <metadata>{}</metadata><memory unit='MiB'>128</memory></domain>",
+                g.name,
+                g.metadata_xml()
+            )
+        };
+        let d = DomainDescription::parse(&xml(&g)).unwrap();
+        assert_eq!(d.groups, g.groups);
+        assert_eq!(d.declared_ip, Some(g.ip));
+        assert!(!d.pinned);
+        g.groups.clear();
+        g.pinned = true;
+        let d = DomainDescription::parse(&xml(&g)).unwrap();
+        assert!(d.groups.is_empty() && d.pinned);
     }
 }

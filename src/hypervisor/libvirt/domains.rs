@@ -1,16 +1,19 @@
-//! Reading libvirt domains: the XML scored understands (identity, memory, interfaces, the pin),
-//! the addresses libvirt learned, and a domain's state (running, migrating in, its job).
+//! Reading libvirt domains: the XML scored understands (identity, memory, interfaces, the pin,
+//! placement groups), the addresses libvirt learned, and a domain's state (running, migrating in,
+//! its job).
 //!
 //! Only reads: nothing here changes a domain or decides anything about it.
 
-use crate::hypervisor::{Interface, Vm};
+use crate::hypervisor::{GroupTag, Interface, Vm};
+use crate::rules::GroupKind;
 use scored_proto::VmId;
 use std::net::{IpAddr, Ipv4Addr};
 use virt::domain::Domain;
 use virt::sys;
 
 /// XML namespace of scored's domain metadata:
-/// `<scored:vm xmlns:scored='…' ip='10.0.0.7' pinned='yes'/>` inside `<metadata>`.
+/// `<scored:vm xmlns:scored='…' ip='10.0.0.7' pinned='yes'/>` inside `<metadata>`, with a
+/// `<scored:group name='db-main' kind='anti-affinity' scope='host'/>` child per placement group.
 pub const METADATA_NS: &str = "https://example.invalid/scored/xmlns/vm/1";
 
 /// Whether `dom` is the destination side of a live migration in progress, whoever started it.
@@ -106,6 +109,8 @@ pub struct DomainDescription {
     /// `<scored:vm mac=…>`: which interface carries `declared_ip` (default: the first).
     pub declared_mac: Option<[u8; 6]>,
     pub pinned: bool,
+    /// `<scored:group name=… kind=… scope=…/>` children of `<scored:vm>`, in document order.
+    pub groups: Vec<GroupTag>,
 }
 
 impl DomainDescription {
@@ -182,6 +187,7 @@ impl DomainDescription {
         let mut declared_ip = None;
         let mut declared_mac = None;
         let mut pinned = false;
+        let mut groups = Vec::new();
         if let Some(meta) = root.get_child("metadata")
             && let Some(vm) = meta
                 .children
@@ -209,6 +215,7 @@ impl DomainDescription {
                     )));
                 }
             };
+            groups = parse_groups(vm).map_err(invalid)?;
         }
         Ok(DomainDescription {
             name,
@@ -219,6 +226,7 @@ impl DomainDescription {
             declared_ip,
             declared_mac,
             pinned,
+            groups,
         })
     }
 
@@ -266,9 +274,60 @@ impl DomainDescription {
             vcpus: self.vcpus,
             interfaces,
             pinned: self.pinned,
-            groups: Vec::new(),
+            groups: self.groups,
         })
     }
+}
+
+/// The `<group name=… kind=… scope=…/>` children of a `<scored:vm>` element.
+///
+/// libvirt puts the children `virsh metadata --set` is given in scored's namespace; a child
+/// hand-edited without a prefix means the same, one of another namespace is someone else's.
+/// Whether the scope names a level of the topology, and whether the rules file agrees with the
+/// kind, is the rules' question: this only reads what the domain says.
+fn parse_groups(vm: &xmltree::Element) -> Result<Vec<GroupTag>, String> {
+    let mut groups: Vec<GroupTag> = Vec::new();
+    for e in vm
+        .children
+        .iter()
+        .filter_map(|c| c.as_element())
+        .filter(|e| e.name == "group" && e.namespace.as_deref().is_none_or(|ns| ns == METADATA_NS))
+    {
+        let name = e.attributes.get("name").map(|n| n.trim()).unwrap_or("");
+        if name.is_empty() {
+            return Err("scored metadata <group> without a name: add name='…'".into());
+        }
+        let kind = match e.attributes.get("kind").map(String::as_str) {
+            None => None,
+            Some(k) => Some(GroupKind::from_name(k.trim()).ok_or_else(|| {
+                format!("scored metadata group `{name}` kind=`{k}`: use anti-affinity or affinity")
+            })?),
+        };
+        let scope = match e.attributes.get("scope") {
+            None => None,
+            Some(s) if s.trim().is_empty() => {
+                return Err(format!(
+                    "scored metadata group `{name}` scope=`{s}`: use host, rack or a level name of the topology"
+                ));
+            }
+            Some(s) => Some(s.trim().to_string()),
+        };
+        let tag = GroupTag {
+            name: name.to_string(),
+            kind,
+            scope,
+        };
+        match groups.iter().find(|g| g.name == tag.name) {
+            Some(g) if *g == tag => {}
+            Some(_) => {
+                return Err(format!(
+                    "scored metadata names group `{name}` twice, with different kind or scope"
+                ));
+            }
+            None => groups.push(tag),
+        }
+    }
+    Ok(groups)
 }
 
 fn to_mib(v: u64, unit: &str) -> Option<u64> {
@@ -455,6 +514,96 @@ mod tests {
         );
         assert!(DomainDescription::parse("<network/>").is_err());
         assert!(DomainDescription::parse("not xml").is_err());
+    }
+
+    /// As libvirt 9.0 shows it after `virsh metadata DOMAIN --uri … --key scored --set '<vm
+    /// ip="10.77.1.21"><group name="db-main" kind="anti-affinity" scope="host"/>…</vm>'`: the
+    /// children get the `scored` prefix too. A hand-edited child without a prefix (`virsh edit`)
+    /// means the same; another namespace's element is someone else's.
+    const GROUPED: &str = r#"<domain type='qemu' id='1'>
+  <name>db-main-1</name>
+  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
+  <metadata>
+    <scored:vm xmlns:scored="https://example.invalid/scored/xmlns/vm/1" ip="10.77.1.21" pinned="no">
+      <scored:group name="db-main" kind="anti-affinity" scope="host"/>
+      <scored:group name="web-tier" kind="affinity" scope="rack"/>
+      <group name="backup"/>
+      <other:group xmlns:other="urn:x" name="not-ours"/>
+    </scored:vm>
+  </metadata>
+  <memory unit='MiB'>128</memory>
+  <devices>
+    <interface type='bridge'><mac address='52:54:0a:4d:01:15'/></interface>
+  </devices>
+</domain>"#;
+
+    fn tag(name: &str, kind: Option<GroupKind>, scope: Option<&str>) -> GroupTag {
+        GroupTag {
+            name: name.to_string(),
+            kind,
+            scope: scope.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn reads_the_placement_groups_a_domain_names() {
+        let d = DomainDescription::parse(GROUPED).unwrap();
+        let expected = vec![
+            tag("db-main", Some(GroupKind::AntiAffinity), Some("host")),
+            tag("web-tier", Some(GroupKind::Affinity), Some("rack")),
+            tag("backup", None, None),
+        ];
+        assert_eq!(d.groups, expected);
+        // The groups reach the VM scored decides for.
+        let vm = d.into_vm(&[]).unwrap();
+        assert_eq!(vm.groups, expected);
+        // A domain without them is in no group.
+        assert!(DomainDescription::parse(XML).unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn bad_group_metadata_names_the_domain_and_the_attribute() {
+        let bad = |from: &str, to: &str| {
+            assert!(GROUPED.contains(from), "{from}");
+            DomainDescription::parse(&GROUPED.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(r#"kind="anti-affinity""#, r#"kind="anti-afinity""#);
+        assert!(
+            e.contains("db-main-1") && e.contains("kind") && e.contains("anti-afinity"),
+            "{e}"
+        );
+        let e = bad(r#"name="db-main" "#, " ");
+        assert!(e.contains("db-main-1") && e.contains("name"), "{e}");
+        let e = bad(r#"name="backup""#, r#"name="""#);
+        assert!(e.contains("db-main-1") && e.contains("name"), "{e}");
+        let e = bad(r#"scope="rack""#, r#"scope=" ""#);
+        assert!(
+            e.contains("db-main-1") && e.contains("scope") && e.contains("web-tier"),
+            "{e}"
+        );
+        // One group named twice with different rules: which one would scored follow?
+        let e = bad(r#"name="web-tier""#, r#"name="db-main""#);
+        assert!(
+            e.contains("db-main-1") && e.contains("db-main") && e.contains("twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_group_named_twice_alike_counts_once() {
+        let twice = GROUPED.replace(
+            r#"<group name="backup"/>"#,
+            r#"<group name="backup"/><group name="backup"/>"#,
+        );
+        let d = DomainDescription::parse(&twice).unwrap();
+        assert_eq!(
+            d.groups.iter().filter(|g| g.name == "backup").count(),
+            1,
+            "{:?}",
+            d.groups
+        );
     }
 
     #[test]

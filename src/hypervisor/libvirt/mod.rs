@@ -13,7 +13,10 @@
 //! `<scored:vm>` metadata element (namespace [`METADATA_NS`]) when the operator set one, else the
 //! first IPv4 address libvirt knows for its interfaces (DHCP leases of libvirt networks, then the
 //! host's ARP table). A running domain with neither is not reported (logged once per poll).
-//! The same element's `pinned='yes'` pins the VM: scored never migrates it.
+//! The same element's `pinned='yes'` pins the VM: scored never migrates it, and its
+//! `<scored:group name=… kind=… scope=…/>` children put the VM in placement groups
+//! ([`Vm::groups`]). A domain whose scored metadata is not understood is not reported (logged
+//! with the domain and the attribute): scored leaves alone a VM whose rules it cannot read.
 //!
 //! **Migration** is managed (the client drives libvirt's Begin/Prepare/Perform/Finish/Confirm
 //! phases) rather than peer-to-peer: scored needs a connection to the destination anyway, to read
