@@ -25,63 +25,21 @@
 //! checking goes on after a problem (as the topology file's does). It reads no clock and decides
 //! nothing; what the rules mean is `super`'s.
 
-use super::window::{EVERY_DAY, Span, Window};
 use super::{Exclusion, GroupKind, HostSet, Rules, scope_name, scope_of};
 use crate::config::VmRef;
-use crate::diagnostics::{line_col, syntax_message, write_lines, write_position};
+use crate::diagnostics::{line_col, syntax_message};
 use crate::topology::{Topology, valid_name};
-use jiff::tz::TimeZone;
 use scored_proto::Level;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use toml::Spanned;
 
-/// One problem in a rules file, at a position.
-#[derive(Debug, thiserror::Error)]
-pub struct RulesFileError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem is not at a position (the file cannot be read).
-    pub line: usize,
-    /// 1-based, in characters.
-    pub col: usize,
-    /// The sentence a person reads.
-    pub message: String,
-    /// What failed underneath, when something did.
-    #[source]
-    pub cause: Option<RulesFileCause>,
-}
+mod error;
+mod window;
 
-/// The failure underneath a [`RulesFileError`].
-#[derive(Debug, thiserror::Error)]
-pub enum RulesFileCause {
-    #[error(transparent)]
-    Read(#[from] std::io::Error),
-    #[error(transparent)]
-    Syntax(#[from] toml::de::Error),
-}
-
-impl fmt::Display for RulesFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_position(f, &self.file, self.line, self.col)?;
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// Every problem found in one rules file, in file order. Never empty.
-#[derive(Debug)]
-pub struct RulesFileErrors(pub Vec<RulesFileError>);
-
-impl fmt::Display for RulesFileErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_lines(f, &self.0)
-    }
-}
-
-// A list has no single cause: each entry keeps its own.
-impl std::error::Error for RulesFileErrors {}
+pub use error::{RulesFileCause, RulesFileError, RulesFileErrors};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,7 +166,7 @@ pub fn parse(path: &Path, text: &str, topo: &Topology) -> Result<Rules, RulesFil
     let members = groups(&mut errs, &mut rules, &raw.groups, topo);
     conflicts(&mut errs, &rules, &members, topo);
     exclusions(&mut errs, &mut rules, &raw.exclusions, topo);
-    windows(&mut errs, &mut rules, &raw.windows, topo);
+    window::windows(&mut errs, &mut rules, &raw.windows, topo);
     if errs.list.is_empty() {
         return Ok(rules);
     }
@@ -287,7 +245,8 @@ fn scope_names(topo: &Topology) -> String {
 /// A group's members as the file lists them, for the conflict check.
 struct Listed<'r> {
     group: super::GroupId,
-    line: usize,
+    /// Where its name is (the line is worked out only for a message: it costs a scan).
+    name_at: Range<usize>,
     members: Vec<(VmRef, &'r Spanned<String>)>,
 }
 
@@ -383,7 +342,7 @@ fn groups<'r>(
         }
         out.push(Listed {
             group: id,
-            line: errs.line_of(&name.span()),
+            name_at: name.span(),
             members,
         });
     }
@@ -394,12 +353,23 @@ fn groups<'r>(
 /// scope `b ≥ a` can never both be satisfied: say so at the later group's member that closes
 /// the pair. (Contradictions through chains of groups are not looked for.)
 fn conflicts(errs: &mut Errors, rules: &Rules, listed: &[Listed], topo: &Topology) {
+    // Only groups that share a member can conflict: index the groups of each member so a file
+    // with thousands of groups is not compared pair by pair.
+    let mut of_member: HashMap<&VmRef, Vec<usize>> = HashMap::new();
     for (j, later) in listed.iter().enumerate() {
-        for earlier in &listed[..j] {
+        let mut earlier_ones: Vec<usize> = (later.members.iter())
+            .flat_map(|(v, _)| of_member.get(v).into_iter().flatten().copied())
+            .collect();
+        earlier_ones.sort_unstable();
+        earlier_ones.dedup();
+        for (v, _) in &later.members {
+            of_member.entry(v).or_default().push(j);
+        }
+        for earlier in earlier_ones.iter().map(|&i| &listed[i]) {
             let (a, b) = (rules.group(earlier.group), rules.group(later.group));
-            let (together, apart, together_line) = match (a.kind, b.kind) {
-                (GroupKind::Affinity, GroupKind::AntiAffinity) => (a, b, earlier.line),
-                (GroupKind::AntiAffinity, GroupKind::Affinity) => (b, a, later.line),
+            let (together, apart, together_at) = match (a.kind, b.kind) {
+                (GroupKind::Affinity, GroupKind::AntiAffinity) => (a, b, &earlier.name_at),
+                (GroupKind::AntiAffinity, GroupKind::Affinity) => (b, a, &later.name_at),
                 _ => continue,
             };
             if together.scope > apart.scope {
@@ -413,6 +383,7 @@ fn conflicts(errs: &mut Errors, rules: &Rules, listed: &[Listed], topo: &Topolog
             }
             let mut pair = [shared[0].0.to_string(), shared[1].0.to_string()];
             pair.sort();
+            let together_line = errs.line_of(together_at);
             let within = scope_name(topo, together.scope);
             let article = if within.starts_with(['a', 'e', 'i', 'o', 'u']) {
                 "an"
@@ -527,159 +498,6 @@ fn exclusions(
             if let VmRef::Name(n) = v {
                 rules.exclude_name(id, n);
             }
-        }
-    }
-}
-
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-const DAY_NAMES: [&str; 7] = [
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-];
-
-fn day(s: &str) -> Option<u8> {
-    let s = s.to_ascii_lowercase();
-    (0..7u8).find(|&d| s == DAYS[d as usize] || s == DAY_NAMES[d as usize])
-}
-
-/// `mon`, `monday` or a range `mon-fri` (which may wrap: `fri-mon`), as day bits.
-fn days(s: &str) -> Option<u8> {
-    let Some((a, b)) = s.split_once('-') else {
-        return day(s).map(|d| 1 << d);
-    };
-    let (a, b) = (day(a)?, day(b)?);
-    let mut bits = 0u8;
-    let mut d = a;
-    loop {
-        bits |= 1 << d;
-        if d == b {
-            return Some(bits);
-        }
-        d = (d + 1) % 7;
-    }
-}
-
-/// `HH:MM` as minutes of the day; `24:00` only where `end_of_day` allows it.
-fn time_of_day(s: &str, end_of_day: bool) -> Option<u16> {
-    let (h, m) = s.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
-        return None;
-    }
-    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-    match (h, m) {
-        (24, 0) if end_of_day => Some(24 * 60),
-        (0..=23, 0..=59) => Some(h * 60 + m),
-        _ => None,
-    }
-}
-
-fn windows(errs: &mut Errors, rules: &mut Rules, raw: &[Spanned<RawWindow>], topo: &Topology) {
-    let mut seen = HashMap::new();
-    for w in raw {
-        let r = w.get_ref();
-        let name = match &r.name {
-            Some(n) => {
-                check_name(errs, "window", n);
-                once(errs, &mut seen, "window", n);
-                n.get_ref().clone()
-            }
-            None => {
-                errs.at(w.span(), "this [[window]] has no `name`");
-                String::new()
-            }
-        };
-        let tz = match &r.timezone {
-            None => {
-                errs.at(
-                    w.span(),
-                    format!(
-                        "window `{name}` has no `timezone`: name one (e.g. `UTC` or `Europe/Paris`), windows are never in the host's local time"
-                    ),
-                );
-                None
-            }
-            Some(t) => match TimeZone::get(t.get_ref()) {
-                Ok(tz) => Some(tz),
-                Err(_) => {
-                    errs.at(
-                        t.span(),
-                        format!(
-                            "unknown time zone `{}` (an IANA name such as `Europe/Paris` or `UTC`)",
-                            t.get_ref()
-                        ),
-                    );
-                    None
-                }
-            },
-        };
-        let mut bits = 0u8;
-        for d in r.days.iter().flatten() {
-            match days(d.get_ref()) {
-                Some(b) => bits |= b,
-                None => errs.at(
-                    d.span(),
-                    format!(
-                        "unknown day `{}` (mon, tue, wed, thu, fri, sat, sun, or a range such as `mon-fri`)",
-                        d.get_ref()
-                    ),
-                ),
-            }
-        }
-        if r.days.is_none() {
-            bits = EVERY_DAY;
-        } else if r.days.as_ref().is_some_and(Vec::is_empty) {
-            errs.at(
-                w.span(),
-                format!("window `{name}` has `days = []`: leave `days` out for every day"),
-            );
-        }
-        let mut time = |key: &str, v: &Option<Spanned<String>>, end: bool| match v {
-            None => {
-                errs.at(w.span(), format!("window `{name}` has no `{key}` (HH:MM)"));
-                None
-            }
-            Some(t) => {
-                let m = time_of_day(t.get_ref(), end);
-                if m.is_none() {
-                    let range = if end {
-                        "00:00 to 23:59, or 24:00 for an end"
-                    } else {
-                        "00:00 to 23:59"
-                    };
-                    errs.at(
-                        t.span(),
-                        format!("`{}` is not a time of day HH:MM ({range})", t.get_ref()),
-                    );
-                }
-                m
-            }
-        };
-        let start = time("start", &r.start, false);
-        let end = time("end", &r.end, true);
-        let hosts = (r.hosts.is_some() || r.switches.is_some()).then(|| {
-            host_set(
-                errs,
-                topo,
-                r.hosts.as_deref().unwrap_or(&[]),
-                r.switches.as_deref().unwrap_or(&[]),
-            )
-        });
-        if let (Some(tz), Some(start), Some(end)) = (tz, start, end) {
-            rules.windows.push(Window {
-                name,
-                hosts,
-                tz,
-                spans: vec![Span {
-                    days: bits,
-                    start,
-                    end,
-                }],
-            });
         }
     }
 }

@@ -40,11 +40,11 @@ pub fn summary(rules: &Rules, topo: &Topology, now_unix_ms: i64) -> String {
             out,
             "    {kind}, scope {}: {}",
             scope_name(topo, scope),
-            names.join(", ")
+            first_of(&names)
         );
     }
     let _ = writeln!(out, "  exclusions  {}", rules.exclusions().len());
-    for (i, x) in rules.exclusions().iter().enumerate() {
+    for (i, x) in rules.exclusions().iter().enumerate().take(SHOWN) {
         let (vms, names, gs) = rules.excluded(super::ExclusionId(i as u32));
         let mut whom: Vec<String> = gs
             .iter()
@@ -59,6 +59,9 @@ pub fn summary(rules: &Rules, topo: &Topology, now_unix_ms: i64) -> String {
             whom.join(", "),
             x.hosts.len()
         );
+    }
+    if rules.exclusions().len() > SHOWN {
+        let _ = writeln!(out, "    … and {} more", rules.exclusions().len() - SHOWN);
     }
     let _ = writeln!(out, "  windows     {}", rules.windows.len());
     for w in &rules.windows {
@@ -93,6 +96,19 @@ pub fn summary(rules: &Rules, topo: &Topology, now_unix_ms: i64) -> String {
         }
     );
     out
+}
+
+/// How many items of one kind the summary names before it only counts the rest: a file for a
+/// whole data centre may hold thousands of groups.
+const SHOWN: usize = 12;
+
+/// The first [`SHOWN`] names, and how many more there are.
+fn first_of(names: &[String]) -> String {
+    let mut s = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        let _ = write!(s, " … and {} more", names.len() - SHOWN);
+    }
+    s
 }
 
 /// `nights: mon-fri 22:00-06:00 Europe/Paris, every host; next opens Wed 2026-12-02 22:00 CET`

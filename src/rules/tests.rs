@@ -207,3 +207,323 @@ fn windows_open_in_their_time_zone_and_across_midnight() {
     assert_eq!(rules.window(HostId(0), wed_2130_utc), WindowState::Always);
     assert!(!rules.window(HostId(3), wed_2130_utc).allows());
 }
+
+/// Property tests: decisions made through [`crate::decide::Decider`] with the `RuleCheck` of the
+/// true placement never create a violation, and a repair move never breaks another rule. The
+/// violations are counted here from first principles (pairs of members and their level), not
+/// through `RuleCheck`, so the oracle does not share the code it judges.
+mod property {
+    use super::*;
+    use crate::cost::PartnerTraffic;
+    use crate::decide::{Decider, Gates, Subject};
+    use crate::hypervisor::Capacity;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use std::collections::BTreeSet;
+    use std::fmt::Write;
+
+    /// A random tree: 1-3 aggregation switches (more than one meet at an implicit top), 1-3
+    /// racks each, 1-3 hosts per rack, each host with room for 2-5 VMs.
+    fn topology(rng: &mut ChaCha8Rng) -> Topology {
+        let aggs = rng.random_range(1..=3);
+        let levels = if aggs > 1 { 3 } else { 2 };
+        let mut t = String::new();
+        let weights = ["1", "2", "4"][..levels].join(", ");
+        let _ = writeln!(t, "[levels]\nweights = [{weights}]");
+        let mut n = 0;
+        for a in 0..aggs {
+            for r in 0..rng.random_range(1..=3) {
+                for _ in 0..rng.random_range(1..=3) {
+                    n += 1;
+                    let _ = writeln!(
+                        t,
+                        "[[host]]\nname = \"h{n}\"\npath = [\"agg{a}\", \"a{a}r{r}\"]\nmax_vms = {}",
+                        rng.random_range(2..=5)
+                    );
+                }
+            }
+        }
+        Topology::parse(Path::new("random.toml"), &t).unwrap()
+    }
+
+    /// One random world: where the VMs run, the rules, who talks to whom.
+    struct World {
+        topo: Topology,
+        rules: Rules,
+        host: Vec<HostId>,
+        /// Members of each group (by the file or by metadata).
+        members: Vec<Vec<usize>>,
+        /// Groups each VM's metadata names (passed as `extra`).
+        metadata: Vec<Vec<GroupId>>,
+        /// For each exclusion: the VMs it applies to.
+        excluded: Vec<Vec<usize>>,
+        traffic: Vec<Vec<(usize, f64)>>,
+    }
+
+    fn id(vm: usize) -> VmId {
+        VmId(vm as u32 + 1)
+    }
+
+    fn world(seed: u64) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let topo = topology(&mut rng);
+        let hosts = topo.hosts().len();
+        let mut load = vec![0u32; hosts];
+        let mut host = Vec::new();
+        for _ in 0..rng.random_range(4..=20) {
+            let free: Vec<usize> = (0..hosts)
+                .filter(|&h| load[h] < topo.hosts()[h].max_vms)
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            let h = free[rng.random_range(0..free.len())];
+            load[h] += 1;
+            host.push(HostId(h as u32));
+        }
+        let n = host.len();
+        let mut rules = Rules::none();
+        let mut members = Vec::new();
+        let mut metadata = vec![Vec::new(); n];
+        let mut traffic = vec![Vec::new(); n];
+        for g in 0..rng.random_range(1..=4) {
+            let kind = if rng.random_bool(0.6) {
+                GroupKind::AntiAffinity
+            } else {
+                GroupKind::Affinity
+            };
+            let scope = rng.random_range(0..=topo.levels().min(2));
+            let gid = rules.add_group(&format!("g{g}"), kind, scope).unwrap();
+            let mut m: Vec<usize> = Vec::new();
+            for _ in 0..rng.random_range(2..=5usize.min(n)) {
+                let v = rng.random_range(0..n);
+                if !m.contains(&v) {
+                    m.push(v);
+                }
+            }
+            for &v in &m {
+                // Half the groups list their members in the file, half through metadata.
+                if g % 2 == 0 {
+                    rules.add_member(gid, id(v));
+                } else {
+                    metadata[v].push(gid);
+                }
+                // Replicas talk heavily: exactly what pulls them together without rules.
+                for &w in &m {
+                    if w != v {
+                        traffic[v].push((w, 1000.0));
+                    }
+                }
+            }
+            members.push(m);
+        }
+        for _ in 0..n {
+            let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+            if a != b {
+                let r = rng.random_range(1.0..100.0);
+                traffic[a].push((b, r));
+                traffic[b].push((a, r));
+            }
+        }
+        let mut excluded = Vec::new();
+        if rng.random_bool(0.5) {
+            let mut set = HostSet::new();
+            for _ in 0..rng.random_range(1..=2) {
+                set.insert(HostId(rng.random_range(0..hosts) as u32));
+            }
+            let vm = rng.random_range(0..n);
+            let group = GroupId(rng.random_range(0..members.len()) as u32);
+            rules.add_exclusion(
+                Exclusion {
+                    name: "x".into(),
+                    hosts: set,
+                },
+                &[id(vm)],
+                &[group],
+            );
+            let mut applies = members[group.0 as usize].clone();
+            applies.push(vm);
+            excluded.push(applies);
+        }
+        World {
+            topo,
+            rules,
+            host,
+            members,
+            metadata,
+            excluded,
+            traffic,
+        }
+    }
+
+    impl World {
+        /// Every rule broken by a placement: (kind, rule, VM, VM).
+        fn violations(&self, host: &[HostId]) -> BTreeSet<(u8, usize, usize, usize)> {
+            let mut out = BTreeSet::new();
+            for (g, m) in self.members.iter().enumerate() {
+                let group = self.rules.group(GroupId(g as u32));
+                for (i, &a) in m.iter().enumerate() {
+                    for &b in &m[i + 1..] {
+                        let within = self.topo.level(host[a], host[b]) <= group.scope;
+                        let broken = match group.kind {
+                            GroupKind::AntiAffinity => within,
+                            GroupKind::Affinity => !within,
+                        };
+                        if broken {
+                            out.insert((0, g, a.min(b), a.max(b)));
+                        }
+                    }
+                }
+            }
+            for (e, vms) in self.excluded.iter().enumerate() {
+                for &v in vms {
+                    if self
+                        .rules
+                        .exclusion(ExclusionId(e as u32))
+                        .hosts
+                        .contains(host[v])
+                    {
+                        out.insert((1, e, v, v));
+                    }
+                }
+            }
+            out
+        }
+
+        fn known_members(&self, host: &[HostId]) -> Vec<Member> {
+            let mut out = Vec::new();
+            for (g, m) in self.members.iter().enumerate() {
+                for &v in m {
+                    out.push(Member {
+                        group: GroupId(g as u32),
+                        vm: id(v),
+                        host: host[v],
+                    });
+                }
+            }
+            out
+        }
+    }
+
+    fn capacity(topo: &Topology, host: &[HostId], h: HostId) -> Capacity {
+        let running = host.iter().filter(|x| **x == h).count() as u32;
+        let total = topo.host(h).memory_mib;
+        Capacity {
+            running_vms: running,
+            incoming_migrations: 0,
+            free_memory_mib: total.saturating_sub(1024 * running as u64),
+            total_memory_mib: total,
+            cpu_load: 0.0,
+        }
+    }
+
+    /// Runs 80 decisions on random VMs of world `seed`, each with the `RuleCheck` of the true
+    /// placement (or none, `with_rules = false`), moving VMs as decided; checks every repair the
+    /// rules offer on the way. Returns the number of moves, or the first rule a move broke.
+    fn decide_all(seed: u64, with_rules: bool) -> Result<usize, String> {
+        let w = world(seed);
+        let mut host = w.host.clone();
+        let mut decider = Decider::new(&w.topo);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let mut moves = 0;
+        for _ in 0..80 {
+            let u = rng.random_range(0..host.len());
+            let partners: Vec<PartnerTraffic> = (w.traffic[u].iter())
+                .map(|&(v, rate)| PartnerTraffic {
+                    host: host[v],
+                    rate,
+                })
+                .collect();
+            let members = w.known_members(&host);
+            let check = w.rules.check_for(&w.topo, id(u), &w.metadata[u], &members);
+            let before = w.violations(&host);
+            let from = host[u];
+            // Every repair the rules offer ends u's anti-affinity violations and breaks nothing
+            // that held.
+            for h in w.topo.hosts() {
+                if h.id == from || !check.repairs(from, h.id) {
+                    continue;
+                }
+                let mut after = host.clone();
+                after[u] = h.id;
+                let now = w.violations(&after);
+                let new: Vec<_> = now.difference(&before).collect();
+                if !new.is_empty() {
+                    return Err(format!("repairing VM {u} to {} breaks {new:?}", h.name));
+                }
+                let beside = now.iter().any(|v| {
+                    v.0 == 0
+                        && w.rules.group(GroupId(v.1 as u32)).kind == GroupKind::AntiAffinity
+                        && (v.2 == u || v.3 == u)
+                });
+                if beside {
+                    return Err(format!(
+                        "repairing VM {u} to {} leaves a replica beside it",
+                        h.name
+                    ));
+                }
+            }
+            let subject = Subject {
+                vm: id(u),
+                host: from,
+                memory_mib: 1024,
+                partners: &partners,
+            };
+            let gates = Gates {
+                rules: if with_rules { &check } else { &NO_RULES },
+                ..Gates::thesis(1.0)
+            };
+            let d = decider.decide(&subject, &gates, |h| Some(capacity(&w.topo, &host, h)));
+            if let Some(to) = d.migrates_to() {
+                host[u] = to;
+                moves += 1;
+                let after = w.violations(&host);
+                let new: Vec<_> = after.difference(&before).collect();
+                if !new.is_empty() {
+                    return Err(format!(
+                        "moving VM {u} from {} to {} created {new:?} (kind, rule, VM, VM)",
+                        w.topo.host(from).name,
+                        w.topo.host(to).name
+                    ));
+                }
+            }
+        }
+        Ok(moves)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn decisions_never_create_a_violation_and_repairs_break_no_rule(seed in any::<u64>()) {
+            if let Err(e) = decide_all(seed, true) {
+                prop_assert!(false, "seed {seed}: {e}");
+            }
+        }
+    }
+
+    /// The worlds are hard enough to mean something: without the rules, the replicas' traffic
+    /// pulls members together and the decisions do break rules, on many seeds.
+    #[test]
+    fn without_the_rules_the_same_decisions_break_them() {
+        let mut broken = Vec::new();
+        let mut moves = 0;
+        for seed in 0..100 {
+            match decide_all(seed, false) {
+                Ok(m) => moves += m,
+                Err(e) => broken.push(format!("seed {seed}: {e}")),
+            }
+        }
+        assert!(
+            broken.len() >= 20,
+            "only {} of 100 worlds broke a rule without rules ({moves} moves)",
+            broken.len()
+        );
+        let with: usize = (0..100).map(|s| decide_all(s, true).unwrap()).sum();
+        assert!(
+            with > 0,
+            "no VM ever moved with the rules: the property would hold vacuously"
+        );
+    }
+}
