@@ -203,8 +203,18 @@ fn a_destination_refuses_a_replica_within_rack_scope_of_one_it_heard_of() {
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         nodes.push(node);
     }
-    // h1 announces its VMs and their groups; h3 has not heard (its view is stale).
+    // h1 announces its VMs and their groups; h3's view is stale: the last it heard from h1
+    // is an announcement from before r1 was tagged (no grouped VMs).
     rt.block_on(nodes[0].peers().announce_inventory()).unwrap();
+    let before_the_tag = scored_proto::GroupsAnnounce {
+        host: topo.host(h1).name.clone(),
+        vms: Vec::new(),
+    };
+    nodes[2]
+        .peers()
+        .directory()
+        .apply_groups(h1, &before_the_tag, Instant::now())
+        .unwrap();
     let vm2 = nodes[2].inventory()[0].clone();
     let a = rt.block_on(nodes[2].assess(&vm2));
     let d = a.decision.as_ref().unwrap();
