@@ -568,16 +568,23 @@ impl Search<'_, '_> {
         self.decider.queue.get(self.next).map(|c| c.host)
     }
 
-    /// The capacity answer for `host` (`None`: it did not answer in time).
-    pub fn answer(&mut self, host: HostId, capacity: Option<&Capacity>) {
-        let Some(c) = self.decider.queue.get(self.next).copied() else {
-            return;
-        };
+    /// The candidate an answer from `host` is for, counted as asked; `None` when the search
+    /// is decided or waits for another host.
+    fn take_answer(&mut self, host: HostId) -> Option<Candidate> {
+        let c = self.decider.queue.get(self.next).copied()?;
         if self.done || c.host != host {
-            return;
+            return None;
         }
         self.next += 1;
         self.decision.queries += 1;
+        Some(c)
+    }
+
+    /// The capacity answer for `host` (`None`: it did not answer in time).
+    pub fn answer(&mut self, host: HostId, capacity: Option<&Capacity>) {
+        let Some(c) = self.take_answer(host) else {
+            return;
+        };
         let topo = self.decider.topo;
         match capacity {
             Some(cap) if room_for(topo.host(host), cap, self.subject.memory_mib) => {
@@ -602,14 +609,9 @@ impl Search<'_, '_> {
     /// the search goes on as after a full host (a partner's host brings in its rack-mates, each
     /// judged again).
     pub fn refused_by_rule(&mut self, host: HostId) {
-        let Some(c) = self.decider.queue.get(self.next).copied() else {
+        let Some(c) = self.take_answer(host) else {
             return;
         };
-        if self.done || c.host != host {
-            return;
-        }
-        self.next += 1;
-        self.decision.queries += 1;
         self.decision.by_rule += 1;
         // Asked best first: the first refusal is the best candidate's.
         if self.decision.destination_refusal.is_none() {

@@ -191,13 +191,18 @@ impl MemoryCluster {
 
     /// Pins or unpins a VM (as the operator's domain metadata flag would).
     pub fn set_pinned(&self, vm: VmId, pinned: bool) -> Result<()> {
+        self.edit_vm(vm, |v| v.pinned = pinned)
+    }
+
+    /// Changes what the hypervisor says of a running VM (its domain metadata).
+    fn edit_vm(&self, vm: VmId, edit: impl FnOnce(&mut Vm)) -> Result<()> {
         let mut c = self.lock();
         let host = *c
             .location
             .get(&vm)
             .ok_or(HypervisorError::NoSuchVm { vm })?;
         if let Some(v) = c.hosts[host.index()].vms.iter_mut().find(|v| v.id == vm) {
-            v.pinned = pinned;
+            edit(v);
         }
         Ok(())
     }
@@ -205,15 +210,7 @@ impl MemoryCluster {
     /// Replaces a VM's placement groups, as an operator's `virsh metadata --live` would on a
     /// running domain. The groups then travel with the VM when it migrates.
     pub fn set_groups(&self, vm: VmId, groups: Vec<super::GroupTag>) -> Result<()> {
-        let mut c = self.lock();
-        let host = *c
-            .location
-            .get(&vm)
-            .ok_or(HypervisorError::NoSuchVm { vm })?;
-        if let Some(v) = c.hosts[host.index()].vms.iter_mut().find(|v| v.id == vm) {
-            v.groups = groups;
-        }
-        Ok(())
+        self.edit_vm(vm, |v| v.groups = groups)
     }
 
     /// The handle through which host `host` is driven.
