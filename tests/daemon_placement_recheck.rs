@@ -51,21 +51,21 @@ fn replica(id: VmId) -> Vm {
     vm
 }
 
-#[test]
-fn two_decisions_on_stale_knowledge_cannot_both_place_a_replica_on_one_host() {
-    let topo = Arc::new(topology());
-    let (h1, h2, h3) = (HostId(0), HostId(1), HostId(2));
-    let (r1, r2, app) = (VmId(0x0a00_0001), VmId(0x0a00_0002), VmId(0x0a00_0003));
-    let sim = MemoryCluster::new(&topo);
-    sim.add_vm(h1, replica(r1)).unwrap();
-    sim.add_vm(h3, replica(r2)).unwrap();
-    sim.add_vm(h2, synthetic_vm(app, 512)).unwrap();
-
+/// Four daemons over the in-process transport, each on its host of `sim`, with no token (the
+/// decisions are made by hand) and the traffic `demands` (host, VM, partner: 1 MB/s).
+fn four_hosts(
+    topo: &Arc<Topology>,
+    sim: &MemoryCluster,
+    demands: &[(HostId, VmId, VmId)],
+) -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    Vec<Arc<Daemon<DirectPeers>>>,
+) {
     let rt = inprocess::runtime();
     let dir = tempfile::tempdir().unwrap();
     let net = DirectNetwork::new(topo.clone());
     let mut config = Config::default();
-    // No token: the two decisions are made by hand, at once.
     config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
     config.decision.cooldown_base_s = 0;
     config.decision.migration_cost_fraction = 0.0;
@@ -73,18 +73,17 @@ fn two_decisions_on_stale_knowledge_cannot_both_place_a_replica_on_one_host() {
     for h in 0..4u32 {
         let me = HostId(h);
         let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
-        // Both replicas talk most to the application VM on h2.
-        let demands = [(h1, r1), (h3, r2)]
-            .into_iter()
-            .filter(|(at, _)| *at == me)
-            .map(|(_, vm)| Demand {
+        let demands = demands
+            .iter()
+            .filter(|(at, _, _)| *at == me)
+            .map(|&(_, vm, partner)| Demand {
                 vm,
-                partner: app,
+                partner,
                 bytes_per_sec: 1e6,
             })
             .collect();
         let node = inprocess::node(
-            &topo,
+            topo,
             me,
             peers,
             Arc::new(sim.host(me)),
@@ -97,6 +96,21 @@ fn two_decisions_on_stale_knowledge_cannot_both_place_a_replica_on_one_host() {
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         nodes.push(node);
     }
+    (rt, dir, nodes)
+}
+
+#[test]
+fn two_decisions_on_stale_knowledge_cannot_both_place_a_replica_on_one_host() {
+    let topo = Arc::new(topology());
+    let (h1, h2, h3) = (HostId(0), HostId(1), HostId(2));
+    let (r1, r2, app) = (VmId(0x0a00_0001), VmId(0x0a00_0002), VmId(0x0a00_0003));
+    let sim = MemoryCluster::new(&topo);
+    sim.add_vm(h1, replica(r1)).unwrap();
+    sim.add_vm(h3, replica(r2)).unwrap();
+    sim.add_vm(h2, synthetic_vm(app, 512)).unwrap();
+
+    // Both replicas talk most to the application VM on h2.
+    let (rt, _dir, nodes) = four_hosts(&topo, &sim, &[(h1, r1, app), (h3, r2, app)]);
     for node in &nodes {
         rt.block_on(node.peers().announce_inventory()).unwrap();
     }
@@ -169,40 +183,7 @@ fn a_destination_refuses_a_replica_within_rack_scope_of_one_it_heard_of() {
     sim.add_vm(h1, rack_replica(r1)).unwrap();
     sim.add_vm(h3, rack_replica(r2)).unwrap();
     sim.add_vm(h2, synthetic_vm(app, 512)).unwrap();
-    let rt = inprocess::runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let net = DirectNetwork::new(topo.clone());
-    let mut config = Config::default();
-    config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
-    config.decision.cooldown_base_s = 0;
-    config.decision.migration_cost_fraction = 0.0;
-    let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
-    for h in 0..4u32 {
-        let me = HostId(h);
-        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
-        let demands = if me == h3 {
-            vec![Demand {
-                vm: r2,
-                partner: app,
-                bytes_per_sec: 1e6,
-            }]
-        } else {
-            Vec::new()
-        };
-        let node = inprocess::node(
-            &topo,
-            me,
-            peers,
-            Arc::new(sim.host(me)),
-            demands,
-            config.clone(),
-            dir.path(),
-        );
-        rt.block_on(node.refresh_inventory()).unwrap();
-        node.traffic().tick(Instant::now());
-        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
-        nodes.push(node);
-    }
+    let (rt, _dir, nodes) = four_hosts(&topo, &sim, &[(h3, r2, app)]);
     // h1 announces its VMs and their groups; h3's view is stale: the last it heard from h1
     // is an announcement from before r1 was tagged (no grouped VMs).
     rt.block_on(nodes[0].peers().announce_inventory()).unwrap();
