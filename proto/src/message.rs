@@ -263,7 +263,7 @@ pub(crate) fn check_reason(reason: &str) -> Result<(), String> {
 
 /// Checks that a decoded value makes sense beyond its encoding; also run before encoding so
 /// that what we send would be accepted.
-trait Validate {
+pub(crate) trait Validate {
     fn validate(&self) -> Result<(), String> {
         Ok(())
     }
@@ -353,12 +353,17 @@ impl Validate for Announcement {
     }
 }
 
-/// Messages whose body is plain postcard.
+/// Messages whose body is plain postcard, checked by [`Validate`] both ways; `version = V` for a
+/// message of a protocol's later version (its frames carry `V`).
 macro_rules! postcard_message {
     ($t:ty, $name:expr, $max:expr) => {
+        postcard_message!($t, $name, $max, version = $crate::codec::WIRE_VERSION);
+    };
+    ($t:ty, $name:expr, $max:expr, version = $v:expr) => {
         impl WireMessage for $t {
             const NAME: &'static str = $name;
             const MAX_FRAME: usize = $max;
+            const VERSION: u8 = $v;
 
             fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
                 self.validate().map_err(|reason| EncodeError::Invalid {
@@ -378,6 +383,7 @@ macro_rules! postcard_message {
         }
     };
 }
+pub(crate) use postcard_message;
 
 postcard_message!(TokenAck, "token ack", SMALL_FRAME);
 postcard_message!(

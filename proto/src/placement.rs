@@ -13,7 +13,10 @@
 //! data, checked on decode and before encode, never a panic on a peer's bytes.
 
 use crate::codec::{DecodeError, EncodeError, WireMessage, done, put, take};
-use crate::message::{CapacityResponse, MAX_HOST_VMS, MAX_REASON, check_name, check_reason};
+use crate::message::{
+    CapacityResponse, MAX_HOST_VMS, MAX_REASON, Validate, check_name, check_reason,
+    postcard_message,
+};
 use crate::{Level, VmId};
 use serde::{Deserialize, Serialize};
 
@@ -130,12 +133,8 @@ fn check_names<'a>(vm: VmId, names: impl ExactSizeIterator<Item = &'a str>) -> R
     Ok(())
 }
 
-trait Check {
-    fn check(&self) -> Result<(), String>;
-}
-
-impl Check for PlacementRequest {
-    fn check(&self) -> Result<(), String> {
+impl Validate for PlacementRequest {
+    fn validate(&self) -> Result<(), String> {
         match &self.moving {
             Some(m) => check_names(m.vm, m.groups.iter().map(|g| g.name.as_str())),
             None => Ok(()),
@@ -143,8 +142,8 @@ impl Check for PlacementRequest {
     }
 }
 
-impl Check for PlacementResponse {
-    fn check(&self) -> Result<(), String> {
+impl Validate for PlacementResponse {
+    fn validate(&self) -> Result<(), String> {
         let c = &self.capacity;
         if !c.cpu_load.is_finite() || c.cpu_load < 0.0 {
             return Err(format!(
@@ -162,8 +161,8 @@ impl Check for PlacementResponse {
     }
 }
 
-impl Check for GroupsAnnounce {
-    fn check(&self) -> Result<(), String> {
+impl Validate for GroupsAnnounce {
+    fn validate(&self) -> Result<(), String> {
         check_name("host", &self.host)?;
         if self.vms.len() > MAX_HOST_VMS {
             return Err(format!(
@@ -178,35 +177,24 @@ impl Check for GroupsAnnounce {
     }
 }
 
-macro_rules! v2_message {
-    ($t:ty, $name:expr, $max:expr) => {
-        impl WireMessage for $t {
-            const NAME: &'static str = $name;
-            const MAX_FRAME: usize = $max;
-            const VERSION: u8 = PLACEMENT_VERSION;
-
-            fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-                self.check().map_err(|reason| EncodeError::Invalid {
-                    message: Self::NAME,
-                    reason,
-                })?;
-                put(Self::NAME, self, out)
-            }
-
-            fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
-                let (v, rest): ($t, _) = take(Self::NAME, body)?;
-                done(Self::NAME, rest)?;
-                v.check()
-                    .map_err(|reason| DecodeError::malformed(Self::NAME, reason))?;
-                Ok(v)
-            }
-        }
-    };
-}
-
-v2_message!(PlacementRequest, "capacity request", REQUEST_FRAME);
-v2_message!(PlacementResponse, "capacity response", RESPONSE_FRAME);
-v2_message!(GroupsAnnounce, "groups announcement", GROUPS_FRAME);
+postcard_message!(
+    PlacementRequest,
+    "capacity request",
+    REQUEST_FRAME,
+    version = PLACEMENT_VERSION
+);
+postcard_message!(
+    PlacementResponse,
+    "capacity response",
+    RESPONSE_FRAME,
+    version = PLACEMENT_VERSION
+);
+postcard_message!(
+    GroupsAnnounce,
+    "groups announcement",
+    GROUPS_FRAME,
+    version = PLACEMENT_VERSION
+);
 
 // The largest request must fit its frame: 16 groups of 64-byte names.
 const _: () = assert!(MAX_VM_GROUPS * (MAX_GROUP_NAME + 4) + 32 < REQUEST_FRAME);

@@ -202,7 +202,7 @@ impl<P: Peers> Daemon<P> {
         // knows better and holds room for it; a recommendation moves nothing and holds none.
         let req = PlacementRequest {
             memory_mib: vm.memory_mib,
-            moving: (!config.decision.dry_run).then(|| self.moving_vm(&self.rules(), vm)),
+            moving: (!config.decision.dry_run).then(|| self.moving_vm(vm)),
         };
         let timeout = config.token.handoff_timeout();
         let max = config.decision.max_candidates as usize;
@@ -380,7 +380,7 @@ impl<P: Peers> Daemon<P> {
         // Named, so a destination the rules refuse says no: draining never breaks a rule.
         let req = PlacementRequest {
             memory_mib: vm.memory_mib,
-            moving: Some(self.moving_vm(&self.rules(), vm)),
+            moving: Some(self.moving_vm(vm)),
         };
         let timeout = self.config().token.handoff_timeout();
         for (_, _, h) in hosts {

@@ -53,14 +53,13 @@ impl<P: Peers> Daemon<P> {
                 .copied()
                 .find(|&g| rules.group(g).name == name)
         };
-        for vm in self.inventory() {
-            let by_name = rules.groups_named(&vm.name).iter().map(|&g| rules.group(g));
-            let named = vm.groups.iter().map(|t| t.name.as_str());
-            for name in named.chain(by_name.map(|g| g.name.as_str())) {
-                if let Some(group) = id_of(name) {
+        let (current, local) = self.local_memberships();
+        for (vm, gs) in local {
+            for g in gs {
+                if let Some(group) = id_of(&current.group(g).name) {
                     out.push(Member {
                         group,
-                        vm: vm.id,
+                        vm,
                         host: self.me,
                     });
                 }
@@ -86,32 +85,12 @@ impl<P: Peers> Daemon<P> {
         out
     }
 
-    /// The groups of `vm` as a capacity request names them: the rules file's, then those its
-    /// metadata names (the file's kind and scope win for a group it declares; a tag the rules
-    /// cannot resolve is left out, its error is the rules room's to report). At most
-    /// `MAX_VM_GROUPS`.
-    pub fn moving_vm(&self, rules: &Rules, vm: &Vm) -> MovingVm {
-        // The rules room interns local VMs' tags; a tag it has not (yet) is resolved as it
-        // would be, on a copy (`Rules::intern_tags`: one reading of a tag everywhere).
-        let mut rules = Cow::Borrowed(rules);
-        let mut ids: Vec<GroupId> = rules.groups_of(vm.id).to_vec();
-        ids.extend_from_slice(rules.groups_named(&vm.name));
-        if vm
-            .groups
-            .iter()
-            .any(|t| rules.group_by_name(&t.name).is_none())
-        {
-            let (tagged, _errors) = rules.to_mut().intern_tags(&self.topo, &vm.groups);
-            ids.extend(tagged);
-        } else {
-            ids.extend(
-                vm.groups
-                    .iter()
-                    .filter_map(|t| rules.group_by_name(&t.name)),
-            );
-        }
-        ids.sort_unstable();
-        ids.dedup();
+    /// The groups of `vm` as a capacity request names them: every group the rules room puts it
+    /// in (the rules file's, by id and by libvirt name, and those its metadata names, interned
+    /// at the last inventory read; a tag the rules cannot resolve is left out, its error is the
+    /// rules room's to report). At most `MAX_VM_GROUPS`.
+    pub fn moving_vm(&self, vm: &Vm) -> MovingVm {
+        let (rules, _, ids) = self.groups_of(vm.id);
         let mut groups: Vec<GroupRef> = ids.iter().map(|&g| group_ref(rules.group(g))).collect();
         // A name the wire cannot carry would make the whole request unsendable (the host would
         // count as not answering): such a group is left to the asker's own check.
@@ -129,26 +108,21 @@ impl<P: Peers> Daemon<P> {
         MovingVm { vm: vm.id, groups }
     }
 
-    /// Tells the directory which groups this host's VMs are in by what only this host knows
-    /// (their metadata tags, and their libvirt names where the rules file lists them by name),
-    /// so it announces them.
-    pub(super) fn publish_local_groups(&self, vms: &[Vm]) {
-        let rules = self.rules();
-        let groups = vms
-            .iter()
-            .map(|v| {
-                let mut names: Vec<String> = v.groups.iter().map(|t| t.name.clone()).collect();
-                for &g in rules.groups_named(&v.name) {
-                    names.push(rules.group(g).name.clone());
-                }
+    /// Tells the directory which groups this host's VMs are in, as the rules room read them
+    /// (what only this host knows: their metadata tags, their libvirt names where the rules
+    /// file lists them by name), so it announces them.
+    pub(super) fn publish_local_groups(&self) {
+        let (current, local) = self.local_memberships();
+        let groups = local
+            .into_iter()
+            .map(|(vm, gs)| {
+                let mut names: Vec<String> =
+                    gs.iter().map(|&g| current.group(g).name.clone()).collect();
                 names.retain(|n| scored_proto::check_group_name(n).is_ok());
                 names.sort_unstable();
                 names.dedup();
                 names.truncate(MAX_VM_GROUPS);
-                VmGroups {
-                    vm: v.id,
-                    groups: names,
-                }
+                VmGroups { vm, groups: names }
             })
             .filter(|v| !v.groups.is_empty())
             .collect();

@@ -114,7 +114,7 @@ impl<P: Peers> Daemon<P> {
             .peers
             .directory()
             .refresh_local(vms.iter().map(|v| v.id));
-        self.publish_local_groups(&vms);
+        self.publish_local_groups();
         self.inventory.set(vms);
         arrivals
     }

@@ -188,8 +188,30 @@ impl<P: Peers> Daemon<P> {
         (out, unplaced)
     }
 
+    /// Every local VM in a group, with its groups (the rules file's, by id and by libvirt
+    /// name, and its metadata's), as ids of the rules returned: what the last inventory read
+    /// made of them, not a second reading.
+    pub(super) fn local_memberships(&self) -> (Arc<Rules>, Vec<(VmId, Vec<GroupId>)>) {
+        let r = lock(&self.rules);
+        let list = r
+            .vms
+            .iter()
+            .map(|(vm, _, _)| {
+                let mut gs = r.current.groups_of(*vm).to_vec();
+                if let Some(tagged) = r.local.get(vm) {
+                    gs.extend_from_slice(tagged);
+                }
+                gs.sort_unstable();
+                gs.dedup();
+                (*vm, gs)
+            })
+            .filter(|(_, gs)| !gs.is_empty())
+            .collect();
+        (r.current.clone(), list)
+    }
+
     /// The rules in force, `vm`'s metadata groups and every group it is in.
-    fn groups_of(&self, vm: VmId) -> (Arc<Rules>, Vec<GroupId>, Vec<GroupId>) {
+    pub(super) fn groups_of(&self, vm: VmId) -> (Arc<Rules>, Vec<GroupId>, Vec<GroupId>) {
         let (rules, extra) = {
             let r = lock(&self.rules);
             (
@@ -334,7 +356,7 @@ impl<P: Peers> Daemon<P> {
         // recommendation).
         let req = scored_proto::PlacementRequest {
             memory_mib: vm.memory_mib,
-            moving: (!config.decision.dry_run).then(|| self.moving_vm(&self.rules(), vm)),
+            moving: (!config.decision.dry_run).then(|| self.moving_vm(vm)),
         };
         let timeout = config.token.handoff_timeout();
         for (_, h) in hosts {
