@@ -5,6 +5,7 @@
 //! order, rather than stopping at the first: an operator fixing a 2,560-host file wants one pass.
 
 use super::error::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
+use super::networks::VmNetwork;
 use super::tree::{Host, HostId, Switch, SwitchId, Topology};
 use super::weights::LinkWeights;
 use crate::diagnostics::{line_col, syntax_message};
@@ -23,6 +24,8 @@ struct RawFile {
     defaults: RawDefaults,
     #[serde(default, rename = "host")]
     hosts: Vec<Spanned<RawHost>>,
+    #[serde(default)]
+    vm_networks: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -537,6 +540,18 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
         None => default_level_names(weights.len()),
     };
 
+    let vm_networks: Vec<VmNetwork> = raw
+        .vm_networks
+        .iter()
+        .filter_map(|n| match n.get_ref().parse() {
+            Ok(net) => Some(net),
+            Err(message) => {
+                errs.at(n.span(), message);
+                None
+            }
+        })
+        .collect();
+
     if !errs.list.is_empty() {
         errs.list.sort_by_key(|(o, _)| *o);
         return Err(TopologyErrors(
@@ -558,6 +573,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Topology, TopologyErrors>
         paths,
         depth,
         by_name,
+        vm_networks,
         by_peer,
     })
 }

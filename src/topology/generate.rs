@@ -99,6 +99,55 @@ pub fn dc_2560() -> TreeSpec {
     }
 }
 
+/// dc-2560's shape scaled out for the protocol's growth (docs/evaluation.md, "Protocol scale"):
+/// the same 20-host racks, link weights and hosts, more pods, aggregation and ToR switches.
+/// `fanout` = pods, aggregation switches per pod, racks per aggregation switch.
+fn dc_scaled(name: &str, fanout: [usize; 3]) -> TreeSpec {
+    let racks: usize = fanout.iter().product();
+    let hosts = racks * 20;
+    TreeSpec {
+        fanout: fanout.to_vec(),
+        header: format!(
+            "dc-2560 scaled out: {racks} racks x 20 = {hosts} hosts, {} pods x {} aggregation\n\
+             switches x {} ToR switches; the pods meet at the core. Link weights e^0, e^1, e^3,\n\
+             e^5. At most 16 VMs of 1 GiB per host. Not shipped (a large file):\n\
+             scored topology generate {name} > {name}.toml",
+            fanout[0], fanout[1], fanout[2]
+        ),
+        ..dc_2560()
+    }
+}
+
+/// 1,000 hosts: 2 pods × 5 aggregation switches × 5 racks of 20.
+pub fn dc_1k() -> TreeSpec {
+    dc_scaled("dc-1k", [2, 5, 5])
+}
+
+/// 10,000 hosts: 5 pods × 10 aggregation switches × 10 racks of 20.
+pub fn dc_10k() -> TreeSpec {
+    dc_scaled("dc-10k", [5, 10, 10])
+}
+
+/// 50,000 hosts: 10 pods × 10 aggregation switches × 25 racks of 20.
+pub fn dc_50k() -> TreeSpec {
+    dc_scaled("dc-50k", [10, 10, 25])
+}
+
+/// A shape by its `scored topology generate` name.
+pub fn by_name(name: &str) -> Option<TreeSpec> {
+    match name {
+        "dc-1k" => Some(dc_1k()),
+        "dc-2560" => Some(dc_2560()),
+        "dc-10k" => Some(dc_10k()),
+        "dc-50k" => Some(dc_50k()),
+        "fat-tree-k4" => Some(fat_tree_k4()),
+        _ => None,
+    }
+}
+
+/// The names `by_name` knows.
+pub const SHAPES: [&str; 5] = ["dc-1k", "dc-2560", "dc-10k", "dc-50k", "fat-tree-k4"];
+
 /// A k = 4 fat-tree seen as a tree: 4 pods × 2 edge switches × 2 hosts; the pods' aggregation
 /// layer is level 2 and the core level 3.
 pub fn fat_tree_k4() -> TreeSpec {
@@ -130,6 +179,19 @@ mod tests {
         assert_eq!(t.hosts().len(), 2560);
         assert_eq!(t.racks().len(), 128);
         assert_eq!(t.levels(), 4);
+        let t = Topology::parse(Path::new("dc1k.toml"), &tree(&dc_1k())).unwrap();
+        assert_eq!(t.hosts().len(), 1_000);
+        let t = Topology::parse(Path::new("dc10k.toml"), &tree(&dc_10k())).unwrap();
+        assert_eq!(t.hosts().len(), 10_000);
+        assert_eq!(t.racks().len(), 500);
+        assert_eq!(t.levels(), 4);
+        let t = Topology::parse(Path::new("dc50k.toml"), &tree(&dc_50k())).unwrap();
+        assert_eq!(t.hosts().len(), 50_000);
+        assert_eq!(t.racks().len(), 2_500);
+        assert_eq!(t.levels(), 4);
+        for name in SHAPES {
+            assert!(by_name(name).is_some(), "{name}");
+        }
         let f = Topology::parse(Path::new("ft.toml"), &tree(&fat_tree_k4())).unwrap();
         assert_eq!(f.hosts().len(), 16);
         assert_eq!(f.levels(), 3);

@@ -3,18 +3,22 @@
 //!
 //! `tree.rs` holds the validated tree and answers the one question the cost model asks of it,
 //! the communication level `ℓ(x, y)` between two servers; `weights.rs` the link weights;
+//! `networks.rs` the address ranges the VMs use (`vm_networks`, optional);
 //! `file.rs` parses and validates the file into them; `error.rs` says what is wrong where.
-//! No I/O beyond reading the file it is given; nothing of VMs, traffic or the daemon.
+//! No I/O beyond reading the file it is given; nothing of VMs, traffic or the daemon beyond
+//! which addresses may be VMs.
 
 mod error;
 mod file;
 pub mod generate;
+mod networks;
 mod tree;
 mod weights;
 
 pub use error::{TopologyCause, TopologyError, TopologyErrors, UriTemplateError};
 // The configuration names this host by its topology name, so it checks names the same way.
 pub(crate) use file::valid_name;
+pub use networks::VmNetwork;
 pub use tree::{Host, HostId, Switch, SwitchId, Topology};
 pub use weights::{LinkWeights, WeightsError};
 

@@ -3,8 +3,9 @@
 //!
 //! Built only by `file.rs` from a checked file; answers questions, never reads or changes one.
 
+use super::networks::VmNetwork;
 use super::weights::LinkWeights;
-use scored_proto::Level;
+use scored_proto::{Level, VmId};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,8 @@ pub struct Topology {
     pub(super) depth: usize,
     pub(super) by_name: HashMap<String, HostId>,
     pub(super) by_peer: HashMap<libp2p::PeerId, HostId>,
+    /// The VMs' address ranges; empty: any address may be a VM.
+    pub(super) vm_networks: Vec<VmNetwork>,
 }
 
 impl Topology {
@@ -110,6 +113,17 @@ impl Topology {
     /// Human names of levels 1..=levels(), e.g. `["rack", "aggregation", "core"]`.
     pub fn level_names(&self) -> &[String] {
         &self.level_names
+    }
+
+    /// The address ranges the data centre's VMs use, as the file declares them (`vm_networks`).
+    pub fn vm_networks(&self) -> &[VmNetwork] {
+        &self.vm_networks
+    }
+
+    /// Whether `vm` may be a VM of this data centre: inside `vm_networks`, or any address when
+    /// the file declares none.
+    pub fn may_be_vm(&self, vm: VmId) -> bool {
+        self.vm_networks.is_empty() || self.vm_networks.iter().any(|n| n.contains(vm))
     }
 
     pub fn hosts(&self) -> &[Host] {
