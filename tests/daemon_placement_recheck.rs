@@ -21,8 +21,8 @@ use scored::rules::{GroupKind, Member, Rules};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
-use support::inprocess;
+use std::time::{Duration, Instant};
+use support::{inprocess, time};
 
 /// Four hosts, two racks of two.
 fn topology() -> Topology {
@@ -184,8 +184,15 @@ fn a_destination_refuses_a_replica_within_rack_scope_of_one_it_heard_of() {
     sim.add_vm(h3, rack_replica(r2)).unwrap();
     sim.add_vm(h2, synthetic_vm(app, 512)).unwrap();
     let (rt, _dir, nodes) = four_hosts(&topo, &sim, &[(h3, r2, app)]);
-    // h1 announces its VMs and their groups; h3's view is stale: the last it heard from h1
-    // is an announcement from before r1 was tagged (no grouped VMs).
+    // h1's inventory task announces its VMs and their groups at its first read that finds a
+    // peer, then not again for ≥ 24 s: once it has, h1 announces to all three peers, and only
+    // then is h3's view made stale: the last it heard from h1 is an announcement from before r1
+    // was tagged (no grouped VMs). Made stale any earlier, the task could still refresh it.
+    time::wait_until(
+        "h1's inventory task announces",
+        Duration::from_secs(30),
+        || nodes[0].peers().metrics().announcements_published.get() >= 1,
+    );
     rt.block_on(nodes[0].peers().announce_inventory()).unwrap();
     let before_the_tag = scored_proto::GroupsAnnounce {
         host: topo.host(h1).name.clone(),

@@ -627,3 +627,27 @@ fn capacity(accepts: bool) -> CapacityResponse {
         accepts,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_listed_without_a_peer_id_is_never_asked() {
+    // h1 is in the tree (a hypervisor scored does not run on yet) but has no identity: no
+    // request can reach it, so a lookup must not count it as a host that failed to answer.
+    let key = Keypair::generate_ed25519();
+    let text = format!(
+        "[levels]\nweights = [1]\n\
+         [[host]]\nname = \"h0\"\npath = [\"tor\"]\naddress = \"127.0.0.1\"\np2p_port = {}\npeer_id = \"{}\"\n\
+         [[host]]\nname = \"h1\"\npath = [\"tor\"]\naddress = \"127.0.0.1\"\n",
+        free_ports(1)[0],
+        key.public().to_peer_id()
+    );
+    let topology = loopback::parse(&text);
+    let dir = Arc::new(Directory::new(topology.clone(), HostId(0)));
+    let (peers, _inbound) = Libp2pPeers::start(P2pConfig::new(key, topology, HostId(0)), dir)
+        .await
+        .unwrap();
+    assert_eq!(peers.others(), Vec::<HostId>::new());
+    let gateway = vm(99, 1);
+    let r = peers.locate(&[gateway], LocateOptions::default()).await;
+    assert_eq!((r.queries, r.failures.len()), (0, 0), "{r:?}");
+    assert_eq!(r.missing, vec![gateway]);
+}

@@ -184,6 +184,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_largest_inventory_fits_one_announcement() {
+        // Every field at its widest varint: a host with the most VMs a host may report, under
+        // the longest name, stamped by the highest epoch and sequence.
+        let a = Announcement::Inventory {
+            host: "h".repeat(MAX_HOST_NAME),
+            vms: (0..MAX_HOST_VMS)
+                .map(|i| Located {
+                    vm: VmId(u32::MAX - i as u32),
+                    since: Stamp::new(u64::MAX, u64::MAX),
+                })
+                .collect(),
+        };
+        let bytes = encode(&a).unwrap();
+        assert!(bytes.len() <= <Announcement as WireMessage>::MAX_FRAME);
+    }
+
+    #[test]
     fn vm_id_is_the_ipv4_address() {
         let id = VmId::from_ipv4("10.1.2.3".parse().unwrap());
         assert_eq!(id.0, 0x0a01_0203);

@@ -25,11 +25,18 @@ pub(crate) struct NotInTopology {
     peer: PeerId,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("peer {peer} is cut off by a deliberate partition")]
+pub(crate) struct SeveredPeer {
+    peer: PeerId,
+}
+
 pub(crate) struct Allowlist {
     addresses: HashMap<PeerId, Multiaddr>,
     logged: HashSet<PeerId>,
     metrics: P2pMetrics,
     watch: FrameWatch,
+    severed: super::Severed,
 }
 
 impl Allowlist {
@@ -38,6 +45,7 @@ impl Allowlist {
         me: PeerId,
         metrics: P2pMetrics,
         watch: FrameWatch,
+        severed: super::Severed,
     ) -> Self {
         let addresses = topology
             .hosts()
@@ -50,12 +58,17 @@ impl Allowlist {
             logged: HashSet::new(),
             metrics,
             watch,
+            severed,
         }
     }
 
     /// Admits `peer` or refuses it. Admitting also tells the codecs which peer the connection
     /// that the next behaviours set up is for (they run right after this one).
     fn check(&mut self, peer: PeerId, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
+        if self.severed.contains(&peer) {
+            self.watch.set_connecting(None);
+            return Err(ConnectionDenied::new(SeveredPeer { peer }));
+        }
         if self.addresses.contains_key(&peer) {
             self.watch.set_connecting(Some(peer));
             return Ok(());
@@ -94,6 +107,9 @@ impl NetworkBehaviour for Allowlist {
         let Some(peer) = peer else {
             return Ok(vec![]);
         };
+        if self.severed.contains(&peer) {
+            return Err(ConnectionDenied::new(SeveredPeer { peer }));
+        }
         match self.addresses.get(&peer) {
             Some(a) => Ok(vec![a.clone()]),
             None => Err(ConnectionDenied::new(NotInTopology { peer })),

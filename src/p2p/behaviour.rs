@@ -87,7 +87,13 @@ pub(crate) fn build_swarm(
             Ok(Behaviour {
                 pending: PendingGate::new(&topology, &limits, metrics.clone()),
                 limits: connection_limits(&limits),
-                allowlist: Allowlist::new(&topology, me, metrics, watch.clone()),
+                allowlist: Allowlist::new(
+                    &topology,
+                    me,
+                    metrics,
+                    watch.clone(),
+                    config.severed.clone(),
+                ),
                 rpc: Rpc::new(&watch, config.request_timeout, limits.max_requests_per_peer),
                 gossip,
                 identify: identify::Behaviour::new(

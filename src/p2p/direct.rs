@@ -4,6 +4,7 @@
 //! cannot tell the two transports apart. Hosts can be taken off the network to test failures.
 
 use super::directory::{Applied, Directory};
+use super::metrics::P2pMetrics;
 use super::{
     AnnounceError, Inbound, InboundEvent, PeerError, Peers, deliver, reply_or_unavailable,
 };
@@ -29,6 +30,8 @@ struct JoinedHost {
 pub struct DirectNetwork {
     topology: Arc<Topology>,
     hosts: Arc<Mutex<HashMap<HostId, JoinedHost>>>,
+    /// How long a statistics request takes to reach its host (none by default).
+    stats_delay: Arc<Mutex<Duration>>,
 }
 
 impl DirectNetwork {
@@ -36,6 +39,7 @@ impl DirectNetwork {
         DirectNetwork {
             topology,
             hosts: Arc::new(Mutex::new(HashMap::new())),
+            stats_delay: Arc::new(Mutex::new(Duration::ZERO)),
         }
     }
 
@@ -65,6 +69,7 @@ impl DirectNetwork {
                 me,
                 network: self.clone(),
                 directory,
+                metrics: P2pMetrics::default(),
             },
             inbound,
         )
@@ -92,6 +97,13 @@ impl DirectNetwork {
                 let _ = other.inbound.try_send(event(host));
             }
         }
+    }
+
+    /// Delays every statistics request by `delay` before it reaches its host, as on a cluster
+    /// too loaded to answer the regeneration survey in time (128 daemons on one machine at cold
+    /// start), while tokens and announcements still flow.
+    pub fn set_stats_delay(&self, delay: Duration) {
+        *self.stats_delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
     fn route(
@@ -131,9 +143,15 @@ pub struct DirectPeers {
     me: HostId,
     network: DirectNetwork,
     directory: Arc<Directory>,
+    metrics: P2pMetrics,
 }
 
 impl DirectPeers {
+    /// This host's transport counters (those the in-process transport keeps).
+    pub fn metrics(&self) -> &P2pMetrics {
+        &self.metrics
+    }
+
     async fn ask<T>(
         &self,
         to: HostId,
@@ -224,6 +242,32 @@ impl Peers for DirectPeers {
         timeout: Duration,
     ) -> Result<StatsResponse, PeerError> {
         let from = self.me;
+        let delay = *self
+            .network
+            .stats_delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if delay > Duration::ZERO {
+            // The request is late, not the answer: the time counts against the timeout.
+            return match tokio::time::timeout(timeout, tokio::time::sleep(delay)).await {
+                Err(_) => Err(PeerError::Timeout {
+                    host: self.network.topology.host(host).name.clone(),
+                    what: StatsRequest::NAME,
+                    after: timeout,
+                }),
+                Ok(()) => {
+                    let left = timeout.saturating_sub(delay);
+                    self.ask(host, StatsRequest::NAME, left, |reply| {
+                        InboundEvent::Stats {
+                            from,
+                            request,
+                            reply,
+                        }
+                    })
+                    .await
+                }
+            };
+        }
         self.ask(host, StatsRequest::NAME, timeout, |reply| {
             InboundEvent::Stats {
                 from,
@@ -246,6 +290,11 @@ impl Peers for DirectPeers {
                 .map(|(_, n)| (n.inbound.clone(), n.directory.clone()))
                 .collect()
         };
+        // As gossipsub: an announcement with nobody to hear it is not published.
+        if targets.is_empty() {
+            return Err(PeerError::Announce(AnnounceError::NoSubscribers));
+        }
+        self.metrics.announcements_published.inc();
         for (inbound, directory) in targets {
             // The same check a libp2p receiver makes on the signed author.
             match directory.apply(self.me, &announcement) {
@@ -432,7 +481,9 @@ mod tests {
         let unknown = [vm(2, 2), vm(3, 2)];
         let partial = c.peers[0].locate(&unknown, LocateOptions::default()).await;
         assert_eq!(partial.found[&vm(2, 2)], HostId(2));
-        assert_eq!(partial.missing, vec![vm(3, 2)]);
+        // No inventory was announced: h3 may run it, and did not answer.
+        assert_eq!(partial.uncertain, vec![vm(3, 2)]);
+        assert!(partial.missing.is_empty());
         assert_eq!(partial.failures.len(), 1);
         assert!(partial.failures[0].to_string().contains("h3"));
     }
@@ -523,6 +574,61 @@ mod tests {
         // Inventories warm caches.
         c.peers[2].announce_inventory().await.unwrap();
         assert_eq!(c.peers[0].directory().lookup(vm(2, 4)), Some(HostId(2)));
+    }
+
+    #[tokio::test]
+    async fn hosts_asked_for_room_in_batches_are_asked_together() {
+        let mut c = cluster(10);
+        // Hosts 1..=8 answer only once all eight have been asked, and then refuse; host 9, the
+        // last in the order, accepts. Asked one at a time (as a drain asked before), the first
+        // host would wait for ever; asked as a batch, the eight slow hosts cost one wait.
+        let batch = Arc::new(tokio::sync::Barrier::new(8));
+        let answer = |accepts| PlacementResponse {
+            capacity: scored_proto::CapacityResponse {
+                free_slots: 1,
+                free_memory_mib: 1000,
+                cpu_load: 0.0,
+                maintenance: false,
+                incoming_migrations: 0,
+                accepts,
+            },
+            refused_by_rule: None,
+        };
+        for (i, mut d) in c.inbound.drain(1..).enumerate() {
+            let batch = batch.clone();
+            tokio::spawn(async move {
+                while let Some(e) = d.recv().await {
+                    if let InboundEvent::Capacity { reply, .. } = e {
+                        let batch = batch.clone();
+                        tokio::spawn(async move {
+                            let last = i == 8;
+                            if !last {
+                                batch.wait().await;
+                            }
+                            reply.send(answer(last));
+                        });
+                    }
+                }
+            });
+        }
+        let hosts: Vec<HostId> = (1..10).map(HostId).collect();
+        // Longer than the guard below: a host asked alone is never answered in time.
+        let patient = Duration::from_secs(3600);
+        let ask = |takes: fn(&PlacementResponse) -> bool| {
+            let peers = &c.peers[0];
+            let hosts = &hosts;
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(60),
+                    peers.first_accepting(hosts, PlacementRequest::room(512), patient, 8, takes),
+                )
+                .await
+                .expect("the hosts of a batch were not asked together")
+            }
+        };
+        assert_eq!(ask(|r| r.capacity.accepts).await, Some(HostId(9)));
+        // Nobody acceptable: every batch asked, the answer is none.
+        assert_eq!(ask(|_| false).await, None);
     }
 
     #[tokio::test]

@@ -8,13 +8,17 @@
 //! a VM left may only say where it went about an entry that pointed at itself; no stamp may run
 //! further ahead of this host's view of the token than the skew; no host is believed to run
 //! more VMs than its slots. Lookups ([`locate`]) answer from the directory, verify or fill
-//! gaps with batched queries to the hosts concerned, follow "moved to" hints, and fall back to
-//! asking every host. This module does no I/O itself: queries go through [`Peers`].
+//! gaps with batched queries to the hosts concerned, follow "moved to" hints, and ask about a
+//! VM no host is known to run only the hosts that may run it: those whose inventory names it,
+//! and those whose inventory this host does not know (`zombies`, the record of hosts' claims).
+//! An address no inventory names is no VM of this data centre (external). This module does no
+//! I/O itself: queries go through [`Peers`].
 //!
 //! [`Peers`]: super::Peers
 
 mod cache;
 mod clock;
+mod external;
 mod groups;
 mod locate;
 
@@ -23,6 +27,8 @@ use crate::topology::{HostId, Topology};
 use cache::{Cache, Entry, Source};
 pub use clock::DEFAULT_STAMP_SKEW;
 use clock::TokenClock;
+use external::External;
+pub use external::MAX_EXTERNAL;
 pub use groups::{GROUPS_FRESH, GroupMember, Known, Reservation};
 pub use locate::{LocateOptions, Locations, locate};
 use scored_proto::{Announcement, Located, LocationResponse, Moved, Stamp, VmId};
@@ -37,6 +43,8 @@ struct State {
     departed: HashMap<VmId, (HostId, Stamp)>,
     departed_order: VecDeque<VmId>,
     cache: Cache,
+    /// Addresses no host runs, learned by asking the hosts whose inventory was unknown.
+    external: External,
     /// VMs whose former host said they come here, not listed by the hypervisor yet: where
     /// from and under which stamp, so this host can announce their arrival itself. At most
     /// this host's slots.
@@ -150,12 +158,15 @@ impl Directory {
             departed: HashMap::new(),
             departed_order: VecDeque::new(),
             cache: Cache::new(&topology),
+            external: External::default(),
             expected: HashMap::new(),
             clock: TokenClock::new(DEFAULT_STAMP_SKEW),
             groups: groups::Groups::default(),
         };
         Directory {
-            zombies: Zombies::new(topology.clone(), me),
+            // The directory starts listening to announcements now: the grace of hosts never
+            // heard of counts from here.
+            zombies: Zombies::new(topology.clone(), me, std::time::Instant::now()),
             topology,
             me,
             state: Mutex::new(state),
@@ -331,6 +342,8 @@ impl Directory {
 
     /// Sets `vm`'s entry unless a newer fact is known; whether the entry changed.
     fn put(&self, s: &mut State, vm: VmId, host: HostId, at: Stamp, source: Source) -> bool {
+        // Named as running somewhere: whatever this host concluded before, it is a VM here.
+        s.external.remove(vm);
         if host == self.me || s.local.contains_key(&vm) {
             return false;
         }
@@ -348,6 +361,7 @@ impl Directory {
     /// `author`, which `vm` left, says it went to `to`: believed about an entry that pointed at
     /// the author (or none), never over what another host said.
     fn hint(&self, s: &mut State, vm: VmId, author: HostId, to: HostId, at: Stamp) -> bool {
+        s.external.remove(vm);
         if s.cache.get(vm).is_some_and(|e| e.host != author) {
             return false;
         }
@@ -361,6 +375,7 @@ impl Directory {
     /// `host` answered that it runs `vm` since `since`: it wins over any cache entry. The
     /// stamp kept is the newer of the two, so a late older fact does not undo the answer.
     fn claimed_here(&self, s: &mut State, vm: VmId, host: HostId, since: Stamp) {
+        s.external.remove(vm);
         if host == self.me || s.local.contains_key(&vm) {
             return;
         }
@@ -511,5 +526,7 @@ impl Directory {
     }
 }
 
+#[cfg(test)]
+mod locate_tests;
 #[cfg(test)]
 mod tests;

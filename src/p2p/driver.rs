@@ -70,6 +70,7 @@ pub(crate) struct Driver {
     answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     gossip: Gossip,
     mismatch_logged: HashSet<PeerId>,
+    severed: super::Severed,
     /// Peers already named in the log for a transport limit, with the limit's reason.
     over_limit_logged: HashSet<(PeerId, &'static str)>,
 }
@@ -100,6 +101,7 @@ impl Driver {
             answers: FuturesUnordered::new(),
             gossip,
             mismatch_logged: HashSet::new(),
+            severed: config.severed.clone(),
             over_limit_logged: HashSet::new(),
         }
     }
@@ -127,6 +129,7 @@ impl Driver {
                     self.respond(a.channel, a.response, true);
                 }
                 _ = redial.tick() => {
+                    self.drop_severed();
                     self.gossip.dial_fingers(&mut self.swarm);
                     self.limiter.prune(Instant::now());
                 }
@@ -134,6 +137,23 @@ impl Driver {
             }
         }
         tracing::debug!("p2p node stopped");
+    }
+
+    /// Closes the connections a deliberate partition (the lab's) cut since the last tick; the
+    /// allowlist refuses new ones.
+    fn drop_severed(&mut self) {
+        if self.severed.is_empty() {
+            return;
+        }
+        let cut: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| self.severed.contains(p))
+            .copied()
+            .collect();
+        for p in cut {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
     }
 
     fn host_name(&self, peer: &PeerId) -> String {
@@ -148,6 +168,7 @@ impl Driver {
         match c {
             Command::Request(peer, request, reply) => {
                 let (kind, id) = b.rpc.send_request(&peer, request);
+                self.metrics.sent(kind.protocol());
                 self.pending.insert(kind, id, reply);
             }
             Command::Publish(data, tx) => {

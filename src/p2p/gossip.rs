@@ -93,7 +93,7 @@ impl Gossip {
         gossip: &mut gossipsub::Behaviour,
         data: Vec<u8>,
     ) -> Result<(), AnnounceError> {
-        Self::publish_on(gossip, &self.topic, data)
+        Self::publish_on(&self.metrics, gossip, &self.topic, data)
     }
 
     /// Publishes an encoded groups announcement (`/scored/announce/2`).
@@ -102,16 +102,20 @@ impl Gossip {
         gossip: &mut gossipsub::Behaviour,
         data: Vec<u8>,
     ) -> Result<(), AnnounceError> {
-        Self::publish_on(gossip, &self.topic_v2, data)
+        Self::publish_on(&self.metrics, gossip, &self.topic_v2, data)
     }
 
     fn publish_on(
+        metrics: &P2pMetrics,
         gossip: &mut gossipsub::Behaviour,
         topic: &IdentTopic,
         data: Vec<u8>,
     ) -> Result<(), AnnounceError> {
         match gossip.publish(topic.clone(), data) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                metrics.announcements_published.inc();
+                Ok(())
+            }
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                 Err(AnnounceError::NoSubscribers)
             }
@@ -156,6 +160,7 @@ impl Gossip {
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) -> MessageAcceptance {
+        self.metrics.announcements_received.inc();
         let verdict = if message.topic == self.topic_v2.hash() {
             self.judge_groups(message.source, &message.data)
         } else {

@@ -24,6 +24,14 @@ pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
 /// Request streams dropped because their bytes would exceed the peer's or the host's budget.
 pub const INFLIGHT_BYTES: &str = "inflight_bytes";
 
+/// The request protocols, each with its series from the start.
+const PROTOCOLS: [&str; 4] = [
+    scored_proto::TOKEN_PROTOCOL,
+    scored_proto::LOCATION_PROTOCOL,
+    scored_proto::CAPACITY_PROTOCOL,
+    scored_proto::STATS_PROTOCOL,
+];
+
 #[derive(Clone, Debug, Default)]
 pub struct P2pMetrics {
     /// Connections refused because the peer's PeerId is not in the topology.
@@ -41,6 +49,12 @@ pub struct P2pMetrics {
     pub rejected: Family<ReasonLabel, Counter>,
     /// Incoming connections in their handshake now.
     pub pending_incoming: Gauge,
+    /// Requests this host sent, by protocol (what a decision costs the network).
+    pub requests_sent: Family<ProtocolLabel, Counter>,
+    /// Announcements this host published on gossip (its own; forwarding is gossip's).
+    pub announcements_published: Counter,
+    /// Announcements from peers that reached this host (valid or not, repeats included).
+    pub announcements_received: Counter,
 }
 
 impl P2pMetrics {
@@ -63,14 +77,12 @@ impl P2pMetrics {
                 .rejected
                 .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
         }
-        for protocol in [
-            scored_proto::TOKEN_PROTOCOL,
-            scored_proto::LOCATION_PROTOCOL,
-            scored_proto::CAPACITY_PROTOCOL,
-            scored_proto::STATS_PROTOCOL,
-        ] {
+        for protocol in PROTOCOLS {
             let _ = self
                 .requests_served
+                .get_or_create(&vec![("protocol".to_string(), protocol.to_string())]);
+            let _ = self
+                .requests_sent
                 .get_or_create(&vec![("protocol".to_string(), protocol.to_string())]);
         }
         registry.register(
@@ -104,6 +116,21 @@ impl P2pMetrics {
             self.rejected.clone(),
         );
         registry.register(
+            "scored_p2p_requests_sent",
+            "Requests this host sent to peers, by protocol",
+            self.requests_sent.clone(),
+        );
+        registry.register(
+            "scored_p2p_announcements_published",
+            "Announcements this host published on gossip (inventories, migrations, groups)",
+            self.announcements_published.clone(),
+        );
+        registry.register(
+            "scored_p2p_announcements_received",
+            "Announcements from peers delivered to this host by gossip, repeats and rejected ones included",
+            self.announcements_received.clone(),
+        );
+        registry.register(
             "scored_p2p_pending_incoming_connections",
             "Incoming connections in their Noise/Yamux handshake now",
             self.pending_incoming.clone(),
@@ -120,6 +147,29 @@ impl P2pMetrics {
         self.rejected
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
             .inc();
+    }
+
+    pub(crate) fn sent(&self, protocol: &str) {
+        self.requests_sent
+            .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
+            .inc();
+    }
+
+    /// Requests sent over every protocol so far.
+    pub fn sent_total(&self) -> u64 {
+        let mut n = 0;
+        for protocol in PROTOCOLS {
+            n += self
+                .requests_sent
+                .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
+                .get();
+        }
+        n
+    }
+
+    /// Requests answered over every protocol so far.
+    pub fn served_total(&self) -> u64 {
+        PROTOCOLS.iter().map(|p| self.served_count(p)).sum()
     }
 
     /// Requests refused for `reason` so far.
@@ -149,6 +199,8 @@ mod tests {
         m.refused_connections.inc();
         m.served("/scored/token/1");
         m.reject(RATE_LIMITED);
+        m.sent("/scored/capacity/1");
+        m.announcements_published.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(
@@ -161,6 +213,14 @@ mod tests {
         );
         assert!(
             text.contains("scored_p2p_rejected_total{reason=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scored_p2p_requests_sent_total{protocol=\"/scored/capacity/1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scored_p2p_announcements_published_total 1"),
             "{text}"
         );
     }

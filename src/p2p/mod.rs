@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod probe;
 mod rpc;
 mod service;
+pub mod severed;
 pub mod zombies;
 
 pub use direct::{DirectNetwork, DirectPeers};
@@ -28,6 +29,7 @@ pub use limits::TransportLimits;
 pub use metrics::P2pMetrics;
 pub use rpc::{Quota, RateLimits, RequestFailure};
 pub use service::{Libp2pPeers, ListenFailure, P2pConfig, StartError};
+pub use severed::Severed;
 pub use zombies::{Zombie, Zombies};
 
 use crate::topology::{HostId, Topology};
@@ -91,6 +93,19 @@ pub(crate) const DIAL_FAILED: &str = "dial failed";
 pub(crate) const CONNECTION_CLOSED: &str = "connection closed before the answer";
 
 impl PeerError {
+    /// The peer it names, if any.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            PeerError::Unreachable { host, .. }
+            | PeerError::Timeout { host, .. }
+            | PeerError::Refused { host, .. }
+            | PeerError::Protocol { host, .. }
+            | PeerError::ToSelf { host }
+            | PeerError::NoIdentity { host } => Some(host),
+            PeerError::Announce(_) | PeerError::Closed => None,
+        }
+    }
+
     /// Whether the request may have reached the peer's daemon although no answer came back: it
     /// went out and what followed was no answer (a timeout, the connection closed, the stream
     /// broke). Refusals, failed dials and peers that do not speak the protocol never got it.
@@ -309,6 +324,32 @@ pub trait Peers: Send + Sync + 'static {
         })
     }
 
+    /// The first of `hosts`, in the order given, whose capacity answer `takes` approves: asked
+    /// `batch` at a time, all of a batch at once, so hosts that do not answer cost one timeout
+    /// per batch, not one each. Every host of a batch is asked even when an earlier one says yes
+    /// (a named request holds room there until its hold ends, as for the decision's candidates).
+    fn first_accepting<'a>(
+        &'a self,
+        hosts: &'a [HostId],
+        request: PlacementRequest,
+        timeout: Duration,
+        batch: usize,
+        takes: impl Fn(&PlacementResponse) -> bool + Send + Sync + 'a,
+    ) -> impl Future<Output = Option<HostId>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move {
+            for chunk in hosts.chunks(batch.max(1)) {
+                let answers = self.query_capacities(chunk, request.clone(), timeout).await;
+                if let Some((h, _)) = answers.iter().find(|(_, r)| r.as_ref().is_ok_and(&takes)) {
+                    return Some(*h);
+                }
+            }
+            None
+        }
+    }
+
     /// Statistics of every other host, for the global policy's round start. Costs one request
     /// per host: O(hosts) messages per round.
     fn query_all_stats(
@@ -375,7 +416,9 @@ pub trait Peers: Send + Sync + 'static {
         }
     }
 
-    /// Every host in the topology but this one.
+    /// Every host in the topology but this one that this transport can reach: a host it has no
+    /// way to address is never asked (asking would only fail, and count as a host not
+    /// answering).
     fn others(&self) -> Vec<HostId> {
         self.topology()
             .hosts()

@@ -230,6 +230,7 @@ async fn command(peers: &Libp2pPeers, words: &[&str], timeout: Duration) -> anyh
             emit(json!({
                 "event": "located", "found": map,
                 "missing": found.missing.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+                "uncertain": found.uncertain.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
                 "failures": found.failures.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             }));
         }

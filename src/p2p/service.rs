@@ -55,6 +55,8 @@ pub struct P2pConfig {
     pub rate_limits: RateLimits,
     /// Connections, streams, requests and bytes others may hold on this host.
     pub limits: TransportLimits,
+    /// Peers deliberately cut off (the lab's partitions); empty in production.
+    pub severed: super::Severed,
 }
 
 impl P2pConfig {
@@ -73,6 +75,7 @@ impl P2pConfig {
             redial_interval: Duration::from_secs(10),
             rate_limits: RateLimits::default(),
             limits: TransportLimits::default(),
+            severed: super::Severed::default(),
         }
     }
 }
@@ -282,6 +285,12 @@ impl Libp2pPeers {
         ))
     }
 
+    /// Stops the node at once, as a crash would: every connection closes, nothing more is
+    /// sent or answered. (Dropping the last handle does the same, later.)
+    pub fn halt(&self) {
+        self.shared.task.abort();
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.shared.peer_id
     }
@@ -415,6 +424,18 @@ impl Peers for Libp2pPeers {
 
     fn directory(&self) -> &Arc<Directory> {
         &self.shared.directory
+    }
+
+    fn others(&self) -> Vec<HostId> {
+        // A host listed without an address or PeerId (a hypervisor scored does not run on yet)
+        // can neither be dialled nor publish anything this host would accept.
+        self.shared
+            .topology
+            .hosts()
+            .iter()
+            .filter(|h| h.id != self.shared.me && h.address.is_some() && h.peer_id.is_some())
+            .map(|h| h.id)
+            .collect()
     }
 
     async fn send_token(

@@ -1,7 +1,9 @@
-//! Zombies: one VM running on two hosts at once (a migration that failed after the destination
-//! started its copy, an operator or an HA tool starting a guest again). Each host speaks only
-//! for itself, in its inventory announcements; this keeps the latest inventory of every peer
-//! and says which VMs more than one host claims, this host included.
+//! What each peer says it runs, from its own signed inventory: the one record of hosts' claims.
+//! Two readers: zombies (one VM running on two hosts at once: a migration that failed after the
+//! destination started its copy, an operator or an HA tool starting a guest again), and the
+//! directory's lookups, which need to know which VM ids exist in the data centre and which hosts
+//! may run one ([`Zombies::claimants`], [`Zombies::unheard`]) so that an address no host runs
+//! (a gateway, a client) costs no query and a host that is down holds back only what it claimed.
 //!
 //! It only records and answers: what to do about a zombie (stop deciding for it, say so) is the
 //! daemon's. It must not change the directory's locations: a zombie is reported, never resolved
@@ -10,7 +12,7 @@
 use crate::topology::{HostId, Topology};
 use scored_proto::{Announcement, VmId};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A peer's inventory counts for this long after it arrived: hosts republish theirs every
@@ -22,6 +24,10 @@ pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30);
 /// VMs kept from one peer's inventory (the rest is ignored): bounds what a listed peer can make
 /// this host remember to hosts × this.
 pub const MAX_CLAIMS_PER_HOST: usize = 1024;
+/// How long after start a host never heard of is still thought to be starting (and is asked
+/// about VMs no inventory names); after it, such a host counts as down with no VMs. Every live
+/// daemon announces its inventory at start and every [`REPUBLISH_EVERY`].
+pub const INVENTORY_GRACE: Duration = CLAIM_FRESH_FOR;
 
 /// One VM that more than one host says it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,22 +40,90 @@ pub struct Zombie {
 struct Claim {
     vms: HashSet<VmId>,
     at: Instant,
+    /// Whether `vms` is the whole inventory (not cut at [`MAX_CLAIMS_PER_HOST`]).
+    complete: bool,
 }
 
-/// The latest inventory of every peer, as far as it concerns zombies.
+/// Every peer's latest claim, and the same read by VM.
+struct Claims {
+    by_host: HashMap<HostId, Claim>,
+    /// The hosts whose claim names each VM (usually one): O(1) "who may run it".
+    by_vm: HashMap<VmId, Vec<HostId>>,
+    started: Instant,
+    grace: Duration,
+}
+
+impl Claims {
+    fn unindex(&mut self, host: HostId, vm: VmId) {
+        if let Some(hosts) = self.by_vm.get_mut(&vm) {
+            hosts.retain(|h| *h != host);
+            if hosts.is_empty() {
+                self.by_vm.remove(&vm);
+            }
+        }
+    }
+
+    fn replace(&mut self, host: HostId, claim: Claim) {
+        for &vm in &claim.vms {
+            let hosts = self.by_vm.entry(vm).or_default();
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        if let Some(old) = self.by_host.insert(host, claim) {
+            let now = &self.by_host[&host].vms;
+            let gone: Vec<VmId> = old.vms.into_iter().filter(|v| !now.contains(v)).collect();
+            for vm in gone {
+                self.unindex(host, vm);
+            }
+        }
+    }
+
+    fn drop_vm(&mut self, host: HostId, vm: VmId) {
+        if let Some(c) = self.by_host.get_mut(&host)
+            && c.vms.remove(&vm)
+        {
+            self.unindex(host, vm);
+        }
+    }
+
+    fn fresh(&self, host: HostId, now: Instant) -> bool {
+        self.by_host
+            .get(&host)
+            .is_some_and(|c| now.saturating_duration_since(c.at) <= CLAIM_FRESH_FOR)
+    }
+}
+
+/// The latest inventory of every peer.
 pub struct Zombies {
     topology: Arc<Topology>,
     me: HostId,
-    claims: Mutex<HashMap<HostId, Claim>>,
+    claims: Mutex<Claims>,
 }
 
 impl Zombies {
-    pub fn new(topology: Arc<Topology>, me: HostId) -> Self {
+    /// `started`: when this host began listening to announcements (the grace of hosts never
+    /// heard of counts from it).
+    pub fn new(topology: Arc<Topology>, me: HostId, started: Instant) -> Self {
         Zombies {
             topology,
             me,
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::new(Claims {
+                by_host: HashMap::new(),
+                by_vm: HashMap::new(),
+                started,
+                grace: INVENTORY_GRACE,
+            }),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long after start a host never heard of is still asked (default [`INVENTORY_GRACE`]).
+    pub fn set_grace(&self, grace: Duration) {
+        self.lock().grace = grace;
     }
 
     /// Takes note of an announcement `author` made (authenticated by the transport). Only what
@@ -59,37 +133,73 @@ impl Zombies {
             return;
         }
         let author_name = &self.topology.host(author).name;
-        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let mut claims = self.lock();
         match a {
             Announcement::Inventory { host, vms } if host == author_name => {
-                let vms: HashSet<VmId> =
-                    vms.iter().map(|l| l.vm).take(MAX_CLAIMS_PER_HOST).collect();
-                claims.insert(author, Claim { vms, at: now });
+                let claim = Claim {
+                    vms: vms.iter().map(|l| l.vm).take(MAX_CLAIMS_PER_HOST).collect(),
+                    at: now,
+                    complete: vms.len() <= MAX_CLAIMS_PER_HOST,
+                };
+                claims.replace(author, claim);
             }
             // The source says the VM left it: its earlier inventory no longer holds.
-            Announcement::Migration(m) if &m.from == author_name => {
-                if let Some(c) = claims.get_mut(&author) {
-                    c.vms.remove(&m.vm);
-                }
-            }
+            Announcement::Migration(m) if &m.from == author_name => claims.drop_vm(author, m.vm),
             _ => {}
         }
+    }
+
+    /// `host` answered that it does not run `vm` (now, or any more): its own word, newer than
+    /// its inventory.
+    pub fn disclaim(&self, host: HostId, vm: VmId) {
+        self.lock().drop_vm(host, vm);
+    }
+
+    /// The hosts whose last inventory names `vm`, however old: a host that went silent can run
+    /// no other VMs than those it last claimed (and those announced as moving to it, which the
+    /// directory's cache holds).
+    pub fn claimants(&self, vm: VmId) -> Vec<HostId> {
+        self.lock().by_vm.get(&vm).cloned().unwrap_or_default()
+    }
+
+    /// Of `hosts`, those whose inventory this host does not know, so that a VM no claim names
+    /// may run there: hosts whose inventory was too long to keep whole, and hosts never heard
+    /// of while they may still be starting ([`INVENTORY_GRACE`] after this host started). After
+    /// it, a host never heard of counts as down with no VMs.
+    pub fn unheard(&self, hosts: &[HostId], now: Instant) -> Vec<HostId> {
+        let c = self.lock();
+        let starting = now.saturating_duration_since(c.started) < c.grace;
+        hosts
+            .iter()
+            .copied()
+            .filter(|h| match c.by_host.get(h) {
+                Some(claim) => !claim.complete,
+                None => starting,
+            })
+            .collect()
     }
 
     /// The VMs more than one host runs now: `local` are this host's (from its hypervisor),
     /// peers' claims count while fresh.
     pub fn seen(&self, local: &[VmId], now: Instant) -> Vec<Zombie> {
-        let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let claims = self.lock();
+        let fresh_claimants = |vm: &VmId| -> BTreeSet<HostId> {
+            claims.by_vm.get(vm).map_or_else(BTreeSet::new, |hs| {
+                hs.iter()
+                    .copied()
+                    .filter(|h| claims.fresh(*h, now))
+                    .collect()
+            })
+        };
         let mut hosts: HashMap<VmId, BTreeSet<HostId>> = HashMap::new();
         for &vm in local {
-            hosts.entry(vm).or_default().insert(self.me);
+            let mut h = fresh_claimants(&vm);
+            h.insert(self.me);
+            hosts.insert(vm, h);
         }
-        for (&h, c) in claims.iter() {
-            if now.saturating_duration_since(c.at) > CLAIM_FRESH_FOR {
-                continue;
-            }
-            for &vm in &c.vms {
-                hosts.entry(vm).or_default().insert(h);
+        for (vm, hs) in &claims.by_vm {
+            if hs.len() > 1 && !hosts.contains_key(vm) {
+                hosts.insert(*vm, fresh_claimants(vm));
             }
         }
         let mut out: Vec<Zombie> = hosts
@@ -135,7 +245,7 @@ mod tests {
     #[test]
     fn a_vm_two_hosts_claim_is_a_zombie_until_one_lets_go() {
         let t0 = Instant::now();
-        let z = Zombies::new(topology(), HostId(0));
+        let z = Zombies::new(topology(), HostId(0), Instant::now());
         z.observe(HostId(1), &inventory("hv2", &[7, 8]), t0);
         assert_eq!(z.seen(&[1, 2].map(VmId), t0), vec![]);
         // hv3 also runs 8; and this host runs 7.
@@ -172,7 +282,7 @@ mod tests {
     #[test]
     fn a_host_speaks_only_for_itself_and_only_while_it_keeps_speaking() {
         let t0 = Instant::now();
-        let z = Zombies::new(topology(), HostId(0));
+        let z = Zombies::new(topology(), HostId(0), Instant::now());
         // hv2 publishing hv3's inventory, or a migration away from hv3: ignored.
         z.observe(HostId(1), &inventory("hv3", &[5]), t0);
         z.observe(HostId(2), &inventory("hv3", &[5]), t0);

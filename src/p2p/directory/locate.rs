@@ -1,6 +1,9 @@
 //! Lookups: where VMs run, from the directory when it knows, verified or completed with batched
-//! queries to the hosts concerned, following "moved to" hints, then asking every host. A host's
-//! own answer "here" is the strongest fact there is: it replaces whatever the cache believed.
+//! queries to the hosts concerned, following "moved to" hints, then asking the hosts that may
+//! run what is still unknown: those whose inventory names it, those whose inventory is unknown.
+//! Never every host: an address no inventory names (a gateway, a client) is external, and a host
+//! that does not answer leaves uncertain only the VMs it may run. A host's own answer "here" is
+//! the strongest fact there is: it replaces whatever the cache believed.
 //!
 //! Sends queries only through [`Peers`]; it decides nothing with what it finds.
 
@@ -9,7 +12,7 @@ use crate::p2p::{PeerError, Peers};
 use crate::topology::HostId;
 use scored_proto::{LocationResponse, MAX_LOCATION_BATCH, VmId};
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl Directory {
     /// Applies one host's answer to a batch it was asked about. Stamps from the future are
@@ -42,7 +45,56 @@ impl Directory {
             .copied()
             .filter(|v| !answered.contains(v))
             .collect();
+        drop(s);
+        // Whatever its inventory said, the host does not run these now.
+        for vm in out.moved.iter().map(|(vm, _)| vm).chain(&out.unknown) {
+            self.zombies.disclaim(asked, *vm);
+        }
         out
+    }
+
+    /// Whom to ask about `vms`, which no host is known to run: each VM's claimants (hosts whose
+    /// last inventory names it, though the cache no longer does) and every one of `reachable`
+    /// whose inventory is unknown, less the hosts `asked` already. A VM with nobody to ask,
+    /// found external a short while ago, or outside the topology's `vm_networks` is left out.
+    fn whom_to_ask(
+        &self,
+        vms: &BTreeSet<VmId>,
+        asked: &HashMap<VmId, Vec<HostId>>,
+        reachable: &[HostId],
+        now: Instant,
+    ) -> HashMap<HostId, Vec<VmId>> {
+        let unheard = self.zombies.unheard(reachable, now);
+        let mut plan: HashMap<HostId, Vec<VmId>> = HashMap::new();
+        for &vm in vms {
+            if !self.topology.may_be_vm(vm) {
+                // Outside the networks the topology declares for VMs: never asked about.
+                continue;
+            }
+            let mut hosts = self.zombies.claimants(vm);
+            hosts.retain(|h| *h != self.me);
+            if hosts.is_empty() && self.lock().external.contains(vm, now) {
+                continue;
+            }
+            hosts.extend(unheard.iter().copied());
+            hosts.sort_unstable();
+            hosts.dedup();
+            let done = asked.get(&vm);
+            for h in hosts {
+                if !done.is_some_and(|d| d.contains(&h)) {
+                    plan.entry(h).or_default().push(vm);
+                }
+            }
+        }
+        plan
+    }
+
+    /// Every host that might run `vms` was asked and none does.
+    fn remember_external(&self, vms: impl IntoIterator<Item = VmId>, now: Instant) {
+        let mut s = self.lock();
+        for vm in vms {
+            s.external.insert(vm, now);
+        }
     }
 }
 
@@ -64,7 +116,7 @@ pub struct LocateOptions {
     /// Ask the cached host even on a cache hit (one batched query per host), rather than
     /// trusting the cache. Use before acting on a location that matters, e.g. a migration.
     pub verify: bool,
-    /// "Moved to" hints followed in a row before asking everyone.
+    /// "Moved to" hints followed in a row before asking the hosts that may run the VM.
     pub max_hops: usize,
 }
 
@@ -78,25 +130,44 @@ impl Default for LocateOptions {
     }
 }
 
-/// The outcome of a lookup.
+/// The outcome of a lookup. Every VM asked for is in exactly one of `found`, `missing` and
+/// `uncertain`.
 #[derive(Debug, Default)]
 pub struct Locations {
     pub found: HashMap<VmId, HostId>,
-    /// VMs no host admitted to running (stopped, or their host unreachable).
+    /// VMs no host runs, as far as every host that may run them says: no VM of this data
+    /// centre (a gateway, a client), or one that stopped. Their traffic does not depend on where
+    /// the VM asking is placed, so a decision leaves them out.
     pub missing: Vec<VmId>,
+    /// VMs that may run on a host that did not answer (its inventory names them, the cache
+    /// points there, or its inventory is unknown): a decision waits for them.
+    pub uncertain: Vec<VmId>,
     /// Queries that failed (the lookup carries on without them).
     pub failures: Vec<PeerError>,
-    /// Queries sent.
+    /// Queries sent: one batch per host asked, per round (never one per host of the data
+    /// centre, however many VMs no host is known to run).
     pub queries: usize,
+}
+
+impl Locations {
+    /// The hosts that did not answer, by name, sorted (for people to read why VMs are uncertain).
+    pub fn not_answering(&self) -> Vec<&str> {
+        let names: BTreeSet<&str> = self.failures.iter().filter_map(|e| e.host()).collect();
+        names.into_iter().collect()
+    }
 }
 
 /// Finds the host of each of `vms` (see the module doc for the order of sources).
 pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -> Locations {
+    let now = Instant::now();
     let dir = peers.directory();
     let me = peers.me();
     let mut out = Locations::default();
     let mut targeted: HashMap<HostId, Vec<VmId>> = HashMap::new();
     let mut unknown: BTreeSet<VmId> = BTreeSet::new();
+    // Hosts already asked about each VM, and the VMs a host that may run them did not answer for.
+    let mut asked: HashMap<VmId, Vec<HostId>> = HashMap::new();
+    let mut silent: BTreeSet<VmId> = BTreeSet::new();
     let unique: BTreeSet<VmId> = vms.iter().copied().collect();
     for vm in unique {
         match dir.lookup(vm) {
@@ -119,6 +190,9 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
         let batch: Vec<(HostId, Vec<VmId>)> = targeted.drain().collect();
         let mut next: HashMap<HostId, Vec<VmId>> = HashMap::new();
         for (host, ids, result) in query_batches(peers, batch, options.timeout, &mut out).await {
+            for vm in &ids {
+                asked.entry(*vm).or_default().push(host);
+            }
             match result {
                 Ok(answer) => {
                     let a = dir.absorb(host, &ids, &answer);
@@ -141,6 +215,8 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
                     }
                 }
                 Err(e) => {
+                    // It may still run there: unless another host has it, it stays uncertain.
+                    silent.extend(ids.iter().copied());
                     unknown.extend(ids);
                     out.failures.push(e);
                 }
@@ -150,16 +226,13 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
         hops += 1;
     }
 
-    // Nobody we know of has them: ask every host, then follow any hints once more.
+    // Nobody we know of has them: ask the hosts that may, then follow any hints once more.
     if !unknown.is_empty() {
-        let ids: Vec<VmId> = unknown.iter().copied().collect();
-        let everyone: Vec<(HostId, Vec<VmId>)> = peers
-            .others()
-            .into_iter()
-            .map(|h| (h, ids.clone()))
-            .collect();
+        let plan = dir.whom_to_ask(&unknown, &asked, &peers.others(), now);
+        let searched: BTreeSet<VmId> = plan.values().flatten().copied().collect();
         let mut hints: HashMap<VmId, HostId> = HashMap::new();
-        for (host, ids, result) in query_batches(peers, everyone, options.timeout, &mut out).await {
+        let plan: Vec<(HostId, Vec<VmId>)> = plan.into_iter().collect();
+        for (host, ids, result) in query_batches(peers, plan, options.timeout, &mut out).await {
             match result {
                 Ok(answer) => {
                     let a = dir.absorb(host, &ids, &answer);
@@ -170,7 +243,10 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
                     }
                     hints.extend(a.moved);
                 }
-                Err(e) => out.failures.push(e),
+                Err(e) => {
+                    silent.extend(ids);
+                    out.failures.push(e);
+                }
             }
         }
         // A VM that moved while we asked: its old host points at the new one.
@@ -192,10 +268,20 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
                         }
                     }
                 }
-                Err(e) => out.failures.push(e),
+                Err(e) => {
+                    silent.extend(ids);
+                    out.failures.push(e);
+                }
             }
         }
-        out.missing = unknown.into_iter().collect();
+        let (uncertain, missing): (Vec<VmId>, Vec<VmId>) =
+            unknown.into_iter().partition(|vm| silent.contains(vm));
+        dir.remember_external(
+            missing.iter().copied().filter(|vm| searched.contains(vm)),
+            now,
+        );
+        out.missing = missing;
+        out.uncertain = uncertain;
     }
     out
 }

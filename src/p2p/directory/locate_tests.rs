@@ -1,0 +1,199 @@
+//! Lookups of addresses no host runs (a gateway, a client) and lookups while a host is down:
+//! what they cost in queries, and which VMs a silent host leaves uncertain.
+
+use super::*;
+use crate::p2p::{DirectNetwork, DirectPeers, Inbound, Peers};
+use std::path::Path;
+use std::time::Duration;
+
+/// `n` hosts h0.. in one rack.
+fn topology(n: usize) -> Arc<Topology> {
+    topology_declaring(n, "")
+}
+
+/// The same, with the top-level lines `head` (e.g. `vm_networks`).
+fn topology_declaring(n: usize, head: &str) -> Arc<Topology> {
+    let mut text = format!("{head}[levels]\nweights = [1]\n[defaults]\nmax_vms = 4\n");
+    for i in 0..n {
+        text.push_str(&format!("[[host]]\nname = \"h{i}\"\npath = [\"tor\"]\n"));
+    }
+    Arc::new(Topology::parse(Path::new("locate.toml"), &text).unwrap())
+}
+
+/// VM `k` of host `h`.
+fn on(h: usize, k: u32) -> VmId {
+    VmId(0x0a00_0000 + (h as u32) * 16 + k)
+}
+
+/// An address no host runs: the data centre's gateway.
+const GATEWAY: VmId = VmId(0x0a63_0001);
+
+struct Cluster {
+    net: DirectNetwork,
+    peers: Vec<DirectPeers>,
+    _inbound: Vec<Inbound>,
+}
+
+/// `n` hosts, host i running VMs 1 and 2 of its own; every host but those in `silent` has
+/// announced its inventory to every other.
+async fn cluster(n: usize, silent: &[usize]) -> Cluster {
+    cluster_on(topology(n), silent).await
+}
+
+async fn cluster_on(topo: Arc<Topology>, silent: &[usize]) -> Cluster {
+    let n = topo.hosts().len();
+    let net = DirectNetwork::new(topo.clone());
+    let mut peers = Vec::new();
+    let mut inbound = Vec::new();
+    for i in 0..n {
+        let dir = Arc::new(Directory::new(topo.clone(), HostId(i as u32)));
+        dir.set_local([(on(i, 1), Stamp::ZERO), (on(i, 2), Stamp::ZERO)]);
+        let (p, inb) = net.join(HostId(i as u32), dir);
+        peers.push(p);
+        inbound.push(inb);
+    }
+    for (i, p) in peers.iter().enumerate() {
+        if !silent.contains(&i) {
+            p.announce_inventory().await.unwrap();
+        }
+    }
+    Cluster {
+        net,
+        peers,
+        _inbound: inbound,
+    }
+}
+
+fn options(verify: bool) -> LocateOptions {
+    LocateOptions {
+        verify,
+        timeout: Duration::from_millis(200),
+        ..LocateOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn an_address_no_inventory_names_is_external_without_a_query() {
+    let c = cluster(16, &[]).await;
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!(r.queries, 0, "{r:?}");
+    assert_eq!(r.missing, vec![GATEWAY]);
+    assert!(r.failures.is_empty() && r.uncertain.is_empty(), "{r:?}");
+    // A VM an inventory names is located without a query too.
+    let r = c.peers[0].locate(&[on(9, 2)], options(false)).await;
+    assert_eq!((r.found[&on(9, 2)], r.queries), (HostId(9), 0));
+}
+
+#[tokio::test]
+async fn only_hosts_never_heard_from_are_asked_and_their_no_is_remembered() {
+    let c = cluster(16, &[5]).await;
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!(r.queries, 1, "h5 alone: {r:?}");
+    assert_eq!(r.missing, vec![GATEWAY]);
+    // Asked again: h5's "not here" still holds.
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!(r.queries, 0, "{r:?}");
+    // h5's own VM is found by asking h5 alone.
+    let r = c.peers[0].locate(&[on(5, 1)], options(false)).await;
+    assert_eq!((r.found[&on(5, 1)], r.queries), (HostId(5), 1));
+    // h5 goes down: an address not asked of it yet may run there, and stays uncertain…
+    c.net.set_reachable(HostId(5), false);
+    let client = VmId(0x0a63_0002);
+    let r = c.peers[0].locate(&[client], options(false)).await;
+    assert_eq!((r.queries, r.uncertain.clone()), (1, vec![client]), "{r:?}");
+    // …until the start-up grace is over: a host never heard of by then counts as down with
+    // no VMs.
+    c.peers[0].directory().zombies().set_grace(Duration::ZERO);
+    let r = c.peers[0].locate(&[client], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (0, vec![client]), "{r:?}");
+    assert!(r.uncertain.is_empty(), "{r:?}");
+}
+
+#[tokio::test]
+async fn an_address_found_external_is_a_vm_again_once_an_inventory_names_it() {
+    let c = cluster(4, &[3]).await;
+    let v = on(3, 9);
+    let r = c.peers[0].locate(&[v], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (1, vec![v]), "{r:?}");
+    // It starts on h3, which announces its inventory: found without asking.
+    c.peers[3].directory().arrived(v, Stamp::ZERO);
+    c.peers[3].announce_inventory().await.unwrap();
+    let r = c.peers[0].locate(&[v], options(false)).await;
+    assert_eq!((r.found[&v], r.queries), (HostId(3), 0), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_claimed_vm_the_cache_lost_is_asked_of_its_claimant_alone() {
+    let c = cluster(16, &[]).await;
+    let v = on(9, 1);
+    c.peers[0].directory().forget_cached();
+    let r = c.peers[0].locate(&[v], options(false)).await;
+    assert_eq!((r.found[&v], r.queries), (HostId(9), 1), "{r:?}");
+    // h9 says it no longer runs v (it stopped): nobody else is asked, v is no VM any more.
+    c.peers[9].directory().set_local([(on(9, 2), Stamp::ZERO)]);
+    c.peers[0].directory().forget_cached();
+    let r = c.peers[0].locate(&[v], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (1, vec![v]), "{r:?}");
+    let r = c.peers[0].locate(&[v], options(false)).await;
+    assert_eq!(r.queries, 0, "{r:?}");
+}
+
+#[tokio::test]
+async fn queries_for_one_decision_do_not_grow_with_hosts() {
+    let mut seen = Vec::new();
+    for n in [16, 64] {
+        let c = cluster(n, &[]).await;
+        // One host far from the decision is down.
+        c.net.set_reachable(HostId(n as u32 - 1), false);
+        let partners = [on(1, 1), on(2, 1), on(3, 2), GATEWAY];
+        let r = c.peers[0].locate(&partners, options(true)).await;
+        for p in &partners[..3] {
+            assert!(r.found.contains_key(p), "{n} hosts: {r:?}");
+        }
+        assert!(
+            r.failures.is_empty() && r.uncertain.is_empty(),
+            "{n} hosts: {r:?}"
+        );
+        assert_eq!(r.missing, vec![GATEWAY]);
+        seen.push(r.queries);
+    }
+    assert_eq!(
+        seen,
+        vec![3, 3],
+        "one batch per partner's host, whatever the hosts"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_host_leaves_uncertain_only_what_it_may_run() {
+    let c = cluster(8, &[]).await;
+    c.net.set_reachable(HostId(7), false);
+    let p = on(7, 1);
+    // Verified, p's last host does not answer: p is not placed.
+    let r = c.peers[0].locate(&[p], options(true)).await;
+    assert_eq!(r.uncertain, vec![p], "{r:?}");
+    assert_eq!(r.failures.len(), 1, "{r:?}");
+    // Trusted, p is where its host last said it runs.
+    let r = c.peers[0].locate(&[p], options(false)).await;
+    assert_eq!((r.found[&p], r.queries), (HostId(7), 0));
+    // VMs elsewhere and an address no host runs: h7 is not asked, nothing failed.
+    let r = c.peers[0].locate(&[on(2, 1), GATEWAY], options(true)).await;
+    assert_eq!(r.found[&on(2, 1)], HostId(2));
+    assert_eq!(r.missing, vec![GATEWAY]);
+    assert!(r.failures.is_empty() && r.uncertain.is_empty(), "{r:?}");
+    assert_eq!(r.queries, 1, "{r:?}");
+}
+
+#[tokio::test]
+async fn an_address_outside_the_vm_networks_is_never_asked_about() {
+    // h3 was never heard of and is down, within the start-up grace: any address the VMs may
+    // use could run there, but the gateway is outside the VMs' networks.
+    let topo = topology_declaring(4, "vm_networks = [\"10.0.0.0/16\"]\n");
+    let c = cluster_on(topo, &[3]).await;
+    c.net.set_reachable(HostId(3), false);
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (0, vec![GATEWAY]), "{r:?}");
+    let inside = VmId(0x0a00_ff01);
+    let r = c.peers[0].locate(&[inside], options(false)).await;
+    assert_eq!((r.queries, r.uncertain.clone()), (1, vec![inside]), "{r:?}");
+}
