@@ -109,6 +109,8 @@ pub struct MigrationMetrics {
     pub duration: Histogram,
     pub downtime: Histogram,
     pub transferred: Histogram,
+    /// Bytes a completed migration sent over the bytes its forecast predicted.
+    pub forecast_bytes_ratio: Histogram,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -234,6 +236,9 @@ impl Metrics {
                 duration: migration_duration_buckets(),
                 downtime: downtime_buckets(),
                 transferred: transferred_buckets(),
+                forecast_bytes_ratio: Histogram::new([
+                    0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 2.0, 4.0,
+                ]),
             },
             communication_cost: Family::default(),
             traffic: Family::default(),
@@ -387,6 +392,12 @@ impl Metrics {
             "Bytes sent by completed live migrations",
             Unit::Bytes,
             g.transferred.clone(),
+        );
+        r.register_with_unit(
+            "migration_forecast_bytes",
+            "Bytes a completed live migration sent over the bytes its forecast (src/forecast.rs, from the guest's measured memory and dirty rate) predicted; only migrations with a forecast",
+            Unit::Other("ratio".into()),
+            g.forecast_bytes_ratio.clone(),
         );
 
         r.register_with_unit(

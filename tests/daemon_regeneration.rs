@@ -179,3 +179,84 @@ fn a_lower_host_whose_daemon_never_answers_does_not_hold_regeneration_back() {
         "h1 regenerated the token but took no turn"
     );
 }
+
+/// The cold-start storm, in-process: 48 daemons start together with no token, and no statistics
+/// request reaches its host within the hand-off timeout (as when 128 daemons on one machine all
+/// survey each other at once). Host 1 mints first; hosts whose detector fired a little later must
+/// not mint beside it once they hear its heartbeat, even though their survey heard no one.
+#[test]
+fn a_cold_start_with_unanswered_surveys_mints_one_token() {
+    const HOSTS: u32 = 48;
+    let mut text = String::from(
+        "[levels]\nnames = [\"rack\", \"core\"]\nweights = [1.0, 2.0]\n\
+         [defaults]\nmax_vms = 8\nmemory_mib = 16384\n",
+    );
+    for h in 0..HOSTS {
+        text.push_str(&format!(
+            "[[host]]\nname = \"h{}\"\npath = [\"tor{}\"]\n",
+            h + 1,
+            h / 8
+        ));
+    }
+    let topo = Arc::new(
+        scored::topology::Topology::parse(std::path::Path::new("storm.toml"), &text).unwrap(),
+    );
+    let net = scored::p2p::DirectNetwork::new(topo.clone());
+    let sim = MemoryCluster::new(&topo);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = inprocess::runtime();
+    let handoff = Duration::from_millis(1000);
+    // Every survey times out: each host hears no peer's answer, so only heartbeats can stop it.
+    net.set_stats_delay(handoff * 3);
+    let mut nodes = Vec::new();
+    let mut inbounds = Vec::new();
+    for h in 0..HOSTS {
+        let me = HostId(h);
+        sim.add_vm(me, synthetic_vm(VmId(0x0a00_0101 + h), 512))
+            .unwrap();
+        let mut config = Config::default();
+        config.token.handoff_timeout_ms = handoff.as_millis() as u64;
+        let directory = Arc::new(Directory::new(topo.clone(), me));
+        let (peers, inbound) = net.join(me, directory);
+        let hv = Arc::new(sim.host(me));
+        let node = inprocess::node(&topo, me, peers, hv, Vec::new(), config, dir.path());
+        rt.block_on(node.refresh_inventory()).unwrap();
+        nodes.push(node);
+        inbounds.push(inbound);
+    }
+    // All at once: a cold start.
+    for (node, inbound) in nodes.iter().zip(inbounds) {
+        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+    }
+    let minted = || -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.metrics().token.regenerations.get())
+            .sum()
+    };
+    assert!(
+        wait(Duration::from_secs(30), || minted() >= 1),
+        "no host regenerated the token"
+    );
+    // Two loss periods (loss = 2 s): every host whose detector fired has decided.
+    std::thread::sleep(Duration::from_secs(4));
+    let minters: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.metrics().token.regenerations.get() > 0)
+        .map(|n| format!("h{}", n.me().0 + 1))
+        .collect();
+    assert_eq!(
+        minted(),
+        1,
+        "tokens minted at a cold start, by {}",
+        minters.join(", ")
+    );
+    let epoch = nodes[0].highest_epoch();
+    assert_eq!(epoch_minter(epoch), 0, "host 1 goes first");
+    assert!(
+        wait(Duration::from_secs(20), || nodes
+            .iter()
+            .all(|n| n.highest_epoch() == epoch)),
+        "the one token did not reach every host"
+    );
+}

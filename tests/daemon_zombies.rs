@@ -15,7 +15,7 @@ use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory};
+use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
 use scored::proto::VmId;
 use scored::topology::{HostId, Topology};
 use std::path::Path;
@@ -176,4 +176,83 @@ fn a_vm_running_on_two_hosts_is_decided_by_nobody_and_reported_by_everyone() {
         .await;
         let _ = stop_tx.send(true);
     });
+}
+
+/// Inventory announcements are not one per connection: gossip delivers each to every host, so a
+/// fan-out to N hosts after the idle close cost N publishes and N² deliveries. A host that started
+/// alone announces once when peers appear, and a burst of new connections adds nothing.
+#[test]
+fn a_burst_of_new_connections_publishes_the_inventory_once() {
+    const HOSTS: u32 = 8;
+    let mut t = String::from(
+        "[levels]\nnames = [\"rack\"]\nweights = [1.0]\n\n\
+         [defaults]\nmax_vms = 4\nmemory_mib = 4096\n\n",
+    );
+    for h in 0..HOSTS {
+        t.push_str(&format!(
+            "[[host]]\nname = \"h{}\"\npath = [\"tor1\"]\n\n",
+            h + 1
+        ));
+    }
+    let topo = Arc::new(Topology::parse(Path::new("burst.toml"), &t).unwrap());
+    let rt = inprocess::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let net = DirectNetwork::new(topo.clone());
+    let sim = MemoryCluster::new(&topo);
+    let start = |h: u32| {
+        let me = HostId(h);
+        sim.add_vm(me, synthetic_vm(VmId(0x0a00_0101 + h), 512))
+            .unwrap();
+        let mut config = Config::default();
+        // No token: its heartbeats are announcements too, and would blur the count.
+        config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
+        let node = inprocess::node(
+            &topo,
+            me,
+            peers,
+            Arc::new(sim.host(me)),
+            Vec::new(),
+            config,
+            dir.path(),
+        );
+        rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        node
+    };
+    let published =
+        |n: &Arc<Daemon<DirectPeers>>| n.peers().metrics().announcements_published.get();
+    let h1 = start(0);
+    // Alone, h1 has nobody to tell: its announcements are not published (and retried).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(published(&h1), 0);
+    // Seven hosts come up at once: seven new connections at h1.
+    let others: Vec<_> = (1..HOSTS).map(start).collect();
+    let mine = VmId(0x0a00_0101);
+    rt.block_on(wait_until(
+        "every host knows h1's VM from its announcement",
+        || {
+            others
+                .iter()
+                .all(|n| n.peers().directory().known_vms().contains(&mine))
+        },
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(published(&h1), 1, "h1's announcements after 7 connections");
+    // Every link drops and comes back (an idle close, then a fan-out): a burst of connection
+    // events at every host, and no announcement, since nothing changed and none is due.
+    let before: Vec<u64> = others.iter().map(published).collect();
+    for h in 1..HOSTS {
+        net.set_reachable(HostId(h), false);
+    }
+    for h in 1..HOSTS {
+        net.set_reachable(HostId(h), true);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        published(&h1),
+        1,
+        "h1's announcements after a reconnection burst"
+    );
+    let after: Vec<u64> = others.iter().map(published).collect();
+    assert_eq!(after, before, "the other hosts' announcements");
 }

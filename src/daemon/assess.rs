@@ -48,9 +48,14 @@ impl<P: Peers> Daemon<P> {
         self.locate_partners(vm, verify).await.0
     }
 
-    /// Partners with their hosts, and how many partners could not be placed because a lookup
-    /// failed (as opposed to no host running them, e.g. a partner outside the data centre).
-    async fn locate_partners(&self, vm: VmId, verify: bool) -> (Vec<(VmId, HostId, f64)>, usize) {
+    /// Partners with their hosts, and why some could not be placed: how many may run on a host
+    /// that did not answer, naming the hosts (as opposed to no host running them: a partner
+    /// outside the data centre, left out).
+    async fn locate_partners(
+        &self,
+        vm: VmId,
+        verify: bool,
+    ) -> (Vec<(VmId, HostId, f64)>, Option<String>) {
         let rates: Vec<(VmId, f64)> = self
             .traffic()
             .source()
@@ -59,7 +64,7 @@ impl<P: Peers> Daemon<P> {
             .filter(|(p, r)| *p != vm && *r > 0.0)
             .collect();
         if rates.is_empty() {
-            return (Vec::new(), 0);
+            return (Vec::new(), None);
         }
         let ids: Vec<VmId> = rates.iter().map(|(p, _)| *p).collect();
         let options = LocateOptions {
@@ -68,13 +73,13 @@ impl<P: Peers> Daemon<P> {
             ..LocateOptions::default()
         };
         let located = self.peers.locate(&ids, options).await;
-        // `missing` mixes VMs no host runs with VMs whose host did not answer: when any query
-        // failed, every partner not found counts as unplaced (defer rather than guess).
-        let unplaced = if located.failures.is_empty() {
-            0
-        } else {
-            ids.len() - located.found.len()
-        };
+        let unplaced = (!located.uncertain.is_empty()).then(|| {
+            format!(
+                "{} partner(s) could not be located (may run on {}, not answering)",
+                located.uncertain.len(),
+                located.not_answering().join(", ")
+            )
+        });
         let found = located.found;
         (
             rates
@@ -153,14 +158,9 @@ impl<P: Peers> Daemon<P> {
                 ),
             );
         }
-        if unplaced > 0 {
+        if let Some(why) = unplaced {
             // Deciding without a partner's location could move the VM away from it.
-            return early(
-                TurnOutcome::Busy,
-                format!(
-                    "{unplaced} partner(s) could not be located (hosts not answering); deferred"
-                ),
-            );
+            return early(TurnOutcome::Busy, format!("{why}; deferred"));
         }
         if let Some(until) = cooling {
             let left = until.saturating_duration_since(now).as_secs();
@@ -382,15 +382,20 @@ impl<P: Peers> Daemon<P> {
             memory_mib: vm.memory_mib,
             moving: Some(self.moving_vm(vm)),
         };
-        let timeout = self.config().token.handoff_timeout();
-        for (_, _, h) in hosts {
-            if let Ok(r) = self.peers.query_capacity(h, req.clone(), timeout).await
-                && r.capacity.accepts
-            {
-                return Some(h);
-            }
-        }
-        None
+        let config = self.config();
+        let hosts: Vec<HostId> = hosts.into_iter().map(|(_, _, h)| h).collect();
+        // Asked as the decision asks its candidates, `max_candidates` at once in cost order: a
+        // drain of a host whose neighbours do not answer costs one hand-off timeout per batch,
+        // not one per host (the token waits meanwhile).
+        self.peers
+            .first_accepting(
+                &hosts,
+                req,
+                config.token.handoff_timeout(),
+                config.decision.max_candidates as usize,
+                |r| r.capacity.accepts,
+            )
+            .await
     }
 
     /// This host's share of Eq. 3.1 by level, from current rates and cached locations.

@@ -119,10 +119,14 @@ impl<P: Peers> Daemon<P> {
                     .iter()
                     .map(|&(_, h, r)| r * topo.path_cost(self.me, h))
                     .sum();
+                let measured = self.inventory.measured(v.id);
                 VmStatus {
                     id: v.id.to_string(),
                     name: v.name.clone(),
                     memory_mib: v.memory_mib,
+                    resident_mib: measured.and_then(|m| m.resident_mib),
+                    dirty_mib_s: measured.and_then(|m| m.dirty_mib_s),
+                    cpu_cores: measured.and_then(|m| m.cpu_cores),
                     pinned: v.pinned || self.operator().pinned(v.id),
                     cost,
                     partners: partners

@@ -111,6 +111,14 @@ pub struct VmStatus {
     pub id: String,
     pub name: String,
     pub memory_mib: u64,
+    /// Resident memory, dirty rate and CPU use as the hypervisor last measured them (absent
+    /// until measured; older daemons do not send them).
+    #[serde(default)]
+    pub resident_mib: Option<u64>,
+    #[serde(default)]
+    pub dirty_mib_s: Option<f64>,
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
     pub pinned: bool,
     /// u's own share of Eq. 3.1 here.
     pub cost: f64,
@@ -298,9 +306,10 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(o, "this host's cost by level: {}", costs.join(", "));
     let _ = writeln!(
         o,
-        "\n{:<16} {:<14} {:>8} {:>12}  partners (host, level, B/s)",
-        "VM", "name", "MiB", "cost"
+        "\n{:<16} {:<14} {:>8} {:>8} {:>8} {:>5} {:>12}  partners (host, level, B/s)",
+        "VM", "name", "MiB", "RSS MiB", "dirty/s", "CPU", "cost"
     );
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for v in &s.vms {
         let p: Vec<String> = v
             .partners
@@ -309,10 +318,13 @@ pub fn render_status(s: &Status) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "{:<16} {:<14} {:>8} {:>12.1}  {}{}",
+            "{:<16} {:<14} {:>8} {:>8} {:>8} {:>5} {:>12.1}  {}{}",
             v.id,
             v.name,
             v.memory_mib,
+            or_dash(v.resident_mib.map(|m| m.to_string())),
+            or_dash(v.dirty_mib_s.map(|d| format!("{d:.1}M"))),
+            or_dash(v.cpu_cores.map(|c| format!("{c:.2}"))),
             v.cost,
             if v.pinned { "[pinned] " } else { "" },
             if p.is_empty() {

@@ -68,6 +68,12 @@ pub async fn shutdown<P: Peers>(daemon: &Arc<Daemon<P>>) {
     }
 }
 
+/// Stops at once without handing the token on or finishing a migration, as a host that loses
+/// power would (the lab's downed hosts). The caller also ends `drive` and the transport.
+pub fn crash<P: Peers>(daemon: &Arc<Daemon<P>>) {
+    daemon.tasks.abort();
+}
+
 impl<P: Peers> Daemon<P> {
     fn on_inbound(self: &Arc<Self>, ev: InboundEvent) {
         match ev {
@@ -92,14 +98,13 @@ impl<P: Peers> Daemon<P> {
                     r.insert(h);
                     r.len()
                 };
+                // No announcement here: gossip delivers to every host, not to the one that just
+                // connected, so one per connection was N² deliveries for a fan-out to N hosts
+                // after the idle close. The inventory task announces at its next read (≤ 2 s)
+                // until one announcement has reached a peer (the one at start reaches nobody
+                // while gossip has no peer), then on change and every ~30 s: a peer that
+                // (re)joined learns this host's VMs within one republish period.
                 self.metrics.peers.connected.set(n as i64);
-                // The announcement at start is lost while gossip has no peer: a new connection
-                // is the moment to make sure peers' caches know what runs here.
-                let daemon = self.clone();
-                self.tasks.spawn_until_stopped(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = daemon.peers.announce_inventory().await;
-                });
             }
             InboundEvent::PeerDown(h) => {
                 let n = {

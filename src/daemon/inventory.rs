@@ -5,11 +5,12 @@
 //! Owns the VM list; it never decides for a VM and never touches the token.
 
 use super::host::{Daemon, lock};
-use crate::hypervisor::{HypervisorError, Vm};
+use crate::hypervisor::{HypervisorError, Measured, Vm};
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
 use crate::p2p::directory::Arrival;
 use scored_proto::{Announcement, MigrationAnnounce, VmId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -20,6 +21,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub(super) struct Inventory {
     vms: Mutex<Vec<Vm>>,
+    /// What the hypervisor measured of each local VM at the last periodic read.
+    measured: Mutex<HashMap<VmId, Measured>>,
     /// Wakes the inventory task before its next tick.
     refresh_now: Notify,
 }
@@ -27,6 +30,10 @@ pub(super) struct Inventory {
 impl Inventory {
     pub(super) fn vms(&self) -> Vec<Vm> {
         lock(&self.vms).clone()
+    }
+
+    pub(super) fn measured(&self, vm: VmId) -> Option<Measured> {
+        lock(&self.measured).get(&vm).copied()
     }
 
     pub(super) fn ids(&self) -> Vec<VmId> {
@@ -58,12 +65,24 @@ impl Inventory {
     }
 }
 
+/// How much of the hypervisor an inventory read asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Read {
+    /// Every VM described afresh, the capacity, and what the hypervisor measures of the VMs
+    /// (`Hypervisor::measure`): the periodic refresh, and after a migration.
+    Full,
+    /// The token's arrival: which VMs run here now, re-describing only what changed
+    /// ([`Hypervisor::vms_incremental`](crate::hypervisor::Hypervisor::vms_incremental)). On
+    /// the token's path, so it costs every turn's round time.
+    Arrival,
+}
+
 impl<P: Peers> Daemon<P> {
     /// Reads the local VMs from the hypervisor and brings flows, directory and metrics in step
     /// (the incoming-migration gauge too, from the capacity); then asks again about migrations
     /// a previous run left unsettled.
     pub async fn refresh_inventory(self: &Arc<Self>) -> Result<(), HypervisorError> {
-        self.read_inventory(true).await?;
+        self.read_inventory(Read::Full).await?;
         self.watch_violations();
         if self.ledger().has_unsettled() {
             self.settle_unsettled().await;
@@ -71,22 +90,28 @@ impl<P: Peers> Daemon<P> {
         Ok(())
     }
 
-    /// Reads the VMs (and the capacity, `with_capacity`: the token's path needs the VMs alone),
-    /// without settling anything.
-    pub(super) async fn read_inventory(&self, with_capacity: bool) -> Result<(), HypervisorError> {
+    /// Reads the VMs (and, for a [`Read::Full`], the capacity), without settling anything.
+    pub(super) async fn read_inventory(&self, read: Read) -> Result<(), HypervisorError> {
         let within = self.config().hypervisor.call_timeout();
-        let (vms, cap) = self
+        let (vms, cap, measured) = self
             .hv
-            .call("inventory", within, move |hv| {
-                let vms = hv.vms()?;
-                let cap = if with_capacity {
-                    Some(hv.capacity()?)
-                } else {
-                    None
-                };
-                Ok((vms, cap))
+            .call("inventory", within, move |hv| match read {
+                Read::Full => {
+                    let vms = hv.vms()?;
+                    let cap = hv.capacity()?;
+                    // Measuring is best effort: a failure must not cost the inventory.
+                    let measured = hv.measure().unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "VMs not measured");
+                        Vec::new()
+                    });
+                    Ok((vms, Some(cap), Some(measured)))
+                }
+                Read::Arrival => Ok((hv.vms_incremental()?, None, None)),
             })
             .await?;
+        if let Some(m) = measured {
+            *lock(&self.inventory.measured) = m.into_iter().map(|m| (m.vm, m)).collect();
+        }
         let arrivals = self.set_inventory(vms);
         self.announce_arrivals(arrivals).await;
         if let Some(cap) = cap {

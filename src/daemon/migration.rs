@@ -6,8 +6,10 @@
 //! It never decides whether to migrate, and never touches the token.
 
 use super::host::Daemon;
+use super::inventory::Read;
 use super::journal::{self, JournalError};
-use crate::hypervisor::{Destination, HypervisorError, MigrationReport, Vm};
+use crate::forecast;
+use crate::hypervisor::{Destination, HypervisorError, MigrationParams, MigrationReport, Vm};
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
 use crate::topology::HostId;
@@ -47,8 +49,18 @@ impl<P: Peers> Daemon<P> {
             })
             .clone();
         out_gauge.inc();
-        tracing::info!(vm = %vm.id, name = %vm.name, to = %dest.host, journal = entry.id, since_decision_us = decided.elapsed().as_micros() as u64, "migration starting");
         let params = config.migration.params();
+        let forecast = self.forecast(vm, &params);
+        tracing::info!(
+            vm = %vm.id, name = %vm.name, to = %dest.host, journal = entry.id,
+            since_decision_us = decided.elapsed().as_micros() as u64,
+            predicted_bytes = forecast.map(|f| f.bytes as u64),
+            predicted_s = forecast.map(|f| f.total.as_secs_f64()),
+            predicted_downtime_ms = forecast.map(|f| f.downtime.as_millis() as u64),
+            predicted_mode = forecast.map(|f| f.mode.name()),
+            predicted_converges = forecast.map(|f| f.converges),
+            "migration starting"
+        );
         // The hypervisor's own watchdog ends the job by `timeout`; past that and one more call
         // timeout, the call itself hangs (seen: libvirt's Perform waiting on a migration stream
         // whose network path had died) and must not keep the token.
@@ -68,11 +80,22 @@ impl<P: Peers> Daemon<P> {
                 m.duration.observe(report.elapsed.as_secs_f64());
                 m.downtime.observe(report.downtime.as_secs_f64());
                 m.transferred.observe(report.bytes as f64);
-                tracing::info!(vm = %vm.id, to = %dest.host, elapsed_s = report.elapsed.as_secs_f64(), downtime_ms = report.downtime.as_millis() as u64, bytes = report.bytes, "migration succeeded");
+                if let Some(f) = forecast.filter(|f| f.bytes > 0.0) {
+                    m.forecast_bytes_ratio
+                        .observe(report.bytes as f64 / f.bytes);
+                }
+                tracing::info!(
+                    vm = %vm.id, to = %dest.host, elapsed_s = report.elapsed.as_secs_f64(),
+                    downtime_ms = report.downtime.as_millis() as u64, bytes = report.bytes,
+                    predicted_bytes = forecast.map(|f| f.bytes as u64),
+                    predicted_s = forecast.map(|f| f.total.as_secs_f64()),
+                    predicted_downtime_ms = forecast.map(|f| f.downtime.as_millis() as u64),
+                    "migration succeeded"
+                );
                 if let Err(e) = self.peers.announce_migration(vm.id, to, at).await {
                     tracing::warn!(error = %e, "migration announcement not published");
                 }
-                if let Err(e) = self.read_inventory(true).await {
+                if let Err(e) = self.read_inventory(Read::Full).await {
                     tracing::warn!(error = %e, "inventory after migration");
                 }
                 Ok(report)
@@ -106,10 +129,24 @@ impl<P: Peers> Daemon<P> {
                 };
                 self.ledger().ended(entry.id, vm.id, outcome);
                 tracing::warn!(vm = %vm.id, to = %dest.host, error = %e, "migration failed; the VM stays here");
-                let _ = self.read_inventory(true).await;
+                let _ = self.read_inventory(Read::Full).await;
                 Err(MigrateError::Hypervisor(e))
             }
         }
+    }
+}
+
+impl<P: Peers> Daemon<P> {
+    /// What migrating `vm` with `params` should cost (`crate::forecast`), in the mode these
+    /// parameters allow, from what the hypervisor last measured of it. `None` without a
+    /// measured dirty rate, or without a bandwidth cap (the link's share is then unknown).
+    fn forecast(&self, vm: &Vm, params: &MigrationParams) -> Option<forecast::Forecast> {
+        let m = self.inventory.measured(vm.id)?;
+        let workload = forecast::Workload::measured(&m, vm.memory_mib)?;
+        Some(forecast::expected(
+            &workload,
+            &forecast::Limits::of(params)?,
+        ))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Token loss: when no sign of the token was heard for the loss timeout (staggered by this
 //! host's place in the topology), ask every peer's daemon what it knows of the token and which
 //! VMs it runs; compare notes (an epoch no majority vouches for is dropped); stand down while a
-//! peer holds a live token or a lower host's daemon answers; only then mint an epoch above every
+//! peer holds a live token, a lower host's daemon answers, or a heartbeat came in while the
+//! peers were asked; only then mint an epoch above every
 //! one admitted and start a turn with a token built from every host's VMs (docs/protocol.md,
 //! "Token loss").
 //!
@@ -28,6 +29,8 @@ enum Verdict {
     Live(HostId, TokenView),
     /// A host before this one in the topology has a daemon that answers: it goes first.
     LowerAnswered(HostId),
+    /// This host heard a live token itself (a heartbeat) while it waited for the answers.
+    HeardMeanwhile,
     /// This host holds a token, or is stopping.
     Busy,
     /// The generations are used up: nothing can be minted above the highest epoch known.
@@ -56,7 +59,7 @@ impl<P: Peers> Daemon<P> {
 
     /// Place in the regeneration order: hosts earlier in the topology file go first.
     fn timing_rank(&self) -> usize {
-        self.me.index().min(32)
+        ring::regeneration_slot(self.me.index())
     }
 
     /// Asks every peer's daemon what it knows of the token and which VMs it runs; unless one of
@@ -78,6 +81,7 @@ impl<P: Peers> Daemon<P> {
             round: 0,
         };
         let mut vms = self.known_vms();
+        let asked_at = Instant::now();
         let answers = self
             .peers
             .query_all_stats(req, config.token.handoff_timeout())
@@ -91,6 +95,10 @@ impl<P: Peers> Daemon<P> {
                 .iter()
                 .filter_map(|(_, r)| r.as_ref().ok().map(|s| s.token.at.epoch))
                 .collect();
+            // A token heard of first-hand while the survey ran (a lower host minted, its
+            // heartbeat came in): that token is live, whatever the answers say. Checked before
+            // the answers move the detector, whose reports are claims, not news.
+            let heard_meanwhile = watch.ring().heard_since(asked_at);
             let rebased = watch.ring_mut().rebase(&reports);
             let mut live: Option<(HostId, TokenView)> = None;
             let mut lower: Option<HostId> = None;
@@ -124,6 +132,8 @@ impl<P: Peers> Daemon<P> {
                 Verdict::Busy
             } else if let Some((host, view)) = live {
                 Verdict::Live(host, view)
+            } else if heard_meanwhile {
+                Verdict::HeardMeanwhile
             } else if let Some(host) = lower
                 && watch.ring().deferrals() < MAX_DEFERRALS
             {
@@ -184,6 +194,13 @@ impl<P: Peers> Daemon<P> {
                 tracing::debug!(
                     peer = %self.host_name(host),
                     "token not regenerated: a host before this one answers and goes first"
+                );
+                return;
+            }
+            Verdict::HeardMeanwhile => {
+                tracing::info!(
+                    epoch = self.highest_epoch(),
+                    "token not regenerated: a live token was heard of while the peers were asked"
                 );
                 return;
             }

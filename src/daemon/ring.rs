@@ -16,7 +16,7 @@
 //!   value that fails is never recorded, so it cannot fence anything nor spread.
 //! - The holder publishes a heartbeat for as long as it holds the token (deciding, migrating);
 //!   the token is declared lost when no activity was heard for `loss_timeout`.
-//! - Hosts earlier in the topology regenerate first: rank r waits `r × stagger` more (and the
+//! - Hosts earlier in the topology regenerate first: slot r waits `r × stagger` more (and the
 //!   daemon first checks that no lower host answers), so a dead first host is replaced without a
 //!   vote.
 
@@ -35,6 +35,24 @@ pub const MAX_GENERATION: u64 = (1 << 48) - 1;
 /// contact (more than 18 hours at one per second) is beyond any partition the cluster survives
 /// unnoticed, while a peer that lies needs 2^32 messages to climb the 48-bit range.
 pub const MAX_GENERATION_STEP: u64 = 1 << 16;
+
+/// Ranks below this get a regeneration slot each; above it, slots widen with the rank's logarithm.
+const LINEAR_RANKS: usize = 32;
+
+/// The regeneration slot of the host at `index` in the topology: it waits `slot × stagger` after
+/// the loss timeout. The first [`LINEAR_RANKS`] hosts get one slot each; beyond them a doubling
+/// of the index adds [`LINEAR_RANKS`] slots, so hosts keep firing apart in a cluster of thousands
+/// (about 2^k hosts share a slot between index 32·2^k and 32·2^(k+1): ~22 at index 1,000) while the last
+/// of 50,000 hosts still waits only ~370 slots. A flat cap at 32 gave every host from the 33rd
+/// on one deadline: when no lower host's heartbeat reached them (a cold start of 128 daemons on
+/// one machine) they all surveyed everyone at once, none was answered in time, and each minted.
+pub fn regeneration_slot(index: usize) -> usize {
+    if index < LINEAR_RANKS {
+        return index;
+    }
+    let doublings = (index as f64 / LINEAR_RANKS as f64).log2();
+    LINEAR_RANKS + (doublings * LINEAR_RANKS as f64) as usize
+}
 
 /// Builds the epoch a host mints after having seen `highest`; `None` at the top of the range
 /// (the generation never wraps back below the epochs it must fence).
@@ -296,6 +314,12 @@ impl Ring {
         self.heard.map(|h| now.saturating_duration_since(h))
     }
 
+    /// Whether this host heard of a live token itself (a token, a heartbeat, its own turn) at or
+    /// after `t`: news that came in while it surveyed its peers.
+    pub fn heard_since(&self, t: Instant) -> bool {
+        self.heard.is_some_and(|h| h >= t)
+    }
+
     /// This host holds the token and works on it: keep the detector quiet.
     pub fn touch(&mut self, now: Instant) {
         self.heard = Some(now);
@@ -411,6 +435,43 @@ mod tests {
         r.on_activity(e, 100, t0 + 30 * S).unwrap();
         assert!(r.should_regenerate(0, t0 + 30 * S));
         assert!(r.mint(3).unwrap() > newer);
+    }
+
+    #[test]
+    fn regeneration_slots_keep_hosts_apart_beyond_the_first_32() {
+        // The first hosts one slot each, as before.
+        for i in 0..32 {
+            assert_eq!(regeneration_slot(i), i);
+        }
+        // Beyond them, later hosts still fire later: a flat cap gave hosts 33 to 1,000 one
+        // deadline.
+        assert!(regeneration_slot(32) < regeneration_slot(40));
+        assert!(regeneration_slot(40) < regeneration_slot(100));
+        assert!(regeneration_slot(100) < regeneration_slot(999));
+        for i in 1..50_000 {
+            assert!(regeneration_slot(i) >= regeneration_slot(i - 1));
+        }
+        // At most ~22 of 1,000 hosts share a slot, and the 50,000th host waits < 400 slots.
+        let mut shared = std::collections::HashMap::new();
+        for i in 0..1000 {
+            *shared.entry(regeneration_slot(i)).or_insert(0) += 1;
+        }
+        assert!(shared.values().all(|&n| n <= 22), "{shared:?}");
+        assert!(regeneration_slot(49_999) < 400);
+    }
+
+    #[test]
+    fn news_heard_during_a_survey_is_told_apart_from_reports() {
+        let t0 = Instant::now();
+        let mut r = Ring::new(t0, 10 * S, S, HOSTS);
+        assert!(!r.heard_since(t0));
+        // A peer's report of a token heard before the survey began is no news heard meanwhile.
+        let e = next_epoch(0, 1).unwrap();
+        r.on_report(e, 0, Some(t0)).unwrap();
+        assert!(!r.heard_since(t0 + S));
+        // A heartbeat that came in while the survey ran is.
+        r.on_activity(e, 1, t0 + 2 * S).unwrap();
+        assert!(r.heard_since(t0 + S));
     }
 
     #[test]

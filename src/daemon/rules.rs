@@ -148,8 +148,8 @@ impl<P: Peers> Daemon<P> {
     /// Where the members of `groups` run: what this host knows without asking
     /// (`known_group_members`: rules-file members the directory places, local VMs by their
     /// metadata, peers' VMs by their groups announcements, room held here), then the rules-file
-    /// members still unplaced looked up as partners are. Also how many members could not be
-    /// placed because a lookup failed.
+    /// members still unplaced looked up as partners are. Also how many members may run on a
+    /// host that did not answer.
     pub(super) async fn group_members(
         &self,
         rules: &Rules,
@@ -169,11 +169,7 @@ impl<P: Peers> Daemon<P> {
             ..LocateOptions::default()
         };
         let located = self.peers.locate(&ids, options).await;
-        let unplaced = if located.failures.is_empty() {
-            0
-        } else {
-            ids.len() - located.found.len()
-        };
+        let unplaced = located.uncertain.len();
         for &g in groups {
             for vm in &rules.group(g).members {
                 if let Some(&host) = located.found.get(vm) {

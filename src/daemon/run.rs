@@ -16,7 +16,7 @@ use crate::hypervisor::Hypervisor;
 use crate::hypervisor::file::FileHost;
 use crate::metrics::{EndpointLimits, Metrics, MetricsServer};
 use crate::notify::Notifier;
-use crate::p2p::{Directory, Libp2pPeers, P2pConfig, P2pMetrics, Peers};
+use crate::p2p::{Directory, Inbound, Libp2pPeers, P2pConfig, P2pMetrics, Peers, Severed};
 use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use prometheus_client::registry::Registry;
@@ -161,6 +161,103 @@ async fn follow_shared_traffic<P: Peers>(daemon: Arc<Daemon<P>>, host: FileHost)
     }
 }
 
+/// What one daemon on the libp2p transport is built from: `scored run`'s host, or one of the
+/// lab's (`scored lab`), which differ only in where these come from.
+pub struct Node {
+    pub config: Config,
+    pub topo: Arc<Topology>,
+    pub me: HostId,
+    pub key: libp2p::identity::Keypair,
+    pub hv: Arc<dyn Hypervisor>,
+    pub traffic: Traffic,
+    pub journal: Journal,
+    /// Entries the journal's previous run left open.
+    pub left: Vec<super::journal::Entry>,
+    pub rules: crate::rules::Rules,
+    /// Peers cut off on purpose (the lab's partitions); empty for `scored run`.
+    pub severed: Severed,
+}
+
+/// A daemon built and on the network, its event loop not started yet.
+pub struct Started {
+    pub daemon: Arc<Daemon<Libp2pPeers>>,
+    pub inbound: Inbound,
+    pub metrics: Arc<Metrics>,
+    /// The first inventory read (an error: the hypervisor does not answer yet).
+    pub inventory: Result<(), crate::hypervisor::HypervisorError>,
+}
+
+/// Starts the libp2p node and the daemon on it, with their metrics in `registry`: the
+/// placement rules in force, the journal reconciled, the first inventory read and announced.
+pub async fn start(node: Node, registry: &mut Registry) -> anyhow::Result<Started> {
+    let Node {
+        config,
+        topo,
+        me,
+        key,
+        hv,
+        traffic,
+        journal,
+        left,
+        rules,
+        severed,
+    } = node;
+    let metrics = Arc::new(Metrics::register(registry, topo.level_names()));
+    let p2p_metrics = P2pMetrics {
+        refused_connections: metrics.peers.refused.clone(),
+        rejected: metrics.peers.rejected.clone(),
+        ..P2pMetrics::default()
+    };
+    p2p_metrics.register(registry);
+
+    let directory = Arc::new(Directory::new(topo.clone(), me));
+    directory.set_stamp_skew(config.token.stamp_skew_steps);
+    let mut p2p = P2pConfig::new(key, topo.clone(), me);
+    p2p.listen = config.p2p.listen.clone();
+    p2p.limits = config.p2p.limits();
+    p2p.metrics = p2p_metrics;
+    p2p.severed = severed;
+    let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(registry))
+        .await
+        .map_err(|e| anyhow!("p2p: {e}"))?;
+    let daemon = Arc::new(Daemon::new(Parts {
+        topo,
+        me,
+        peers: Arc::new(peers),
+        hv,
+        traffic,
+        config: config.clone(),
+        metrics: metrics.clone(),
+        journal,
+    }));
+    tracing::info!(
+        file = %config.placement.rules_file.display(),
+        groups = rules.groups().len(),
+        exclusions = rules.exclusions().len(),
+        windows = rules.windows.len(),
+        repair = rules.repair,
+        "placement rules in force"
+    );
+    daemon.set_rules(rules);
+    daemon.reconcile(left).await;
+    // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
+    // status): the daemon starts with no local VMs, decides nothing for its host and takes no
+    // VM in, and picks its VMs up on the first inventory refresh that reaches the hypervisor.
+    // It announces no (empty) inventory meanwhile: its peers keep what they knew.
+    let inventory = daemon.refresh_inventory().await;
+    if inventory.is_ok()
+        && let Err(e) = daemon.peers().announce_inventory().await
+    {
+        tracing::info!(error = %e, "first inventory announcement not published (no peer yet)");
+    }
+    Ok(Started {
+        daemon,
+        inbound,
+        metrics,
+        inventory,
+    })
+}
+
 /// `scored run`.
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, topo, me) = load(&opts)?;
@@ -200,53 +297,27 @@ async fn serve(
     let (hv, traffic, simulated) = backend(&config, &topo, me)?;
 
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry, topo.level_names()));
-    let p2p_metrics = P2pMetrics {
-        refused_connections: metrics.peers.refused.clone(),
-        rejected: metrics.peers.rejected.clone(),
-        ..P2pMetrics::default()
-    };
-    p2p_metrics.register(&mut registry);
-
-    let directory = Arc::new(Directory::new(topo.clone(), me));
-    directory.set_stamp_skew(config.token.stamp_skew_steps);
-    let mut p2p = P2pConfig::new(key, topo.clone(), me);
-    p2p.listen = config.p2p.listen.clone();
-    p2p.limits = config.p2p.limits();
-    p2p.metrics = p2p_metrics;
-    let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(&mut registry))
-        .await
-        .map_err(|e| anyhow!("p2p: {e}"))?;
-    let daemon = Arc::new(Daemon::new(Parts {
-        topo: topo.clone(),
-        me,
-        peers: Arc::new(peers),
-        hv,
-        traffic,
-        config: config.clone(),
-        metrics: metrics.clone(),
-        journal,
-    }));
-    tracing::info!(
-        file = %config.placement.rules_file.display(),
-        groups = rules.groups().len(),
-        exclusions = rules.exclusions().len(),
-        windows = rules.windows.len(),
-        repair = rules.repair,
-        "placement rules in force"
-    );
-    daemon.set_rules(rules);
-    daemon.reconcile(left).await;
-    // A hypervisor that does not answer yet is an outage like any other (logged once, metric,
-    // status): the daemon starts with no local VMs, decides nothing for its host and takes no
-    // VM in, and picks its VMs up on the first inventory refresh that reaches the hypervisor.
-    // It announces no (empty) inventory meanwhile: its peers keep what they knew.
-    let inventory = daemon.refresh_inventory().await;
-    if inventory.is_ok()
-        && let Err(e) = daemon.peers().announce_inventory().await
-    {
-        tracing::info!(error = %e, "first inventory announcement not published (no peer yet)");
-    }
+    let Started {
+        daemon,
+        inbound,
+        metrics,
+        inventory,
+    } = start(
+        Node {
+            config: config.clone(),
+            topo: topo.clone(),
+            me,
+            key,
+            hv,
+            traffic,
+            journal,
+            left,
+            rules,
+            severed: Severed::default(),
+        },
+        &mut registry,
+    )
+    .await?;
 
     let _metrics_server = if config.metrics.enabled {
         let s = MetricsServer::bind(

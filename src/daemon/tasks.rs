@@ -80,6 +80,29 @@ impl Tasks {
         self.stop.cancelled()
     }
 
+    /// Stops at once, as a crash would: the turns and the loss check are aborted where they
+    /// stand (a token held is not handed on), long-lived tasks see the stop.
+    pub(super) fn abort(&self) {
+        self.stop.cancel();
+        for t in self
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        if let Some(h) = self
+            .loss_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+        self.tracker.close();
+    }
+
     /// Stops: tells every task, waits up to `turn_limit` for the turns to hand the token on,
     /// then up to `rest_limit` for every other task. Returns whether every turn ended in time.
     pub(super) async fn shut_down(&self, turn_limit: Duration, rest_limit: Duration) -> bool {

@@ -6,6 +6,7 @@
 //! It never decides for a VM itself (that is `vm_turn`) and holds no state of its own.
 
 use super::host::{Daemon, heartbeat_interval, unix_ms};
+use super::inventory::Read;
 use super::ring::{self, Arrival, EpochRejected};
 use crate::p2p::{LocateOptions, PeerError, Peers, Responder};
 use crate::token::walk::{Action, DropReason, Handoff, Input, TurnMachine};
@@ -232,7 +233,7 @@ impl<P: Peers> Daemon<P> {
         // that migrated in just before the token came would otherwise still be cached at its
         // old host, and its partners here would chase it there (a ping-pong across the rack that
         // round-robin's order, deciding for neighbouring ids turn after turn, ran into).
-        if let Err(e) = self.read_inventory(false).await {
+        if let Err(e) = self.read_inventory(Read::Arrival).await {
             tracing::warn!(error = %e, "inventory at token arrival; deciding on the last one read");
         }
         let (mut machine, mut action) =

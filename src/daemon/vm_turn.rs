@@ -7,6 +7,7 @@
 
 use super::assess::Assessment;
 use super::host::{Daemon, unix_ms};
+use super::inventory::Read;
 use super::records::DecisionRecord;
 use crate::decide::TurnOutcome;
 use crate::hypervisor::{HypervisorError, VmState};
@@ -94,7 +95,7 @@ impl<P: Peers> Daemon<P> {
             )),
             Ok(VmState::Absent) | Err(HypervisorError::NoSuchVm { .. }) => {
                 // It left by other means (an operator's migration): no turn for it here.
-                let _ = self.read_inventory(true).await;
+                let _ = self.read_inventory(Read::Full).await;
                 return None;
             }
             Err(e) if e.is_unavailable() => Some((

@@ -1,6 +1,7 @@
 //! What the daemon does about zombies (one VM running on more than one host, as the hosts' own
 //! inventories say: `p2p::zombies`). It keeps this host's inventory announced (at once when its
-//! VMs change, and every `REPUBLISH_EVERY` anyway) so every peer can see a second copy; it says so
+//! VMs change, at the first inventory read that finds a peer to tell, and every `REPUBLISH_EVERY`
+//! ± 20 % anyway) so every peer can see a second copy; it says so
 //! (`scored_zombie_vms`, one warning when a zombie appears naming the hosts and this host's
 //! journal entry for the VM, one line when it is gone, `scored status`); and the assessment asks
 //! [`Daemon::zombie_hosts`] so no decision is taken for such a VM until one copy is gone.
@@ -15,15 +16,31 @@ use crate::topology::HostId;
 use scored_proto::VmId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::time::Duration;
 use std::time::Instant;
 
 /// What this host last announced and last reported.
 #[derive(Default)]
 pub(super) struct ZombieWatch {
-    /// The local VMs of the last inventory announcement, and when it went out.
+    /// The local VMs of the last inventory announcement that reached a peer, and when the next
+    /// one is due even if they do not change.
     published: Option<(Vec<VmId>, Instant)>,
     /// Zombies already logged, with their hosts (logged again when the hosts change).
     reported: HashMap<VmId, Vec<HostId>>,
+}
+
+/// How long until the inventory is announced again if nothing changes, `jitter` in [0, 1):
+/// `REPUBLISH_EVERY` ± 20 %. Hosts started together (a cold start, a fleet upgrade) would
+/// otherwise republish in lockstep, a thousand announcements in the same second every 30 s;
+/// drawn anew each time, the phases spread within a few periods. The longest wait, twice over,
+/// stays inside the 90 s a peer's inventory counts (`CLAIM_FRESH_FOR`).
+fn republish_after(jitter: f64) -> Duration {
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
+    REPUBLISH_EVERY.mul_f64(0.8 + 0.4 * jitter)
 }
 
 /// One zombie as `scored status` shows it.
@@ -61,14 +78,15 @@ impl<P: Peers> Daemon<P> {
         let mut local = self.inventory.ids();
         local.sort_unstable();
         let due = match &lock(&self.zombie_watch).published {
-            Some((vms, at)) => {
-                *vms != local || now.saturating_duration_since(*at) >= REPUBLISH_EVERY
-            }
+            Some((vms, next)) => *vms != local || now >= *next,
             None => true,
         };
         if due {
             match self.peers.announce_inventory().await {
-                Ok(()) => lock(&self.zombie_watch).published = Some((local, now)),
+                Ok(()) => {
+                    let next = now + republish_after(rand::random::<f64>());
+                    lock(&self.zombie_watch).published = Some((local, next));
+                }
                 // Retried at the next read: no peer to tell is no news to lose.
                 Err(e) => tracing::debug!(error = %e, "inventory not announced"),
             }
@@ -153,5 +171,23 @@ impl<P: Peers> Daemon<P> {
             Ok(None) => None,
             Err(e) => Some(format!("journal unreadable: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::p2p::zombies::CLAIM_FRESH_FOR;
+
+    #[test]
+    fn republishing_is_spread_and_stays_fresh() {
+        assert_eq!(republish_after(0.0), Duration::from_secs(24));
+        assert_eq!(republish_after(0.5), REPUBLISH_EVERY);
+        assert!(republish_after(0.999) < Duration::from_secs(36));
+        // Two missed republishes at the longest wait still leave a claim counting.
+        assert!(republish_after(1.0) * 2 < CLAIM_FRESH_FOR);
+        // Out-of-range input is clamped, never a panic or a zero period.
+        assert_eq!(republish_after(-1.0), republish_after(0.0));
+        assert_eq!(republish_after(f64::NAN), republish_after(0.0));
     }
 }
