@@ -1,6 +1,7 @@
-//! What the daemon's hypervisor reads cost with libvirt: the calls on the token path (`vms()` on
-//! each token arrival; `state(vm)` at the start of each local turn) and the periodic refresh
-//! (`vms()` + `capacity()`, every 2 s), timed through scored's libvirt backend against a real libvirtd
+//! What the daemon's hypervisor reads cost with libvirt: the calls on the token path
+//! (`vms_incremental()` on each token arrival: one listing of the domains' states, XML only for
+//! domains that changed; `state(vm)` at the start of each local turn) and the periodic refresh
+//! (`vms()`, every domain's XML, + `capacity()`, every 2 s), timed through scored's libvirt backend against a real libvirtd
 //! of the namespace testbed with 1 and then `SCORED_BENCH_GUESTS` (default 8) running guests.
 //!
 //!     sudo cargo bench --bench hypervisor_calls     # SCORED_BENCH_CALLS=200 by default
@@ -66,8 +67,16 @@ fn main() {
         }
         assert_eq!(hv.vms().expect("vms").len(), running);
         let vm = VmId::from_ipv4(Ipv4Addr::new(10, 77, 1, 100));
+        hv.vms().expect("vms");
+        let described = hv.descriptions();
+        let arrival = time(calls, || hv.vms_incremental().expect("vms_incremental"));
+        assert_eq!(
+            hv.descriptions(),
+            described,
+            "nothing changed: the arrival read described no domain"
+        );
         rows.push(format!(
-            "| {running} | {} | {} | {} | {} |",
+            "| {running} | {arrival} | {} | {} | {} | {} |",
             time(calls, || hv.vms().expect("vms")),
             time(calls, || hv.capacity().expect("capacity")),
             time(calls, || {
@@ -78,8 +87,8 @@ fn main() {
         eprintln!("{}", rows.last().unwrap());
     }
     let table = format!(
-        "| guests | `vms()` (each token arrival) ms: median (p90; max) | `capacity()` | both (periodic refresh) | `state(vm)` (each local turn) |\n\
-         |---:|---|---|---|---|\n{}\n\n{calls} calls each.\n",
+        "| guests | `vms_incremental()` (each token arrival) ms: median (p90; max) | `vms()` | `capacity()` | both (periodic refresh) | `state(vm)` (each local turn) |\n\
+         |---:|---|---|---|---|---|\n{}\n\n{calls} calls each.\n",
         rows.join("\n")
     );
     println!("\n{table}");

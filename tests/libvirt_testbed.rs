@@ -9,6 +9,7 @@
 
 mod support;
 
+use scored::forecast;
 use scored::hypervisor::libvirt::{DomainDescription, LibvirtConfig, LibvirtHypervisor};
 use scored::hypervisor::watch::{VmChange, VmWatch};
 use scored::hypervisor::{
@@ -344,6 +345,36 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
         timeout: Duration::from_secs(120),
         ..Default::default()
     };
+    // Measured first: the forecast from the guest's own figures says pre-copy cannot converge
+    // on this link, and without auto-converge or post-copy the VM would stay.
+    let mut measured = None;
+    wait_until("g3's dirty rate measured", Duration::from_secs(30), || {
+        hv1.vms().expect("vms");
+        measured = hv1
+            .measure()
+            .expect("measure")
+            .into_iter()
+            .find(|m| m.vm == id && m.dirty_mib_s.is_some());
+        measured.is_some()
+    });
+    let m = measured.unwrap();
+    eprintln!("g3 measured: {m:?}");
+    let (resident, dirty) = (m.resident_mib.unwrap(), m.dirty_mib_s.unwrap());
+    assert!(resident > 0 && resident <= 512, "{m:?}");
+    assert!(
+        dirty > 8.0,
+        "a guest rewriting 48 MiB dirties memory: {m:?}"
+    );
+    let workload = forecast::Workload::measured(&m, g.memory_mib).unwrap();
+    let limits = forecast::Limits::of(&params).unwrap();
+    assert!(
+        matches!(
+            forecast::choose(&workload, &limits),
+            forecast::Choice::WouldNotConverge { .. }
+        ),
+        "{:?}",
+        forecast::choose(&workload, &limits)
+    );
     let started = Instant::now();
     let err = hv1
         .migrate(id, &destination(&tb.state.hosts[1]), &params)

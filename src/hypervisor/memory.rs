@@ -226,6 +226,17 @@ impl MemoryCluster {
         self.lock().location.get(&vm).copied()
     }
 
+    /// Where every VM runs now, read at once (one lock): the lab's loss/duplicate check and cost.
+    /// A VM listed on two hosts appears twice.
+    pub fn placement(&self) -> Vec<(VmId, HostId)> {
+        let c = self.lock();
+        c.hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, h)| h.vms.iter().map(move |v| (v.id, HostId(i as u32))))
+            .collect()
+    }
+
     /// Number of VMs on each host, by host id.
     pub fn vm_counts(&self) -> Vec<u32> {
         self.lock()

@@ -222,6 +222,25 @@ pub struct Vm {
     pub groups: Vec<GroupTag>,
 }
 
+/// The window a dirty rate is measured over (libvirt's dirty-rate calculation, one second: the
+/// shortest it takes).
+pub const DIRTY_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the hypervisor measured of one running VM. A figure is `None` until measured: the first
+/// read after the VM appeared (CPU use needs two), a dirty-rate calculation still running, a
+/// hypervisor that cannot say.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Measured {
+    pub vm: VmId,
+    /// Memory the guest holds on the host (its resident set), MiB: what a migration's first
+    /// pass sends, whatever its configured size.
+    pub resident_mib: Option<u64>,
+    /// Memory the guest dirtied per second in its last dirty-rate calculation, MiB/s.
+    pub dirty_mib_s: Option<f64>,
+    /// CPU the guest used between the last two reads, in cores.
+    pub cpu_cores: Option<f64>,
+}
+
 /// A group a VM's metadata names: `<scored:group name='db-main' kind='anti-affinity'
 /// scope='host'/>`. Kind and scope may be left out when the rules file declares the group.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -326,11 +345,27 @@ pub enum VmState {
 
 /// A hypervisor backend. All methods block; call them off the event loop.
 pub trait Hypervisor: Send + Sync {
-    /// The VMs running on this host.
+    /// The VMs running on this host, every one described afresh.
     fn vms(&self) -> Result<Vec<Vm>>;
+
+    /// The VMs running on this host, read for the token's arrival: as cheap as the backend can
+    /// make it, re-describing only what changed since the last read. Which VMs run here, and
+    /// whether one is still migrating in, is always current; a change the backend's cheap
+    /// listing cannot see (libvirt: metadata edited on a running domain) waits for the next
+    /// [`vms`](Self::vms). Backends without a cheaper way read everything.
+    fn vms_incremental(&self) -> Result<Vec<Vm>> {
+        self.vms()
+    }
 
     /// Room left on this host.
     fn capacity(&self) -> Result<Capacity>;
+
+    /// What the hypervisor measures of the running VMs, for forecasting their migrations
+    /// (`crate::forecast`): resident memory, dirty rate, CPU use. Each figure is `None` until
+    /// measured. Backends that measure nothing report nothing.
+    fn measure(&self) -> Result<Vec<Measured>> {
+        Ok(Vec::new())
+    }
 
     /// Live-migrates `vm` to `dest`. Returns when the VM runs at the destination (with the
     /// destination's job statistics) or has been left running here (an error). Never leaves the VM

@@ -55,8 +55,14 @@ if [ "$DIRTY" -gt 0 ]; then
   (
     sleep "$DIRTY_AFTER"
     # Non-zero pages: QEMU sends zero pages almost for free, which would hide the dirtying.
-    tr '\000' 'x' </dev/zero | dd of=/tmp/dirty-src bs=1M count="$DIRTY" iflag=fullblock 2>/dev/null
-    while :; do dd if=/tmp/dirty-src of=/tmp/dirty-dst bs=1M conv=notrunc 2>/dev/null; done
+    # Two contents in turn: a page rewritten with the bytes it held is dirty for migration
+    # but unchanged for libvirt's dirty-rate sampling, which compares page contents.
+    for c in x y; do
+      tr '\000' "$c" </dev/zero | dd of=/tmp/dirty-$c bs=1M count="$DIRTY" iflag=fullblock 2>/dev/null
+    done
+    while :; do
+      for c in x y; do dd if=/tmp/dirty-$c of=/tmp/dirty-dst bs=1M conv=notrunc 2>/dev/null; done
+    done
   ) &
 fi
 

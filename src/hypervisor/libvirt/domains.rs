@@ -23,23 +23,182 @@ pub const METADATA_NS: &str = "https://example.invalid/scored/xmlns/vm/1";
 /// ("available only on the source host"). A source guest is also paused for migration during
 /// the final stop-and-copy, but it does report its (outgoing) job: that tells the two apart.
 pub(super) fn incoming_migration(dom: &Domain) -> bool {
+    domain_state(dom).is_some_and(|state| incoming_in(dom, state))
+}
+
+/// A domain's state and its reason (`virDomainGetState`: one call), `None` when it is gone.
+pub(super) fn domain_state(dom: &Domain) -> Option<DomainState> {
     let mut state: std::os::raw::c_int = -1;
     let mut reason: std::os::raw::c_int = -1;
     // SAFETY: valid domain handle and two out-parameters that live across the call.
     let rc = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
-    if rc < 0 {
-        return false;
-    }
-    let (state, reason) = (state as u32, reason as u32);
-    if state == sys::VIR_DOMAIN_RUNNING && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY {
+    (rc >= 0).then_some(DomainState {
+        state: state as u32,
+        reason: reason as u32,
+    })
+}
+
+/// [`incoming_migration`] for a domain whose state is already read: asks for its job only in
+/// the one ambiguous state (paused for migration).
+pub(super) fn incoming_in(dom: &Domain, s: DomainState) -> bool {
+    if s.state == sys::VIR_DOMAIN_RUNNING && s.reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY {
         return true;
     }
-    if state != sys::VIR_DOMAIN_PAUSED || reason != sys::VIR_DOMAIN_PAUSED_MIGRATION {
+    if s.state != sys::VIR_DOMAIN_PAUSED || s.reason != sys::VIR_DOMAIN_PAUSED_MIGRATION {
         return false;
     }
     match job_figures(dom, 0) {
         Ok(f) => f.kind == sys::VIR_DOMAIN_JOB_NONE as i32,
         Err(_) => true,
+    }
+}
+
+/// A domain's state as libvirt reports it (`virDomainState` and its reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DomainState {
+    pub state: u32,
+    pub reason: u32,
+}
+
+/// One running domain as a listing shows it, without its XML: enough to tell whether it is
+/// the domain an earlier read described, and what libvirt measured of it.
+pub(super) struct Listed {
+    pub dom: Domain,
+    pub uuid: [u8; 16],
+    /// libvirt's id of the running domain: a new one each time the domain starts.
+    pub id: u32,
+    pub state: DomainState,
+    /// The guest's resident memory on the host, KiB (`balloon.rss`).
+    pub rss_kib: Option<u64>,
+    /// CPU time the guest used since it started, ns (`cpu.time`).
+    pub cpu_time_ns: Option<u64>,
+    /// The last dirty-rate calculation: its status (`VIR_DOMAIN_DIRTYRATE_*`) and, once
+    /// measured, MiB dirtied per second.
+    pub dirty: Option<(u32, Option<i64>)>,
+}
+
+/// Statistics groups the token's arrival read asks for: the state alone.
+pub(super) const STATE: u32 = sys::VIR_DOMAIN_STATS_STATE;
+/// ...and what the periodic read measures besides, for forecasting migrations.
+pub(super) const MEASURED: u32 = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_BALLOON
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_DIRTYRATE;
+
+/// Every active domain with its identity, state and the statistics `groups` name, in one call
+/// (`virConnectGetAllDomainStats`; `NOWAIT` so a domain busy with a job is not waited for:
+/// what needs its monitor is then left out). `Err` carries libvirt's error: a driver without
+/// the call answers `VIR_ERR_NO_SUPPORT`, and the caller reads the slow way.
+pub(super) fn list_domains(
+    conn: &virt::connect::Connect,
+    groups: u32,
+) -> std::result::Result<Vec<Listed>, virt::error::Error> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: valid connection; libvirt allocates the NULL-terminated record list.
+    let n = unsafe {
+        sys::virConnectGetAllDomainStats(
+            conn.as_ptr(),
+            groups,
+            &mut records,
+            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+                | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        // SAFETY: libvirt returned `n` valid record pointers.
+        let rec = unsafe { &**records.add(i) };
+        let params = TypedParams {
+            params: rec.params,
+            n: rec.nparams,
+        };
+        let (Some(state), Some(reason)) = (params.int(c"state.state"), params.int(c"state.reason"))
+        else {
+            continue;
+        };
+        // The list frees its own reference to each domain: take one of ours for the handle.
+        // SAFETY: valid domain handle; the reference is released when `dom` drops.
+        let dom = unsafe {
+            sys::virDomainRef(rec.dom);
+            Domain::from_ptr(rec.dom)
+        };
+        // Both are read from the handle, without a call to libvirtd.
+        let (Ok(uuid), Some(id)) = (dom.uuid(), dom.id()) else {
+            continue;
+        };
+        out.push(Listed {
+            dom,
+            uuid: *uuid.as_bytes(),
+            id,
+            state: DomainState {
+                state: state as u32,
+                reason: reason as u32,
+            },
+            rss_kib: params.ullong(c"balloon.rss"),
+            cpu_time_ns: params.ullong(c"cpu.time"),
+            dirty: params
+                .int(c"dirtyrate.calc_status")
+                .map(|s| (s as u32, params.llong(c"dirtyrate.megabytes_per_second"))),
+        });
+    }
+    // SAFETY: the list libvirt allocated above, freed once.
+    unsafe { sys::virDomainStatsRecordListFree(records) };
+    Ok(out)
+}
+
+/// Starts libvirt's dirty-rate calculation on `dom` over `seconds` (page sampling: QEMU hashes
+/// a sample of pages at the start and end; the guest is not paused). The result shows in the
+/// domain's `dirtyrate.*` statistics once done.
+pub(super) fn start_dirty_rate(
+    dom: &Domain,
+    seconds: u32,
+) -> std::result::Result<(), virt::error::Error> {
+    // SAFETY: valid domain handle.
+    let rc = unsafe {
+        sys::virDomainStartDirtyRateCalc(
+            dom.as_ptr(),
+            seconds as std::os::raw::c_int,
+            sys::VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING,
+        )
+    };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
+}
+
+/// A record's typed parameters, read by name.
+struct TypedParams {
+    params: sys::virTypedParameterPtr,
+    n: std::os::raw::c_int,
+}
+
+impl TypedParams {
+    fn int(&self, name: &std::ffi::CStr) -> Option<i32> {
+        let mut v: std::os::raw::c_int = 0;
+        // SAFETY: the record's `n` parameters; `name` is NUL-terminated.
+        let found =
+            unsafe { sys::virTypedParamsGetInt(self.params, self.n, name.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
+    }
+
+    fn llong(&self, name: &std::ffi::CStr) -> Option<i64> {
+        let mut v: std::os::raw::c_longlong = 0;
+        // SAFETY: as for `int`.
+        let found =
+            unsafe { sys::virTypedParamsGetLLong(self.params, self.n, name.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
+    }
+
+    fn ullong(&self, name: &std::ffi::CStr) -> Option<u64> {
+        let mut v: std::os::raw::c_ulonglong = 0;
+        // SAFETY: as for `int`.
+        let found =
+            unsafe { sys::virTypedParamsGetULLong(self.params, self.n, name.as_ptr(), &mut v) };
+        (found == 1).then_some(v)
     }
 }
 

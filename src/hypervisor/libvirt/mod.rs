@@ -37,14 +37,17 @@ pub use domains::{DomainDescription, DomainXmlError, METADATA_NS, parse_mac};
 pub use migration::{MigrationTrace, migrate_parameters};
 
 use super::{
-    Capacity, Cause, Destination, Hypervisor, HypervisorError, MigrationParams, MigrationReport,
-    Result, Vm, VmState,
+    Capacity, Cause, Destination, Hypervisor, HypervisorError, Measured, MigrationParams,
+    MigrationReport, Result, Vm, VmState,
 };
-use domains::{incoming_migration, job_figures, learned_addresses, uuid_string};
+use domains::{
+    DomainState, Listed, domain_state, incoming_in, incoming_migration, job_figures,
+    learned_addresses, list_domains, start_dirty_rate, uuid_string,
+};
 use scored_proto::VmId;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
@@ -79,6 +82,42 @@ pub struct LibvirtHypervisor {
     /// Each VM's domain UUID as the last full listing saw it: lets [`Self::find`] look one
     /// domain up instead of describing them all (a hint, always checked against the domain).
     known: Mutex<HashMap<VmId, [u8; 16]>>,
+    /// What the last read made of each running domain, by UUID: lets
+    /// [`Hypervisor::vms_incremental`] describe only the domains that appeared or changed.
+    seen: Mutex<HashMap<[u8; 16], Seen>>,
+    /// The last measurement of each running domain, by UUID: CPU use is a difference of two.
+    samples: Mutex<HashMap<[u8; 16], Sample>>,
+    /// Domain XML descriptions read so far: what a read cost, for benches and tests.
+    descriptions: std::sync::atomic::AtomicU64,
+}
+
+/// One running domain as the last read left it: the listing's key (libvirt's id of the running
+/// domain, its state) and the VM its XML described (`None`: still migrating in, or not a VM
+/// scored manages).
+struct Seen {
+    id: u32,
+    state: DomainState,
+    vm: Option<Vm>,
+}
+
+/// One domain's last measurement.
+struct Sample {
+    /// libvirt's id of the running domain: a restarted domain starts its CPU time again.
+    id: u32,
+    cpu_time_ns: Option<u64>,
+    at: Instant,
+    /// When scored last started a dirty-rate calculation on it.
+    dirty_rate_started: Option<Instant>,
+}
+
+/// A dirty-rate calculation runs over this long (page sampling; the guest keeps running)...
+const DIRTY_RATE_SECONDS: u32 = super::DIRTY_RATE_WINDOW.as_secs() as u32;
+/// ...and is started again on a domain at most this often: the rate a forecast uses is at most
+/// this old, and QEMU's sampling costs the guest next to nothing this rarely.
+const DIRTY_RATE_EVERY: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn silence_libvirt_stderr() {
@@ -96,6 +135,9 @@ impl LibvirtHypervisor {
             cfg,
             conn: Mutex::new(Some(conn)),
             known: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            samples: Mutex::new(HashMap::new()),
+            descriptions: Default::default(),
         })
     }
 
@@ -108,11 +150,20 @@ impl LibvirtHypervisor {
             cfg,
             conn: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            samples: Mutex::new(HashMap::new()),
+            descriptions: Default::default(),
         }
     }
 
     pub fn uri(&self) -> &str {
         &self.cfg.uri
+    }
+
+    /// Domain XML descriptions this handle has read so far (what reads cost, for benches and
+    /// tests: the token's arrival read describes only domains that changed).
+    pub fn descriptions(&self) -> u64 {
+        self.descriptions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The connection, reopened if libvirtd restarted since the last call.
@@ -135,33 +186,43 @@ impl LibvirtHypervisor {
             .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             .map_err(|e| call(None, "virConnectListAllDomains", e))?;
         let mut out: Vec<(Domain, Vm)> = Vec::with_capacity(doms.len());
+        let mut seen = HashMap::with_capacity(doms.len());
         for dom in doms {
-            // A guest still migrating in runs here only once its job completes: until then it
-            // is the source's (and counts as incoming in the capacity).
-            if incoming_migration(&dom) {
-                continue;
-            }
-            let Some(vm) = self.describe(&dom) else {
+            // Gone since the listing: skip it.
+            let Some(state) = domain_state(&dom) else {
                 continue;
             };
-            if let Some((_, other)) = out.iter().find(|(_, v)| v.id == vm.id) {
-                tracing::warn!(
-                    vm = %vm.id,
-                    "domains {} and {} claim the same address; ignoring {}",
-                    other.name, vm.name, vm.name
-                );
-                continue;
+            // A guest still migrating in runs here only once its job completes: until then it
+            // is the source's (and counts as incoming in the capacity).
+            let vm = if incoming_in(&dom, state) {
+                None
+            } else {
+                self.describe(&dom)
+            };
+            if let (Ok(uuid), Some(id)) = (dom.uuid(), dom.id()) {
+                let remembered = Seen {
+                    id,
+                    state,
+                    vm: vm.clone(),
+                };
+                seen.insert(*uuid.as_bytes(), remembered);
             }
-            out.push((dom, vm));
+            if let Some(vm) = vm
+                && unique(out.iter().map(|(_, v)| v), &vm)
+            {
+                out.push((dom, vm));
+            }
         }
-        *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
-            out.iter().map(|(_, v)| (v.id, v.uuid)).collect();
+        *lock(&self.known) = out.iter().map(|(_, v)| (v.id, v.uuid)).collect();
+        *lock(&self.seen) = seen;
         Ok(out)
     }
 
     /// The VM one domain describes, or `None` (gone meanwhile, XML not understood, no identity).
     fn describe(&self, dom: &Domain) -> Option<Vm> {
         // A domain can vanish between the list and the query (it migrated away): skip it.
+        self.descriptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let xml = dom.xml_desc(0).ok()?;
         let desc = match DomainDescription::parse(&xml) {
             Ok(d) => d,
@@ -211,6 +272,32 @@ impl LibvirtHypervisor {
         Ok(self.described()?.into_iter().find(|(_, v)| v.id == vm))
     }
 
+    /// Starts a dirty-rate calculation on `l` when the driver reports dirty rates, none is
+    /// running and the last started [`DIRTY_RATE_EVERY`] ago or more; returns when the last one
+    /// started.
+    fn dirty_rate_due(
+        &self,
+        vm: VmId,
+        l: &Listed,
+        prev: Option<&Sample>,
+        now: Instant,
+    ) -> Option<Instant> {
+        let last = prev.and_then(|p| p.dirty_rate_started);
+        let running = matches!(l.dirty, Some((s, _)) if s == sys::VIR_DOMAIN_DIRTYRATE_MEASURING);
+        let due = last.is_none_or(|t| now.saturating_duration_since(t) >= DIRTY_RATE_EVERY);
+        if l.dirty.is_none() || running || !due {
+            return last;
+        }
+        match start_dirty_rate(&l.dom, DIRTY_RATE_SECONDS) {
+            Ok(()) => Some(now),
+            Err(e) => {
+                tracing::debug!(%vm, uri = %self.cfg.uri, error = %e, "virDomainStartDirtyRateCalc");
+                // Not again before the period is over: a guest that refuses keeps refusing.
+                Some(now)
+            }
+        }
+    }
+
     /// `vm`'s domain through a new connection of its own, which lives as long as the handle.
     fn on_own_connection(&self, vm: &Vm) -> Result<Domain> {
         open(&self.cfg.uri)?
@@ -222,6 +309,77 @@ impl LibvirtHypervisor {
 impl Hypervisor for LibvirtHypervisor {
     fn vms(&self) -> Result<Vec<Vm>> {
         Ok(self.described()?.into_iter().map(|(_, vm)| vm).collect())
+    }
+
+    /// One `virConnectGetAllDomainStats` call for every domain's identity and state; the XML
+    /// (and, for a domain paused for migration, the job) is read only for domains that are new
+    /// or whose libvirt id or state changed since the last read. Metadata edited on a running
+    /// domain (`virsh metadata --live`) changes neither: the next [`Hypervisor::vms`] (the
+    /// periodic refresh) sees it.
+    fn vms_incremental(&self) -> Result<Vec<Vm>> {
+        let conn = self.conn()?;
+        let listed = match list_domains(&conn, domains::STATE) {
+            Ok(l) => l,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return self.vms(),
+            Err(e) => return Err(call(None, "virConnectGetAllDomainStats", e)),
+        };
+        let mut before = std::mem::take(&mut *lock(&self.seen));
+        let mut seen = HashMap::with_capacity(listed.len());
+        let mut out: Vec<Vm> = Vec::with_capacity(listed.len());
+        for l in listed {
+            let vm = match before.remove(&l.uuid) {
+                Some(s) if s.id == l.id && s.state == l.state => s.vm,
+                _ if incoming_in(&l.dom, l.state) => None,
+                _ => self.describe(&l.dom),
+            };
+            if let Some(vm) = &vm
+                && unique(out.iter(), vm)
+            {
+                out.push(vm.clone());
+            }
+            let (id, state) = (l.id, l.state);
+            seen.insert(l.uuid, Seen { id, state, vm });
+        }
+        *lock(&self.known) = out.iter().map(|v| (v.id, v.uuid)).collect();
+        *lock(&self.seen) = seen;
+        Ok(out)
+    }
+
+    /// One `virConnectGetAllDomainStats` call (balloon, CPU and dirty-rate groups) for every
+    /// VM the last read described; starts a dirty-rate calculation on each domain that had none
+    /// for [`DIRTY_RATE_EVERY`] (its result shows at a later call).
+    fn measure(&self) -> Result<Vec<Measured>> {
+        let conn = self.conn()?;
+        let listed = match list_domains(&conn, domains::MEASURED) {
+            Ok(l) => l,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(Vec::new()),
+            Err(e) => return Err(call(None, "virConnectGetAllDomainStats", e)),
+        };
+        let now = Instant::now();
+        let ids: HashMap<[u8; 16], VmId> = lock(&self.seen)
+            .iter()
+            .filter_map(|(uuid, s)| s.vm.as_ref().map(|v| (*uuid, v.id)))
+            .collect();
+        let mut before = std::mem::take(&mut *lock(&self.samples));
+        let mut samples = HashMap::with_capacity(listed.len());
+        let mut out = Vec::with_capacity(listed.len());
+        for l in listed {
+            let Some(&vm) = ids.get(&l.uuid) else {
+                continue;
+            };
+            let prev = before.remove(&l.uuid).filter(|p| p.id == l.id);
+            let started = self.dirty_rate_due(vm, &l, prev.as_ref(), now);
+            out.push(measured(vm, &l, prev.as_ref(), now));
+            let sample = Sample {
+                id: l.id,
+                cpu_time_ns: l.cpu_time_ns,
+                at: now,
+                dirty_rate_started: started,
+            };
+            samples.insert(l.uuid, sample);
+        }
+        *lock(&self.samples) = samples;
+        Ok(out)
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -299,6 +457,45 @@ impl Hypervisor for LibvirtHypervisor {
     }
 }
 
+/// What one listing says of `vm`, the CPU use against the previous sample of the same running
+/// domain.
+fn measured(vm: VmId, l: &Listed, prev: Option<&Sample>, now: Instant) -> Measured {
+    let cpu_cores = match (prev, l.cpu_time_ns) {
+        (Some(p), Some(ns)) => p.cpu_time_ns.and_then(|before| {
+            let secs = now.saturating_duration_since(p.at).as_secs_f64();
+            (ns >= before && secs > 0.0).then(|| (ns - before) as f64 / 1e9 / secs)
+        }),
+        _ => None,
+    };
+    let dirty_mib_s = match l.dirty {
+        Some((status, Some(mib_s))) if status == sys::VIR_DOMAIN_DIRTYRATE_MEASURED => {
+            Some(mib_s.max(0) as f64)
+        }
+        _ => None,
+    };
+    Measured {
+        vm,
+        resident_mib: l.rss_kib.map(|k| k / 1024),
+        dirty_mib_s,
+        cpu_cores,
+    }
+}
+
+/// Whether `vm` claims an address none of `kept` claims; logs the clash when not.
+fn unique<'a>(mut kept: impl Iterator<Item = &'a Vm>, vm: &Vm) -> bool {
+    match kept.find(|v| v.id == vm.id) {
+        None => true,
+        Some(other) => {
+            tracing::warn!(
+                vm = %vm.id,
+                "domains {} and {} claim the same address; ignoring {}",
+                other.name, vm.name, vm.name
+            );
+            false
+        }
+    }
+}
+
 fn open(uri: &str) -> Result<Connect> {
     Connect::open(Some(uri)).map_err(|e| HypervisorError::Connection {
         target: uri.to_string(),
@@ -327,6 +524,93 @@ fn load_per_cpu(cpus: u32) -> f32 {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    /// The token's arrival read describes only domains that appeared or changed, and lists the
+    /// same VMs as a full read; a full read refreshes what it remembers.
+    #[test]
+    fn the_arrival_read_describes_only_what_changed() {
+        silence_libvirt_stderr();
+        let conn = Connect::open(Some("test:///default")).unwrap();
+        let xml = |n: u8, pinned: bool| {
+            format!(
+                r#"<domain type='test'>
+  <name>scored-incremental-{n}</name>
+  <metadata><scored:vm xmlns:scored="{METADATA_NS}" ip="10.98.0.{n}" pinned="{}"/></metadata>
+  <memory unit='MiB'>128</memory>
+  <os><type>hvm</type></os>
+</domain>"#,
+                if pinned { "yes" } else { "no" }
+            )
+        };
+        let start = |n: u8| {
+            let d = conn.define_domain_xml(&xml(n, false)).unwrap();
+            d.create().unwrap();
+            d
+        };
+        let ours = |vms: Vec<Vm>| -> Vec<(String, bool)> {
+            let mut v: Vec<(String, bool)> = vms
+                .into_iter()
+                .filter(|v| v.name.starts_with("scored-incremental-"))
+                .map(|v| (v.name, v.pinned))
+                .collect();
+            v.sort();
+            v
+        };
+        let (a, b) = (start(1), start(2));
+        let hv = LibvirtHypervisor::connect(LibvirtConfig::new("test:///default")).unwrap();
+        let full = ours(hv.vms().unwrap());
+        assert_eq!(full.len(), 2);
+        let read = hv.descriptions();
+        assert_eq!(ours(hv.vms_incremental().unwrap()), full);
+        assert_eq!(
+            hv.descriptions(),
+            read,
+            "nothing changed: nothing described"
+        );
+
+        // A domain that starts is described, alone; one that stops is simply gone.
+        let c = start(3);
+        let listed = ours(hv.vms_incremental().unwrap());
+        assert_eq!(listed.len(), 3);
+        assert_eq!(hv.descriptions(), read + 1);
+        a.destroy().unwrap();
+        let listed = ours(hv.vms_incremental().unwrap());
+        assert_eq!(listed.len(), 2);
+        assert!(!listed.iter().any(|(n, _)| n == "scored-incremental-1"));
+        assert_eq!(hv.descriptions(), read + 1);
+        assert_eq!(ours(hv.vms().unwrap()), listed, "same VMs as a full read");
+
+        // Started again, it is a new running domain (a new id): described again.
+        let before = hv.descriptions();
+        a.create().unwrap();
+        assert_eq!(ours(hv.vms_incremental().unwrap()).len(), 3);
+        assert_eq!(hv.descriptions(), before + 1);
+
+        // Metadata edited on the running domain waits for the full read, which the arrival
+        // read then follows.
+        b.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(r#"<vm ip="10.98.0.2" pinned="yes"/>"#),
+            Some("scored"),
+            Some(METADATA_NS),
+            sys::VIR_DOMAIN_AFFECT_LIVE,
+        )
+        .unwrap();
+        let pinned = |vms: Vec<(String, bool)>| {
+            vms.into_iter()
+                .find(|(n, _)| n == "scored-incremental-2")
+                .unwrap()
+                .1
+        };
+        assert!(pinned(ours(hv.vms().unwrap())));
+        assert!(pinned(ours(hv.vms_incremental().unwrap())));
+
+        for d in [&a, &b, &c] {
+            let _ = d.destroy();
+            d.undefine().unwrap();
+        }
+        assert!(ours(hv.vms_incremental().unwrap()).is_empty());
+    }
 
     /// libvirt's in-process test driver: listing and description without a daemon.
     #[test]

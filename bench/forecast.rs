@@ -1,0 +1,160 @@
+//! The migration forecast against real migrations: on the namespace testbed, an idle guest and a
+//! guest rewriting memory, each measured by scored's libvirt backend (resident memory, libvirt's
+//! dirty-rate calculation), forecast by `scored::forecast`, then migrated back and forth through a
+//! capped link; prints predicted against actual bytes, time and downtime (the destination's
+//! completed-job statistics) for every migration, and writes them as JSON fixtures.
+//!
+//!     sudo cargo bench --bench forecast      # SCORED_BENCH_MIGRATIONS=10 per guest by default
+//!
+//! Needs root (namespaces, libvirtd); not part of the test suite. Writes
+//! target/bench-forecast.md and target/bench-forecast.json.
+
+use scored::forecast::{self, Limits, Workload};
+use scored::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
+use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
+use scored::proto::VmId;
+use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("forecast bench: skipped: needs root (network namespaces, libvirtd)");
+        return;
+    }
+    let n: usize = std::env::var("SCORED_BENCH_MIGRATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .max(1);
+    let dir = std::env::temp_dir().join("scored-bench-sclvfcst");
+    let _ = std::fs::remove_dir_all(&dir);
+    let tb = Testbed::up(&TestbedConfig::new("sclvfcst", &dir)).expect("testbed up");
+    let hosts: Vec<&TestbedHost> = tb.state.hosts.iter().collect();
+    let hv: Vec<LibvirtHypervisor> = hosts
+        .iter()
+        .map(|h| LibvirtHypervisor::connect(LibvirtConfig::new(&h.local_uri())).expect("connect"))
+        .collect();
+    let dest = |h: &TestbedHost| Destination {
+        host: h.name.clone(),
+        libvirt_uri: Some(h.local_uri()),
+        migration_uri: Some(h.migration_uri()),
+    };
+    let params = MigrationParams {
+        bandwidth_mib_s: 64,
+        max_downtime: Duration::from_millis(300),
+        auto_converge: false,
+        timeout: Duration::from_secs(120),
+        stall_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let limits = Limits::of(&params).expect("a capped link");
+    // An idle guest; one rewriting 8 MiB (a pass leaves 8 MiB, 125 ms at 64 MiB/s: converges);
+    // one rewriting 24 MiB (375 ms: no pass fits the 300 ms budget, forecast not to converge).
+    let guests = [
+        ("idle", 0u32, 60u8, n),
+        ("dirty8", 8, 61, n),
+        ("dirty24", 24, 62, 2),
+    ];
+    let mut rows = Vec::new();
+    let mut fixtures = Vec::new();
+    for (name, dirty, last, tries) in guests {
+        let ip = Ipv4Addr::new(10, 77, 1, last);
+        let mut g = GuestSpec::new(name, ip);
+        g.memory_mib = 256;
+        g.dirty_mib = dirty;
+        tb.start_guest(0, &g).expect("start guest");
+        tb.wait_heartbeat(name, 5, Duration::from_secs(120))
+            .expect("guest boots");
+        let id = VmId::from_ipv4(ip);
+        let mut at = 0usize;
+        for i in 0..tries {
+            // A fresh dirty rate each time: the first call starts the calculation.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let measured = loop {
+                hv[at].vms().expect("vms");
+                let m = hv[at].measure().expect("measure");
+                if let Some(m) = m
+                    .into_iter()
+                    .find(|m| m.vm == id && m.dirty_mib_s.is_some())
+                {
+                    break m;
+                }
+                assert!(Instant::now() < deadline, "{name}: no dirty rate measured");
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            // As the daemon forecasts (`daemon::migration`).
+            let w = Workload::measured(&measured, g.memory_mib).expect("dirty rate measured");
+            let f = forecast::expected(&w, &limits);
+            // The guest, its figures and the forecast: the first cells of every row.
+            let forecast_cells = format!(
+                "{name} | {i} | {:.0} | {:.1} | {:.1} ({})",
+                measured.resident_mib.unwrap_or(0) as f64,
+                measured.dirty_mib_s.unwrap_or(0.0),
+                f.bytes / MIB,
+                if f.converges {
+                    "converges"
+                } else {
+                    "would not converge"
+                },
+            );
+            let to = 1 - at;
+            let r = match hv[at].migrate(id, &dest(hosts[to]), &params) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The guest stays where it is: the forecast said so or it was wrong.
+                    let row = format!(
+                        "| {forecast_cells} | aborted: {e} | | {:.2} | | | |",
+                        f.total.as_secs_f64()
+                    );
+                    eprintln!("{row}");
+                    rows.push(row);
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            at = to;
+            let row = format!(
+                "| {forecast_cells} | {:.1} | {:+.0} % | {:.2} | {:.2} | {:.0} | {:.0} |",
+                r.bytes as f64 / MIB,
+                (r.bytes as f64 / f.bytes - 1.0) * 100.0,
+                f.total.as_secs_f64(),
+                r.elapsed.as_secs_f64(),
+                f.downtime.as_secs_f64() * 1e3,
+                r.downtime.as_secs_f64() * 1e3,
+            );
+            eprintln!("{row}");
+            rows.push(row);
+            fixtures.push(serde_json::json!({
+                "guest": name,
+                "memory_mib": g.memory_mib,
+                "resident_mib": measured.resident_mib,
+                "dirty_mib_s": measured.dirty_mib_s,
+                "bandwidth_mib_s": params.bandwidth_mib_s,
+                "max_downtime_ms": params.max_downtime.as_millis() as u64,
+                "predicted": {"bytes": f.bytes, "seconds": f.total.as_secs_f64(),
+                              "downtime_ms": f.downtime.as_secs_f64() * 1e3, "passes": f.passes,
+                              "mode": f.mode.name(), "converges": f.converges},
+                "actual": {"bytes": r.bytes, "seconds": r.elapsed.as_secs_f64(),
+                           "downtime_ms": r.downtime.as_secs_f64() * 1e3},
+            }));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let table = format!(
+        "| guest | # | RSS MiB | dirty MiB/s | predicted MiB (forecast) | actual MiB | error | predicted s | actual s | predicted downtime ms | actual downtime ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{}\n",
+        rows.join("\n")
+    );
+    println!("\n{table}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let _ = std::fs::write(target.join("bench-forecast.md"), &table);
+    let _ = std::fs::write(
+        target.join("bench-forecast.json"),
+        serde_json::to_string_pretty(&fixtures).unwrap(),
+    );
+    eprintln!("written to {}", target.join("bench-forecast.md").display());
+}
