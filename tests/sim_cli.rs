@@ -48,6 +48,9 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "| centralised, incremental |",
         "| centralised, re-placement |",
         "c_m sweep",
+        "protocol traffic",
+        "| handoff |",
+        "round time (model)",
     ] {
         assert!(stdout.contains(want), "{want} missing:\n{stdout}");
     }
@@ -56,7 +59,14 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 13, "{names:?}");
+    let messages = std::fs::read_to_string(out_dir.join("messages.csv")).unwrap();
+    assert!(
+        messages.starts_with("run,hosts,vms,decisions,kind,"),
+        "{messages}"
+    );
+    // Four policies × (nine kinds and the total), after the header.
+    assert_eq!(messages.lines().count(), 1 + 4 * 10, "{messages}");
     // No terminal here: no progress bar on stderr, only the note about the files.
     assert!(
         !text(&first.stderr).contains('%'),
@@ -76,7 +86,7 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
                     None => l.to_string(),
                 },
             )
-            .filter(|l| !l.starts_with("c_m = "))
+            .filter(|l| !l.starts_with("c_m = ") && !l.starts_with("peak memory"))
             // The baseline line carries its own wall time ("both plans, 0.1 s").
             .map(|l| match l.find(" s): ") {
                 Some(cut) if l.starts_with("centralised baseline") => l[cut..].to_string(),

@@ -96,6 +96,14 @@ pub struct SimArgs {
     /// Simulated milliseconds per token step (one VM's turn).
     #[arg(long, default_value_t = 1000)]
     pub turn_ms: u32,
+    /// Simulate at most this many token steps per run (default: every round in full). The
+    /// protocol's counts per decision need no full run at 50,000 hosts.
+    #[arg(long)]
+    pub max_turns: Option<usize>,
+    /// Directories of earlier runs (their messages.csv) to draw with this one in
+    /// protocol_scale.svg: traffic by kind against the number of hosts.
+    #[arg(long = "scale-from")]
+    pub scale_from: Vec<PathBuf>,
 }
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -273,6 +281,7 @@ impl SimArgs {
                 start_unix_ms: start.as_millisecond(),
                 turn_ms: self.turn_ms as i64,
             },
+            max_turns: self.max_turns,
             ..ScenarioParams::default()
         };
         let threads = self.threads.unwrap_or_else(|| {
@@ -308,7 +317,8 @@ pub fn run_cli(args: &SimArgs) -> anyhow::Result<()> {
             .filter(|&&f| f != study.cm_fraction)
             .count()
             * study.policies.len();
-    let steps = (runs * sc.rounds() * sc.vms()) as u64;
+    let per_run = (sc.rounds() * sc.vms()).min(args.max_turns.unwrap_or(usize::MAX));
+    let steps = (runs * per_run) as u64;
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(steps);
         b.set_style(
@@ -332,6 +342,9 @@ pub fn run_cli(args: &SimArgs) -> anyhow::Result<()> {
         b.finish_and_clear();
     }
     print!("{}", output::summary_text(&sc, &report));
+    if let Some(peak) = peak_memory_kib() {
+        println!("\npeak memory (VmHWM): {:.0} MiB", peak as f64 / 1024.0);
+    }
     for r in &report.runs {
         anyhow::ensure!(
             r.bad_moves == 0,
@@ -348,6 +361,54 @@ pub fn run_cli(args: &SimArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.out {
         let written = output::write_all(dir, &sc, &report)?;
         eprintln!("wrote {} files to {}", written.len(), dir.display());
+        if !args.scale_from.is_empty() {
+            scale_figure(dir, &args.scale_from, &report)?;
+        }
+    } else {
+        anyhow::ensure!(
+            args.scale_from.is_empty(),
+            "--scale-from needs --out (the figure is written there)"
+        );
+    }
+    Ok(())
+}
+
+/// This process's peak resident memory (Linux), for the summary.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// protocol_scale.svg in `dir`: this run's message counts with those of the `earlier` runs.
+fn scale_figure(
+    dir: &std::path::Path,
+    earlier: &[PathBuf],
+    report: &study::Report,
+) -> anyhow::Result<()> {
+    use super::messages::{Model, report as counts};
+    let mut points =
+        counts::parse_messages_csv(&counts::messages_csv(&report.runs, &Model::default()))
+            .map_err(|e| anyhow::anyhow!("this run's messages: {e}"))?;
+    for d in earlier {
+        let path = d.join("messages.csv");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--scale-from: cannot read {}", path.display()))?;
+        points.extend(
+            counts::parse_messages_csv(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
+    }
+    #[cfg(feature = "plot")]
+    for r in &report.runs {
+        let path = dir.join(format!("protocol_scale_{}.svg", r.policy.name()));
+        super::plot::protocol_scale(&path, &points, r.policy.name())?;
+        eprintln!("wrote {}", path.display());
+    }
+    #[cfg(not(feature = "plot"))]
+    {
+        let _ = (dir, points);
+        tracing::info!("no protocol scale figure: scored was built without the `plot` feature");
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! time. Outside a window the decision is still made, as the daemon does.
 
 use super::Scenario;
+use super::messages::{self, Counts, Wire};
 use crate::cost::PartnerTraffic;
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
@@ -54,6 +55,8 @@ pub struct PolicyRun {
     pub capacity_queries: u64,
     /// Largest relative gap seen between the step-by-step cost and a full recomputation.
     pub drift: f64,
+    /// What the daemons' protocol would have sent for these token steps.
+    pub messages: Counts,
 }
 
 impl PolicyRun {
@@ -157,6 +160,17 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     let mut loc = sc.initial.clone();
     let token = Token::new(0, opt.policy, sc.ids.clone());
     let mut decider = Decider::new(topo);
+    let wire = Wire::new(topo, sc.ids[n - 1], sc.vm_memory_mib);
+    let mut counts = Counts::new(topo, &wire, &sc.initial);
+    let mut per_host = messages::vms_per_host(topo, &sc.initial);
+    let max_candidates = messages::max_candidates();
+    let mut batch: Vec<HostId> = Vec::with_capacity(max_candidates);
+    let mut partner_hosts: Vec<(HostId, VmId)> = Vec::new();
+    let mut located: Vec<VmId> = Vec::new();
+    // Where the token really is: the host of the last VM whose turn it was (the engine plays
+    // every host, so the walk itself never leaves `HOLDER`).
+    let mut at: Option<HostId> = None;
+    let mut token_round = u32::MAX;
     let mut partners: Vec<PartnerTraffic> = Vec::new();
     let mut previous: Vec<Vec<HostId>> = vec![Vec::new(); n];
     let mut moved = vec![false; n];
@@ -176,6 +190,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         violations: 0,
         capacity_queries: 0,
         drift: 0.0,
+        messages: Counts::default(),
     };
     let index = |vm: VmId| (vm.0 - sc.ids[0].0) as usize;
 
@@ -183,13 +198,27 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     let mut cost = sc.cost(0, &loc);
     let (mut machine, mut action) =
         TurnMachine::start(HOLDER, token, &[]).expect("ids are sorted and unique");
-    let total = sc.rounds() * n;
+    let total = (sc.rounds() * n).min(sc.params.max_turns.unwrap_or(usize::MAX));
     for step in 0..total {
         // Between two decisions: every VM runs at the one simulated holder; a new round's
         // statistics are gathered from the simulated placement.
         loop {
             match &action {
-                Action::Locate(_) => {
+                &Action::Locate(vm) => {
+                    // A step: the holder beats its heartbeat. A VM on another host than the
+                    // holder's is a hand-off; the receiver beats on arrival and at its own
+                    // first step.
+                    counts.heartbeats.add(1, wire.heartbeat());
+                    let host = loc[index(vm)];
+                    if at.is_some_and(|h| h != host) {
+                        if machine.token().round != token_round {
+                            token_round = machine.token().round;
+                            counts.token_frame = wire.token(machine.token());
+                        }
+                        counts.handoffs.add(2, counts.token_frame + wire.token_ack);
+                        counts.heartbeats.add(2, 2 * wire.heartbeat());
+                    }
+                    at = Some(host);
                     action = machine.on(Input::Located {
                         host: Some(HOLDER),
                         stopping: false,
@@ -197,6 +226,8 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 }
                 // No statistics for a round past the last: the run is over.
                 Action::GatherStatistics if (machine.token().round as usize) < sc.rounds() => {
+                    counts.heartbeats.add(1, wire.heartbeat());
+                    counts.statistics(&wire, &per_host, at.unwrap_or(sc.initial[0]));
                     let stats = expected_benefits(sc, round, &loc, &mut decider, &mut partners);
                     action = machine.on(Input::Statistics(stats));
                 }
@@ -227,7 +258,38 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             rack_alternates: opt.rack_alternates,
             rules: check.as_ref().unwrap_or(&rules::NO_RULES),
         };
-        let decision = decider.decide(&subject, &gates, |h| hosts[h.index()].capacity().ok());
+        // As `daemon::assess` asks: the first `max_candidates` together, then each further
+        // host the search needs, at most `max_candidates` consumed.
+        let mut search = decider.search(&subject, &gates);
+        batch.clear();
+        batch.extend(search.queue().iter().take(max_candidates).map(|c| c.host));
+        let mut sent = batch.len();
+        let mut asked = 0;
+        while let Some(h) = search.next_query() {
+            if asked < max_candidates && !batch.contains(&h) {
+                sent += 1;
+            }
+            asked += 1;
+            let answer = hosts[h.index()].capacity().ok();
+            search.answer(h, answer.as_ref());
+        }
+        let decision = search.finish();
+        counts.capacity_search(&wire, sent);
+        counts.decisions += 1;
+        partner_hosts.clear();
+        partner_hosts.extend(
+            rates
+                .of(i)
+                .iter()
+                .map(|&(j, _)| (loc[j as usize], sc.ids[j as usize]))
+                .filter(|&(h, _)| h != loc[i]),
+        );
+        partner_hosts.sort_unstable();
+        for group in partner_hosts.chunk_by(|a, b| a.0 == b.0) {
+            located.clear();
+            located.extend(group.iter().map(|&(_, vm)| vm));
+            counts.lookups_if_verified.add(2, wire.lookup(&located));
+        }
         run.capacity_queries += decision.queries as u64;
         let now = sc.params.clock.at(step);
         let mut slot = match decision.outcome {
@@ -253,6 +315,14 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 slot = 4;
             }
             if done.is_ok() {
+                per_host[from.index()] -= 1;
+                per_host[to.index()] += 1;
+                counts.migration(
+                    &wire,
+                    vm,
+                    per_host[from.index()] as usize,
+                    per_host[to.index()] as usize,
+                );
                 if gated.is_some() {
                     spent.record(i, from, to, now);
                 }
@@ -296,6 +366,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             .collect();
         action = machine.on(Input::Decided(neighbours));
         if let Action::PaceRound(r) = action {
+            counts.heartbeats.add(1, wire.heartbeat());
             // A simulated round needs no pacing: only the cost is brought to the new round's
             // traffic.
             if (r as usize) < sc.rounds() {
@@ -325,6 +396,10 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     for (i, &h) in loc.iter().enumerate() {
         debug_assert_eq!(cluster.host_of(sc.ids[i]), Some(h));
     }
+    if counts.token_frame == 0 {
+        counts.token_frame = wire.token(machine.token());
+    }
+    run.messages = counts;
     run.violations = sc.rule_violations(&loc);
     run.placement = loc;
     run

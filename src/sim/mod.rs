@@ -9,6 +9,7 @@
 pub mod baseline;
 pub mod engine;
 pub mod groups;
+pub mod messages;
 pub mod output;
 #[cfg(feature = "plot")]
 pub mod plot;
@@ -59,6 +60,9 @@ pub struct ScenarioParams {
     pub windows: Vec<Window>,
     pub budget: Budget,
     pub clock: Clock,
+    /// Simulate at most this many token steps per run (`None`: every round in full). The
+    /// message counts per decision need no full run at 50,000 hosts.
+    pub max_turns: Option<usize>,
 }
 
 impl Default for ScenarioParams {
@@ -74,6 +78,7 @@ impl Default for ScenarioParams {
             windows: Vec::new(),
             budget: Budget::default(),
             clock: Clock::default(),
+            max_turns: None,
         }
     }
 }

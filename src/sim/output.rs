@@ -1,7 +1,9 @@
 //! Writes a study's results: the per-step cost CSV, the summary table (text and CSV), the c_m
-//! sweep CSV and the figures. The only part of the simulator that touches files.
+//! sweep CSV, the protocol's message counts and the figures. The only part of the simulator that
+//! touches files.
 
 use super::Scenario;
+use super::messages;
 #[cfg(feature = "plot")]
 use super::plot;
 use super::study::Report;
@@ -219,6 +221,10 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         let _ = writeln!(s, "; {} queries; gap {:.1e}", r.capacity_queries, r.drift);
     }
     s.push_str(&rules_text(sc, report));
+    s.push_str(&messages::report::summary(
+        &report.runs,
+        &messages::Model::default(),
+    ));
     let last = sc.rounds() - 1;
     let names = sc.topology.level_names();
     let _ = write!(
@@ -410,6 +416,19 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     f.flush().map_err(io(&path))?;
     written.push(path);
 
+    let model = messages::Model::default();
+    let path = dir.join("messages.csv");
+    std::fs::write(&path, messages::report::messages_csv(&report.runs, &model))
+        .map_err(io(&path))?;
+    written.push(path);
+    let path = dir.join("round_time.csv");
+    std::fs::write(
+        &path,
+        messages::report::round_time_csv(&report.runs, &model),
+    )
+    .map_err(io(&path))?;
+    written.push(path);
+
     if !report.sweep.is_empty() {
         let path = dir.join("cm_sweep.csv");
         let mut f = create(&path)?;
@@ -434,6 +453,10 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     Ok(written)
 }
 
+/// Racks above which the ToR heat maps are not drawn.
+#[cfg(feature = "plot")]
+const HEAT_MAP_RACKS: usize = 256;
+
 /// The SVG figures (Figs. 5.1–5.4), appended to `written`.
 #[cfg(feature = "plot")]
 fn write_figures(
@@ -453,6 +476,10 @@ fn write_figures(
         written.push(path);
     }
 
+    if sc.topology.racks().len() > HEAT_MAP_RACKS {
+        // A cell per rack pair: unreadable, and an SVG of hundreds of MB.
+        return Ok(());
+    }
     // Heat maps share one colour scale: the largest rack-to-rack cell of the initial matrix.
     let before = sc.rack_matrix(0, &sc.initial);
     let max = before

@@ -1,7 +1,9 @@
 //! The thesis's figures, redrawn from a study as SVG with plotters: Fig. 5.2 (normalised cost vs
-//! iterations), Fig. 5.3 (reduction vs c_m) and Figs. 5.1/5.4 (ToR×ToR traffic heat maps).
+//! iterations), Fig. 5.3 (reduction vs c_m) and Figs. 5.1/5.4 (ToR×ToR traffic heat maps); and
+//! the protocol's traffic against the data centre's size.
 //! Writes only the file it is given.
 
+use super::messages::report::ScalePoint;
 use super::study::{Report, SweepPoint};
 use plotters::prelude::*;
 use scored_proto::PolicyKind;
@@ -325,4 +327,117 @@ fn heat(t: f64) -> RGBColor {
         }
     }
     RGBColor(103, 0, 13)
+}
+
+/// The protocol's growth with the data centre (docs/evaluation.md, "Protocol scale"): bytes per
+/// decision (left) and per round (right) of each kind against hosts, log-log, for one run
+/// (policy) of each `messages.csv` read back.
+pub fn protocol_scale(path: &Path, points: &[ScalePoint], run: &str) -> Result<(), PlotError> {
+    let e = err(path);
+    let pts: Vec<&ScalePoint> = points
+        .iter()
+        .filter(|p| p.run == run && p.kind != "total")
+        .collect();
+    let hosts: Vec<f64> = pts.iter().map(|p| p.hosts as f64).collect();
+    let (Some(lo), Some(hi)) = (
+        hosts.iter().copied().reduce(f64::min),
+        hosts.iter().copied().reduce(f64::max),
+    ) else {
+        return Err(e(format!("no rows of run `{run}` to draw")));
+    };
+    let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let root = root
+        .titled(
+            &format!("Protocol traffic by kind vs. data-centre size ({run})"),
+            (FONT, 22),
+        )
+        .map_err(|x| e(x.to_string()))?;
+    let (left, right) = root.split_horizontally(550);
+    let mut kinds: Vec<&str> = Vec::new();
+    for p in &pts {
+        if !kinds.contains(&p.kind.as_str()) {
+            kinds.push(&p.kind);
+        }
+    }
+    let palette = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0x8c, 0x56, 0x4b),
+        RGBColor(0xe3, 0x77, 0xc2),
+        RGBColor(0x7f, 0x7f, 0x7f),
+        RGBColor(0xbc, 0xbd, 0x22),
+        RGBColor(0x17, 0xbe, 0xcf),
+    ];
+    let x_range = (lo / 1.3)..(hi * 1.3);
+    for (area, caption, per_round) in [
+        (&left, "bytes per decision", false),
+        (&right, "bytes per round", true),
+    ] {
+        let value = |p: &ScalePoint| {
+            if per_round {
+                p.bytes_per_round
+            } else {
+                p.bytes_per_decision
+            }
+        };
+        let ys: Vec<f64> = pts.iter().map(|p| value(p)).filter(|&v| v > 0.0).collect();
+        let y_lo = ys.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
+        let y_hi = ys.iter().copied().fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, (FONT, 16))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                x_range.clone().log_scale(),
+                (y_lo / 2.0..y_hi * 2.0).log_scale(),
+            )
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("hosts")
+            .y_desc(caption)
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        for (i, kind) in kinds.iter().enumerate() {
+            let mut series: Vec<(f64, f64)> = pts
+                .iter()
+                .filter(|p| p.kind == *kind && value(p) > 0.0)
+                .map(|p| (p.hosts as f64, value(p)))
+                .collect();
+            series.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if series.is_empty() {
+                continue;
+            }
+            let col = palette[i % palette.len()];
+            chart
+                .draw_series(LineSeries::new(series.clone(), col.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?
+                .label(kind.to_string())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
+            chart
+                .draw_series(series.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+                .map_err(|x| e(x.to_string()))?;
+        }
+        if !per_round {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font((FONT, 12))
+                .border_style(BLACK)
+                .background_style(WHITE.mix(0.9))
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+    }
+    root.present().map_err(|x| e(x.to_string()))
 }
