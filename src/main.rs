@@ -61,7 +61,10 @@ enum Command {
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Simulate S-CORE's token policies on a topology against a centralised baseline.
-    Sim(scored::sim::SimArgs),
+    Sim(Box<scored::sim::SimArgs>),
+    /// Run many real daemons on this machine (libp2p on 127.0.0.1) over a simulated data
+    /// centre, with hosts downed, a stalled hypervisor, a partition; report what the protocol did.
+    Lab(Box<scored::lab::LabArgs>),
     /// Capture on VM taps and print the live per-(VM, partner) rates scored decides from.
     Flows {
         /// Tap to watch: TAP=MAC (the guest's MAC, e.g. from `virsh domiflist`), or TAP alone
@@ -188,7 +191,7 @@ enum TopologyCommand {
     },
     /// Print a generated regular-tree topology (the shipped large examples).
     Generate {
-        #[arg(value_parser = ["dc-2560", "fat-tree-k4"])]
+        #[arg(value_parser = topology::generate::SHAPES)]
         shape: String,
     },
 }
@@ -254,15 +257,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
         }) => rules_check(file, topology, &config),
         Command::Topology(TopologyCommand::Generate { shape }) => {
-            let spec = match shape.as_str() {
-                "dc-2560" => topology::generate::dc_2560(),
-                _ => topology::generate::fat_tree_k4(),
-            };
+            let spec = topology::generate::by_name(&shape)
+                .ok_or_else(|| anyhow::anyhow!("unknown shape `{shape}`"))?;
             print!("{}", topology::generate::tree(&spec));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim(args) => {
             scored::sim::run_cli(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab(args) => {
+            scored::lab::run_cli(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows {
@@ -423,6 +428,13 @@ fn print_summary(t: &Topology) {
         .collect();
     println!("  levels    {}", levels.join("; "));
     println!("  capacity  {vms} VMs at most");
+    if !t.vm_networks().is_empty() {
+        let nets: Vec<String> = t.vm_networks().iter().map(|n| n.to_string()).collect();
+        println!(
+            "  networks  VMs in {} (other partners are never looked up)",
+            nets.join(", ")
+        );
+    }
     if without == 0 {
         println!("  identity  every host has an address and a peer_id: ready for `scored run`");
     } else {

@@ -1,0 +1,80 @@
+//! `scored lab` in small: real daemons on libp2p over 127.0.0.1, in this process, over the
+//! simulated data centre with external traffic and one host down. Decisions must proceed, and
+//! what a decision costs in messages must not grow with the number of hosts (#12).
+
+use scored::lab::{self, LabArgs};
+use scored_proto::PolicyKind;
+
+fn args(hosts: usize) -> LabArgs {
+    LabArgs {
+        hosts,
+        topology: None,
+        vms_per_host: 16,
+        fill: 0.8,
+        external: 0.3,
+        // One host down at any time, whatever the count.
+        down: 1.0 / hosts as f64,
+        down_for: 20.0,
+        stalled: 0,
+        partition_at: None,
+        partition_for: 0.0,
+        churn: 0.05,
+        traffic_rounds: 5,
+        duration: 45.0,
+        policy: PolicyKind::Distributed,
+        seed: 12,
+        migration_mb_s: 10_000.0,
+        overrides: ["token.min_round_s=0", "flows.window_s=5"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        dir: None,
+        no_vm_networks: false,
+        json: false,
+        log: None,
+    }
+}
+
+fn run(hosts: usize) -> lab::report::Report {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(lab::run(&args(hosts), false)).unwrap();
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    eprintln!("{}", lab::report::text(&r));
+    r
+}
+
+#[test]
+fn decisions_proceed_and_messages_per_decision_do_not_grow_with_the_hosts() {
+    let small = run(32);
+    let large = run(64);
+    for r in [&small, &large] {
+        assert_eq!(
+            r.vm_check, None,
+            "{} hosts: a VM lost or duplicated",
+            r.hosts
+        );
+        assert!(
+            r.decisions > 0,
+            "{} hosts: no turn ended in a decision in {:.0} s ({} turns: {:?}; deferred because {:?})",
+            r.hosts,
+            r.elapsed_s,
+            r.turns,
+            r.outcomes,
+            r.deferral_reasons
+        );
+    }
+    // What deciding costs (hand-offs, lookups, capacity: requests and their answers) must not
+    // grow with the data centre; gossip, heard by every host, does, and is reported apart.
+    let (s, l) = (
+        small.requests_per_decision.unwrap(),
+        large.requests_per_decision.unwrap(),
+    );
+    assert!(
+        l <= 1.5 * s,
+        "requests per decision grew with the hosts: {s:.0} at 32 hosts, {l:.0} at 64"
+    );
+}
