@@ -1,8 +1,11 @@
-//! The migration forecast against real migrations: on the namespace testbed, an idle guest and a
-//! guest rewriting memory, each measured by scored's libvirt backend (resident memory, libvirt's
-//! dirty-rate calculation), forecast by `scored::forecast`, then migrated back and forth through a
-//! capped link; prints predicted against actual bytes, time and downtime (the destination's
-//! completed-job statistics) for every migration, and writes them as JSON fixtures.
+//! The migration forecast against real migrations: on the namespace testbed, an idle guest and
+//! guests rewriting memory, each measured by scored's libvirt backend (the QEMU process's resident
+//! memory, the guest's own used memory from its balloon statistics, the non-zero memory its last
+//! migration sent, libvirt's dirty-rate calculation), forecast by `scored::forecast`, then
+//! migrated back and forth through a capped link; prints predicted against actual bytes, time and
+//! downtime (the destination's completed-job statistics) for every migration, and writes them as
+//! JSON fixtures (`tests/fixtures/forecast.json` holds a selection, checked by
+//! `tests/forecast_fixtures.rs`).
 //!
 //!     sudo cargo bench --bench forecast      # SCORED_BENCH_MIGRATIONS=10 per guest by default
 //!
@@ -72,27 +75,37 @@ fn main() {
         let id = VmId::from_ipv4(ip);
         let mut at = 0usize;
         for i in 0..tries {
-            // A fresh dirty rate each time: the first call starts the calculation.
+            // A fresh dirty rate each time: the first call starts the calculation. The balloon
+            // reports the guest's used memory every 2 s once its driver is loaded.
             let deadline = Instant::now() + Duration::from_secs(60);
             let measured = loop {
                 hv[at].vms().expect("vms");
                 let m = hv[at].measure().expect("measure");
                 if let Some(m) = m
                     .into_iter()
-                    .find(|m| m.vm == id && m.dirty_mib_s.is_some())
+                    .find(|m| m.vm == id && m.dirty_mib_s.is_some() && m.guest_used_mib.is_some())
                 {
                     break m;
                 }
-                assert!(Instant::now() < deadline, "{name}: no dirty rate measured");
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}: no dirty rate or used memory measured"
+                );
                 std::thread::sleep(Duration::from_millis(500));
             };
             // As the daemon forecasts (`daemon::migration`).
             let w = Workload::measured(&measured, g.memory_mib).expect("dirty rate measured");
             let f = forecast::expected(&w, &limits);
             // The guest, its figures and the forecast: the first cells of every row.
+            let first = forecast::Resident::of(&measured, g.memory_mib);
+            let or_dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             let forecast_cells = format!(
-                "{name} | {i} | {:.0} | {:.1} | {:.1} ({})",
-                measured.resident_mib.unwrap_or(0) as f64,
+                "{name} | {i} | {} | {} | {} | {} ({}) | {:.1} | {:.1} ({})",
+                or_dash(measured.resident_mib),
+                or_dash(measured.guest_used_mib),
+                or_dash(measured.arrived_nonzero_mib),
+                first.mib,
+                first.basis.name(),
                 measured.dirty_mib_s.unwrap_or(0.0),
                 f.bytes / MIB,
                 if f.converges {
@@ -112,6 +125,16 @@ fn main() {
                     );
                     eprintln!("{row}");
                     rows.push(row);
+                    fixtures.push(serde_json::json!({
+                        "guest": name,
+                        "memory_mib": g.memory_mib,
+                        "measured": measured,
+                        "bandwidth_mib_s": params.bandwidth_mib_s,
+                        "max_downtime_ms": params.max_downtime.as_millis() as u64,
+                        "predicted": {"bytes": f.bytes, "seconds": f.total.as_secs_f64(),
+                                      "converges": f.converges, "mode": f.mode.name()},
+                        "actual": {"aborted": e.to_string()},
+                    }));
                     std::thread::sleep(Duration::from_secs(2));
                     continue;
                 }
@@ -131,8 +154,7 @@ fn main() {
             fixtures.push(serde_json::json!({
                 "guest": name,
                 "memory_mib": g.memory_mib,
-                "resident_mib": measured.resident_mib,
-                "dirty_mib_s": measured.dirty_mib_s,
+                "measured": measured,
                 "bandwidth_mib_s": params.bandwidth_mib_s,
                 "max_downtime_ms": params.max_downtime.as_millis() as u64,
                 "predicted": {"bytes": f.bytes, "seconds": f.total.as_secs_f64(),
@@ -145,8 +167,8 @@ fn main() {
         }
     }
     let table = format!(
-        "| guest | # | RSS MiB | dirty MiB/s | predicted MiB (forecast) | actual MiB | error | predicted s | actual s | predicted downtime ms | actual downtime ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{}\n",
+        "| guest | # | QEMU RSS MiB | guest used MiB | last arrival non-zero MiB | first pass MiB (basis) | dirty MiB/s | predicted MiB (forecast) | actual MiB | error | predicted s | actual s | predicted downtime ms | actual downtime ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{}\n",
         rows.join("\n")
     );
     println!("\n{table}");

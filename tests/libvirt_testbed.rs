@@ -155,6 +155,20 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
         [VmChange::Appeared(v)] => assert_eq!((v.id, &v.groups), (id, &g.groups)),
         other => panic!("hv2 should see g1 appear: {other:?}"),
     }
+    // hv2 reads what the migration sent of the guest's non-zero memory from the completed job
+    // (the source's read kept it): its next migration's first pass.
+    hv2.vms().unwrap();
+    let arrived = hv2
+        .measure()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.vm == id)
+        .and_then(|m| m.arrived_nonzero_mib);
+    eprintln!("g1 arrived at hv2 with {arrived:?} MiB of non-zero memory");
+    assert!(
+        arrived.is_some_and(|a| a >= 1 && a <= report.bytes / (1 << 20) + 1),
+        "arrived {arrived:?}, report {report:?}"
+    );
     // hv2's persistent definition has them too: a restart of the guest there keeps its rules.
     let defined = virt::connect::Connect::open(Some(&h2.local_uri()))
         .and_then(|c| c.lookup_domain_by_name("g1"))
@@ -348,19 +362,28 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
     // Measured first: the forecast from the guest's own figures says pre-copy cannot converge
     // on this link, and without auto-converge or post-copy the VM would stay.
     let mut measured = None;
-    wait_until("g3's dirty rate measured", Duration::from_secs(30), || {
-        hv1.vms().expect("vms");
-        measured = hv1
-            .measure()
-            .expect("measure")
-            .into_iter()
-            .find(|m| m.vm == id && m.dirty_mib_s.is_some());
-        measured.is_some()
-    });
+    wait_until(
+        "g3's dirty rate and used memory measured",
+        Duration::from_secs(30),
+        || {
+            hv1.vms().expect("vms");
+            measured = hv1
+                .measure()
+                .expect("measure")
+                .into_iter()
+                .find(|m| m.vm == id && m.dirty_mib_s.is_some() && m.guest_used_mib.is_some());
+            measured.is_some()
+        },
+    );
     let m = measured.unwrap();
     eprintln!("g3 measured: {m:?}");
     let (resident, dirty) = (m.resident_mib.unwrap(), m.dirty_mib_s.unwrap());
     assert!(resident > 0 && resident <= 512, "{m:?}");
+    // The guest's own account (balloon statistics) holds its 56 MiB random source and the
+    // 48 MiB it rewrites, and it started here: no arrival figures.
+    let used = m.guest_used_mib.unwrap();
+    assert!((104..=256).contains(&used), "{m:?}");
+    assert_eq!(m.arrived_nonzero_mib, None, "{m:?}");
     assert!(
         dirty > 8.0,
         "a guest rewriting 48 MiB dirties memory: {m:?}"

@@ -120,6 +120,7 @@ impl<P: Peers> Daemon<P> {
                     .map(|&(_, h, r)| r * topo.path_cost(self.me, h))
                     .sum();
                 let measured = self.inventory.measured(v.id);
+                let first_pass = measured.map(|m| crate::forecast::Resident::of(&m, v.memory_mib));
                 VmStatus {
                     id: v.id.to_string(),
                     name: v.name.clone(),
@@ -127,6 +128,8 @@ impl<P: Peers> Daemon<P> {
                     resident_mib: measured.and_then(|m| m.resident_mib),
                     dirty_mib_s: measured.and_then(|m| m.dirty_mib_s),
                     cpu_cores: measured.and_then(|m| m.cpu_cores),
+                    first_pass_mib: first_pass.map(|r| r.mib),
+                    first_pass_basis: first_pass.map(|r| r.basis.name().to_string()),
                     pinned: v.pinned || self.operator().pinned(v.id),
                     cost,
                     partners: partners

@@ -119,6 +119,12 @@ pub struct VmStatus {
     pub dirty_mib_s: Option<f64>,
     #[serde(default)]
     pub cpu_cores: Option<f64>,
+    /// What a migration's first pass would send, MiB, and which measurement says so
+    /// (`crate::forecast::Resident`: last-arrival, guest-used, process-resident, configured).
+    #[serde(default)]
+    pub first_pass_mib: Option<u64>,
+    #[serde(default)]
+    pub first_pass_basis: Option<String>,
     pub pinned: bool,
     /// u's own share of Eq. 3.1 here.
     pub cost: f64,
@@ -306,8 +312,8 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(o, "this host's cost by level: {}", costs.join(", "));
     let _ = writeln!(
         o,
-        "\n{:<16} {:<14} {:>8} {:>8} {:>8} {:>5} {:>12}  partners (host, level, B/s)",
-        "VM", "name", "MiB", "RSS MiB", "dirty/s", "CPU", "cost"
+        "\n{:<16} {:<14} {:>8} {:>8} {:>26} {:>8} {:>5} {:>12}  partners (host, level, B/s)",
+        "VM", "name", "MiB", "RSS MiB", "1st pass MiB (basis)", "dirty/s", "CPU", "cost"
     );
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for v in &s.vms {
@@ -318,11 +324,15 @@ pub fn render_status(s: &Status) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "{:<16} {:<14} {:>8} {:>8} {:>8} {:>5} {:>12.1}  {}{}",
+            "{:<16} {:<14} {:>8} {:>8} {:>26} {:>8} {:>5} {:>12.1}  {}{}",
             v.id,
             v.name,
             v.memory_mib,
             or_dash(v.resident_mib.map(|m| m.to_string())),
+            or_dash(v.first_pass_mib.map(|m| match &v.first_pass_basis {
+                Some(b) => format!("{m} ({b})"),
+                None => m.to_string(),
+            })),
             or_dash(v.dirty_mib_s.map(|d| format!("{d:.1}M"))),
             or_dash(v.cpu_cores.map(|c| format!("{c:.2}"))),
             v.cost,

@@ -13,7 +13,7 @@
 //! shares `Cluster`, the rules of placement and moves, with this in-process form.
 
 use super::{
-    AbortReason, Capacity, Cause, Destination, Hypervisor, HypervisorError, Interface,
+    AbortReason, Capacity, Cause, Destination, Hypervisor, HypervisorError, Interface, Measured,
     MigrationParams, MigrationReport, Result, Vm, VmState,
 };
 use crate::rules::Rules;
@@ -105,6 +105,9 @@ pub(super) struct Cluster {
 #[derive(Clone, Debug)]
 pub struct MemoryCluster {
     inner: Arc<Mutex<Cluster>>,
+    /// What the hosts report measuring of each VM (set by the test or simulation driving the
+    /// cluster); a VM's figures follow it when it moves.
+    measured: Arc<Mutex<HashMap<VmId, Measured>>>,
 }
 
 /// One host of a [`MemoryCluster`], seen through the [`Hypervisor`] trait.
@@ -165,7 +168,17 @@ impl MemoryCluster {
                 in_flight: Vec::new(),
                 rules: None,
             })),
+            measured: Arc::default(),
         }
+    }
+
+    /// From now on, the host running `vm` reports `m` as what it measures of it
+    /// ([`Hypervisor::measure`]), wherever the VM runs.
+    pub fn set_measured(&self, m: Measured) {
+        self.measured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.vm, m);
     }
 
     /// From now on, refuses every move `rules` forbid, judged against where the members of the
@@ -506,6 +519,19 @@ impl Hypervisor for MemoryHost {
 
     fn capacity(&self) -> Result<Capacity> {
         Ok(self.cluster.lock().capacity(self.host))
+    }
+
+    fn measure(&self) -> Result<Vec<Measured>> {
+        let vms = self.vms()?;
+        let measured = self
+            .cluster
+            .measured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(vms
+            .iter()
+            .filter_map(|v| measured.get(&v.id).copied())
+            .collect())
     }
 
     fn migrate(

@@ -232,9 +232,19 @@ pub const DIRTY_RATE_WINDOW: std::time::Duration = std::time::Duration::from_sec
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
     pub vm: VmId,
-    /// Memory the guest holds on the host (its resident set), MiB: what a migration's first
-    /// pass sends, whatever its configured size.
+    /// Memory the guest's QEMU process holds on the host (its resident set), MiB: the guest
+    /// pages it touched and QEMU's own memory (device emulation, TCG's translation cache).
     pub resident_mib: Option<u64>,
+    /// Memory the guest itself reports in use (virtio balloon statistics: its memory as the
+    /// balloon leaves it, less what the guest reports unused), MiB. `None` without a balloon
+    /// device with statistics (`<memballoon model='virtio'><stats period='…'/>`).
+    #[serde(default)]
+    pub guest_used_mib: Option<u64>,
+    /// Non-zero memory the migration that brought the VM here sent (the completed job's
+    /// memory sent less its zero pages, which QEMU sends as headers), MiB: what the first pass
+    /// of its next migration will send again, give or take what the guest touched since.
+    #[serde(default)]
+    pub arrived_nonzero_mib: Option<u64>,
     /// Memory the guest dirtied per second in its last dirty-rate calculation, MiB/s.
     pub dirty_mib_s: Option<f64>,
     /// CPU the guest used between the last two reads, in cores.

@@ -223,7 +223,9 @@ impl Testbed {
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+    <memballoon model='virtio'>
+      <stats period='2'/>
+    </memballoon>
   </devices>
 </domain>
 "#,

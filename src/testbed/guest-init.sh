@@ -21,7 +21,7 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs -o size=90% tmpfs /tmp
 exec >/dev/ttyS0 2>&1 </dev/null
 
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net virtio_balloon; do
   insmod /lib/modules/$m.ko 2>/dev/null
 done
 
@@ -52,16 +52,18 @@ for p in $PEERS; do
 done
 
 if [ "$DIRTY" -gt 0 ]; then
+  # Non-zero, never-repeating contents: QEMU sends zero pages almost for free, and libvirt's
+  # dirty-rate sampling compares page contents, so a page rewritten with the bytes it held (or
+  # alternating between two contents) reads as clean all or half of the time. Each rewrite
+  # copies the set from a random source at the next 1 MiB offset: every page changes. The
+  # source is made before the first heartbeat, so the guest's memory is settled once it beats.
+  dd if=/dev/urandom of=/tmp/dirty-src bs=1M count=$((DIRTY + 8)) iflag=fullblock 2>/dev/null
   (
     sleep "$DIRTY_AFTER"
-    # Non-zero pages: QEMU sends zero pages almost for free, which would hide the dirtying.
-    # Two contents in turn: a page rewritten with the bytes it held is dirty for migration
-    # but unchanged for libvirt's dirty-rate sampling, which compares page contents.
-    for c in x y; do
-      tr '\000' "$c" </dev/zero | dd of=/tmp/dirty-$c bs=1M count="$DIRTY" iflag=fullblock 2>/dev/null
-    done
+    i=0
     while :; do
-      for c in x y; do dd if=/tmp/dirty-$c of=/tmp/dirty-dst bs=1M conv=notrunc 2>/dev/null; done
+      dd if=/tmp/dirty-src of=/tmp/dirty-dst bs=1M skip=$i count="$DIRTY" conv=notrunc 2>/dev/null
+      i=$(((i + 1) % 8))
     done
   ) &
 fi

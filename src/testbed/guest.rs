@@ -12,7 +12,8 @@ use std::process::Command;
 /// The guest's /init, embedded so the image depends only on this binary and Debian packages.
 pub const INIT_SCRIPT: &str = include_str!("guest-init.sh");
 
-/// Kernel modules the guest loads, in dependency order, for its virtio network card.
+/// Kernel modules the guest loads, in dependency order, for its virtio network card and its
+/// memory balloon (whose statistics tell libvirt how much memory the guest uses).
 const MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
@@ -22,6 +23,7 @@ const MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    "virtio_balloon",
 ];
 
 /// A built guest image: boot it with `<kernel>`/`<initrd>` in the domain XML.

@@ -70,6 +70,11 @@ pub(super) struct Listed {
     pub state: DomainState,
     /// The guest's resident memory on the host, KiB (`balloon.rss`).
     pub rss_kib: Option<u64>,
+    /// The guest's memory as its balloon leaves it, KiB (`balloon.current`).
+    pub balloon_kib: Option<u64>,
+    /// Memory the guest reports unused, KiB (`balloon.unused`: the balloon driver's statistics;
+    /// absent without them).
+    pub unused_kib: Option<u64>,
     /// CPU time the guest used since it started, ns (`cpu.time`).
     pub cpu_time_ns: Option<u64>,
     /// The last dirty-rate calculation: its status (`VIR_DOMAIN_DIRTYRATE_*`) and, once
@@ -138,6 +143,8 @@ pub(super) fn list_domains(
                 reason: reason as u32,
             },
             rss_kib: params.ullong(c"balloon.rss"),
+            balloon_kib: params.ullong(c"balloon.current"),
+            unused_kib: params.ullong(c"balloon.unused"),
             cpu_time_ns: params.ullong(c"cpu.time"),
             dirty: params
                 .int(c"dirtyrate.calc_status")
@@ -538,6 +545,19 @@ pub(super) struct JobFigures {
     pub(super) downtime_net_ms: Option<u64>,
     pub(super) processed: Option<u64>,
     pub(super) remaining: Option<u64>,
+    /// Guest memory the job covered, bytes (`memory_total`).
+    pub(super) memory_total: Option<u64>,
+    /// Pages the job found to hold only zeroes (`memory_constant`), and the page size.
+    pub(super) zero_pages: Option<u64>,
+    pub(super) page_size: Option<u64>,
+}
+
+impl JobFigures {
+    /// Guest memory that held data when the job ran, bytes: its memory less its zero pages.
+    pub(super) fn nonzero_bytes(&self) -> Option<u64> {
+        let zero = self.zero_pages?.checked_mul(self.page_size?)?;
+        Some(self.memory_total?.saturating_sub(zero))
+    }
 }
 
 /// `virDomainGetJobStats` through `virt::sys`: virt 0.5's wrapper builds a `Vec` from the null
@@ -574,6 +594,9 @@ pub(super) fn job_figures(
             .or(get(sys::VIR_DOMAIN_JOB_MEMORY_PROCESSED)),
         remaining: get(sys::VIR_DOMAIN_JOB_DATA_REMAINING)
             .or(get(sys::VIR_DOMAIN_JOB_MEMORY_REMAINING)),
+        memory_total: get(sys::VIR_DOMAIN_JOB_MEMORY_TOTAL),
+        zero_pages: get(sys::VIR_DOMAIN_JOB_MEMORY_CONSTANT),
+        page_size: get(sys::VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE),
     };
     if !params.is_null() {
         // SAFETY: frees what libvirt allocated above, once.

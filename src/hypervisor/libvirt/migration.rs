@@ -219,7 +219,10 @@ fn confirm_at_destination(
     if !moved.is_persistent().unwrap_or(false) {
         tracing::warn!(%vm, dest, "migrated domain is not persistent at the destination");
     }
-    match job_figures(moved, sys::VIR_DOMAIN_JOB_STATS_COMPLETED) {
+    // Kept, not consumed: the destination's own daemon reads them too, for what the VM's next
+    // migration will send (`LibvirtHypervisor::measure`).
+    let flags = sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED;
+    match job_figures(moved, flags) {
         Ok(s) if s.elapsed_ms.is_some() => Ok((
             MigrationReport {
                 elapsed: Duration::from_millis(s.elapsed_ms.unwrap_or(0)),

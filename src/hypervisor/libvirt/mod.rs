@@ -108,7 +108,13 @@ struct Sample {
     at: Instant,
     /// When scored last started a dirty-rate calculation on it.
     dirty_rate_started: Option<Instant>,
+    /// The non-zero memory the migration that brought this run of the domain here sent, MiB;
+    /// read once per run (`None`: not read yet; `Some(None)`: it started here, or libvirt kept
+    /// no figures).
+    arrived_nonzero_mib: Option<Option<u64>>,
 }
+
+const MIB: u64 = 1024 * 1024;
 
 /// A dirty-rate calculation runs over this long (page sampling; the guest keeps running)...
 const DIRTY_RATE_SECONDS: u32 = super::DIRTY_RATE_WINDOW.as_secs() as u32;
@@ -369,12 +375,20 @@ impl Hypervisor for LibvirtHypervisor {
             };
             let prev = before.remove(&l.uuid).filter(|p| p.id == l.id);
             let started = self.dirty_rate_due(vm, &l, prev.as_ref(), now);
-            out.push(measured(vm, &l, prev.as_ref(), now));
+            let arrived = match prev.as_ref().and_then(|p| p.arrived_nonzero_mib) {
+                Some(read) => read,
+                None => arrived_nonzero_mib(vm, &l.dom),
+            };
+            out.push(Measured {
+                arrived_nonzero_mib: arrived,
+                ..measured(vm, &l, prev.as_ref(), now)
+            });
             let sample = Sample {
                 id: l.id,
                 cpu_time_ns: l.cpu_time_ns,
                 at: now,
                 dirty_rate_started: started,
+                arrived_nonzero_mib: Some(arrived),
             };
             samples.insert(l.uuid, sample);
         }
@@ -473,11 +487,33 @@ fn measured(vm: VmId, l: &Listed, prev: Option<&Sample>, now: Instant) -> Measur
         }
         _ => None,
     };
+    // The guest's own account: its memory (as the balloon leaves it) less what it has free.
+    let guest_used_mib = match (l.balloon_kib, l.unused_kib) {
+        (Some(current), Some(unused)) => Some(current.saturating_sub(unused) / 1024),
+        _ => None,
+    };
     Measured {
         vm,
         resident_mib: l.rss_kib.map(|k| k / 1024),
+        guest_used_mib,
+        arrived_nonzero_mib: None,
         dirty_mib_s,
         cpu_cores,
+    }
+}
+
+/// The non-zero memory the migration that brought `dom` to this host sent, MiB, from the
+/// completed job's statistics (kept by the migration's own read at the destination); `None` for a
+/// domain that started here, or when libvirt kept no figures.
+fn arrived_nonzero_mib(vm: VmId, dom: &Domain) -> Option<u64> {
+    let flags = sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED;
+    match job_figures(dom, flags) {
+        Ok(f) if f.kind != sys::VIR_DOMAIN_JOB_NONE as i32 => f.nonzero_bytes().map(|b| b / MIB),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(%vm, error = %e, "virDomainGetJobStats(COMPLETED)");
+            None
+        }
     }
 }
 
