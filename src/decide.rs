@@ -193,10 +193,14 @@ pub enum TurnOutcome {
     OutsideWindow,
     /// A move was chosen, but the VM's or a host's migration budget is spent.
     OverBudget,
+    /// A move was chosen, but the migration forecast (`crate::forecast`, from what the
+    /// hypervisor measured of the guest) says no mode the operator allows would converge: the
+    /// VM stays rather than resend its memory until the job is aborted.
+    WouldNotConverge,
 }
 
 impl TurnOutcome {
-    pub const ALL: [TurnOutcome; 15] = [
+    pub const ALL: [TurnOutcome; 16] = [
         TurnOutcome::Migrated,
         TurnOutcome::NoBenefit,
         TurnOutcome::NoCapacity,
@@ -212,6 +216,7 @@ impl TurnOutcome {
         TurnOutcome::Rule,
         TurnOutcome::OutsideWindow,
         TurnOutcome::OverBudget,
+        TurnOutcome::WouldNotConverge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -231,6 +236,7 @@ impl TurnOutcome {
             TurnOutcome::Rule => "rule",
             TurnOutcome::OutsideWindow => "outside_window",
             TurnOutcome::OverBudget => "over_budget",
+            TurnOutcome::WouldNotConverge => "would_not_converge",
         }
     }
 }

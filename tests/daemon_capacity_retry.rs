@@ -7,89 +7,23 @@ mod support;
 
 use scored::config::Config;
 use scored::decide::TurnOutcome;
-use scored::flows::synthetic::Demand;
-use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectNetwork, Directory, Inbound, InboundEvent};
-use scored::proto::{CapacityResponse, PlacementResponse, Stamp, VmId};
-use scored::topology::{HostId, Topology};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::inprocess;
+use support::two_hosts::{answer_capacity, two_hosts};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Two hosts in one rack; the subject on h1 talks only to a partner on h2, so moving to h2 is
-/// the one move with a benefit.
-fn topology() -> Arc<Topology> {
-    let t = "[levels]\nnames = [\"rack\"]\nweights = [1.0]\n\n\
-             [defaults]\nmax_vms = 4\nmemory_mib = 4096\nreserve_memory_mib = 256\n\n\
-             [[host]]\nname = \"h1\"\npath = [\"tor1\"]\n\n\
-             [[host]]\nname = \"h2\"\npath = [\"tor1\"]\n";
-    Arc::new(Topology::parse(Path::new("retry-topology.toml"), t).unwrap_or_else(|e| panic!("{e}")))
-}
-
-/// Plays h2: answers location queries from its directory (the transport does that) and each
-/// capacity request after the delay `delays` gives for it (`None`: never). Returns how many
-/// capacity requests it saw.
-async fn destination(mut inbound: Inbound, delays: Vec<Option<Duration>>) -> usize {
-    let mut seen = 0;
-    let mut held = Vec::new();
-    let until = Instant::now() + 4 * TIMEOUT;
-    while let Ok(Some(ev)) = tokio::time::timeout_at(until.into(), inbound.recv()).await {
-        if let InboundEvent::Capacity { reply, .. } = ev {
-            let delay = delays.get(seen).copied().flatten();
-            seen += 1;
-            let answer = CapacityResponse {
-                free_slots: 3,
-                free_memory_mib: 3000,
-                cpu_load: 0.1,
-                maintenance: false,
-                incoming_migrations: 0,
-                accepts: true,
-            };
-            match delay {
-                Some(d) => {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(d).await;
-                        reply.send(PlacementResponse {
-                            capacity: answer,
-                            refused_by_rule: None,
-                        });
-                    });
-                }
-                // Keep the responder alive: the asker must time out, not see a refusal.
-                None => held.push(reply),
-            }
-        }
-    }
-    seen
-}
-
+/// h1 decides for the subject while h2 answers its capacity requests after `delays`.
 async fn decide(delays: Vec<Option<Duration>>) -> (TurnOutcome, String, usize) {
-    let topo = topology();
-    let dir = tempfile::tempdir().unwrap();
-    let sim = MemoryCluster::new(&topo);
-    let (subject, partner) = (VmId(0x0a00_0001), VmId(0x0a00_0002));
-    sim.add_vm(HostId(0), synthetic_vm(subject, 512)).unwrap();
-    sim.add_vm(HostId(1), synthetic_vm(partner, 512)).unwrap();
-    let net = DirectNetwork::new(topo.clone());
-    let h2_dir = Arc::new(Directory::new(topo.clone(), HostId(1)));
-    h2_dir.set_local([(partner, Stamp::default())]);
-    let (_h2_peers, h2_inbound) = net.join(HostId(1), h2_dir);
-    let h2 = tokio::spawn(destination(h2_inbound, delays));
-
-    let (peers, _inbound) = net.join(HostId(0), Arc::new(Directory::new(topo.clone(), HostId(0))));
     let mut config = Config::default();
     config.token.handoff_timeout_ms = TIMEOUT.as_millis() as u64;
     config.decision.cooldown_base_s = 0;
-    let demands = vec![Demand {
-        vm: subject,
-        partner,
-        bytes_per_sec: 1000.0,
-    }];
-    let hv = Arc::new(sim.host(HostId(0)));
-    let node = inprocess::node(&topo, HostId(0), peers, hv, demands, config, dir.path());
+    let mut t = two_hosts(config, 512);
+    let h2 = tokio::spawn(answer_capacity(
+        t.h2_inbound.take().unwrap(),
+        delays,
+        4 * TIMEOUT,
+    ));
+    let node = &t.node;
     node.refresh_inventory().await.unwrap();
     node.traffic().tick(Instant::now());
     let vm = node.inventory()[0].clone();

@@ -319,6 +319,11 @@ impl<P: Peers> Daemon<P> {
             outcome = o;
             detail = format!("{detail}; {why}");
         }
+        if matches!(outcome, TurnOutcome::Migrated | TurnOutcome::DryRun)
+            && let Some(f) = self.forecast_summary(vm.id)
+        {
+            detail = format!("{detail}; {f}");
+        }
         Assessment {
             outcome,
             to,

@@ -13,7 +13,7 @@ use crate::hypervisor::{Destination, HypervisorError, MigrationParams, Migration
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
 use crate::topology::HostId;
-use scored_proto::{Stamp, Token};
+use scored_proto::{Stamp, Token, VmId};
 use std::time::Instant;
 
 impl<P: Peers> Daemon<P> {
@@ -137,15 +137,75 @@ impl<P: Peers> Daemon<P> {
 }
 
 impl<P: Peers> Daemon<P> {
-    /// What migrating `vm` with `params` should cost (`crate::forecast`), in the mode these
-    /// parameters allow, from what the hypervisor last measured of it. `None` without a
+    /// The forecast's choice for migrating `vm` with `params` (`crate::forecast`), from what the
+    /// hypervisor last measured of it, with the measured figures it rests on. `None` without a
     /// measured dirty rate, or without a bandwidth cap (the link's share is then unknown).
-    fn forecast(&self, vm: &Vm, params: &MigrationParams) -> Option<forecast::Forecast> {
+    fn choice(
+        &self,
+        vm: &Vm,
+        params: &MigrationParams,
+    ) -> Option<(forecast::Choice, forecast::Resident, f64)> {
         let m = self.inventory.measured(vm.id)?;
         let workload = forecast::Workload::measured(&m, vm.memory_mib)?;
-        Some(forecast::expected(
-            &workload,
-            &forecast::Limits::of(params)?,
+        let choice = forecast::choose(&workload, &forecast::Limits::of(params)?);
+        let resident = forecast::Resident::of(&m, vm.memory_mib);
+        Some((choice, resident, m.dirty_mib_s.unwrap_or(0.0)))
+    }
+
+    /// What migrating `vm` with `params` should cost, in the mode the forecast picks (or, when
+    /// none converges, what pre-copy would send before it is aborted).
+    fn forecast(&self, vm: &Vm, params: &MigrationParams) -> Option<forecast::Forecast> {
+        self.choice(vm, params).map(|(c, _, _)| match c {
+            forecast::Choice::Move(f) => f,
+            forecast::Choice::WouldNotConverge { pre_copy } => pre_copy,
+        })
+    }
+
+    /// Why `vm` should not start migrating under the configured migration parameters: the
+    /// forecast says no mode they allow converges. `None` when one does, or without a forecast.
+    pub(super) fn would_not_converge(&self, vm: VmId) -> Option<String> {
+        let v = self.inventory.get(vm)?;
+        let params = self.config().migration.params();
+        let (forecast::Choice::WouldNotConverge { pre_copy }, first, dirty) =
+            self.choice(&v, &params)?
+        else {
+            return None;
+        };
+        let allow = match (params.auto_converge, params.post_copy) {
+            (false, false) => "migration.auto_converge or migration.post_copy",
+            (true, false) => "migration.post_copy (auto-converge would not do)",
+            // Post-copy always ends: a forecast with it allowed never lands here.
+            (_, true) => "a larger migration.bandwidth_mib_s",
+        };
+        Some(format!(
+            "forecast: would not converge: the guest dirties {dirty:.1} MiB/s, first pass \
+             {} MiB ({}), against {} MiB/s and a {} ms downtime budget; pre-copy would send \
+             {:.0} MiB over {:.1} s before it is aborted; allow {allow} to move it",
+            first.mib,
+            first.basis.name(),
+            params.bandwidth_mib_s,
+            params.max_downtime.as_millis(),
+            pre_copy.bytes / (1024.0 * 1024.0),
+            pre_copy.total.as_secs_f64(),
+        ))
+    }
+
+    /// The forecast of a chosen move of `vm`, as a decision's detail shows it (in dry-run too,
+    /// where nothing is held back: then it may say the move would not converge).
+    pub(super) fn forecast_summary(&self, vm: VmId) -> Option<String> {
+        let v = self.inventory.get(vm)?;
+        let (choice, first, _) = self.choice(&v, &self.config().migration.params())?;
+        let forecast::Choice::Move(f) = choice else {
+            return self.would_not_converge(vm);
+        };
+        Some(format!(
+            "forecast: {}, {:.0} MiB in {:.1} s, downtime {} ms (first pass {} MiB, {})",
+            f.mode.name(),
+            f.bytes / (1024.0 * 1024.0),
+            f.total.as_secs_f64(),
+            f.downtime.as_millis(),
+            first.mib,
+            first.basis.name(),
         ))
     }
 }

@@ -265,8 +265,9 @@ impl<P: Peers> Daemon<P> {
     }
 
     /// Why a chosen move of `vm` from here to `to` may not start now, if it may not: a closed
-    /// migration window (of this host or of `to`) or a spent budget. The decision stands (the
-    /// record and `scored plan` show it); only the migration waits.
+    /// migration window (of this host or of `to`), a spent budget, or a forecast that the
+    /// migration would not converge. The decision stands (the record and `scored plan` show
+    /// it); only the migration waits.
     pub(super) fn held_back(
         &self,
         rules: &Rules,
@@ -296,7 +297,8 @@ impl<P: Peers> Daemon<P> {
         {
             return Some((TurnOutcome::OverBudget, spent.describe(&self.topo)));
         }
-        None
+        self.would_not_converge(vm)
+            .map(|why| (TurnOutcome::WouldNotConverge, why))
     }
 
     /// The rules the local VMs break where they run, from what this host knows without asking

@@ -16,3 +16,4 @@ pub mod prometheus;
 pub mod raw_peer;
 pub mod rogue;
 pub mod time;
+pub mod two_hosts;

@@ -1,0 +1,122 @@
+//! A chosen move is held back when the migration forecast, from what the hypervisor measured of
+//! the guest, says no mode the operator allows would converge; otherwise the decision names the
+//! mode and the predicted bytes, time and downtime. A real `Daemon` deciding over the in-process
+//! transport, its hypervisor reporting the guest's measurements.
+
+mod support;
+
+use scored::config::Config;
+use scored::decide::TurnOutcome;
+use scored::hypervisor::Measured;
+use std::time::{Duration, Instant};
+use support::two_hosts::{SUBJECT, answer_capacity, two_hosts};
+
+/// h1 decides for a 512 MiB subject measured as `m`, migrations configured by `edit`.
+async fn decide(m: Option<Measured>, edit: impl FnOnce(&mut Config)) -> (TurnOutcome, String) {
+    let mut config = Config::default();
+    config.decision.cooldown_base_s = 0;
+    edit(&mut config);
+    let mut t = two_hosts(config, 512);
+    if let Some(m) = m {
+        t.sim.set_measured(m);
+    }
+    let h2 = tokio::spawn(answer_capacity(
+        t.h2_inbound.take().unwrap(),
+        vec![],
+        Duration::from_secs(2),
+    ));
+    let node = &t.node;
+    node.refresh_inventory().await.unwrap();
+    node.traffic().tick(Instant::now());
+    let vm = node.inventory()[0].clone();
+    let a = node.assess(&vm).await;
+    h2.await.unwrap();
+    (a.outcome, a.detail)
+}
+
+/// A guest rewriting memory at `dirty` MiB/s, using 200 MiB.
+fn busy(dirty: f64) -> Option<Measured> {
+    Some(Measured {
+        vm: SUBJECT,
+        resident_mib: Some(300),
+        guest_used_mib: Some(200),
+        arrived_nonzero_mib: None,
+        dirty_mib_s: Some(dirty),
+        cpu_cores: Some(0.9),
+    })
+}
+
+/// A 32 MiB/s link with a 300 ms downtime budget: 9.6 MiB fit in the last copy.
+fn link(c: &mut Config, auto_converge: bool, post_copy: bool) {
+    c.migration.bandwidth_mib_s = 32;
+    c.migration.max_downtime_ms = 300;
+    c.migration.auto_converge = auto_converge;
+    c.migration.post_copy = post_copy;
+}
+
+#[tokio::test]
+async fn a_guest_whose_passes_never_fit_the_budget_stays_unless_a_mode_that_ends_is_allowed() {
+    // 28 MiB/s against 32: each pass leaves at least the 28 MiB dirtied within the measured
+    // second, never the 9.6 MiB the budget fits; the stall rule would abort it.
+    let (outcome, detail) = decide(busy(28.0), |c| link(c, false, false)).await;
+    assert_eq!(outcome, TurnOutcome::WouldNotConverge, "{detail}");
+    assert!(
+        detail.contains(
+            "would not converge: the guest dirties 28.0 MiB/s, first pass 200 MiB (guest-used)"
+        ),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("allow migration.auto_converge or migration.post_copy"),
+        "{detail}"
+    );
+
+    // Auto-converge throttles it until a pass fits.
+    let (outcome, detail) = decide(busy(28.0), |c| link(c, true, false)).await;
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
+    assert!(
+        detail.contains("forecast: pre_copy_auto_converge"),
+        "{detail}"
+    );
+
+    // 48 MiB/s outruns the link: every pass grows to the whole memory, and the throttle climbs
+    // too slowly for the stall rule. Only post-copy ends.
+    let (outcome, detail) = decide(busy(48.0), |c| link(c, true, false)).await;
+    assert_eq!(outcome, TurnOutcome::WouldNotConverge, "{detail}");
+    assert!(
+        detail.contains("allow migration.post_copy (auto-converge would not do)"),
+        "{detail}"
+    );
+    let (outcome, detail) = decide(busy(48.0), |c| link(c, true, true)).await;
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
+    assert!(detail.contains("forecast: post_copy"), "{detail}");
+
+    // In dry-run nothing is held back, but the record says what the move would do.
+    let (outcome, detail) = decide(busy(28.0), |c| {
+        link(c, false, false);
+        c.decision.dry_run = true;
+    })
+    .await;
+    assert_eq!(outcome, TurnOutcome::DryRun, "{detail}");
+    assert!(detail.contains("would not converge"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_quiet_guest_moves_with_its_forecast_and_an_unmeasured_one_moves_without() {
+    let (outcome, detail) = decide(busy(1.0), |c| link(c, false, false)).await;
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
+    assert!(
+        detail.contains("forecast: pre_copy, ")
+            && detail.contains("(first pass 200 MiB, guest-used)"),
+        "{detail}"
+    );
+
+    // No measurement, or no bandwidth cap (the migration's share of the link unknown): no
+    // forecast, and the move goes ahead as before.
+    let (outcome, detail) = decide(None, |c| link(c, false, false)).await;
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
+    assert!(!detail.contains("forecast"), "{detail}");
+    let (outcome, detail) = decide(busy(48.0), |c| c.migration.auto_converge = false).await;
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
+    assert!(!detail.contains("forecast"), "{detail}");
+}
