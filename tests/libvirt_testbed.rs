@@ -419,9 +419,38 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
         || hv1.state(id).unwrap() == VmState::Running,
     );
     assert_on_exactly(&tb, "g3", 0);
-    tb.wait_heartbeat("g3", before.n + 2, Duration::from_secs(30))
+    let stayed = tb
+        .wait_heartbeat("g3", before.n + 2, Duration::from_secs(30))
         .unwrap();
     assert!(tb.console("g3").continuous());
+
+    // With post-copy allowed the same forecast moves it: post-copy, switched to as soon as the
+    // first full pass is sent (the daemon asks for that when the forecast picks post-copy), long
+    // before the stall rule would have, and the guest runs on at hv2.
+    let params = MigrationParams {
+        post_copy: true,
+        stall_timeout: Duration::from_secs(30),
+        ..params
+    };
+    let choice = forecast::choose(&workload, &forecast::Limits::of(&params).unwrap());
+    assert!(
+        matches!(choice, forecast::Choice::Move(f) if f.mode == forecast::Mode::PostCopy),
+        "{choice:?}"
+    );
+    let params = MigrationParams {
+        post_copy_after_first_pass: true,
+        ..params
+    };
+    let (report, trace) = hv1
+        .migrate_traced(id, &destination(&tb.state.hosts[1]), &params)
+        .expect("post-copy migration");
+    eprintln!("post-copy: {report:?} {trace:?}");
+    assert!(trace.post_copy_after_first_pass, "{trace:?}");
+    assert!(trace.wall < params.stall_timeout, "{trace:?}");
+    assert_on_exactly(&tb, "g3", 1);
+    tb.wait_heartbeat("g3", stayed.n + 2, Duration::from_secs(30))
+        .unwrap();
+    assert!(tb.console("g3").continuous(), "{:?}", tb.console("g3"));
 }
 
 /// `ip -n NS ARGS…`, which must succeed.

@@ -71,6 +71,7 @@ impl MigrationConfig {
             auto_converge: self.auto_converge,
             compression: self.compression,
             post_copy: self.post_copy,
+            post_copy_after_first_pass: false,
             timeout: Duration::from_secs(self.timeout_s),
             stall_timeout: Duration::from_secs(self.stall_timeout_s),
             tls: self.tls,

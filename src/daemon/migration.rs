@@ -49,8 +49,12 @@ impl<P: Peers> Daemon<P> {
             })
             .clone();
         out_gauge.inc();
-        let params = config.migration.params();
+        let mut params = config.migration.params();
         let forecast = self.forecast(vm, &params);
+        // Pre-copy cannot converge and post-copy is allowed: switch after the first pass
+        // rather than resend the memory until the stall rule fires.
+        params.post_copy_after_first_pass =
+            forecast.is_some_and(|f| f.mode == forecast::Mode::PostCopy);
         tracing::info!(
             vm = %vm.id, name = %vm.name, to = %dest.host, journal = entry.id,
             since_decision_us = decided.elapsed().as_micros() as u64,
@@ -80,7 +84,9 @@ impl<P: Peers> Daemon<P> {
                 m.duration.observe(report.elapsed.as_secs_f64());
                 m.downtime.observe(report.downtime.as_secs_f64());
                 m.transferred.observe(report.bytes as f64);
-                if let Some(f) = forecast.filter(|f| f.bytes > 0.0) {
+                // A report without figures (the destination kept no completed statistics, as
+                // after a post-copy migration on libvirt 9.0) says nothing of the forecast.
+                if let Some(f) = forecast.filter(|f| f.bytes > 0.0 && report.bytes > 0) {
                     m.forecast_bytes_ratio
                         .observe(report.bytes as f64 / f.bytes);
                 }

@@ -300,6 +300,11 @@ pub struct MigrationParams {
     /// Switch to post-copy when pre-copy does not converge (loses the VM if the destination dies
     /// mid-way; off by default).
     pub post_copy: bool,
+    /// With `post_copy`: switch as soon as the first full pass has been sent, instead of when
+    /// the stall rule fires. Not an operator's option: the daemon sets it for a VM whose
+    /// forecast says pre-copy cannot converge (`crate::forecast`), which saves resending its
+    /// memory for the whole stall timeout.
+    pub post_copy_after_first_pass: bool,
     /// Abort when the whole job exceeds this.
     pub timeout: Duration,
     /// Abort when the remaining data has not shrunk for this long.
@@ -318,6 +323,7 @@ impl Default for MigrationParams {
             auto_converge: true,
             compression: Compression::None,
             post_copy: false,
+            post_copy_after_first_pass: false,
             timeout: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(30),
             tls: true,

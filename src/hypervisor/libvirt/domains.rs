@@ -545,6 +545,9 @@ pub(super) struct JobFigures {
     pub(super) downtime_net_ms: Option<u64>,
     pub(super) processed: Option<u64>,
     pub(super) remaining: Option<u64>,
+    /// Memory passes begun (`memory_iteration`, QEMU's dirty-sync count: 1 during the first
+    /// full pass, 2 once it was sent).
+    pub(super) iteration: Option<u64>,
     /// Guest memory the job covered, bytes (`memory_total`).
     pub(super) memory_total: Option<u64>,
     /// Pages the job found to hold only zeroes (`memory_constant`), and the page size.
@@ -594,6 +597,7 @@ pub(super) fn job_figures(
             .or(get(sys::VIR_DOMAIN_JOB_MEMORY_PROCESSED)),
         remaining: get(sys::VIR_DOMAIN_JOB_DATA_REMAINING)
             .or(get(sys::VIR_DOMAIN_JOB_MEMORY_REMAINING)),
+        iteration: get(sys::VIR_DOMAIN_JOB_MEMORY_ITERATION),
         memory_total: get(sys::VIR_DOMAIN_JOB_MEMORY_TOTAL),
         zero_pages: get(sys::VIR_DOMAIN_JOB_MEMORY_CONSTANT),
         page_size: get(sys::VIR_DOMAIN_JOB_MEMORY_PAGE_SIZE),

@@ -27,6 +27,8 @@ pub struct MigrationTrace {
     /// Lowest remaining byte count the watchdog saw.
     pub lowest_remaining: Option<u64>,
     pub post_copy: bool,
+    /// It switched to post-copy after the first pass, as the forecast asked, not on a stall.
+    pub post_copy_after_first_pass: bool,
     /// The destination's downtime without libvirt's hand-over from source to destination.
     pub downtime_net: Option<Duration>,
 }
@@ -91,6 +93,7 @@ impl LibvirtHypervisor {
             samples: seen.samples,
             lowest_remaining: seen.lowest_remaining,
             post_copy: seen.post_copy,
+            post_copy_after_first_pass: seen.post_copy_after_first_pass,
             downtime_net: None,
         };
 

@@ -25,6 +25,8 @@ pub(super) struct Seen {
     pub(super) samples: u32,
     pub(super) lowest_remaining: Option<u64>,
     pub(super) post_copy: bool,
+    /// It switched to post-copy after the first pass (the forecast's choice), not on a stall.
+    pub(super) post_copy_after_first_pass: bool,
 }
 
 /// A thread that polls the source's job statistics while `virDomainMigrate3` blocks, and aborts
@@ -45,20 +47,41 @@ impl Watchdog {
         let flag = stop.clone();
         let mut watch = ProgressWatch::new(p.timeout, p.stall_timeout);
         let post_copy_allowed = p.post_copy;
+        let post_copy_early = p.post_copy && p.post_copy_after_first_pass;
         let handle = std::thread::Builder::new()
             .name("scored-migration-watchdog".into())
             .spawn(move || {
                 let mut seen = Seen::default();
                 while !flag.load(Ordering::Acquire) {
                     let at = started.elapsed();
-                    let remaining = match job_figures(&dom, 0) {
+                    let (remaining, iteration) = match job_figures(&dom, 0) {
                         Ok(s) if s.kind != sys::VIR_DOMAIN_JOB_NONE as i32 => {
                             seen.job_started_after.get_or_insert(at);
-                            s.remaining
+                            (s.remaining, s.iteration)
                         }
-                        _ => None,
+                        _ => (None, None),
                     };
                     seen.samples += 1;
+                    // The forecast said pre-copy cannot converge: post-copy once the first
+                    // full pass is sent. Refused, the job goes on under the stall rule.
+                    if post_copy_early
+                        && !seen.post_copy
+                        && seen.abort_error.is_none()
+                        && iteration.is_some_and(|i| i >= 2)
+                    {
+                        // SAFETY: a valid domain handle owned by this thread.
+                        let rc = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+                        if rc == 0 {
+                            seen.post_copy = true;
+                            seen.post_copy_after_first_pass = true;
+                            watch.entered_post_copy();
+                        } else {
+                            seen.abort_error = Some(format!(
+                                "virDomainMigrateStartPostCopy after the first pass: {}",
+                                virt::error::Error::last_error().message()
+                            ));
+                        }
+                    }
                     // Before the job reports figures, only the clock can condemn it.
                     let verdict = watch.observe(at, remaining);
                     if let Verdict::Abort(reason) = verdict {
