@@ -684,3 +684,153 @@ fn the_same_guest_on_two_hosts_is_reported_everywhere_and_left_alone() {
     }
     assert_eq!(settled_host(&look(&tb), "zz"), Some(0));
 }
+
+/// Writes every host's daemon configuration with `overrides` and has each daemon reload it.
+fn reload_all(tb: &Testbed, overrides: &[scored::config::Override]) {
+    for (i, h) in tb.state.hosts.iter().enumerate() {
+        tb.write_daemon_config(i, overrides).expect("write config");
+        let pid = h.daemon_pid().expect("daemon running");
+        // SAFETY: a plain signal to a process this test started.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGHUP) },
+            0,
+            "SIGHUP {}",
+            h.name
+        );
+    }
+}
+
+/// Waits for a log event of any daemon that `want` accepts; panics after `timeout`.
+fn wait_event(
+    tb: &Testbed,
+    what: &str,
+    timeout: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(e) = tb.state.hosts.iter().flat_map(events).find(|e| want(e)) {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {timeout:?}\n{}",
+            tails(tb)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A guest rewriting memory faster than its migration link carries is forecast not to converge
+/// and stays (never a migration started and aborted); once the operator allows post-copy, the
+/// daemon moves it with post-copy switched on after the first pass, the guest running on.
+#[test]
+fn a_guest_that_would_not_converge_stays_until_post_copy_is_allowed() {
+    if !testbed_ready("e2e forecast") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tb = thesis_testbed("scefcst");
+    // vm1 on hv1 rewrites 48 MiB; its partner vm2, pinned on hv3, is where it would gain.
+    let mut busy = guest("vm1", 1, 2);
+    busy.memory_mib = 256;
+    busy.dirty_mib = 48;
+    let mut partner = guest("vm2", 2, 1);
+    partner.pinned = true;
+    tb.start_guest(0, &busy).expect("start vm1");
+    tb.start_guest(2, &partner).expect("start vm2");
+    for g in ["vm1", "vm2"] {
+        tb.wait_heartbeat(g, 1, Duration::from_secs(90)).unwrap();
+    }
+    // 32 MiB/s with a 300 ms budget: 9.6 MiB fit the last copy, never the 48 MiB rewritten.
+    let link = |dry_run: bool, post_copy: bool| -> Vec<scored::config::Override> {
+        vec![
+            "migration.bandwidth_mib_s=32".parse().unwrap(),
+            "migration.max_downtime_ms=300".parse().unwrap(),
+            "migration.auto_converge=false".parse().unwrap(),
+            format!("migration.post_copy={post_copy}").parse().unwrap(),
+            format!("decision.dry_run={dry_run}").parse().unwrap(),
+        ]
+    };
+    // Dry-run until vm1 is measured: a decision before its first dirty-rate calculation has no
+    // forecast and would start the migration this test is about not starting.
+    let exe = Path::new(env!("CARGO_BIN_EXE_scored"));
+    tb.start_daemons(exe, &link(true, false))
+        .expect("start the daemons");
+    tb.wait_daemons(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tails(&tb)));
+    let vm1 = "10.77.1.1";
+    let dry = wait_event(
+        &tb,
+        "dry-run decision saying vm1 would not converge",
+        Duration::from_secs(90),
+        |e| {
+            message(e) == "decision"
+                && e["vm"] == vm1
+                && e["outcome"] == "dry_run"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("would not converge"))
+        },
+    );
+    eprintln!("dry run: {}", dry["detail"]);
+    let shown = status(&tb.state.hosts[0]).expect("hv1's status");
+    let v = shown
+        .vms
+        .iter()
+        .find(|v| v.id == vm1)
+        .expect("vm1 in hv1's status");
+    assert!(v.dirty_mib_s.is_some_and(|d| d > 8.0), "{v:?}");
+    assert_eq!(v.first_pass_basis.as_deref(), Some("guest-used"), "{v:?}");
+
+    // Moves on: vm1 stays, its decision says why, and no migration of it starts.
+    reload_all(&tb, &link(false, false));
+    let held = wait_event(
+        &tb,
+        "decision holding vm1 back",
+        Duration::from_secs(90),
+        |e| message(e) == "decision" && e["vm"] == vm1 && e["outcome"] == "would_not_converge",
+    );
+    eprintln!("held back: {}", held["detail"]);
+    assert!(
+        held["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("allow migration.auto_converge or migration.post_copy")),
+        "{held}"
+    );
+    let started = |e: &serde_json::Value| message(e) == "migration starting" && e["vm"] == vm1;
+    assert!(
+        !tb.state.hosts.iter().flat_map(events).any(|e| started(&e)),
+        "vm1's migration was started\n{}",
+        tails(&tb)
+    );
+
+    // Post-copy allowed: the next decision moves it, switching after the first pass.
+    reload_all(&tb, &link(false, true));
+    let start = wait_event(
+        &tb,
+        "vm1's migration starting",
+        Duration::from_secs(90),
+        started,
+    );
+    assert_eq!(start["predicted_mode"], "post_copy", "{start}");
+    wait_event(
+        &tb,
+        "vm1's migration succeeding",
+        Duration::from_secs(90),
+        |e| message(e) == "migration succeeded" && e["vm"] == vm1,
+    );
+    let failed = |e: &serde_json::Value| message(e).starts_with("migration failed");
+    assert!(
+        !tb.state.hosts.iter().flat_map(events).any(|e| failed(&e)),
+        "a migration failed\n{}",
+        tails(&tb)
+    );
+    let s = look(&tb);
+    check_at_all_times(&s, &["vm1", "vm2"]);
+    assert_eq!(settled_host(&s, "vm1"), Some(2), "{s:?}");
+    let beats = tb.console("vm1").last().cloned().unwrap();
+    tb.wait_heartbeat("vm1", beats.n + 2, Duration::from_secs(30))
+        .unwrap();
+    assert!(tb.console("vm1").continuous(), "{:?}", tb.console("vm1"));
+}
