@@ -18,7 +18,8 @@ pub const DEFAULT_TLS_CERT_DIR: &str = "/etc/pki/qemu";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MigrationConfig {
-    /// Bandwidth cap, MiB/s; 0 = unlimited.
+    /// Bandwidth cap, MiB/s; 0 = unlimited. With a cap, each chosen move is forecast first
+    /// (`crate::forecast`): one that no allowed mode would converge stays.
     pub bandwidth_mib_s: u64,
     /// Largest acceptable downtime of the final stop-and-copy phase.
     pub max_downtime_ms: u64,
@@ -27,7 +28,8 @@ pub struct MigrationConfig {
     #[serde(with = "compression_name")]
     pub compression: Compression,
     /// Switch to post-copy when pre-copy does not converge (the VM is lost if the destination
-    /// dies mid-way).
+    /// dies mid-way): after the first pass when the forecast says pre-copy cannot converge,
+    /// else when the stall rule fires.
     pub post_copy: bool,
     /// Abort a migration that takes longer than this.
     pub timeout_s: u64,
