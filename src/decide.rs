@@ -176,8 +176,9 @@ pub enum TurnOutcome {
     NoTraffic,
     /// The move would send the VM back to a recent host for too small a gain.
     Bounce,
-    /// Not decided now: a migration of this VM is not settled, a job of it already runs, or a
-    /// partner could not be located.
+    /// Not decided now: a migration of this VM is not settled, a job of it already runs, a
+    /// partner could not be located, or the dirty rate its migration forecast needs is being
+    /// measured.
     Busy,
     /// The migration was tried and failed or was aborted.
     Failed,

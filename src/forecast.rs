@@ -462,6 +462,7 @@ mod tests {
             guest_used_mib: used,
             arrived_nonzero_mib: arrived,
             dirty_mib_s: Some(0.0),
+            dirty_rate_pending: false,
             cpu_cores: None,
         };
         let of = |x: Measured| {

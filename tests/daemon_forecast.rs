@@ -42,6 +42,7 @@ fn busy(dirty: f64) -> Option<Measured> {
         guest_used_mib: Some(200),
         arrived_nonzero_mib: None,
         dirty_mib_s: Some(dirty),
+        dirty_rate_pending: false,
         cpu_cores: Some(0.9),
     })
 }
@@ -117,6 +118,30 @@ async fn a_quiet_guest_moves_with_its_forecast_and_an_unmeasured_one_moves_witho
     assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert!(!detail.contains("forecast"), "{detail}");
     let (outcome, detail) = decide(busy(48.0), |c| c.migration.auto_converge = false).await;
+    assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
+    assert!(!detail.contains("forecast"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_move_waits_for_a_dirty_rate_being_measured_and_not_for_one_never_coming() {
+    // The first calculation is running: the forecast is a second or two away, the next turn
+    // decides with it.
+    let measuring = Measured {
+        dirty_mib_s: None,
+        dirty_rate_pending: true,
+        ..busy(0.0).unwrap()
+    };
+    let (outcome, detail) = decide(Some(measuring), |c| link(c, false, false)).await;
+    assert_eq!(outcome, TurnOutcome::Busy, "{detail}");
+    assert!(detail.contains("forecast pending"), "{detail}");
+    // A hypervisor that measures no dirty rate (or refused the calculation): no forecast, and
+    // the move goes ahead as without one.
+    let never = Measured {
+        dirty_mib_s: None,
+        dirty_rate_pending: false,
+        ..busy(0.0).unwrap()
+    };
+    let (outcome, detail) = decide(Some(never), |c| link(c, false, false)).await;
     assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert!(!detail.contains("forecast"), "{detail}");
 }

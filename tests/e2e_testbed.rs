@@ -752,8 +752,7 @@ fn a_guest_that_would_not_converge_stays_until_post_copy_is_allowed() {
             format!("decision.dry_run={dry_run}").parse().unwrap(),
         ]
     };
-    // Dry-run until vm1 is measured: a decision before its first dirty-rate calculation has no
-    // forecast and would start the migration this test is about not starting.
+    // Dry-run first: the record shows what the forecast says before anything may move.
     let exe = Path::new(env!("CARGO_BIN_EXE_scored"));
     tb.start_daemons(exe, &link(true, false))
         .expect("start the daemons");

@@ -361,6 +361,14 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
     };
     // Measured first: the forecast from the guest's own figures says pre-copy cannot converge
     // on this link, and without auto-converge or post-copy the VM would stay.
+    // The first read starts the first dirty-rate calculation: no rate yet, one pending.
+    hv1.vms().expect("vms");
+    let first = hv1.measure().expect("measure");
+    let first = first.iter().find(|m| m.vm == id).expect("g3 measured");
+    assert!(
+        first.dirty_mib_s.is_none() && first.dirty_rate_pending,
+        "{first:?}"
+    );
     let mut measured = None;
     wait_until(
         "g3's dirty rate and used memory measured",

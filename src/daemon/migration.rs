@@ -8,6 +8,7 @@
 use super::host::Daemon;
 use super::inventory::Read;
 use super::journal::{self, JournalError};
+use crate::decide::TurnOutcome;
 use crate::forecast;
 use crate::hypervisor::{Destination, HypervisorError, MigrationParams, MigrationReport, Vm};
 use crate::metrics::{self, MigrationDirection};
@@ -167,9 +168,27 @@ impl<P: Peers> Daemon<P> {
         })
     }
 
+    /// Why a chosen move of `vm` should not start now, from its forecast: no mode the
+    /// configuration allows converges (`WouldNotConverge`), or its first dirty rate is being
+    /// measured and the forecast is a second or two away (`Busy`: the next turn decides with it).
+    pub(super) fn forecast_holds_back(&self, vm: VmId) -> Option<(TurnOutcome, String)> {
+        let pending = self
+            .inventory
+            .measured(vm)
+            .is_some_and(|m| m.dirty_rate_pending);
+        if pending && self.config().migration.bandwidth_mib_s > 0 {
+            return Some((
+                TurnOutcome::Busy,
+                "forecast pending: the guest's dirty rate is being measured; deferred".into(),
+            ));
+        }
+        self.would_not_converge(vm)
+            .map(|why| (TurnOutcome::WouldNotConverge, why))
+    }
+
     /// Why `vm` should not start migrating under the configured migration parameters: the
     /// forecast says no mode they allow converges. `None` when one does, or without a forecast.
-    pub(super) fn would_not_converge(&self, vm: VmId) -> Option<String> {
+    fn would_not_converge(&self, vm: VmId) -> Option<String> {
         let v = self.inventory.get(vm)?;
         let params = self.config().migration.params();
         let (forecast::Choice::WouldNotConverge { pre_copy }, first, dirty) =

@@ -297,8 +297,7 @@ impl<P: Peers> Daemon<P> {
         {
             return Some((TurnOutcome::OverBudget, spent.describe(&self.topo)));
         }
-        self.would_not_converge(vm)
-            .map(|why| (TurnOutcome::WouldNotConverge, why))
+        self.forecast_holds_back(vm)
     }
 
     /// The rules the local VMs break where they run, from what this host knows without asking

@@ -247,6 +247,10 @@ pub struct Measured {
     pub arrived_nonzero_mib: Option<u64>,
     /// Memory the guest dirtied per second in its last dirty-rate calculation, MiB/s.
     pub dirty_mib_s: Option<f64>,
+    /// No dirty rate yet, and a calculation that will give one is running (started within the
+    /// last few seconds): a forecast is due shortly.
+    #[serde(default)]
+    pub dirty_rate_pending: bool,
     /// CPU the guest used between the last two reads, in cores.
     pub cpu_cores: Option<f64>,
 }

@@ -108,6 +108,10 @@ struct Sample {
     at: Instant,
     /// When scored last started a dirty-rate calculation on it.
     dirty_rate_started: Option<Instant>,
+    /// Whether that calculation was accepted (a refused one never reports).
+    dirty_rate_accepted: bool,
+    /// The last dirty rate measured, MiB/s: reported while the next calculation runs.
+    dirty_mib_s: Option<f64>,
     /// The non-zero memory the migration that brought this run of the domain here sent, MiB;
     /// read once per run (`None`: not read yet; `Some(None)`: it started here, or libvirt kept
     /// no figures).
@@ -121,6 +125,8 @@ const DIRTY_RATE_SECONDS: u32 = super::DIRTY_RATE_WINDOW.as_secs() as u32;
 /// ...and is started again on a domain at most this often: the rate a forecast uses is at most
 /// this old, and QEMU's sampling costs the guest next to nothing this rarely.
 const DIRTY_RATE_EVERY: Duration = Duration::from_secs(60);
+/// A first calculation that has not reported this long after it started is not waited for.
+const DIRTY_RATE_PENDING_FOR: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -280,26 +286,27 @@ impl LibvirtHypervisor {
 
     /// Starts a dirty-rate calculation on `l` when the driver reports dirty rates, none is
     /// running and the last started [`DIRTY_RATE_EVERY`] ago or more; returns when the last one
-    /// started.
+    /// started and whether libvirt accepted it.
     fn dirty_rate_due(
         &self,
         vm: VmId,
         l: &Listed,
         prev: Option<&Sample>,
         now: Instant,
-    ) -> Option<Instant> {
+    ) -> (Option<Instant>, bool) {
         let last = prev.and_then(|p| p.dirty_rate_started);
+        let accepted = prev.is_some_and(|p| p.dirty_rate_accepted);
         let running = matches!(l.dirty, Some((s, _)) if s == sys::VIR_DOMAIN_DIRTYRATE_MEASURING);
         let due = last.is_none_or(|t| now.saturating_duration_since(t) >= DIRTY_RATE_EVERY);
         if l.dirty.is_none() || running || !due {
-            return last;
+            return (last, accepted);
         }
         match start_dirty_rate(&l.dom, DIRTY_RATE_SECONDS) {
-            Ok(()) => Some(now),
+            Ok(()) => (Some(now), true),
             Err(e) => {
                 tracing::debug!(%vm, uri = %self.cfg.uri, error = %e, "virDomainStartDirtyRateCalc");
                 // Not again before the period is over: a guest that refuses keeps refusing.
-                Some(now)
+                (Some(now), false)
             }
         }
     }
@@ -374,20 +381,27 @@ impl Hypervisor for LibvirtHypervisor {
                 continue;
             };
             let prev = before.remove(&l.uuid).filter(|p| p.id == l.id);
-            let started = self.dirty_rate_due(vm, &l, prev.as_ref(), now);
+            let (started, accepted) = self.dirty_rate_due(vm, &l, prev.as_ref(), now);
             let arrived = match prev.as_ref().and_then(|p| p.arrived_nonzero_mib) {
                 Some(read) => read,
                 None => arrived_nonzero_mib(vm, &l.dom),
             };
-            out.push(Measured {
-                arrived_nonzero_mib: arrived,
-                ..measured(vm, &l, prev.as_ref(), now)
-            });
+            let mut m = measured(vm, &l, prev.as_ref(), now);
+            m.arrived_nonzero_mib = arrived;
+            // While the next calculation runs, the last rate stands.
+            m.dirty_mib_s = m.dirty_mib_s.or(prev.as_ref().and_then(|p| p.dirty_mib_s));
+            m.dirty_rate_pending = m.dirty_mib_s.is_none()
+                && accepted
+                && started
+                    .is_some_and(|t| now.saturating_duration_since(t) < DIRTY_RATE_PENDING_FOR);
+            out.push(m);
             let sample = Sample {
                 id: l.id,
                 cpu_time_ns: l.cpu_time_ns,
                 at: now,
                 dirty_rate_started: started,
+                dirty_rate_accepted: accepted,
+                dirty_mib_s: m.dirty_mib_s,
                 arrived_nonzero_mib: Some(arrived),
             };
             samples.insert(l.uuid, sample);
@@ -498,6 +512,7 @@ fn measured(vm: VmId, l: &Listed, prev: Option<&Sample>, now: Instant) -> Measur
         guest_used_mib,
         arrived_nonzero_mib: None,
         dirty_mib_s,
+        dirty_rate_pending: false,
         cpu_cores,
     }
 }
