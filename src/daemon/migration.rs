@@ -3,7 +3,8 @@
 //! history, the metrics, the announcement to peers and a fresh inventory. A call that hangs
 //! leaves the entry open and the VM unsettled, for settlement to close later.
 //!
-//! It never decides whether to migrate, and never touches the token.
+//! It never decides whether to migrate (it gives the hold-backs the migration forecast they
+//! read), and never touches the token.
 
 use super::host::Daemon;
 use super::inventory::Read;
