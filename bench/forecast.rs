@@ -114,6 +114,21 @@ fn main() {
                     "would not converge"
                 },
             );
+            // One fixture per migration: what was measured and forecast, then what happened.
+            let fixture = |actual: serde_json::Value| {
+                serde_json::json!({
+                    "guest": name,
+                    "memory_mib": g.memory_mib,
+                    "measured": measured,
+                    "bandwidth_mib_s": params.bandwidth_mib_s,
+                    "max_downtime_ms": params.max_downtime.as_millis() as u64,
+                    "predicted": {"bytes": f.bytes, "seconds": f.total.as_secs_f64(),
+                                  "downtime_ms": f.downtime.as_secs_f64() * 1e3,
+                                  "passes": f.passes, "mode": f.mode.name(),
+                                  "converges": f.converges},
+                    "actual": actual,
+                })
+            };
             let to = 1 - at;
             let r = match hv[at].migrate(id, &dest(hosts[to]), &params) {
                 Ok(r) => r,
@@ -125,16 +140,7 @@ fn main() {
                     );
                     eprintln!("{row}");
                     rows.push(row);
-                    fixtures.push(serde_json::json!({
-                        "guest": name,
-                        "memory_mib": g.memory_mib,
-                        "measured": measured,
-                        "bandwidth_mib_s": params.bandwidth_mib_s,
-                        "max_downtime_ms": params.max_downtime.as_millis() as u64,
-                        "predicted": {"bytes": f.bytes, "seconds": f.total.as_secs_f64(),
-                                      "converges": f.converges, "mode": f.mode.name()},
-                        "actual": {"aborted": e.to_string()},
-                    }));
+                    fixtures.push(fixture(serde_json::json!({"aborted": e.to_string()})));
                     std::thread::sleep(Duration::from_secs(2));
                     continue;
                 }
@@ -151,18 +157,10 @@ fn main() {
             );
             eprintln!("{row}");
             rows.push(row);
-            fixtures.push(serde_json::json!({
-                "guest": name,
-                "memory_mib": g.memory_mib,
-                "measured": measured,
-                "bandwidth_mib_s": params.bandwidth_mib_s,
-                "max_downtime_ms": params.max_downtime.as_millis() as u64,
-                "predicted": {"bytes": f.bytes, "seconds": f.total.as_secs_f64(),
-                              "downtime_ms": f.downtime.as_secs_f64() * 1e3, "passes": f.passes,
-                              "mode": f.mode.name(), "converges": f.converges},
-                "actual": {"bytes": r.bytes, "seconds": r.elapsed.as_secs_f64(),
-                           "downtime_ms": r.downtime.as_secs_f64() * 1e3},
-            }));
+            fixtures.push(fixture(serde_json::json!({
+                "bytes": r.bytes, "seconds": r.elapsed.as_secs_f64(),
+                "downtime_ms": r.downtime.as_secs_f64() * 1e3,
+            })));
             std::thread::sleep(Duration::from_millis(500));
         }
         // Off before the next guest: a guest left rewriting memory would take the CPU the next
