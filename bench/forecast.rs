@@ -14,7 +14,7 @@
 
 use scored::forecast::{self, Limits, Workload};
 use scored::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
-use scored::hypervisor::{Destination, Hypervisor, MigrationParams};
+use scored::hypervisor::{Hypervisor, MigrationParams};
 use scored::proto::VmId;
 use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
 use std::net::Ipv4Addr;
@@ -41,11 +41,7 @@ fn main() {
         .iter()
         .map(|h| LibvirtHypervisor::connect(LibvirtConfig::new(&h.local_uri())).expect("connect"))
         .collect();
-    let dest = |h: &TestbedHost| Destination {
-        host: h.name.clone(),
-        libvirt_uri: Some(h.local_uri()),
-        migration_uri: Some(h.migration_uri()),
-    };
+    let dest = |h: &TestbedHost| h.destination();
     let params = MigrationParams {
         bandwidth_mib_s: 64,
         max_downtime: Duration::from_millis(300),

@@ -9,7 +9,7 @@
 //! target/bench-migration.md as well, for docs/evaluation.md.
 
 use scored::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
-use scored::hypervisor::{Compression, Destination, MigrationParams};
+use scored::hypervisor::{Compression, MigrationParams};
 use scored::proto::VmId;
 use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
 use std::net::Ipv4Addr;
@@ -77,11 +77,7 @@ fn main() {
         .iter()
         .map(|h| LibvirtHypervisor::connect(LibvirtConfig::new(&h.local_uri())).expect("connect"))
         .collect();
-    let dest = |h: &TestbedHost| Destination {
-        host: h.name.clone(),
-        libvirt_uri: Some(h.local_uri()),
-        migration_uri: Some(h.migration_uri()),
-    };
+    let dest = |h: &TestbedHost| h.destination();
     let setting = |name, downtime_ms, auto_converge, compression| Setting {
         name,
         params: MigrationParams {

@@ -13,7 +13,7 @@ use scored::forecast;
 use scored::hypervisor::libvirt::{DomainDescription, LibvirtConfig, LibvirtHypervisor};
 use scored::hypervisor::watch::{VmChange, VmWatch};
 use scored::hypervisor::{
-    AbortReason, Destination, GroupTag, Hypervisor, HypervisorError, MigrationParams, VmState,
+    AbortReason, GroupTag, Hypervisor, HypervisorError, MigrationParams, VmState,
 };
 use scored::proto::VmId;
 use scored::rules::GroupKind;
@@ -34,16 +34,6 @@ fn testbed(prefix: &str) -> Testbed {
 
 fn backend(h: &TestbedHost) -> LibvirtHypervisor {
     LibvirtHypervisor::connect(LibvirtConfig::new(&h.local_uri())).expect("connect")
-}
-
-fn destination(h: &TestbedHost) -> Destination {
-    Destination {
-        host: h.name.clone(),
-        // The test runs in the root namespace: it reaches libvirtd by its unix socket, while
-        // QEMU's migration stream crosses the testbed fabric to the host's address.
-        libvirt_uri: Some(h.local_uri()),
-        migration_uri: Some(h.migration_uri()),
-    }
 }
 
 /// Names of the domains a host has (defined or running) and whether each runs.
@@ -132,7 +122,7 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
         ..Default::default()
     };
     let (report, trace) = hv1
-        .migrate_traced(id, &destination(h2), &params)
+        .migrate_traced(id, &h2.destination(), &params)
         .expect("migration");
     eprintln!("hv1 -> hv2: {report:?} {trace:?}");
     assert!(report.elapsed > Duration::ZERO && report.elapsed < Duration::from_secs(60));
@@ -219,7 +209,7 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
         ..params.clone()
     };
     let (back, _) = hv2
-        .migrate_traced(id, &destination(h1), &slow)
+        .migrate_traced(id, &h1.destination(), &slow)
         .expect("migration back");
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let (most_incoming, listed_while_incoming) = watcher.join().unwrap();
@@ -259,7 +249,7 @@ fn destination_libvirtd_dying_mid_migration_leaves_the_guest_at_the_source() {
     let before = tb.wait_heartbeat("g2", 2, Duration::from_secs(60)).unwrap();
     let id = VmId::from_ipv4(ip);
     let hv1 = std::sync::Arc::new(backend(&tb.state.hosts[0]));
-    let dest = destination(&tb.state.hosts[1]);
+    let dest = tb.state.hosts[1].destination();
 
     // ~90 MiB at 8 MiB/s: about ten seconds in which to kill the destination.
     let params = MigrationParams {
@@ -408,7 +398,7 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
     );
     let started = Instant::now();
     let err = hv1
-        .migrate(id, &destination(&tb.state.hosts[1]), &params)
+        .migrate(id, &tb.state.hosts[1].destination(), &params)
         .expect_err("must not converge");
     eprintln!("aborted after {:?}: {err}", started.elapsed());
     match err {
@@ -450,7 +440,7 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
         ..params
     };
     let (report, trace) = hv1
-        .migrate_traced(id, &destination(&tb.state.hosts[1]), &params)
+        .migrate_traced(id, &tb.state.hosts[1].destination(), &params)
         .expect("post-copy migration");
     eprintln!("post-copy: {report:?} {trace:?}");
     assert!(trace.post_copy_after_first_pass, "{trace:?}");
@@ -639,7 +629,7 @@ fn a_default_migration_sends_no_guest_memory_in_cleartext() {
 
     let capture = MigrationCapture::start(h2, tb.dir.join("migration-default.pcap"));
     let report = backend(h1)
-        .migrate(id, &destination(h2), &MigrationParams::default())
+        .migrate(id, &h2.destination(), &MigrationParams::default())
         .expect("migration with the default parameters");
     let wire = capture.stop();
     eprintln!("default: {report:?}, {} bytes captured", wire.len());
@@ -668,7 +658,7 @@ fn a_default_migration_sends_no_guest_memory_in_cleartext() {
         ..MigrationParams::default()
     };
     backend(h2)
-        .migrate(id, &destination(h1), &plain)
+        .migrate(id, &h1.destination(), &plain)
         .expect("migration without TLS");
     let wire = capture.stop();
     // A marker the guest holds once (the boot id) can straddle two TCP segments of the capture,

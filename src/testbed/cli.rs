@@ -3,7 +3,7 @@
 
 use super::{GuestSpec, Testbed, TestbedConfig};
 use crate::hypervisor::libvirt::{LibvirtConfig, LibvirtHypervisor};
-use crate::hypervisor::{Compression, Destination, MigrationParams};
+use crate::hypervisor::{Compression, MigrationParams};
 use anyhow::{Context, bail};
 use scored_proto::VmId;
 use std::net::Ipv4Addr;
@@ -242,11 +242,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
                 stall_timeout: Duration::from_secs(stall_secs),
                 ..Default::default()
             };
-            let dest = Destination {
-                host: dst.name.clone(),
-                libvirt_uri: Some(dst.local_uri()),
-                migration_uri: Some(dst.migration_uri()),
-            };
+            let dest = dst.destination();
             let (r, t) = hv.migrate_traced(VmId::from_ipv4(vm), &dest, &params)?;
             println!(
                 "migrated {vm} {from} -> {to}: elapsed {} ms, downtime {} ms (without hand-over {} ms), {:.1} MiB; job started after {} ms, wall {} ms",

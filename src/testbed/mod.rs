@@ -204,6 +204,17 @@ impl TestbedHost {
         format!("tcp://{}", self.address)
     }
 
+    /// This host as a migration's destination for a client in the root namespace (tests,
+    /// benches, `scored testbed migrate`): libvirtd by its unix socket, while QEMU's migration
+    /// stream crosses the testbed fabric to the host's address.
+    pub fn destination(&self) -> crate::hypervisor::Destination {
+        crate::hypervisor::Destination {
+            host: self.name.clone(),
+            libvirt_uri: Some(self.local_uri()),
+            migration_uri: Some(self.migration_uri()),
+        }
+    }
+
     pub fn key_path(&self) -> PathBuf {
         self.dir.join("host.key")
     }
