@@ -171,6 +171,30 @@ fn merge<K: Ord + Copy>(list: &mut Vec<(K, f64)>) {
     });
 }
 
+/// A migration's own cost in Eq. 3.1's units: S-CORE's constant `c_m` made per move. The
+/// bytes a migration sends cross the same links as traffic between its source and destination,
+/// so they cost `bytes · Σ_{i ≤ ℓ} c_i` as a flow would; Eq. 3.2's benefit is a rate (bytes/s ×
+/// link weight), so that one-off cost is spread over `horizon_s`, the time the new placement is
+/// expected to hold; `disruption` is the operator's charge for the move itself (the guest's
+/// stop, the risk), in cost units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoveCharge {
+    /// Bytes the migration is predicted to send (`crate::forecast`).
+    pub bytes: f64,
+    /// Seconds over which the migration's traffic is set against the rate it saves.
+    pub horizon_s: f64,
+    /// Added to every move, cost units.
+    pub disruption: f64,
+}
+
+impl MoveCharge {
+    /// `c_m` of moving from `from` to `to`.
+    pub fn cost(&self, topo: &Topology, from: HostId, to: HostId) -> f64 {
+        self.bytes.max(0.0) * topo.path_cost(from, to) / self.horizon_s.max(1.0)
+            + self.disruption.max(0.0)
+    }
+}
+
 /// Eq. 3.2 itself: move when the benefit exceeds the migration cost `c_m`.
 pub fn should_migrate(benefit: f64, migration_cost: f64) -> bool {
     benefit > migration_cost

@@ -6,7 +6,7 @@
 //! [`Search`], or all at once and answer from a cache) while the simulator answers from memory.
 //! This module never migrates anything and never touches the token.
 
-use crate::cost::{self, PartnerRates, PartnerTraffic};
+use crate::cost::{self, MoveCharge, PartnerRates, PartnerTraffic};
 use crate::hypervisor::Capacity;
 use crate::rules::{NO_RULES, Refusal, RuleCheck};
 use crate::topology::{Host, HostId, Topology};
@@ -53,8 +53,13 @@ pub struct Subject<'a> {
 pub struct Gates<'a> {
     /// Pinned VMs never move.
     pub pinned: bool,
-    /// `c_m` of Eq. 3.2, in the benefit's unit: a move must save more than this.
+    /// `c_m` of Eq. 3.2, in the benefit's unit: a move must save more than this. With
+    /// `per_move`, the floor under the move's own charge.
     pub migration_cost: f64,
+    /// The migration's own cost per destination (its predicted traffic on the path it takes):
+    /// `c_m` of a move is the larger of this and `migration_cost`. `None`: the constant alone,
+    /// as in the thesis.
+    pub per_move: Option<MoveCharge>,
     /// Hosts in maintenance: never a destination.
     pub maintenance: &'a [HostId],
     /// Hosts u ran on before (most recent first).
@@ -71,11 +76,30 @@ pub struct Gates<'a> {
 }
 
 impl Gates<'_> {
+    /// `c_m` of moving from `from` to `to`.
+    pub fn migration_cost_to(&self, topo: &Topology, from: HostId, to: HostId) -> f64 {
+        match &self.per_move {
+            None => self.migration_cost,
+            Some(m) => self.migration_cost.max(m.cost(topo, from, to)),
+        }
+    }
+
+    /// What moving to `c` gains, by which candidates are ranked: its benefit, less its own
+    /// `c_m` when that differs by destination (with a constant `c_m` the order is the
+    /// benefit's).
+    fn gain(&self, topo: &Topology, from: HostId, c: &Candidate) -> f64 {
+        match self.per_move {
+            None => c.benefit,
+            Some(_) => c.benefit - self.migration_cost_to(topo, from, c.host),
+        }
+    }
+
     /// The thesis's rule alone: no pinning, no maintenance, no return memory.
     pub fn thesis(migration_cost: f64) -> Gates<'static> {
         Gates {
             pinned: false,
             migration_cost,
+            per_move: None,
             maintenance: &[],
             previous_hosts: &[],
             return_margin: 0.0,
@@ -123,6 +147,8 @@ pub struct Decision {
     pub from: HostId,
     /// u's own share of C_A where it runs: `Σ_z λ(u, z) · Σ_{i ≤ ℓ} c_i`.
     pub current_cost: f64,
+    /// `c_m` of the destination (of the best candidate when there is none; the constant when
+    /// there is no candidate).
     pub migration_cost: f64,
     /// The highest-benefit candidate before capacity and gates (what u could gain at best).
     pub best: Option<Candidate>,
@@ -447,22 +473,27 @@ impl<'t> Decider<'t> {
                 .iter()
                 .copied()
                 .max_by(|a, b| a.benefit.total_cmp(&b.benefit).then(b.host.cmp(&a.host)));
+            if let Some(b) = decision.best {
+                decision.migration_cost = gates.migration_cost_to(self.topo, subject.host, b.host);
+            }
             let cands = std::mem::take(&mut self.candidates);
             let mut ruled_out = Vec::new();
             for c in &cands {
                 self.seen.push(c.host);
                 let by_rule = decision.by_rule;
-                if Self::admit(&mut decision, gates, subject.host, c) {
+                if Self::admit(&mut decision, gates, self.topo, subject.host, c) {
                     self.queue.push(*c);
                 } else if decision.by_rule > by_rule {
                     ruled_out.push(c.host);
                 }
             }
             self.candidates = cands;
-            // Highest benefit first: the first candidate with room is the best one with room.
+            // Highest gain first: the first candidate with room is the best one with room.
+            let (topo, from) = (self.topo, subject.host);
             self.queue.sort_by(|a, b| {
-                b.benefit
-                    .total_cmp(&a.benefit)
+                gates
+                    .gain(topo, from, b)
+                    .total_cmp(&gates.gain(topo, from, a))
                     .then(b.contribution.total_cmp(&a.contribution))
                     .then(a.host.cmp(&b.host))
             });
@@ -497,8 +528,14 @@ impl<'t> Decider<'t> {
     }
 
     /// Eq. 3.2 and the gates that need no capacity answer; counts what it turns away.
-    fn admit(decision: &mut Decision, gates: &Gates<'_>, from: HostId, c: &Candidate) -> bool {
-        if !cost::should_migrate(c.benefit, gates.migration_cost) {
+    fn admit(
+        decision: &mut Decision,
+        gates: &Gates<'_>,
+        topo: &Topology,
+        from: HostId,
+        c: &Candidate,
+    ) -> bool {
+        if !cost::should_migrate(c.benefit, gates.migration_cost_to(topo, from, c.host)) {
             return false;
         }
         if gates.maintenance.contains(&c.host) {
@@ -595,6 +632,8 @@ impl Search<'_, '_> {
         let topo = self.decider.topo;
         match capacity {
             Some(cap) if room_for(topo.host(host), cap, self.subject.memory_mib) => {
+                self.decision.migration_cost =
+                    self.gates.migration_cost_to(topo, self.subject.host, host);
                 self.decision.outcome = Outcome::Migrate {
                     to: host,
                     benefit: c.benefit,
@@ -671,17 +710,24 @@ impl Search<'_, '_> {
                 via,
             });
         }
-        found.sort_by(|a, b| b.benefit.total_cmp(&a.benefit).then(a.host.cmp(&b.host)));
+        let gates = self.gates;
+        found.sort_by(|a, b| {
+            gates
+                .gain(d.topo, current, b)
+                .total_cmp(&gates.gain(d.topo, current, a))
+                .then(a.host.cmp(&b.host))
+        });
         let mut kept = 0;
         for &c in &found {
             if kept == self.gates.rack_alternates {
                 break;
             }
             d.seen.push(c.host);
-            if Decider::admit(&mut self.decision, self.gates, current, &c) {
-                // Keep the unasked part of the queue in benefit order.
+            if Decider::admit(&mut self.decision, self.gates, d.topo, current, &c) {
+                // Keep the unasked part of the queue in order of gain.
                 let tail = &d.queue[self.next..];
-                let at = self.next + tail.partition_point(|q| q.benefit >= c.benefit);
+                let gain = |q: &Candidate| self.gates.gain(d.topo, current, q);
+                let at = self.next + tail.partition_point(|q| gain(q) >= gain(&c));
                 d.queue.insert(at, c);
                 kept += 1;
             }

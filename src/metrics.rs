@@ -7,6 +7,7 @@
 //! module only counts and serves: it never decides anything, and holds no daemon state.
 
 use crate::decide::TurnOutcome;
+use crate::forecast::Mode;
 use crate::hypervisor::AbortReason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -70,6 +71,14 @@ pub struct ReasonLabels {
     pub reason: AbortReason,
 }
 
+/// A completed migration's mode, as the forecast predicted it (`none` without a forecast) and
+/// as it ran (`crate::forecast::Mode::name`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub predicted: &'static str,
+    pub actual: &'static str,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: MigrationDirection,
@@ -111,6 +120,10 @@ pub struct MigrationMetrics {
     pub transferred: Histogram,
     /// Bytes a completed migration sent over the bytes its forecast predicted.
     pub forecast_bytes_ratio: Histogram,
+    /// Its duration over the forecast's.
+    pub forecast_seconds_ratio: Histogram,
+    /// Completed migrations by predicted and actual mode.
+    pub by_mode: Family<ModeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -203,6 +216,11 @@ fn downtime_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 14))
 }
 
+/// Actual over predicted: within ±15 % in the middle, a factor of 4 at the ends.
+fn forecast_ratio_buckets() -> Histogram {
+    Histogram::new([0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 2.0, 4.0])
+}
+
 fn transferred_buckets() -> Histogram {
     // 16 MiB … 32 GiB.
     Histogram::new(exponential_buckets(16.0 * 1024.0 * 1024.0, 2.0, 12))
@@ -236,9 +254,9 @@ impl Metrics {
                 duration: migration_duration_buckets(),
                 downtime: downtime_buckets(),
                 transferred: transferred_buckets(),
-                forecast_bytes_ratio: Histogram::new([
-                    0.25, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 2.0, 4.0,
-                ]),
+                forecast_bytes_ratio: forecast_ratio_buckets(),
+                forecast_seconds_ratio: forecast_ratio_buckets(),
+                by_mode: Family::default(),
             },
             communication_cost: Family::default(),
             traffic: Family::default(),
@@ -267,6 +285,15 @@ impl Metrics {
             AbortReason::Cancelled,
         ] {
             let _ = m.migrations.aborted.get_or_create(&ReasonLabels { reason });
+        }
+        let ran = [Mode::PreCopy, Mode::PreCopyAutoConverge, Mode::PostCopy].map(Mode::name);
+        for predicted in ran.iter().copied().chain(["none"]) {
+            for actual in ran {
+                let _ = m
+                    .migrations
+                    .by_mode
+                    .get_or_create(&ModeLabels { predicted, actual });
+            }
         }
         m.set_levels(levels, &[], &[]);
         for direction in [MigrationDirection::Outgoing, MigrationDirection::Incoming] {
@@ -398,6 +425,17 @@ impl Metrics {
             "Bytes a completed live migration sent over the bytes its forecast (src/forecast.rs, from the guest's measured memory and dirty rate) predicted; only migrations with a forecast",
             Unit::Other("ratio".into()),
             g.forecast_bytes_ratio.clone(),
+        );
+        r.register_with_unit(
+            "migration_forecast_seconds",
+            "Duration of a completed live migration over the duration its forecast predicted; only migrations with a forecast",
+            Unit::Other("ratio".into()),
+            g.forecast_seconds_ratio.clone(),
+        );
+        r.register(
+            "migrations_by_mode",
+            "Completed live migrations by the mode the forecast predicted (none without a forecast) and the mode they ran in",
+            g.by_mode.clone(),
         );
 
         r.register_with_unit(

@@ -5,7 +5,8 @@
 
 mod support;
 
-use scored::config::Config;
+use scored::config::{Config, CostModel};
+use scored::daemon::Assessment;
 use scored::decide::TurnOutcome;
 use scored::hypervisor::Measured;
 use std::time::{Duration, Instant};
@@ -13,6 +14,12 @@ use support::two_hosts::{SUBJECT, answer_capacity, two_hosts};
 
 /// h1 decides for a 512 MiB subject measured as `m`, migrations configured by `edit`.
 async fn decide(m: Option<Measured>, edit: impl FnOnce(&mut Config)) -> (TurnOutcome, String) {
+    let a = assess(m, edit).await;
+    (a.outcome, a.detail)
+}
+
+/// [`decide`], the whole assessment.
+async fn assess(m: Option<Measured>, edit: impl FnOnce(&mut Config)) -> Assessment {
     let mut config = Config::default();
     config.decision.cooldown_base_s = 0;
     edit(&mut config);
@@ -31,7 +38,7 @@ async fn decide(m: Option<Measured>, edit: impl FnOnce(&mut Config)) -> (TurnOut
     let vm = node.inventory()[0].clone();
     let a = node.assess(&vm).await;
     h2.await.unwrap();
-    (a.outcome, a.detail)
+    a
 }
 
 /// A guest rewriting memory at `dirty` MiB/s, using 200 MiB.
@@ -144,4 +151,44 @@ async fn a_move_waits_for_a_dirty_rate_being_measured_and_not_for_one_never_comi
     let (outcome, detail) = decide(Some(never), |c| link(c, false, false)).await;
     assert_eq!(outcome, TurnOutcome::Migrated, "{detail}");
     assert!(!detail.contains("forecast"), "{detail}");
+}
+
+#[tokio::test]
+async fn under_the_forecast_cost_model_a_move_must_pay_for_its_own_migration_traffic() {
+    // The subject sends 1,000 B/s to its partner one rack hop away: the move saves 2,000 cost
+    // units a second. Under the constant model c_m is 5 % of its cost (50): it moves.
+    let a = assess(busy(1.0), |c| link(c, false, false)).await;
+    assert_eq!(a.outcome, TurnOutcome::Migrated, "{}", a.detail);
+    let floor = |a: &Assessment| (a.decision.as_ref().unwrap().migration_cost - 50.0).abs() < 1e-6;
+    assert!(floor(&a), "{:?}", a.decision);
+    let predicted = a.predicted.expect("a forecast for the chosen move");
+    assert_eq!(predicted.mode, "pre_copy");
+    // Under the forecast model the ~200 MiB it would send across the rack, spread over 15
+    // minutes, cost ~233,000 a second: far more than it saves.
+    let forecast = |horizon_s: u64| {
+        move |c: &mut Config| {
+            link(c, false, false);
+            c.decision.migration_cost_model = CostModel::Forecast;
+            c.decision.migration_cost_horizon_s = horizon_s;
+        }
+    };
+    let a = assess(busy(1.0), forecast(900)).await;
+    assert_eq!(a.outcome, TurnOutcome::NoBenefit, "{}", a.detail);
+    let c_m = a.decision.as_ref().unwrap().migration_cost;
+    let expected = predicted.bytes as f64 / 900.0;
+    assert!((c_m / expected - 1.0).abs() < 1e-6, "{c_m} vs {expected}");
+    // Over a horizon long enough the traffic costs less than the constant floor: it moves,
+    // charged the floor.
+    let a = assess(busy(1.0), forecast(1_000_000_000)).await;
+    assert_eq!(a.outcome, TurnOutcome::Migrated, "{}", a.detail);
+    assert!(floor(&a), "{:?}", a.decision);
+    // Unmeasured, the guest is charged its whole configured memory (512 MiB), the most a first
+    // pass sends.
+    let a = assess(None, forecast(900)).await;
+    assert_eq!(a.outcome, TurnOutcome::NoBenefit, "{}", a.detail);
+    let c_m = a.decision.as_ref().unwrap().migration_cost;
+    assert!(
+        (c_m - 512.0 * 1024.0 * 1024.0 / 900.0).abs() < 1e-3,
+        "{c_m}"
+    );
 }

@@ -107,6 +107,8 @@ fn exposition_is_strict_openmetrics() {
         ("scored_migration_downtime_seconds", "histogram"),
         ("scored_migration_transferred_bytes", "histogram"),
         ("scored_migration_forecast_bytes_ratio", "histogram"),
+        ("scored_migration_forecast_seconds_ratio", "histogram"),
+        ("scored_migrations_by_mode", "counter"),
         ("scored_communication_cost_bytes_per_second", "gauge"),
         ("scored_flow_entries", "gauge"),
         ("scored_flow_evictions", "counter"),

@@ -33,6 +33,8 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
             "42",
             "--sweep",
             "0,0.5",
+            "--cm-horizon",
+            "600",
             "--out",
             out.to_str().unwrap(),
         ])
@@ -47,6 +49,7 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "| load-aware |",
         "| centralised, incremental |",
         "| centralised, re-placement |",
+        "| global, per-VM c_m over 600 s |",
         "c_m sweep",
         "protocol traffic",
         "| handoff |",
@@ -59,7 +62,14 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 13, "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
+    // What every run's migrations sent, per point of reduction; the per-VM c_m runs are rows.
+    let traffic = std::fs::read_to_string(out_dir.join("migration_traffic.csv")).unwrap();
+    assert!(
+        traffic.starts_with("run,reduction,migrations,migrated_gib,gib_per_reduction_point\n"),
+        "{traffic}"
+    );
+    assert_eq!(traffic.lines().count(), 1 + 4 + 4 + 2, "{traffic}");
     let messages = std::fs::read_to_string(out_dir.join("messages.csv")).unwrap();
     assert!(
         messages.starts_with("run,hosts,vms,decisions,kind,"),
@@ -103,7 +113,7 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
 
 #[test]
 fn bad_input_is_named() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["--topology", FAT_TREE, "--policy", "fastest"],
             "unknown policy `fastest`",
@@ -131,6 +141,14 @@ fn bad_input_is_named() {
         (
             &["--topology", FAT_TREE, "--window", "someday 22:00-06:00"],
             "--window `someday 22:00-06:00`: `someday` is not a day (mon … sun)",
+        ),
+        (
+            &["--topology", FAT_TREE, "--cm-horizon", "900,0"],
+            "--cm-horizon: 0 must be at least 1 second",
+        ),
+        (
+            &["--topology", FAT_TREE, "--migration-bandwidth", "0"],
+            "--migration-bandwidth 0 must be at least 1 MiB/s",
         ),
         (
             &["--topology", FAT_TREE, "--timezone", "Mars/Olympus"],

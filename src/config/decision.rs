@@ -15,6 +15,15 @@ pub struct DecisionConfig {
     pub migration_cost: f64,
     /// `c_m` as a fraction of the deciding VM's current cost; the larger of the two applies.
     pub migration_cost_fraction: f64,
+    /// `constant`: `c_m` is the two options above (the thesis). `forecast`: each move is also
+    /// charged its own predicted migration traffic times the path cost to its destination,
+    /// spread over `migration_cost_horizon_s`, plus `disruption_cost`; the larger applies.
+    pub migration_cost_model: CostModel,
+    /// Seconds over which a move's predicted traffic is set against the rate it saves (how long
+    /// a placement is expected to hold). `forecast` model only.
+    pub migration_cost_horizon_s: u64,
+    /// Charge added to every move under the `forecast` model, cost units.
+    pub disruption_cost: f64,
     /// Decide, log and expose, but never migrate (recommend-only).
     pub dry_run: bool,
     /// Most candidate hosts asked for capacity in one decision.
@@ -41,6 +50,9 @@ impl Default for DecisionConfig {
         DecisionConfig {
             migration_cost: 0.0,
             migration_cost_fraction: 0.05,
+            migration_cost_model: CostModel::Constant,
+            migration_cost_horizon_s: 900,
+            disruption_cost: 0.0,
             dry_run: false,
             max_candidates: 8,
             rack_fallback: true,
@@ -62,6 +74,17 @@ impl DecisionConfig {
     }
 }
 
+/// How Eq. 3.2's `c_m` is found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostModel {
+    /// The configured constant (and fraction): the same for every VM and destination.
+    #[default]
+    Constant,
+    /// Per VM and destination, from the migration forecast (`crate::cost::MoveCharge`).
+    Forecast,
+}
+
 /// The largest `history_hosts` accepted.
 const MAX_HISTORY_HOSTS: u32 = 64;
 
@@ -70,6 +93,8 @@ const MAX_HISTORY_HOSTS: u32 = 64;
 pub enum DecisionConfigError {
     #[error("migration_cost = {0} must be a finite number ≥ 0")]
     MigrationCost(f64),
+    #[error("disruption_cost = {0} must be a finite number ≥ 0")]
+    DisruptionCost(f64),
     #[error("{} = {value} must be between 0 and 1", short_key(.key))]
     NotAFraction { key: &'static str, value: f64 },
     #[error(transparent)]
@@ -84,6 +109,7 @@ impl DecisionConfigError {
     pub fn keys(&self) -> Vec<String> {
         let keys: &[&str] = match self {
             DecisionConfigError::MigrationCost(_) => &["decision.migration_cost"],
+            DecisionConfigError::DisruptionCost(_) => &["decision.disruption_cost"],
             DecisionConfigError::NotAFraction { key, .. } => return vec![key.to_string()],
             DecisionConfigError::Zero(e) => return vec![e.key.to_string()],
             DecisionConfigError::CooldownMaxBelowBase { .. } => {
@@ -101,6 +127,9 @@ impl Section for DecisionConfig {
         DecisionConfig {
             migration_cost: Live,
             migration_cost_fraction: Live,
+            migration_cost_model: Live,
+            migration_cost_horizon_s: Live,
+            disruption_cost: Live,
             dry_run: Live,
             max_candidates: Live,
             rack_fallback: Live,
@@ -119,6 +148,16 @@ impl Section for DecisionConfig {
         if !self.migration_cost.is_finite() || self.migration_cost < 0.0 {
             out.push(DecisionConfigError::MigrationCost(self.migration_cost));
         }
+        if !self.disruption_cost.is_finite() || self.disruption_cost < 0.0 {
+            out.push(DecisionConfigError::DisruptionCost(self.disruption_cost));
+        }
+        out.extend(
+            at_least_one(
+                "decision.migration_cost_horizon_s",
+                self.migration_cost_horizon_s,
+            )
+            .map(Into::into),
+        );
         for (key, value) in [
             (
                 "decision.migration_cost_fraction",

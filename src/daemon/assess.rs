@@ -7,6 +7,7 @@
 
 use super::history::CooldownPolicy;
 use super::host::Daemon;
+use super::journal::Figures;
 use crate::config::{Config, VmRef};
 use crate::cost::{self, PartnerTraffic};
 use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
@@ -27,6 +28,10 @@ pub struct Assessment {
     pub to: Option<HostId>,
     pub partners: Vec<(VmId, HostId, f64)>,
     pub detail: String,
+    /// The migration forecast of the move (chosen, recommended, or held back by it).
+    pub predicted: Option<Figures>,
+    /// What the hypervisor reported of the migration, once one went through.
+    pub actual: Option<Figures>,
 }
 
 impl<P: Peers> Daemon<P> {
@@ -139,6 +144,8 @@ impl<P: Peers> Daemon<P> {
             to: None,
             partners: partners.clone(),
             detail,
+            predicted: None,
+            actual: None,
         };
         if unsettled {
             return early(
@@ -184,6 +191,7 @@ impl<P: Peers> Daemon<P> {
         let gates = Gates {
             pinned: self.pinned(vm, &config),
             migration_cost: config.decision.effective_migration_cost(current),
+            per_move: self.move_charge(vm, &config),
             maintenance: &[],
             previous_hosts: &previous,
             return_margin: config.decision.return_margin_fraction,
@@ -330,6 +338,8 @@ impl<P: Peers> Daemon<P> {
             decision: Some(d),
             partners,
             detail,
+            predicted: to.and_then(|_| self.predicted(vm.id)),
+            actual: None,
         }
     }
 

@@ -378,13 +378,23 @@ pub fn render_decisions(ds: &[DecisionRecord]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<16} {:<12} {:>12} {:>10} {:<10} {:>12} {:<10}  detail",
-        "VM", "outcome", "cost", "c_m", "best", "benefit", "to"
+        "{:<16} {:<12} {:>12} {:>10} {:<10} {:>12} {:<24} {:<10}  detail",
+        "VM", "outcome", "cost", "c_m", "best", "benefit", "forecast", "to"
     );
     for d in ds {
+        // The move's forecast next to its benefit: mode, bytes, time, downtime.
+        let forecast = d.predicted.as_ref().map_or("-".to_string(), |f| {
+            format!(
+                "{} {}MiB {:.1}s {}ms",
+                f.mode.replace("pre_copy_auto_converge", "auto_converge"),
+                f.bytes / (1024 * 1024),
+                f.time_ms as f64 / 1000.0,
+                f.downtime_ms
+            )
+        });
         let _ = writeln!(
             o,
-            "{:<16} {:<12} {:>12.1} {:>10.1} {:<10} {:>12} {:<10}  {}",
+            "{:<16} {:<12} {:>12.1} {:>10.1} {:<10} {:>12} {:<24} {:<10}  {}",
             d.vm,
             d.outcome,
             d.current_cost,
@@ -393,6 +403,7 @@ pub fn render_decisions(ds: &[DecisionRecord]) -> String {
             d.best_benefit
                 .map(|b| format!("{b:.1}"))
                 .unwrap_or("-".into()),
+            forecast,
             d.to.as_deref().unwrap_or("-"),
             d.detail
         );

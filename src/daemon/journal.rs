@@ -72,6 +72,21 @@ pub struct Entry {
     pub seq: u64,
     /// Wall-clock start, milliseconds since the Unix epoch (for operators; never compared).
     pub started_unix_ms: u64,
+    /// What the migration forecast predicted for it (none without a forecast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<Figures>,
+}
+
+/// One migration's figures: predicted when it starts (`Entry::predicted`), reported by the
+/// hypervisor when it ends (the `actual` of its closing record), so the journal holds both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    /// `pre_copy`, `pre_copy_auto_converge` or `post_copy` (`crate::forecast::Mode::name`);
+    /// reported: `post_copy` when the job switched to post-copy, else how it was started.
+    pub mode: String,
+    pub bytes: u64,
+    pub time_ms: u64,
+    pub downtime_ms: u64,
 }
 
 /// How a migration ended, as its journal entry closes (`outcome` in the file).
@@ -95,7 +110,13 @@ pub enum Ending {
 #[serde(tag = "record", rename_all = "snake_case")]
 enum Record {
     Begin(Entry),
-    End { id: u64, outcome: Ending },
+    End {
+        id: u64,
+        outcome: Ending,
+        /// What the hypervisor reported of a migration that went through.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actual: Option<Figures>,
+    },
 }
 
 /// What to do about an entry left open by a crash, given the VM's state on this host now.
@@ -134,7 +155,7 @@ pub fn last_of(path: &Path, vm: VmId) -> Result<Option<(Entry, Option<Ending>)>,
     {
         match rec {
             Record::Begin(e) if e.vm == vm => last = Some((e, None)),
-            Record::End { id, outcome } => {
+            Record::End { id, outcome, .. } => {
                 if let Some((e, how)) = last.as_mut()
                     && e.id == id
                 {
@@ -218,6 +239,18 @@ impl Journal {
         seq: u64,
         started_unix_ms: u64,
     ) -> Result<Entry, JournalError> {
+        self.begin_predicted(vm, (from, to), (epoch, seq), started_unix_ms, None)
+    }
+
+    /// [`Journal::begin`], with what the forecast predicted of the migration.
+    pub fn begin_predicted(
+        &mut self,
+        vm: VmId,
+        (from, to): (&str, &str),
+        (epoch, seq): (u64, u64),
+        started_unix_ms: u64,
+        predicted: Option<Figures>,
+    ) -> Result<Entry, JournalError> {
         let entry = Entry {
             id: self.next_id,
             vm,
@@ -226,6 +259,7 @@ impl Journal {
             epoch,
             seq,
             started_unix_ms,
+            predicted,
         };
         self.append(&Record::Begin(entry.clone()))?;
         self.next_id += 1;
@@ -235,10 +269,24 @@ impl Journal {
 
     /// Closes a migration with its outcome.
     pub fn end(&mut self, id: u64, outcome: Ending) -> Result<(), JournalError> {
+        self.end_reported(id, outcome, None)
+    }
+
+    /// [`Journal::end`], with what the hypervisor reported of the migration.
+    pub fn end_reported(
+        &mut self,
+        id: u64,
+        outcome: Ending,
+        actual: Option<Figures>,
+    ) -> Result<(), JournalError> {
         if !self.open.contains_key(&id) {
             return Err(JournalError::NotOpen(id));
         }
-        self.append(&Record::End { id, outcome })?;
+        self.append(&Record::End {
+            id,
+            outcome,
+            actual,
+        })?;
         self.open.remove(&id);
         self.closed_records += 2;
         if self.closed_records >= COMPACT_AFTER {
@@ -298,6 +346,59 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_migration_keeps_its_forecast_and_its_reported_figures_and_old_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        // A record written before the figures existed.
+        std::fs::write(
+            &path,
+            "{\"record\":\"begin\",\"id\":1,\"vm\":1,\"from\":\"hv1\",\"to\":\"hv2\",\"epoch\":1,\"seq\":1,\"started_unix_ms\":5}\n",
+        )
+        .unwrap();
+        let (mut j, left) = Journal::open(&path).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].predicted, None);
+        j.end(left[0].id, Ending::Succeeded).unwrap();
+        let figures = |mode: &str, bytes| Figures {
+            mode: mode.into(),
+            bytes,
+            time_ms: 1_600,
+            downtime_ms: 20,
+        };
+        let e = j
+            .begin_predicted(
+                VmId(2),
+                ("hv1", "hv3"),
+                (1, 2),
+                6,
+                Some(figures("pre_copy", 95_000_000)),
+            )
+            .unwrap();
+        drop(j);
+        let (mut j, left) = Journal::open(&path).unwrap();
+        assert_eq!(left, vec![e.clone()], "the forecast survives a restart");
+        j.end_reported(
+            e.id,
+            Ending::Succeeded,
+            Some(figures("post_copy", 97_000_000)),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last = text.lines().last().unwrap();
+        assert!(
+            last.contains("\"actual\":{\"mode\":\"post_copy\",\"bytes\":97000000"),
+            "{last}"
+        );
+        // The closing record of a migration without figures is written as before.
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("\"outcome\":\"succeeded\"}")
+        );
+    }
 
     #[test]
     fn open_entries_survive_a_restart_and_closed_ones_do_not() {
@@ -439,6 +540,7 @@ mod tests {
                 epoch: 1,
                 seq: 1,
                 started_unix_ms: 0,
+                predicted: None,
             }))
             .unwrap();
             l.push('\n');
@@ -525,6 +627,7 @@ mod tests {
                 epoch: 1,
                 seq: id,
                 started_unix_ms: 0,
+                predicted: None,
             }))
             .unwrap();
             l.push('\n');

@@ -118,27 +118,31 @@ impl Ledger {
         self.moves.record(&self.topo, vm, from, to, unix_ms());
     }
 
-    /// Records a migration about to start; nothing starts if this fails.
+    /// Records a migration about to start, with its forecast; nothing starts if this fails.
     pub(super) fn begin(
         &mut self,
         vm: VmId,
-        from: &str,
-        to: &str,
+        (from, to): (&str, &str),
         at: Stamp,
+        predicted: Option<journal::Figures>,
     ) -> Result<journal::Entry, JournalError> {
         self.journal
-            .begin(vm, from, to, at.epoch, at.seq, unix_ms())
+            .begin_predicted(vm, (from, to), (at.epoch, at.seq), unix_ms(), predicted)
     }
 
-    /// A migration this host ran went through.
+    /// A migration this host ran went through, with what the hypervisor reported of it.
     pub(super) fn succeeded(
         &mut self,
         entry: u64,
         vm: VmId,
         (from, to): (HostId, HostId),
-        took: Duration,
+        actual: journal::Figures,
     ) {
-        if let Err(e) = self.journal.end(entry, journal::Ending::Succeeded) {
+        let took = Duration::from_millis(actual.time_ms);
+        let ended = self
+            .journal
+            .end_reported(entry, journal::Ending::Succeeded, Some(actual));
+        if let Err(e) = ended {
             tracing::warn!(vm = %vm, journal = entry, error = %e, "journal: entry not closed");
         }
         self.history.record(vm, from, took, Instant::now());

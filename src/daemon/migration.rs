@@ -9,14 +9,18 @@
 use super::host::Daemon;
 use super::inventory::Read;
 use super::journal::{self, JournalError};
+use crate::config::{Config, CostModel};
+use crate::cost::MoveCharge;
 use crate::decide::TurnOutcome;
 use crate::forecast;
-use crate::hypervisor::{Destination, HypervisorError, MigrationParams, MigrationReport, Vm};
+use crate::hypervisor::{Destination, HypervisorError, MigrationParams, Vm};
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
 use crate::topology::HostId;
 use scored_proto::{Stamp, Token, VmId};
 use std::time::Instant;
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 impl<P: Peers> Daemon<P> {
     /// Live-migrates `vm` to `to`: journal first, the blocking call off the event loop with the
@@ -27,7 +31,7 @@ impl<P: Peers> Daemon<P> {
         to: HostId,
         token: &Token,
         decided: Instant,
-    ) -> Result<MigrationReport, MigrateError> {
+    ) -> Result<Ran, MigrateError> {
         let config = self.config();
         let dest_host = self.topo.host(to);
         let dest = Destination {
@@ -39,7 +43,12 @@ impl<P: Peers> Daemon<P> {
             epoch: token.epoch,
             seq: token.seq,
         };
-        let entry = self.ledger().begin(vm.id, self.name(), &dest.host, at)?;
+        let mut params = config.migration.params();
+        let forecast = self.forecast(vm, &params);
+        let predicted = forecast.as_ref().map(figures_of);
+        let entry = self
+            .ledger()
+            .begin(vm.id, (self.name(), &dest.host), at, predicted.clone())?;
         self.metrics.migrations.started.inc();
         // Gauges are handles: clone out of the family so no lock guard lives across an await.
         let out_gauge = self
@@ -51,8 +60,6 @@ impl<P: Peers> Daemon<P> {
             })
             .clone();
         out_gauge.inc();
-        let mut params = config.migration.params();
-        let forecast = self.forecast(vm, &params);
         // Pre-copy cannot converge and post-copy is allowed: switch after the first pass
         // rather than resend the memory until the stall rule fires.
         params.post_copy_after_first_pass =
@@ -71,7 +78,7 @@ impl<P: Peers> Daemon<P> {
         // timeout, the call itself hangs (seen: libvirt's Perform waiting on a migration stream
         // whose network path had died) and must not keep the token.
         let within = params.timeout + config.hypervisor.call_timeout();
-        let (id, d) = (vm.id, dest.clone());
+        let (id, d, auto_converge) = (vm.id, dest.clone(), params.auto_converge);
         let result = self
             .hv
             .call("migration", within, move |hv| hv.migrate(id, &d, &params))
@@ -79,9 +86,29 @@ impl<P: Peers> Daemon<P> {
         out_gauge.dec();
         match result {
             Ok(report) => {
+                // How it ran: post-copy once it switched, else as it was started.
+                let ran = if report.post_copy {
+                    forecast::Mode::PostCopy
+                } else if auto_converge {
+                    forecast::Mode::PreCopyAutoConverge
+                } else {
+                    forecast::Mode::PreCopy
+                };
+                let actual = journal::Figures {
+                    mode: ran.name().to_string(),
+                    bytes: report.bytes,
+                    time_ms: report.elapsed.as_millis() as u64,
+                    downtime_ms: report.downtime.as_millis() as u64,
+                };
                 self.ledger()
-                    .succeeded(entry.id, vm.id, (self.me, to), report.elapsed);
+                    .succeeded(entry.id, vm.id, (self.me, to), actual.clone());
                 let m = &self.metrics.migrations;
+                m.by_mode
+                    .get_or_create(&metrics::ModeLabels {
+                        predicted: forecast.map_or("none", |f| f.mode.name()),
+                        actual: ran.name(),
+                    })
+                    .inc();
                 m.succeeded.inc();
                 m.duration.observe(report.elapsed.as_secs_f64());
                 m.downtime.observe(report.downtime.as_secs_f64());
@@ -91,6 +118,10 @@ impl<P: Peers> Daemon<P> {
                 if let Some(f) = forecast.filter(|f| f.bytes > 0.0 && report.bytes > 0) {
                     m.forecast_bytes_ratio
                         .observe(report.bytes as f64 / f.bytes);
+                }
+                if let Some(f) = forecast.filter(|f| !f.total.is_zero()) {
+                    m.forecast_seconds_ratio
+                        .observe(report.elapsed.as_secs_f64() / f.total.as_secs_f64());
                 }
                 tracing::info!(
                     vm = %vm.id, to = %dest.host, elapsed_s = report.elapsed.as_secs_f64(),
@@ -106,7 +137,7 @@ impl<P: Peers> Daemon<P> {
                 if let Err(e) = self.read_inventory(Read::Full).await {
                     tracing::warn!(error = %e, "inventory after migration");
                 }
-                Ok(report)
+                Ok(Ran { predicted, actual })
             }
             Err(e @ HypervisorError::NoAnswer { .. }) => {
                 // Neither failed nor done: the journal entry stays open and the VM unsettled
@@ -167,6 +198,41 @@ impl<P: Peers> Daemon<P> {
             forecast::Choice::Move(f) => f,
             forecast::Choice::WouldNotConverge { pre_copy } => pre_copy,
         })
+    }
+
+    /// `vm`'s own migration cost per destination under `[decision] migration_cost_model =
+    /// "forecast"` (`None` under the constant model): the bytes the forecast expects in the mode
+    /// it picks; without a forecast (no bandwidth cap, no dirty rate yet, or no mode that
+    /// converges: the hold-back then speaks), the first pass, the least a migration sends.
+    pub(super) fn move_charge(&self, vm: &Vm, config: &Config) -> Option<MoveCharge> {
+        if config.decision.migration_cost_model != CostModel::Forecast {
+            return None;
+        }
+        let params = config.migration.params();
+        let bytes = match self.choice(vm, &params) {
+            Some((forecast::Choice::Move(f), _, _)) => f.bytes,
+            Some((forecast::Choice::WouldNotConverge { .. }, first, _)) => first.mib as f64 * MIB,
+            None => {
+                let first = self.inventory.measured(vm.id).map_or(vm.memory_mib, |m| {
+                    forecast::Resident::of(&m, vm.memory_mib).mib
+                });
+                first as f64 * MIB
+            }
+        };
+        Some(MoveCharge {
+            bytes,
+            horizon_s: config.decision.migration_cost_horizon_s as f64,
+            disruption: config.decision.disruption_cost,
+        })
+    }
+
+    /// The forecast's figures for migrating `vm` now under the configured parameters, as the
+    /// journal and the decision record keep them.
+    pub(super) fn predicted(&self, vm: VmId) -> Option<journal::Figures> {
+        let v = self.inventory.get(vm)?;
+        self.forecast(&v, &self.config().migration.params())
+            .as_ref()
+            .map(figures_of)
     }
 
     /// Why a chosen move of `vm` should not start now, from its forecast: no mode the
@@ -233,6 +299,22 @@ impl<P: Peers> Daemon<P> {
             first.mib,
             first.basis.name(),
         ))
+    }
+}
+
+/// A migration that went through: what its forecast predicted and what the hypervisor reported.
+pub(super) struct Ran {
+    pub predicted: Option<journal::Figures>,
+    pub actual: journal::Figures,
+}
+
+/// A forecast as a record keeps it.
+fn figures_of(f: &forecast::Forecast) -> journal::Figures {
+    journal::Figures {
+        mode: f.mode.name().to_string(),
+        bytes: f.bytes as u64,
+        time_ms: f.total.as_millis() as u64,
+        downtime_ms: f.downtime.as_millis() as u64,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The record of each VM's turn: logged as the `decision` line, kept (the latest few) for
 //! `scored status`, shown by `scored plan`. Holds records only; it decides nothing.
 
+use super::journal::Figures;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -28,6 +29,12 @@ pub struct DecisionRecord {
     pub to: Option<String>,
     pub partners: usize,
     pub detail: String,
+    /// The migration forecast of a move chosen, recommended or held back by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<Figures>,
+    /// What the hypervisor reported of the migration, when one went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<Figures>,
     pub epoch: u64,
     pub seq: u64,
 }

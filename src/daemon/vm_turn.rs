@@ -46,6 +46,8 @@ impl<P: Peers> Daemon<P> {
             to: to.map(|h| self.host_name(h)),
             partners: a.partners.len(),
             detail: a.detail.clone(),
+            predicted: a.predicted.clone(),
+            actual: a.actual.clone(),
             epoch: at.epoch,
             seq: at.seq,
         }
@@ -114,6 +116,8 @@ impl<P: Peers> Daemon<P> {
                 to: None,
                 partners: self.cached_partners(vm),
                 detail,
+                predicted: None,
+                actual: None,
             };
             self.metrics.decided(a.outcome, started.elapsed());
             self.record(vm, &a, None, token, started_unix_ms);
@@ -148,15 +152,18 @@ impl<P: Peers> Daemon<P> {
                 return None;
             }
             match self.migrate(&v, dest, token, decided).await {
-                Ok(report) => {
+                Ok(ran) => {
                     at = dest;
                     a.detail = format!(
-                        "{}; migrated in {:.2} s, downtime {} ms, {} MiB",
+                        "{}; migrated in {:.2} s, downtime {} ms, {} MiB ({})",
                         a.detail,
-                        report.elapsed.as_secs_f64(),
-                        report.downtime.as_millis(),
-                        report.bytes / (1024 * 1024)
+                        ran.actual.time_ms as f64 / 1000.0,
+                        ran.actual.downtime_ms,
+                        ran.actual.bytes / (1024 * 1024),
+                        ran.actual.mode,
                     );
+                    a.predicted = ran.predicted;
+                    a.actual = Some(ran.actual);
                 }
                 Err(e) => {
                     a.outcome = if e.hung() {

@@ -136,6 +136,73 @@ fn eq_3_2_needs_more_than_the_migration_cost() {
 }
 
 #[test]
+fn a_per_move_charge_grows_with_the_path_the_migration_crosses() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    // One partner across the core: moving next to it saves 2·10·23.80 = 476.0.
+    let partners = [p(9, 10.0)];
+    let s = subject(&partners);
+    let charged = |bytes: f64, floor: f64| Gates {
+        per_move: Some(MoveCharge {
+            bytes,
+            horizon_s: 100.0,
+            disruption: 0.0,
+        }),
+        ..Gates::thesis(floor)
+    };
+    // 1000 bytes across the core, over 100 s: c_m = 1000·23.80/100 = 238.0 < 476.0.
+    let dec = d.decide(&s, &charged(1000.0, 0.0), |_| cap(0));
+    assert_eq!(dec.migrates_to(), Some(HostId(9)));
+    let core = t.path_cost(HostId(0), HostId(9));
+    assert!((dec.migration_cost - 1000.0 * core / 100.0).abs() < 1e-9);
+    // 2500 bytes: c_m = 595.0 > 476.0; no host is asked.
+    let dec = d.decide(&s, &charged(2500.0, 0.0), |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::NoBenefit);
+    assert_eq!(dec.queries, 0);
+    assert!((dec.migration_cost - 2500.0 * core / 100.0).abs() < 1e-9);
+    // The constant stays a floor under the move's own charge.
+    let dec = d.decide(&s, &charged(1000.0, 500.0), |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::NoBenefit);
+    assert_eq!(dec.migration_cost, 500.0);
+}
+
+#[test]
+fn a_per_move_charge_prefers_the_nearer_destination_when_gains_are_close() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    // current cost = 9.9·1 + 10·23.80 = 247.9. To host 9 (across the core) the benefit is
+    // 2·(10·23.80 − 9.9·22.80) = 24.56; to host 1 (rack-mate) 2·9.9 = 19.8.
+    let partners = [p(9, 10.0), p(1, 9.9)];
+    let s = subject(&partners);
+    let dec = d.decide(&s, &Gates::thesis(0.0), |_| cap(0));
+    assert_eq!(dec.migrates_to(), Some(HostId(9)), "the larger benefit");
+    // Each byte of migration costs its path: 50 bytes over 100 s charge host 9 0.5·23.80 =
+    // 11.9 (gain 12.66) and host 1 0.5 (gain 19.3).
+    let gates = Gates {
+        per_move: Some(MoveCharge {
+            bytes: 50.0,
+            horizon_s: 100.0,
+            disruption: 0.0,
+        }),
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&s, &gates, |_| cap(0));
+    assert_eq!(dec.migrates_to(), Some(HostId(1)), "{dec:?}");
+    assert!((dec.migration_cost - 0.5).abs() < 1e-9);
+    // The disruption charge is added to every move alike.
+    let gates = Gates {
+        per_move: Some(MoveCharge {
+            bytes: 50.0,
+            horizon_s: 100.0,
+            disruption: 19.5,
+        }),
+        ..Gates::thesis(0.0)
+    };
+    let dec = d.decide(&s, &gates, |_| cap(0));
+    assert_eq!(dec.outcome, Outcome::NoBenefit, "{dec:?}");
+}
+
+#[test]
 fn pinned_and_silent_vms_do_not_move() {
     let t = fat_tree();
     let mut d = Decider::new(&t);

@@ -59,6 +59,7 @@ impl MigrationModel {
             elapsed: Duration::from_secs_f64(bytes / rate) + self.downtime,
             downtime: self.downtime,
             bytes: bytes as u64,
+            post_copy: params.post_copy && params.post_copy_after_first_pass,
         }
     }
 }

@@ -350,6 +350,9 @@ pub struct MigrationReport {
     pub elapsed: Duration,
     pub downtime: Duration,
     pub bytes: u64,
+    /// The job switched to post-copy (the guest ran at the destination before all its memory
+    /// had arrived).
+    pub post_copy: bool,
 }
 
 /// Where a VM is, as far as this host's hypervisor can tell (journal reconciliation after a crash).

@@ -535,6 +535,7 @@ fn sim_reduction(
     let opt = RunOptions {
         policy,
         migration_cost: config.decision.migration_cost_fraction * crate::sim::cost_per_vm(&sc),
+        per_move: None,
         rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
         return_margin: config.decision.return_margin_fraction,
         record_steps: false,

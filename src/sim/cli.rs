@@ -1,10 +1,12 @@
 //! `scored sim` on the command line: arguments, progress bar (only when stderr is a terminal),
 //! the printed summary and the files in `--out`.
 
+use super::engine::PerMove;
 use super::groups::GroupParams;
 use super::output;
 use super::study::{self, Study};
 use super::traffic::TrafficParams;
+use super::workload::WorkloadParams;
 use super::{Clock, Scenario, ScenarioParams};
 use crate::rules::window::EVERY_DAY;
 use crate::rules::{Budget, Span, Window};
@@ -50,6 +52,18 @@ pub struct SimArgs {
     /// c_m fractions for the sweep of Fig. 5.3 (comma-separated); "none" to skip.
     #[arg(long, default_value = "0,0.1,0.2,0.3,1,3,10,30")]
     pub sweep: String,
+    /// Run each policy once more per horizon given (seconds, comma-separated), with a per-VM
+    /// c_m: each move's forecast migration bytes times its path cost, spread over the horizon
+    /// (`[decision] migration_cost_model = "forecast"`); `--cm` stays the floor. Default: none.
+    #[arg(long, default_value = "none")]
+    pub cm_horizon: String,
+    /// Charge added to every move under a per-VM c_m, as a fraction of the mean per-VM cost.
+    #[arg(long, default_value_t = 0.0)]
+    pub disruption_cost: f64,
+    /// The migration's share of the link in the simulated data centre, MiB/s (what each VM's
+    /// forecast migration bytes are computed against).
+    #[arg(long, default_value_t = 512.0)]
+    pub migration_bandwidth: f64,
     /// Skip the centralised baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -183,6 +197,26 @@ fn parse_policy(s: &str) -> Result<PolicyChoice, String> {
         })
 }
 
+/// `--cm-horizon`: seconds, comma-separated, or `none`.
+fn parse_horizons(s: &str) -> anyhow::Result<Vec<f64>> {
+    if s == "none" || s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|x| {
+            let v: f64 = x
+                .trim()
+                .parse()
+                .with_context(|| format!("--cm-horizon: `{x}` is not a number of seconds"))?;
+            anyhow::ensure!(
+                v.is_finite() && v >= 1.0,
+                "--cm-horizon: {v} must be at least 1 second"
+            );
+            Ok(v)
+        })
+        .collect()
+}
+
 fn parse_sweep(s: &str) -> anyhow::Result<Vec<f64>> {
     if s == "none" || s.is_empty() {
         return Ok(Vec::new());
@@ -243,6 +277,16 @@ impl SimArgs {
             "--replication-bytes {} must be a non-negative number",
             self.replication_bytes
         );
+        anyhow::ensure!(
+            self.disruption_cost.is_finite() && self.disruption_cost >= 0.0,
+            "--disruption-cost {} must be a non-negative fraction",
+            self.disruption_cost
+        );
+        anyhow::ensure!(
+            self.migration_bandwidth.is_finite() && self.migration_bandwidth >= 1.0,
+            "--migration-bandwidth {} must be at least 1 MiB/s",
+            self.migration_bandwidth
+        );
         let tz = jiff::tz::TimeZone::get(&self.timezone).map_err(|_| {
             anyhow::anyhow!("--timezone `{}`: no such IANA time zone", self.timezone)
         })?;
@@ -272,6 +316,10 @@ impl SimArgs {
                 replication_bytes: self.replication_bytes,
                 ..GroupParams::default()
             },
+            workload: WorkloadParams {
+                bandwidth_mib_s: self.migration_bandwidth,
+                ..WorkloadParams::default()
+            },
             windows,
             budget: Budget {
                 per_vm_per_day: self.budget_vm_day,
@@ -297,6 +345,13 @@ impl SimArgs {
             cm_fraction: self.cm,
             sweep: parse_sweep(&self.sweep)?,
             baseline: !self.no_baseline,
+            per_move: parse_horizons(&self.cm_horizon)?
+                .into_iter()
+                .map(|horizon_s| PerMove {
+                    horizon_s,
+                    disruption: self.disruption_cost,
+                })
+                .collect(),
             rack_alternates: self.rack_alternates,
             return_margin: self.return_margin,
             threads,

@@ -11,7 +11,7 @@
 
 use super::Scenario;
 use super::messages::{self, Counts, Wire};
-use crate::cost::PartnerTraffic;
+use crate::cost::{MoveCharge, PartnerTraffic};
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
 use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
@@ -34,6 +34,8 @@ pub struct PolicyRun {
     /// Where each VM ended.
     pub placement: Vec<HostId>,
     pub migrations: u64,
+    /// Bytes the migrations sent (each VM's forecast, `Scenario::migration_bytes`).
+    pub migrated_bytes: f64,
     /// VMs that migrated at least once.
     pub vms_moved: u64,
     /// VMs that at some point migrated back to a host they had left.
@@ -69,7 +71,11 @@ impl PolicyRun {
 #[derive(Clone, Copy, Debug)]
 pub struct RunOptions {
     pub policy: PolicyKind,
+    /// The constant `c_m` (with `per_move`, the floor under each move's own).
     pub migration_cost: f64,
+    /// Charge each move its own migration traffic on its path (`cost::MoveCharge`), spread
+    /// over this many seconds, plus a disruption charge; `None`: the constant alone.
+    pub per_move: Option<PerMove>,
     pub rack_alternates: usize,
     pub return_margin: f64,
     /// Keep the per-step cost series (off for c_m sweeps).
@@ -80,6 +86,13 @@ pub struct RunOptions {
     /// Apply the scenario's placement rules (groups, windows, budgets); off: the same scenario
     /// as if no rule existed, to measure what the rules cost.
     pub rules: bool,
+}
+
+/// `[decision] migration_cost_model = "forecast"` in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerMove {
+    pub horizon_s: f64,
+    pub disruption: f64,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -182,6 +195,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         costs: Vec::with_capacity(if opt.record_steps { sc.rounds() * n } else { 0 }),
         placement: Vec::new(),
         migrations: 0,
+        migrated_bytes: 0.0,
         vms_moved: 0,
         moved_back: 0,
         bad_moves: 0,
@@ -252,6 +266,11 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         let gates = Gates {
             pinned: false,
             migration_cost: opt.migration_cost,
+            per_move: opt.per_move.map(|m| MoveCharge {
+                bytes: sc.migration_bytes[i],
+                horizon_s: m.horizon_s,
+                disruption: m.disruption,
+            }),
             maintenance: &[],
             previous_hosts: &previous[i],
             return_margin: opt.return_margin,
@@ -340,6 +359,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 }
                 cost -= benefit;
                 run.migrations += 1;
+                run.migrated_bytes += sc.migration_bytes[i];
                 if !moved[i] {
                     moved[i] = true;
                     run.vms_moved += 1;

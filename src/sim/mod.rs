@@ -15,6 +15,7 @@ pub mod output;
 pub mod plot;
 pub mod study;
 pub mod traffic;
+pub mod workload;
 
 use crate::cost;
 use crate::rules::{Budget, Rules, Window};
@@ -26,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use scored_proto::{PolicyKind, VmId};
 use std::sync::Arc;
 use traffic::{Generator, Rates, Structure, TrafficParams};
+use workload::WorkloadParams;
 
 /// Why a scenario cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -56,6 +58,8 @@ pub struct ScenarioParams {
     pub traffic: TrafficParams,
     /// Replica and affinity groups (none by default: the thesis's scenario).
     pub groups: GroupParams,
+    /// Each VM's memory and dirty rate, for what its migrations send.
+    pub workload: WorkloadParams,
     /// Migration windows, in simulated time (none: migrate at any time).
     pub windows: Vec<Window>,
     pub budget: Budget,
@@ -75,6 +79,7 @@ impl Default for ScenarioParams {
             seed: 1,
             traffic: TrafficParams::default(),
             groups: GroupParams::default(),
+            workload: WorkloadParams::default(),
             windows: Vec::new(),
             budget: Budget::default(),
             clock: Clock::default(),
@@ -133,6 +138,8 @@ pub struct Scenario {
     pub group_counts: [usize; 3],
     /// VMs in a group.
     pub grouped_vms: usize,
+    /// Bytes a migration of each VM sends (`workload`), by dense index.
+    pub migration_bytes: Vec<f64>,
 }
 
 impl Scenario {
@@ -194,6 +201,10 @@ impl Scenario {
         let mut group_rng = ChaCha8Rng::seed_from_u64(params.seed);
         group_rng.set_stream(1);
         let drawn = groups::draw(&params.groups, &ids, &initial, &rack_number, &mut group_rng);
+        // The workloads too: with them the placement, traffic and groups stay those of the seed.
+        let mut workload_rng = ChaCha8Rng::seed_from_u64(params.seed);
+        workload_rng.set_stream(2);
+        let migration_bytes = params.workload.migration_bytes(n, mem, &mut workload_rng);
         let structure = Structure::new(&home, &params.traffic, &mut rng);
         let generator = Generator::new(&params.traffic, &structure);
         let mut flows = generator.initial(&mut rng);
@@ -222,6 +233,7 @@ impl Scenario {
             rules: Arc::new(rules),
             group_counts: drawn.counts,
             grouped_vms: drawn.members,
+            migration_bytes,
             topology,
             vm_memory_mib: mem,
             params,

@@ -41,8 +41,20 @@ pub struct Row {
     pub vms_moved: u64,
     /// VMs that moved back to a host they had left (`None` for the baseline, a plan).
     pub moved_back: Option<u64>,
+    /// Bytes the migrations sent (each VM's forecast; a plan's: each VM it moves, once).
+    pub migrated_bytes: f64,
     pub seconds: f64,
 }
+
+impl Row {
+    /// GiB sent by migrations per point (1 %) of cost reduction: what the run paid for what
+    /// it removed (`None` when it removed nothing).
+    pub fn gib_per_point(&self) -> Option<f64> {
+        (self.reduction > 0.0).then(|| self.migrated_bytes / GIB / (self.reduction * 100.0))
+    }
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// The summary rows: each policy, then the baseline, then (when the scenario has placement
 /// rules) each policy as if there were none, named `<policy>, without rules`.
@@ -57,6 +69,7 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
         per_vm: r.migrations as f64 / n,
         vms_moved: r.vms_moved,
         moved_back: Some(r.moved_back),
+        migrated_bytes: r.migrated_bytes,
         seconds,
     };
     let mut out: Vec<Row> = report
@@ -65,16 +78,33 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
         .zip(&report.run_times)
         .map(|(r, t)| row(r, r.policy.name().to_string(), t.as_secs_f64()))
         .collect();
+    for (m, r, t) in &report.per_move {
+        let name = format!("{}, per-VM c_m over {:.0} s", r.policy.name(), m.horizon_s);
+        out.push(row(r, name, t.as_secs_f64()));
+    }
     if let Some(b) = &report.baseline {
-        for (name, costs, moved) in [
+        for (name, costs, moved, placement) in [
             (
                 "centralised, incremental",
                 &b.incremental_costs,
                 b.incremental_vms_moved,
+                &b.incremental_placement,
             ),
-            ("centralised, re-placement", &b.costs, b.vms_moved),
+            (
+                "centralised, re-placement",
+                &b.costs,
+                b.vms_moved,
+                &b.placement,
+            ),
         ] {
             let last = *costs.last().expect("one cost per round");
+            let migrated_bytes = placement
+                .iter()
+                .zip(&sc.initial)
+                .zip(&sc.migration_bytes)
+                .filter(|((a, b), _)| a != b)
+                .map(|(_, bytes)| bytes)
+                .sum();
             out.push(Row {
                 name: name.into(),
                 normalised: last / c0,
@@ -83,6 +113,7 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
                 per_vm: moved as f64 / n,
                 vms_moved: moved,
                 moved_back: None,
+                migrated_bytes,
                 seconds: report.baseline_time.as_secs_f64(),
             });
         }
@@ -172,16 +203,16 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| run | cost reduction | final / initial cost | migrations | migrations per VM | VMs moved | VMs that moved back | run time |"
+        "| run | cost reduction | final / initial cost | migrations | migrations per VM | VMs moved | VMs that moved back | migrated GiB | GiB per point | run time |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows(sc, report) {
         let back = r
             .moved_back
             .map_or("n/a (plan)".to_string(), |b| b.to_string());
         let _ = writeln!(
             s,
-            "| {} | {:.1}% | {:.4} | {} | {:.3} | {} | {} | {:.1} s |",
+            "| {} | {:.1}% | {:.4} | {} | {:.3} | {} | {} | {:.0} | {} | {:.1} s |",
             r.name,
             r.reduction * 100.0,
             r.normalised,
@@ -189,6 +220,9 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             r.per_vm,
             r.vms_moved,
             back,
+            r.migrated_bytes / GIB,
+            r.gib_per_point()
+                .map_or("-".to_string(), |g| format!("{g:.1}")),
             r.seconds
         );
     }
@@ -330,6 +364,15 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     s
 }
 
+/// A run's name as a CSV field: quoted when it holds a comma (RFC 4180).
+fn csv_name(name: &str) -> String {
+    if name.contains(',') {
+        format!("\"{name}\"")
+    } else {
+        name.to_string()
+    }
+}
+
 fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>, OutputError> {
     Ok(std::io::BufWriter::new(
         std::fs::File::create(path).map_err(io(path))?,
@@ -393,12 +436,7 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     )
     .map_err(io(&path))?;
     for r in rows(sc, report) {
-        // Names with a comma are quoted (RFC 4180).
-        let name = if r.name.contains(',') {
-            format!("\"{}\"", r.name)
-        } else {
-            r.name.clone()
-        };
+        let name = csv_name(&r.name);
         writeln!(
             f,
             "{},{:.6},{:.6},{},{:.6},{},{},{:.3}",
@@ -410,6 +448,31 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
             r.vms_moved,
             r.moved_back.map_or(String::new(), |b| b.to_string()),
             r.seconds
+        )
+        .map_err(io(&path))?;
+    }
+    f.flush().map_err(io(&path))?;
+    written.push(path);
+
+    // What each run's migrations sent for what they removed (each VM's forecast bytes).
+    let path = dir.join("migration_traffic.csv");
+    let mut f = create(&path)?;
+    writeln!(
+        f,
+        "run,reduction,migrations,migrated_gib,gib_per_reduction_point"
+    )
+    .map_err(io(&path))?;
+    for r in rows(sc, report) {
+        let name = csv_name(&r.name);
+        writeln!(
+            f,
+            "{},{:.6},{},{:.3},{}",
+            name,
+            r.reduction,
+            r.migrations,
+            r.migrated_bytes / GIB,
+            r.gib_per_point()
+                .map_or(String::new(), |g| format!("{g:.4}"))
         )
         .map_err(io(&path))?;
     }
@@ -432,16 +495,21 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     if !report.sweep.is_empty() {
         let path = dir.join("cm_sweep.csv");
         let mut f = create(&path)?;
-        writeln!(f, "policy,cm_fraction,cm_absolute,reduction,migrations").map_err(io(&path))?;
+        writeln!(
+            f,
+            "policy,cm_fraction,cm_absolute,reduction,migrations,migrated_gib"
+        )
+        .map_err(io(&path))?;
         for p in &report.sweep {
             writeln!(
                 f,
-                "{},{},{:.6e},{:.6},{}",
+                "{},{},{:.6e},{:.6},{},{:.3}",
                 p.policy.name(),
                 p.cm_fraction,
                 p.cm_fraction * report.cost_per_vm,
                 p.reduction,
-                p.migrations
+                p.migrations,
+                p.migrated_bytes / GIB
             )
             .map_err(io(&path))?;
         }

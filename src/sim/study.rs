@@ -3,7 +3,7 @@
 //! independent and deterministic, so the thread count never changes a result.
 
 use super::baseline::{self, Baseline};
-use super::engine::{self, PolicyRun, RunOptions};
+use super::engine::{self, PerMove, PolicyRun, RunOptions};
 use super::{Scenario, cost_per_vm};
 use scored_proto::PolicyKind;
 use std::sync::Mutex;
@@ -19,6 +19,10 @@ pub struct Study {
     /// Fractions for the c_m sweep (Fig. 5.3); empty: no sweep.
     pub sweep: Vec<f64>,
     pub baseline: bool,
+    /// Each policy once more under each of these per-VM `c_m` (`[decision]
+    /// migration_cost_model = "forecast"`), with the constant `cm_fraction` as its floor; the
+    /// disruption charge as a fraction of the mean per-VM cost, like `cm_fraction`.
+    pub per_move: Vec<PerMove>,
     pub rack_alternates: usize,
     pub return_margin: f64,
     pub threads: usize,
@@ -31,6 +35,7 @@ impl Default for Study {
             cm_fraction: 0.0,
             sweep: vec![0.0, 0.1, 0.2, 0.3, 1.0, 3.0, 10.0, 30.0],
             baseline: true,
+            per_move: Vec::new(),
             rack_alternates: 3,
             return_margin: 0.0,
             threads: 2,
@@ -46,6 +51,8 @@ pub struct SweepPoint {
     /// Cost reduction against the initial allocation under the last round's traffic.
     pub reduction: f64,
     pub migrations: u64,
+    /// Bytes the migrations sent (each VM's forecast).
+    pub migrated_bytes: f64,
 }
 
 /// Everything a study produced.
@@ -53,6 +60,8 @@ pub struct SweepPoint {
 pub struct Report {
     /// One run per policy, in `Study::policies` order.
     pub runs: Vec<PolicyRun>,
+    /// The runs under each per-VM `c_m` of `Study::per_move`, with their wall times.
+    pub per_move: Vec<(PerMove, PolicyRun, Duration)>,
     /// The same runs ignoring the scenario's placement rules (empty when it has none): what
     /// the rules cost, and the violations they prevent.
     pub without_rules: Vec<PolicyRun>,
@@ -84,6 +93,8 @@ impl Report {
 enum Job {
     /// Policy, c_m fraction, main run (else a sweep point), rules applied.
     Run(PolicyKind, f64, bool, bool),
+    /// Policy under a per-VM c_m (the study's fraction as its floor).
+    PerMove(PolicyKind, PerMove),
     Baseline,
 }
 
@@ -109,6 +120,11 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
             jobs.push(Job::Run(p, study.cm_fraction, true, false));
         }
     }
+    for &m in &study.per_move {
+        for &p in &study.policies {
+            jobs.push(Job::PerMove(p, m));
+        }
+    }
     for &f in &study.sweep {
         if f == study.cm_fraction {
             continue;
@@ -129,10 +145,28 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                     let t = Instant::now();
                     let done = match *job {
                         Job::Baseline => Done::Baseline(Box::new(baseline::run(sc)), t.elapsed()),
+                        Job::PerMove(policy, m) => {
+                            let opt = RunOptions {
+                                policy,
+                                migration_cost: study.cm_fraction * unit,
+                                per_move: Some(PerMove {
+                                    disruption: m.disruption * unit,
+                                    ..m
+                                }),
+                                rack_alternates: study.rack_alternates,
+                                return_margin: study.return_margin,
+                                record_steps: false,
+                                verify_moves: false,
+                                rules: true,
+                            };
+                            let run = engine::run(sc, &opt, progress);
+                            Done::Run(Box::new(run), t.elapsed())
+                        }
                         Job::Run(policy, f, record_steps, rules) => {
                             let opt = RunOptions {
                                 policy,
                                 migration_cost: f * unit,
+                                per_move: None,
                                 rack_alternates: study.rack_alternates,
                                 return_margin: study.return_margin,
                                 record_steps,
@@ -157,6 +191,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     let initial_costs: Vec<f64> = (0..sc.rounds()).map(|r| sc.cost(r, &sc.initial)).collect();
     let mut report = Report {
         runs: Vec::new(),
+        per_move: Vec::new(),
         without_rules: Vec::new(),
         without_rules_times: Vec::new(),
         baseline: None,
@@ -176,6 +211,10 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                 report.baseline_time = t;
             }
             Done::Run(run, t) => {
+                if let Job::PerMove(_, m) = jobs[k] {
+                    report.per_move.push((m, *run, t));
+                    continue;
+                }
                 let Job::Run(_, f, main, rules) = jobs[k] else {
                     continue;
                 };
@@ -190,6 +229,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                         cm_fraction: f,
                         reduction: report.reduction(run.final_cost()),
                         migrations: run.migrations,
+                        migrated_bytes: run.migrated_bytes,
                     });
                 }
                 if main {

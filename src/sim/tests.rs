@@ -48,6 +48,7 @@ fn options(policy: PolicyKind) -> RunOptions {
     RunOptions {
         policy,
         migration_cost: 0.0,
+        per_move: None,
         rack_alternates: 3,
         return_margin: 0.0,
         record_steps: true,
@@ -498,4 +499,61 @@ fn impossible_scenarios_are_refused() {
         err.to_string(),
         "1 VMs in 1 racks make no traffic: there is nothing to optimise"
     );
+}
+
+#[test]
+fn the_workloads_change_no_placement_and_no_traffic() {
+    // They come from a stream of their own: a scenario is the thesis's whatever its workloads.
+    let a = scenario(5, 0.75);
+    let b = Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            seed: 5,
+            fill: 0.75,
+            workload: workload::WorkloadParams {
+                bandwidth_mib_s: 64.0,
+                dirty_median_mib_s: 40.0,
+                ..workload::WorkloadParams::default()
+            },
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(a.initial, b.initial);
+    assert_eq!(a.rates[0].pairs(), b.rates[0].pairs());
+    assert_ne!(a.migration_bytes, b.migration_bytes);
+    // Busier guests on a slower link send more.
+    let sum = |s: &Scenario| s.migration_bytes.iter().sum::<f64>();
+    assert!(sum(&b) > sum(&a));
+}
+
+#[test]
+fn a_per_move_charge_counts_each_migration_bytes_and_never_moves_more_than_none() {
+    let sc = scenario(9, 0.75);
+    for p in PolicyKind::ALL {
+        let free = run(&sc, p);
+        // Migrated bytes are each moving VM's own figure, once per migration.
+        assert!(free.migrations > 0);
+        assert!(free.migrated_bytes >= free.migrations as f64 * 256.0 * 1024.0 * 1024.0);
+        let charged = |horizon_s: f64| {
+            engine::run(
+                &sc,
+                &RunOptions {
+                    per_move: Some(engine::PerMove {
+                        horizon_s,
+                        disruption: 0.0,
+                    }),
+                    ..options(p)
+                },
+                |_| {},
+            )
+        };
+        let short = charged(60.0);
+        assert_eq!(short.bad_moves, 0, "{p:?}");
+        assert!(short.migrations < free.migrations, "{p:?}");
+        assert!(short.migrated_bytes < free.migrated_bytes, "{p:?}");
+        // A charge spread over an hour weighs less than over a minute.
+        let long = charged(3600.0);
+        assert!(long.migrations >= short.migrations, "{p:?}");
+    }
 }

@@ -102,7 +102,8 @@ impl LibvirtHypervisor {
                 if let Some(reason) = seen.aborted {
                     tracing::info!(%vm, dest = %dest.host, "migration completed although the watchdog asked to abort it ({reason})");
                 }
-                let (report, net) = confirm_at_destination(&moved, vm, &dest.host, trace.wall)?;
+                let (mut report, net) = confirm_at_destination(&moved, vm, &dest.host, trace.wall)?;
+                report.post_copy = trace.post_copy;
                 trace.downtime_net = net;
                 if let Ok(conn) = self.conn()
                     && let Ok(still) = conn.lookup_domain_by_uuid_string(&uuid_string(&desc.uuid))
@@ -128,8 +129,9 @@ impl LibvirtHypervisor {
                         && there.is_active().unwrap_or(false)
                     {
                         tracing::warn!(%vm, dest = %dest.host, "virDomainMigrate3 failed ({}) but the VM runs at the destination", e.message());
-                        let (report, net) =
+                        let (mut report, net) =
                             confirm_at_destination(&there, vm, &dest.host, trace.wall)?;
+                        report.post_copy = trace.post_copy;
                         trace.downtime_net = net;
                         return Ok((report, trace));
                     }
@@ -231,6 +233,7 @@ fn confirm_at_destination(
                 elapsed: Duration::from_millis(s.elapsed_ms.unwrap_or(0)),
                 downtime: Duration::from_millis(s.downtime_ms.unwrap_or(0)),
                 bytes: s.processed.unwrap_or(0),
+                post_copy: false,
             },
             s.downtime_net_ms.map(Duration::from_millis),
         )),
@@ -247,6 +250,7 @@ fn confirm_at_destination(
                     elapsed: wall,
                     downtime: Duration::ZERO,
                     bytes: 0,
+                    post_copy: false,
                 },
                 None,
             ))
