@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
         free_memory_mib: 8 * 1024,
         total_memory_mib: 17408,
         cpu_load: 0.0,
+        cpus: 0,
     };
     let mut group = c.benchmark_group("decide");
     for k in [10usize, 100, 1000] {
@@ -38,6 +39,7 @@ fn bench(c: &mut Criterion) {
             vm: VmId(1),
             host: HostId(0),
             memory_mib: 1024,
+            cpu_cores: 0.0,
             partners: &partners,
         };
         let gates = Gates::thesis(0.0);

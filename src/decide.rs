@@ -44,6 +44,9 @@ pub struct Subject<'a> {
     pub host: HostId,
     /// Memory a destination must have free for u.
     pub memory_mib: u64,
+    /// CPU u used recently, in cores (0: not measured): what a destination must have free
+    /// under `Gates::max_cpu_load`.
+    pub cpu_cores: f64,
     /// u's partners with their (resolved) hosts and rates λ(u, z).
     pub partners: &'a [PartnerTraffic],
 }
@@ -70,6 +73,10 @@ pub struct Gates<'a> {
     pub return_margin: f64,
     /// How many other hosts of a partner host's rack to try when that host cannot take u.
     pub rack_alternates: usize,
+    /// A destination whose load per CPU would exceed this with u's recent CPU use added is
+    /// not taken (as a full host); 0 disables the gate. A host that does not report its CPUs
+    /// is not judged.
+    pub max_cpu_load: f64,
     /// The placement rules that bear on u (anti-affinity, affinity, exclusions): a candidate
     /// they refuse is never asked.
     pub rules: &'a RuleCheck<'a>,
@@ -104,6 +111,7 @@ impl Gates<'_> {
             previous_hosts: &[],
             return_margin: 0.0,
             rack_alternates: 3,
+            max_cpu_load: 0.0,
             rules: &NO_RULES,
         }
     }
@@ -157,6 +165,8 @@ pub struct Decision {
     pub queries: u32,
     pub full: u32,
     pub unreachable: u32,
+    /// Of the `full`: hosts with room for u's memory but not for its CPU use.
+    pub cpu_full: u32,
     /// Candidates above `c_m` skipped: in maintenance / a recent host with too small a gain /
     /// refused by a placement rule.
     pub in_maintenance: u32,
@@ -284,6 +294,15 @@ impl TurnOutcome {
 }
 
 /// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
+/// Whether a host whose answer is `capacity` has CPU for a VM using `cores` under a load per
+/// CPU of at most `max_load` (0: no limit). Unknown CPUs or use: not judged.
+pub fn cpu_room(capacity: &Capacity, cores: f64, max_load: f64) -> bool {
+    if max_load <= 0.0 || capacity.cpus == 0 || cores <= 0.0 {
+        return true;
+    }
+    capacity.cpu_load as f64 + cores / capacity.cpus as f64 <= max_load
+}
+
 /// VM limit and memory reserve from the topology.
 pub fn room_for(host: &Host, capacity: &Capacity, memory_mib: u64) -> bool {
     // A migration on its way in already holds a slot there.
@@ -451,6 +470,7 @@ impl<'t> Decider<'t> {
             queries: 0,
             full: 0,
             unreachable: 0,
+            cpu_full: 0,
             in_maintenance: 0,
             returning: 0,
             by_rule: 0,
@@ -630,8 +650,9 @@ impl Search<'_, '_> {
             return;
         };
         let topo = self.decider.topo;
+        let cpu = |cap: &Capacity| cpu_room(cap, self.subject.cpu_cores, self.gates.max_cpu_load);
         match capacity {
-            Some(cap) if room_for(topo.host(host), cap, self.subject.memory_mib) => {
+            Some(cap) if room_for(topo.host(host), cap, self.subject.memory_mib) && cpu(cap) => {
                 self.decision.migration_cost =
                     self.gates.migration_cost_to(topo, self.subject.host, host);
                 self.decision.outcome = Outcome::Migrate {
@@ -642,7 +663,12 @@ impl Search<'_, '_> {
                 self.done = true;
                 return;
             }
-            Some(_) => self.decision.full += 1,
+            Some(cap) => {
+                self.decision.full += 1;
+                if room_for(topo.host(host), cap, self.subject.memory_mib) {
+                    self.decision.cpu_full += 1;
+                }
+            }
             None => self.decision.unreachable += 1,
         }
         if c.via == Via::PartnerHost && self.gates.rack_alternates > 0 {

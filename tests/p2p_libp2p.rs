@@ -79,6 +79,7 @@ fn daemon(
                         accepts: true,
                     },
                     refused_by_rule: None,
+                    cpus: 8 * i as u32,
                 }),
                 InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {
                     token: Default::default(),
@@ -163,6 +164,8 @@ async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
         .await;
     for (h, c) in &caps {
         assert_eq!(c.as_ref().unwrap().capacity.free_slots, h.0);
+        // Over /scored/capacity/3: the answer carries the host's CPUs.
+        assert_eq!(c.as_ref().unwrap().cpus, 8 * h.0);
     }
     let stats = peers[3]
         .query_all_stats(StatsRequest { epoch: 1, round: 0 }, T)
@@ -376,6 +379,7 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
                         accepts: true,
                     },
                     refused_by_rule: None,
+                    cpus: 0,
                 });
             }
             if asked == 2 {
@@ -546,6 +550,7 @@ async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
                 reply.send(PlacementResponse {
                     capacity: capacity(false),
                     refused_by_rule: Some("anti-affinity group db, scope host: h0 runs x".into()),
+                    cpus: 0,
                 });
                 return;
             }
@@ -611,7 +616,8 @@ async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
         theirs,
         PlacementResponse {
             capacity: capacity(true),
-            refused_by_rule: None
+            refused_by_rule: None,
+            cpus: 0,
         }
     );
     daemon.await.unwrap();

@@ -7,6 +7,11 @@
 //! - `/scored/announce/2` (gossip topic): [`GroupsAnnounce`], the groups the VMs of one host
 //!   name in their own metadata, the companion of that host's v1 inventory.
 //!
+//! - `/scored/capacity/3`: the same request; the answer ([`PlacementResponse`], version byte 3)
+//!   adds the answering host's CPU count, so the asker can tell from the v1 `cpu_load` whether
+//!   the host has room for the VM's CPU use too. A v2 stream carries [`PlacementResponseV2`],
+//!   the answer without it.
+//!
 //! The v1 messages are untouched (their golden vectors stay): a daemon speaks both versions, and
 //! the transport converts between them for a peer that speaks only v1 (docs/protocol.md, "Mixed
 //! versions"). Frames of these messages carry version byte 2. Like every message here: plain
@@ -24,8 +29,12 @@ use serde::{Deserialize, Serialize};
 pub const CAPACITY_PROTOCOL_V2: &str = "/scored/capacity/2";
 /// The gossip topic of version 2 announcements ([`GroupsAnnounce`]).
 pub const ANNOUNCE_TOPIC_V2: &str = "/scored/announce/2";
-/// The version byte of the messages in this module.
+/// The capacity protocol whose answer carries the host's CPU count.
+pub const CAPACITY_PROTOCOL_V3: &str = "/scored/capacity/3";
+/// The version byte of the messages in this module (but [`PlacementResponse`]).
 pub const PLACEMENT_VERSION: u8 = 2;
+/// The version byte of [`PlacementResponse`].
+pub const LOAD_VERSION: u8 = 3;
 /// Most groups one VM may be announced or asked about in.
 pub const MAX_VM_GROUPS: usize = 16;
 /// Longest group name.
@@ -77,13 +86,42 @@ impl PlacementRequest {
     }
 }
 
-/// The answer: the room, and why a placement rule refuses the VM here (then `accepts` is
-/// false). The sentence names the rule, the host and the member ("anti-affinity group db,
-/// scope host: hv7 runs 10.0.0.2"), at most [`MAX_REASON`] bytes.
+/// The answer: the room, why a placement rule refuses the VM here (then `accepts` is false),
+/// and how many CPUs the host has. The sentence names the rule, the host and the member
+/// ("anti-affinity group db, scope host: hv7 runs 10.0.0.2"), at most [`MAX_REASON`] bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlacementResponse {
     pub capacity: CapacityResponse,
     pub refused_by_rule: Option<String>,
+    /// CPUs of the host (0: it cannot say): with `capacity.cpu_load`, what CPU it has free.
+    pub cpus: u32,
+}
+
+/// The `/scored/capacity/2` answer: [`PlacementResponse`] without the CPU count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacementResponseV2 {
+    pub capacity: CapacityResponse,
+    pub refused_by_rule: Option<String>,
+}
+
+impl From<PlacementResponse> for PlacementResponseV2 {
+    fn from(r: PlacementResponse) -> Self {
+        PlacementResponseV2 {
+            capacity: r.capacity,
+            refused_by_rule: r.refused_by_rule,
+        }
+    }
+}
+
+impl From<PlacementResponseV2> for PlacementResponse {
+    /// A v2 peer's answer: its CPUs unknown.
+    fn from(r: PlacementResponseV2) -> Self {
+        PlacementResponse {
+            capacity: r.capacity,
+            refused_by_rule: r.refused_by_rule,
+            cpus: 0,
+        }
+    }
 }
 
 /// One VM and the groups its own metadata names.
@@ -144,21 +182,37 @@ impl Validate for PlacementRequest {
 
 impl Validate for PlacementResponse {
     fn validate(&self) -> Result<(), String> {
-        let c = &self.capacity;
-        if !c.cpu_load.is_finite() || c.cpu_load < 0.0 {
-            return Err(format!(
-                "cpu_load {} is not a finite non-negative number",
-                c.cpu_load
-            ));
+        if self.cpus > MAX_CPUS {
+            return Err(format!("{} CPUs exceed the limit of {MAX_CPUS}", self.cpus));
         }
-        if let Some(r) = &self.refused_by_rule {
-            check_reason(r)?;
-            if c.accepts {
-                return Err("accepts a VM a rule refuses".into());
-            }
-        }
-        Ok(())
+        check_answer(&self.capacity, self.refused_by_rule.as_deref())
     }
+}
+
+/// Most CPUs a host may report.
+pub const MAX_CPUS: u32 = 1 << 16;
+
+impl Validate for PlacementResponseV2 {
+    fn validate(&self) -> Result<(), String> {
+        check_answer(&self.capacity, self.refused_by_rule.as_deref())
+    }
+}
+
+/// The room and a rule's refusal, as both versions of the answer carry them.
+fn check_answer(c: &CapacityResponse, refused_by_rule: Option<&str>) -> Result<(), String> {
+    if !c.cpu_load.is_finite() || c.cpu_load < 0.0 {
+        return Err(format!(
+            "cpu_load {} is not a finite non-negative number",
+            c.cpu_load
+        ));
+    }
+    if let Some(r) = refused_by_rule {
+        check_reason(r)?;
+        if c.accepts {
+            return Err("accepts a VM a rule refuses".into());
+        }
+    }
+    Ok(())
 }
 
 impl Validate for GroupsAnnounce {
@@ -184,10 +238,16 @@ postcard_message!(
     version = PLACEMENT_VERSION
 );
 postcard_message!(
-    PlacementResponse,
+    PlacementResponseV2,
     "capacity response",
     RESPONSE_FRAME,
     version = PLACEMENT_VERSION
+);
+postcard_message!(
+    PlacementResponse,
+    "capacity response",
+    RESPONSE_FRAME,
+    version = LOAD_VERSION
 );
 postcard_message!(
     GroupsAnnounce,

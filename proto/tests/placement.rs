@@ -126,21 +126,52 @@ fn postcard_request(topology: u64, req: &PlacementRequest) -> Vec<u8> {
 
 #[test]
 fn a_rule_refusal_never_accepts_and_is_a_bounded_sentence() {
-    let refused = Response::Ok(PlacementResponse {
+    let refused = PlacementResponse {
         capacity: capacity(false),
         refused_by_rule: Some("anti-affinity group db, scope host: hv2 runs 10.0.0.2".into()),
-    });
-    roundtrip(&refused);
-    let contradiction = Response::Ok(PlacementResponse {
+        cpus: 8,
+    };
+    roundtrip(&Response::Ok(refused.clone()));
+    roundtrip(&Response::Ok(PlacementResponseV2::from(refused)));
+    let contradiction = PlacementResponse {
         capacity: capacity(true),
         refused_by_rule: Some("x".into()),
-    });
-    assert!(encode(&contradiction).is_err());
+        cpus: 8,
+    };
+    assert!(encode(&Response::Ok(contradiction.clone())).is_err());
+    assert!(encode(&Response::Ok(PlacementResponseV2::from(contradiction))).is_err());
     let long = Response::Ok(PlacementResponse {
         capacity: capacity(false),
         refused_by_rule: Some("x".repeat(MAX_REASON + 1)),
+        cpus: 8,
     });
     assert!(encode(&long).is_err());
+    let absurd = Response::Ok(PlacementResponse {
+        capacity: capacity(true),
+        refused_by_rule: None,
+        cpus: MAX_CPUS + 1,
+    });
+    assert!(encode(&absurd).is_err());
+}
+
+#[test]
+fn a_v3_answer_is_not_read_as_a_v2_one_nor_the_reverse() {
+    // The version byte tells them apart: a peer that negotiated one version and got the other's
+    // frame refuses it rather than misreading the CPU count as something else.
+    let v3 = PlacementResponse {
+        capacity: capacity(true),
+        refused_by_rule: None,
+        cpus: 32,
+    };
+    let v2 = PlacementResponseV2::from(v3.clone());
+    let frame3 = encode(&Response::Ok(v3.clone())).unwrap();
+    let frame2 = encode(&Response::Ok(v2.clone())).unwrap();
+    assert!(decode::<Response<PlacementResponseV2>>(&frame3).is_err());
+    assert!(decode::<Response<PlacementResponse>>(&frame2).is_err());
+    assert_eq!(
+        PlacementResponse::from(v2),
+        PlacementResponse { cpus: 0, ..v3 }
+    );
 }
 
 #[test]
@@ -187,7 +218,7 @@ proptest! {
         roundtrip(&Request { topology: 5, body: PlacementRequest {
             memory_mib: mem, moving: Some(MovingVm { vm: VmId(v), groups }) } });
         roundtrip(&Response::Ok(PlacementResponse {
-            capacity: capacity(reason.is_none() && anti), refused_by_rule: reason }));
+            capacity: capacity(reason.is_none() && anti), refused_by_rule: reason, cpus: v % MAX_CPUS }));
         roundtrip(&GroupsAnnounce { host: "hv1".into(), vms: vec![VmGroups {
             vm: vm(10, 0, 0, 1), groups: names.into_iter().collect() }] });
     }

@@ -40,6 +40,9 @@ pub struct DecisionConfig {
     pub history_hosts: u32,
     /// How long a previous host is remembered.
     pub history_s: u64,
+    /// A destination whose load per CPU would exceed this with the VM's recent CPU use added
+    /// is not taken; 0 turns the gate off.
+    pub max_destination_cpu_load: f64,
     /// Moving back to a remembered host needs a benefit of at least this fraction of the VM's
     /// current cost (on top of `c_m`), so a VM does not bounce back for a tiny gain.
     pub return_margin_fraction: f64,
@@ -62,6 +65,7 @@ impl Default for DecisionConfig {
             history_hosts: 4,
             history_s: 24 * 3600,
             return_margin_fraction: 0.25,
+            max_destination_cpu_load: 0.0,
         }
     }
 }
@@ -95,6 +99,8 @@ pub enum DecisionConfigError {
     MigrationCost(f64),
     #[error("disruption_cost = {0} must be a finite number ≥ 0")]
     DisruptionCost(f64),
+    #[error("max_destination_cpu_load = {0} must be a finite number ≥ 0 (0: off)")]
+    MaxCpuLoad(f64),
     #[error("{} = {value} must be between 0 and 1", short_key(.key))]
     NotAFraction { key: &'static str, value: f64 },
     #[error(transparent)]
@@ -110,6 +116,7 @@ impl DecisionConfigError {
         let keys: &[&str] = match self {
             DecisionConfigError::MigrationCost(_) => &["decision.migration_cost"],
             DecisionConfigError::DisruptionCost(_) => &["decision.disruption_cost"],
+            DecisionConfigError::MaxCpuLoad(_) => &["decision.max_destination_cpu_load"],
             DecisionConfigError::NotAFraction { key, .. } => return vec![key.to_string()],
             DecisionConfigError::Zero(e) => return vec![e.key.to_string()],
             DecisionConfigError::CooldownMaxBelowBase { .. } => {
@@ -139,6 +146,7 @@ impl Section for DecisionConfig {
             history_hosts: Live,
             history_s: Live,
             return_margin_fraction: Live,
+            max_destination_cpu_load: Live,
         }
     );
     type Error = DecisionConfigError;
@@ -147,6 +155,11 @@ impl Section for DecisionConfig {
         let mut out = Vec::new();
         if !self.migration_cost.is_finite() || self.migration_cost < 0.0 {
             out.push(DecisionConfigError::MigrationCost(self.migration_cost));
+        }
+        if !self.max_destination_cpu_load.is_finite() || self.max_destination_cpu_load < 0.0 {
+            out.push(DecisionConfigError::MaxCpuLoad(
+                self.max_destination_cpu_load,
+            ));
         }
         if !self.disruption_cost.is_finite() || self.disruption_cost < 0.0 {
             out.push(DecisionConfigError::DisruptionCost(self.disruption_cost));

@@ -74,6 +74,7 @@ impl<P: Peers> Daemon<P> {
         reply.send(PlacementResponse {
             capacity,
             refused_by_rule,
+            cpus: cap.cpus,
         });
     }
 

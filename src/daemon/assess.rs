@@ -196,12 +196,14 @@ impl<P: Peers> Daemon<P> {
             previous_hosts: &previous,
             return_margin: config.decision.return_margin_fraction,
             rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
+            max_cpu_load: config.decision.max_destination_cpu_load,
             rules: &check,
         };
         let subject = Subject {
             vm: vm.id,
             host: self.me,
             memory_mib: vm.memory_mib,
+            cpu_cores: self.cpu_cores(vm.id),
             partners: &pt,
         };
         let mut decider = Decider::new(&self.topo);
@@ -276,6 +278,12 @@ impl<P: Peers> Daemon<P> {
             "asked {} host(s): {} full, {} no answer; {} excluded as a recent host",
             d.queries, d.full, d.unreachable, d.returning
         );
+        if d.cpu_full > 0 {
+            detail = format!(
+                "{detail}; {} of the full without CPU for its {:.2} core(s) under load {}",
+                d.cpu_full, subject.cpu_cores, config.decision.max_destination_cpu_load
+            );
+        }
         if let Some(r) = &d.refusal {
             detail = format!(
                 "{detail}; {} refused by a rule: {}",
@@ -355,7 +363,7 @@ impl<P: Peers> Daemon<P> {
                 refused_by_rule: Some(rule),
                 ..
             }) => Err(rule),
-            Ok(r) => Ok(Some(capacity_of(self.topo.host(h), &r.capacity))),
+            Ok(r) => Ok(Some(capacity_of(self.topo.host(h), &r))),
             Err(e) => {
                 tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
                 Ok(None)
@@ -434,7 +442,8 @@ impl<P: Peers> Daemon<P> {
 
 /// A capacity answer as the decision reads it: a host that does not accept (maintenance,
 /// or too little room) reads as full.
-fn capacity_of(host: &crate::topology::Host, r: &scored_proto::CapacityResponse) -> Capacity {
+fn capacity_of(host: &crate::topology::Host, answer: &PlacementResponse) -> Capacity {
+    let r = &answer.capacity;
     let running = if r.accepts {
         host.max_vms
             .saturating_sub(r.free_slots)
@@ -448,5 +457,6 @@ fn capacity_of(host: &crate::topology::Host, r: &scored_proto::CapacityResponse)
         free_memory_mib: r.free_memory_mib.saturating_add(host.reserve_memory_mib),
         total_memory_mib: host.memory_mib,
         cpu_load: r.cpu_load,
+        cpus: answer.cpus,
     }
 }

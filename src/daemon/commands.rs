@@ -5,7 +5,7 @@
 //! Changes only what an operator may change (the `operator` room); never the token.
 
 use super::control::{
-    HypervisorDown, PartnerStatus, Reply, Request, Status, TokenStatus, VmStatus,
+    CpuStatus, HypervisorDown, PartnerStatus, Reply, Request, Status, TokenStatus, VmStatus,
 };
 use super::host::Daemon;
 use super::ring;
@@ -186,6 +186,13 @@ impl<P: Peers> Daemon<P> {
             unsettled,
             zombies: self.zombie_status(),
             violations: self.violations(),
+            cpu: self.inventory.capacity().map(|c| CpuStatus {
+                cpus: c.cpus,
+                load_per_cpu: c.cpu_load,
+                // The gate peers apply is each asker's own; this host's setting is the best
+                // guess of the cluster's.
+                max_load: config.decision.max_destination_cpu_load,
+            }),
         }
     }
 }

@@ -76,6 +76,21 @@ pub struct Status {
     /// The placement rules local VMs break where they run.
     #[serde(default)]
     pub violations: Vec<ViolationStatus>,
+    /// This host's CPU as its capacity answers report it (`None` before the first read).
+    #[serde(default)]
+    pub cpu: Option<CpuStatus>,
+}
+
+/// The host's CPU, as a destination's capacity answer reports it to peers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuStatus {
+    /// 0 when the hypervisor cannot say.
+    pub cpus: u32,
+    /// 1-minute load average per CPU.
+    pub load_per_cpu: f32,
+    /// `[decision] max_destination_cpu_load` (0: off): peers take this host for a VM only
+    /// while its load with the VM's CPU added stays under it.
+    pub max_load: f64,
 }
 
 /// A placement rule a local VM breaks where it runs.
@@ -275,6 +290,27 @@ pub fn render_status(s: &Status) -> String {
         },
         s.migrations_done
     );
+    if let Some(c) = &s.cpu {
+        let cpus = if c.cpus == 0 {
+            "CPUs unknown".to_string()
+        } else {
+            format!("{} CPUs", c.cpus)
+        };
+        let headroom = if c.max_load > 0.0 && c.cpus > 0 {
+            format!(
+                "; room for {:.1} core(s) of incoming VMs under {}",
+                ((c.max_load - c.load_per_cpu as f64) * c.cpus as f64).max(0.0),
+                c.max_load
+            )
+        } else {
+            "; no CPU gate (decision.max_destination_cpu_load = 0)".to_string()
+        };
+        let _ = writeln!(
+            o,
+            "cpu: {cpus}, load {:.2} per CPU{headroom}",
+            c.load_per_cpu
+        );
+    }
     match &s.hypervisor_down {
         None => {
             let _ = writeln!(o, "hypervisor: answering");

@@ -5,7 +5,7 @@
 //! Owns the VM list; it never decides for a VM and never touches the token.
 
 use super::host::{Daemon, lock};
-use crate::hypervisor::{HypervisorError, Measured, Vm};
+use crate::hypervisor::{Capacity, HypervisorError, Measured, Vm};
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
 use crate::p2p::directory::Arrival;
@@ -23,6 +23,8 @@ pub(super) struct Inventory {
     vms: Mutex<Vec<Vm>>,
     /// What the hypervisor measured of each local VM at the last periodic read.
     measured: Mutex<HashMap<VmId, Measured>>,
+    /// The host's room and CPU load at the last periodic read.
+    capacity: Mutex<Option<Capacity>>,
     /// Wakes the inventory task before its next tick.
     refresh_now: Notify,
 }
@@ -34,6 +36,10 @@ impl Inventory {
 
     pub(super) fn measured(&self, vm: VmId) -> Option<Measured> {
         lock(&self.measured).get(&vm).copied()
+    }
+
+    pub(super) fn capacity(&self) -> Option<Capacity> {
+        *lock(&self.capacity)
     }
 
     pub(super) fn ids(&self) -> Vec<VmId> {
@@ -115,6 +121,7 @@ impl<P: Peers> Daemon<P> {
         let arrivals = self.set_inventory(vms);
         self.announce_arrivals(arrivals).await;
         if let Some(cap) = cap {
+            *lock(&self.inventory.capacity) = Some(cap);
             self.metrics
                 .migrations
                 .in_flight

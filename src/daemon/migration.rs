@@ -226,6 +226,14 @@ impl<P: Peers> Daemon<P> {
         })
     }
 
+    /// The CPU `vm` used recently, in cores (0 when not measured).
+    pub(super) fn cpu_cores(&self, vm: VmId) -> f64 {
+        self.inventory
+            .measured(vm)
+            .and_then(|m| m.cpu_cores)
+            .unwrap_or(0.0)
+    }
+
     /// The forecast's figures for migrating `vm` now under the configured parameters, as the
     /// journal and the decision record keep them.
     pub(super) fn predicted(&self, vm: VmId) -> Option<journal::Figures> {

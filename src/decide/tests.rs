@@ -25,6 +25,7 @@ fn cap(running: u32) -> Option<Capacity> {
         free_memory_mib: 17408 - 1024 * running as u64,
         total_memory_mib: 17408,
         cpu_load: 0.0,
+        cpus: 0,
     })
 }
 
@@ -33,6 +34,7 @@ fn subject(partners: &[PartnerTraffic]) -> Subject<'_> {
         vm: VmId(7),
         host: HostId(0),
         memory_mib: 1024,
+        cpu_cores: 0.0,
         partners,
     }
 }
@@ -319,6 +321,7 @@ fn room_keeps_the_vm_limit_and_the_reserve() {
         free_memory_mib: 2047,
         total_memory_mib: 17408,
         cpu_load: 0.0,
+        cpus: 0,
     };
     assert!(
         !room_for(h, &tight, 1024),
@@ -344,7 +347,7 @@ mod properties {
             let t = fat_tree();
             let mut d = Decider::new(&t);
             let ps: Vec<PartnerTraffic> = partners.iter().map(|&(h, r)| p(h, r)).collect();
-            let s = Subject { vm: VmId(1), host: HostId(from), memory_mib: 1024, partners: &ps };
+            let s = Subject { vm: VmId(1), host: HostId(from), memory_mib: 1024, cpu_cores: 0.0, partners: &ps };
             let dec = d.decide(&s, &Gates::thesis(cm), |h| cap(running[h.index()]));
             let has_room = |h: HostId| running[h.index()] < 16;
             let tol = 1e-9 * ps.iter().map(|q| q.rate).sum::<f64>().max(1.0) * 50.0;
@@ -492,5 +495,40 @@ fn a_destination_that_refuses_by_rule_is_a_rule_refusal_and_sends_the_search_on(
         dec.destination_refusal,
         Some(HostId(9)),
         "the best candidate's refusal is the one named"
+    );
+}
+
+#[test]
+fn a_host_without_cpu_for_the_vm_reads_as_full() {
+    let t = fat_tree();
+    let mut d = Decider::new(&t);
+    let partners = [p(9, 50.0)];
+    let busy = |load: f32| {
+        move |_| {
+            Some(Capacity {
+                cpu_load: load,
+                cpus: 8,
+                ..cap(0).unwrap()
+            })
+        }
+    };
+    let s = Subject {
+        cpu_cores: 2.0,
+        ..subject(&partners)
+    };
+    let gates = Gates {
+        max_cpu_load: 0.9,
+        ..Gates::thesis(0.0)
+    };
+    // 0.7 + 2/8 = 0.95 > 0.9: host 9 and its rack-mate are full.
+    let dec = d.decide(&s, &gates, busy(0.7));
+    assert_eq!(dec.outcome, Outcome::NoCapacity);
+    assert_eq!((dec.full, dec.cpu_full), (2, 2));
+    // 0.6 + 0.25 fits.
+    let dec = d.decide(&s, &gates, busy(0.6));
+    assert_eq!(dec.migrates_to(), Some(HostId(9)));
+    assert!(
+        cpu_room(&busy(0.7)(HostId(0)).unwrap(), 2.0, 0.0),
+        "0 turns it off"
     );
 }

@@ -420,7 +420,9 @@ impl Cluster {
             incoming_migrations: incoming,
             free_memory_mib: h.memory_mib.saturating_sub(h.used_memory_mib + reserved),
             total_memory_mib: h.memory_mib,
+            // The simulated data centre models no CPU.
             cpu_load: 0.0,
+            cpus: 0,
         }
     }
 

@@ -279,6 +279,8 @@ pub struct Capacity {
     pub total_memory_mib: u64,
     /// 1-minute load average divided by the number of CPUs (0 when unknown).
     pub cpu_load: f32,
+    /// CPUs of the host (0 when unknown).
+    pub cpus: u32,
 }
 
 /// Where a migration goes.

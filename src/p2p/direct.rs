@@ -593,6 +593,7 @@ mod tests {
                 accepts,
             },
             refused_by_rule: None,
+            cpus: 0,
         };
         for (i, mut d) in c.inbound.drain(1..).enumerate() {
             let batch = batch.clone();
@@ -653,6 +654,7 @@ mod tests {
                                         accepts: request.memory_mib <= 1000,
                                     },
                                     refused_by_rule: None,
+                                    cpus: 0,
                                 })
                             }
                             InboundEvent::Stats { reply, .. } => reply.send(StatsResponse {

@@ -165,8 +165,9 @@ fn capacity(
             incoming_migrations: 0,
             accepts: free_slots > 0 && request.memory_mib <= free_memory_mib,
         },
-        // This node knows no rules.
+        // This node knows no rules, nor its CPUs.
         refused_by_rule: None,
+        cpus: 0,
     }
 }
 

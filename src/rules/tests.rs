@@ -415,6 +415,7 @@ mod property {
             free_memory_mib: total.saturating_sub(1024 * running as u64),
             total_memory_mib: total,
             cpu_load: 0.0,
+            cpus: 0,
         }
     }
 
@@ -468,6 +469,7 @@ mod property {
                 vm: id(u),
                 host: from,
                 memory_mib: 1024,
+                cpu_cores: 0.0,
                 partners: &partners,
             };
             let gates = Gates {

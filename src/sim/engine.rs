@@ -260,6 +260,8 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             vm,
             host: loc[i],
             memory_mib: sc.vm_memory_mib,
+            // The simulated data centre models no CPU.
+            cpu_cores: 0.0,
             partners: &partners,
         };
         let check = rules.map(|r| r.check_located(topo, vm, |m| Some(loc[index(m)])));
@@ -275,6 +277,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             previous_hosts: &previous[i],
             return_margin: opt.return_margin,
             rack_alternates: opt.rack_alternates,
+            max_cpu_load: 0.0,
             rules: check.as_ref().unwrap_or(&rules::NO_RULES),
         };
         // As `daemon::assess` asks: the first `max_candidates` together, then each further

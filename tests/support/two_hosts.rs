@@ -30,9 +30,19 @@ pub fn topology() -> Arc<Topology> {
 /// Plays h2: answers each capacity request with room after the delay `delays` gives for it
 /// (`None`: never; past the list: at once), for `listen`. Returns how many it saw.
 pub async fn answer_capacity(
+    inbound: Inbound,
+    delays: Vec<Option<Duration>>,
+    listen: Duration,
+) -> usize {
+    answer_capacity_loaded(inbound, delays, listen, (0.1, 0)).await
+}
+
+/// [`answer_capacity`], h2 reporting a load per CPU and its CPUs (0: unknown).
+pub async fn answer_capacity_loaded(
     mut inbound: Inbound,
     delays: Vec<Option<Duration>>,
     listen: Duration,
+    (cpu_load, cpus): (f32, u32),
 ) -> usize {
     let mut seen = 0;
     let mut held = Vec::new();
@@ -45,12 +55,13 @@ pub async fn answer_capacity(
                 capacity: CapacityResponse {
                     free_slots: 3,
                     free_memory_mib: 3000,
-                    cpu_load: 0.1,
+                    cpu_load,
                     maintenance: false,
                     incoming_migrations: 0,
                     accepts: true,
                 },
                 refused_by_rule: None,
+                cpus,
             };
             match delay {
                 Some(d) => {

@@ -1,4 +1,4 @@
-//! Fuzzes the `Response<PlacementResponse>` decoder (version 2): it may refuse any input, never panic, and whatever
+//! Fuzzes the `Response<PlacementResponseV2>` decoder (version 2): it may refuse any input, never panic, and whatever
 //! it accepts must re-encode to bytes that decode to the same value.
 #![no_main]
 
@@ -8,4 +8,4 @@ use scored_proto::*;
 #[path = "round_trip.rs"]
 mod round_trip;
 
-fuzz_target!(|data: &[u8]| round_trip::check::<Response<PlacementResponse>>(data));
+fuzz_target!(|data: &[u8]| round_trip::check::<Response<PlacementResponseV2>>(data));

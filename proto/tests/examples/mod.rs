@@ -226,7 +226,7 @@ pub fn all() -> Vec<Example> {
         example("capacity2_request_moving", req(moving_request())),
         example(
             "capacity2_response_refused_by_rule",
-            Response::Ok(PlacementResponse {
+            Response::Ok(PlacementResponseV2 {
                 capacity: CapacityResponse {
                     free_slots: 3,
                     free_memory_mib: 6144,
@@ -242,6 +242,45 @@ pub fn all() -> Vec<Example> {
         ),
         example(
             "capacity2_refused_topology",
+            Response::<PlacementResponseV2>::Refused(Refusal::TopologyMismatch {
+                expected: 0x0102_0304_0506_0708,
+            }),
+        ),
+        // Version 3 (`/scored/capacity/3`: the answer with the host's CPUs; same request).
+        example(
+            "capacity3_response_cpus",
+            Response::Ok(PlacementResponse {
+                capacity: CapacityResponse {
+                    free_slots: 3,
+                    free_memory_mib: 6144,
+                    cpu_load: 0.25,
+                    maintenance: false,
+                    incoming_migrations: 1,
+                    accepts: true,
+                },
+                refused_by_rule: None,
+                cpus: 64,
+            }),
+        ),
+        example(
+            "capacity3_response_refused_by_rule",
+            Response::Ok(PlacementResponse {
+                capacity: CapacityResponse {
+                    free_slots: 3,
+                    free_memory_mib: 6144,
+                    cpu_load: 0.25,
+                    maintenance: false,
+                    incoming_migrations: 0,
+                    accepts: false,
+                },
+                refused_by_rule: Some(
+                    "anti-affinity group db-main, scope host: hv2 runs 10.0.0.2".into(),
+                ),
+                cpus: 64,
+            }),
+        ),
+        example(
+            "capacity3_refused_topology",
             Response::<PlacementResponse>::Refused(Refusal::TopologyMismatch {
                 expected: 0x0102_0304_0506_0708,
             }),

@@ -447,6 +447,7 @@ impl Hypervisor for LibvirtHypervisor {
             } else {
                 0.0
             },
+            cpus: node.cpus,
         })
     }
 

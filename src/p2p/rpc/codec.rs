@@ -14,8 +14,9 @@
 //! (the first behaviour) has recorded which peer it is for. This module never answers a request.
 
 use super::budget::{BytesPermit, InboundBudget, OverBudget, RequestPermit};
-use super::capacity_v1::{
-    capacity_v1, request_from_v1, request_to_v1, response_from_v1, response_to_v1,
+use super::capacity_old::{
+    capacity_v1, capacity_v2, request_from_v1, request_to_v1, response_from_v1, response_from_v2,
+    response_to_v1, response_to_v2,
 };
 use super::{Exchange, Kind, RpcRequest, RpcResponse};
 use crate::p2p::metrics::P2pMetrics;
@@ -25,7 +26,8 @@ use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
     CapacityRequest, CapacityResponse, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME,
-    PlacementRequest, Request, Response, StatsRequest, Token, WireMessage, encode,
+    PlacementRequest, PlacementResponseV2, Request, Response, StatsRequest, Token, WireMessage,
+    encode,
 };
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -375,6 +377,12 @@ impl libp2p::request_response::Codec for RpcCodec {
                     .await
                     .map(response_from_v1)
             }
+            Kind::Capacity if capacity_v2(p) => {
+                let limit = <Response<PlacementResponseV2> as WireMessage>::MAX_FRAME;
+                read_frame::<Response<PlacementResponseV2>, T>(io, limit, None)
+                    .await
+                    .map(response_from_v2)
+            }
             Kind::Capacity => {
                 read_response_of::<PlacementRequest, T>(io, RpcResponse::Capacity).await
             }
@@ -420,6 +428,7 @@ impl libp2p::request_response::Codec for RpcCodec {
             RpcResponse::Token(r) => write_frame(io, r).await,
             RpcResponse::Location(r) => write_frame(io, r).await,
             RpcResponse::Capacity(r) if capacity_v1(p) => write_frame(io, response_to_v1(r)).await,
+            RpcResponse::Capacity(r) if capacity_v2(p) => write_frame(io, response_to_v2(r)).await,
             RpcResponse::Capacity(r) => write_frame(io, r).await,
             RpcResponse::Stats(r) => write_frame(io, r).await,
         }

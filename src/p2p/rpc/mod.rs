@@ -4,13 +4,13 @@
 //!
 //! The protocol ids stay on the wire (`/scored/token/1`, …): the [`Kind`] of a message says which
 //! one it travels on, and the codec reads and writes the message of the protocol it is given.
-//! Capacity speaks two versions: `/scored/capacity/2` carries the moving VM and its groups, and
-//! `/scored/capacity/1` is still offered and answered, the codec converting, for a peer that
-//! has not been upgraded yet.
+//! Capacity speaks three versions: `/scored/capacity/3` answers with the host's CPU count,
+//! `/scored/capacity/2` carries the moving VM and its groups, and `/scored/capacity/1` is still
+//! offered and answered, the codec converting, for peers that have not been upgraded yet.
 //! Nothing here decides how to answer: the driver does, from the directory or through the daemon.
 
 mod budget;
-mod capacity_v1;
+mod capacity_old;
 mod codec;
 mod lanes;
 mod pending;
@@ -25,9 +25,10 @@ pub(crate) use rate_limit::{Limited, RateLimiter};
 pub use rate_limit::{Quota, RateLimits};
 
 use scored_proto::{
-    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, LOCATION_PROTOCOL, LocationRequest, LocationResponse,
-    PlacementRequest, PlacementResponse, Refusal, Request, Response, STATS_PROTOCOL, StatsRequest,
-    StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint, WireMessage,
+    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL_V3, LOCATION_PROTOCOL,
+    LocationRequest, LocationResponse, PlacementRequest, PlacementResponse, Refusal, Request,
+    Response, STATS_PROTOCOL, StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck,
+    TopologyFingerprint, WireMessage,
 };
 
 /// Which request-response protocol a message belongs to.
@@ -60,7 +61,11 @@ impl Kind {
         match self {
             Kind::Token => &[TOKEN_PROTOCOL],
             Kind::Location => &[LOCATION_PROTOCOL],
-            Kind::Capacity => &[CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL],
+            Kind::Capacity => &[
+                CAPACITY_PROTOCOL_V3,
+                CAPACITY_PROTOCOL_V2,
+                CAPACITY_PROTOCOL,
+            ],
             Kind::Stats => &[STATS_PROTOCOL],
         }
     }
@@ -172,13 +177,22 @@ mod tests {
             assert_eq!(Kind::from_protocol(k.protocol()), Some(k));
         }
         assert_eq!(Kind::from_protocol("/scored/token/2"), None);
-        // A capacity request of either version is a capacity request.
-        assert_eq!(Kind::from_protocol(CAPACITY_PROTOCOL), Some(Kind::Capacity));
+        // A capacity request of any version is a capacity request; the newest is offered first.
+        for id in [
+            CAPACITY_PROTOCOL,
+            CAPACITY_PROTOCOL_V2,
+            CAPACITY_PROTOCOL_V3,
+        ] {
+            assert_eq!(Kind::from_protocol(id), Some(Kind::Capacity));
+        }
         assert_eq!(
-            Kind::from_protocol(CAPACITY_PROTOCOL_V2),
-            Some(Kind::Capacity)
+            Kind::Capacity.protocols(),
+            [
+                CAPACITY_PROTOCOL_V3,
+                CAPACITY_PROTOCOL_V2,
+                CAPACITY_PROTOCOL
+            ]
         );
-        assert_eq!(Kind::Capacity.protocols()[0], CAPACITY_PROTOCOL_V2);
         assert_eq!(Kind::Capacity.protocol(), CAPACITY_PROTOCOL);
         assert_eq!(
             RpcResponse::refused(Kind::Stats, Refusal::Unavailable { reason: "x".into() }).kind(),

@@ -113,6 +113,7 @@ impl Wire {
                     accepts: true,
                 },
                 refused_by_rule: None,
+                cpus: 64,
             })),
             token_ack: frame_len(&Response::Ok(TokenAck::Accepted)),
             stats_request: frame_len(&Request {

@@ -1,13 +1,14 @@
-//! `/scored/capacity/1` on a stream the codec reads and writes as version 2: what a peer of an
-//! older release sends and reads. The daemon only ever sees [`PlacementRequest`] and
-//! [`PlacementResponse`]; this module turns them into the v1 messages and back. It drops what v1
-//! cannot carry (the moving VM, a rule's sentence) and never adds anything.
+//! `/scored/capacity/1` and `/scored/capacity/2` on a stream the codec reads and writes as
+//! version 3: what peers of older releases send and read. The daemon only ever sees
+//! [`PlacementRequest`] and [`PlacementResponse`]; this module turns them into the older
+//! messages and back. It drops what an older version cannot carry (v1: the moving VM and a
+//! rule's sentence; v2: the host's CPU count) and never adds anything.
 
 use super::{RpcRequest, RpcResponse};
 use libp2p::StreamProtocol;
 use scored_proto::{
-    CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, PlacementRequest, PlacementResponse,
-    Request, Response,
+    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CapacityRequest, CapacityResponse, PlacementRequest,
+    PlacementResponse, PlacementResponseV2, Request, Response,
 };
 
 /// Whether a capacity stream was negotiated for version 1: a peer not upgraded yet. Its request
@@ -15,6 +16,27 @@ use scored_proto::{
 /// (a refusal reads as no room, which is what an old asker makes of it).
 pub(super) fn capacity_v1(p: &StreamProtocol) -> bool {
     p.as_ref() == CAPACITY_PROTOCOL
+}
+
+/// Whether a capacity stream was negotiated for version 2: a peer that knows the placement
+/// rules but does not report its CPUs (its answer reads as `cpus: 0`, unknown). The request is
+/// the same in both versions.
+pub(super) fn capacity_v2(p: &StreamProtocol) -> bool {
+    p.as_ref() == CAPACITY_PROTOCOL_V2
+}
+
+pub(super) fn response_to_v2(r: Response<PlacementResponse>) -> Response<PlacementResponseV2> {
+    match r {
+        Response::Ok(p) => Response::Ok(p.into()),
+        Response::Refused(r) => Response::Refused(r),
+    }
+}
+
+pub(super) fn response_from_v2(r: Response<PlacementResponseV2>) -> RpcResponse {
+    RpcResponse::Capacity(match r {
+        Response::Ok(p) => Response::Ok(p.into()),
+        Response::Refused(r) => Response::Refused(r),
+    })
 }
 
 pub(super) fn request_to_v1(r: Request<PlacementRequest>) -> Request<CapacityRequest> {
@@ -45,6 +67,7 @@ pub(super) fn response_from_v1(r: Response<CapacityResponse>) -> RpcResponse {
         Response::Ok(capacity) => Response::Ok(PlacementResponse {
             capacity,
             refused_by_rule: None,
+            cpus: 0,
         }),
         Response::Refused(r) => Response::Refused(r),
     })
@@ -60,7 +83,7 @@ mod tests {
     use scored_proto::encode;
 
     #[test]
-    fn a_v1_capacity_stream_carries_the_v1_messages() {
+    fn older_capacity_streams_carry_their_own_messages() {
         let (watch, _reports) = FrameWatch::new(
             4,
             InboundBudget::new(8, 1 << 20, 1 << 20),
@@ -119,6 +142,7 @@ mod tests {
                 accepts: false,
             },
             refused_by_rule: Some("anti-affinity group db, scope host: h2 runs 10.0.0.9".into()),
+            cpus: 24,
         };
         let mut wire = futures::io::Cursor::new(Vec::new());
         let answer = RpcResponse::Capacity(Response::Ok(refused.clone()));
@@ -135,7 +159,23 @@ mod tests {
         let answer = RpcResponse::Capacity(Response::Ok(refused.clone()));
         futures::executor::block_on(codec.write_response(&v2, &mut wire, answer)).unwrap();
         let mut cursor = futures::io::Cursor::new(wire.into_inner());
+        // v2 carries the rule's sentence but not the CPUs: they read as unknown.
         match futures::executor::block_on(codec.read_response(&v2, &mut cursor)).unwrap() {
+            RpcResponse::Capacity(Response::Ok(r)) => assert_eq!(
+                r,
+                PlacementResponse {
+                    cpus: 0,
+                    ..refused.clone()
+                }
+            ),
+            other => panic!("read as {other:?}"),
+        }
+        let v3 = StreamProtocol::new(scored_proto::CAPACITY_PROTOCOL_V3);
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        let answer = RpcResponse::Capacity(Response::Ok(refused.clone()));
+        futures::executor::block_on(codec.write_response(&v3, &mut wire, answer)).unwrap();
+        let mut cursor = futures::io::Cursor::new(wire.into_inner());
+        match futures::executor::block_on(codec.read_response(&v3, &mut cursor)).unwrap() {
             RpcResponse::Capacity(Response::Ok(r)) => assert_eq!(r, refused),
             other => panic!("read as {other:?}"),
         }
