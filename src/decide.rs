@@ -293,7 +293,6 @@ impl TurnOutcome {
     }
 }
 
-/// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
 /// Whether a host whose answer is `capacity` has CPU for a VM using `cores` under a load per
 /// CPU of at most `max_load` (0: no limit). Unknown CPUs or use: not judged.
 pub fn cpu_room(capacity: &Capacity, cores: f64, max_load: f64) -> bool {
@@ -303,6 +302,7 @@ pub fn cpu_room(capacity: &Capacity, cores: f64, max_load: f64) -> bool {
     capacity.cpu_load as f64 + cores / capacity.cpus as f64 <= max_load
 }
 
+/// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
 /// VM limit and memory reserve from the topology.
 pub fn room_for(host: &Host, capacity: &Capacity, memory_mib: u64) -> bool {
     // A migration on its way in already holds a slot there.

@@ -8,9 +8,7 @@ mod support;
 use scored::config::Config;
 use scored::daemon::Assessment;
 use scored::decide::TurnOutcome;
-use scored::hypervisor::Measured;
-use std::time::{Duration, Instant};
-use support::two_hosts::{SUBJECT, answer_capacity_loaded, two_hosts};
+use support::two_hosts::{assess_subject, measured_subject};
 
 /// h1 decides for its subject, which used `cores` of CPU recently, while h2 answers with
 /// `load` per CPU over `cpus` CPUs; the gate at `max_load` (0: off).
@@ -18,29 +16,7 @@ async fn decide(cores: Option<f64>, (load, cpus): (f32, u32), max_load: f64) -> 
     let mut config = Config::default();
     config.decision.cooldown_base_s = 0;
     config.decision.max_destination_cpu_load = max_load;
-    let mut t = two_hosts(config, 512);
-    t.sim.set_measured(Measured {
-        vm: SUBJECT,
-        resident_mib: Some(300),
-        guest_used_mib: Some(200),
-        arrived_nonzero_mib: None,
-        dirty_mib_s: Some(0.0),
-        dirty_rate_pending: false,
-        cpu_cores: cores,
-    });
-    let h2 = tokio::spawn(answer_capacity_loaded(
-        t.h2_inbound.take().unwrap(),
-        vec![],
-        Duration::from_secs(2),
-        (load, cpus),
-    ));
-    let node = &t.node;
-    node.refresh_inventory().await.unwrap();
-    node.traffic().tick(Instant::now());
-    let vm = node.inventory()[0].clone();
-    let a = node.assess(&vm).await;
-    h2.await.unwrap();
-    a
+    assess_subject(config, Some(measured_subject(0.0, cores)), (load, cpus)).await
 }
 
 #[tokio::test]

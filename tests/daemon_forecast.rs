@@ -9,8 +9,7 @@ use scored::config::{Config, CostModel};
 use scored::daemon::Assessment;
 use scored::decide::TurnOutcome;
 use scored::hypervisor::Measured;
-use std::time::{Duration, Instant};
-use support::two_hosts::{SUBJECT, answer_capacity, two_hosts};
+use support::two_hosts::{assess_subject, measured_subject};
 
 /// h1 decides for a 512 MiB subject measured as `m`, migrations configured by `edit`.
 async fn decide(m: Option<Measured>, edit: impl FnOnce(&mut Config)) -> (TurnOutcome, String) {
@@ -23,35 +22,12 @@ async fn assess(m: Option<Measured>, edit: impl FnOnce(&mut Config)) -> Assessme
     let mut config = Config::default();
     config.decision.cooldown_base_s = 0;
     edit(&mut config);
-    let mut t = two_hosts(config, 512);
-    if let Some(m) = m {
-        t.sim.set_measured(m);
-    }
-    let h2 = tokio::spawn(answer_capacity(
-        t.h2_inbound.take().unwrap(),
-        vec![],
-        Duration::from_secs(2),
-    ));
-    let node = &t.node;
-    node.refresh_inventory().await.unwrap();
-    node.traffic().tick(Instant::now());
-    let vm = node.inventory()[0].clone();
-    let a = node.assess(&vm).await;
-    h2.await.unwrap();
-    a
+    assess_subject(config, m, (0.1, 0)).await
 }
 
 /// A guest rewriting memory at `dirty` MiB/s, using 200 MiB.
 fn busy(dirty: f64) -> Option<Measured> {
-    Some(Measured {
-        vm: SUBJECT,
-        resident_mib: Some(300),
-        guest_used_mib: Some(200),
-        arrived_nonzero_mib: None,
-        dirty_mib_s: Some(dirty),
-        dirty_rate_pending: false,
-        cpu_cores: Some(0.9),
-    })
+    Some(measured_subject(dirty, Some(0.9)))
 }
 
 /// A 32 MiB/s link with a 300 ms downtime budget: 9.6 MiB fit in the last copy.

@@ -197,8 +197,9 @@ fn parse_policy(s: &str) -> Result<PolicyChoice, String> {
         })
 }
 
-/// `--cm-horizon`: seconds, comma-separated, or `none`.
-fn parse_horizons(s: &str) -> anyhow::Result<Vec<f64>> {
+/// A comma-separated list of numbers, or `none`: `--sweep` (fractions ≥ 0), `--cm-horizon`
+/// (seconds ≥ 1). Each bad entry is named with its option.
+fn parse_list(s: &str, option: &str, least: f64, what: &str) -> anyhow::Result<Vec<f64>> {
     if s == "none" || s.is_empty() {
         return Ok(Vec::new());
     }
@@ -207,33 +208,19 @@ fn parse_horizons(s: &str) -> anyhow::Result<Vec<f64>> {
             let v: f64 = x
                 .trim()
                 .parse()
-                .with_context(|| format!("--cm-horizon: `{x}` is not a number of seconds"))?;
-            anyhow::ensure!(
-                v.is_finite() && v >= 1.0,
-                "--cm-horizon: {v} must be at least 1 second"
-            );
+                .with_context(|| format!("{option}: `{x}` is not a number"))?;
+            anyhow::ensure!(v.is_finite() && v >= least, "{option}: {v} must be {what}");
             Ok(v)
         })
         .collect()
 }
 
 fn parse_sweep(s: &str) -> anyhow::Result<Vec<f64>> {
-    if s == "none" || s.is_empty() {
-        return Ok(Vec::new());
-    }
-    s.split(',')
-        .map(|x| {
-            let v: f64 = x
-                .trim()
-                .parse()
-                .with_context(|| format!("--sweep: `{x}` is not a number"))?;
-            anyhow::ensure!(
-                v.is_finite() && v >= 0.0,
-                "--sweep: {v} must be a non-negative fraction"
-            );
-            Ok(v)
-        })
-        .collect()
+    parse_list(s, "--sweep", 0.0, "a non-negative fraction")
+}
+
+fn parse_horizons(s: &str) -> anyhow::Result<Vec<f64>> {
+    parse_list(s, "--cm-horizon", 1.0, "at least 1 second")
 }
 
 impl SimArgs {

@@ -6,8 +6,9 @@
 
 use super::inprocess;
 use scored::config::Config;
-use scored::daemon::Daemon;
+use scored::daemon::{Assessment, Daemon};
 use scored::flows::synthetic::Demand;
+use scored::hypervisor::Measured;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Inbound, InboundEvent};
 use scored::proto::{CapacityResponse, PlacementResponse, Stamp, VmId};
@@ -117,5 +118,45 @@ pub fn two_hosts(config: Config, memory_mib: u64) -> TwoHosts {
         _h2_peers: h2_peers,
         _h1_inbound: h1_inbound,
         _dir: dir,
+    }
+}
+
+/// h1's assessment of its 512 MiB subject, measured as `measured`, under `config`, while h2
+/// answers every capacity request at once with `load` per CPU over its CPUs (0: unknown).
+pub async fn assess_subject(
+    config: Config,
+    measured: Option<Measured>,
+    load: (f32, u32),
+) -> Assessment {
+    let mut t = two_hosts(config, 512);
+    if let Some(m) = measured {
+        t.sim.set_measured(m);
+    }
+    let h2 = tokio::spawn(answer_capacity_loaded(
+        t.h2_inbound.take().unwrap(),
+        vec![],
+        Duration::from_secs(2),
+        load,
+    ));
+    let node = &t.node;
+    node.refresh_inventory().await.unwrap();
+    node.traffic().tick(Instant::now());
+    let vm = node.inventory()[0].clone();
+    let a = node.assess(&vm).await;
+    h2.await.unwrap();
+    a
+}
+
+/// The subject as its hypervisor measures it: 300 MiB resident, 200 MiB used by its own
+/// account, dirtying `dirty` MiB/s, using `cpu_cores`.
+pub fn measured_subject(dirty: f64, cpu_cores: Option<f64>) -> Measured {
+    Measured {
+        vm: SUBJECT,
+        resident_mib: Some(300),
+        guest_used_mib: Some(200),
+        arrived_nonzero_mib: None,
+        dirty_mib_s: Some(dirty),
+        dirty_rate_pending: false,
+        cpu_cores,
     }
 }

@@ -226,19 +226,7 @@ pub fn all() -> Vec<Example> {
         example("capacity2_request_moving", req(moving_request())),
         example(
             "capacity2_response_refused_by_rule",
-            Response::Ok(PlacementResponseV2 {
-                capacity: CapacityResponse {
-                    free_slots: 3,
-                    free_memory_mib: 6144,
-                    cpu_load: 0.25,
-                    maintenance: false,
-                    incoming_migrations: 0,
-                    accepts: false,
-                },
-                refused_by_rule: Some(
-                    "anti-affinity group db-main, scope host: hv2 runs 10.0.0.2".into(),
-                ),
-            }),
+            Response::Ok(PlacementResponseV2::from(refused_by_rule())),
         ),
         example(
             "capacity2_refused_topology",
@@ -264,20 +252,7 @@ pub fn all() -> Vec<Example> {
         ),
         example(
             "capacity3_response_refused_by_rule",
-            Response::Ok(PlacementResponse {
-                capacity: CapacityResponse {
-                    free_slots: 3,
-                    free_memory_mib: 6144,
-                    cpu_load: 0.25,
-                    maintenance: false,
-                    incoming_migrations: 0,
-                    accepts: false,
-                },
-                refused_by_rule: Some(
-                    "anti-affinity group db-main, scope host: hv2 runs 10.0.0.2".into(),
-                ),
-                cpus: 64,
-            }),
+            Response::Ok(refused_by_rule()),
         ),
         example(
             "capacity3_refused_topology",
@@ -296,6 +271,22 @@ pub fn all() -> Vec<Example> {
             },
         ),
     ]
+}
+
+/// A 64-CPU host's answer refusing a VM by an anti-affinity rule (v2 drops the CPUs).
+fn refused_by_rule() -> PlacementResponse {
+    PlacementResponse {
+        capacity: CapacityResponse {
+            free_slots: 3,
+            free_memory_mib: 6144,
+            cpu_load: 0.25,
+            maintenance: false,
+            incoming_migrations: 0,
+            accepts: false,
+        },
+        refused_by_rule: Some("anti-affinity group db-main, scope host: hv2 runs 10.0.0.2".into()),
+        cpus: 64,
+    }
 }
 
 /// A capacity request for a VM in an anti-affinity group at host scope and an affinity group at
