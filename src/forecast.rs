@@ -314,9 +314,16 @@ pub fn post_copy(w: &Workload, l: &Limits) -> Forecast {
 /// What the migration will cost in the mode [`choose`] picks, or, when none converges, under
 /// pre-copy (what it would send before it is aborted).
 pub fn expected(w: &Workload, l: &Limits) -> Forecast {
-    match choose(w, l) {
-        Choice::Move(f) => f,
-        Choice::WouldNotConverge { pre_copy } => pre_copy,
+    choose(w, l).forecast()
+}
+
+impl Choice {
+    /// The figures of the mode chosen, or, when none converges, pre-copy's.
+    pub fn forecast(self) -> Forecast {
+        match self {
+            Choice::Move(f) => f,
+            Choice::WouldNotConverge { pre_copy } => pre_copy,
+        }
     }
 }
 

@@ -424,30 +424,17 @@ fn anti_affinity_metadata_keeps_chatty_replicas_on_different_hosts() {
 /// Waits for the first `migration starting` line of any daemon: (source index, destination
 /// index, VM id).
 fn first_migration(tb: &Testbed, timeout: Duration) -> (usize, usize, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for (i, h) in tb.state.hosts.iter().enumerate() {
-            if let Some(e) = events(h)
-                .into_iter()
-                .find(|e| message(e) == "migration starting")
-            {
-                let to = e["to"].as_str().unwrap_or("");
-                let j = tb
-                    .state
-                    .hosts
-                    .iter()
-                    .position(|h| h.name == to)
-                    .unwrap_or_else(|| panic!("unknown destination in {e}"));
-                return (i, j, e["vm"].as_str().unwrap_or("").to_string());
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no daemon started a migration within {timeout:?}\n{}",
-            tails(tb)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (i, e) = wait_event_at(tb, "daemon starting a migration", timeout, |e| {
+        message(e) == "migration starting"
+    });
+    let to = e["to"].as_str().unwrap_or("");
+    let j = tb
+        .state
+        .hosts
+        .iter()
+        .position(|h| h.name == to)
+        .unwrap_or_else(|| panic!("unknown destination in {e}"));
+    (i, j, e["vm"].as_str().unwrap_or("").to_string())
 }
 
 #[test]
@@ -707,10 +694,22 @@ fn wait_event(
     timeout: Duration,
     want: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    wait_event_at(tb, what, timeout, want).1
+}
+
+/// [`wait_event`], with the index of the daemon that logged it (the first, in host order).
+fn wait_event_at(
+    tb: &Testbed,
+    what: &str,
+    timeout: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> (usize, serde_json::Value) {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(e) = tb.state.hosts.iter().flat_map(events).find(|e| want(e)) {
-            return e;
+        for (i, h) in tb.state.hosts.iter().enumerate() {
+            if let Some(e) = events(h).into_iter().find(|e| want(e)) {
+                return (i, e);
+            }
         }
         assert!(
             Instant::now() < deadline,

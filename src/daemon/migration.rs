@@ -194,10 +194,7 @@ impl<P: Peers> Daemon<P> {
     /// What migrating `vm` with `params` should cost, in the mode the forecast picks (or, when
     /// none converges, what pre-copy would send before it is aborted).
     fn forecast(&self, vm: &Vm, params: &MigrationParams) -> Option<forecast::Forecast> {
-        self.choice(vm, params).map(|(c, _, _)| match c {
-            forecast::Choice::Move(f) => f,
-            forecast::Choice::WouldNotConverge { pre_copy } => pre_copy,
-        })
+        self.choice(vm, params).map(|(c, _, _)| c.forecast())
     }
 
     /// `vm`'s own migration cost per destination under `[decision] migration_cost_model =

@@ -91,11 +91,22 @@ impl Report {
 }
 
 enum Job {
-    /// Policy, c_m fraction, main run (else a sweep point), rules applied.
-    Run(PolicyKind, f64, bool, bool),
-    /// Policy under a per-VM c_m (the study's fraction as its floor).
-    PerMove(PolicyKind, PerMove),
+    /// Policy at a constant c_m fraction, as `Run` says.
+    Run(PolicyKind, f64, Run),
     Baseline,
+}
+
+/// What a policy run is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    /// The summary's row (and a sweep point when its fraction is swept).
+    Main,
+    /// The same, ignoring the scenario's rules.
+    WithoutRules,
+    /// A point of the c_m sweep alone.
+    Sweep,
+    /// Under a per-VM c_m, its fraction the floor.
+    PerMove(PerMove),
 }
 
 enum Done {
@@ -112,25 +123,21 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         // Longest job first keeps the threads evenly busy.
         jobs.push(Job::Baseline);
     }
-    for &p in &study.policies {
-        jobs.push(Job::Run(p, study.cm_fraction, true, true));
-    }
-    if !sc.rules.is_empty() {
+    let mut each_policy = |f: f64, run: Run| {
         for &p in &study.policies {
-            jobs.push(Job::Run(p, study.cm_fraction, true, false));
+            jobs.push(Job::Run(p, f, run));
         }
+    };
+    each_policy(study.cm_fraction, Run::Main);
+    if !sc.rules.is_empty() {
+        each_policy(study.cm_fraction, Run::WithoutRules);
     }
     for &m in &study.per_move {
-        for &p in &study.policies {
-            jobs.push(Job::PerMove(p, m));
-        }
+        each_policy(study.cm_fraction, Run::PerMove(m));
     }
     for &f in &study.sweep {
-        if f == study.cm_fraction {
-            continue;
-        }
-        for &p in &study.policies {
-            jobs.push(Job::Run(p, f, false, true));
+        if f != study.cm_fraction {
+            each_policy(f, Run::Sweep);
         }
     }
     let next = AtomicUsize::new(0);
@@ -145,33 +152,22 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                     let t = Instant::now();
                     let done = match *job {
                         Job::Baseline => Done::Baseline(Box::new(baseline::run(sc)), t.elapsed()),
-                        Job::PerMove(policy, m) => {
-                            let opt = RunOptions {
-                                policy,
-                                migration_cost: study.cm_fraction * unit,
-                                per_move: Some(PerMove {
-                                    disruption: m.disruption * unit,
-                                    ..m
-                                }),
-                                rack_alternates: study.rack_alternates,
-                                return_margin: study.return_margin,
-                                record_steps: false,
-                                verify_moves: false,
-                                rules: true,
-                            };
-                            let run = engine::run(sc, &opt, progress);
-                            Done::Run(Box::new(run), t.elapsed())
-                        }
-                        Job::Run(policy, f, record_steps, rules) => {
+                        Job::Run(policy, f, run) => {
                             let opt = RunOptions {
                                 policy,
                                 migration_cost: f * unit,
-                                per_move: None,
+                                per_move: match run {
+                                    Run::PerMove(m) => Some(PerMove {
+                                        disruption: m.disruption * unit,
+                                        ..m
+                                    }),
+                                    _ => None,
+                                },
                                 rack_alternates: study.rack_alternates,
                                 return_margin: study.return_margin,
-                                record_steps,
+                                record_steps: run == Run::Main,
                                 verify_moves: false,
-                                rules,
+                                rules: run != Run::WithoutRules,
                             };
                             let run = engine::run(sc, &opt, progress);
                             Done::Run(Box::new(run), t.elapsed())
@@ -211,17 +207,20 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                 report.baseline_time = t;
             }
             Done::Run(run, t) => {
-                if let Job::PerMove(_, m) = jobs[k] {
-                    report.per_move.push((m, *run, t));
-                    continue;
-                }
-                let Job::Run(_, f, main, rules) = jobs[k] else {
+                let Job::Run(_, f, kind) = jobs[k] else {
                     continue;
                 };
-                if !rules {
-                    report.without_rules.push(*run);
-                    report.without_rules_times.push(t);
-                    continue;
+                match kind {
+                    Run::PerMove(m) => {
+                        report.per_move.push((m, *run, t));
+                        continue;
+                    }
+                    Run::WithoutRules => {
+                        report.without_rules.push(*run);
+                        report.without_rules_times.push(t);
+                        continue;
+                    }
+                    Run::Main | Run::Sweep => {}
                 }
                 if in_sweep(f) {
                     report.sweep.push(SweepPoint {
@@ -232,7 +231,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                         migrated_bytes: run.migrated_bytes,
                     });
                 }
-                if main {
+                if kind == Run::Main {
                     report.runs.push(*run);
                     report.run_times.push(t);
                 }
