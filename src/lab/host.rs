@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 pub struct Counters {
     pub outcomes: [u64; crate::decide::TurnOutcome::ALL.len()],
     pub sent: u64,
+    /// `sent` by protocol, in [`crate::p2p::metrics::PROTOCOLS`]' order.
+    pub sent_by: [u64; crate::p2p::metrics::PROTOCOLS.len()],
     pub served: u64,
     pub published: u64,
     pub received: u64,
@@ -43,6 +45,9 @@ impl Counters {
             *a += b;
         }
         self.sent += o.sent;
+        for (a, b) in self.sent_by.iter_mut().zip(o.sent_by) {
+            *a += b;
+        }
         self.served += o.served;
         self.published += o.published;
         self.received += o.received;
@@ -61,6 +66,7 @@ impl Counters {
         Counters {
             outcomes,
             sent: p.sent_total(),
+            sent_by: p.sent_by_protocol(),
             served: p.served_total(),
             published: p.announcements_published.get(),
             received: p.announcements_received.get(),

@@ -491,6 +491,11 @@ fn summarise(r: &mut Report, c: &Counters, conns: &[i64]) {
     r.messages_per_decision = (r.decisions > 0).then(|| r.messages as f64 / r.decisions as f64);
     r.requests = c.sent + c.served;
     r.requests_per_decision = (r.decisions > 0).then(|| r.requests as f64 / r.decisions as f64);
+    r.requests_sent_by_protocol = crate::p2p::metrics::PROTOCOLS
+        .iter()
+        .zip(c.sent_by)
+        .map(|(p, n)| (p.to_string(), n))
+        .collect();
     r.regenerations = c.regenerations;
     r.migrations = c.migrations;
     r.connections_per_host = if conns.is_empty() {

@@ -48,6 +48,8 @@ pub struct Report {
     /// deciding costs, apart from the gossip every host hears.
     pub requests: u64,
     pub requests_per_decision: Option<f64>,
+    /// Requests sent, by protocol.
+    pub requests_sent_by_protocol: BTreeMap<String, u64>,
     /// Bytes in and out of every swarm (libp2p's bandwidth counters; hosts alive at the end).
     pub bytes: u64,
     pub bytes_per_decision: Option<f64>,
@@ -166,6 +168,12 @@ pub fn text(r: &Report) -> String {
         r.bytes,
         opt(r.bytes_per_decision, ""),
     );
+    let by: Vec<String> = r
+        .requests_sent_by_protocol
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
+    s += &format!("           requests sent: {}\n", by.join(", "));
     s += &format!(
         "network    {:.1} connections per host (max {}), {} hosts downed\n",
         r.connections_per_host, r.connections_max, r.hosts_downed

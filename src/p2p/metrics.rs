@@ -25,7 +25,8 @@ pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
 pub const INFLIGHT_BYTES: &str = "inflight_bytes";
 
 /// The request protocols, each with its series from the start.
-const PROTOCOLS: [&str; 4] = [
+/// The request protocols counted, in the order [`P2pMetrics::sent_by_protocol`] gives them.
+pub const PROTOCOLS: [&str; 4] = [
     scored_proto::TOKEN_PROTOCOL,
     scored_proto::LOCATION_PROTOCOL,
     scored_proto::CAPACITY_PROTOCOL,
@@ -157,14 +158,16 @@ impl P2pMetrics {
 
     /// Requests sent over every protocol so far.
     pub fn sent_total(&self) -> u64 {
-        let mut n = 0;
-        for protocol in PROTOCOLS {
-            n += self
-                .requests_sent
+        self.sent_by_protocol().iter().sum()
+    }
+
+    /// Requests sent so far, by protocol in [`PROTOCOLS`]' order.
+    pub fn sent_by_protocol(&self) -> [u64; PROTOCOLS.len()] {
+        PROTOCOLS.map(|protocol| {
+            self.requests_sent
                 .get_or_create(&vec![("protocol".to_string(), protocol.to_string())])
-                .get();
-        }
-        n
+                .get()
+        })
     }
 
     /// Requests answered over every protocol so far.
