@@ -12,7 +12,7 @@ mod behaviour;
 pub mod direct;
 pub mod directory;
 mod driver;
-mod gossip;
+pub(crate) mod gossip;
 mod limits;
 pub mod metrics;
 pub mod probe;
