@@ -50,7 +50,7 @@ async fn node(
     dir.set_local(vms.into_iter().map(|v| (v, Stamp::ZERO)));
     let mut c = P2pConfig::new(l.keys[i].clone(), l.topology.clone(), HostId(i as u32));
     // No gossip traffic during the measurements beyond the mesh's own heartbeats.
-    c.inventory_interval = Duration::from_secs(3600);
+    c.inventory_interval = None;
     // Hand-offs to one peer back to back with an instant acknowledgement (≈ 4,000/s) are this
     // benchmark's load, not a cluster's: the token's default allowance is 2,000/s per peer.
     c.rate_limits.token = Quota {

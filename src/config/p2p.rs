@@ -38,6 +38,9 @@ pub struct P2pConfig {
     pub max_inflight_mib: u32,
     /// MiB of request frames being received from one peer.
     pub max_inflight_per_peer_mib: u32,
+    /// Inventories the whole data centre republishes per second when nothing changes: each
+    /// host republishes every max(30 s, hosts / this) (`p2p::zombies::republish_every`).
+    pub inventory_republish_per_s: u32,
 }
 
 impl Default for P2pConfig {
@@ -55,6 +58,7 @@ impl Default for P2pConfig {
             max_requests_per_peer: d.max_requests_per_peer as u32,
             max_inflight_mib: (d.max_inflight_bytes >> 20) as u32,
             max_inflight_per_peer_mib: (d.max_inflight_bytes_per_peer >> 20) as u32,
+            inventory_republish_per_s: crate::p2p::zombies::INVENTORIES_PER_S,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Section for P2pConfig {
             max_requests_per_peer: Restart,
             max_inflight_mib: Restart,
             max_inflight_per_peer_mib: Restart,
+            inventory_republish_per_s: Restart,
         }
     );
     type Error = P2pConfigError;
@@ -143,6 +148,10 @@ impl Section for P2pConfig {
             (
                 "p2p.max_inflight_per_peer_mib",
                 self.max_inflight_per_peer_mib.into(),
+            ),
+            (
+                "p2p.inventory_republish_per_s",
+                self.inventory_republish_per_s.into(),
             ),
         ]
         .into_iter()

@@ -212,7 +212,15 @@ pub async fn start(node: Node, registry: &mut Registry) -> anyhow::Result<Starte
 
     let directory = Arc::new(Directory::new(topo.clone(), me));
     directory.set_stamp_skew(config.token.stamp_skew_steps);
+    let republish = crate::p2p::zombies::republish_every(
+        topo.hosts().len(),
+        config.p2p.inventory_republish_per_s,
+    );
+    directory.zombies().set_republish_period(republish);
     let mut p2p = P2pConfig::new(key, topo.clone(), me);
+    // The daemon announces its inventory itself (`daemon::zombies`): a second, early one
+    // from the transport would double what every host receives at a cold start.
+    p2p.inventory_interval = None;
     p2p.listen = config.p2p.listen.clone();
     p2p.limits = config.p2p.limits();
     p2p.metrics = p2p_metrics;

@@ -1,7 +1,7 @@
 //! What the daemon does about zombies (one VM running on more than one host, as the hosts' own
 //! inventories say: `p2p::zombies`). It keeps this host's inventory announced (at once when its
-//! VMs change, at the first inventory read that finds a peer to tell, and every `REPUBLISH_EVERY`
-//! ± 20 % anyway) so every peer can see a second copy; it says so
+//! VMs change, at the first inventory read that finds a peer to tell, and every
+//! `republish_every` ± 20 % anyway) so every peer can see a second copy; it says so
 //! (`scored_zombie_vms`, one warning when a zombie appears naming the hosts and this host's
 //! journal entry for the VM, one line when it is gone, `scored status`); and the assessment asks
 //! [`Daemon::zombie_hosts`] so no decision is taken for such a VM until one copy is gone.
@@ -11,7 +11,7 @@
 use super::host::{Daemon, lock};
 use super::journal::{self, Ending};
 use crate::p2p::Peers;
-use crate::p2p::zombies::{REPUBLISH_EVERY, Zombie};
+use crate::p2p::zombies::{Zombie, republish_every};
 use crate::topology::HostId;
 use scored_proto::VmId;
 use serde::{Deserialize, Serialize};
@@ -30,17 +30,17 @@ pub(super) struct ZombieWatch {
 }
 
 /// How long until the inventory is announced again if nothing changes, `jitter` in [0, 1):
-/// `REPUBLISH_EVERY` ± 20 %. Hosts started together (a cold start, a fleet upgrade) would
-/// otherwise republish in lockstep, a thousand announcements in the same second every 30 s;
-/// drawn anew each time, the phases spread within a few periods. The longest wait, twice over,
-/// stays inside the 90 s a peer's inventory counts (`CLAIM_FRESH_FOR`).
-fn republish_after(jitter: f64) -> Duration {
+/// `period` ± 20 %. Hosts started together (a cold start, a fleet upgrade) would otherwise
+/// republish in lockstep, a thousand announcements in the same second every period; drawn anew
+/// each time, the phases spread within a few periods. The longest wait, twice over, stays
+/// inside the three periods a peer's inventory counts (`claims_fresh_for`).
+fn republish_after(period: Duration, jitter: f64) -> Duration {
     let jitter = if jitter.is_nan() {
         0.0
     } else {
         jitter.clamp(0.0, 1.0)
     };
-    REPUBLISH_EVERY.mul_f64(0.8 + 0.4 * jitter)
+    period.mul_f64(0.8 + 0.4 * jitter)
 }
 
 /// One zombie as `scored status` shows it.
@@ -84,7 +84,11 @@ impl<P: Peers> Daemon<P> {
         if due {
             match self.peers.announce_inventory().await {
                 Ok(()) => {
-                    let next = now + republish_after(rand::random::<f64>());
+                    let period = republish_every(
+                        self.topo.hosts().len(),
+                        self.config().p2p.inventory_republish_per_s,
+                    );
+                    let next = now + republish_after(period, rand::random::<f64>());
                     lock(&self.zombie_watch).published = Some((local, next));
                 }
                 // Retried at the next read: no peer to tell is no news to lose.
@@ -177,17 +181,38 @@ impl<P: Peers> Daemon<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::p2p::zombies::CLAIM_FRESH_FOR;
+    use crate::p2p::zombies::{CLAIM_FRESH_FOR, INVENTORIES_PER_S, claims_fresh_for};
 
     #[test]
     fn republishing_is_spread_and_stays_fresh() {
-        assert_eq!(republish_after(0.0), Duration::from_secs(24));
-        assert_eq!(republish_after(0.5), REPUBLISH_EVERY);
-        assert!(republish_after(0.999) < Duration::from_secs(36));
+        let every = republish_every(64, INVENTORIES_PER_S);
+        assert_eq!(every, Duration::from_secs(30));
+        assert_eq!(republish_after(every, 0.0), Duration::from_secs(24));
+        assert_eq!(republish_after(every, 0.5), every);
+        assert!(republish_after(every, 0.999) < Duration::from_secs(36));
         // Two missed republishes at the longest wait still leave a claim counting.
-        assert!(republish_after(1.0) * 2 < CLAIM_FRESH_FOR);
+        assert!(republish_after(every, 1.0) * 2 < CLAIM_FRESH_FOR);
         // Out-of-range input is clamped, never a panic or a zero period.
-        assert_eq!(republish_after(-1.0), republish_after(0.0));
-        assert_eq!(republish_after(f64::NAN), republish_after(0.0));
+        assert_eq!(republish_after(every, -1.0), republish_after(every, 0.0));
+        assert_eq!(
+            republish_after(every, f64::NAN),
+            republish_after(every, 0.0)
+        );
+    }
+
+    #[test]
+    fn the_data_centre_republishes_at_a_bounded_rate_whatever_its_size() {
+        for hosts in [2usize, 300, 1_000, 10_000, 50_000] {
+            let every = republish_every(hosts, INVENTORIES_PER_S);
+            assert!(every >= Duration::from_secs(30));
+            let per_s = hosts as f64 / every.as_secs_f64();
+            assert!(
+                per_s <= f64::from(INVENTORIES_PER_S) + 1e-9,
+                "{hosts}: {per_s}/s"
+            );
+            assert!(republish_after(every, 1.0) * 2 < claims_fresh_for(every));
+        }
+        assert_eq!(republish_every(1_000, 10), Duration::from_secs(100));
+        assert_eq!(republish_every(1_000, 0), Duration::from_secs(1_000));
     }
 }

@@ -109,13 +109,16 @@ impl Driver {
     pub(crate) async fn run(
         mut self,
         redial: Duration,
-        inventory: Duration,
+        inventory: Option<Duration>,
         first_inventory: Duration,
     ) {
         self.gossip.dial_fingers(&mut self.swarm);
         let mut redial = tokio::time::interval(redial);
-        let mut inventory =
-            tokio::time::interval_at(tokio::time::Instant::now() + first_inventory, inventory);
+        let republish = inventory.is_some();
+        let mut inventory = tokio::time::interval_at(
+            tokio::time::Instant::now() + first_inventory,
+            inventory.unwrap_or(Duration::from_secs(3600)),
+        );
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -133,7 +136,7 @@ impl Driver {
                     self.gossip.dial_fingers(&mut self.swarm);
                     self.limiter.prune(Instant::now());
                 }
-                _ = inventory.tick() => self.gossip.publish_inventory(&mut self.swarm.behaviour_mut().gossip),
+                _ = inventory.tick(), if republish => self.gossip.publish_inventory(&mut self.swarm.behaviour_mut().gossip),
             }
         }
         tracing::debug!("p2p node stopped");

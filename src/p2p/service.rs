@@ -47,8 +47,10 @@ pub struct P2pConfig {
     /// Liveness probe period on every connection.
     pub ping_interval: Duration,
     pub gossip_heartbeat: Duration,
-    /// How often this host republishes its inventory.
-    pub inventory_interval: Duration,
+    /// How often the transport republishes this host's inventory by itself (the first time
+    /// shortly after start); `None` when its user does (the daemon announces its own at its
+    /// first inventory read, when its VMs change and every `p2p::zombies::republish_every`).
+    pub inventory_interval: Option<Duration>,
     /// How often dropped gossip connections are re-dialled.
     pub redial_interval: Duration,
     /// What each peer may ask of this host per protocol; over it, requests are refused.
@@ -68,10 +70,13 @@ impl P2pConfig {
             listen: None,
             metrics: P2pMetrics::default(),
             request_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(300),
+            // The gossip mesh keeps its own connections open; what a decision or a survey
+            // opened to other hosts goes after a minute (at 300 s, one regeneration survey left
+            // a connection to every host for five minutes: 58 per host at 256 hosts).
+            idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(5),
             gossip_heartbeat: Duration::from_millis(700),
-            inventory_interval: Duration::from_secs(300),
+            inventory_interval: Some(Duration::from_secs(300)),
             redial_interval: Duration::from_secs(10),
             rate_limits: RateLimits::default(),
             limits: TransportLimits::default(),

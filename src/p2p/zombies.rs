@@ -15,12 +15,34 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A peer's inventory counts for this long after it arrived: hosts republish theirs every
-/// [`REPUBLISH_EVERY`] (and at once when their VMs change), so a host that died or was cut off
-/// stops counting after a few missed ones instead of marking its last VMs as zombies forever.
+/// A peer's inventory counts for this long after it arrived in a data centre of up to
+/// `30 s × INVENTORIES_PER_S` hosts ([`claims_fresh_for`] for any size): hosts republish theirs
+/// every [`republish_every`] (and at once when their VMs change), so a host that died or was
+/// cut off stops counting after a few missed ones instead of marking its last VMs as zombies
+/// forever.
 pub const CLAIM_FRESH_FOR: Duration = Duration::from_secs(90);
-/// How often a daemon republishes its inventory even when nothing changed.
+/// How often a daemon republishes its inventory even when nothing changed, at least.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30);
+/// Inventories the whole data centre republishes per second, by default
+/// (`p2p.inventory_republish_per_s`). Every inventory reaches every host, so the work each host
+/// does for the republications is this rate, whatever the size: 300 hosts republish every 30 s,
+/// 1,000 every 100 s, 10,000 every 1,000 s. A fixed 30 s would make it grow with the hosts
+/// (333 inventories a second reaching each of 10,000 hosts).
+pub const INVENTORIES_PER_S: u32 = 10;
+
+/// How often each of `hosts` republishes its unchanged inventory so that the data centre
+/// republishes about `per_s` a second: max([`REPUBLISH_EVERY`], hosts / per_s).
+pub fn republish_every(hosts: usize, per_s: u32) -> Duration {
+    REPUBLISH_EVERY.max(Duration::from_secs_f64(
+        hosts as f64 / f64::from(per_s.max(1)),
+    ))
+}
+
+/// How long a peer's inventory counts, republished every `period`: three periods (a host may
+/// miss two).
+pub fn claims_fresh_for(period: Duration) -> Duration {
+    period * 3
+}
 /// VMs kept from one peer's inventory (the rest is ignored): bounds what a listed peer can make
 /// this host remember to hosts × this.
 pub const MAX_CLAIMS_PER_HOST: usize = 1024;
@@ -51,6 +73,8 @@ struct Claims {
     by_vm: HashMap<VmId, Vec<HostId>>,
     started: Instant,
     grace: Duration,
+    /// How long a claim counts ([`claims_fresh_for`] the republication period).
+    fresh_for: Duration,
 }
 
 impl Claims {
@@ -90,7 +114,7 @@ impl Claims {
     fn fresh(&self, host: HostId, now: Instant) -> bool {
         self.by_host
             .get(&host)
-            .is_some_and(|c| now.saturating_duration_since(c.at) <= CLAIM_FRESH_FOR)
+            .is_some_and(|c| now.saturating_duration_since(c.at) <= self.fresh_for)
     }
 }
 
@@ -113,12 +137,26 @@ impl Zombies {
                 by_vm: HashMap::new(),
                 started,
                 grace: INVENTORY_GRACE,
+                fresh_for: CLAIM_FRESH_FOR,
             }),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Claims> {
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hosts republish every `period` (the daemon's [`republish_every`]): claims count for
+    /// [`claims_fresh_for`] it, and a host never heard of is thought to be starting as long.
+    pub fn set_republish_period(&self, period: Duration) {
+        let mut c = self.lock();
+        c.fresh_for = claims_fresh_for(period);
+        c.grace = c.fresh_for;
+    }
+
+    /// How long a peer's inventory counts after it arrived.
+    pub fn fresh_for(&self) -> Duration {
+        self.lock().fresh_for
     }
 
     /// How long after start a host never heard of is still asked (default [`INVENTORY_GRACE`]).

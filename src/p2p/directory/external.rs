@@ -4,10 +4,9 @@
 //!
 //! Keeps entries and their bound; whether a VM is external is the directory's to decide.
 
-use crate::p2p::zombies::CLAIM_FRESH_FOR;
 use scored_proto::VmId;
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Addresses remembered (oldest forgotten first).
 pub const MAX_EXTERNAL: usize = 4096;
@@ -31,12 +30,13 @@ impl External {
         }
     }
 
-    /// Whether `vm` is known to be external: for as long as a claim stays fresh (a host that
-    /// was not heard of then, and said "not here", has announced its inventory since).
-    pub(super) fn contains(&self, vm: VmId, now: Instant) -> bool {
+    /// Whether `vm` is known to be external: for as long as a claim stays fresh (`fresh_for`:
+    /// a host that was not heard of then, and said "not here", has announced its inventory
+    /// since).
+    pub(super) fn contains(&self, vm: VmId, now: Instant, fresh_for: Duration) -> bool {
         self.since
             .get(&vm)
-            .is_some_and(|at| now.saturating_duration_since(*at) <= CLAIM_FRESH_FOR)
+            .is_some_and(|at| now.saturating_duration_since(*at) <= fresh_for)
     }
 
     /// Something named `vm` as running on a host.

@@ -7,8 +7,8 @@
 //! Names only: which rule a name stands for (kind, scope) is the rules' business (`crate::rules`),
 //! as is every judgement. Bounded like the rest of the directory: a host's announcement is kept
 //! only up to that host's `max_vms` VMs of at most `MAX_VM_GROUPS` names each, reservations up
-//! to this host's `max_vms`, and a host's announcement counts for [`GROUPS_FRESH`] after it
-//! arrived (hosts republish every `REPUBLISH_EVERY`).
+//! to this host's `max_vms`, and a host's announcement counts as long as its inventory does
+//! (`p2p::zombies::claims_fresh_for`, [`GROUPS_FRESH`] in a data centre of up to 300 hosts).
 
 use super::{AnnouncementRejected, Directory, State};
 use crate::topology::HostId;
@@ -16,9 +16,10 @@ use scored_proto::{GroupsAnnounce, VmGroups, VmId};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// How long a host's groups announcement counts: three republication periods, as its inventory
-/// claims do for zombies.
-pub const GROUPS_FRESH: Duration = Duration::from_secs(90);
+/// How long a host's groups announcement counts at the shortest republication period: three
+/// periods, as its inventory claims do for zombies (the directory uses the claims' freshness,
+/// longer in a larger data centre).
+pub const GROUPS_FRESH: Duration = crate::p2p::zombies::CLAIM_FRESH_FOR;
 
 /// Room held for a VM a capacity request named, until it arrives, goes elsewhere, or `until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,11 +172,13 @@ impl Directory {
     /// reservations, and what fresh announcements of other hosts say (located by the directory
     /// when it knows better, e.g. after a migration announcement).
     pub fn group_members(&self, names: &[&str], now: Instant) -> Vec<GroupMember> {
+        // Announced with the inventory, so fresh as long as an inventory is.
+        let fresh = self.zombies().fresh_for();
         let mut s = self.lock();
         s.groups.reserved.retain(|r| r.until > now);
         s.groups
             .by_host
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < GROUPS_FRESH);
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < fresh);
         let mut out = Vec::new();
         let mut push = |group: &str, vm: VmId, host: HostId, known: Known| {
             out.push(GroupMember {

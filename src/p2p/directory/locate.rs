@@ -65,6 +65,7 @@ impl Directory {
         now: Instant,
     ) -> HashMap<HostId, Vec<VmId>> {
         let unheard = self.zombies.unheard(reachable, now);
+        let fresh_for = self.zombies.fresh_for();
         let mut plan: HashMap<HostId, Vec<VmId>> = HashMap::new();
         for &vm in vms {
             if !self.topology.may_be_vm(vm) {
@@ -73,7 +74,7 @@ impl Directory {
             }
             let mut hosts = self.zombies.claimants(vm);
             hosts.retain(|h| *h != self.me);
-            if hosts.is_empty() && self.lock().external.contains(vm, now) {
+            if hosts.is_empty() && self.lock().external.contains(vm, now, fresh_for) {
                 continue;
             }
             hosts.extend(unheard.iter().copied());
