@@ -59,7 +59,7 @@ pub struct Row {
 }
 
 /// The model's parameters. Defaults: gossipsub's (libp2p-gossipsub 0.50 defaults, with
-/// scored's heartbeat, `p2p::behaviour`), the daemon's (`REPUBLISH_EVERY`, the heartbeat every
+/// scored's heartbeat, `p2p::behaviour`), the daemon's (`republish_every`, the heartbeat every
 /// `handoff_timeout / 4`), and the latencies measured in docs/evaluation.md.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Model {
@@ -74,8 +74,9 @@ pub struct Model {
     /// Bytes of one IHAVE entry: the default message id (base58 PeerId, 52 characters, and the
     /// decimal sequence number, 19) with its protobuf tag and length.
     pub ihave_entry: u64,
-    /// Inventory republication period, seconds (`p2p::zombies::REPUBLISH_EVERY`).
-    pub republish_s: f64,
+    /// Inventories the data centre republishes a second (`p2p.inventory_republish_per_s`): each
+    /// host every `p2p::zombies::republish_every(hosts, this)`.
+    pub republish_per_s: u32,
     /// Token heartbeat period while a turn waits (`handoff_timeout_ms / 4`, default 2 s / 4).
     pub heartbeat_s: f64,
     /// A decision with its capacity round trip, cached locations, loopback libp2p (the
@@ -105,7 +106,7 @@ impl Default for Model {
             gossip_factor: 0.25,
             history_gossip: 3,
             ihave_entry: 2 + 52 + 19,
-            republish_s: crate::p2p::zombies::REPUBLISH_EVERY.as_secs_f64(),
+            republish_per_s: crate::p2p::zombies::INVENTORIES_PER_S,
             heartbeat_s: 0.5,
             decision_s: 0.78e-3,
             handoff_fixed_s: 0.24e-3,
@@ -153,21 +154,13 @@ fn varint_len(mut v: u64) -> u64 {
 }
 
 impl Model {
-    /// Gossip peers of a host: its fingers (distances 1, 2, 4, … in the name-sorted ring,
-    /// `p2p::gossip`) and the hosts whose fingers it is.
+    /// Gossip peers of a host: the ones it dials (its successor and `CHORDS` hashed ones,
+    /// `p2p::gossip`) and, as many on average, the ones that dial it; every other host when
+    /// there are fewer.
     pub fn peers(hosts: usize) -> usize {
-        if hosts < 2 {
-            return 0;
-        }
-        let mut set = std::collections::BTreeSet::new();
-        let mut d = 1;
-        while d < hosts {
-            set.insert(d % hosts);
-            set.insert((hosts - d % hosts) % hosts);
-            d *= 2;
-        }
-        set.remove(&0);
-        set.len()
+        hosts
+            .saturating_sub(1)
+            .min(2 * (crate::p2p::gossip::CHORDS + 1))
     }
 
     /// Copies of one publish sent on connections: the publisher floods its topic peers
@@ -230,7 +223,7 @@ impl Model {
     }
 
     /// Every kind's traffic. Gossip publishes are fanned out to `copies` each; time-driven
-    /// publishes (inventories every `republish_s`, heartbeats while a migration runs) take
+    /// publishes (inventories every `republish_every`, heartbeats while a migration runs) take
     /// the round time from [`Model::round`], migrations included.
     pub fn rows(&self, c: &Counts) -> Vec<Row> {
         let n = c.hosts;
@@ -271,7 +264,8 @@ impl Model {
         } else {
             (0.0, 0.0)
         };
-        let republished = n as f64 * round.total_s() / self.republish_s;
+        let period = crate::p2p::zombies::republish_every(n, self.republish_per_s);
+        let republished = n as f64 * round.total_s() / period.as_secs_f64();
         let inventory_each = Self::envelope(c.inventory_frame.round() as u64) as f64;
         let republish = (republished * copies, republished * copies * inventory_each);
         // Steps beat at once; a migration's wait beats every `heartbeat_s` more.

@@ -163,18 +163,18 @@ fn max_turns_bounds_the_steps() {
 
 #[test]
 fn gossip_peers_fan_out_and_envelope() {
-    // Ring of 4: fingers +1, +2; fingered by −1, −2 (= +3, +2): peers {1, 2, 3}.
+    // 4 hosts: every other one. 16 and more: 4 dialled and 4 dialling on average.
     assert_eq!(Model::peers(4), 3);
     assert_eq!(Model::peers(2), 1);
-    // Ring of 16: ±1, ±2, ±4, ±8: 7 distinct peers.
-    assert_eq!(Model::peers(16), 7);
+    assert_eq!(Model::peers(16), 8);
+    assert_eq!(Model::peers(10_000), 8);
     let m = Model::default();
     // 4 hosts: the publisher floods 3, each of 3 receivers forwards to its 3 − 1 others.
     assert_eq!(m.copies(4), 3.0 + 3.0 * 2.0);
-    // 16 hosts: 7 peers, mesh 6: 7 + 15 × 5.
-    assert_eq!(m.copies(16), 7.0 + 15.0 * 5.0);
-    // One non-mesh peer at 16 hosts: IHAVE to it, three heartbeats, from every host.
-    assert_eq!(m.ihave_entries(16), 16.0 * 3.0);
+    // 16 hosts: 8 peers, mesh 6: 8 + 15 × 5.
+    assert_eq!(m.copies(16), 8.0 + 15.0 * 5.0);
+    // Two non-mesh peers at 16 hosts: IHAVE to them, three heartbeats, from every host.
+    assert_eq!(m.ihave_entries(16), 16.0 * 2.0 * 3.0);
     // A 30-byte frame: from 40, data 32, seqno 10, topic 20, signature 66 = 168; the publish
     // field's tag and length 3; the RPC's length prefix 2.
     assert_eq!(Model::envelope(30), 173);
