@@ -11,7 +11,7 @@
 use super::host::{Daemon, lock};
 use super::journal::{self, Ending};
 use crate::p2p::Peers;
-use crate::p2p::zombies::{Zombie, republish_every};
+use crate::p2p::zombies::Zombie;
 use crate::topology::HostId;
 use scored_proto::VmId;
 use serde::{Deserialize, Serialize};
@@ -84,10 +84,8 @@ impl<P: Peers> Daemon<P> {
         if due {
             match self.peers.announce_inventory().await {
                 Ok(()) => {
-                    let period = republish_every(
-                        self.topo.hosts().len(),
-                        self.config().p2p.inventory_republish_per_s,
-                    );
+                    // Set at start from the hosts and `p2p.inventory_republish_per_s`.
+                    let period = self.peers.directory().zombies().republish_period();
                     let next = now + republish_after(period, rand::random::<f64>());
                     lock(&self.zombie_watch).published = Some((local, next));
                 }
@@ -181,7 +179,9 @@ impl<P: Peers> Daemon<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::p2p::zombies::{CLAIM_FRESH_FOR, INVENTORIES_PER_S, claims_fresh_for};
+    use crate::p2p::zombies::{
+        CLAIM_FRESH_FOR, INVENTORIES_PER_S, claims_fresh_for, republish_every,
+    };
 
     #[test]
     fn republishing_is_spread_and_stays_fresh() {

@@ -29,7 +29,7 @@ pub use clock::DEFAULT_STAMP_SKEW;
 use clock::TokenClock;
 use external::External;
 pub use external::MAX_EXTERNAL;
-pub use groups::{GROUPS_FRESH, GroupMember, Known, Reservation};
+pub use groups::{GroupMember, Known, Reservation};
 pub use locate::{LocateOptions, Locations, locate};
 use scored_proto::{Announcement, Located, LocationResponse, Moved, Stamp, VmId};
 use std::collections::{HashMap, VecDeque};

@@ -73,7 +73,9 @@ struct Claims {
     by_vm: HashMap<VmId, Vec<HostId>>,
     started: Instant,
     grace: Duration,
-    /// How long a claim counts ([`claims_fresh_for`] the republication period).
+    /// How often hosts republish their inventories ([`republish_every`]).
+    period: Duration,
+    /// How long a claim counts ([`claims_fresh_for`] the period).
     fresh_for: Duration,
 }
 
@@ -137,6 +139,7 @@ impl Zombies {
                 by_vm: HashMap::new(),
                 started,
                 grace: INVENTORY_GRACE,
+                period: REPUBLISH_EVERY,
                 fresh_for: CLAIM_FRESH_FOR,
             }),
         }
@@ -150,8 +153,14 @@ impl Zombies {
     /// [`claims_fresh_for`] it, and a host never heard of is thought to be starting as long.
     pub fn set_republish_period(&self, period: Duration) {
         let mut c = self.lock();
+        c.period = period;
         c.fresh_for = claims_fresh_for(period);
         c.grace = c.fresh_for;
+    }
+
+    /// How often this host republishes its unchanged inventory, as every host does.
+    pub fn republish_period(&self) -> Duration {
+        self.lock().period
     }
 
     /// How long a peer's inventory counts after it arrived.

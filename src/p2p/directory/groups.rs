@@ -8,18 +8,13 @@
 //! as is every judgement. Bounded like the rest of the directory: a host's announcement is kept
 //! only up to that host's `max_vms` VMs of at most `MAX_VM_GROUPS` names each, reservations up
 //! to this host's `max_vms`, and a host's announcement counts as long as its inventory does
-//! (`p2p::zombies::claims_fresh_for`, [`GROUPS_FRESH`] in a data centre of up to 300 hosts).
+//! (`p2p::zombies::claims_fresh_for`: 90 s in a data centre of up to 300 hosts).
 
 use super::{AnnouncementRejected, Directory, State};
 use crate::topology::HostId;
 use scored_proto::{GroupsAnnounce, VmGroups, VmId};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
-/// How long a host's groups announcement counts at the shortest republication period: three
-/// periods, as its inventory claims do for zombies (the directory uses the claims' freshness,
-/// longer in a larger data centre).
-pub const GROUPS_FRESH: Duration = crate::p2p::zombies::CLAIM_FRESH_FOR;
+use std::time::Instant;
 
 /// Room held for a VM a capacity request named, until it arrives, goes elsewhere, or `until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +220,7 @@ mod tests {
     use scored_proto::{Announcement, MigrationAnnounce, Stamp};
     use std::path::Path;
     use std::sync::Arc;
+    use std::time::Duration;
 
     /// Three hosts with room for two VMs each.
     fn directory(me: u32) -> Directory {
@@ -308,7 +304,7 @@ mod tests {
             vec![(VmId(1), HostId(2), Known::Announced)]
         );
         // Without a fresh announcement, the word of h1 no longer counts.
-        assert!(members(&dir, t0 + GROUPS_FRESH).is_empty());
+        assert!(members(&dir, t0 + dir.zombies().fresh_for()).is_empty());
     }
 
     #[test]
