@@ -187,20 +187,7 @@ fn a_lower_host_whose_daemon_never_answers_does_not_hold_regeneration_back() {
 #[test]
 fn a_cold_start_with_unanswered_surveys_mints_one_token() {
     const HOSTS: u32 = 48;
-    let mut text = String::from(
-        "[levels]\nnames = [\"rack\", \"core\"]\nweights = [1.0, 2.0]\n\
-         [defaults]\nmax_vms = 8\nmemory_mib = 16384\n",
-    );
-    for h in 0..HOSTS {
-        text.push_str(&format!(
-            "[[host]]\nname = \"h{}\"\npath = [\"tor{}\"]\n",
-            h + 1,
-            h / 8
-        ));
-    }
-    let topo = Arc::new(
-        scored::topology::Topology::parse(std::path::Path::new("storm.toml"), &text).unwrap(),
-    );
+    let topo = racks_of_eight(HOSTS, "storm.toml");
     let net = scored::p2p::DirectNetwork::new(topo.clone());
     let sim = MemoryCluster::new(&topo);
     let dir = tempfile::tempdir().unwrap();
@@ -259,4 +246,113 @@ fn a_cold_start_with_unanswered_surveys_mints_one_token() {
             .all(|n| n.highest_epoch() == epoch)),
         "the one token did not reach every host"
     );
+}
+
+/// `hosts` hosts h1, h2, … eight to a rack, without addresses (the in-process transport).
+fn racks_of_eight(hosts: u32, file: &str) -> Arc<scored::topology::Topology> {
+    let mut text = String::from(
+        "[levels]\nnames = [\"rack\", \"core\"]\nweights = [1.0, 2.0]\n\
+         [defaults]\nmax_vms = 8\nmemory_mib = 16384\n",
+    );
+    for h in 0..hosts {
+        text.push_str(&format!(
+            "[[host]]\nname = \"h{}\"\npath = [\"tor{}\"]\n",
+            h + 1,
+            h / 8
+        ));
+    }
+    Arc::new(scored::topology::Topology::parse(std::path::Path::new(file), &text).unwrap())
+}
+
+/// A host whose detector fires while the token lives (it just started and has heard nothing)
+/// asks a few peers, not every host: at 1,000 hosts a survey of everyone is a connection to every
+/// host, and a data centre starting up has hundreds of such hosts. Only a host about to mint asks
+/// everyone. 48 daemons over the in-process transport; h2's detector fires, the others' never.
+#[test]
+fn a_host_that_stands_down_asks_a_few_peers_and_one_that_mints_asks_every_host() {
+    const HOSTS: u32 = 48;
+    const HOLDER: usize = 30;
+    let topo = racks_of_eight(HOSTS, "probe.toml");
+    let net = scored::p2p::DirectNetwork::new(topo.clone());
+    let sim = MemoryCluster::new(&topo);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = inprocess::runtime();
+    let live = next_epoch(next_epoch(0, 7).unwrap(), 7).unwrap();
+    let mut nodes = Vec::new();
+    let mut late = None;
+    for h in 0..HOSTS {
+        let me = HostId(h);
+        sim.add_vm(me, synthetic_vm(VmId(0x0a00_0101 + h), 512))
+            .unwrap();
+        let mut config = Config::default();
+        config.token.handoff_timeout_ms = 400;
+        if h != 1 {
+            config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
+        }
+        let directory = Arc::new(Directory::new(topo.clone(), me));
+        let (peers, inbound) = net.join(me, directory);
+        let hv = Arc::new(sim.host(me));
+        let node = inprocess::node(&topo, me, peers, hv, Vec::new(), config, dir.path());
+        rt.block_on(node.refresh_inventory()).unwrap();
+        if h == 1 {
+            late = Some(inbound);
+        } else {
+            // Everyone else has heard of the live token; HOLDER holds it.
+            let mut watch = node.token_watch();
+            watch.on_token(live, 7, Instant::now());
+            if h as usize == HOLDER {
+                watch.hold(Stamp::new(live, 7));
+            }
+            drop(watch);
+            rt.spawn(drive(node.clone(), inbound, std::future::pending()));
+        }
+        nodes.push(node);
+    }
+    let h2 = nodes[1].clone();
+    rt.spawn(drive(h2.clone(), late.unwrap(), std::future::pending()));
+    let stats_sent = || h2.peers().metrics().sent_by_protocol()[3];
+
+    // h2's detector fires after ~1 s: it learns the live epoch from the first peers it asks
+    // (h1, before it, answers; so may the holder) and stands down, having asked a dozen at most.
+    assert!(
+        wait(Duration::from_secs(30), || h2.highest_epoch() == live),
+        "h2 never asked its peers about the token"
+    );
+    let first = stats_sent();
+    assert!(
+        (1..=12).contains(&first),
+        "h2 asked {first} of its {} peers before standing down",
+        HOSTS - 1
+    );
+    assert_eq!(h2.metrics().token.regenerations.get(), 0);
+
+    // The token dies: the holder lets go and nobody has heard of it for 10 s. h2 defers to h1
+    // (which answers) for a few periods, then mints; before minting it asks every host.
+    for (i, node) in nodes.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        let mut watch = node.token_watch();
+        if i == HOLDER {
+            watch.release(live);
+        }
+        watch.on_token(live, 8, Instant::now() - Duration::from_secs(10));
+    }
+    assert!(
+        wait(Duration::from_secs(30), || h2
+            .metrics()
+            .token
+            .regenerations
+            .get()
+            == 1),
+        "h2 did not regenerate a dead token"
+    );
+    let asked = stats_sent();
+    assert!(
+        asked >= first + u64::from(HOSTS) - 1,
+        "h2 minted having sent {asked} statistics requests, fewer than a survey of every host"
+    );
+    let epoch = h2.highest_epoch();
+    assert_eq!(epoch_generation(epoch), epoch_generation(live) + 1);
+    assert_eq!(epoch_minter(epoch), 1);
 }

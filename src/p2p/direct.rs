@@ -156,9 +156,11 @@ impl DirectPeers {
         &self,
         to: HostId,
         what: &'static str,
+        protocol: &'static str,
         timeout: Duration,
         make: impl FnOnce(super::Responder<T>) -> InboundEvent,
     ) -> Result<T, PeerError> {
+        self.metrics.sent(protocol);
         let (inbound, _) = self.network.route(self.me, to)?;
         let rx: oneshot::Receiver<Response<T>> = deliver(&inbound, make);
         let host = || self.network.topology.host(to).name.clone();
@@ -200,11 +202,13 @@ impl Peers for DirectPeers {
         timeout: Duration,
     ) -> Result<TokenAck, PeerError> {
         let from = self.me;
-        self.ask(to, Token::NAME, timeout, |reply| InboundEvent::Token {
-            from,
-            token,
-            reply,
-        })
+        self.ask(
+            to,
+            Token::NAME,
+            scored_proto::TOKEN_PROTOCOL,
+            timeout,
+            |reply| InboundEvent::Token { from, token, reply },
+        )
         .await
     }
 
@@ -214,6 +218,7 @@ impl Peers for DirectPeers {
         vms: Vec<VmId>,
         _timeout: Duration,
     ) -> Result<LocationResponse, PeerError> {
+        self.metrics.sent(scored_proto::LOCATION_PROTOCOL);
         let (_, directory) = self.network.route(self.me, host)?;
         Ok(directory.answer(&vms))
     }
@@ -225,13 +230,17 @@ impl Peers for DirectPeers {
         timeout: Duration,
     ) -> Result<PlacementResponse, PeerError> {
         let from = self.me;
-        self.ask(host, PlacementRequest::NAME, timeout, |reply| {
-            InboundEvent::Capacity {
+        self.ask(
+            host,
+            PlacementRequest::NAME,
+            scored_proto::CAPACITY_PROTOCOL,
+            timeout,
+            |reply| InboundEvent::Capacity {
                 from,
                 request,
                 reply,
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -257,24 +266,32 @@ impl Peers for DirectPeers {
                 }),
                 Ok(()) => {
                     let left = timeout.saturating_sub(delay);
-                    self.ask(host, StatsRequest::NAME, left, |reply| {
-                        InboundEvent::Stats {
+                    self.ask(
+                        host,
+                        StatsRequest::NAME,
+                        scored_proto::STATS_PROTOCOL,
+                        left,
+                        |reply| InboundEvent::Stats {
                             from,
                             request,
                             reply,
-                        }
-                    })
+                        },
+                    )
                     .await
                 }
             };
         }
-        self.ask(host, StatsRequest::NAME, timeout, |reply| {
-            InboundEvent::Stats {
+        self.ask(
+            host,
+            StatsRequest::NAME,
+            scored_proto::STATS_PROTOCOL,
+            timeout,
+            |reply| InboundEvent::Stats {
                 from,
                 request,
                 reply,
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -275,6 +275,14 @@ pub(crate) const CHORDS: usize = 3;
 /// earlier overlay, distances 1, 2, 4, …, kept 2·log₂ n: 20 at 1,000 hosts, which alone took
 /// the 20,000 sockets one process may open when the lab runs 1,000 daemons in it.)
 fn fingers(topology: &Topology, me: HostId) -> Vec<PeerId> {
+    finger_hosts(topology, me)
+        .into_iter()
+        .filter_map(|h| topology.host(h).peer_id)
+        .collect()
+}
+
+/// The hosts [`fingers`] names: the peers `me` dials and keeps connections to.
+pub(crate) fn finger_hosts(topology: &Topology, me: HostId) -> Vec<HostId> {
     let mut hosts: Vec<_> = topology
         .hosts()
         .iter()
@@ -285,8 +293,8 @@ fn fingers(topology: &Topology, me: HostId) -> Vec<PeerId> {
         return vec![];
     };
     let n = hosts.len();
-    let peer_at = |d: usize| hosts[(i + d) % n].peer_id.filter(|_| !d.is_multiple_of(n));
-    let mut out: Vec<PeerId> = peer_at(1).into_iter().collect();
+    let host_at = |d: usize| Some(hosts[(i + d) % n].id).filter(|_| !d.is_multiple_of(n));
+    let mut out: Vec<HostId> = host_at(1).into_iter().collect();
     if n > 2 {
         let mut seed = stable_hash(&hosts[i].peer_id.map(|p| p.to_bytes()).unwrap_or_default());
         // Distances in [2, n): the successor is already there. A fixed number of draws, so a
@@ -296,10 +304,10 @@ fn fingers(topology: &Topology, me: HostId) -> Vec<PeerId> {
                 break;
             }
             seed = splitmix(seed);
-            if let Some(p) = peer_at(2 + (seed % (n as u64 - 2)) as usize)
-                && !out.contains(&p)
+            if let Some(h) = host_at(2 + (seed % (n as u64 - 2)) as usize)
+                && !out.contains(&h)
             {
-                out.push(p);
+                out.push(h);
             }
         }
     }

@@ -362,8 +362,27 @@ pub trait Peers: Send + Sync + 'static {
     {
         async move {
             let others = self.others();
-            fan_out(&others, move |h| self.query_stats(h, request, timeout)).await
+            self.query_stats_of(&others, request, timeout).await
         }
+    }
+
+    /// Statistics of `hosts` (at most [`MAX_CONCURRENT_QUERIES`] in flight), in the order given.
+    fn query_stats_of<'a>(
+        &'a self,
+        hosts: &'a [HostId],
+        request: StatsRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<(HostId, Result<StatsResponse, PeerError>)>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        fan_out(hosts, move |h| self.query_stats(h, request, timeout))
+    }
+
+    /// The peers this host keeps connections to whatever happens (its gossip overlay fingers):
+    /// asking them costs no new connection. Empty for a transport without kept connections.
+    fn neighbours(&self) -> Vec<HostId> {
+        Vec::new()
     }
 
     /// Where `vms` run: from the directory when it knows, else by asking peers (batched).

@@ -431,6 +431,10 @@ impl Peers for Libp2pPeers {
         &self.shared.directory
     }
 
+    fn neighbours(&self) -> Vec<HostId> {
+        super::gossip::finger_hosts(&self.shared.topology, self.shared.me)
+    }
+
     fn others(&self) -> Vec<HostId> {
         // A host listed without an address or PeerId (a hypervisor scored does not run on yet)
         // can neither be dialled nor publish anything this host would accept.
