@@ -428,6 +428,22 @@ async fn a_node_refuses_to_start_with_the_wrong_key() {
     assert!(e.to_string().contains("host h0"), "{e}");
 }
 
+/// The listener's failure names its cause: libp2p's own message for a transport error is empty
+/// ("cannot listen on /ip4/127.0.0.1/tcp/37017: " was all a lab out of descriptors said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_listen_says_why() {
+    let l = loopback(1);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
+    let mut c = P2pConfig::new(l.keys[0].clone(), l.topology.clone(), HostId(0));
+    c.listen = Some(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
+    let e = Libp2pPeers::start(c, dir).await.err().expect("the port is taken");
+    assert!(matches!(e, StartError::Listen { .. }), "{e}");
+    assert!(e.to_string().to_lowercase().contains("in use"), "{e}");
+    drop(taken);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_are_refused_and_the_sender_disconnected() {
     // Shown only when the test fails.

@@ -127,12 +127,23 @@ impl StartError {
 /// Why the listener did not come up.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenFailure {
-    #[error("{0}")]
+    // libp2p's own Display of `TransportError::Other` prints nothing: the cause ("Too many open
+    // files", "Address already in use") is the inner error's.
+    #[error("{}", transport_cause(.0))]
     Transport(#[source] TransportError<std::io::Error>),
     #[error("{0}")]
     Listener(#[source] std::io::Error),
     #[error("no listen address after {} s", LISTEN_WAIT.as_secs())]
     NoAddress,
+}
+
+fn transport_cause(e: &TransportError<std::io::Error>) -> String {
+    match e {
+        TransportError::MultiaddrNotSupported(addr) => {
+            format!("the TCP transport does not support the address {addr}")
+        }
+        TransportError::Other(io) => io.to_string(),
+    }
 }
 
 struct Shared {
