@@ -438,7 +438,10 @@ async fn a_node_that_cannot_listen_says_why() {
     let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
     let mut c = P2pConfig::new(l.keys[0].clone(), l.topology.clone(), HostId(0));
     c.listen = Some(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
-    let e = Libp2pPeers::start(c, dir).await.err().expect("the port is taken");
+    let e = Libp2pPeers::start(c, dir)
+        .await
+        .err()
+        .expect("the port is taken");
     assert!(matches!(e, StartError::Listen { .. }), "{e}");
     assert!(e.to_string().to_lowercase().contains("in use"), "{e}");
     drop(taken);

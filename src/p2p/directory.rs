@@ -30,7 +30,7 @@ use clock::TokenClock;
 use external::External;
 pub use external::MAX_EXTERNAL;
 pub use groups::{GroupMember, Known, Reservation};
-pub use locate::{LocateOptions, Locations, locate};
+pub use locate::{LocateOptions, Locations, MAX_UNHEARD_ASKED, locate};
 use scored_proto::{Announcement, Located, LocationResponse, Moved, Stamp, VmId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -10,6 +10,7 @@
 use super::Directory;
 use crate::p2p::{PeerError, Peers};
 use crate::topology::HostId;
+use rand::seq::SliceRandom;
 use scored_proto::{LocationResponse, MAX_LOCATION_BATCH, VmId};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -54,17 +55,28 @@ impl Directory {
     }
 
     /// Whom to ask about `vms`, which no host is known to run: each VM's claimants (hosts whose
-    /// last inventory names it, though the cache no longer does) and every one of `reachable`
+    /// last inventory names it, though the cache no longer does) and the hosts of `reachable`
     /// whose inventory is unknown, less the hosts `asked` already. A VM with nobody to ask,
     /// found external a short while ago, or outside the topology's `vm_networks` is left out.
+    ///
+    /// At most `max_unheard` hosts whose inventory is unknown are asked, drawn at random: a host
+    /// that has just started knows no inventory, and one lookup must not open a connection to
+    /// every host of the data centre. The second value says some were left out: a VM none of
+    /// the asked hosts runs may run on one of them, so it is uncertain, not missing.
     fn whom_to_ask(
         &self,
         vms: &BTreeSet<VmId>,
         asked: &HashMap<VmId, Vec<HostId>>,
         reachable: &[HostId],
+        max_unheard: usize,
         now: Instant,
-    ) -> HashMap<HostId, Vec<VmId>> {
-        let unheard = self.zombies.unheard(reachable, now);
+    ) -> (HashMap<HostId, Vec<VmId>>, bool) {
+        let mut unheard = self.zombies.unheard(reachable, now);
+        let partial = unheard.len() > max_unheard;
+        if partial {
+            let (drawn, _) = unheard.partial_shuffle(&mut rand::rng(), max_unheard);
+            unheard = drawn.to_vec();
+        }
         let fresh_for = self.zombies.fresh_for();
         let mut plan: HashMap<HostId, Vec<VmId>> = HashMap::new();
         for &vm in vms {
@@ -87,7 +99,7 @@ impl Directory {
                 }
             }
         }
-        plan
+        (plan, partial)
     }
 
     /// Every host that might run `vms` was asked and none does.
@@ -109,6 +121,10 @@ struct Absorbed {
     unknown: Vec<VmId>,
 }
 
+/// Hosts whose inventory is unknown that one lookup asks by default: one wave of concurrent
+/// queries ([`crate::p2p::MAX_CONCURRENT_QUERIES`]).
+pub const MAX_UNHEARD_ASKED: usize = 64;
+
 /// How [`locate`] trusts the directory.
 #[derive(Clone, Copy, Debug)]
 pub struct LocateOptions {
@@ -119,6 +135,9 @@ pub struct LocateOptions {
     pub verify: bool,
     /// "Moved to" hints followed in a row before asking the hosts that may run the VM.
     pub max_hops: usize,
+    /// Hosts whose inventory is unknown asked in one lookup, at most (drawn at random); a VM
+    /// that may run on one of the others is uncertain.
+    pub max_unheard: usize,
 }
 
 impl Default for LocateOptions {
@@ -127,6 +146,7 @@ impl Default for LocateOptions {
             timeout: Duration::from_secs(2),
             verify: false,
             max_hops: 3,
+            max_unheard: MAX_UNHEARD_ASKED,
         }
     }
 }
@@ -229,8 +249,13 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
 
     // Nobody we know of has them: ask the hosts that may, then follow any hints once more.
     if !unknown.is_empty() {
-        let plan = dir.whom_to_ask(&unknown, &asked, &peers.others(), now);
+        let (plan, partial) =
+            dir.whom_to_ask(&unknown, &asked, &peers.others(), options.max_unheard, now);
         let searched: BTreeSet<VmId> = plan.values().flatten().copied().collect();
+        if partial {
+            // Hosts whose inventory is unknown were left out: any VM searched for may run there.
+            silent.extend(searched.iter().copied());
+        }
         let mut hints: HashMap<VmId, HostId> = HashMap::new();
         let plan: Vec<(HostId, Vec<VmId>)> = plan.into_iter().collect();
         for (host, ids, result) in query_batches(peers, plan, options.timeout, &mut out).await {

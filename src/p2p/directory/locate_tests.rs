@@ -197,3 +197,36 @@ async fn an_address_outside_the_vm_networks_is_never_asked_about() {
     let r = c.peers[0].locate(&[inside], options(false)).await;
     assert_eq!((r.queries, r.uncertain.clone()), (1, vec![inside]), "{r:?}");
 }
+
+/// A host that has just started knows no inventory: one lookup asks a bounded draw of the hosts
+/// whose inventory is unknown, not all of them (200 here, 2,000 in a data centre: as many
+/// connections). What it did not ask may still run the VM: uncertain, never missing.
+#[tokio::test]
+async fn a_lookup_asks_a_bounded_draw_of_the_hosts_never_heard_from() {
+    let n = 200;
+    let silent: Vec<usize> = (0..n).collect();
+    let c = cluster(n, &silent).await;
+    let far = on(150, 1);
+    for _ in 0..10 {
+        let r = c.peers[0].locate(&[far, GATEWAY], options(false)).await;
+        assert!(r.queries <= MAX_UNHEARD_ASKED, "{} queries", r.queries);
+        assert!(
+            r.missing.is_empty(),
+            "concluded missing without asking everyone: {r:?}"
+        );
+        assert!(r.uncertain.contains(&GATEWAY), "{r:?}");
+        match r.found.get(&far) {
+            Some(h) => assert_eq!(*h, HostId(150)),
+            None => assert!(r.uncertain.contains(&far), "{r:?}"),
+        }
+    }
+    // Allowed to ask every host, the lookup settles both: one found, the other no VM at all.
+    let all = LocateOptions {
+        max_unheard: n,
+        ..options(false)
+    };
+    let r = c.peers[0].locate(&[far, GATEWAY], all).await;
+    assert_eq!(r.found.get(&far), Some(&HostId(150)), "{r:?}");
+    assert_eq!(r.missing, vec![GATEWAY], "{r:?}");
+    assert_eq!(r.queries, n - 1);
+}
