@@ -30,6 +30,7 @@ fn args(hosts: usize) -> LabArgs {
             .collect(),
         dir: None,
         no_vm_networks: false,
+        start_rate: 50.0,
         json: false,
         log: None,
     }

@@ -41,6 +41,8 @@ pub struct P2pConfig {
     /// Inventories the whole data centre republishes per second when nothing changes: each
     /// host republishes every max(30 s, hosts / this) (`p2p::zombies::republish_every`).
     pub inventory_republish_per_s: u32,
+    /// Seconds a connection nothing uses stays open (a gossip mesh peer's is always in use).
+    pub idle_connection_timeout_s: u32,
 }
 
 impl Default for P2pConfig {
@@ -59,6 +61,7 @@ impl Default for P2pConfig {
             max_inflight_mib: (d.max_inflight_bytes >> 20) as u32,
             max_inflight_per_peer_mib: (d.max_inflight_bytes_per_peer >> 20) as u32,
             inventory_republish_per_s: crate::p2p::zombies::INVENTORIES_PER_S,
+            idle_connection_timeout_s: crate::p2p::IDLE_CONNECTION_TIMEOUT.as_secs() as u32,
         }
     }
 }
@@ -118,6 +121,7 @@ impl Section for P2pConfig {
             max_inflight_mib: Restart,
             max_inflight_per_peer_mib: Restart,
             inventory_republish_per_s: Restart,
+            idle_connection_timeout_s: Restart,
         }
     );
     type Error = P2pConfigError;
@@ -152,6 +156,10 @@ impl Section for P2pConfig {
             (
                 "p2p.inventory_republish_per_s",
                 self.inventory_republish_per_s.into(),
+            ),
+            (
+                "p2p.idle_connection_timeout_s",
+                self.idle_connection_timeout_s.into(),
             ),
         ]
         .into_iter()

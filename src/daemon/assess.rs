@@ -79,10 +79,21 @@ impl<P: Peers> Daemon<P> {
         };
         let located = self.peers.locate(&ids, options).await;
         let unplaced = (!located.uncertain.is_empty()).then(|| {
+            let silent = located.not_answering();
+            let mut why = Vec::new();
+            if !silent.is_empty() {
+                why.push(format!("may run on {}, not answering", silent.join(", ")));
+            }
+            if located.unheard_not_asked > 0 {
+                why.push(format!(
+                    "may run on one of {} hosts whose inventory is not known yet, not asked",
+                    located.unheard_not_asked
+                ));
+            }
             format!(
-                "{} partner(s) could not be located (may run on {}, not answering)",
+                "{} partner(s) could not be located ({})",
                 located.uncertain.len(),
-                located.not_answering().join(", ")
+                why.join("; ")
             )
         });
         let found = located.found;

@@ -223,6 +223,7 @@ pub async fn start(node: Node, registry: &mut Registry) -> anyhow::Result<Starte
     p2p.inventory_interval = None;
     p2p.listen = config.p2p.listen.clone();
     p2p.limits = config.p2p.limits();
+    p2p.idle_timeout = Duration::from_secs(config.p2p.idle_connection_timeout_s.into());
     p2p.metrics = p2p_metrics;
     p2p.severed = severed;
     let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(registry))

@@ -95,6 +95,12 @@ pub struct LabArgs {
     /// or keeps what a `--topology` file says).
     #[arg(long)]
     pub no_vm_networks: bool,
+    /// Daemons started per second at the beginning (0: each as soon as the one before it is
+    /// up). A machine that plays a thousand hosts cannot also start them at once: every new
+    /// daemon's inventory is checked by every other, and the first daemons' loss timeouts run
+    /// out while the process is saturated. The run's --duration counts from the last start.
+    #[arg(long, default_value_t = 50.0)]
+    pub start_rate: f64,
     /// Print the final report as JSON (the live line still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -229,9 +235,15 @@ pub async fn run(args: &LabArgs, live: bool) -> anyhow::Result<Report> {
             .stalled
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    for h in hosts.iter_mut() {
+    let starting = Instant::now();
+    let pace = (args.start_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.start_rate));
+    for (k, h) in hosts.iter_mut().enumerate() {
+        if let Some(pace) = pace {
+            tokio::time::sleep_until((starting + pace.mul_f64(k as f64)).into()).await;
+        }
         h.start(&config, &topo, &dc, 0).await?;
     }
+    let start_s = starting.elapsed().as_secs_f64();
     let mut partition = args.partition_at.map(|at| {
         let last = topo.hosts().last().expect("at least two hosts");
         let pod_switch = last.path[0];
@@ -269,6 +281,7 @@ pub async fn run(args: &LabArgs, live: bool) -> anyhow::Result<Report> {
         vms: dc.scenario.vms(),
         policy: args.policy.name().to_string(),
         seed: args.seed,
+        start_s,
         ..Default::default()
     };
     let mut round_starts: Vec<(u32, Duration)> = Vec::new();

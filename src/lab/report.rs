@@ -26,6 +26,8 @@ pub struct Report {
     pub vms: usize,
     pub policy: String,
     pub seed: u64,
+    /// Seconds it took to start every daemon (paced by --start-rate), before the run's clock.
+    pub start_s: f64,
     pub elapsed_s: f64,
     /// Highest token round any daemon reached.
     pub rounds: u32,
@@ -131,8 +133,8 @@ pub fn text(r: &Report) -> String {
             .unwrap_or_else(|| "-".into())
     };
     let mut s = format!(
-        "scored lab: {} daemons, {} VMs, policy {}, seed {}, {:.0} s\n",
-        r.hosts, r.vms, r.policy, r.seed, r.elapsed_s
+        "scored lab: {} daemons (started in {:.0} s), {} VMs, policy {}, seed {}, {:.0} s\n",
+        r.hosts, r.start_s, r.vms, r.policy, r.seed, r.elapsed_s
     );
     s += &format!(
         "token      {} rounds, {} per round, {} regenerations, at most {} holders at once ({} now)\n",

@@ -48,6 +48,11 @@ use tokio::sync::{mpsc, oneshot};
 /// must not open 2,560 connections in the same instant.
 pub const MAX_CONCURRENT_QUERIES: usize = 64;
 
+/// How long a connection nothing uses stays open by default (`p2p.idle_connection_timeout_s`):
+/// a request's connection closes this long after its last answer; the gossip overlay's and mesh
+/// peers' stay.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Events queued for the daemon, from every peer together, before new requests are refused as
 /// busy. What one peer may put in it is bounded by its rate limits ([`RateLimits`]).
 pub const INBOUND_QUEUE: usize = 1024;

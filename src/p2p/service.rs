@@ -73,7 +73,7 @@ impl P2pConfig {
             // The gossip mesh keeps its own connections open; what a decision or a survey
             // opened to other hosts goes after a minute (at 300 s, one regeneration survey left
             // a connection to every host for five minutes: 58 per host at 256 hosts).
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: super::IDLE_CONNECTION_TIMEOUT,
             ping_interval: Duration::from_secs(5),
             gossip_heartbeat: Duration::from_millis(700),
             inventory_interval: Some(Duration::from_secs(300)),

@@ -61,8 +61,8 @@ impl Directory {
     ///
     /// At most `max_unheard` hosts whose inventory is unknown are asked, drawn at random: a host
     /// that has just started knows no inventory, and one lookup must not open a connection to
-    /// every host of the data centre. The second value says some were left out: a VM none of
-    /// the asked hosts runs may run on one of them, so it is uncertain, not missing.
+    /// every host of the data centre. The second value counts those left out: a VM none of the
+    /// asked hosts runs may run on one of them, so it is uncertain, not missing.
     fn whom_to_ask(
         &self,
         vms: &BTreeSet<VmId>,
@@ -70,10 +70,10 @@ impl Directory {
         reachable: &[HostId],
         max_unheard: usize,
         now: Instant,
-    ) -> (HashMap<HostId, Vec<VmId>>, bool) {
+    ) -> (HashMap<HostId, Vec<VmId>>, usize) {
         let mut unheard = self.zombies.unheard(reachable, now);
-        let partial = unheard.len() > max_unheard;
-        if partial {
+        let left_out = unheard.len().saturating_sub(max_unheard);
+        if left_out > 0 {
             let (drawn, _) = unheard.partial_shuffle(&mut rand::rng(), max_unheard);
             unheard = drawn.to_vec();
         }
@@ -99,7 +99,7 @@ impl Directory {
                 }
             }
         }
-        (plan, partial)
+        (plan, left_out)
     }
 
     /// Every host that might run `vms` was asked and none does.
@@ -165,6 +165,9 @@ pub struct Locations {
     pub uncertain: Vec<VmId>,
     /// Queries that failed (the lookup carries on without them).
     pub failures: Vec<PeerError>,
+    /// Hosts whose inventory is unknown that this lookup did not ask (beyond
+    /// [`LocateOptions::max_unheard`]): the uncertain VMs may run there.
+    pub unheard_not_asked: usize,
     /// Queries sent: one batch per host asked, per round (never one per host of the data
     /// centre, however many VMs no host is known to run).
     pub queries: usize,
@@ -249,10 +252,11 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
 
     // Nobody we know of has them: ask the hosts that may, then follow any hints once more.
     if !unknown.is_empty() {
-        let (plan, partial) =
+        let (plan, left_out) =
             dir.whom_to_ask(&unknown, &asked, &peers.others(), options.max_unheard, now);
         let searched: BTreeSet<VmId> = plan.values().flatten().copied().collect();
-        if partial {
+        out.unheard_not_asked = left_out;
+        if left_out > 0 {
             // Hosts whose inventory is unknown were left out: any VM searched for may run there.
             silent.extend(searched.iter().copied());
         }

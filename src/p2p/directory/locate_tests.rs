@@ -215,6 +215,7 @@ async fn a_lookup_asks_a_bounded_draw_of_the_hosts_never_heard_from() {
             "concluded missing without asking everyone: {r:?}"
         );
         assert!(r.uncertain.contains(&GATEWAY), "{r:?}");
+        assert_eq!(r.unheard_not_asked, n - 1 - MAX_UNHEARD_ASKED);
         match r.found.get(&far) {
             Some(h) => assert_eq!(*h, HostId(150)),
             None => assert!(r.uncertain.contains(&far), "{r:?}"),
