@@ -18,8 +18,9 @@ use scored::daemon::Daemon;
 use scored::daemon::event_loop::drive;
 use scored::daemon::ring::{epoch_generation, epoch_minter, next_epoch};
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectPeers, Directory};
+use scored::p2p::{DirectNetwork, DirectPeers, Directory};
 use scored::topology::HostId;
+use scored::topology::Topology;
 use scored_proto::{Stamp, VmId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,27 +36,39 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    let FourHosts { topo, net, sim } = four_hosts("regeneration.toml");
+    cluster_of(&topo, &net, &sim, 0, |_, _| {})
+}
+
+/// A daemon on every host of `topo`, each with its event loop. Only `firing`'s loss detector
+/// fires (short hand-off timeout); its loop starts 300 ms after the others', once `prepare` has
+/// set every other host's token state.
+fn cluster_of(
+    topo: &Arc<Topology>,
+    net: &DirectNetwork,
+    sim: &MemoryCluster,
+    firing: u32,
+    prepare: impl Fn(u32, &Daemon<DirectPeers>),
+) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let rt = inprocess::runtime();
-    let FourHosts { topo, net, sim } = four_hosts("regeneration.toml");
     let mut nodes = Vec::new();
-    for h in 0..4u32 {
+    for h in 0..topo.hosts().len() as u32 {
         let me = HostId(h);
         let mut config = Config::default();
         config.token.handoff_timeout_ms = 400;
-        if h != 0 {
-            // Only h1's detector fires in this test.
+        if h != firing {
             config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
         }
         let directory = Arc::new(Directory::new(topo.clone(), me));
         let (peers, inbound) = net.join(me, directory);
         let hv = Arc::new(sim.host(me));
-        let node = inprocess::node(&topo, me, peers, hv, Vec::new(), config, dir.path());
+        let node = inprocess::node(topo, me, peers, hv, Vec::new(), config, dir.path());
         rt.block_on(node.refresh_inventory()).unwrap();
-        if h != 0 {
+        if h != firing {
+            prepare(h, &node);
             rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         } else {
-            // h1 starts its loop only once the others' token state is set.
             let n = node.clone();
             rt.spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -273,43 +286,23 @@ fn a_host_that_stands_down_asks_a_few_peers_and_one_that_mints_asks_every_host()
     const HOSTS: u32 = 48;
     const HOLDER: usize = 30;
     let topo = racks_of_eight(HOSTS, "probe.toml");
-    let net = scored::p2p::DirectNetwork::new(topo.clone());
+    let net = DirectNetwork::new(topo.clone());
     let sim = MemoryCluster::new(&topo);
-    let dir = tempfile::tempdir().unwrap();
-    let rt = inprocess::runtime();
-    let live = next_epoch(next_epoch(0, 7).unwrap(), 7).unwrap();
-    let mut nodes = Vec::new();
-    let mut late = None;
     for h in 0..HOSTS {
-        let me = HostId(h);
-        sim.add_vm(me, synthetic_vm(VmId(0x0a00_0101 + h), 512))
+        sim.add_vm(HostId(h), synthetic_vm(VmId(0x0a00_0101 + h), 512))
             .unwrap();
-        let mut config = Config::default();
-        config.token.handoff_timeout_ms = 400;
-        if h != 1 {
-            config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
-        }
-        let directory = Arc::new(Directory::new(topo.clone(), me));
-        let (peers, inbound) = net.join(me, directory);
-        let hv = Arc::new(sim.host(me));
-        let node = inprocess::node(&topo, me, peers, hv, Vec::new(), config, dir.path());
-        rt.block_on(node.refresh_inventory()).unwrap();
-        if h == 1 {
-            late = Some(inbound);
-        } else {
-            // Everyone else has heard of the live token; HOLDER holds it.
-            let mut watch = node.token_watch();
-            watch.on_token(live, 7, Instant::now());
-            if h as usize == HOLDER {
-                watch.hold(Stamp::new(live, 7));
-            }
-            drop(watch);
-            rt.spawn(drive(node.clone(), inbound, std::future::pending()));
-        }
-        nodes.push(node);
     }
+    let live = next_epoch(next_epoch(0, 7).unwrap(), 7).unwrap();
+    // Everyone but h2 has heard of the live token; HOLDER holds it.
+    let c = cluster_of(&topo, &net, &sim, 1, |h, node| {
+        let mut watch = node.token_watch();
+        watch.on_token(live, 7, Instant::now());
+        if h as usize == HOLDER {
+            watch.hold(Stamp::new(live, 7));
+        }
+    });
+    let nodes = &c.nodes;
     let h2 = nodes[1].clone();
-    rt.spawn(drive(h2.clone(), late.unwrap(), std::future::pending()));
     let stats_sent = || h2.peers().metrics().sent_by_protocol()[3];
 
     // h2's detector fires after ~1 s: it learns the live epoch from the first peers it asks
