@@ -433,11 +433,11 @@ async fn a_node_refuses_to_start_with_the_wrong_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_listen_says_why() {
     let l = loopback(1);
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    // The port the topology gives h0 (reserved for this test by `loopback`; a port drawn from
+    // the system here could be one another test has reserved for its own node).
+    let taken = std::net::TcpListener::bind(("127.0.0.1", l.specs[0].port)).unwrap();
     let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
-    let mut c = P2pConfig::new(l.keys[0].clone(), l.topology.clone(), HostId(0));
-    c.listen = Some(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap());
+    let c = P2pConfig::new(l.keys[0].clone(), l.topology.clone(), HostId(0));
     let e = Libp2pPeers::start(c, dir)
         .await
         .err()
