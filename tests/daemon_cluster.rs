@@ -62,6 +62,7 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
             record_steps: true,
             verify_moves: false,
             rules: true,
+            cooldown: None,
         },
         |_| {},
     );

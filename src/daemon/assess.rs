@@ -120,11 +120,7 @@ impl<P: Peers> Daemon<P> {
     pub async fn assess(&self, vm: &Vm) -> Assessment {
         let config = self.config();
         let now = Instant::now();
-        let cooldown = CooldownPolicy {
-            base: Duration::from_secs(config.decision.cooldown_base_s),
-            cap: Duration::from_secs(config.decision.cooldown_max_s),
-            window: Duration::from_secs(config.decision.cooldown_window_s),
-        };
+        let cooldown = CooldownPolicy::of(&config.decision);
         let history_policy = CooldownPolicy {
             window: Duration::from_secs(config.decision.history_s),
             ..cooldown

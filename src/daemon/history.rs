@@ -6,6 +6,7 @@
 //! `max(base, last migration's duration)`, doubled for each further move inside the window, capped.
 //! Pure: instants come in as arguments.
 
+use crate::config::DecisionConfig;
 use crate::topology::HostId;
 use scored_proto::VmId;
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +29,17 @@ pub struct CooldownPolicy {
     pub cap: Duration,
     /// Moves older than this are forgotten (default 24 h).
     pub window: Duration,
+}
+
+impl CooldownPolicy {
+    /// The cooldown of `[decision]` (`cooldown_base_s`, `cooldown_max_s`, `cooldown_window_s`).
+    pub fn of(decision: &DecisionConfig) -> Self {
+        CooldownPolicy {
+            base: Duration::from_secs(decision.cooldown_base_s),
+            cap: Duration::from_secs(decision.cooldown_max_s),
+            window: Duration::from_secs(decision.cooldown_window_s),
+        }
+    }
 }
 
 impl Default for CooldownPolicy {

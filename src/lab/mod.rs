@@ -13,6 +13,7 @@ pub mod host;
 pub mod report;
 
 use crate::config::Override;
+use crate::daemon::history::CooldownPolicy;
 use crate::decide::TurnOutcome;
 use crate::sim::ScenarioParams;
 use crate::sim::engine::{self, RunOptions};
@@ -446,8 +447,23 @@ pub async fn run(args: &LabArgs, live: bool) -> anyhow::Result<Report> {
     for h in hosts.iter_mut() {
         h.crash();
     }
-    r.sim_cost_reduction_pct =
-        (r.rounds > 0).then(|| sim_reduction(&dc, &config, args.policy, r.rounds));
+    if r.turns > 0 {
+        // The simulator's clock runs at the lab's mean time per turn, so its cooldowns end
+        // after as many turns as the daemons' did (a migration's simulated time included).
+        let turn_ms = 1000.0 * r.elapsed_s / r.turns.max(1) as f64;
+        r.sim_turn_ms = Some(turn_ms);
+        let cooldown = CooldownPolicy::of(&config.decision);
+        let at = (r.rounds, r.turns);
+        r.sim_cost_reduction_pct = Some(sim_reduction(
+            &dc,
+            &config,
+            args.policy,
+            at,
+            Some((cooldown, turn_ms)),
+        ));
+        r.sim_uncooled_cost_reduction_pct =
+            Some(sim_reduction(&dc, &config, args.policy, at, None));
+    }
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -539,17 +555,24 @@ fn bandwidth(registry: &prometheus_client::registry::Registry) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// `scored sim`'s reduction on the same scenario (its traffic rounds cut to the rounds the lab
-/// reached), with the daemons' c_m fraction and return margin.
+/// `scored sim`'s reduction on the same scenario after as many turns as the lab's, ending in the
+/// round the lab is in (whose traffic the lab's cost is under), with the daemons' c_m fraction
+/// and return margin, and with `cooling`, their cooldown on a clock of that many milliseconds a
+/// turn.
 fn sim_reduction(
     dc: &DataCentre,
     config: &crate::config::Config,
     policy: PolicyKind,
-    rounds: u32,
+    (round, turns): (u32, u64),
+    cooling: Option<(CooldownPolicy, f64)>,
 ) -> f64 {
     let mut sc = dc.scenario.clone();
     sc.rates
-        .truncate((rounds as usize).clamp(1, sc.rates.len()));
+        .truncate((round as usize + 1).clamp(1, sc.rates.len()));
+    sc.params.max_turns = Some(turns.max(1) as usize);
+    if let Some((_, turn_ms)) = cooling {
+        sc.params.clock.turn_ms = turn_ms.round().max(1.0) as i64;
+    }
     let opt = RunOptions {
         policy,
         migration_cost: config.decision.migration_cost_fraction * crate::sim::cost_per_vm(&sc),
@@ -559,12 +582,15 @@ fn sim_reduction(
         record_steps: false,
         verify_moves: false,
         rules: false,
+        cooldown: cooling.map(|(c, _)| c),
     };
     let run = engine::run(&sc, &opt, |_| {});
+    // Under the traffic of the lab's round, wherever the simulated token is (a down host's VMs
+    // take no turns in the lab, so the simulator may be a few turns behind).
     let last = sc.rounds() - 1;
     let before = sc.cost(last, &sc.initial);
     if before > 0.0 {
-        100.0 * (before - run.final_cost()) / before
+        100.0 * (before - sc.cost(last, &run.placement)) / before
     } else {
         0.0
     }

@@ -8,6 +8,7 @@ use super::study::{self, Study};
 use super::traffic::TrafficParams;
 use super::workload::WorkloadParams;
 use super::{Clock, Scenario, ScenarioParams};
+use crate::daemon::history::CooldownPolicy;
 use crate::rules::window::EVERY_DAY;
 use crate::rules::{Budget, Span, Window};
 use crate::topology::Topology;
@@ -73,6 +74,11 @@ pub struct SimArgs {
     /// Return to a host a VM left only when the move removes this share of its cost (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub return_margin: f64,
+    /// The daemon's cooldown on the simulated clock (`--turn-ms`): a VM that moved sits its
+    /// turns out for this many seconds, doubled for each further move in a day, capped at 6 h
+    /// (`[decision] cooldown_*`). None: a VM may move at every turn (S-CORE's rule).
+    #[arg(long)]
+    pub cooldown_s: Option<u64>,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -341,6 +347,15 @@ impl SimArgs {
                 .collect(),
             rack_alternates: self.rack_alternates,
             return_margin: self.return_margin,
+            cooldown: self.cooldown_s.map(|s| {
+                let d = CooldownPolicy::default();
+                let base = std::time::Duration::from_secs(s);
+                CooldownPolicy {
+                    base,
+                    cap: d.cap.max(base),
+                    ..d
+                }
+            }),
             threads,
         };
         Ok((params, study))

@@ -12,6 +12,7 @@
 use super::Scenario;
 use super::messages::{self, Counts, Wire};
 use crate::cost::{MoveCharge, PartnerTraffic};
+use crate::daemon::history::{CooldownPolicy, History};
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
 use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
@@ -22,6 +23,7 @@ use crate::topology::HostId;
 use scored_proto::{PolicyKind, Token, VmId};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What one policy's run produced.
 #[derive(Clone, Debug)]
@@ -45,8 +47,8 @@ pub struct PolicyRun {
     pub bad_moves: u64,
     /// Decisions by outcome: migrate, no-benefit, no-capacity, no-traffic, excluded (by the
     /// maintenance, return or placement-rule gates, or the destination's re-check), outside a
-    /// migration window, over a budget.
-    pub outcomes: [u64; 7],
+    /// migration window, over a budget, cooling down (no decision: the turn is sat out).
+    pub outcomes: [u64; 8],
     /// Moves the in-memory hypervisor's rule re-check refused: must stay 0 (the decision's
     /// filter already applies every rule).
     pub refused_by_rule: u64,
@@ -86,6 +88,10 @@ pub struct RunOptions {
     /// Apply the scenario's placement rules (groups, windows, budgets); off: the same scenario
     /// as if no rule existed, to measure what the rules cost.
     pub rules: bool,
+    /// The daemon's cooldown (`decision.cooldown_*`, `daemon::history`) on the scenario's clock:
+    /// a VM that moved sits its turns out until the cooldown is over, as in the daemon. `None`:
+    /// a VM may move at every turn (S-CORE's rule, and the simulator's figures).
+    pub cooldown: Option<CooldownPolicy>,
 }
 
 /// `[decision] migration_cost_model = "forecast"` in the simulator.
@@ -129,6 +135,9 @@ impl Spent {
 
 /// The one holder every VM's turn happens at: the engine plays all hosts at once.
 const HOLDER: HostId = HostId(0);
+
+/// `PolicyRun::outcomes`' slot of the turns sat out cooling down.
+const COOLING: usize = 7;
 
 /// How many hosts a VM remembers having left.
 const MEMORY: usize = 4;
@@ -188,6 +197,9 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     let mut previous: Vec<Vec<HostId>> = vec![Vec::new(); n];
     let mut moved = vec![false; n];
     let mut came_back = vec![false; n];
+    let mut history = History::new();
+    let origin = Instant::now();
+    let turn_ms = sc.params.clock.turn_ms.max(0) as u64;
 
     let mut run = PolicyRun {
         policy: opt.policy,
@@ -199,7 +211,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         vms_moved: 0,
         moved_back: 0,
         bad_moves: 0,
-        outcomes: [0; 7],
+        outcomes: [0; 8],
         refused_by_rule: 0,
         violations: 0,
         capacity_queries: 0,
@@ -251,133 +263,146 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         let Action::Decide(vm) = action else { break };
         let i = index(vm);
         let rates = &sc.rates[round];
-        partners.clear();
-        partners.extend(rates.of(i).iter().map(|&(j, rate)| PartnerTraffic {
-            host: loc[j as usize],
-            rate,
-        }));
-        let subject = Subject {
-            vm,
-            host: loc[i],
-            memory_mib: sc.vm_memory_mib,
-            // The simulated data centre models no CPU.
-            cpu_cores: 0.0,
-            partners: &partners,
-        };
-        let check = rules.map(|r| r.check_located(topo, vm, |m| Some(loc[index(m)])));
-        let gates = Gates {
-            pinned: false,
-            migration_cost: opt.migration_cost,
-            per_move: opt.per_move.map(|m| MoveCharge {
-                bytes: sc.migration_bytes[i],
-                horizon_s: m.horizon_s,
-                disruption: m.disruption,
-            }),
-            maintenance: &[],
-            previous_hosts: &previous[i],
-            return_margin: opt.return_margin,
-            rack_alternates: opt.rack_alternates,
-            max_cpu_load: 0.0,
-            rules: check.as_ref().unwrap_or(&rules::NO_RULES),
-        };
-        // As `daemon::assess` asks: the first `max_candidates` together, then each further
-        // host the search needs, at most `max_candidates` consumed.
-        let mut search = decider.search(&subject, &gates);
-        batch.clear();
-        batch.extend(search.queue().iter().take(max_candidates).map(|c| c.host));
-        let mut sent = batch.len();
-        let mut asked = 0;
-        while let Some(h) = search.next_query() {
-            if asked < max_candidates && !batch.contains(&h) {
-                sent += 1;
-            }
-            asked += 1;
-            let answer = hosts[h.index()].capacity().ok();
-            search.answer(h, answer.as_ref());
-        }
-        let decision = search.finish();
-        counts.capacity_search(&wire, sent);
-        counts.decisions += 1;
-        partner_hosts.clear();
-        partner_hosts.extend(
-            rates
-                .of(i)
-                .iter()
-                .map(|&(j, _)| (loc[j as usize], sc.ids[j as usize]))
-                .filter(|&(h, _)| h != loc[i]),
-        );
-        partner_hosts.sort_unstable();
-        for group in partner_hosts.chunk_by(|a, b| a.0 == b.0) {
-            located.clear();
-            located.extend(group.iter().map(|&(_, vm)| vm));
-            counts.lookups_if_verified.add(2, wire.lookup(&located));
-        }
-        run.capacity_queries += decision.queries as u64;
         let now = sc.params.clock.at(step);
-        let mut slot = match decision.outcome {
-            Outcome::Migrate { .. } => 0,
-            Outcome::NoBenefit => 1,
-            Outcome::NoCapacity => 2,
-            Outcome::NoTraffic | Outcome::Pinned => 3,
-            Outcome::Excluded => 4,
-        };
-        if let (Outcome::Migrate { to, .. }, Some(r)) = (decision.outcome, gated) {
-            if !r.window(loc[i], now).allows() {
-                slot = 5;
-            } else if !spent.allows(&r.budget, i, loc[i], to, now) {
-                slot = 6;
-            }
-        }
-        if let (0, Outcome::Migrate { to, benefit, .. }) = (slot, decision.outcome) {
-            let from = loc[i];
-            let done = hosts[from.index()].migrate(vm, &dests[to.index()], &params);
-            if done.is_err() && rules.is_some() {
-                // Only the rule re-check can refuse: the decision asked for room first.
-                run.refused_by_rule += 1;
-                slot = 4;
-            }
-            if done.is_ok() {
-                per_host[from.index()] -= 1;
-                per_host[to.index()] += 1;
-                counts.migration(
-                    &wire,
-                    vm,
-                    per_host[from.index()] as usize,
-                    per_host[to.index()] as usize,
-                );
-                if gated.is_some() {
-                    spent.record(i, from, to, now);
+        // The daemon's instants for the cooldown: the scenario's clock from an arbitrary origin.
+        let instant = origin + Duration::from_millis((step as u64).saturating_mul(turn_ms));
+        let cooling = opt
+            .cooldown
+            .is_some_and(|c| history.cooldown_until(vm, &c, instant).is_some());
+        if cooling {
+            run.outcomes[COOLING] += 1;
+        } else {
+            partners.clear();
+            partners.extend(rates.of(i).iter().map(|&(j, rate)| PartnerTraffic {
+                host: loc[j as usize],
+                rate,
+            }));
+            let subject = Subject {
+                vm,
+                host: loc[i],
+                memory_mib: sc.vm_memory_mib,
+                // The simulated data centre models no CPU.
+                cpu_cores: 0.0,
+                partners: &partners,
+            };
+            let check = rules.map(|r| r.check_located(topo, vm, |m| Some(loc[index(m)])));
+            let gates = Gates {
+                pinned: false,
+                migration_cost: opt.migration_cost,
+                per_move: opt.per_move.map(|m| MoveCharge {
+                    bytes: sc.migration_bytes[i],
+                    horizon_s: m.horizon_s,
+                    disruption: m.disruption,
+                }),
+                maintenance: &[],
+                previous_hosts: &previous[i],
+                return_margin: opt.return_margin,
+                rack_alternates: opt.rack_alternates,
+                max_cpu_load: 0.0,
+                rules: check.as_ref().unwrap_or(&rules::NO_RULES),
+            };
+            // As `daemon::assess` asks: the first `max_candidates` together, then each further
+            // host the search needs, at most `max_candidates` consumed.
+            let mut search = decider.search(&subject, &gates);
+            batch.clear();
+            batch.extend(search.queue().iter().take(max_candidates).map(|c| c.host));
+            let mut sent = batch.len();
+            let mut asked = 0;
+            while let Some(h) = search.next_query() {
+                if asked < max_candidates && !batch.contains(&h) {
+                    sent += 1;
                 }
-                loc[i] = to;
-                if benefit <= 0.0 {
-                    run.bad_moves += 1;
+                asked += 1;
+                let answer = hosts[h.index()].capacity().ok();
+                search.answer(h, answer.as_ref());
+            }
+            let decision = search.finish();
+            counts.capacity_search(&wire, sent);
+            counts.decisions += 1;
+            partner_hosts.clear();
+            partner_hosts.extend(
+                rates
+                    .of(i)
+                    .iter()
+                    .map(|&(j, _)| (loc[j as usize], sc.ids[j as usize]))
+                    .filter(|&(h, _)| h != loc[i]),
+            );
+            partner_hosts.sort_unstable();
+            for group in partner_hosts.chunk_by(|a, b| a.0 == b.0) {
+                located.clear();
+                located.extend(group.iter().map(|&(_, vm)| vm));
+                counts.lookups_if_verified.add(2, wire.lookup(&located));
+            }
+            run.capacity_queries += decision.queries as u64;
+            let mut slot = match decision.outcome {
+                Outcome::Migrate { .. } => 0,
+                Outcome::NoBenefit => 1,
+                Outcome::NoCapacity => 2,
+                Outcome::NoTraffic | Outcome::Pinned => 3,
+                Outcome::Excluded => 4,
+            };
+            if let (Outcome::Migrate { to, .. }, Some(r)) = (decision.outcome, gated) {
+                if !r.window(loc[i], now).allows() {
+                    slot = 5;
+                } else if !spent.allows(&r.budget, i, loc[i], to, now) {
+                    slot = 6;
                 }
-                if opt.verify_moves {
-                    let exact = sc.cost(round, &loc);
-                    let before = cost;
-                    if exact >= before || ((before - exact) - benefit).abs() > 1e-9 * before {
+            }
+            if let (0, Outcome::Migrate { to, benefit, .. }) = (slot, decision.outcome) {
+                let from = loc[i];
+                let done = hosts[from.index()].migrate(vm, &dests[to.index()], &params);
+                if done.is_err() && rules.is_some() {
+                    // Only the rule re-check can refuse: the decision asked for room first.
+                    run.refused_by_rule += 1;
+                    slot = 4;
+                }
+                if done.is_ok() {
+                    per_host[from.index()] -= 1;
+                    per_host[to.index()] += 1;
+                    counts.migration(
+                        &wire,
+                        vm,
+                        per_host[from.index()] as usize,
+                        per_host[to.index()] as usize,
+                    );
+                    if gated.is_some() {
+                        spent.record(i, from, to, now);
+                    }
+                    if opt.cooldown.is_some() {
+                        // The simulated migration takes no time: the cooldown is its base.
+                        history.record(vm, from, Duration::ZERO, instant);
+                    }
+                    loc[i] = to;
+                    if benefit <= 0.0 {
                         run.bad_moves += 1;
                     }
-                    cost = exact + benefit;
+                    if opt.verify_moves {
+                        let exact = sc.cost(round, &loc);
+                        let before = cost;
+                        if exact >= before || ((before - exact) - benefit).abs() > 1e-9 * before {
+                            run.bad_moves += 1;
+                        }
+                        cost = exact + benefit;
+                    }
+                    cost -= benefit;
+                    run.migrations += 1;
+                    run.migrated_bytes += sc.migration_bytes[i];
+                    if !moved[i] {
+                        moved[i] = true;
+                        run.vms_moved += 1;
+                    }
+                    let prev = &mut previous[i];
+                    if prev.contains(&to) && !came_back[i] {
+                        came_back[i] = true;
+                        run.moved_back += 1;
+                    }
+                    prev.retain(|&h| h != from && h != to);
+                    prev.insert(0, from);
+                    prev.truncate(MEMORY);
                 }
-                cost -= benefit;
-                run.migrations += 1;
-                run.migrated_bytes += sc.migration_bytes[i];
-                if !moved[i] {
-                    moved[i] = true;
-                    run.vms_moved += 1;
-                }
-                let prev = &mut previous[i];
-                if prev.contains(&to) && !came_back[i] {
-                    came_back[i] = true;
-                    run.moved_back += 1;
-                }
-                prev.retain(|&h| h != from && h != to);
-                prev.insert(0, from);
-                prev.truncate(MEMORY);
             }
+            run.outcomes[slot] += 1;
         }
-        run.outcomes[slot] += 1;
         let neighbours: Vec<Neighbour> = rates
             .of(i)
             .iter()

@@ -237,6 +237,10 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             "(with migration windows or budgets: then outside a window / over a budget)\n"
         );
     }
+    let cooling = report.runs.iter().any(|r| r.outcomes[7] > 0);
+    if cooling {
+        let _ = writeln!(s, "(with the cooldown: then turns sat out cooling down)\n");
+    }
     for r in &report.runs {
         let o = r.outcomes;
         let _ = write!(
@@ -251,6 +255,9 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         );
         if gated {
             let _ = write!(s, " / {} / {}", o[5], o[6]);
+        }
+        if cooling {
+            let _ = write!(s, " / {}", o[7]);
         }
         let _ = writeln!(s, "; {} queries; gap {:.1e}", r.capacity_queries, r.drift);
     }

@@ -5,6 +5,7 @@
 use super::baseline::{self, Baseline};
 use super::engine::{self, PerMove, PolicyRun, RunOptions};
 use super::{Scenario, cost_per_vm};
+use crate::daemon::history::CooldownPolicy;
 use scored_proto::PolicyKind;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,8 @@ pub struct Study {
     pub per_move: Vec<PerMove>,
     pub rack_alternates: usize,
     pub return_margin: f64,
+    /// The daemon's cooldown on the scenario's clock (`RunOptions::cooldown`).
+    pub cooldown: Option<CooldownPolicy>,
     pub threads: usize,
 }
 
@@ -38,6 +41,7 @@ impl Default for Study {
             per_move: Vec::new(),
             rack_alternates: 3,
             return_margin: 0.0,
+            cooldown: None,
             threads: 2,
         }
     }
@@ -168,6 +172,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                                 record_steps: run == Run::Main,
                                 verify_moves: false,
                                 rules: run != Run::WithoutRules,
+                                cooldown: study.cooldown,
                             };
                             let run = engine::run(sc, &opt, progress);
                             Done::Run(Box::new(run), t.elapsed())

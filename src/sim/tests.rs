@@ -4,6 +4,7 @@ use super::baseline;
 use super::engine::{self, PolicyRun, RunOptions};
 use super::study::{self, Study};
 use super::*;
+use crate::daemon::history::CooldownPolicy;
 use std::path::Path;
 
 fn fat_tree() -> Topology {
@@ -54,6 +55,7 @@ fn options(policy: PolicyKind) -> RunOptions {
         record_steps: true,
         verify_moves: true,
         rules: true,
+        cooldown: None,
     }
 }
 
@@ -556,4 +558,58 @@ fn a_per_move_charge_counts_each_migration_bytes_and_never_moves_more_than_none(
         let long = charged(3600.0);
         assert!(long.migrations >= short.migrations, "{p:?}");
     }
+}
+
+#[test]
+fn a_vm_sits_out_its_cooldown_as_in_the_daemon() {
+    // Three rounds of 192 turns, a turn a second: a cooldown of an hour covers the run, one of
+    // a second none of it.
+    let sc = Scenario::build(
+        fat_tree(),
+        ScenarioParams {
+            seed: 3,
+            fill: 0.75,
+            rounds: 3,
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap();
+    let with = |base_s: u64| {
+        engine::run(
+            &sc,
+            &RunOptions {
+                cooldown: Some(CooldownPolicy {
+                    base: std::time::Duration::from_secs(base_s),
+                    cap: std::time::Duration::from_secs(base_s),
+                    window: std::time::Duration::from_secs(24 * 3600),
+                }),
+                ..options(PolicyKind::RoundRobin)
+            },
+            |_| {},
+        )
+    };
+    let free = run(&sc, PolicyKind::RoundRobin);
+    assert!(
+        free.migrations > free.vms_moved,
+        "the scenario must move some VM twice: {} migrations of {} VMs",
+        free.migrations,
+        free.vms_moved
+    );
+    let short = with(1);
+    assert_eq!(short.migrations, free.migrations);
+    assert_eq!(short.outcomes[7], 0);
+
+    let long = with(3600);
+    assert_eq!(
+        long.migrations, long.vms_moved,
+        "no VM moves twice within its cooldown"
+    );
+    assert!(long.outcomes[7] > 0, "turns sat out: {:?}", long.outcomes);
+    assert_eq!(
+        long.outcomes.iter().sum::<u64>() as usize,
+        sc.rounds() * sc.vms(),
+        "every turn is counted once"
+    );
+    // Sat out, not decided: the cooldown leaves the cost higher than without it.
+    assert!(long.final_cost() > free.final_cost());
 }

@@ -71,6 +71,7 @@ fn options() -> RunOptions {
         record_steps: false,
         verify_moves: true,
         rules: true,
+        cooldown: None,
     }
 }
 
