@@ -74,6 +74,12 @@ pub fn total_cost_by_level<P: Placement>(
     out
 }
 
+/// Eq. 3.2's `c_m` for a VM whose current cost (its share of Eq. 3.1) is `vm_cost`: the constant,
+/// or `fraction` of that cost when larger (`[decision] migration_cost`, `migration_cost_fraction`).
+pub fn migration_cost(constant: f64, fraction: f64, vm_cost: f64) -> f64 {
+    constant.max(fraction * vm_cost.max(0.0))
+}
+
 /// A VM's own share of the cost if it runs on `at`: `Σ_{z ∈ V_u} λ(z,u) · Σ_{i ≤ ℓ(at, σ(z))} c_i`.
 pub fn vm_cost(topo: &Topology, at: HostId, partners: &[PartnerTraffic]) -> f64 {
     partners

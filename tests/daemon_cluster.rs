@@ -56,6 +56,7 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
         &engine::RunOptions {
             policy,
             migration_cost: 0.0,
+            migration_cost_fraction: 0.0,
             per_move: None,
             rack_alternates: 3,
             return_margin: 0.0,

@@ -73,8 +73,7 @@ impl Default for DecisionConfig {
 impl DecisionConfig {
     /// The `c_m` that applies to a VM whose current cost (its share of Eq. 3.1) is `vm_cost`.
     pub fn effective_migration_cost(&self, vm_cost: f64) -> f64 {
-        self.migration_cost
-            .max(self.migration_cost_fraction * vm_cost.max(0.0))
+        crate::cost::migration_cost(self.migration_cost, self.migration_cost_fraction, vm_cost)
     }
 }
 

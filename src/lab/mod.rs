@@ -556,8 +556,8 @@ fn bandwidth(registry: &prometheus_client::registry::Registry) -> u64 {
 }
 
 /// `scored sim`'s reduction on the same scenario after as many turns as the lab's, ending in the
-/// round the lab is in (whose traffic the lab's cost is under), with the daemons' c_m fraction
-/// and return margin, and with `cooling`, their cooldown on a clock of that many milliseconds a
+/// round the lab is in (whose traffic the lab's cost is under), with the daemons' c_m rule
+/// (constant, or a fraction of the deciding VM's cost) and return margin, and with `cooling`, their cooldown on a clock of that many milliseconds a
 /// turn.
 fn sim_reduction(
     dc: &DataCentre,
@@ -575,7 +575,8 @@ fn sim_reduction(
     }
     let opt = RunOptions {
         policy,
-        migration_cost: config.decision.migration_cost_fraction * crate::sim::cost_per_vm(&sc),
+        migration_cost: config.decision.migration_cost,
+        migration_cost_fraction: config.decision.migration_cost_fraction,
         per_move: None,
         rack_alternates: if config.decision.rack_fallback { 3 } else { 0 },
         return_margin: config.decision.return_margin_fraction,

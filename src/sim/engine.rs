@@ -11,7 +11,7 @@
 
 use super::Scenario;
 use super::messages::{self, Counts, Wire};
-use crate::cost::{MoveCharge, PartnerTraffic};
+use crate::cost::{self, MoveCharge, PartnerTraffic};
 use crate::daemon::history::{CooldownPolicy, History};
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
@@ -75,6 +75,9 @@ pub struct RunOptions {
     pub policy: PolicyKind,
     /// The constant `c_m` (with `per_move`, the floor under each move's own).
     pub migration_cost: f64,
+    /// `c_m` as this fraction of the deciding VM's current cost when that is larger than the
+    /// constant (`[decision] migration_cost_fraction`, the daemon's rule; 0: the constant).
+    pub migration_cost_fraction: f64,
     /// Charge each move its own migration traffic on its path (`cost::MoveCharge`), spread
     /// over this many seconds, plus a disruption charge; `None`: the constant alone.
     pub per_move: Option<PerMove>,
@@ -288,7 +291,11 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             let check = rules.map(|r| r.check_located(topo, vm, |m| Some(loc[index(m)])));
             let gates = Gates {
                 pinned: false,
-                migration_cost: opt.migration_cost,
+                migration_cost: cost::migration_cost(
+                    opt.migration_cost,
+                    opt.migration_cost_fraction,
+                    cost::vm_cost(topo, loc[i], &partners),
+                ),
                 per_move: opt.per_move.map(|m| MoveCharge {
                     bytes: sc.migration_bytes[i],
                     horizon_s: m.horizon_s,

@@ -160,6 +160,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                             let opt = RunOptions {
                                 policy,
                                 migration_cost: f * unit,
+                                migration_cost_fraction: 0.0,
                                 per_move: match run {
                                     Run::PerMove(m) => Some(PerMove {
                                         disruption: m.disruption * unit,

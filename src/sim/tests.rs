@@ -49,6 +49,7 @@ fn options(policy: PolicyKind) -> RunOptions {
     RunOptions {
         policy,
         migration_cost: 0.0,
+        migration_cost_fraction: 0.0,
         per_move: None,
         rack_alternates: 3,
         return_margin: 0.0,
@@ -217,6 +218,7 @@ fn a_higher_migration_cost_moves_fewer_vms() {
             &sc,
             &RunOptions {
                 migration_cost: f * unit,
+                migration_cost_fraction: 0.0,
                 ..options(PolicyKind::Distributed)
             },
             |_| {},
@@ -612,4 +614,36 @@ fn a_vm_sits_out_its_cooldown_as_in_the_daemon() {
     );
     // Sat out, not decided: the cooldown leaves the cost higher than without it.
     assert!(long.final_cost() > free.final_cost());
+}
+
+#[test]
+fn c_m_as_a_share_of_the_deciding_vms_cost_is_the_daemons_rule() {
+    // A move lowers Eq. 3.1 by at most twice the VM's cost (its pairs are counted from both
+    // ends): with c_m twice that cost, none is worth making; with a tenth, fewer than with none.
+    let sc = scenario(2, 0.75);
+    let with = |fraction: f64| {
+        engine::run(
+            &sc,
+            &RunOptions {
+                migration_cost_fraction: fraction,
+                ..options(PolicyKind::RoundRobin)
+            },
+            |_| {},
+        )
+    };
+    let none = with(0.0);
+    let tenth = with(0.1);
+    let all = with(2.0);
+    assert!(none.migrations > 0);
+    assert!(
+        tenth.migrations < none.migrations,
+        "{} ≥ {}",
+        tenth.migrations,
+        none.migrations
+    );
+    assert_eq!(all.migrations, 0, "{:?}", all.outcomes);
+    assert_eq!(
+        all.outcomes[1] as usize,
+        sc.rounds() * sc.vms() - all.outcomes[3] as usize
+    );
 }

@@ -65,6 +65,7 @@ fn options() -> RunOptions {
     RunOptions {
         policy: PolicyKind::RoundRobin,
         migration_cost: 0.0,
+        migration_cost_fraction: 0.0,
         per_move: None,
         rack_alternates: 3,
         return_margin: 0.0,
