@@ -14,6 +14,16 @@ fn fat_tree() -> Topology {
     .unwrap()
 }
 
+/// A small irregular tree: five levels, racks of 1–6 hosts, hosts of 6, 16, 24 or 40 VMs.
+fn irregular() -> Topology {
+    use crate::topology::generate;
+    Topology::parse(
+        Path::new("irregular-small.toml"),
+        &generate::irregular_tree(&generate::irregular_small()),
+    )
+    .unwrap()
+}
+
 fn scenario(seed: u64, fill: f64) -> Scenario {
     Scenario::build(
         fat_tree(),
@@ -202,6 +212,44 @@ fn the_baseline_improves_and_reports_its_true_cost() {
             b.costs[last],
             r.final_cost()
         );
+    }
+}
+
+/// Issue 15: on an irregular tree the traffic-built allocation must exist (it assumed equal hosts
+/// and equal fan-outs, and built none), and the re-placement plan must end no worse than any
+/// token policy: a yardstick that loses to what it bounds is not one.
+#[test]
+fn the_re_placement_works_on_an_irregular_tree() {
+    for seed in 1..=3 {
+        let sc = Scenario::build(
+            irregular(),
+            ScenarioParams {
+                seed,
+                ..ScenarioParams::default()
+            },
+        )
+        .unwrap();
+        let b = baseline::run(&sc);
+        assert!(
+            b.constructive > 0,
+            "seed {seed}: no re-placement plan from a fresh traffic-built allocation"
+        );
+        let last = sc.rounds() - 1;
+        assert_eq!(*b.costs.last().unwrap(), sc.cost(last, &b.placement));
+        let mut per_host = vec![0u32; sc.slots.len()];
+        for h in &b.placement {
+            per_host[h.index()] += 1;
+        }
+        assert!(per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s));
+        for p in PolicyKind::ALL {
+            let r = run(&sc, p);
+            assert!(
+                b.costs[last] <= r.final_cost(),
+                "seed {seed}, {p}: re-placement {} above the policy's {}",
+                b.costs[last],
+                r.final_cost()
+            );
+        }
     }
 }
 
