@@ -3,6 +3,7 @@
 //! independent and deterministic, so the thread count never changes a result.
 
 use super::baseline::{self, Baseline};
+use super::bound;
 use super::engine::{self, PerMove, PolicyRun, RunOptions};
 use super::{Scenario, cost_per_vm};
 use scored_proto::PolicyKind;
@@ -67,6 +68,10 @@ pub struct Report {
     pub without_rules: Vec<PolicyRun>,
     pub without_rules_times: Vec<Duration>,
     pub baseline: Option<Baseline>,
+    /// A lower bound on Eq. 3.1 under each round's traffic (`bound`), computed with the
+    /// baseline (empty without it), and the time it took.
+    pub bounds: Vec<f64>,
+    pub bound_time: Duration,
     pub sweep: Vec<SweepPoint>,
     /// Eq. 3.1 of the initial allocation under each round's traffic.
     pub initial_costs: Vec<f64>,
@@ -191,6 +196,8 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         without_rules: Vec::new(),
         without_rules_times: Vec::new(),
         baseline: None,
+        bounds: Vec::new(),
+        bound_time: Duration::ZERO,
         sweep: Vec::new(),
         initial_costs,
         cost_per_vm: unit,
@@ -237,6 +244,15 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                 }
             }
         }
+    }
+    if study.baseline {
+        let t = Instant::now();
+        report.bounds = sc
+            .rates
+            .iter()
+            .map(|rates| bound::lower_bound(&sc.topology, &sc.slots, rates))
+            .collect();
+        report.bound_time = t.elapsed();
     }
     report.sweep.sort_by(|a, b| {
         (a.policy as u8)

@@ -1,6 +1,7 @@
 //! The simulator on a small scenario (the k=4 fat-tree, 16 hosts): properties, not figures.
 
 use super::baseline;
+use super::bound;
 use super::engine::{self, PolicyRun, RunOptions};
 use super::study::{self, Study};
 use super::*;
@@ -249,6 +250,58 @@ fn the_re_placement_works_on_an_irregular_tree() {
                 b.costs[last],
                 r.final_cost()
             );
+        }
+    }
+}
+
+/// The lower bound holds under every round's traffic against every allocation the simulator
+/// makes, on the regular and on the irregular tree, and is not trivially 0.
+#[test]
+fn the_lower_bound_is_below_every_plan_and_every_policy() {
+    let irregular_at = |seed| {
+        Scenario::build(
+            irregular(),
+            ScenarioParams {
+                seed,
+                ..ScenarioParams::default()
+            },
+        )
+        .unwrap()
+    };
+    let cases = [
+        scenario(11, 0.75),
+        scenario(5, 1.0),
+        grouped(23),
+        irregular_at(2),
+        irregular_at(3),
+    ];
+    for (k, sc) in cases.iter().enumerate() {
+        let bounds: Vec<f64> = sc
+            .rates
+            .iter()
+            .map(|r| bound::lower_bound(&sc.topology, &sc.slots, r))
+            .collect();
+        let b = baseline::run(sc);
+        for (r, &floor) in bounds.iter().enumerate() {
+            assert!(
+                floor > 0.0,
+                "case {k}, round {r}: a bound of 0 says nothing"
+            );
+            for (what, cost) in [
+                ("initial", sc.cost(r, &sc.initial)),
+                ("re-placement", b.costs[r]),
+                ("incremental", b.incremental_costs[r]),
+            ] {
+                assert!(
+                    floor <= cost,
+                    "case {k}, round {r}: bound {floor} above the {what} allocation's {cost}"
+                );
+            }
+        }
+        let last = sc.rounds() - 1;
+        for p in PolicyKind::ALL {
+            let r = run(sc, p);
+            assert!(bounds[last] <= r.final_cost(), "case {k}, {p}");
         }
     }
 }
