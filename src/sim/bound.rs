@@ -31,17 +31,23 @@ use crate::topology::Topology;
 
 /// Eq. 3.1's floor under `rates` on `topo` whose hosts hold `slots` VMs each.
 pub fn lower_bound(topo: &Topology, slots: &[u32], rates: &Rates) -> f64 {
+    lower_bound_by_level(topo, slots, rates).iter().sum()
+}
+
+/// The floor's terms: `out[i]` is `c_i · 2 · (floor on cut_{i−1})`, what any allocation pays at
+/// least on the links of level i (`out[0]` = 0, as in `cost::total_cost_by_level`). Not the
+/// floor of what the allocation's pairs *meeting* at level i pay, which also counts c_1 … c_{i−1}.
+pub fn lower_bound_by_level(topo: &Topology, slots: &[u32], rates: &Rates) -> Vec<f64> {
     let n = rates.vms() as u64;
     let levels = topo.levels() as usize;
     let weights = topo.weights();
-    let mut bound = 0.0;
-    for i in 1..=levels {
+    let mut out = vec![0.0; levels + 1];
+    for (i, term) in out.iter_mut().enumerate().skip(1) {
         let room = largest_node(topo, slots, i - 1).min(n).max(1);
         let c_i = weights.path_cost(i as _) - weights.path_cost((i - 1) as _);
-        let cut = cut_floor(rates, room);
-        bound += c_i * 2.0 * cut;
+        *term = c_i * 2.0 * cut_floor(rates, room);
     }
-    bound
+    out
 }
 
 /// The most VMs one node of `tier` holds (tier 0: a host; tier t: the switch t levels above the

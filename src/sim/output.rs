@@ -368,6 +368,23 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
                 }
             );
         }
+        if !report.bound_by_level.is_empty() {
+            let _ = write!(
+                s,
+                "by link level, bound / re-placement plan (share of the initial cost; a pair meeting at level ℓ pays on the links of levels 1..ℓ):"
+            );
+            let plan = link_level_costs(sc, last, &b.placement);
+            let c0 = report.initial_costs[0];
+            for (l, name) in names.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    " {name} {:.4} / {:.4};",
+                    report.bound_by_level[l + 1] / c0,
+                    plan[l + 1] / c0
+                );
+            }
+            let _ = writeln!(s);
+        }
         if b.constructive_refused > 0 {
             let _ = writeln!(
                 s,
@@ -407,6 +424,22 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         }
     }
     s
+}
+
+/// Eq. 3.1 of `loc` under round `round` split by the links it is paid on: `out[i]` is
+/// `c_i` times the traffic of the pairs meeting at level i or above, doubled (the terms of
+/// `bound::lower_bound_by_level`).
+fn link_level_costs(sc: &Scenario, round: usize, loc: &[crate::topology::HostId]) -> Vec<f64> {
+    let w = sc.topology.weights();
+    let by_meeting = sc.cost_by_level(round, loc);
+    let mut out = vec![0.0; by_meeting.len()];
+    // Traffic (doubled) of the pairs meeting at level ℓ and above, from the top down.
+    let mut above = 0.0;
+    for l in (1..by_meeting.len()).rev() {
+        above += by_meeting[l] / w.path_cost(l as _);
+        out[l] = (w.path_cost(l as _) - w.path_cost((l - 1) as _)) * above;
+    }
+    out
 }
 
 /// A run's name as a CSV field: quoted when it holds a comma (RFC 4180).

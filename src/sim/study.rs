@@ -71,6 +71,8 @@ pub struct Report {
     /// A lower bound on Eq. 3.1 under each round's traffic (`bound`), computed with the
     /// baseline (empty without it), and the time it took.
     pub bounds: Vec<f64>,
+    /// The last round's bound by link level (`bound::lower_bound_by_level`).
+    pub bound_by_level: Vec<f64>,
     pub bound_time: Duration,
     pub sweep: Vec<SweepPoint>,
     /// Eq. 3.1 of the initial allocation under each round's traffic.
@@ -197,6 +199,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         without_rules_times: Vec::new(),
         baseline: None,
         bounds: Vec::new(),
+        bound_by_level: Vec::new(),
         bound_time: Duration::ZERO,
         sweep: Vec::new(),
         initial_costs,
@@ -247,11 +250,13 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     }
     if study.baseline {
         let t = Instant::now();
-        report.bounds = sc
+        let by_level: Vec<Vec<f64>> = sc
             .rates
             .iter()
-            .map(|rates| bound::lower_bound(&sc.topology, &sc.slots, rates))
+            .map(|rates| bound::lower_bound_by_level(&sc.topology, &sc.slots, rates))
             .collect();
+        report.bounds = by_level.iter().map(|b| b.iter().sum()).collect();
+        report.bound_by_level = by_level.last().cloned().unwrap_or_default();
         report.bound_time = t.elapsed();
     }
     report.sweep.sort_by(|a, b| {
