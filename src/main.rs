@@ -189,7 +189,8 @@ enum TopologyCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Print a generated regular-tree topology (the shipped large examples).
+    /// Print a generated topology: a regular tree (the shipped large examples) or an irregular
+    /// one drawn from a fixed seed (`irregular`, `irregular-small`).
     Generate {
         #[arg(value_parser = topology::generate::SHAPES)]
         shape: String,
@@ -257,9 +258,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
         }) => rules_check(file, topology, &config),
         Command::Topology(TopologyCommand::Generate { shape }) => {
-            let spec = topology::generate::by_name(&shape)
+            let text = topology::generate::render(&shape)
                 .ok_or_else(|| anyhow::anyhow!("unknown shape `{shape}`"))?;
-            print!("{}", topology::generate::tree(&spec));
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim(args) => {

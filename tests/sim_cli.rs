@@ -49,6 +49,7 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "| load-aware |",
         "| centralised, incremental |",
         "| centralised, re-placement |",
+        "| lower bound on Eq. 3.1 (capacity only) | ",
         "| global, per-VM c_m over 600 s |",
         "c_m sweep",
         "protocol traffic",
@@ -70,6 +71,15 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "{traffic}"
     );
     assert_eq!(traffic.lines().count(), 1 + 4 + 4 + 2, "{traffic}");
+    // The lower bound is a row of summary.csv whose name says so, with no migrations.
+    let summary = std::fs::read_to_string(out_dir.join("summary.csv")).unwrap();
+    let bound = summary
+        .lines()
+        .find(|l| l.starts_with("lower bound on Eq. 3.1 (capacity only),"))
+        .unwrap_or_else(|| panic!("no bound row:\n{summary}"));
+    let fields: Vec<&str> = bound.split(',').collect();
+    assert_eq!(fields.len(), 8, "{bound}");
+    assert_eq!(&fields[3..7], ["", "", "", ""], "{bound}");
     let messages = std::fs::read_to_string(out_dir.join("messages.csv")).unwrap();
     assert!(
         messages.starts_with("run,hosts,vms,decisions,kind,"),
@@ -109,6 +119,64 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
     let a = std::fs::read(out_dir.join("cost_per_step.csv")).unwrap();
     let b = std::fs::read(again.join("cost_per_step.csv")).unwrap();
     assert_eq!(a, b);
+}
+
+/// The rows of summary.csv: (run, normalised final cost).
+fn summary_costs(csv: &str) -> Vec<(String, f64)> {
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            // Names with a comma are quoted; the cost is the third field from the name's end.
+            let (name, rest) = match l.strip_prefix('"') {
+                Some(q) => {
+                    let (n, r) = q.split_once("\",").unwrap();
+                    (n.to_string(), r)
+                }
+                None => {
+                    let (n, r) = l.split_once(',').unwrap();
+                    (n.to_string(), r)
+                }
+            };
+            let cost: f64 = rest.split(',').nth(1).unwrap().parse().unwrap();
+            (name, cost)
+        })
+        .collect()
+}
+
+/// Issue 15 on the shipped irregular topology: the re-placement plan comes from fresh
+/// traffic-built allocations, ends no worse than any token policy, and the bound below all.
+#[test]
+fn on_the_irregular_topology_the_re_placement_is_a_yardstick() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = scored(&[
+        "--topology",
+        "topology/irregular.toml",
+        "--rounds",
+        "2",
+        "--sweep",
+        "none",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("2 of 2 re-placement plans from a fresh traffic-built allocation"),
+        "{stdout}"
+    );
+    let rows = summary_costs(&std::fs::read_to_string(dir.path().join("summary.csv")).unwrap());
+    let cost = |name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .unwrap_or_else(|| panic!("no row {name} in {rows:?}"))
+            .1
+    };
+    let plan = cost("centralised, re-placement");
+    let bound = cost("lower bound on Eq. 3.1 (capacity only)");
+    assert!(bound > 0.0 && bound <= plan, "{rows:?}");
+    for policy in ["round-robin", "global", "distributed", "load-aware"] {
+        assert!(plan <= cost(policy), "{policy}: {rows:?}");
+    }
 }
 
 #[test]

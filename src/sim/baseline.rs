@@ -7,7 +7,8 @@
 //! - re-placement: the best of the incremental plan, the previous re-placement plan improved, and
 //!   a fresh allocation built from the traffic alone, bottom-up like the coarsening phase of
 //!   multilevel graph partitioning (VMs joined into host-sized groups along the heaviest traffic
-//!   first, those into rack-sized groups, and so on up the tree, then laid onto the tree), improved.
+//!   first, those into rack-sized groups, and so on up the tree, then packed onto the tree by
+//!   capacity, so any tree will do: unequal hosts, racks and fan-outs), improved.
 //!
 //! Improving is by local search: every VM, most expensive first, takes the best move to
 //! a partner's host or a host with room in a partner's rack, or the best swap with a VM on a full
@@ -461,73 +462,134 @@ fn unit_edges(rates: &Rates, unit_of: &[u32]) -> Vec<(u32, u32, f64)> {
     e
 }
 
-/// A fresh allocation built bottom-up from the traffic alone: VMs grouped into host-sized bins by
-/// heaviest traffic, those into rack-sized bins, and so on up the tree; then laid onto the real
-/// tree top-down. `None` when the bins do not fit the tree (irregular trees, or too full).
+/// A tier's typical node, in VMs: the capacity the median slot sits in (half of the tier's slots
+/// are in nodes at least this large). On a regular tree, every node's.
+fn typical(caps: &[u64]) -> u32 {
+    let mut sorted = caps.to_vec();
+    sorted.sort_unstable();
+    let total: u64 = sorted.iter().sum();
+    let mut seen = 0;
+    for &c in sorted.iter().rev() {
+        seen += c;
+        if 2 * seen >= total {
+            return c.clamp(1, u32::MAX as u64) as u32;
+        }
+    }
+    1
+}
+
+/// A fresh allocation built from the traffic alone, on any tree. Bottom-up, VMs are grouped by
+/// heaviest traffic into groups the size of a typical host, those into groups the size of a
+/// typical rack, and so on up the tree (sizes in VMs, so unequal hosts and fan-outs are
+/// measured by what they hold). Top-down, each node's groups are then packed onto its children
+/// by capacity, largest group first, each into the child with the least room that holds it
+/// whole; a group no child holds is split into its own groups, down to single VMs, which always
+/// fit since a node is given no more VMs than it holds. Children of one node are
+/// interchangeable for the cost, so only capacity decides there. `None` when the VMs do not fit
+/// the tree.
 fn constructive(sc: &Scenario, rates: &Rates) -> Option<Vec<HostId>> {
     let tiers = Tiers::new(sc);
     let n = sc.vms();
-    let host_cap = *sc.slots.iter().min()?;
-    if host_cap == 0 {
+    let top = tiers.children.len();
+    // room[t][k]: VMs node k of tier t holds.
+    let mut room: Vec<Vec<u64>> = vec![sc.slots.iter().map(|&s| s as u64).collect()];
+    for t in 1..=top {
+        let below = &room[t - 1];
+        let here = tiers.children[t - 1]
+            .iter()
+            .map(|kids| kids.iter().map(|&c| below[c as usize]).sum())
+            .collect();
+        room.push(here);
+    }
+    if room[top].iter().sum::<u64>() < n as u64 {
         return None;
     }
-    // unit_of[v]: v's bin at the tier being built; bins[t]: bins of tier t as lists of tier t−1
-    // bins (tier 0, the hosts: lists of VMs).
-    let above = tiers.children.len();
+    // Groups of level l + 1 are made for nodes of tier l; level 0 are the VMs themselves.
+    // size[l][g]: VMs in group g of level l; parts[l][g]: its groups of level l − 1.
+    let mut size: Vec<Vec<u32>> = vec![vec![1; n]];
+    let mut parts: Vec<Vec<Vec<u32>>> = vec![Vec::new()];
     let mut unit_of: Vec<u32> = (0..n as u32).collect();
-    let mut sizes = vec![1u32; n];
-    let mut bins: Vec<Vec<Vec<u32>>> = Vec::new();
-    for t in 0..=above {
-        let (cap, nodes) = if t == 0 {
-            (host_cap, sc.slots.len())
-        } else {
-            let kids = &tiers.children[t - 1];
-            (kids.iter().map(|k| k.len() as u32).min()?, kids.len())
-        };
+    for t in 0..top {
         let edges = unit_edges(rates, &unit_of);
-        let level = agglomerate(sizes, &edges, cap);
-        if level.len() > nodes {
-            return None;
-        }
-        let mut bin_of = vec![0u32; level.iter().map(|b| b.len()).sum()];
-        for (k, b) in level.iter().enumerate() {
-            for &u in b {
-                bin_of[u as usize] = k as u32;
+        let groups = agglomerate(size[t].clone(), &edges, typical(&room[t]));
+        let mut group_of = vec![0u32; size[t].len()];
+        for (g, members) in groups.iter().enumerate() {
+            for &u in members {
+                group_of[u as usize] = g as u32;
             }
         }
         for u in unit_of.iter_mut() {
-            *u = bin_of[*u as usize];
+            *u = group_of[*u as usize];
         }
-        sizes = vec![1; level.len()];
-        bins.push(level);
-        if t == above {
-            break;
-        }
+        let sizes = groups
+            .iter()
+            .map(|m| m.iter().map(|&u| size[t][u as usize]).sum())
+            .collect();
+        size.push(sizes);
+        parts.push(groups);
     }
-    // Lay bins onto the tree: the top bin onto the root, each bin's children onto the node's
-    // children in order, down to host bins onto hosts.
-    let mut placement = vec![HostId(0); n];
-    // (tier, bin index, node index at that tier)
-    let mut stack = vec![(above, 0usize, 0usize)];
-    while let Some((t, b, node)) = stack.pop() {
-        let kid_bins = &bins[t][b];
+    // Lay the groups onto the tree: (tier, node, groups given to it as (level, group)).
+    const NOWHERE: HostId = HostId(u32::MAX);
+    let mut placement = vec![NOWHERE; n];
+    let whole: Vec<(usize, u32)> = (0..size[top].len() as u32).map(|g| (top, g)).collect();
+    let mut stack = vec![(top, 0usize, whole)];
+    let by_size = |items: &mut Vec<(usize, u32)>| {
+        items.sort_by(|a, b| {
+            size[a.0][a.1 as usize]
+                .cmp(&size[b.0][b.1 as usize])
+                .then(b.cmp(a))
+        })
+    };
+    while let Some((t, node, given)) = stack.pop() {
+        // Open every group meant for this node itself into the groups meant for its children.
+        let mut items = Vec::with_capacity(given.len());
+        let mut open = given;
+        while let Some((l, g)) = open.pop() {
+            if l > t {
+                open.extend(parts[l][g as usize].iter().map(|&p| (l - 1, p)));
+            } else {
+                items.push((l, g));
+            }
+        }
         if t == 0 {
-            for &v in kid_bins {
+            for (_, v) in items {
                 placement[v as usize] = HostId(node as u32);
             }
             continue;
         }
-        let kid_nodes = &tiers.children[t - 1][node];
-        if kid_bins.len() > kid_nodes.len() {
-            return None;
+        let kids = &tiers.children[t - 1][node];
+        let mut left: Vec<u64> = kids.iter().map(|&c| room[t - 1][c as usize]).collect();
+        let mut share: Vec<Vec<(usize, u32)>> = vec![Vec::new(); kids.len()];
+        // Largest last, so popped first.
+        by_size(&mut items);
+        while let Some((l, g)) = items.pop() {
+            let s = size[l][g as usize] as u64;
+            let fit = (0..kids.len())
+                .filter(|&i| left[i] >= s)
+                .min_by_key(|&i| (left[i], i));
+            match fit {
+                Some(i) => {
+                    left[i] -= s;
+                    share[i].push((l, g));
+                }
+                None if l > 0 => {
+                    let mut split: Vec<(usize, u32)> =
+                        parts[l][g as usize].iter().map(|&p| (l - 1, p)).collect();
+                    by_size(&mut split);
+                    items.extend(split);
+                }
+                None => return None,
+            }
         }
-        for (i, &kb) in kid_bins.iter().enumerate() {
-            stack.push((t - 1, kb as usize, kid_nodes[i] as usize));
+        for (i, s) in share.into_iter().enumerate() {
+            stack.push((t - 1, kids[i] as usize, s));
         }
     }
-    // Tier 0 nodes are hosts: check each holds its bin.
     let mut count = vec![0u32; sc.slots.len()];
     for h in &placement {
+        if *h == NOWHERE {
+            return None;
+        }
         count[h.index()] += 1;
     }
     count

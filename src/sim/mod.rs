@@ -7,6 +7,7 @@
 //! children do no I/O except `output` (files) and `run_cli` (terminal).
 
 pub mod baseline;
+pub mod bound;
 pub mod engine;
 pub mod groups;
 pub mod messages;

@@ -36,28 +36,39 @@ pub struct Row {
     pub normalised: f64,
     /// 1 − final / initial allocation's cost, both under the last round's traffic.
     pub reduction: f64,
+    /// What the run or plan moved (`None` for the lower bound, which is no allocation).
+    pub moves: Option<Moves>,
+    /// VMs that moved back to a host they had left (`None` for the baseline, a plan).
+    pub moved_back: Option<u64>,
+    pub seconds: f64,
+}
+
+/// The migrations of a run or a plan.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Moves {
     pub migrations: u64,
     pub per_vm: f64,
     pub vms_moved: u64,
-    /// VMs that moved back to a host they had left (`None` for the baseline, a plan).
-    pub moved_back: Option<u64>,
     /// Bytes the migrations sent (each VM's forecast; a plan's: each VM it moves, once).
     pub migrated_bytes: f64,
-    pub seconds: f64,
 }
 
 impl Row {
     /// GiB sent by migrations per point (1 %) of cost reduction: what the run paid for what
-    /// it removed (`None` when it removed nothing).
+    /// it removed (`None` when it removed nothing or moved nothing).
     pub fn gib_per_point(&self) -> Option<f64> {
-        (self.reduction > 0.0).then(|| self.migrated_bytes / GIB / (self.reduction * 100.0))
+        let m = self.moves?;
+        (self.reduction > 0.0).then(|| m.migrated_bytes / GIB / (self.reduction * 100.0))
     }
 }
 
+/// The name of the lower bound's row (`bound`).
+pub const BOUND_ROW: &str = "lower bound on Eq. 3.1 (capacity only)";
+
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// The summary rows: each policy, then the baseline, then (when the scenario has placement
-/// rules) each policy as if there were none, named `<policy>, without rules`.
+/// The summary rows: each policy, then the baseline and the lower bound, then (when the scenario
+/// has placement rules) each policy as if there were none, named `<policy>, without rules`.
 pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
     let n = sc.vms() as f64;
     let c0 = report.initial_costs[0];
@@ -65,11 +76,13 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
         name,
         normalised: r.final_cost() / c0,
         reduction: report.reduction(r.final_cost()),
-        migrations: r.migrations,
-        per_vm: r.migrations as f64 / n,
-        vms_moved: r.vms_moved,
+        moves: Some(Moves {
+            migrations: r.migrations,
+            per_vm: r.migrations as f64 / n,
+            vms_moved: r.vms_moved,
+            migrated_bytes: r.migrated_bytes,
+        }),
         moved_back: Some(r.moved_back),
-        migrated_bytes: r.migrated_bytes,
         seconds,
     };
     let mut out: Vec<Row> = report
@@ -109,14 +122,26 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
                 name: name.into(),
                 normalised: last / c0,
                 reduction: report.reduction(last),
-                migrations: moved,
-                per_vm: moved as f64 / n,
-                vms_moved: moved,
+                moves: Some(Moves {
+                    migrations: moved,
+                    per_vm: moved as f64 / n,
+                    vms_moved: moved,
+                    migrated_bytes,
+                }),
                 moved_back: None,
-                migrated_bytes,
                 seconds: report.baseline_time.as_secs_f64(),
             });
         }
+    }
+    if let Some(&bound) = report.bounds.last() {
+        out.push(Row {
+            name: BOUND_ROW.into(),
+            normalised: bound / c0,
+            reduction: report.reduction(bound),
+            moves: None,
+            moved_back: None,
+            seconds: report.bound_time.as_secs_f64(),
+        });
     }
     for (r, t) in report.without_rules.iter().zip(&report.without_rules_times) {
         let name = format!("{}, without rules", r.policy.name());
@@ -207,20 +232,28 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows(sc, report) {
-        let back = r
-            .moved_back
-            .map_or("n/a (plan)".to_string(), |b| b.to_string());
+        let back = match (&r.moves, r.moved_back) {
+            (_, Some(b)) => b.to_string(),
+            (Some(_), None) => "n/a (plan)".to_string(),
+            (None, None) => "n/a".to_string(),
+        };
+        let moves = match &r.moves {
+            Some(m) => format!(
+                "{} | {:.3} | {} | {} | {:.0}",
+                m.migrations,
+                m.per_vm,
+                m.vms_moved,
+                back,
+                m.migrated_bytes / GIB
+            ),
+            None => format!("n/a | n/a | n/a | {back} | n/a"),
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.1}% | {:.4} | {} | {:.3} | {} | {} | {:.0} | {} | {:.1} s |",
+            "| {} | {:.1}% | {:.4} | {moves} | {} | {:.1} s |",
             r.name,
             r.reduction * 100.0,
             r.normalised,
-            r.migrations,
-            r.per_vm,
-            r.vms_moved,
-            back,
-            r.migrated_bytes / GIB,
             r.gib_per_point()
                 .map_or("-".to_string(), |g| format!("{g:.1}")),
             r.seconds
@@ -330,6 +363,35 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             b.constructive,
             b.costs.len()
         );
+        if let (Some(&floor), Some(&plan)) = (report.bounds.last(), b.costs.last()) {
+            let _ = writeln!(
+                s,
+                "lower bound on Eq. 3.1 (last round's traffic, capacity only; row `{BOUND_ROW}`): {floor:.4e}, {:.4} of the initial cost; the re-placement plan is {} the bound",
+                floor / report.initial_costs[0],
+                if floor > 0.0 {
+                    format!("{:.2}×", plan / floor)
+                } else {
+                    "above 0, and so above".to_string()
+                }
+            );
+        }
+        if !report.bound_by_level.is_empty() {
+            let _ = write!(
+                s,
+                "by link level, bound / re-placement plan (share of the initial cost; a pair meeting at level ℓ pays on the links of levels 1..ℓ):"
+            );
+            let plan = link_level_costs(sc, last, &b.placement);
+            let c0 = report.initial_costs[0];
+            for (l, name) in names.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    " {name} {:.4} / {:.4};",
+                    report.bound_by_level[l + 1] / c0,
+                    plan[l + 1] / c0
+                );
+            }
+            let _ = writeln!(s);
+        }
         if b.constructive_refused > 0 {
             let _ = writeln!(
                 s,
@@ -369,6 +431,22 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         }
     }
     s
+}
+
+/// Eq. 3.1 of `loc` under round `round` split by the links it is paid on: `out[i]` is
+/// `c_i` times the traffic of the pairs meeting at level i or above, doubled (the terms of
+/// `bound::lower_bound_by_level`).
+fn link_level_costs(sc: &Scenario, round: usize, loc: &[crate::topology::HostId]) -> Vec<f64> {
+    let w = sc.topology.weights();
+    let by_meeting = sc.cost_by_level(round, loc);
+    let mut out = vec![0.0; by_meeting.len()];
+    // Traffic (doubled) of the pairs meeting at level ℓ and above, from the top down.
+    let mut above = 0.0;
+    for l in (1..by_meeting.len()).rev() {
+        above += by_meeting[l] / w.path_cost(l as _);
+        out[l] = (w.path_cost(l as _) - w.path_cost((l - 1) as _)) * above;
+    }
+    out
 }
 
 /// A run's name as a CSV field: quoted when it holds a comma (RFC 4180).
@@ -444,15 +522,16 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
     .map_err(io(&path))?;
     for r in rows(sc, report) {
         let name = csv_name(&r.name);
+        let moves = r.moves.map_or(",,".to_string(), |m| {
+            format!("{},{:.6},{}", m.migrations, m.per_vm, m.vms_moved)
+        });
         writeln!(
             f,
-            "{},{:.6},{:.6},{},{:.6},{},{},{:.3}",
+            "{},{:.6},{:.6},{},{},{:.3}",
             name,
             r.reduction,
             r.normalised,
-            r.migrations,
-            r.per_vm,
-            r.vms_moved,
+            moves,
             r.moved_back.map_or(String::new(), |b| b.to_string()),
             r.seconds
         )
@@ -469,15 +548,17 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         "run,reduction,migrations,migrated_gib,gib_per_reduction_point"
     )
     .map_err(io(&path))?;
+    // The lower bound moves nothing: no row here.
     for r in rows(sc, report) {
+        let Some(m) = r.moves else { continue };
         let name = csv_name(&r.name);
         writeln!(
             f,
             "{},{:.6},{},{:.3},{}",
             name,
             r.reduction,
-            r.migrations,
-            r.migrated_bytes / GIB,
+            m.migrations,
+            m.migrated_bytes / GIB,
             r.gib_per_point()
                 .map_or(String::new(), |g| format!("{g:.4}"))
         )

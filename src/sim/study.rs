@@ -3,6 +3,7 @@
 //! independent and deterministic, so the thread count never changes a result.
 
 use super::baseline::{self, Baseline};
+use super::bound;
 use super::engine::{self, PerMove, PolicyRun, RunOptions};
 use super::{Scenario, cost_per_vm};
 use crate::daemon::history::CooldownPolicy;
@@ -71,6 +72,12 @@ pub struct Report {
     pub without_rules: Vec<PolicyRun>,
     pub without_rules_times: Vec<Duration>,
     pub baseline: Option<Baseline>,
+    /// A lower bound on Eq. 3.1 under each round's traffic (`bound`), computed with the
+    /// baseline (empty without it), and the time it took.
+    pub bounds: Vec<f64>,
+    /// The last round's bound by link level (`bound::lower_bound_by_level`).
+    pub bound_by_level: Vec<f64>,
+    pub bound_time: Duration,
     pub sweep: Vec<SweepPoint>,
     /// Eq. 3.1 of the initial allocation under each round's traffic.
     pub initial_costs: Vec<f64>,
@@ -197,6 +204,9 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         without_rules: Vec::new(),
         without_rules_times: Vec::new(),
         baseline: None,
+        bounds: Vec::new(),
+        bound_by_level: Vec::new(),
+        bound_time: Duration::ZERO,
         sweep: Vec::new(),
         initial_costs,
         cost_per_vm: unit,
@@ -243,6 +253,17 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                 }
             }
         }
+    }
+    if study.baseline {
+        let t = Instant::now();
+        let by_level: Vec<Vec<f64>> = sc
+            .rates
+            .iter()
+            .map(|rates| bound::lower_bound_by_level(&sc.topology, &sc.slots, rates))
+            .collect();
+        report.bounds = by_level.iter().map(|b| b.iter().sum()).collect();
+        report.bound_by_level = by_level.last().cloned().unwrap_or_default();
+        report.bound_time = t.elapsed();
     }
     report.sweep.sort_by(|a, b| {
         (a.policy as u8)

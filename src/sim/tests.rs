@@ -1,6 +1,7 @@
 //! The simulator on a small scenario (the k=4 fat-tree, 16 hosts): properties, not figures.
 
 use super::baseline;
+use super::bound;
 use super::engine::{self, PolicyRun, RunOptions};
 use super::study::{self, Study};
 use super::*;
@@ -11,6 +12,16 @@ fn fat_tree() -> Topology {
     Topology::parse(
         Path::new("topology/fat-tree-k4.toml"),
         include_str!("../../topology/fat-tree-k4.toml"),
+    )
+    .unwrap()
+}
+
+/// A small irregular tree: five levels, racks of 1–6 hosts, hosts of 6, 16, 24 or 40 VMs.
+fn irregular() -> Topology {
+    use crate::topology::generate;
+    Topology::parse(
+        Path::new("irregular-small.toml"),
+        &generate::irregular_tree(&generate::irregular_small()),
     )
     .unwrap()
 }
@@ -205,6 +216,96 @@ fn the_baseline_improves_and_reports_its_true_cost() {
             b.costs[last],
             r.final_cost()
         );
+    }
+}
+
+/// Issue 15: on an irregular tree the traffic-built allocation must exist (it assumed equal hosts
+/// and equal fan-outs, and built none), and the re-placement plan must end no worse than any
+/// token policy: a yardstick that loses to what it bounds is not one.
+#[test]
+fn the_re_placement_works_on_an_irregular_tree() {
+    for seed in 1..=3 {
+        let sc = Scenario::build(
+            irregular(),
+            ScenarioParams {
+                seed,
+                ..ScenarioParams::default()
+            },
+        )
+        .unwrap();
+        let b = baseline::run(&sc);
+        assert!(
+            b.constructive > 0,
+            "seed {seed}: no re-placement plan from a fresh traffic-built allocation"
+        );
+        let last = sc.rounds() - 1;
+        assert_eq!(*b.costs.last().unwrap(), sc.cost(last, &b.placement));
+        let mut per_host = vec![0u32; sc.slots.len()];
+        for h in &b.placement {
+            per_host[h.index()] += 1;
+        }
+        assert!(per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s));
+        for p in PolicyKind::ALL {
+            let r = run(&sc, p);
+            assert!(
+                b.costs[last] <= r.final_cost(),
+                "seed {seed}, {p}: re-placement {} above the policy's {}",
+                b.costs[last],
+                r.final_cost()
+            );
+        }
+    }
+}
+
+/// The lower bound holds under every round's traffic against every allocation the simulator
+/// makes, on the regular and on the irregular tree, and is not trivially 0.
+#[test]
+fn the_lower_bound_is_below_every_plan_and_every_policy() {
+    let irregular_at = |seed| {
+        Scenario::build(
+            irregular(),
+            ScenarioParams {
+                seed,
+                ..ScenarioParams::default()
+            },
+        )
+        .unwrap()
+    };
+    let cases = [
+        scenario(11, 0.75),
+        scenario(5, 1.0),
+        grouped(23),
+        irregular_at(2),
+        irregular_at(3),
+    ];
+    for (k, sc) in cases.iter().enumerate() {
+        let bounds: Vec<f64> = sc
+            .rates
+            .iter()
+            .map(|r| bound::lower_bound(&sc.topology, &sc.slots, r))
+            .collect();
+        let b = baseline::run(sc);
+        for (r, &floor) in bounds.iter().enumerate() {
+            assert!(
+                floor > 0.0,
+                "case {k}, round {r}: a bound of 0 says nothing"
+            );
+            for (what, cost) in [
+                ("initial", sc.cost(r, &sc.initial)),
+                ("re-placement", b.costs[r]),
+                ("incremental", b.incremental_costs[r]),
+            ] {
+                assert!(
+                    floor <= cost,
+                    "case {k}, round {r}: bound {floor} above the {what} allocation's {cost}"
+                );
+            }
+        }
+        let last = sc.rounds() - 1;
+        for p in PolicyKind::ALL {
+            let r = run(sc, p);
+            assert!(bounds[last] <= r.final_cost(), "case {k}, {p}");
+        }
     }
 }
 
