@@ -25,25 +25,39 @@ pub struct TreeSpec {
     pub header: String,
 }
 
-/// Renders the topology file text.
-pub fn tree(spec: &TreeSpec) -> String {
+/// `"a", "b"`: a TOML list of strings' items.
+fn quoted(v: &[String]) -> String {
+    v.iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A topology file's head: the header as comments, `[levels]` and `[defaults]` with the hosts'
+/// default `(max_vms, memory_mib)`.
+fn preamble(header: &str, level_names: &[String], weights: &[f64], defaults: (u32, u64)) -> String {
     let mut out = String::new();
-    for line in spec.header.lines() {
+    for line in header.lines() {
         let _ = writeln!(out, "# {line}");
     }
-    let fmt_list = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let weights: Vec<String> = spec.weights.iter().map(|w| format!("{w}")).collect();
+    let weights: Vec<String> = weights.iter().map(|w| format!("{w}")).collect();
     let _ = writeln!(out, "\n[levels]");
-    let _ = writeln!(out, "names = [{}]", fmt_list(&spec.level_names));
+    let _ = writeln!(out, "names = [{}]", quoted(level_names));
     let _ = writeln!(out, "weights = [{}]", weights.join(", "));
     let _ = writeln!(out, "\n[defaults]");
-    let _ = writeln!(out, "max_vms = {}", spec.max_vms);
-    let _ = writeln!(out, "memory_mib = {}", spec.memory_mib);
+    let _ = writeln!(out, "max_vms = {}", defaults.0);
+    let _ = writeln!(out, "memory_mib = {}", defaults.1);
+    out
+}
+
+/// Renders the topology file text.
+pub fn tree(spec: &TreeSpec) -> String {
+    let mut out = preamble(
+        &spec.header,
+        &spec.level_names,
+        &spec.weights,
+        (spec.max_vms, spec.memory_mib),
+    );
 
     let racks: usize = spec.fanout.iter().product();
     let mut host_no = 0u32;
@@ -67,7 +81,7 @@ pub fn tree(spec: &TreeSpec) -> String {
         for h in 0..spec.hosts_per_rack {
             let _ = writeln!(out, "\n[[host]]");
             let _ = writeln!(out, "name = \"r{:03}h{:02}\"", rack + 1, h + 1);
-            let _ = writeln!(out, "path = [{}]", fmt_list(&path));
+            let _ = writeln!(out, "path = [{}]", quoted(&path));
             if let Some(base) = spec.first_address {
                 let addr = Ipv4Addr::from(u32::from(base) + host_no);
                 let _ = writeln!(out, "address = \"{addr}\"");
@@ -236,24 +250,13 @@ impl SplitMix {
 
 /// Renders an irregular tree's topology file text.
 pub fn irregular_tree(spec: &IrregularSpec) -> String {
-    let mut out = String::new();
-    for line in spec.header.lines() {
-        let _ = writeln!(out, "# {line}");
-    }
-    let quoted = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let weights: Vec<String> = spec.weights.iter().map(|w| format!("{w}")).collect();
-    let _ = writeln!(out, "\n[levels]");
-    let _ = writeln!(out, "names = [{}]", quoted(&spec.level_names));
-    let _ = writeln!(out, "weights = [{}]", weights.join(", "));
     let standard = spec.classes[0];
-    let _ = writeln!(out, "\n[defaults]");
-    let _ = writeln!(out, "max_vms = {}", standard.max_vms);
-    let _ = writeln!(out, "memory_mib = {}", standard.memory_mib);
+    let mut out = preamble(
+        &spec.header,
+        &spec.level_names,
+        &spec.weights,
+        (standard.max_vms, standard.memory_mib),
+    );
     let total_weight: u64 = spec.classes.iter().map(|c| c.weight as u64).sum();
     let mut rng = SplitMix(spec.seed);
     // Depth-first over the switches: each path is built as its switches are drawn.
