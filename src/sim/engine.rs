@@ -140,7 +140,7 @@ impl Spent {
 const HOLDER: HostId = HostId(0);
 
 /// `PolicyRun::outcomes`' slot of the turns sat out cooling down.
-const COOLING: usize = 7;
+pub const COOLING: usize = 7;
 
 /// How many hosts a VM remembers having left.
 const MEMORY: usize = 4;

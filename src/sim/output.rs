@@ -3,6 +3,7 @@
 //! touches files.
 
 use super::Scenario;
+use super::engine;
 use super::messages;
 #[cfg(feature = "plot")]
 use super::plot;
@@ -133,7 +134,7 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
             });
         }
     }
-    if let Some(&bound) = report.bounds.last() {
+    if let Some(bound) = report.bound() {
         out.push(Row {
             name: BOUND_ROW.into(),
             normalised: bound / c0,
@@ -270,7 +271,7 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             "(with migration windows or budgets: then outside a window / over a budget)\n"
         );
     }
-    let cooling = report.runs.iter().any(|r| r.outcomes[7] > 0);
+    let cooling = report.runs.iter().any(|r| r.outcomes[engine::COOLING] > 0);
     if cooling {
         let _ = writeln!(s, "(with the cooldown: then turns sat out cooling down)\n");
     }
@@ -290,7 +291,7 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             let _ = write!(s, " / {} / {}", o[5], o[6]);
         }
         if cooling {
-            let _ = write!(s, " / {}", o[7]);
+            let _ = write!(s, " / {}", o[engine::COOLING]);
         }
         let _ = writeln!(s, "; {} queries; gap {:.1e}", r.capacity_queries, r.drift);
     }
@@ -363,7 +364,7 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
             b.constructive,
             b.costs.len()
         );
-        if let (Some(&floor), Some(&plan)) = (report.bounds.last(), b.costs.last()) {
+        if let (Some(floor), Some(&plan)) = (report.bound(), b.costs.last()) {
             let _ = writeln!(
                 s,
                 "lower bound on Eq. 3.1 (last round's traffic, capacity only; row `{BOUND_ROW}`): {floor:.4e}, {:.4} of the initial cost; the re-placement plan is {} the bound",

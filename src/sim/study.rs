@@ -72,10 +72,9 @@ pub struct Report {
     pub without_rules: Vec<PolicyRun>,
     pub without_rules_times: Vec<Duration>,
     pub baseline: Option<Baseline>,
-    /// A lower bound on Eq. 3.1 under each round's traffic (`bound`), computed with the
-    /// baseline (empty without it), and the time it took.
-    pub bounds: Vec<f64>,
-    /// The last round's bound by link level (`bound::lower_bound_by_level`).
+    /// A lower bound on Eq. 3.1 under the last round's traffic by link level
+    /// (`bound::lower_bound_by_level`), computed with the baseline (empty without it), and the
+    /// time it took.
     pub bound_by_level: Vec<f64>,
     pub bound_time: Duration,
     pub sweep: Vec<SweepPoint>,
@@ -90,6 +89,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// The lower bound on Eq. 3.1 under the last round's traffic (`None` without the baseline).
+    pub fn bound(&self) -> Option<f64> {
+        (!self.bound_by_level.is_empty()).then(|| self.bound_by_level.iter().sum())
+    }
+
     /// `1 − final / initial` under the last round's traffic.
     pub fn reduction(&self, final_cost: f64) -> f64 {
         let start = *self.initial_costs.last().expect("at least one round");
@@ -204,7 +208,6 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         without_rules: Vec::new(),
         without_rules_times: Vec::new(),
         baseline: None,
-        bounds: Vec::new(),
         bound_by_level: Vec::new(),
         bound_time: Duration::ZERO,
         sweep: Vec::new(),
@@ -256,13 +259,9 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     }
     if study.baseline {
         let t = Instant::now();
-        let by_level: Vec<Vec<f64>> = sc
-            .rates
-            .iter()
-            .map(|rates| bound::lower_bound_by_level(&sc.topology, &sc.slots, rates))
-            .collect();
-        report.bounds = by_level.iter().map(|b| b.iter().sum()).collect();
-        report.bound_by_level = by_level.last().cloned().unwrap_or_default();
+        if let Some(rates) = sc.rates.last() {
+            report.bound_by_level = bound::lower_bound_by_level(&sc.topology, &sc.slots, rates);
+        }
         report.bound_time = t.elapsed();
     }
     report.sweep.sort_by(|a, b| {

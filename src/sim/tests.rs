@@ -319,7 +319,6 @@ fn a_higher_migration_cost_moves_fewer_vms() {
             &sc,
             &RunOptions {
                 migration_cost: f * unit,
-                migration_cost_fraction: 0.0,
                 ..options(PolicyKind::Distributed)
             },
             |_| {},
@@ -700,14 +699,18 @@ fn a_vm_sits_out_its_cooldown_as_in_the_daemon() {
     );
     let short = with(1);
     assert_eq!(short.migrations, free.migrations);
-    assert_eq!(short.outcomes[7], 0);
+    assert_eq!(short.outcomes[engine::COOLING], 0);
 
     let long = with(3600);
     assert_eq!(
         long.migrations, long.vms_moved,
         "no VM moves twice within its cooldown"
     );
-    assert!(long.outcomes[7] > 0, "turns sat out: {:?}", long.outcomes);
+    assert!(
+        long.outcomes[engine::COOLING] > 0,
+        "turns sat out: {:?}",
+        long.outcomes
+    );
     assert_eq!(
         long.outcomes.iter().sum::<u64>() as usize,
         sc.rounds() * sc.vms(),
