@@ -103,6 +103,49 @@ pub fn benefit(topo: &Topology, from: HostId, to: HostId, partners: &[PartnerTra
         .sum::<f64>()
 }
 
+/// One partner of a VM when several VMs may move together: which VM it is, where it runs, the
+/// rate between them. A group decision needs the partner's identity to see which partners move
+/// too.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    pub vm: VmId,
+    pub host: HostId,
+    /// λ(u, v), bytes/s, both directions.
+    pub rate: f64,
+}
+
+/// One VM's part in a set of moves: from where to where, and its partners (as they run before
+/// any of the moves).
+#[derive(Clone, Copy, Debug)]
+pub struct SetMove<'a> {
+    pub vm: VmId,
+    pub from: HostId,
+    pub to: HostId,
+    pub partners: &'a [Link],
+}
+
+/// Eq. 3.2 for a set of moves carried out together: the exact drop in C_A. A pair with one VM
+/// moving counts twice (as in Eq. 3.1 and [`benefit`]); a pair with both VMs moving is seen from
+/// each side once, at both VMs' new hosts, so two VMs that move together do not count the link
+/// between them as gained or lost. With one move this is [`benefit`]. `moves` names each VM once.
+pub fn set_benefit(topo: &Topology, moves: &[SetMove<'_>]) -> f64 {
+    let moved_to = |vm: VmId| moves.iter().find(|m| m.vm == vm).map(|m| m.to);
+    let mut sum = 0.0;
+    for m in moves {
+        for p in m.partners {
+            if p.vm == m.vm {
+                continue;
+            }
+            let before = topo.path_cost(m.from, p.host);
+            sum += match moved_to(p.vm) {
+                Some(to) => p.rate * (before - topo.path_cost(m.to, to)),
+                None => 2.0 * p.rate * (before - topo.path_cost(m.to, p.host)),
+            };
+        }
+    }
+    sum
+}
+
 /// A VM's partners' rates summed per host and per switch subtree, so that its own cost on any host
 /// (and so Eq. 3.2 towards many destinations) is O(depth · log k) instead of O(k).
 ///
@@ -198,6 +241,21 @@ impl MoveCharge {
     pub fn cost(&self, topo: &Topology, from: HostId, to: HostId) -> f64 {
         self.bytes.max(0.0) * topo.path_cost(from, to) / self.horizon_s.max(1.0)
             + self.disruption.max(0.0)
+    }
+}
+
+/// `c_m` of one move from `from` to `to`: the constant `c_m` (already raised to its share of the
+/// VM's cost, [`migration_cost`]), or the move's own charge when that is larger.
+pub fn move_cost(
+    topo: &Topology,
+    constant: f64,
+    per_move: Option<&MoveCharge>,
+    from: HostId,
+    to: HostId,
+) -> f64 {
+    match per_move {
+        None => constant,
+        Some(m) => constant.max(m.cost(topo, from, to)),
     }
 }
 
@@ -364,6 +422,62 @@ mod tests {
             // The VM's own cost difference is half the benefit.
             let own = vm_cost(&t, from, &partners) - vm_cost(&t, to, &partners);
             prop_assert!((2.0 * own - gain).abs() <= 1e-9 * scale);
+        }
+
+        #[test]
+        fn set_benefit_equals_drop_in_total_cost(
+            (hosts, raw_pairs, _, _) in arb_scenario(),
+            targets in prop::collection::vec((0usize..12, 0u32..16), 0..6),
+        ) {
+            let t = fat_tree();
+            let vm = |i: usize| VmId(i as u32 + 100);
+            let mut place: HashMap<VmId, HostId> =
+                hosts.iter().enumerate().map(|(i, h)| (vm(i), HostId(*h))).collect();
+            let mut lam: HashMap<(usize, usize), f64> = HashMap::new();
+            for (a, b, r) in raw_pairs {
+                if a != b {
+                    *lam.entry((a.min(b), a.max(b))).or_default() += r;
+                }
+            }
+            let pairs: Vec<(VmId, VmId, f64)> = lam.iter().map(|(&(a, b), &r)| (vm(a), vm(b), r)).collect();
+            // Each VM named once, the last target wins.
+            let mut to: HashMap<usize, HostId> = HashMap::new();
+            for (i, h) in targets {
+                if i < hosts.len() {
+                    to.insert(i, HostId(h));
+                }
+            }
+            let links: HashMap<usize, Vec<Link>> = to
+                .keys()
+                .map(|&i| {
+                    let ps = lam
+                        .iter()
+                        .filter_map(|(&(a, b), &r)| {
+                            let other = if a == i { b } else if b == i { a } else { return None };
+                            Some(Link { vm: vm(other), host: place[&vm(other)], rate: r })
+                        })
+                        .collect();
+                    (i, ps)
+                })
+                .collect();
+            let moves: Vec<SetMove<'_>> = to
+                .iter()
+                .map(|(&i, &h)| SetMove { vm: vm(i), from: place[&vm(i)], to: h, partners: &links[&i] })
+                .collect();
+            let before = total_cost(&t, pairs.iter().copied(), &place);
+            let gain = set_benefit(&t, &moves);
+            for m in &moves {
+                place.insert(m.vm, m.to);
+            }
+            let after = total_cost(&t, pairs.iter().copied(), &place);
+            let scale = before.abs().max(1.0);
+            prop_assert!(((before - after) - gain).abs() <= 1e-9 * scale,
+                "before {} after {} gain {}", before, after, gain);
+            if let [one] = moves.as_slice() {
+                let single: Vec<PartnerTraffic> =
+                    one.partners.iter().map(|l| PartnerTraffic { host: l.host, rate: l.rate }).collect();
+                prop_assert!((benefit(&t, one.from, one.to, &single) - gain).abs() <= 1e-9 * scale);
+            }
         }
     }
 }

@@ -85,10 +85,7 @@ pub struct Gates<'a> {
 impl Gates<'_> {
     /// `c_m` of moving from `from` to `to`.
     pub fn migration_cost_to(&self, topo: &Topology, from: HostId, to: HostId) -> f64 {
-        match &self.per_move {
-            None => self.migration_cost,
-            Some(m) => self.migration_cost.max(m.cost(topo, from, to)),
-        }
+        cost::move_cost(topo, self.migration_cost, self.per_move.as_ref(), from, to)
     }
 
     /// What moving to `c` gains, by which candidates are ranked: its benefit, less its own
@@ -779,6 +776,8 @@ impl Search<'_, '_> {
         d
     }
 }
+
+pub mod group;
 
 #[cfg(test)]
 mod tests;

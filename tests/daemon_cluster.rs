@@ -64,6 +64,7 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
             verify_moves: false,
             rules: true,
             cooldown: None,
+            group: None,
         },
         |_| {},
     );

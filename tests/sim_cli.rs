@@ -51,6 +51,8 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "| centralised, re-placement |",
         "| lower bound on Eq. 3.1 (capacity only) | ",
         "| global, per-VM c_m over 600 s |",
+        "| global + group moves |",
+        "group moves (`decide::group`)",
         "c_m sweep",
         "protocol traffic",
         "| handoff |",
@@ -63,14 +65,15 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 14, "{names:?}");
+    assert_eq!(names.len(), 15, "{names:?}");
     // What every run's migrations sent, per point of reduction; the per-VM c_m runs are rows.
     let traffic = std::fs::read_to_string(out_dir.join("migration_traffic.csv")).unwrap();
     assert!(
         traffic.starts_with("run,reduction,migrations,migrated_gib,gib_per_reduction_point\n"),
         "{traffic}"
     );
-    assert_eq!(traffic.lines().count(), 1 + 4 + 4 + 2, "{traffic}");
+    // Four policies, with group moves, with a per-VM c_m, and the two plans.
+    assert_eq!(traffic.lines().count(), 1 + 4 + 4 + 4 + 2, "{traffic}");
     // The lower bound is a row of summary.csv whose name says so, with no migrations.
     let summary = std::fs::read_to_string(out_dir.join("summary.csv")).unwrap();
     let bound = summary

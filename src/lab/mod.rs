@@ -584,6 +584,7 @@ fn sim_reduction(
         verify_moves: false,
         rules: false,
         cooldown: cooling.map(|(c, _)| c),
+        group: None,
     };
     let run = engine::run(&sc, &opt, |_| {});
     // Under the traffic of the lab's round, wherever the simulated token is (a down host's VMs

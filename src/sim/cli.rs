@@ -9,6 +9,7 @@ use super::traffic::TrafficParams;
 use super::workload::WorkloadParams;
 use super::{Clock, Scenario, ScenarioParams};
 use crate::daemon::history::CooldownPolicy;
+use crate::decide::group::GroupOptions;
 use crate::rules::window::EVERY_DAY;
 use crate::rules::{Budget, Span, Window};
 use crate::topology::Topology;
@@ -68,6 +69,16 @@ pub struct SimArgs {
     /// Skip the centralised baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Skip the runs with group moves (rows `<policy> + group moves`, their c_m sweep).
+    #[arg(long)]
+    pub no_group_moves: bool,
+    /// Most VMs a group move takes along (the deciding VM and the partners bound to it in its
+    /// rack).
+    #[arg(long, default_value_t = GroupOptions::default().max_group)]
+    pub group_max: usize,
+    /// Destination racks a group move surveys (those that receive most of the group's cost).
+    #[arg(long, default_value_t = GroupOptions::default().racks)]
+    pub group_racks: usize,
     /// Other hosts of a full partner host's rack that a decision may try.
     #[arg(long, default_value_t = 3)]
     pub rack_alternates: usize,
@@ -355,6 +366,11 @@ impl SimArgs {
                     cap: d.cap.max(base),
                     ..d
                 }
+            }),
+            group: (!self.no_group_moves).then_some(GroupOptions {
+                max_group: self.group_max.max(1),
+                racks: self.group_racks.max(1),
+                ..GroupOptions::default()
             }),
             threads,
         };

@@ -11,12 +11,13 @@
 
 use super::Scenario;
 use super::messages::{self, Counts, Wire};
-use crate::cost::{self, MoveCharge, PartnerTraffic};
+use crate::cost::{self, Link, MoveCharge, PartnerTraffic};
 use crate::daemon::history::{CooldownPolicy, History};
+use crate::decide::group::{GroupOptions, GroupPlan, GroupView, PlannedMove};
 use crate::decide::{Decider, Gates, Outcome, Subject};
 use crate::hypervisor::memory::{MemoryCluster, MemoryHost, synthetic_vm};
-use crate::hypervisor::{Destination, Hypervisor, MigrationParams};
-use crate::rules::{self, Budget};
+use crate::hypervisor::{Capacity, Destination, Hypervisor, MigrationParams};
+use crate::rules::{self, Budget, Rules};
 use crate::token::Neighbour;
 use crate::token::walk::{Action, Input, TurnMachine};
 use crate::topology::HostId;
@@ -61,6 +62,22 @@ pub struct PolicyRun {
     pub drift: f64,
     /// What the daemons' protocol would have sent for these token steps.
     pub messages: Counts,
+    /// Group moves made (with `RunOptions::group`).
+    pub group: GroupStats,
+}
+
+/// What the group moves did in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GroupStats {
+    /// Decisions carried out as a group move (each counted once in `outcomes`' migrate slot).
+    pub decisions: u64,
+    /// Their moves: the group's members and the VMs they sent out of full hosts.
+    pub moves: u64,
+    pub evictions: u64,
+    /// Group plans built (a destination rack surveyed), and the hosts other than the holder's
+    /// the group decisions asked for partner lists, residents or room.
+    pub plans: u64,
+    pub hosts_asked: u64,
 }
 
 impl PolicyRun {
@@ -95,6 +112,9 @@ pub struct RunOptions {
     /// a VM that moved sits its turns out until the cooldown is over, as in the daemon. `None`:
     /// a VM may move at every turn (S-CORE's rule, and the simulator's figures).
     pub cooldown: Option<CooldownPolicy>,
+    /// Group moves (`decide::group`) beside S-CORE's single moves: at each turn the better of
+    /// the two by benefit less migration costs is carried out. `None`: S-CORE's rule alone.
+    pub group: Option<GroupOptions>,
 }
 
 /// `[decision] migration_cost_model = "forecast"` in the simulator.
@@ -136,6 +156,326 @@ impl Spent {
     }
 }
 
+/// Where the VMs are and what their moves left behind: every migration of a run, single or part
+/// of a group, goes through [`Books::moved`].
+struct Books {
+    loc: Vec<HostId>,
+    per_host: Vec<u32>,
+    /// VMs on each host by dense index (kept with group moves, which ask for residents).
+    residents: Vec<Vec<u32>>,
+    previous: Vec<Vec<HostId>>,
+    moved: Vec<bool>,
+    came_back: Vec<bool>,
+    history: History,
+    spent: Spent,
+    /// Windows or budgets apply (`spent` is kept).
+    gated: bool,
+    /// The daemon's cooldown applies (`history` is kept).
+    cooldown: bool,
+    first_id: u32,
+}
+
+/// How a group move was carried out.
+enum Carried {
+    /// Every move done.
+    Done,
+    /// A destination's rule re-check refused a move: the moves before it were undone, but for
+    /// those in the list (a move back refused too), which stand.
+    Refused(Vec<PlannedMove>),
+    /// A move would exceed a migration budget: nothing was done.
+    Budget,
+}
+
+impl Books {
+    fn new(sc: &Scenario, gated: bool, group: bool, cooldown: bool) -> Books {
+        let n = sc.vms();
+        let hosts = sc.topology.hosts().len();
+        let mut residents = vec![Vec::new(); if group { hosts } else { 0 }];
+        if group {
+            for (i, h) in sc.initial.iter().enumerate() {
+                residents[h.index()].push(i as u32);
+            }
+        }
+        Books {
+            loc: sc.initial.clone(),
+            per_host: messages::vms_per_host(&sc.topology, &sc.initial),
+            residents,
+            previous: vec![Vec::new(); n],
+            moved: vec![false; n],
+            came_back: vec![false; n],
+            history: History::new(),
+            spent: Spent {
+                vm: vec![VecDeque::new(); if gated { n } else { 0 }],
+                host: vec![VecDeque::new(); if gated { hosts } else { 0 }],
+            },
+            gated,
+            cooldown,
+            first_id: sc.ids[0].0,
+        }
+    }
+
+    fn index(&self, vm: VmId) -> Option<usize> {
+        let i = vm.0.checked_sub(self.first_id)? as usize;
+        (i < self.loc.len()).then_some(i)
+    }
+
+    /// Records migration `m`, done at `at`.
+    fn moved(
+        &mut self,
+        sc: &Scenario,
+        run: &mut PolicyRun,
+        counts: &mut Counts,
+        wire: &Wire,
+        m: &PlannedMove,
+        at: (i64, Instant),
+    ) {
+        let Some(i) = self.index(m.vm) else { return };
+        let (from, to) = (m.from, m.to);
+        self.per_host[from.index()] -= 1;
+        self.per_host[to.index()] += 1;
+        counts.migration(
+            wire,
+            m.vm,
+            self.per_host[from.index()] as usize,
+            self.per_host[to.index()] as usize,
+        );
+        if self.gated {
+            self.spent.record(i, from, to, at.0);
+        }
+        if self.cooldown {
+            // The simulated migration takes no time: the cooldown is its base.
+            self.history.record(m.vm, from, Duration::ZERO, at.1);
+        }
+        self.loc[i] = to;
+        if !self.residents.is_empty() {
+            self.residents[from.index()].retain(|&v| v as usize != i);
+            self.residents[to.index()].push(i as u32);
+        }
+        run.migrations += 1;
+        run.migrated_bytes += sc.migration_bytes[i];
+        if !self.moved[i] {
+            self.moved[i] = true;
+            run.vms_moved += 1;
+        }
+        let prev = &mut self.previous[i];
+        if prev.contains(&to) && !self.came_back[i] {
+            self.came_back[i] = true;
+            run.moved_back += 1;
+        }
+        prev.retain(|&h| h != from && h != to);
+        prev.insert(0, from);
+        prev.truncate(MEMORY);
+    }
+
+    /// The step-by-step cost after moves that gained `benefit` (checked against Eq. 3.1
+    /// recomputed with `verify_moves`).
+    fn verified(
+        &self,
+        sc: &Scenario,
+        round: usize,
+        cost: f64,
+        benefit: f64,
+        verify: bool,
+        run: &mut PolicyRun,
+    ) -> f64 {
+        if benefit <= 0.0 {
+            run.bad_moves += 1;
+        }
+        if !verify {
+            return cost - benefit;
+        }
+        let exact = sc.cost(round, &self.loc);
+        if exact >= cost || ((cost - exact) - benefit).abs() > 1e-9 * cost {
+            run.bad_moves += 1;
+        }
+        exact
+    }
+
+    /// Carries out `plan` on the in-memory hypervisor in its order, as a whole: within the
+    /// migration budgets or not at all, undone if a destination refuses a move.
+    fn carry_out(
+        &mut self,
+        plan: &GroupPlan,
+        budget: Option<&Budget>,
+        now: i64,
+        hosts: &[MemoryHost],
+        dests: &[Destination],
+        params: &MigrationParams,
+    ) -> Carried {
+        if let Some(b) = budget {
+            // Each move counted with the plan's moves before it.
+            let mut extra: Vec<(HostId, u32)> = Vec::new();
+            let bump = |extra: &mut Vec<(HostId, u32)>, h: HostId| -> u32 {
+                match extra.iter_mut().find(|e| e.0 == h) {
+                    Some(e) => {
+                        e.1 += 1;
+                        e.1 - 1
+                    }
+                    None => {
+                        extra.push((h, 1));
+                        0
+                    }
+                }
+            };
+            for m in &plan.moves {
+                let Some(i) = self.index(m.vm) else { continue };
+                let v = Spent::count(&mut self.spent.vm[i], now - DAY_MS);
+                let f = Spent::count(&mut self.spent.host[m.from.index()], now - HOUR_MS)
+                    + bump(&mut extra, m.from);
+                let t = Spent::count(&mut self.spent.host[m.to.index()], now - HOUR_MS)
+                    + bump(&mut extra, m.to);
+                if b.allows(v, (m.from, f), Some((m.to, t))).is_err() {
+                    return Carried::Budget;
+                }
+            }
+        }
+        for (k, m) in plan.moves.iter().enumerate() {
+            if hosts[m.from.index()]
+                .migrate(m.vm, &dests[m.to.index()], params)
+                .is_err()
+            {
+                let stuck = plan.moves[..k]
+                    .iter()
+                    .rev()
+                    .filter(|d| {
+                        hosts[d.to.index()]
+                            .migrate(d.vm, &dests[d.from.index()], params)
+                            .is_err()
+                    })
+                    .copied()
+                    .collect();
+                return Carried::Refused(stuck);
+            }
+        }
+        Carried::Done
+    }
+}
+
+/// A group decision's view of the simulated data centre: what the daemon would ask its peers,
+/// answered from the run's books, with the hosts it would have asked counted.
+struct SimView<'a> {
+    sc: &'a Scenario,
+    opt: &'a RunOptions,
+    rules: Option<&'a Rules>,
+    books: &'a Books,
+    hosts: &'a [MemoryHost],
+    /// The deciding VM's host: what it knows needs no message.
+    holder: HostId,
+    /// The round whose traffic the decision sees.
+    round: usize,
+    now: i64,
+    instant: Instant,
+    asked: Vec<HostId>,
+}
+
+impl SimView<'_> {
+    fn ask(&mut self, host: HostId) {
+        if host != self.holder && !self.asked.contains(&host) {
+            self.asked.push(host);
+        }
+    }
+}
+
+impl GroupView for SimView<'_> {
+    fn host_of(&self, vm: VmId) -> Option<HostId> {
+        self.books.index(vm).map(|i| self.books.loc[i])
+    }
+
+    fn partners(&mut self, vm: VmId, out: &mut Vec<Link>) {
+        let Some(i) = self.books.index(vm) else {
+            return;
+        };
+        self.ask(self.books.loc[i]);
+        out.extend(
+            self.sc.rates[self.round]
+                .of(i)
+                .iter()
+                .map(|&(j, rate)| Link {
+                    vm: self.sc.ids[j as usize],
+                    host: self.books.loc[j as usize],
+                    rate,
+                }),
+        );
+    }
+
+    fn residents(&mut self, host: HostId, out: &mut Vec<VmId>) {
+        self.ask(host);
+        out.extend(
+            self.books.residents[host.index()]
+                .iter()
+                .map(|&i| self.sc.ids[i as usize]),
+        );
+    }
+
+    fn capacity(&mut self, host: HostId) -> Option<Capacity> {
+        self.ask(host);
+        self.hosts[host.index()].capacity().ok()
+    }
+
+    fn memory_mib(&self, _vm: VmId) -> u64 {
+        self.sc.vm_memory_mib
+    }
+
+    fn movable(&mut self, vm: VmId) -> bool {
+        let Some(i) = self.books.index(vm) else {
+            return false;
+        };
+        let cooling = self.opt.cooldown.is_some_and(|c| {
+            self.books
+                .history
+                .cooldown_until(vm, &c, self.instant)
+                .is_some()
+        });
+        let window = self
+            .rules
+            .is_none_or(|r| r.window(self.books.loc[i], self.now).allows());
+        !cooling && window
+    }
+
+    fn admits(
+        &mut self,
+        vm: VmId,
+        from: HostId,
+        to: HostId,
+        placed: &dyn Fn(VmId) -> Option<HostId>,
+    ) -> bool {
+        let Some(i) = self.books.index(vm) else {
+            return false;
+        };
+        if self.opt.return_margin > 0.0 && self.books.previous[i].contains(&to) {
+            return false;
+        }
+        let Some(r) = self.rules else { return true };
+        let books = self.books;
+        let check = r.check_located(&self.sc.topology, vm, |m| {
+            placed(m).or_else(|| books.index(m).map(|j| books.loc[j]))
+        });
+        check.allows(from, to).is_ok()
+    }
+
+    fn migration_cost(&mut self, vm: VmId, from: HostId, to: HostId, partners: &[Link]) -> f64 {
+        let Some(i) = self.books.index(vm) else {
+            return f64::INFINITY;
+        };
+        let topo = &self.sc.topology;
+        let own: f64 = partners
+            .iter()
+            .map(|l| l.rate * topo.path_cost(from, l.host))
+            .sum();
+        let constant = cost::migration_cost(
+            self.opt.migration_cost,
+            self.opt.migration_cost_fraction,
+            own,
+        );
+        let charge = self.opt.per_move.map(|m| MoveCharge {
+            bytes: self.sc.migration_bytes[i],
+            horizon_s: m.horizon_s,
+            disruption: m.disruption,
+        });
+        cost::move_cost(topo, constant, charge.as_ref(), from, to)
+    }
+}
+
 /// The one holder every VM's turn happens at: the engine plays all hosts at once.
 const HOLDER: HostId = HostId(0);
 
@@ -170,24 +510,16 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         cluster.set_rules(Some((sc.rules.clone(), Arc::new(topo.clone()))));
     }
     let gated = rules.filter(|r| !r.windows.is_empty() || r.budget != Budget::default());
-    let mut spent = Spent {
-        vm: vec![VecDeque::new(); if gated.is_some() { n } else { 0 }],
-        host: vec![
-            VecDeque::new();
-            if gated.is_some() {
-                topo.hosts().len()
-            } else {
-                0
-            }
-        ],
-    };
-
-    let mut loc = sc.initial.clone();
     let token = Token::new(0, opt.policy, sc.ids.clone());
     let mut decider = Decider::new(topo);
     let wire = Wire::new(topo, sc.ids[n - 1], sc.vm_memory_mib);
     let mut counts = Counts::new(topo, &wire, &sc.initial);
-    let mut per_host = messages::vms_per_host(topo, &sc.initial);
+    let mut books = Books::new(
+        sc,
+        gated.is_some(),
+        opt.group.is_some(),
+        opt.cooldown.is_some(),
+    );
     let max_candidates = messages::max_candidates();
     let mut batch: Vec<HostId> = Vec::with_capacity(max_candidates);
     let mut partner_hosts: Vec<(HostId, VmId)> = Vec::new();
@@ -197,10 +529,6 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
     let mut at: Option<HostId> = None;
     let mut token_round = u32::MAX;
     let mut partners: Vec<PartnerTraffic> = Vec::new();
-    let mut previous: Vec<Vec<HostId>> = vec![Vec::new(); n];
-    let mut moved = vec![false; n];
-    let mut came_back = vec![false; n];
-    let mut history = History::new();
     let origin = Instant::now();
     let turn_ms = sc.params.clock.turn_ms.max(0) as u64;
 
@@ -220,11 +548,12 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         capacity_queries: 0,
         drift: 0.0,
         messages: Counts::default(),
+        group: GroupStats::default(),
     };
     let index = |vm: VmId| (vm.0 - sc.ids[0].0) as usize;
 
     let mut round = 0usize;
-    let mut cost = sc.cost(0, &loc);
+    let mut cost = sc.cost(0, &books.loc);
     let (mut machine, mut action) =
         TurnMachine::start(HOLDER, token, &[]).expect("ids are sorted and unique");
     let total = (sc.rounds() * n).min(sc.params.max_turns.unwrap_or(usize::MAX));
@@ -238,7 +567,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                     // holder's is a hand-off; the receiver beats on arrival and at its own
                     // first step.
                     counts.heartbeats.add(1, wire.heartbeat());
-                    let host = loc[index(vm)];
+                    let host = books.loc[index(vm)];
                     if at.is_some_and(|h| h != host) {
                         if machine.token().round != token_round {
                             token_round = machine.token().round;
@@ -256,8 +585,9 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 // No statistics for a round past the last: the run is over.
                 Action::GatherStatistics if (machine.token().round as usize) < sc.rounds() => {
                     counts.heartbeats.add(1, wire.heartbeat());
-                    counts.statistics(&wire, &per_host, at.unwrap_or(sc.initial[0]));
-                    let stats = expected_benefits(sc, round, &loc, &mut decider, &mut partners);
+                    counts.statistics(&wire, &books.per_host, at.unwrap_or(sc.initial[0]));
+                    let stats =
+                        expected_benefits(sc, round, &books.loc, &mut decider, &mut partners);
                     action = machine.on(Input::Statistics(stats));
                 }
                 _ => break,
@@ -271,30 +601,30 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         let instant = origin + Duration::from_millis((step as u64).saturating_mul(turn_ms));
         let cooling = opt
             .cooldown
-            .is_some_and(|c| history.cooldown_until(vm, &c, instant).is_some());
+            .is_some_and(|c| books.history.cooldown_until(vm, &c, instant).is_some());
         if cooling {
             run.outcomes[COOLING] += 1;
         } else {
             partners.clear();
             partners.extend(rates.of(i).iter().map(|&(j, rate)| PartnerTraffic {
-                host: loc[j as usize],
+                host: books.loc[j as usize],
                 rate,
             }));
             let subject = Subject {
                 vm,
-                host: loc[i],
+                host: books.loc[i],
                 memory_mib: sc.vm_memory_mib,
                 // The simulated data centre models no CPU.
                 cpu_cores: 0.0,
                 partners: &partners,
             };
-            let check = rules.map(|r| r.check_located(topo, vm, |m| Some(loc[index(m)])));
+            let check = rules.map(|r| r.check_located(topo, vm, |m| Some(books.loc[index(m)])));
             let gates = Gates {
                 pinned: false,
                 migration_cost: cost::migration_cost(
                     opt.migration_cost,
                     opt.migration_cost_fraction,
-                    cost::vm_cost(topo, loc[i], &partners),
+                    cost::vm_cost(topo, books.loc[i], &partners),
                 ),
                 per_move: opt.per_move.map(|m| MoveCharge {
                     bytes: sc.migration_bytes[i],
@@ -302,7 +632,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                     disruption: m.disruption,
                 }),
                 maintenance: &[],
-                previous_hosts: &previous[i],
+                previous_hosts: &books.previous[i],
                 return_margin: opt.return_margin,
                 rack_alternates: opt.rack_alternates,
                 max_cpu_load: 0.0,
@@ -331,8 +661,8 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 rates
                     .of(i)
                     .iter()
-                    .map(|&(j, _)| (loc[j as usize], sc.ids[j as usize]))
-                    .filter(|&(h, _)| h != loc[i]),
+                    .map(|&(j, _)| (books.loc[j as usize], sc.ids[j as usize]))
+                    .filter(|&(h, _)| h != books.loc[i]),
             );
             partner_hosts.sort_unstable();
             for group in partner_hosts.chunk_by(|a, b| a.0 == b.0) {
@@ -349,14 +679,82 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 Outcome::Excluded => 4,
             };
             if let (Outcome::Migrate { to, .. }, Some(r)) = (decision.outcome, gated) {
-                if !r.window(loc[i], now).allows() {
+                if !r.window(books.loc[i], now).allows() {
                     slot = 5;
-                } else if !spent.allows(&r.budget, i, loc[i], to, now) {
+                } else if !books.spent.allows(&r.budget, i, books.loc[i], to, now) {
                     slot = 6;
                 }
             }
-            if let (0, Outcome::Migrate { to, benefit, .. }) = (slot, decision.outcome) {
-                let from = loc[i];
+            let single = match decision.outcome {
+                Outcome::Migrate { benefit, .. } if slot == 0 => benefit - decision.migration_cost,
+                _ => 0.0,
+            };
+            let plan = match opt.group {
+                Some(g) => {
+                    let mut view = SimView {
+                        sc,
+                        opt,
+                        rules,
+                        books: &books,
+                        hosts: &hosts,
+                        holder: books.loc[i],
+                        round,
+                        now,
+                        instant,
+                        asked: Vec::new(),
+                    };
+                    let plan = decider.plan_group(&mut view, vm, &g, single.max(0.0));
+                    run.group.plans += plan.is_some() as u64;
+                    run.group.hosts_asked += view.asked.len() as u64;
+                    plan.filter(|p| p.worth_it() && p.net() > single)
+                }
+                None => None,
+            };
+            let at = (now, instant);
+            if let Some(plan) = plan {
+                match books.carry_out(
+                    &plan,
+                    gated.map(|r| &r.budget),
+                    now,
+                    &hosts,
+                    &dests,
+                    &params,
+                ) {
+                    Carried::Done => {
+                        slot = 0;
+                        run.group.decisions += 1;
+                        for m in &plan.moves {
+                            books.moved(sc, &mut run, &mut counts, &wire, m, at);
+                            run.group.moves += 1;
+                            run.group.evictions += m.evicted as u64;
+                        }
+                        cost = books.verified(
+                            sc,
+                            round,
+                            cost,
+                            plan.benefit,
+                            opt.verify_moves,
+                            &mut run,
+                        );
+                    }
+                    Carried::Refused(stuck) => {
+                        // The plan admits every move against the rules the destinations
+                        // re-check, in its order: a refusal is a bug, and so are moves that
+                        // could not be undone.
+                        run.refused_by_rule += 1;
+                        slot = 4;
+                        if !stuck.is_empty() {
+                            run.bad_moves += 1;
+                            for m in &stuck {
+                                books.moved(sc, &mut run, &mut counts, &wire, m, at);
+                            }
+                            cost = sc.cost(round, &books.loc);
+                        }
+                    }
+                    Carried::Budget => slot = 6,
+                }
+            } else if let (0, Outcome::Migrate { to, benefit, .. }) = (slot, decision.outcome) {
+                let from = books.loc[i];
                 let done = hosts[from.index()].migrate(vm, &dests[to.index()], &params);
                 if done.is_err() && rules.is_some() {
                     // Only the rule re-check can refuse: the decision asked for room first.
@@ -364,48 +762,14 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                     slot = 4;
                 }
                 if done.is_ok() {
-                    per_host[from.index()] -= 1;
-                    per_host[to.index()] += 1;
-                    counts.migration(
-                        &wire,
+                    let m = PlannedMove {
                         vm,
-                        per_host[from.index()] as usize,
-                        per_host[to.index()] as usize,
-                    );
-                    if gated.is_some() {
-                        spent.record(i, from, to, now);
-                    }
-                    if opt.cooldown.is_some() {
-                        // The simulated migration takes no time: the cooldown is its base.
-                        history.record(vm, from, Duration::ZERO, instant);
-                    }
-                    loc[i] = to;
-                    if benefit <= 0.0 {
-                        run.bad_moves += 1;
-                    }
-                    if opt.verify_moves {
-                        let exact = sc.cost(round, &loc);
-                        let before = cost;
-                        if exact >= before || ((before - exact) - benefit).abs() > 1e-9 * before {
-                            run.bad_moves += 1;
-                        }
-                        cost = exact + benefit;
-                    }
-                    cost -= benefit;
-                    run.migrations += 1;
-                    run.migrated_bytes += sc.migration_bytes[i];
-                    if !moved[i] {
-                        moved[i] = true;
-                        run.vms_moved += 1;
-                    }
-                    let prev = &mut previous[i];
-                    if prev.contains(&to) && !came_back[i] {
-                        came_back[i] = true;
-                        run.moved_back += 1;
-                    }
-                    prev.retain(|&h| h != from && h != to);
-                    prev.insert(0, from);
-                    prev.truncate(MEMORY);
+                        from,
+                        to,
+                        evicted: false,
+                    };
+                    books.moved(sc, &mut run, &mut counts, &wire, &m, at);
+                    cost = books.verified(sc, round, cost, benefit, opt.verify_moves, &mut run);
                 }
             }
             run.outcomes[slot] += 1;
@@ -415,7 +779,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             .iter()
             .map(|&(j, rate)| Neighbour {
                 vm: sc.ids[j as usize],
-                level: topo.level(loc[i], loc[j as usize]),
+                level: topo.level(books.loc[i], books.loc[j as usize]),
                 rate,
             })
             .collect();
@@ -425,10 +789,10 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             // A simulated round needs no pacing: only the cost is brought to the new round's
             // traffic.
             if (r as usize) < sc.rounds() {
-                let exact = sc.cost(round, &loc);
+                let exact = sc.cost(round, &books.loc);
                 run.drift = run.drift.max(((cost - exact) / exact.max(1e-300)).abs());
                 round = r as usize;
-                cost = sc.cost(round, &loc);
+                cost = sc.cost(round, &books.loc);
             }
             action = machine.on(Input::Paced { known: Vec::new() });
         }
@@ -440,7 +804,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         }
     }
     progress((total % 4096) as u64);
-    let exact = sc.cost(round, &loc);
+    let exact = sc.cost(round, &books.loc);
     run.drift = run.drift.max(((cost - exact) / exact.max(1e-300)).abs());
     if let Some(last) = run.costs.last_mut() {
         *last = exact;
@@ -448,15 +812,15 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         run.costs.push(exact);
     }
     debug_assert!(cluster.check().is_ok(), "{:?}", cluster.check());
-    for (i, &h) in loc.iter().enumerate() {
+    for (i, &h) in books.loc.iter().enumerate() {
         debug_assert_eq!(cluster.host_of(sc.ids[i]), Some(h));
     }
     if counts.token_frame == 0 {
         counts.token_frame = wire.token(machine.token());
     }
     run.messages = counts;
-    run.violations = sc.rule_violations(&loc);
-    run.placement = loc;
+    run.violations = sc.rule_violations(&books.loc);
+    run.placement = books.loc;
     run
 }
 

@@ -8,6 +8,7 @@ use super::messages;
 #[cfg(feature = "plot")]
 use super::plot;
 use super::study::Report;
+use scored_proto::PolicyKind;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,11 @@ impl Row {
     }
 }
 
+/// The name of a policy's row with group moves.
+pub fn group_row(policy: PolicyKind) -> String {
+    format!("{} + group moves", policy.name())
+}
+
 /// The name of the lower bound's row (`bound`).
 pub const BOUND_ROW: &str = "lower bound on Eq. 3.1 (capacity only)";
 
@@ -92,6 +98,9 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
         .zip(&report.run_times)
         .map(|(r, t)| row(r, r.policy.name().to_string(), t.as_secs_f64()))
         .collect();
+    for (r, t) in &report.group {
+        out.push(row(r, group_row(r.policy), t.as_secs_f64()));
+    }
     for (m, r, t) in &report.per_move {
         let name = format!("{}, per-VM c_m over {:.0} s", r.policy.name(), m.horizon_s);
         out.push(row(r, name, t.as_secs_f64()));
@@ -295,6 +304,28 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         }
         let _ = writeln!(s, "; {} queries; gap {:.1e}", r.capacity_queries, r.drift);
     }
+    if !report.group.is_empty() {
+        let _ = writeln!(
+            s,
+            "\ngroup moves (`decide::group`): decisions carried out as a group move, their migrations (of which VMs sent out of a full host), plans surveyed, hosts other than the holder's asked per token step; the bad-move count and the step-by-step gap as above\n"
+        );
+        for (r, _) in &report.group {
+            let g = r.group;
+            let steps = r.outcomes.iter().sum::<u64>().max(1);
+            let _ = writeln!(
+                s,
+                "- {}: {} decisions, {} migrations ({} sent away), {} plans, {:.2} hosts asked per step; {} bad; gap {:.1e}",
+                group_row(r.policy),
+                g.decisions,
+                g.moves,
+                g.evictions,
+                g.plans,
+                g.hosts_asked as f64 / steps as f64,
+                r.bad_moves,
+                r.drift
+            );
+        }
+    }
     s.push_str(&rules_text(sc, report));
     s.push_str(&messages::report::summary(
         &report.runs,
@@ -412,13 +443,23 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "|---|{}", "---:|".repeat(fractions.len()));
-        for r in &report.runs {
-            let _ = write!(s, "| {} |", r.policy.name());
+        let lines = report
+            .runs
+            .iter()
+            .map(|r| (r.policy, false))
+            .chain(report.group.iter().map(|(r, _)| (r.policy, true)));
+        for (policy, group) in lines {
+            let name = if group {
+                group_row(policy)
+            } else {
+                policy.name().to_string()
+            };
+            let _ = write!(s, "| {name} |");
             for f in &fractions {
                 match report
                     .sweep
                     .iter()
-                    .find(|p| p.policy == r.policy && p.cm_fraction == *f)
+                    .find(|p| p.policy == policy && p.group == group && p.cm_fraction == *f)
                 {
                     Some(p) => {
                         let _ = write!(s, " {:.1}% |", p.reduction * 100.0);
@@ -586,19 +627,27 @@ pub fn write_all(dir: &Path, sc: &Scenario, report: &Report) -> Result<Vec<PathB
         let mut f = create(&path)?;
         writeln!(
             f,
-            "policy,cm_fraction,cm_absolute,reduction,migrations,migrated_gib"
+            "policy,cm_fraction,cm_absolute,reduction,migrations,migrated_gib,moves,migrations_per_vm,gib_per_reduction_point"
         )
         .map_err(io(&path))?;
         for p in &report.sweep {
+            let per_point = if p.reduction > 0.0 {
+                format!("{:.4}", p.migrated_bytes / GIB / (p.reduction * 100.0))
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "{},{},{:.6e},{:.6},{},{:.3}",
+                "{},{},{:.6e},{:.6},{},{:.3},{},{:.4},{}",
                 p.policy.name(),
                 p.cm_fraction,
                 p.cm_fraction * report.cost_per_vm,
                 p.reduction,
                 p.migrations,
-                p.migrated_bytes / GIB
+                p.migrated_bytes / GIB,
+                if p.group { "group" } else { "single" },
+                p.migrations as f64 / sc.vms() as f64,
+                per_point
             )
             .map_err(io(&path))?;
         }
@@ -630,6 +679,9 @@ fn write_figures(
     if !report.sweep.is_empty() {
         let path = dir.join("fig5_3_reduction_vs_cm.svg");
         plot::reduction_vs_cm(&path, &report.sweep)?;
+        written.push(path);
+        let path = dir.join("tradeoff_reduction_vs_migrated.svg");
+        plot::reduction_vs_migrated(&path, &report.sweep)?;
         written.push(path);
     }
 

@@ -131,10 +131,11 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
         .map_err(|x| e(x.to_string()))?;
     let (left, right) = root.split_horizontally(520);
     let x_desc = "c_m, % of the mean per-VM share of the initial cost";
-    let series = |policy: PolicyKind, keep: &dyn Fn(f64) -> bool| -> Vec<(f64, f64)> {
+    // Solid with dots: S-CORE's single moves; dashed with triangles: with group moves.
+    let series = |policy: PolicyKind, group: bool, keep: &dyn Fn(f64) -> bool| -> Vec<(f64, f64)> {
         points
             .iter()
-            .filter(|p| p.policy == policy && keep(p.cm_fraction))
+            .filter(|p| p.policy == policy && p.group == group && keep(p.cm_fraction))
             .map(|p| (p.cm_fraction * 100.0, p.reduction * 100.0))
             .collect()
     };
@@ -155,7 +156,7 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
             .draw()
             .map_err(|x| e(x.to_string()))?;
         for policy in PolicyKind::ALL {
-            let pts = series(policy, &|f| f <= 0.3 + 1e-9);
+            let pts = series(policy, false, &|f| f <= 0.3 + 1e-9);
             if pts.is_empty() {
                 continue;
             }
@@ -169,6 +170,29 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
                 });
             chart
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+                .map_err(|x| e(x.to_string()))?;
+        }
+        for policy in PolicyKind::ALL {
+            let pts = series(policy, true, &|f| f <= 0.3 + 1e-9);
+            if pts.is_empty() {
+                continue;
+            }
+            let col = colour(policy);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    6,
+                    4,
+                    col.stroke_width(2),
+                ))
+                .map_err(|x| e(x.to_string()))?
+                .label(format!("{} + group moves", policy.name()))
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, col.filled()));
+            chart
+                .draw_series(
+                    pts.into_iter()
+                        .map(|p| TriangleMarker::new(p, 5, col.filled())),
+                )
                 .map_err(|x| e(x.to_string()))?;
         }
         chart
@@ -205,16 +229,121 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
             .draw()
             .map_err(|x| e(x.to_string()))?;
         for policy in PolicyKind::ALL {
-            let pts = series(policy, &|f| f > 0.0);
             let col = colour(policy);
+            let pts = series(policy, false, &|f| f > 0.0);
             chart
                 .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
                 .map_err(|x| e(x.to_string()))?;
             chart
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
                 .map_err(|x| e(x.to_string()))?;
+            let pts = series(policy, true, &|f| f > 0.0);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    6,
+                    4,
+                    col.stroke_width(2),
+                ))
+                .map_err(|x| e(x.to_string()))?;
+            chart
+                .draw_series(
+                    pts.into_iter()
+                        .map(|p| TriangleMarker::new(p, 5, col.filled())),
+                )
+                .map_err(|x| e(x.to_string()))?;
         }
     }
+    root.present().map_err(|x| e(x.to_string()))
+}
+
+/// What each run of the c_m sweep paid for what it removed: cost reduction against the GiB its
+/// migrations sent (log scale), one curve per policy, S-CORE's single moves solid with dots,
+/// group moves dashed with triangles; along a curve c_m grows from right to left.
+pub fn reduction_vs_migrated(path: &Path, points: &[SweepPoint]) -> Result<(), PlotError> {
+    let e = err(path);
+    let gib = |p: &SweepPoint| p.migrated_bytes / (1024.0 * 1024.0 * 1024.0);
+    let moved: Vec<f64> = points.iter().map(gib).filter(|&g| g > 0.0).collect();
+    let (Some(lo), Some(hi)) = (
+        moved.iter().copied().reduce(f64::min),
+        moved.iter().copied().reduce(f64::max),
+    ) else {
+        return Ok(());
+    };
+    let root = SVGBackend::new(path, (760, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Cost reduction vs. bytes migrated, over the c_m sweep",
+            (FONT, 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0f64..100f64)
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("GiB sent by migrations (each VM's forecast)")
+        .y_desc("cost reduction, %")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 14))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    for group in [false, true] {
+        for policy in PolicyKind::ALL {
+            let mut pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.policy == policy && p.group == group && gib(p) > 0.0)
+                .map(|p| (gib(p), p.reduction * 100.0))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let col = colour(policy);
+            let name = if group {
+                format!("{} + group moves", policy.name())
+            } else {
+                policy.name().to_string()
+            };
+            if group {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        pts.clone(),
+                        6,
+                        4,
+                        col.stroke_width(2),
+                    ))
+                    .map_err(|x| e(x.to_string()))?
+                    .label(name)
+                    .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, col.filled()));
+                chart
+                    .draw_series(
+                        pts.into_iter()
+                            .map(|p| TriangleMarker::new(p, 5, col.filled())),
+                    )
+                    .map_err(|x| e(x.to_string()))?;
+            } else {
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+                    .map_err(|x| e(x.to_string()))?
+                    .label(name)
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 4, col.filled()));
+                chart
+                    .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+                    .map_err(|x| e(x.to_string()))?;
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 13))
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
     root.present().map_err(|x| e(x.to_string()))
 }
 

@@ -7,6 +7,7 @@ use super::bound;
 use super::engine::{self, PerMove, PolicyRun, RunOptions};
 use super::{Scenario, cost_per_vm};
 use crate::daemon::history::CooldownPolicy;
+use crate::decide::group::GroupOptions;
 use scored_proto::PolicyKind;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,9 @@ pub struct Study {
     pub return_margin: f64,
     /// The daemon's cooldown on the scenario's clock (`RunOptions::cooldown`).
     pub cooldown: Option<CooldownPolicy>,
+    /// Each policy once more with group moves beside its single moves (rows `<policy> + group
+    /// moves`, and the c_m sweep again); `None`: S-CORE's moves alone.
+    pub group: Option<GroupOptions>,
     pub threads: usize,
 }
 
@@ -43,6 +47,7 @@ impl Default for Study {
             rack_alternates: 3,
             return_margin: 0.0,
             cooldown: None,
+            group: Some(GroupOptions::default()),
             threads: 2,
         }
     }
@@ -58,6 +63,8 @@ pub struct SweepPoint {
     pub migrations: u64,
     /// Bytes the migrations sent (each VM's forecast).
     pub migrated_bytes: f64,
+    /// With group moves (`Study::group`).
+    pub group: bool,
 }
 
 /// Everything a study produced.
@@ -67,6 +74,8 @@ pub struct Report {
     pub runs: Vec<PolicyRun>,
     /// The runs under each per-VM `c_m` of `Study::per_move`, with their wall times.
     pub per_move: Vec<(PerMove, PolicyRun, Duration)>,
+    /// Each policy with group moves (`Study::group`), with its wall time.
+    pub group: Vec<(PolicyRun, Duration)>,
     /// The same runs ignoring the scenario's placement rules (empty when it has none): what
     /// the rules cost, and the violations they prevent.
     pub without_rules: Vec<PolicyRun>,
@@ -122,6 +131,10 @@ enum Run {
     Sweep,
     /// Under a per-VM c_m, its fraction the floor.
     PerMove(PerMove),
+    /// With group moves: the row `<policy> + group moves` (and a sweep point when swept).
+    Group,
+    /// A point of the c_m sweep with group moves.
+    GroupSweep,
 }
 
 enum Done {
@@ -150,9 +163,15 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     for &m in &study.per_move {
         each_policy(study.cm_fraction, Run::PerMove(m));
     }
+    if study.group.is_some() {
+        each_policy(study.cm_fraction, Run::Group);
+    }
     for &f in &study.sweep {
         if f != study.cm_fraction {
             each_policy(f, Run::Sweep);
+            if study.group.is_some() {
+                each_policy(f, Run::GroupSweep);
+            }
         }
     }
     let next = AtomicUsize::new(0);
@@ -185,6 +204,10 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                                 verify_moves: false,
                                 rules: run != Run::WithoutRules,
                                 cooldown: study.cooldown,
+                                group: match run {
+                                    Run::Group | Run::GroupSweep => study.group,
+                                    _ => None,
+                                },
                             };
                             let run = engine::run(sc, &opt, progress);
                             Done::Run(Box::new(run), t.elapsed())
@@ -205,6 +228,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     let mut report = Report {
         runs: Vec::new(),
         per_move: Vec::new(),
+        group: Vec::new(),
         without_rules: Vec::new(),
         without_rules_times: Vec::new(),
         baseline: None,
@@ -239,8 +263,9 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                         report.without_rules_times.push(t);
                         continue;
                     }
-                    Run::Main | Run::Sweep => {}
+                    Run::Main | Run::Sweep | Run::Group | Run::GroupSweep => {}
                 }
+                let group = matches!(kind, Run::Group | Run::GroupSweep);
                 if in_sweep(f) {
                     report.sweep.push(SweepPoint {
                         policy: run.policy,
@@ -248,11 +273,16 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                         reduction: report.reduction(run.final_cost()),
                         migrations: run.migrations,
                         migrated_bytes: run.migrated_bytes,
+                        group,
                     });
                 }
-                if kind == Run::Main {
-                    report.runs.push(*run);
-                    report.run_times.push(t);
+                match kind {
+                    Run::Main => {
+                        report.runs.push(*run);
+                        report.run_times.push(t);
+                    }
+                    Run::Group => report.group.push((*run, t)),
+                    _ => {}
                 }
             }
         }
@@ -265,8 +295,8 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         report.bound_time = t.elapsed();
     }
     report.sweep.sort_by(|a, b| {
-        (a.policy as u8)
-            .cmp(&(b.policy as u8))
+        (a.group, a.policy as u8)
+            .cmp(&(b.group, b.policy as u8))
             .then(a.cm_fraction.total_cmp(&b.cm_fraction))
     });
     report.wall = started.elapsed();

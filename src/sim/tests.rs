@@ -6,6 +6,7 @@ use super::engine::{self, PolicyRun, RunOptions};
 use super::study::{self, Study};
 use super::*;
 use crate::daemon::history::CooldownPolicy;
+use crate::decide::group::GroupOptions;
 use std::path::Path;
 
 fn fat_tree() -> Topology {
@@ -68,6 +69,7 @@ fn options(policy: PolicyKind) -> RunOptions {
         verify_moves: true,
         rules: true,
         cooldown: None,
+        group: None,
     }
 }
 
@@ -405,8 +407,17 @@ fn outputs_are_written() {
     }
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(summary.contains("| distributed |"), "{summary}");
+    assert!(
+        summary.contains("| distributed + group moves |"),
+        "{summary}"
+    );
     let sweep = std::fs::read_to_string(dir.path().join("cm_sweep.csv")).unwrap();
-    assert_eq!(sweep.lines().count(), 1 + 2 * 4);
+    // Two fractions, four policies, with and without group moves.
+    assert_eq!(sweep.lines().count(), 1 + 2 * 4 * 2);
+    assert!(
+        sweep.lines().skip(1).any(|l| l.contains(",group,")),
+        "{sweep}"
+    );
 }
 
 #[test]
@@ -749,5 +760,136 @@ fn c_m_as_a_share_of_the_deciding_vms_cost_is_the_daemons_rule() {
     assert_eq!(
         all.outcomes[1] as usize,
         sc.rounds() * sc.vms() - all.outcomes[3] as usize
+    );
+}
+
+fn grouping(policy: PolicyKind) -> RunOptions {
+    RunOptions {
+        group: Some(GroupOptions::default()),
+        ..options(policy)
+    }
+}
+
+#[test]
+fn group_moves_cut_the_cost_further_and_every_move_counts() {
+    let small_irregular = Scenario::build(
+        irregular(),
+        ScenarioParams {
+            seed: 2,
+            ..ScenarioParams::default()
+        },
+    )
+    .unwrap();
+    for (name, sc) in [
+        ("fat tree", scenario(3, 0.75)),
+        ("irregular", small_irregular),
+    ] {
+        let n = sc.vms();
+        for p in [PolicyKind::Global, PolicyKind::Distributed] {
+            let single = run(&sc, p);
+            let r = engine::run(&sc, &grouping(p), |_| {});
+            assert!(r.group.decisions > 0, "{name}, {p}: no group move");
+            assert!(r.group.moves >= 2 * r.group.decisions, "{name}, {p}");
+            assert_eq!(r.bad_moves, 0, "{name}, {p}");
+            assert_eq!(r.refused_by_rule, 0, "{name}, {p}");
+            assert!(r.drift < 1e-9, "{name}, {p}: drift {}", r.drift);
+            // A group move is one decision, each of its moves one migration.
+            assert_eq!(
+                r.outcomes[0],
+                r.migrations - r.group.moves + r.group.decisions,
+                "{name}, {p}"
+            );
+            assert_eq!(r.outcomes.iter().sum::<u64>() as usize, sc.rounds() * n);
+            for (k, w) in r.costs.windows(2).enumerate() {
+                let boundary = (k + 2) % n == 0 || (k + 1) % n == 0;
+                assert!(
+                    boundary || w[1] <= w[0] * (1.0 + 1e-12),
+                    "{name}, {p}: step {} raised the cost",
+                    k + 1
+                );
+            }
+            assert!(
+                r.final_cost() < single.final_cost(),
+                "{name}, {p}: group moves {} against single moves {}",
+                r.final_cost(),
+                single.final_cost()
+            );
+        }
+    }
+}
+
+#[test]
+fn group_moves_keep_capacity_rules_windows_budgets_and_cooldowns() {
+    let slots_kept = |sc: &Scenario, r: &PolicyRun| {
+        let mut per_host = vec![0u32; sc.slots.len()];
+        for h in &r.placement {
+            per_host[h.index()] += 1;
+        }
+        per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s)
+    };
+    let sc = scenario(5, 0.9);
+    let r = engine::run(&sc, &grouping(PolicyKind::RoundRobin), |_| {});
+    assert!(r.group.evictions > 0, "a full destination sent no VM away");
+    assert!(slots_kept(&sc, &r));
+    // Every host full: no first move has room, so no group move either.
+    let full = scenario(5, 1.0);
+    let r = engine::run(&full, &grouping(PolicyKind::RoundRobin), |_| {});
+    assert_eq!(r.migrations, 0);
+
+    let sc = grouped(23);
+    for p in PolicyKind::ALL {
+        let r = engine::run(&sc, &grouping(p), |_| {});
+        assert!(r.group.decisions > 0, "{p}: no group move");
+        assert_eq!(r.bad_moves, 0, "{p}");
+        assert_eq!(sc.rule_violations(&r.placement), 0, "{p}");
+        // The plan admitted each move against the rules at its place in the order: no
+        // destination's re-check refused one.
+        assert_eq!(r.refused_by_rule, 0, "{p}");
+    }
+
+    // The window of `no_vm_migrates_outside_its_window_in_simulated_time`: 00:05 to 00:10.
+    let sc = gated(29, vec![nightly(5, 10)], crate::rules::Budget::default());
+    let r = engine::run(&sc, &grouping(PolicyKind::Distributed), |_| {});
+    assert!(r.migrations > 0 && r.outcomes[5] > 0);
+    let n = sc.vms();
+    for (k, c) in r.costs.iter().enumerate() {
+        let step = k + 1;
+        if step < 300 && step < n {
+            assert_eq!(*c, sc.cost(0, &sc.initial), "a VM moved at step {step}");
+        }
+        if step > 601 && step % n != 0 && step < r.costs.len() {
+            assert_eq!(r.costs[k - 1], *c, "a VM moved at step {step}");
+        }
+    }
+
+    // One migration a VM a day; and a cooldown longer than the run: each VM moves once.
+    let budget = crate::rules::Budget {
+        per_vm_per_day: Some(1),
+        per_host_per_hour: None,
+    };
+    let r = engine::run(
+        &gated(31, Vec::new(), budget),
+        &grouping(PolicyKind::RoundRobin),
+        |_| {},
+    );
+    assert!(r.group.decisions > 0 && r.outcomes[6] > 0);
+    assert_eq!(r.migrations, r.vms_moved, "a VM moved twice in a day");
+    let hour = std::time::Duration::from_secs(3600);
+    let r = engine::run(
+        &scenario(3, 0.75),
+        &RunOptions {
+            cooldown: Some(CooldownPolicy {
+                base: hour,
+                cap: hour,
+                window: 24 * hour,
+            }),
+            ..grouping(PolicyKind::RoundRobin)
+        },
+        |_| {},
+    );
+    assert!(r.group.decisions > 0 && r.outcomes[engine::COOLING] > 0);
+    assert_eq!(
+        r.migrations, r.vms_moved,
+        "a VM moved twice within its cooldown"
     );
 }

@@ -73,6 +73,7 @@ fn options() -> RunOptions {
         verify_moves: true,
         rules: true,
         cooldown: None,
+        group: None,
     }
 }
 
