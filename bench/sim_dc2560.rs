@@ -1,5 +1,6 @@
 //! The issue-3 scenario at full scale: `topology/dc-2560.toml` (2,560 hosts), 80% of the 40,960 VM
-//! slots filled, 5 token rounds, all four policies and the centralised baseline; then the c_m
+//! slots filled, 5 token rounds, all four policies (each also with group moves) and the centralised
+//! baseline; then the c_m
 //! sweep of Fig. 5.3 on its own. Prints the summary table, wall and CPU time of each part.
 //!
 //!     cargo bench --bench sim_dc2560
@@ -64,7 +65,7 @@ fn main() {
     };
     let report = study::simulate(&sc, &main, &|_| {});
     println!(
-        "\n4 policies x 5 iterations + baseline: wall {:.1} s, CPU {:.1} s, {threads} threads\n",
+        "\n4 policies (+ group moves) x 5 iterations + baseline: wall {:.1} s, CPU {:.1} s, {threads} threads\n",
         report.wall.as_secs_f64(),
         cpu_seconds() - cpu
     );

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 # name | needs | time | what (times on the 2-core CI/dev machine, build not included)
 TABLE='
-sim_dc2560|-|~1.5 min|S-CORE on the 2,560-host data centre: 4 policies, centralised baselines, c_m sweep
+sim_dc2560|-|~2.5 min|S-CORE on the 2,560-host data centre: 4 policies, each with group moves too, centralised baselines, c_m sweep
 decide_partners|-|~30 s|one Eq. 3.2 decision with 10 / 100 / 1,000 partners (pure decide code)
 ops|-|~20 s|one Prometheus scrape; parsing a full configuration
 flow_table|-|~2 min|flow table: memory per flow, insert, update, λ(u,·), expiry at 1M entries
