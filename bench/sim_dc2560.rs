@@ -1,7 +1,6 @@
 //! The issue-3 scenario at full scale: `topology/dc-2560.toml` (2,560 hosts), 80% of the 40,960 VM
 //! slots filled, 5 token rounds, all four policies (each also with group moves) and the centralised
-//! baseline; then the c_m
-//! sweep of Fig. 5.3 on its own. Prints the summary table, wall and CPU time of each part.
+//! baseline; then the c_m sweep of Fig. 5.3 on its own. Prints the summary table, wall and CPU time of each part.
 //!
 //!     cargo bench --bench sim_dc2560
 //!     SCORED_SIM_VMS=40960 SCORED_SIM_OUT=/tmp/sim cargo bench --bench sim_dc2560

@@ -1,6 +1,6 @@
 //! Group moves: the token holder moves its VM u together with the partners u is bound to in
-//! its rack, into the rack their traffic goes to, as one decision; when a destination host is
-//! full, the VM there that loses least by leaving takes the slot the arriving VM left.
+//! its rack, into the rack their traffic goes to, as one decision; when the destination rack is
+//! full, the VM least bound to the chosen host takes the slot the arriving VM left.
 //!
 //! Why (docs/evaluation.md, "Group moves"): S-CORE moves one VM at a time, and a VM with heavy
 //! partners both in its own rack and in a far rack gains nothing by moving alone: whichever side
@@ -160,7 +160,7 @@ impl Decider<'_> {
     /// plan could gain more than `floor` after u's own migration cost (what another decision
     /// already gains), or no destination rack can take u.
     pub fn plan_group<V: GroupView + ?Sized>(
-        &mut self,
+        &self,
         view: &mut V,
         u: VmId,
         opt: &GroupOptions,
@@ -265,9 +265,9 @@ impl Decider<'_> {
         best
     }
 
-    /// Places `group` on the hosts of rack `r`: each member on the host it is most bound to
-    /// (partners there and members already placed there), a host with room first among
-    /// equals; a full host sends the VM that loses least by leaving to the member's old host.
+    /// Places `group` on the hosts of rack `r`: each member on the host with room it is most
+    /// bound to (partners there and members already placed there); when the rack is full, on
+    /// the host it is most bound to, which sends its least-bound VM to the member's old host.
     fn plan_into<V: GroupView + ?Sized>(
         &self,
         asked: &mut Asked<'_, V>,
@@ -279,7 +279,8 @@ impl Decider<'_> {
         let mut placed: HashMap<VmId, HostId> = HashMap::new();
         let mut moves: Vec<PlannedMove> = Vec::new();
         let mut rooms: HashMap<HostId, Room> = HashMap::new();
-        let mut bound: Vec<(HostId, f64, i64)> = Vec::with_capacity(hosts.len());
+        // Each host of the rack with the member's bond to it and its room.
+        let mut bound: Vec<(HostId, f64, Room)> = Vec::with_capacity(hosts.len());
         let mut residents: Vec<VmId> = Vec::new();
         for &(x, from) in group {
             let mem = asked.view.memory_mib(x);
@@ -289,7 +290,7 @@ impl Decider<'_> {
                     Some(&room) => room,
                     None => asked.room(self, h),
                 };
-                bound.push((h, 0.0, room.vms));
+                bound.push((h, 0.0, room));
             }
             for l in asked.partners(x) {
                 let at = placed.get(&l.vm).copied().unwrap_or(l.host);
@@ -297,10 +298,19 @@ impl Decider<'_> {
                     b.1 += l.rate;
                 }
             }
-            bound.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+            // A host with room first: every host of the rack is as far from the group's partners
+            // outside it, so a member placed off its partners' host loses a rack link at most,
+            // while a VM sent away to make room may lose links across the core.
+            bound.sort_by(|a, b| {
+                b.2.fits(mem)
+                    .cmp(&a.2.fits(mem))
+                    .then(b.1.total_cmp(&a.1))
+                    .then(b.2.vms.cmp(&a.2.vms))
+                    .then(a.0.cmp(&b.0))
+            });
             let mut chosen: Option<(HostId, Option<VmId>)> = None;
-            for &(h, _, vms) in bound.iter().take(3) {
-                if vms < -1_000 {
+            for &(h, _, room) in bound.iter().take(3) {
+                if room.vms < -1_000 {
                     continue; // not answered
                 }
                 let at_after = |vm: VmId| {

@@ -35,6 +35,69 @@ fn colour(p: PolicyKind) -> RGBColor {
 
 const FONT: &str = "sans-serif";
 
+/// One sweep curve of `policy`: S-CORE's single moves solid with dots, group moves dashed with
+/// triangles; named in the legend when `legend`.
+fn sweep_curve<X, Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    pts: Vec<(f64, f64)>,
+    policy: PolicyKind,
+    group: bool,
+    legend: bool,
+    e: &dyn Fn(String) -> PlotError,
+) -> Result<(), PlotError>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let col = colour(policy);
+    let line = if group {
+        chart.draw_series(DashedLineSeries::new(
+            pts.clone(),
+            6,
+            4,
+            col.stroke_width(2),
+        ))
+    } else {
+        chart.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+    }
+    .map_err(|x| e(x.to_string()))?;
+    if legend {
+        let name = if group {
+            format!("{} + group moves", policy.name())
+        } else {
+            policy.name().to_string()
+        };
+        let line = line.label(name);
+        if group {
+            line.legend(move |(x, y)| {
+                plotters::element::DashedPathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    5,
+                    3,
+                    col.stroke_width(3),
+                )
+            });
+        } else {
+            line.legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+            });
+        }
+    }
+    if group {
+        chart.draw_series(
+            pts.into_iter()
+                .map(|p| TriangleMarker::new(p, 5, col.filled())),
+        )
+    } else {
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
+    }
+    .map_err(|x| e(x.to_string()))?;
+    Ok(())
+}
+
 /// Fig. 5.2: Eq. 3.1 normalised to the initial cost, against iterations (token rounds), one line
 /// per policy, and the centralised plans' cost per round as step lines (incremental grey,
 /// re-placement black).
@@ -155,45 +218,11 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
             .axis_desc_style((FONT, 14))
             .draw()
             .map_err(|x| e(x.to_string()))?;
-        for policy in PolicyKind::ALL {
-            let pts = series(policy, false, &|f| f <= 0.3 + 1e-9);
-            if pts.is_empty() {
-                continue;
+        for group in [false, true] {
+            for policy in PolicyKind::ALL {
+                let pts = series(policy, group, &|f| f <= 0.3 + 1e-9);
+                sweep_curve(&mut chart, pts, policy, group, true, &e)?;
             }
-            let col = colour(policy);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-                .map_err(|x| e(x.to_string()))?
-                .label(policy.name())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
-                });
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
-                .map_err(|x| e(x.to_string()))?;
-        }
-        for policy in PolicyKind::ALL {
-            let pts = series(policy, true, &|f| f <= 0.3 + 1e-9);
-            if pts.is_empty() {
-                continue;
-            }
-            let col = colour(policy);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    pts.clone(),
-                    6,
-                    4,
-                    col.stroke_width(2),
-                ))
-                .map_err(|x| e(x.to_string()))?
-                .label(format!("{} + group moves", policy.name()))
-                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, col.filled()));
-            chart
-                .draw_series(
-                    pts.into_iter()
-                        .map(|p| TriangleMarker::new(p, 5, col.filled())),
-                )
-                .map_err(|x| e(x.to_string()))?;
         }
         chart
             .configure_series_labels()
@@ -228,30 +257,11 @@ pub fn reduction_vs_cm(path: &Path, points: &[SweepPoint]) -> Result<(), PlotErr
             .axis_desc_style((FONT, 14))
             .draw()
             .map_err(|x| e(x.to_string()))?;
-        for policy in PolicyKind::ALL {
-            let col = colour(policy);
-            let pts = series(policy, false, &|f| f > 0.0);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-                .map_err(|x| e(x.to_string()))?;
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
-                .map_err(|x| e(x.to_string()))?;
-            let pts = series(policy, true, &|f| f > 0.0);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    pts.clone(),
-                    6,
-                    4,
-                    col.stroke_width(2),
-                ))
-                .map_err(|x| e(x.to_string()))?;
-            chart
-                .draw_series(
-                    pts.into_iter()
-                        .map(|p| TriangleMarker::new(p, 5, col.filled())),
-                )
-                .map_err(|x| e(x.to_string()))?;
+        for group in [false, true] {
+            for policy in PolicyKind::ALL {
+                let pts = series(policy, group, &|f| f > 0.0);
+                sweep_curve(&mut chart, pts, policy, group, false, &e)?;
+            }
         }
     }
     root.present().map_err(|x| e(x.to_string()))
@@ -297,43 +307,8 @@ pub fn reduction_vs_migrated(path: &Path, points: &[SweepPoint]) -> Result<(), P
                 .filter(|p| p.policy == policy && p.group == group && gib(p) > 0.0)
                 .map(|p| (gib(p), p.reduction * 100.0))
                 .collect();
-            if pts.is_empty() {
-                continue;
-            }
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let col = colour(policy);
-            let name = if group {
-                format!("{} + group moves", policy.name())
-            } else {
-                policy.name().to_string()
-            };
-            if group {
-                chart
-                    .draw_series(DashedLineSeries::new(
-                        pts.clone(),
-                        6,
-                        4,
-                        col.stroke_width(2),
-                    ))
-                    .map_err(|x| e(x.to_string()))?
-                    .label(name)
-                    .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, col.filled()));
-                chart
-                    .draw_series(
-                        pts.into_iter()
-                            .map(|p| TriangleMarker::new(p, 5, col.filled())),
-                    )
-                    .map_err(|x| e(x.to_string()))?;
-            } else {
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
-                    .map_err(|x| e(x.to_string()))?
-                    .label(name)
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 4, col.filled()));
-                chart
-                    .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, col.filled())))
-                    .map_err(|x| e(x.to_string()))?;
-            }
+            sweep_curve(&mut chart, pts, policy, group, true, &e)?;
         }
     }
     chart
