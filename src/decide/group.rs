@@ -191,6 +191,28 @@ impl Decider<'_> {
             Some((c, far)) if c > 0.0 && self.rack_of[far.index()] != rack => {}
             _ => return None,
         }
+        // u's own part of what its group could gain in the rack its costliest link goes to (its
+        // heavy rack-mates coming along, every far link into that rack saved): when that does
+        // not beat `floor` after u's own migration cost, u does not lead a group and nobody is
+        // asked; a group whose gain lies in other members' links is led by them at their turns.
+        let far_rack = self.rack_of[costliest.map_or(home, |c| c.1).index()];
+        let there = self.rack_hosts[far_rack as usize][0];
+        let mut own_part = 0.0;
+        for l in asked.partners(u) {
+            let now = l.rate * self.topo.path_cost(home, l.host);
+            let r = self.rack_of[l.host.index()];
+            own_part += if r == rack && l.rate >= opt.bond * heaviest {
+                now
+            } else if r == far_rack {
+                2.0 * now
+            } else {
+                2.0 * (now - l.rate * self.topo.path_cost(there, l.host))
+            };
+        }
+        let own = asked.partners(u).to_vec();
+        if own_part - asked.view.migration_cost(u, home, there, &own) <= floor {
+            return None;
+        }
         // The group: u and, breadth first, the partners bound to a member by a heavy rate that
         // run in u's rack and may move.
         let mut group: Vec<(VmId, HostId)> = vec![(u, home)];
@@ -233,7 +255,6 @@ impl Decider<'_> {
         // What the whole group would gain in each rack if it all fit (every host of a rack is
         // as far from a VM outside it): a rack where even that does not beat `floor` after u's
         // own migration cost is not surveyed.
-        let own = asked.partners(u).to_vec();
         let mut worth = Vec::with_capacity(towards.len());
         for &(r, _) in &towards {
             let there = self.rack_hosts[r as usize][0];
@@ -516,6 +537,8 @@ mod tests {
         links: Vec<(VmId, VmId, f64)>,
         pinned: Vec<VmId>,
         refused: Vec<(VmId, HostId)>,
+        /// Hosts whose VMs, residents or room the decision asked for.
+        asked: Vec<HostId>,
     }
 
     impl World<'_> {
@@ -586,9 +609,11 @@ mod tests {
             self.at.get(&vm).copied()
         }
         fn partners(&mut self, vm: VmId, out: &mut Vec<Link>) {
+            self.asked.push(self.at[&vm]);
             self.links(vm, out);
         }
         fn residents(&mut self, host: HostId, out: &mut Vec<VmId>) {
+            self.asked.push(host);
             let mut here: Vec<VmId> = self
                 .at
                 .iter()
@@ -599,6 +624,7 @@ mod tests {
             out.extend(here);
         }
         fn capacity(&mut self, host: HostId) -> Option<Capacity> {
+            self.asked.push(host);
             Some(World::capacity(self, host))
         }
         fn memory_mib(&self, _vm: VmId) -> u64 {
@@ -634,6 +660,7 @@ mod tests {
             links: vec![(U, V, 10.0), (U, W, 6.0), (V, W, 6.0)],
             pinned: Vec::new(),
             refused: Vec::new(),
+            asked: Vec::new(),
         };
         for (vm, host) in [(U, "a1"), (V, "a1"), (W, "b1")] {
             let h = w.host(host);
@@ -733,17 +760,29 @@ mod tests {
     }
 
     #[test]
-    fn no_destination_is_surveyed_when_even_the_whole_group_cannot_beat_the_floor() {
+    fn nobody_is_asked_when_the_group_cannot_beat_the_floor() {
         let topo = two_racks(4);
-        let mut world = stuck(&topo);
+        // v on the other host of u's rack: forming the group would ask that host.
+        let world_of = |topo| {
+            let mut w = stuck(topo);
+            let a2 = w.host("a2");
+            w.at.insert(V, a2);
+            w
+        };
+        let mut world = world_of(&topo);
         let plan = Decider::new(&topo)
             .plan_group(&mut world, U, &GroupOptions::default(), 0.0)
             .unwrap();
+        assert!(plan.worth_it(), "{plan:?}");
+        assert!(world.asked.contains(&world.host("a2")));
         let floor = plan.benefit + 1_000.0;
-        let mut world = stuck(&topo);
+        let mut world = world_of(&topo);
         assert_eq!(
             Decider::new(&topo).plan_group(&mut world, U, &GroupOptions::default(), floor),
             None
         );
+        // Only u's own host (what the holder knows) was read: no message would have been sent.
+        let a1 = world.host("a1");
+        assert!(world.asked.iter().all(|&h| h == a1), "{:?}", world.asked);
     }
 }
