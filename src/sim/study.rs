@@ -98,6 +98,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// The runs that applied the scenario's rules: each policy, then each with group moves.
+    pub fn runs_with_rules(&self) -> impl Iterator<Item = &PolicyRun> {
+        self.runs.iter().chain(self.group.iter().map(|(r, _)| r))
+    }
+
     /// The lower bound on Eq. 3.1 under the last round's traffic (`None` without the baseline).
     pub fn bound(&self) -> Option<f64> {
         (!self.bound_by_level.is_empty()).then(|| self.bound_by_level.iter().sum())
