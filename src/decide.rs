@@ -302,12 +302,35 @@ pub fn cpu_room(capacity: &Capacity, cores: f64, max_load: f64) -> bool {
 /// Whether a host with this capacity answer can take a VM of `memory_mib`, keeping the host's
 /// VM limit and memory reserve from the topology.
 pub fn room_for(host: &Host, capacity: &Capacity, memory_mib: u64) -> bool {
-    // A migration on its way in already holds a slot there.
-    capacity
-        .running_vms
-        .saturating_add(capacity.incoming_migrations)
-        < host.max_vms
-        && capacity.free_memory_mib >= memory_mib.saturating_add(host.reserve_memory_mib)
+    Room::of(host, capacity).fits(memory_mib)
+}
+
+/// A host's free VM slots and memory as its capacity answer and the topology give them (its VM
+/// limit, its memory reserve); negative when it holds more than they allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    pub vms: i64,
+    pub mib: i64,
+}
+
+impl Room {
+    /// Nothing free.
+    pub const NONE: Room = Room { vms: 0, mib: 0 };
+
+    pub fn of(host: &Host, capacity: &Capacity) -> Room {
+        Room {
+            // A migration on its way in already holds a slot there.
+            vms: host.max_vms as i64
+                - capacity.running_vms as i64
+                - capacity.incoming_migrations as i64,
+            mib: capacity.free_memory_mib as i64 - host.reserve_memory_mib as i64,
+        }
+    }
+
+    /// Room for one more VM of `memory_mib`.
+    pub fn fits(&self, memory_mib: u64) -> bool {
+        self.vms >= 1 && self.mib >= memory_mib.min(i64::MAX as u64) as i64
+    }
 }
 
 /// Ranks candidates and runs searches; holds the rack index and scratch space so that deciding

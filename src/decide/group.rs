@@ -13,7 +13,7 @@
 //! a destination's residents and room, the gates of VMs on other hosts) comes through
 //! [`GroupView`], answered from memory in the simulator.
 
-use super::Decider;
+use super::{Decider, Room};
 use crate::cost::{self, Link, SetMove};
 use crate::hypervisor::Capacity;
 use crate::topology::HostId;
@@ -105,24 +105,12 @@ impl GroupPlan {
     }
 }
 
-/// Free VM slots and memory of a host (after its reserve), as the plan fills and empties it.
-#[derive(Clone, Copy, Debug)]
-struct Room {
-    vms: i64,
-    mib: i64,
-}
-
-impl Room {
-    fn fits(&self, mib: u64) -> bool {
-        self.vms >= 1 && self.mib >= mib as i64
-    }
-}
-
 /// The partner lists, residents and rooms a plan reads, each asked once.
 struct Asked<'v, V: GroupView + ?Sized> {
     view: &'v mut V,
     partners: HashMap<VmId, Vec<Link>>,
-    rooms: HashMap<HostId, Room>,
+    /// Each host's room as it answered (`None`: it did not answer).
+    rooms: HashMap<HostId, Option<Room>>,
 }
 
 impl<V: GroupView + ?Sized> Asked<'_, V> {
@@ -135,22 +123,18 @@ impl<V: GroupView + ?Sized> Asked<'_, V> {
         })
     }
 
-    fn room(&mut self, d: &Decider<'_>, host: HostId) -> Room {
+    fn room(&mut self, d: &Decider<'_>, host: HostId) -> Option<Room> {
         let view = &mut *self.view;
-        *self.rooms.entry(host).or_insert_with(|| {
-            let h = d.topo.host(host);
-            match view.capacity(host) {
-                Some(c) => Room {
-                    vms: h.max_vms as i64 - c.running_vms as i64 - c.incoming_migrations as i64,
-                    mib: c.free_memory_mib as i64 - h.reserve_memory_mib as i64,
-                },
-                // A host that does not answer receives nothing.
-                None => Room {
-                    vms: i64::MIN / 2,
-                    mib: i64::MIN / 2,
-                },
-            }
-        })
+        *self
+            .rooms
+            .entry(host)
+            .or_insert_with(|| view.capacity(host).map(|c| Room::of(d.topo.host(host), &c)))
+    }
+
+    /// The room the plan may count on at `host`: none beyond what the plan frees there when
+    /// the host did not answer.
+    fn room_or_none(&mut self, d: &Decider<'_>, host: HostId) -> Room {
+        self.room(d, host).unwrap_or(Room::NONE)
     }
 }
 
@@ -307,11 +291,14 @@ impl Decider<'_> {
             let mem = asked.view.memory_mib(x);
             bound.clear();
             for &h in hosts {
+                // A host that did not answer receives nothing.
                 let room = match rooms.get(&h) {
-                    Some(&room) => room,
+                    Some(&room) => Some(room),
                     None => asked.room(self, h),
                 };
-                bound.push((h, 0.0, room));
+                if let Some(room) = room {
+                    bound.push((h, 0.0, room));
+                }
             }
             for l in asked.partners(x) {
                 let at = placed.get(&l.vm).copied().unwrap_or(l.host);
@@ -330,10 +317,7 @@ impl Decider<'_> {
                     .then(a.0.cmp(&b.0))
             });
             let mut chosen: Option<(HostId, Option<VmId>)> = None;
-            for &(h, _, room) in bound.iter().take(3) {
-                if room.vms < -1_000 {
-                    continue; // not answered
-                }
+            for &(h, _, _) in bound.iter().take(3) {
                 let at_after = |vm: VmId| {
                     if vm == x {
                         Some(h)
@@ -344,14 +328,18 @@ impl Decider<'_> {
                 if !asked.view.admits(x, from, h, &at_after) {
                     continue;
                 }
-                let room_h = *rooms.entry(h).or_insert_with(|| asked.room(self, h));
+                let room_h = *rooms
+                    .entry(h)
+                    .or_insert_with(|| asked.room_or_none(self, h));
                 if room_h.fits(mem) {
                     chosen = Some((h, None));
                     break;
                 }
                 // Full: the resident least bound to the host (by its rate to VMs there and to
                 // the plan's arrivals; the lightest first among equals) goes where x was.
-                let room_from = *rooms.entry(from).or_insert_with(|| asked.room(self, from));
+                let room_from = *rooms
+                    .entry(from)
+                    .or_insert_with(|| asked.room_or_none(self, from));
                 let free_there = room_from.mib + mem as i64;
                 residents.clear();
                 asked.view.residents(h, &mut residents);
@@ -411,7 +399,9 @@ impl Decider<'_> {
             };
             let wm = evict.map_or(0, |w| asked.view.memory_mib(w) as i64);
             let mut shift = |host: HostId, vms: i64, mib: i64| {
-                let room = rooms.entry(host).or_insert_with(|| asked.room(self, host));
+                let room = rooms
+                    .entry(host)
+                    .or_insert_with(|| asked.room_or_none(self, host));
                 room.vms += vms;
                 room.mib += mib;
             };
@@ -484,7 +474,9 @@ impl Decider<'_> {
         while !pending.is_empty() {
             let mut found = None;
             for (i, m) in pending.iter().enumerate() {
-                let room = *rooms.entry(m.to).or_insert_with(|| asked.room(self, m.to));
+                let room = *rooms
+                    .entry(m.to)
+                    .or_insert_with(|| asked.room_or_none(self, m.to));
                 let now = |vm: VmId| done.get(&vm).copied();
                 if room.fits(asked.view.memory_mib(m.vm))
                     && asked.view.admits(m.vm, m.from, m.to, &now)
@@ -495,12 +487,14 @@ impl Decider<'_> {
             }
             let m = pending.remove(found?);
             let mem = asked.view.memory_mib(m.vm) as i64;
-            let to = rooms.entry(m.to).or_insert_with(|| asked.room(self, m.to));
+            let to = rooms
+                .entry(m.to)
+                .or_insert_with(|| asked.room_or_none(self, m.to));
             to.vms -= 1;
             to.mib -= mem;
             let from = rooms
                 .entry(m.from)
-                .or_insert_with(|| asked.room(self, m.from));
+                .or_insert_with(|| asked.room_or_none(self, m.from));
             from.vms += 1;
             from.mib += mem;
             done.insert(m.vm, m.to);
