@@ -350,6 +350,33 @@ mod tests {
         })
     }
 
+    /// VM i (id 100 + i) on host `hosts[i]`; the drawn pairs merged per unordered pair (λ is per
+    /// pair), by index and by id.
+    #[allow(clippy::type_complexity)]
+    fn small_world(
+        hosts: &[u32],
+        raw_pairs: Vec<(usize, usize, f64)>,
+    ) -> (
+        HashMap<VmId, HostId>,
+        HashMap<(usize, usize), f64>,
+        Vec<(VmId, VmId, f64)>,
+    ) {
+        let vm = |i: usize| VmId(i as u32 + 100);
+        let place = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (vm(i), HostId(*h)))
+            .collect();
+        let mut lam: HashMap<(usize, usize), f64> = HashMap::new();
+        for (a, b, r) in raw_pairs {
+            if a != b {
+                *lam.entry((a.min(b), a.max(b))).or_default() += r;
+            }
+        }
+        let pairs = lam.iter().map(|(&(a, b), &r)| (vm(a), vm(b), r)).collect();
+        (place, lam, pairs)
+    }
+
     proptest! {
         #[test]
         fn level_is_symmetric_zero_on_same_host_and_cost_monotone(x in 0u32..16, y in 0u32..16, z in 0u32..16) {
@@ -392,16 +419,7 @@ mod tests {
         fn benefit_equals_drop_in_total_cost((hosts, raw_pairs, mover, target) in arb_scenario()) {
             let t = fat_tree();
             let vm = |i: usize| VmId(i as u32 + 100);
-            let mut place: HashMap<VmId, HostId> =
-                hosts.iter().enumerate().map(|(i, h)| (vm(i), HostId(*h))).collect();
-            // Merge duplicate pairs: λ is per unordered pair.
-            let mut lam: HashMap<(usize, usize), f64> = HashMap::new();
-            for (a, b, r) in raw_pairs {
-                if a != b {
-                    *lam.entry((a.min(b), a.max(b))).or_default() += r;
-                }
-            }
-            let pairs: Vec<(VmId, VmId, f64)> = lam.iter().map(|(&(a, b), &r)| (vm(a), vm(b), r)).collect();
+            let (mut place, lam, pairs) = small_world(&hosts, raw_pairs);
             let partners: Vec<PartnerTraffic> = lam
                 .iter()
                 .filter_map(|(&(a, b), &r)| {
@@ -431,15 +449,7 @@ mod tests {
         ) {
             let t = fat_tree();
             let vm = |i: usize| VmId(i as u32 + 100);
-            let mut place: HashMap<VmId, HostId> =
-                hosts.iter().enumerate().map(|(i, h)| (vm(i), HostId(*h))).collect();
-            let mut lam: HashMap<(usize, usize), f64> = HashMap::new();
-            for (a, b, r) in raw_pairs {
-                if a != b {
-                    *lam.entry((a.min(b), a.max(b))).or_default() += r;
-                }
-            }
-            let pairs: Vec<(VmId, VmId, f64)> = lam.iter().map(|(&(a, b), &r)| (vm(a), vm(b), r)).collect();
+            let (mut place, lam, pairs) = small_world(&hosts, raw_pairs);
             // Each VM named once, the last target wins.
             let mut to: HashMap<usize, HostId> = HashMap::new();
             for (i, h) in targets {
