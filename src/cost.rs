@@ -82,9 +82,18 @@ pub fn migration_cost(constant: f64, fraction: f64, vm_cost: f64) -> f64 {
 
 /// A VM's own share of the cost if it runs on `at`: `Σ_{z ∈ V_u} λ(z,u) · Σ_{i ≤ ℓ(at, σ(z))} c_i`.
 pub fn vm_cost(topo: &Topology, at: HostId, partners: &[PartnerTraffic]) -> f64 {
+    cost_at(topo, at, partners.iter().map(|p| (p.host, p.rate)))
+}
+
+/// [`vm_cost`] for partners given as (host, rate), e.g. [`Link`]s.
+pub fn cost_at(
+    topo: &Topology,
+    at: HostId,
+    partners: impl IntoIterator<Item = (HostId, f64)>,
+) -> f64 {
     partners
-        .iter()
-        .map(|p| p.rate * topo.path_cost(at, p.host))
+        .into_iter()
+        .map(|(host, rate)| rate * topo.path_cost(at, host))
         .sum()
 }
 

@@ -136,6 +136,19 @@ impl<V: GroupView + ?Sized> Asked<'_, V> {
     fn room_or_none(&mut self, d: &Decider<'_>, host: HostId) -> Room {
         self.room(d, host).unwrap_or(Room::NONE)
     }
+
+    /// `rooms` after move `m`: a slot and the VM's memory taken at its destination, given back
+    /// at its source.
+    fn shift(&mut self, d: &Decider<'_>, rooms: &mut HashMap<HostId, Room>, m: &PlannedMove) {
+        let mem = self.view.memory_mib(m.vm) as i64;
+        for (host, sign) in [(m.to, -1), (m.from, 1)] {
+            let room = rooms
+                .entry(host)
+                .or_insert_with(|| self.room_or_none(d, host));
+            room.vms += sign;
+            room.mib += sign * mem;
+        }
+    }
 }
 
 impl Decider<'_> {
@@ -181,19 +194,10 @@ impl Decider<'_> {
         // asked; a group whose gain lies in other members' links is led by them at their turns.
         let far_rack = self.rack_of[costliest.map_or(home, |c| c.1).index()];
         let there = self.rack_hosts[far_rack as usize][0];
-        let mut own_part = 0.0;
-        for l in asked.partners(u) {
-            let now = l.rate * self.topo.path_cost(home, l.host);
-            let r = self.rack_of[l.host.index()];
-            own_part += if r == rack && l.rate >= opt.bond * heaviest {
-                now
-            } else if r == far_rack {
-                2.0 * now
-            } else {
-                2.0 * (now - l.rate * self.topo.path_cost(there, l.host))
-            };
-        }
         let own = asked.partners(u).to_vec();
+        let own_part = self.ideal_gain(home, &own, far_rack, |l| {
+            self.rack_of[l.host.index()] == rack && l.rate >= opt.bond * heaviest
+        });
         if own_part - asked.view.migration_cost(u, home, there, &own) <= floor {
             return None;
         }
@@ -222,8 +226,7 @@ impl Decider<'_> {
         // Where the group's cost goes: racks by the cost of the group's links into them.
         let mut towards: Vec<(u32, f64)> = Vec::new();
         for &(x, at) in &group {
-            let links = asked.partners(x).to_vec();
-            for l in links {
+            for l in asked.partners(x) {
                 let r = self.rack_of[l.host.index()];
                 if r != rack && !group.iter().any(|g| g.0 == l.vm) {
                     let c = l.rate * self.topo.path_cost(at, l.host);
@@ -241,20 +244,12 @@ impl Decider<'_> {
         // own migration cost is not surveyed.
         let mut worth = Vec::with_capacity(towards.len());
         for &(r, _) in &towards {
-            let there = self.rack_hosts[r as usize][0];
             let mut ideal = 0.0;
             for &(x, at) in &group {
-                for l in asked.partners(x) {
-                    let now = l.rate * self.topo.path_cost(at, l.host);
-                    if group.iter().any(|g| g.0 == l.vm) {
-                        ideal += now;
-                    } else if self.rack_of[l.host.index()] == r {
-                        ideal += 2.0 * now;
-                    } else {
-                        ideal += 2.0 * (now - l.rate * self.topo.path_cost(there, l.host));
-                    }
-                }
+                let links = asked.partners(x);
+                ideal += self.ideal_gain(at, links, r, |l| group.iter().any(|g| g.0 == l.vm));
             }
+            let there = self.rack_hosts[r as usize][0];
             if ideal - asked.view.migration_cost(u, home, there, &own) > floor {
                 worth.push(r);
             }
@@ -268,6 +263,28 @@ impl Decider<'_> {
             }
         }
         best
+    }
+
+    /// What a VM at `at` with `links` would gain from its group moving into rack `r` if the
+    /// whole group fit there: the links to VMs that come along (`along`) at most their whole cost
+    /// once (the pair is seen from both sides), the links into `r` their whole cost, every other
+    /// link the difference its cost makes from any host of `r` (all equally far from a VM outside
+    /// it). Not a bound: it ignores what a VM sent away to make room gains or loses.
+    fn ideal_gain(&self, at: HostId, links: &[Link], r: u32, along: impl Fn(&Link) -> bool) -> f64 {
+        let there = self.rack_hosts[r as usize][0];
+        links
+            .iter()
+            .map(|l| {
+                let now = l.rate * self.topo.path_cost(at, l.host);
+                if along(l) {
+                    now
+                } else if self.rack_of[l.host.index()] == r {
+                    2.0 * now
+                } else {
+                    2.0 * (now - l.rate * self.topo.path_cost(there, l.host))
+                }
+            })
+            .sum()
     }
 
     /// Places `group` on the hosts of rack `r`: each member on the host with room it is most
@@ -397,33 +414,25 @@ impl Decider<'_> {
                 }
                 continue;
             };
-            let wm = evict.map_or(0, |w| asked.view.memory_mib(w) as i64);
-            let mut shift = |host: HostId, vms: i64, mib: i64| {
-                let room = rooms
-                    .entry(host)
-                    .or_insert_with(|| asked.room_or_none(self, host));
-                room.vms += vms;
-                room.mib += mib;
-            };
-            shift(from, 1, mem as i64);
-            shift(to, -1, -(mem as i64));
-            placed.insert(x, to);
-            moves.push(PlannedMove {
+            let arrive = PlannedMove {
                 vm: x,
                 from,
                 to,
                 evicted: false,
-            });
+            };
+            asked.shift(self, &mut rooms, &arrive);
+            placed.insert(x, to);
+            moves.push(arrive);
             if let Some(w) = evict {
-                shift(to, 1, wm);
-                shift(from, -1, -wm);
-                placed.insert(w, from);
-                moves.push(PlannedMove {
+                let leave = PlannedMove {
                     vm: w,
                     from: to,
                     to: from,
                     evicted: true,
-                });
+                };
+                asked.shift(self, &mut rooms, &leave);
+                placed.insert(w, from);
+                moves.push(leave);
             }
         }
         // Every move once more against the plan's final placement (a later move may have
@@ -486,17 +495,7 @@ impl Decider<'_> {
                 }
             }
             let m = pending.remove(found?);
-            let mem = asked.view.memory_mib(m.vm) as i64;
-            let to = rooms
-                .entry(m.to)
-                .or_insert_with(|| asked.room_or_none(self, m.to));
-            to.vms -= 1;
-            to.mib -= mem;
-            let from = rooms
-                .entry(m.from)
-                .or_insert_with(|| asked.room_or_none(self, m.from));
-            from.vms += 1;
-            from.mib += mem;
+            asked.shift(self, &mut rooms, &m);
             done.insert(m.vm, m.to);
             order.push(m);
         }

@@ -142,10 +142,20 @@ impl Spent {
         times.len() as u32
     }
 
-    fn allows(&mut self, budget: &Budget, vm: usize, from: HostId, to: HostId, now: i64) -> bool {
+    /// Whether the budget allows moving VM `vm` from `from` to `to` at `now`, after `before`:
+    /// the moves of the same decision that come first (not recorded yet).
+    fn allows(
+        &mut self,
+        budget: &Budget,
+        (vm, from, to): (usize, HostId, HostId),
+        now: i64,
+        before: &[PlannedMove],
+    ) -> bool {
+        let touching =
+            |h: HostId| before.iter().filter(|m| m.from == h || m.to == h).count() as u32;
         let v = Self::count(&mut self.vm[vm], now - DAY_MS);
-        let f = Self::count(&mut self.host[from.index()], now - HOUR_MS);
-        let t = Self::count(&mut self.host[to.index()], now - HOUR_MS);
+        let f = Self::count(&mut self.host[from.index()], now - HOUR_MS) + touching(from);
+        let t = Self::count(&mut self.host[to.index()], now - HOUR_MS) + touching(to);
         budget.allows(v, (from, f), Some((to, t))).is_ok()
     }
 
@@ -217,6 +227,11 @@ impl Books {
     fn index(&self, vm: VmId) -> Option<usize> {
         let i = vm.0.checked_sub(self.first_id)? as usize;
         (i < self.loc.len()).then_some(i)
+    }
+
+    /// Where a VM of the scenario runs.
+    fn host_of(&self, vm: VmId) -> Option<HostId> {
+        self.index(vm).map(|i| self.loc[i])
     }
 
     /// Records migration `m`, done at `at`.
@@ -303,28 +318,12 @@ impl Books {
         params: &MigrationParams,
     ) -> Carried {
         if let Some(b) = budget {
-            // Each move counted with the plan's moves before it.
-            let mut extra: Vec<(HostId, u32)> = Vec::new();
-            let bump = |extra: &mut Vec<(HostId, u32)>, h: HostId| -> u32 {
-                match extra.iter_mut().find(|e| e.0 == h) {
-                    Some(e) => {
-                        e.1 += 1;
-                        e.1 - 1
-                    }
-                    None => {
-                        extra.push((h, 1));
-                        0
-                    }
-                }
-            };
-            for m in &plan.moves {
+            for (k, m) in plan.moves.iter().enumerate() {
                 let Some(i) = self.index(m.vm) else { continue };
-                let v = Spent::count(&mut self.spent.vm[i], now - DAY_MS);
-                let f = Spent::count(&mut self.spent.host[m.from.index()], now - HOUR_MS)
-                    + bump(&mut extra, m.from);
-                let t = Spent::count(&mut self.spent.host[m.to.index()], now - HOUR_MS)
-                    + bump(&mut extra, m.to);
-                if b.allows(v, (m.from, f), Some((m.to, t))).is_err() {
+                if !self
+                    .spent
+                    .allows(b, (i, m.from, m.to), now, &plan.moves[..k])
+                {
                     return Carried::Budget;
                 }
             }
@@ -378,7 +377,7 @@ impl SimView<'_> {
 
 impl GroupView for SimView<'_> {
     fn host_of(&self, vm: VmId) -> Option<HostId> {
-        self.books.index(vm).map(|i| self.books.loc[i])
+        self.books.host_of(vm)
     }
 
     fn partners(&mut self, vm: VmId, out: &mut Vec<Link>) {
@@ -448,7 +447,7 @@ impl GroupView for SimView<'_> {
         let Some(r) = self.rules else { return true };
         let books = self.books;
         let check = r.check_located(&self.sc.topology, vm, |m| {
-            placed(m).or_else(|| books.index(m).map(|j| books.loc[j]))
+            placed(m).or_else(|| books.host_of(m))
         });
         check.allows(from, to).is_ok()
     }
@@ -458,10 +457,7 @@ impl GroupView for SimView<'_> {
             return f64::INFINITY;
         };
         let topo = &self.sc.topology;
-        let own: f64 = partners
-            .iter()
-            .map(|l| l.rate * topo.path_cost(from, l.host))
-            .sum();
+        let own = cost::cost_at(topo, from, partners.iter().map(|l| (l.host, l.rate)));
         let constant = cost::migration_cost(
             self.opt.migration_cost,
             self.opt.migration_cost_fraction,
@@ -550,7 +546,6 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
         messages: Counts::default(),
         group: GroupStats::default(),
     };
-    let index = |vm: VmId| (vm.0 - sc.ids[0].0) as usize;
 
     let mut round = 0usize;
     let mut cost = sc.cost(0, &books.loc);
@@ -567,7 +562,9 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                     // holder's is a hand-off; the receiver beats on arrival and at its own
                     // first step.
                     counts.heartbeats.add(1, wire.heartbeat());
-                    let host = books.loc[index(vm)];
+                    let host = books
+                        .host_of(vm)
+                        .expect("the token names the scenario's VMs");
                     if at.is_some_and(|h| h != host) {
                         if machine.token().round != token_round {
                             token_round = machine.token().round;
@@ -594,7 +591,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             }
         }
         let Action::Decide(vm) = action else { break };
-        let i = index(vm);
+        let i = books.index(vm).expect("the token names the scenario's VMs");
         let rates = &sc.rates[round];
         let now = sc.params.clock.at(step);
         // The daemon's instants for the cooldown: the scenario's clock from an arbitrary origin.
@@ -618,7 +615,7 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
                 cpu_cores: 0.0,
                 partners: &partners,
             };
-            let check = rules.map(|r| r.check_located(topo, vm, |m| Some(books.loc[index(m)])));
+            let check = rules.map(|r| r.check_located(topo, vm, |m| books.host_of(m)));
             let gates = Gates {
                 pinned: false,
                 migration_cost: cost::migration_cost(
@@ -681,7 +678,10 @@ pub fn run(sc: &Scenario, opt: &RunOptions, mut progress: impl FnMut(u64)) -> Po
             if let (Outcome::Migrate { to, .. }, Some(r)) = (decision.outcome, gated) {
                 if !r.window(books.loc[i], now).allows() {
                     slot = 5;
-                } else if !books.spent.allows(&r.budget, i, books.loc[i], to, now) {
+                } else if !books
+                    .spent
+                    .allows(&r.budget, (i, books.loc[i], to), now, &[])
+                {
                     slot = 6;
                 }
             }
