@@ -22,10 +22,10 @@ use futures::{FutureExt, StreamExt};
 use libp2p::gossipsub;
 use libp2p::metrics::Recorder;
 use libp2p::request_response::{self as rr, ResponseChannel};
-use libp2p::swarm::{ConnectionDenied, DialError, ListenError, SwarmEvent};
+use libp2p::swarm::{ConnectionDenied, ConnectionId, DialError, ListenError, SwarmEvent};
 use libp2p::{PeerId, Swarm, connection_limits, identify, ping};
 use scored_proto::{Refusal, Response, TopologyFingerprint};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +66,8 @@ pub(crate) struct Driver {
     refused: mpsc::Receiver<RefusedFrame>,
     request_timeout: Duration,
     pending: Pending,
+    /// Outgoing dials under way, and to whom.
+    dials: HashMap<ConnectionId, PeerId>,
     limiter: RateLimiter,
     answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     gossip: Gossip,
@@ -97,6 +99,7 @@ impl Driver {
             refused: channels.refused,
             request_timeout: config.request_timeout,
             pending: Pending::default(),
+            dials: HashMap::new(),
             limiter: RateLimiter::new(config.rate_limits),
             answers: FuturesUnordered::new(),
             gossip,
@@ -112,7 +115,7 @@ impl Driver {
         inventory: Option<Duration>,
         first_inventory: Duration,
     ) {
-        self.gossip.dial_fingers(&mut self.swarm);
+        self.dial_fingers();
         let mut redial = tokio::time::interval(redial);
         let republish = inventory.is_some();
         let mut inventory = tokio::time::interval_at(
@@ -133,7 +136,7 @@ impl Driver {
                 }
                 _ = redial.tick() => {
                     self.drop_severed();
-                    self.gossip.dial_fingers(&mut self.swarm);
+                    self.dial_fingers();
                     self.limiter.prune(Instant::now());
                 }
                 _ = inventory.tick(), if republish => self.gossip.publish_inventory(&mut self.swarm.behaviour_mut().gossip),
@@ -170,9 +173,8 @@ impl Driver {
         let b = self.swarm.behaviour_mut();
         match c {
             Command::Request(peer, request, reply) => {
-                let (kind, id) = b.rpc.send_request(&peer, request);
-                self.metrics.sent(kind.protocol());
-                self.pending.insert(kind, id, reply);
+                self.metrics.sent(request.kind().protocol());
+                self.send_request(peer, request, reply, true);
             }
             Command::Publish(data, tx) => {
                 let _ = tx.send(self.gossip.publish(&mut b.gossip, data));
@@ -187,6 +189,22 @@ impl Driver {
                 let _ = tx.send(self.gossip.mesh_size(&b.gossip));
             }
         }
+    }
+
+    /// Dials the fingers that have no connection, remembering the dials (the swarm reports only
+    /// the dials its behaviours start).
+    fn dial_fingers(&mut self) {
+        self.dials.extend(self.gossip.dial_fingers(&mut self.swarm));
+    }
+
+    /// Hands a request to libp2p. One that will wait for a dial already under way (libp2p does not
+    /// dial again) keeps a copy, to be sent once more if that older dial fails.
+    fn send_request(&mut self, peer: PeerId, request: RpcRequest, reply: Reply, retry: bool) {
+        let joins_older_dial =
+            retry && !self.swarm.is_connected(&peer) && self.dials.values().any(|p| *p == peer);
+        let copy = joins_older_dial.then(|| (peer, request.clone()));
+        let (kind, id) = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+        self.pending.insert(kind, id, reply, copy);
     }
 
     /// Sends a response; `counted` responses that reach the peer count as served.
@@ -385,11 +403,20 @@ impl Driver {
                         response,
                     },
                 ..
-            } => self.pending.settle(kind, request_id, Ok(response)),
+            } => {
+                self.pending.settle(kind, request_id, Ok(response));
+            }
             // A response that failed to decode was reported by the codec already.
             rr::Event::OutboundFailure {
                 request_id, error, ..
-            } => self.pending.settle(kind, request_id, Err(error.into())),
+            } => {
+                if let Some((peer, request, reply)) =
+                    self.pending.settle(kind, request_id, Err(error.into()))
+                {
+                    tracing::debug!(peer = %self.host_name(&peer), protocol = kind.protocol(), "an older dial failed: dialling again for the request that waited on it");
+                    self.send_request(peer, request, reply, false);
+                }
+            }
             rr::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, protocol = kind.protocol(), %error, "inbound request failed");
             }
@@ -454,11 +481,19 @@ impl Driver {
         }
         match event {
             SwarmEvent::Behaviour(e) => self.behaviour_event(e),
+            SwarmEvent::Dialing {
+                peer_id: Some(peer),
+                connection_id,
+            } => {
+                self.dials.insert(connection_id, peer);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                connection_id,
                 ..
             } => {
+                self.dials.remove(&connection_id);
                 if num_established.get() == 1
                     && let Some(h) = self.topology.host_by_peer(&peer_id)
                 {
@@ -479,7 +514,12 @@ impl Driver {
                     let _ = self.inbound.try_send(InboundEvent::PeerDown(h.id));
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
+                self.dials.remove(&connection_id);
                 if let DialError::Denied { cause } = &error {
                     self.connection_denied(peer_id, cause);
                 }

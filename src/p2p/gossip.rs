@@ -15,6 +15,7 @@ use super::metrics::P2pMetrics;
 use super::{AnnounceError, InboundEvent};
 use crate::topology::{HostId, Topology};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Swarm};
 use scored_proto::{ANNOUNCE_TOPIC, ANNOUNCE_TOPIC_V2, Announcement, GroupsAnnounce};
@@ -72,8 +73,12 @@ impl Gossip {
         gossip.subscribe(&self.topic_v2).map(|_| ())
     }
 
-    /// Dials the fingers that have no connection now.
-    pub(crate) fn dial_fingers<B: libp2p::swarm::NetworkBehaviour>(&self, swarm: &mut Swarm<B>) {
+    /// Dials the fingers that have no connection now; returns the dials started.
+    pub(crate) fn dial_fingers<B: libp2p::swarm::NetworkBehaviour>(
+        &self,
+        swarm: &mut Swarm<B>,
+    ) -> Vec<(ConnectionId, PeerId)> {
+        let mut started = Vec::new();
         for p in &self.fingers {
             if swarm.is_connected(p) {
                 continue;
@@ -81,10 +86,15 @@ impl Gossip {
             let opts = DialOpts::peer_id(*p)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
-            if let Err(e) = swarm.dial(opts) {
-                tracing::debug!(peer = %self.host_name(p), error = %e, "gossip dial failed");
+            let id = opts.connection_id();
+            match swarm.dial(opts) {
+                Ok(()) => started.push((id, *p)),
+                Err(e) => {
+                    tracing::debug!(peer = %self.host_name(p), error = %e, "gossip dial failed")
+                }
             }
         }
+        started
     }
 
     /// Publishes an encoded announcement.

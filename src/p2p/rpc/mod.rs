@@ -76,7 +76,7 @@ impl Kind {
 }
 
 /// A request to a peer, of any of the four kinds.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum RpcRequest {
     Token(Request<Token>),
     Location(Request<LocationRequest>),
