@@ -201,6 +201,38 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_survey_answer_fits_its_frame_and_one_more_vm_is_refused() {
+        let widest = |i: usize| SurveyedVm {
+            vm: VmId(u32::MAX - i as u32),
+            memory_mib: u64::MAX,
+            movable: true,
+            partners: (0..MAX_SURVEY_PARTNERS)
+                .map(|k| (VmId(u32::MAX - k as u32), f64::MAX))
+                .collect(),
+        };
+        let mut r = SurveyResponse {
+            vms: (0..MAX_SURVEY_VMS).map(widest).collect(),
+            capacity: CapacityResponse {
+                free_slots: u32::MAX,
+                free_memory_mib: u64::MAX,
+                cpu_load: f32::MAX,
+                maintenance: true,
+                incoming_migrations: u32::MAX,
+                accepts: true,
+            },
+            cpus: u32::MAX,
+        };
+        let bytes = encode(&r).unwrap();
+        assert!(bytes.len() <= <SurveyResponse as WireMessage>::MAX_FRAME);
+        assert_eq!(decode::<SurveyResponse>(&bytes).unwrap(), r);
+        r.vms.push(widest(0));
+        assert!(encode(&r).is_err());
+        r.vms.pop();
+        r.vms[3].partners[0].1 = f64::NAN;
+        assert!(encode(&r).is_err());
+    }
+
+    #[test]
     fn vm_id_is_the_ipv4_address() {
         let id = VmId::from_ipv4("10.1.2.3".parse().unwrap());
         assert_eq!(id.0, 0x0a01_0203);

@@ -18,6 +18,8 @@ pub const TOKEN_PROTOCOL: &str = "/scored/token/1";
 pub const LOCATION_PROTOCOL: &str = "/scored/location/1";
 pub const CAPACITY_PROTOCOL: &str = "/scored/capacity/1";
 pub const STATS_PROTOCOL: &str = "/scored/stats/1";
+/// The group-move survey: what a host runs, what each of its VMs is bound to, its room.
+pub const GROUP_PROTOCOL: &str = "/scored/group/1";
 /// The gossipsub topic migration and inventory announcements travel on.
 pub const ANNOUNCE_TOPIC: &str = "/scored/announce/1";
 /// The identify protocol version string scored daemons present.
@@ -36,11 +38,17 @@ pub const MAX_HOST_VMS: usize = 1 << 16;
 pub const MAX_HOST_NAME: usize = 64;
 /// Longest free-text reason in a refusal or a declined token.
 pub const MAX_REASON: usize = 256;
+/// Most VMs one survey answer describes (a hypervisor runs far fewer).
+pub const MAX_SURVEY_VMS: usize = 512;
+/// Most partners a survey answer gives one VM: its heaviest.
+pub const MAX_SURVEY_PARTNERS: usize = 64;
 
 const SMALL_FRAME: usize = 1 << 10;
 const LOCATION_REQUEST_FRAME: usize = 512 << 10;
 const LOCATION_RESPONSE_FRAME: usize = 8 << 20;
 const STATS_RESPONSE_FRAME: usize = 2 << 20;
+/// 512 VMs × (header + 64 partners × (id + rate)) with postcard's varints: ≤ 1 MiB.
+const SURVEY_RESPONSE_FRAME: usize = 1 << 20;
 const ANNOUNCE_FRAME: usize = 2 << 20;
 /// Room for the fingerprint varint of a request envelope or the tag of a response.
 const ENVELOPE: usize = 10;
@@ -203,6 +211,36 @@ pub struct StatsResponse {
     pub benefits: Vec<VmBenefit>,
 }
 
+/// "What do you run, what is each VM bound to, and what room have you?" — asked by a token
+/// holder planning a group move (`decide::group`) of the hosts of its own rack and of the racks
+/// its group would go to. Nothing is held or changed by answering.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurveyRequest {
+    /// The asker's token (epoch, seq), for the answering host's log.
+    pub at: Stamp,
+}
+
+/// One VM of a surveyed host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SurveyedVm {
+    pub vm: VmId,
+    pub memory_mib: u64,
+    /// Its host's daemon would let it move now (not pinned, not cooling down, no migration of
+    /// it unsettled, the host's window open and the host not in maintenance).
+    pub movable: bool,
+    /// Its partners and the rates to them (bytes/s), heaviest first, at most
+    /// [`MAX_SURVEY_PARTNERS`].
+    pub partners: Vec<(VmId, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SurveyResponse {
+    pub vms: Vec<SurveyedVm>,
+    /// The host's room now, as a capacity request naming no VM would hear it.
+    pub capacity: CapacityResponse,
+    pub cpus: u32,
+}
+
 /// A completed migration: `vm` left `from` for `to` under token `at`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationAnnounce {
@@ -327,6 +365,33 @@ impl Validate for StatsResponse {
     }
 }
 
+impl Validate for SurveyRequest {}
+
+impl Validate for SurveyResponse {
+    fn validate(&self) -> Result<(), String> {
+        self.capacity.validate()?;
+        if self.vms.len() > MAX_SURVEY_VMS {
+            return Err(format!(
+                "{} VMs exceed the survey limit of {MAX_SURVEY_VMS}",
+                self.vms.len()
+            ));
+        }
+        for v in &self.vms {
+            if v.partners.len() > MAX_SURVEY_PARTNERS {
+                return Err(format!(
+                    "VM {}: {} partners exceed the survey limit of {MAX_SURVEY_PARTNERS}",
+                    v.vm,
+                    v.partners.len()
+                ));
+            }
+            if let Some((p, r)) = v.partners.iter().find(|(_, r)| !r.is_finite() || *r < 0.0) {
+                return Err(format!("VM {}: rate {r} to {p}", v.vm));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Validate for Announcement {
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -395,6 +460,8 @@ postcard_message!(CapacityRequest, "capacity request", SMALL_FRAME);
 postcard_message!(CapacityResponse, "capacity response", SMALL_FRAME);
 postcard_message!(StatsRequest, "statistics request", SMALL_FRAME);
 postcard_message!(StatsResponse, "statistics response", STATS_RESPONSE_FRAME);
+postcard_message!(SurveyRequest, "survey request", SMALL_FRAME);
+postcard_message!(SurveyResponse, "survey response", SURVEY_RESPONSE_FRAME);
 postcard_message!(Announcement, "announcement", ANNOUNCE_FRAME);
 
 impl WireMessage for LocationRequest {
@@ -569,3 +636,4 @@ protocol!(
     CapacityResponse
 );
 protocol!(StatsProtocol, STATS_PROTOCOL, StatsRequest, StatsResponse);
+protocol!(GroupProtocol, GROUP_PROTOCOL, SurveyRequest, SurveyResponse);
