@@ -5,14 +5,15 @@
 //!
 //! Reads the daemon's state and writes only what an announcement tells; it never decides.
 
-use super::host::Daemon;
+use super::host::{Daemon, unix_ms};
 use crate::cost::PartnerTraffic;
 use crate::decide::Decider;
 use crate::p2p::{Peers, Responder};
 use crate::topology::HostId;
 use scored_proto::{
-    Announcement, CapacityResponse, PlacementRequest, PlacementResponse, Stamp, StatsRequest,
-    StatsResponse, VmBenefit, VmId,
+    Announcement, CapacityResponse, MAX_SURVEY_PARTNERS, MAX_SURVEY_VMS, PlacementRequest,
+    PlacementResponse, Stamp, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse,
+    SurveyedVm, VmBenefit, VmId,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,35 +29,9 @@ impl<P: Peers> Daemon<P> {
         req: PlacementRequest,
         reply: Responder<PlacementResponse>,
     ) {
-        let within = self.config().hypervisor.call_timeout();
-        let cap = match self.hv.call("capacity", within, |hv| hv.capacity()).await {
-            Ok(c) => c,
-            Err(e) if e.is_unavailable() => {
-                return reply.refuse(format!("hypervisor not answering: {e}"));
-            }
-            Err(e) => return reply.refuse(format!("hypervisor: {e}")),
-        };
-        let host = self.topo.host(self.me);
-        let maintenance = self.operator().maintenance();
-        let max_incoming = self.config().migration.max_incoming;
-        // Incoming migrations count whoever started them: operators' virsh, OpenStack, or a
-        // second token on the other side of a partition.
-        let incoming = cap.incoming_migrations;
-        let free_slots = host
-            .max_vms
-            .saturating_sub(cap.running_vms)
-            .saturating_sub(incoming);
-        let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
-        let mut capacity = CapacityResponse {
-            free_slots,
-            free_memory_mib,
-            cpu_load: cap.cpu_load,
-            maintenance,
-            incoming_migrations: incoming,
-            accepts: !maintenance
-                && incoming < max_incoming
-                && free_slots > 0
-                && free_memory_mib >= req.memory_mib,
+        let (mut capacity, cpus) = match self.room(req.memory_mib).await {
+            Ok(r) => r,
+            Err(why) => return reply.refuse(why),
         };
         let mut refused_by_rule = None;
         if let Some(moving) = &req.moving {
@@ -74,7 +49,94 @@ impl<P: Peers> Daemon<P> {
         reply.send(PlacementResponse {
             capacity,
             refused_by_rule,
-            cpus: cap.cpus,
+            cpus,
+        });
+    }
+
+    /// This host's room as peers hear it, with its CPU count: what the hypervisor reports, less
+    /// the topology's reserve, and whether a VM of `memory_mib` would be accepted now
+    /// (maintenance, the incoming bound, room). `Err`: the hypervisor's failure, as a refusal
+    /// says it.
+    async fn room(&self, memory_mib: u64) -> Result<(CapacityResponse, u32), String> {
+        let within = self.config().hypervisor.call_timeout();
+        let cap = match self.hv.call("capacity", within, |hv| hv.capacity()).await {
+            Ok(c) => c,
+            Err(e) if e.is_unavailable() => return Err(format!("hypervisor not answering: {e}")),
+            Err(e) => return Err(format!("hypervisor: {e}")),
+        };
+        let host = self.topo.host(self.me);
+        let maintenance = self.operator().maintenance();
+        let max_incoming = self.config().migration.max_incoming;
+        // Incoming migrations count whoever started them: operators' virsh, OpenStack, or a
+        // second token on the other side of a partition.
+        let incoming = cap.incoming_migrations;
+        let free_slots = host
+            .max_vms
+            .saturating_sub(cap.running_vms)
+            .saturating_sub(incoming);
+        let free_memory_mib = cap.free_memory_mib.saturating_sub(host.reserve_memory_mib);
+        let capacity = CapacityResponse {
+            free_slots,
+            free_memory_mib,
+            cpu_load: cap.cpu_load,
+            maintenance,
+            incoming_migrations: incoming,
+            accepts: !maintenance
+                && incoming < max_incoming
+                && free_slots > 0
+                && free_memory_mib >= memory_mib,
+        };
+        Ok((capacity, cap.cpus))
+    }
+
+    /// The group-move survey (`/scored/group/1`): this host's VMs with their memory, whether
+    /// this daemon would let each move now, and its heaviest partners; the host's room. A
+    /// holder planning a group move reads it; nothing is held or changed.
+    pub async fn answer_survey(
+        self: Arc<Self>,
+        from: HostId,
+        req: SurveyRequest,
+        reply: Responder<SurveyResponse>,
+    ) {
+        let (capacity, cpus) = match self.room(0).await {
+            Ok(r) => r,
+            Err(why) => return reply.refuse(why),
+        };
+        let config = self.config();
+        let now = Instant::now();
+        let window_open = self.rules().window(self.me, unix_ms() as i64).allows();
+        let mut vms = self.inventory.vms();
+        vms.sort_unstable_by_key(|v| v.id);
+        vms.truncate(MAX_SURVEY_VMS);
+        // The rates first, the traffic's lock released before the ledger's is taken.
+        let rates: Vec<Vec<(VmId, f64)>> = {
+            let traffic = self.traffic();
+            let source = traffic.source();
+            vms.iter().map(|v| source.partners(v.id)).collect()
+        };
+        let out: Vec<SurveyedVm> = vms
+            .iter()
+            .zip(rates)
+            .map(|(v, rates)| {
+                let mut partners: Vec<(VmId, f64)> = rates
+                    .into_iter()
+                    .filter(|(p, r)| *p != v.id && *r > 0.0 && r.is_finite())
+                    .collect();
+                partners.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                partners.truncate(MAX_SURVEY_PARTNERS);
+                SurveyedVm {
+                    vm: v.id,
+                    memory_mib: v.memory_mib,
+                    movable: window_open && !capacity.maintenance && self.may_move(v, &config, now),
+                    partners,
+                }
+            })
+            .collect();
+        tracing::debug!(from = %self.host_name(from), at = ?req.at, vms = out.len(), "survey answered");
+        reply.send(SurveyResponse {
+            vms: out,
+            capacity,
+            cpus,
         });
     }
 

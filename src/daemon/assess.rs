@@ -115,27 +115,47 @@ impl<P: Peers> Daemon<P> {
             })
     }
 
-    /// Decides for one local VM now: the full S-CORE decision with capacity queries, and the
-    /// daemon's own gates (cooldown, unsettled migration). Moves nothing.
-    pub async fn assess(&self, vm: &Vm) -> Assessment {
-        let config = self.config();
-        let now = Instant::now();
+    /// What the ledger says of `vm` now: until when it cools down, the hosts it recently left
+    /// (the return gate), and whether a migration of it is not settled.
+    fn rest(
+        &self,
+        vm: VmId,
+        config: &Config,
+        now: Instant,
+    ) -> (Option<Instant>, Vec<HostId>, bool) {
         let cooldown = CooldownPolicy::of(&config.decision);
         let history_policy = CooldownPolicy {
             window: Duration::from_secs(config.decision.history_s),
             ..cooldown
         };
-        let (cooling, previous, unsettled) = {
-            let ledger = self.ledger();
-            let (until, prev) = ledger.rest(
-                vm.id,
-                &cooldown,
-                &history_policy,
-                config.decision.history_hosts as usize,
-                now,
-            );
-            (until, prev, ledger.busy(vm.id))
-        };
+        let ledger = self.ledger();
+        let (until, prev) = ledger.rest(
+            vm,
+            &cooldown,
+            &history_policy,
+            config.decision.history_hosts as usize,
+            now,
+        );
+        (until, prev, ledger.busy(vm))
+    }
+
+    /// Whether this daemon's own gates let `vm` move now: not pinned, not cooling down, no
+    /// migration of it unsettled, not running twice (a zombie). The host's window and
+    /// maintenance are the caller's to add.
+    pub(super) fn may_move(&self, vm: &Vm, config: &Config, now: Instant) -> bool {
+        let (cooling, _, unsettled) = self.rest(vm.id, config, now);
+        !self.pinned(vm, config)
+            && cooling.is_none()
+            && !unsettled
+            && self.zombie_hosts(vm.id).is_none()
+    }
+
+    /// Decides for one local VM now: the full S-CORE decision with capacity queries, and the
+    /// daemon's own gates (cooldown, unsettled migration). Moves nothing.
+    pub async fn assess(&self, vm: &Vm) -> Assessment {
+        let config = self.config();
+        let now = Instant::now();
+        let (cooling, previous, unsettled) = self.rest(vm.id, &config, now);
         // Cached locations (kept right by migration announcements, refreshed on a miss): a
         // stale one costs a suboptimal move at worst, while a verified lookup under load
         // drops exactly the partners whose hosts answer slowly.
