@@ -12,7 +12,7 @@ use crate::p2p::{Peers, Responder};
 use crate::topology::HostId;
 use scored_proto::{
     Announcement, CapacityResponse, PlacementRequest, PlacementResponse, Stamp, StatsRequest,
-    StatsResponse, VmBenefit, VmId,
+    StatsResponse, SurveyRequest, SurveyResponse, VmBenefit, VmId,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,6 +157,16 @@ impl<P: Peers> Daemon<P> {
             }
             Announcement::Inventory { .. } => {}
         }
+    }
+
+    // PLACEHOLDER(answer_survey): replaced on main
+    pub async fn answer_survey(
+        self: Arc<Self>,
+        _from: HostId,
+        _req: SurveyRequest,
+        reply: Responder<SurveyResponse>,
+    ) {
+        reply.refuse("survey not answered yet");
     }
 }
 
