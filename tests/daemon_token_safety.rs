@@ -17,7 +17,8 @@ use scored::p2p::{DirectPeers, Directory, PeerError, Peers, RequestFailure};
 use scored::topology::{HostId, Topology};
 use scored_proto::{
     Announcement, GroupsAnnounce, LocationResponse, PlacementRequest, PlacementResponse,
-    PolicyKind, Stamp, StatsRequest, StatsResponse, Token, TokenAck, VmId,
+    PolicyKind, Stamp, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck,
+    VmId,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,6 +135,15 @@ impl Peers for Faulty {
         timeout: Duration,
     ) -> impl Future<Output = Result<StatsResponse, PeerError>> + Send {
         self.inner.query_stats(host, request, timeout)
+    }
+
+    fn survey(
+        &self,
+        host: HostId,
+        request: SurveyRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<SurveyResponse, PeerError>> + Send {
+        self.inner.survey(host, request, timeout)
     }
 
     fn publish(&self, a: Announcement) -> impl Future<Output = Result<(), PeerError>> + Send {

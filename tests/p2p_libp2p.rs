@@ -1,6 +1,6 @@
 //! libp2p nodes on 127.0.0.1 in one process: token relay around every node, location,
-//! capacity and statistics queries, announcements reaching everyone; outsiders, a different
-//! topology file, and garbage frames from an allowed peer.
+//! capacity and statistics queries, group-move surveys, announcements reaching everyone;
+//! outsiders, a different topology file, and garbage frames from an allowed peer.
 
 mod support;
 
@@ -14,10 +14,10 @@ use scored::p2p::{
 };
 use scored::topology::HostId;
 use scored_proto::{
-    Announcement, CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, GroupKind, GroupRef,
-    MovingVm, PlacementRequest, PlacementResponse, PolicyKind, Refusal, Request, Response, Stamp,
-    StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, VmGroups,
-    WIRE_VERSION,
+    Announcement, CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, GROUP_PROTOCOL, GroupKind,
+    GroupRef, MovingVm, PlacementRequest, PlacementResponse, PolicyKind, Refusal, Request,
+    Response, Stamp, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, SurveyedVm,
+    TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, VmGroups, WIRE_VERSION,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ enum Seen {
 }
 
 /// A stand-in daemon: acknowledges tokens and relays them to the next host until `last_seq`,
-/// answers capacity and statistics from its index, and reports what it sees.
+/// answers capacity, statistics and surveys from its index, and reports what it sees.
 fn daemon(
     i: usize,
     n: usize,
@@ -70,14 +70,7 @@ fn daemon(
                     }
                 }
                 InboundEvent::Capacity { reply, .. } => reply.send(PlacementResponse {
-                    capacity: CapacityResponse {
-                        free_slots: i as u32,
-                        free_memory_mib: 1024 * i as u64,
-                        cpu_load: 0.1,
-                        maintenance: false,
-                        incoming_migrations: 0,
-                        accepts: true,
-                    },
+                    capacity: room(i),
                     refused_by_rule: None,
                     cpus: 8 * i as u32,
                 }),
@@ -88,6 +81,12 @@ fn daemon(
                         benefit: i as f64,
                     }],
                 }),
+                // No VM, and the room of its capacity answer.
+                InboundEvent::Survey { reply, .. } => reply.send(SurveyResponse {
+                    vms: Vec::new(),
+                    capacity: room(i),
+                    cpus: 8 * i as u32,
+                }),
                 InboundEvent::Announcement { from, announcement } => {
                     if matches!(announcement, Announcement::Migration(_)) {
                         let _ = seen.send(Seen::Announcement { at: i, from });
@@ -97,6 +96,18 @@ fn daemon(
             }
         }
     })
+}
+
+/// The room stand-in daemon `i` reports.
+fn room(i: usize) -> CapacityResponse {
+    CapacityResponse {
+        free_slots: i as u32,
+        free_memory_mib: 1024 * i as u64,
+        cpu_load: 0.1,
+        maintenance: false,
+        incoming_migrations: 0,
+        accepts: true,
+    }
 }
 
 async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
@@ -174,6 +185,12 @@ async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
     for (h, s) in &stats {
         assert_eq!(s.as_ref().unwrap().benefits[0].vm, vm(h.index(), 1));
     }
+    let surveys = peers[0].surveys(&others, SurveyRequest::default(), T).await;
+    let rooms: Vec<(HostId, u32)> = surveys
+        .iter()
+        .map(|(h, s)| (*h, s.as_ref().unwrap().capacity.free_slots))
+        .collect();
+    assert_eq!(rooms, others.iter().map(|h| (*h, h.0)).collect::<Vec<_>>());
 
     // Announcements: once gossip has a mesh, one migration reaches every other host.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -413,6 +430,143 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
     while let Some(ev) = inbound.try_recv() {
         assert!(
             matches!(ev, InboundEvent::PeerUp(_) | InboundEvent::PeerDown(_)),
+            "{ev:?}"
+        );
+    }
+}
+
+/// A survey travels on `/scored/group/1` to the surveyed host's daemon and its answer comes back
+/// whole (every VM, its partners and rates, the room); the surveyed host counts it under its
+/// protocol and applies that protocol's own allowance. A survey request frame longer than the
+/// protocol allows is refused from its length prefix, its sender disconnected, and the daemon
+/// never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survey_is_answered_and_an_oversized_one_refused() {
+    let l = loopback(3);
+    let (asker, _asker_inbound) = start(&l, 0).await;
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(1)));
+    dir.set_local([(vm(1, 1), Stamp::ZERO), (vm(1, 2), Stamp::ZERO)]);
+    let mut c = l.config(1);
+    // One survey, then one a second: a second right after is over.
+    c.rate_limits.group = Quota {
+        burst: 1,
+        per_second: 1,
+    };
+    let (surveyed, mut inbound) = Libp2pPeers::start(c, dir).await.unwrap();
+    let answer = SurveyResponse {
+        vms: vec![
+            SurveyedVm {
+                vm: vm(1, 1),
+                memory_mib: 4096,
+                movable: true,
+                partners: vec![(vm(0, 3), 2.5e6), (vm(1, 2), 1_000.0), (vm(2, 7), 0.5)],
+            },
+            SurveyedVm {
+                vm: vm(1, 2),
+                memory_mib: 512,
+                movable: false,
+                partners: vec![(vm(1, 1), 1_000.0)],
+            },
+        ],
+        capacity: CapacityResponse {
+            free_slots: 3,
+            free_memory_mib: 6144,
+            cpu_load: 0.25,
+            maintenance: false,
+            incoming_migrations: 1,
+            accepts: true,
+        },
+        cpus: 16,
+    };
+    let sent = answer.clone();
+    let daemon = tokio::spawn(async move {
+        while let Some(e) = inbound.recv().await {
+            if let InboundEvent::Survey {
+                from,
+                request,
+                reply,
+            } = e
+            {
+                reply.send(sent);
+                return (from, request, inbound);
+            }
+        }
+        panic!("node stopped");
+    });
+    let request = SurveyRequest {
+        at: Stamp::new((2 << 16) | 1, 41),
+    };
+    let got = asker.survey(HostId(1), request, T).await.unwrap();
+    assert_eq!(got, answer);
+    let (from, heard, mut inbound) = daemon.await.unwrap();
+    assert_eq!((from, heard), (HostId(0), request));
+    assert_eq!(surveyed.metrics().served_count(GROUP_PROTOCOL), 1);
+    let group = scored::p2p::metrics::PROTOCOLS
+        .iter()
+        .position(|p| *p == GROUP_PROTOCOL)
+        .expect("surveys are counted by protocol");
+    assert_eq!(asker.metrics().sent_by_protocol()[group], 1);
+
+    // Over the survey allowance: refused by the transport, named, counted.
+    let e = asker.survey(HostId(1), request, T).await.unwrap_err();
+    match &e {
+        PeerError::Refused {
+            refusal: Refusal::Unavailable { reason },
+            ..
+        } => assert!(reason.starts_with("rate limited"), "{e}"),
+        other => panic!("expected a rate-limit refusal, got {other:?}"),
+    }
+    assert!(e.to_string().contains(GROUP_PROTOCOL), "{e}");
+    assert_eq!(surveyed.metrics().rejected_count("rate_limited"), 1);
+
+    // h2's key writing raw bytes on the survey protocol: a frame announcing 64 KiB, where a
+    // survey request takes at most 1 KiB.
+    let mut raw = raw_swarm_on(&l.keys[2], RawCodec::default(), T, GROUP_PROTOCOL);
+    let valid = scored_proto::encode(&Request {
+        topology: surveyed.fingerprint(),
+        body: request,
+    })
+    .unwrap();
+    let oversized = [&(64u32 << 10).to_be_bytes()[..], &valid[4..]].concat();
+    raw.behaviour_mut().send_request_with_addresses(
+        &surveyed.peer_id(),
+        oversized,
+        vec![surveyed.listen_addrs()[0].clone()],
+    );
+    let (mut failed, mut closed) = (false, false);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while !(failed && closed) {
+            match raw.select_next_some().await {
+                SwarmEvent::Behaviour(rr::Event::OutboundFailure { .. }) => failed = true,
+                SwarmEvent::Behaviour(rr::Event::Message { .. }) => {
+                    panic!("the surveyed host answered an oversized survey")
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => closed = true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "failed={failed} closed={closed}");
+    // Counted before the disconnection, by a task that may not have run yet.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while surveyed.metrics().malformed_frames.get() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the oversized survey was not counted");
+    // Neither the refused survey nor the oversized one reached the daemon.
+    while let Some(ev) = inbound.try_recv() {
+        assert!(
+            matches!(
+                ev,
+                InboundEvent::PeerUp(_)
+                    | InboundEvent::PeerDown(_)
+                    | InboundEvent::Announcement { .. }
+            ),
             "{ev:?}"
         );
     }

@@ -292,6 +292,8 @@ fn decode_all(bytes: &[u8]) {
     one::<Response<CapacityResponse>>(bytes);
     one::<Request<StatsRequest>>(bytes);
     one::<Response<StatsResponse>>(bytes);
+    one::<Request<SurveyRequest>>(bytes);
+    one::<Response<SurveyResponse>>(bytes);
     one::<Announcement>(bytes);
     one::<Request<PlacementRequest>>(bytes);
     one::<Response<PlacementResponse>>(bytes);
@@ -333,6 +335,29 @@ proptest! {
         roundtrip(&Response::Ok(StatsResponse {
             token: TokenView { at: Stamp::new(mem, u64::from(slots)), idle_ms: Some(incoming), held: flags.0 },
             benefits: benefits.into_iter().map(|(v, benefit)| VmBenefit { vm: VmId(v), benefit }).collect(),
+        }));
+    }
+
+    #[test]
+    fn surveys_round_trip(
+        at in arb_stamp(), cpus in any::<u32>(), slots in any::<u32>(), mem in any::<u64>(),
+        vms in prop::collection::vec(
+            (any::<u32>(), any::<u64>(), any::<bool>(),
+             prop::collection::vec((any::<u32>(), 0f64..1e12), 0..=MAX_SURVEY_PARTNERS)),
+            0..20,
+        ),
+    ) {
+        roundtrip(&Request { topology: 4, body: SurveyRequest { at } });
+        roundtrip(&Response::Ok(SurveyResponse {
+            vms: vms.into_iter().map(|(v, memory_mib, movable, partners)| SurveyedVm {
+                vm: VmId(v), memory_mib, movable,
+                partners: partners.into_iter().map(|(p, r)| (VmId(p), r)).collect(),
+            }).collect(),
+            capacity: CapacityResponse {
+                free_slots: slots, free_memory_mib: mem, cpu_load: 0.5, maintenance: false,
+                incoming_migrations: 0, accepts: true,
+            },
+            cpus,
         }));
     }
 

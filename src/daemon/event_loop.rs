@@ -89,6 +89,14 @@ impl<P: Peers> Daemon<P> {
             InboundEvent::Stats { request, reply, .. } => {
                 self.tasks.spawn(self.clone().answer_stats(request, reply));
             }
+            InboundEvent::Survey {
+                from,
+                request,
+                reply,
+            } => {
+                self.tasks
+                    .spawn(self.clone().answer_survey(from, request, reply));
+            }
             InboundEvent::Announcement { from, announcement } => {
                 self.on_announcement(from, announcement)
             }

@@ -11,7 +11,7 @@ use super::{
 use crate::topology::{HostId, Topology};
 use scored_proto::{
     Announcement, GroupsAnnounce, LocationResponse, PlacementRequest, PlacementResponse, Response,
-    StatsRequest, StatsResponse, Token, TokenAck, VmId, WireMessage,
+    StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck, VmId, WireMessage,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -287,6 +287,27 @@ impl Peers for DirectPeers {
             scored_proto::STATS_PROTOCOL,
             timeout,
             |reply| InboundEvent::Stats {
+                from,
+                request,
+                reply,
+            },
+        )
+        .await
+    }
+
+    async fn survey(
+        &self,
+        host: HostId,
+        request: SurveyRequest,
+        timeout: Duration,
+    ) -> Result<SurveyResponse, PeerError> {
+        let from = self.me;
+        self.ask(
+            host,
+            SurveyRequest::NAME,
+            scored_proto::GROUP_PROTOCOL,
+            timeout,
+            |reply| InboundEvent::Survey {
                 from,
                 request,
                 reply,
@@ -650,7 +671,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn capacity_and_stats_fan_out_in_order() {
+    async fn capacity_stats_and_surveys_fan_out_in_order() {
         let mut c = cluster(4);
         let mut daemons: Vec<_> = c.inbound.drain(1..).collect();
         let tasks: Vec<_> = daemons
@@ -681,6 +702,30 @@ mod tests {
                                     benefit: i as f64,
                                 }],
                             }),
+                            InboundEvent::Survey {
+                                from,
+                                request,
+                                reply,
+                            } => {
+                                assert_eq!((from, request.at), (HostId(0), Stamp::new(1, 4)));
+                                reply.send(SurveyResponse {
+                                    vms: vec![scored_proto::SurveyedVm {
+                                        vm: vm(i + 1, 2),
+                                        memory_mib: 512,
+                                        movable: true,
+                                        partners: vec![(vm(0, 1), 1e6)],
+                                    }],
+                                    capacity: scored_proto::CapacityResponse {
+                                        free_slots: i as u32 + 1,
+                                        free_memory_mib: 1000,
+                                        cpu_load: 0.5,
+                                        maintenance: false,
+                                        incoming_migrations: 0,
+                                        accepts: true,
+                                    },
+                                    cpus: 8,
+                                })
+                            }
                             _ => {}
                         }
                     }
@@ -705,6 +750,27 @@ mod tests {
             stats
                 .iter()
                 .all(|(_, r)| r.as_ref().unwrap().benefits.len() == 1)
+        );
+        let surveyed = c.peers[0]
+            .surveys(
+                &hosts,
+                SurveyRequest {
+                    at: Stamp::new(1, 4),
+                },
+                T,
+            )
+            .await;
+        let vms: Vec<(HostId, VmId)> = surveyed
+            .iter()
+            .map(|(h, r)| (*h, r.as_ref().unwrap().vms[0].vm))
+            .collect();
+        assert_eq!(
+            vms,
+            vec![
+                (HostId(3), vm(3, 2)),
+                (HostId(1), vm(1, 2)),
+                (HostId(2), vm(2, 2))
+            ]
         );
         drop(c);
         for t in tasks {

@@ -355,6 +355,13 @@ impl Driver {
                     reply,
                 })
             }
+            RpcRequest::Group(r) => {
+                self.hand_to_daemon(channel, RpcResponse::Group, |reply| InboundEvent::Survey {
+                    from,
+                    request: r.body,
+                    reply,
+                })
+            }
         }
     }
 

@@ -26,11 +26,12 @@ pub const INFLIGHT_BYTES: &str = "inflight_bytes";
 
 /// The request protocols, each with its series from the start.
 /// The request protocols counted, in the order [`P2pMetrics::sent_by_protocol`] gives them.
-pub const PROTOCOLS: [&str; 4] = [
+pub const PROTOCOLS: [&str; 5] = [
     scored_proto::TOKEN_PROTOCOL,
     scored_proto::LOCATION_PROTOCOL,
     scored_proto::CAPACITY_PROTOCOL,
     scored_proto::STATS_PROTOCOL,
+    scored_proto::GROUP_PROTOCOL,
 ];
 
 #[derive(Clone, Debug, Default)]

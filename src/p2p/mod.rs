@@ -1,5 +1,6 @@
-//! How daemons talk: token hand-off, location, capacity and statistics queries, and
-//! announcements of completed migrations, behind one transport-independent trait, [`Peers`].
+//! How daemons talk: token hand-off, location, capacity and statistics queries, group-move
+//! surveys, and announcements of completed migrations, behind one transport-independent trait,
+//! [`Peers`].
 //!
 //! Two transports implement it: [`Libp2pPeers`] (TCP + Noise + Yamux between real hosts, only
 //! with peers the topology lists) and [`DirectPeers`] (in-process calls, for the simulator and
@@ -37,7 +38,7 @@ use futures::{FutureExt, StreamExt};
 use scored_proto::{
     Announcement, EncodeError, GroupsAnnounce, LocationResponse, MigrationAnnounce,
     PlacementRequest, PlacementResponse, Refusal, Response, Stamp, StatsRequest, StatsResponse,
-    Token, TokenAck, TopologyFingerprint, VmId,
+    SurveyRequest, SurveyResponse, Token, TokenAck, TopologyFingerprint, VmId,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -204,6 +205,14 @@ pub enum InboundEvent {
         request: StatsRequest,
         reply: Responder<StatsResponse>,
     },
+    /// "What do you run, what is each VM bound to, and what room have you?" (`/scored/group/1`),
+    /// asked by a token holder planning a group move, of the hosts of its rack and of its
+    /// destination racks. Answering holds and changes nothing.
+    Survey {
+        from: HostId,
+        request: SurveyRequest,
+        reply: Responder<SurveyResponse>,
+    },
     /// A peer's announcement, already applied to the directory.
     Announcement {
         from: HostId,
@@ -250,6 +259,7 @@ pub(crate) fn deliver<T>(
             InboundEvent::Token { reply, .. } => reply.refuse(reason),
             InboundEvent::Capacity { reply, .. } => reply.refuse(reason),
             InboundEvent::Stats { reply, .. } => reply.refuse(reason),
+            InboundEvent::Survey { reply, .. } => reply.refuse(reason),
             _ => {}
         }
     }
@@ -298,6 +308,15 @@ pub trait Peers: Send + Sync + 'static {
         request: StatsRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<StatsResponse, PeerError>> + Send;
+
+    /// Asks `host` what it runs, what each of its VMs is bound to and what room it has, for a
+    /// group move (`/scored/group/1`). Nothing is held there by asking.
+    fn survey(
+        &self,
+        host: HostId,
+        request: SurveyRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<SurveyResponse, PeerError>> + Send;
 
     /// Sends `announcement` to every peer, best effort (a peer that misses it corrects its
     /// cache on its next lookup). Does not apply it to our own directory.
@@ -382,6 +401,19 @@ pub trait Peers: Send + Sync + 'static {
         Self: Sized,
     {
         fan_out(hosts, move |h| self.query_stats(h, request, timeout))
+    }
+
+    /// Surveys of `hosts` (at most [`MAX_CONCURRENT_QUERIES`] in flight), in the order given.
+    fn surveys<'a>(
+        &'a self,
+        hosts: &'a [HostId],
+        request: SurveyRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<(HostId, Result<SurveyResponse, PeerError>)>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        fan_out(hosts, move |h| self.survey(h, request, timeout))
     }
 
     /// The peers this host keeps connections to whatever happens (its gossip overlay fingers):

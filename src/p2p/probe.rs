@@ -7,8 +7,9 @@ use super::{InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, Peers};
 use crate::topology::{HostId, Topology};
 use anyhow::{Context, anyhow};
 use scored_proto::{
-    Announcement, CapacityResponse, PlacementRequest, PlacementResponse, Stamp, StatsRequest,
-    StatsResponse, Token, TokenAck, VmBenefit, VmId,
+    Announcement, CapacityResponse, MAX_SURVEY_VMS, PlacementRequest, PlacementResponse, Stamp,
+    StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, SurveyedVm, Token, TokenAck,
+    VmBenefit, VmId,
 };
 use serde_json::json;
 use std::net::Ipv4Addr;
@@ -17,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
-pub const COMMANDS: &str =
-    "relay | locate VM... | capacity HOST | stats HOST | migrate VM HOST | peers | quit";
+pub const COMMANDS: &str = concat!(
+    "relay | locate VM... | capacity HOST | stats HOST | survey HOST | migrate VM HOST | ",
+    "peers | quit"
+);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProbeArgs {
@@ -120,6 +123,26 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
                                 .into_iter()
                                 .map(|l| VmBenefit { vm: l.vm, benefit: 0.0 })
                                 .collect(),
+                        });
+                    }
+                    InboundEvent::Survey { from, reply, .. } => {
+                        emit(json!({"event": "survey-asked", "from": name(from)}));
+                        // It knows no memory or traffic, and lets nothing move.
+                        let local = directory.local_vms();
+                        let room = capacity(&topology, me, local.len(), PlacementRequest::room(0));
+                        reply.send(SurveyResponse {
+                            vms: local
+                                .into_iter()
+                                .take(MAX_SURVEY_VMS)
+                                .map(|l| SurveyedVm {
+                                    vm: l.vm,
+                                    memory_mib: 0,
+                                    movable: false,
+                                    partners: Vec::new(),
+                                })
+                                .collect(),
+                            capacity: room.capacity,
+                            cpus: room.cpus,
                         });
                     }
                     InboundEvent::Announcement { from, announcement } => match announcement {
@@ -250,6 +273,13 @@ async fn command(peers: &Libp2pPeers, words: &[&str], timeout: Duration) -> anyh
                 .query_stats(host(h)?, StatsRequest { epoch: 1, round: 0 }, timeout)
                 .await?;
             emit(json!({"event": "stats", "host": h, "vms": s.benefits.len()}));
+        }
+        ["survey", h] => {
+            let s = peers
+                .survey(host(h)?, SurveyRequest::default(), timeout)
+                .await?;
+            emit(json!({"event": "survey", "host": h, "vms": s.vms.len(),
+                "free_slots": s.capacity.free_slots, "cpus": s.cpus}));
         }
         ["migrate", v, h] => {
             let (v, to) = (vm(v)?, host(h)?);

@@ -20,8 +20,8 @@ use libp2p::{Multiaddr, PeerId, TransportError};
 use prometheus_client::registry::Registry;
 use scored_proto::{
     Announcement, GroupsAnnounce, LocationRequest, LocationResponse, PlacementRequest,
-    PlacementResponse, Request, Response, StatsRequest, StatsResponse, Token, TokenAck,
-    TopologyFingerprint, VmId,
+    PlacementResponse, Request, Response, StatsRequest, StatsResponse, SurveyRequest,
+    SurveyResponse, Token, TokenAck, TopologyFingerprint, VmId,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -491,6 +491,15 @@ impl Peers for Libp2pPeers {
         request: StatsRequest,
         timeout: Duration,
     ) -> Result<StatsResponse, PeerError> {
+        self.request(host, request, timeout).await
+    }
+
+    async fn survey(
+        &self,
+        host: HostId,
+        request: SurveyRequest,
+        timeout: Duration,
+    ) -> Result<SurveyResponse, PeerError> {
         self.request(host, request, timeout).await
     }
 

@@ -197,6 +197,40 @@ pub fn all() -> Vec<Example> {
             }),
         ),
         example(
+            "survey_request",
+            req(SurveyRequest {
+                at: Stamp::new((2 << 16) | 3, 41),
+            }),
+        ),
+        example(
+            "survey_response",
+            Response::Ok(SurveyResponse {
+                vms: vec![
+                    SurveyedVm {
+                        vm: vm(10, 0, 0, 1),
+                        memory_mib: 4096,
+                        movable: true,
+                        partners: vec![(vm(10, 0, 0, 2), 1234.5), (vm(10, 0, 1, 7), 0.25)],
+                    },
+                    SurveyedVm {
+                        vm: vm(10, 0, 0, 2),
+                        memory_mib: 512,
+                        movable: false,
+                        partners: vec![],
+                    },
+                ],
+                capacity: CapacityResponse {
+                    free_slots: 3,
+                    free_memory_mib: 6144,
+                    cpu_load: 0.25,
+                    maintenance: false,
+                    incoming_migrations: 1,
+                    accepts: true,
+                },
+                cpus: 64,
+            }),
+        ),
+        example(
             "announce_migration",
             Announcement::Migration(MigrationAnnounce {
                 vm: vm(10, 0, 0, 3),

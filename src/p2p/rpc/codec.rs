@@ -1,5 +1,5 @@
 //! The request-response codec: scored-proto frames over a libp2p stream, for whichever of the
-//! four protocols the stream was negotiated for. The protocol picks the message type, so each
+//! five protocols the stream was negotiated for. The protocol picks the message type, so each
 //! message keeps its own size limit, and the length prefix is checked against that limit before
 //! any body byte is read; the body buffer grows only as bytes arrive, so a peer announcing a
 //! large frame and sending nothing costs nothing. A token hand-off is held to what the topology
@@ -26,8 +26,8 @@ use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
     CapacityRequest, CapacityResponse, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME,
-    PlacementRequest, PlacementResponseV2, Request, Response, StatsRequest, Token, WireMessage,
-    encode,
+    PlacementRequest, PlacementResponseV2, Request, Response, StatsRequest, SurveyRequest, Token,
+    WireMessage, encode,
 };
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -178,7 +178,7 @@ impl Clone for RpcCodec {
     }
 }
 
-/// The kind a stream was negotiated for. Only the four scored protocols are ever registered,
+/// The kind a stream was negotiated for. Only the five scored protocols are ever registered,
 /// so anything else is a bug on this side, not the peer's.
 fn kind_of(protocol: &StreamProtocol) -> io::Result<Kind> {
     Kind::from_protocol(protocol.as_ref()).ok_or_else(|| {
@@ -357,6 +357,10 @@ impl libp2p::request_response::Codec for RpcCodec {
                 let limit = self.limit::<Request<StatsRequest>>(kind);
                 read_request_of::<StatsRequest, T>(io, limit, &mut bytes).await
             }
+            Kind::Group => {
+                let limit = self.limit::<Request<SurveyRequest>>(kind);
+                read_request_of::<SurveyRequest, T>(io, limit, &mut bytes).await
+            }
         };
         self.report(kind, r)
     }
@@ -387,6 +391,7 @@ impl libp2p::request_response::Codec for RpcCodec {
                 read_response_of::<PlacementRequest, T>(io, RpcResponse::Capacity).await
             }
             Kind::Stats => read_response_of::<StatsRequest, T>(io, RpcResponse::Stats).await,
+            Kind::Group => read_response_of::<SurveyRequest, T>(io, RpcResponse::Group).await,
         };
         self.report(kind, r)
     }
@@ -409,6 +414,7 @@ impl libp2p::request_response::Codec for RpcCodec {
             RpcRequest::Capacity(r) if capacity_v1(p) => write_frame(io, request_to_v1(r)).await,
             RpcRequest::Capacity(r) => write_frame(io, r).await,
             RpcRequest::Stats(r) => write_frame(io, r).await,
+            RpcRequest::Group(r) => write_frame(io, r).await,
         }
     }
 
@@ -431,6 +437,7 @@ impl libp2p::request_response::Codec for RpcCodec {
             RpcResponse::Capacity(r) if capacity_v2(p) => write_frame(io, response_to_v2(r)).await,
             RpcResponse::Capacity(r) => write_frame(io, r).await,
             RpcResponse::Stats(r) => write_frame(io, r).await,
+            RpcResponse::Group(r) => write_frame(io, r).await,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! request and answer as one kind of event.
 //!
 //! Inside it is one libp2p request-response lane per protocol id, all sharing the codec and the
-//! message types. One lane cannot serve the four: libp2p 0.57's request-response offers every
+//! message types. One lane cannot serve the five: libp2p 0.57's request-response offers every
 //! outbound protocol it was built with on each request, and the remote takes the first it
 //! supports, so a capacity request would travel on `/scored/token/1`. A lane per id keeps each
 //! message on its own protocol, byte for byte as before. This module routes; it never answers.
@@ -25,6 +25,7 @@ pub(crate) struct Rpc {
     location: Lane,
     capacity: Lane,
     stats: Lane,
+    group: Lane,
 }
 
 impl Rpc {
@@ -55,6 +56,7 @@ impl Rpc {
             location: lane(Kind::Location),
             capacity: lane(Kind::Capacity),
             stats: lane(Kind::Stats),
+            group: lane(Kind::Group),
         }
     }
 
@@ -64,6 +66,7 @@ impl Rpc {
             Kind::Location => &mut self.location,
             Kind::Capacity => &mut self.capacity,
             Kind::Stats => &mut self.stats,
+            Kind::Group => &mut self.group,
         }
     }
 
@@ -97,6 +100,7 @@ impl RpcEvent {
             RpcEvent::Location(e) => (Kind::Location, e),
             RpcEvent::Capacity(e) => (Kind::Capacity, e),
             RpcEvent::Stats(e) => (Kind::Stats, e),
+            RpcEvent::Group(e) => (Kind::Group, e),
         }
     }
 }

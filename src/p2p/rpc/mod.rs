@@ -1,6 +1,7 @@
 //! The request-response half of the transport: one [`RpcRequest`]/[`RpcResponse`] pair over the
-//! four protocol ids, the codec that frames them, the map of requests awaiting an answer, the
-//! per-peer limit on what a peer may ask, and the budget of requests and bytes in flight.
+//! five request-response protocols (token, location, capacity, statistics, group survey), the
+//! codec that frames them, the map of requests awaiting an answer, the per-peer limit on what a
+//! peer may ask, and the budget of requests and bytes in flight.
 //!
 //! The protocol ids stay on the wire (`/scored/token/1`, …): the [`Kind`] of a message says which
 //! one it travels on, and the codec reads and writes the message of the protocol it is given.
@@ -25,10 +26,10 @@ pub(crate) use rate_limit::{Limited, RateLimiter};
 pub use rate_limit::{Quota, RateLimits};
 
 use scored_proto::{
-    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL_V3, LOCATION_PROTOCOL,
-    LocationRequest, LocationResponse, PlacementRequest, PlacementResponse, Refusal, Request,
-    Response, STATS_PROTOCOL, StatsRequest, StatsResponse, TOKEN_PROTOCOL, Token, TokenAck,
-    TopologyFingerprint, WireMessage,
+    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL_V3, GROUP_PROTOCOL,
+    LOCATION_PROTOCOL, LocationRequest, LocationResponse, PlacementRequest, PlacementResponse,
+    Refusal, Request, Response, STATS_PROTOCOL, StatsRequest, StatsResponse, SurveyRequest,
+    SurveyResponse, TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint, WireMessage,
 };
 
 /// Which request-response protocol a message belongs to.
@@ -38,10 +39,18 @@ pub(crate) enum Kind {
     Location,
     Capacity,
     Stats,
+    /// The group-move survey (`/scored/group/1`).
+    Group,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Token, Kind::Location, Kind::Capacity, Kind::Stats];
+    pub const ALL: [Kind; 5] = [
+        Kind::Token,
+        Kind::Location,
+        Kind::Capacity,
+        Kind::Stats,
+        Kind::Group,
+    ];
 
     /// The name of this kind in metric labels, logs and refusals: its first protocol id,
     /// whichever version a stream was negotiated for, so series and alerts keep their names.
@@ -51,6 +60,7 @@ impl Kind {
             Kind::Location => LOCATION_PROTOCOL,
             Kind::Capacity => CAPACITY_PROTOCOL,
             Kind::Stats => STATS_PROTOCOL,
+            Kind::Group => GROUP_PROTOCOL,
         }
     }
 
@@ -67,6 +77,7 @@ impl Kind {
                 CAPACITY_PROTOCOL,
             ],
             Kind::Stats => &[STATS_PROTOCOL],
+            Kind::Group => &[GROUP_PROTOCOL],
         }
     }
 
@@ -75,13 +86,14 @@ impl Kind {
     }
 }
 
-/// A request to a peer, of any of the four kinds.
+/// A request to a peer, of any of the five kinds.
 #[derive(Clone, Debug)]
 pub(crate) enum RpcRequest {
     Token(Request<Token>),
     Location(Request<LocationRequest>),
     Capacity(Request<PlacementRequest>),
     Stats(Request<StatsRequest>),
+    Group(Request<SurveyRequest>),
 }
 
 /// A peer's answer; always of the kind of the request it answers (the codec reads it with the
@@ -92,6 +104,7 @@ pub(crate) enum RpcResponse {
     Location(Response<LocationResponse>),
     Capacity(Response<PlacementResponse>),
     Stats(Response<StatsResponse>),
+    Group(Response<SurveyResponse>),
 }
 
 impl RpcRequest {
@@ -101,6 +114,7 @@ impl RpcRequest {
             RpcRequest::Location(_) => Kind::Location,
             RpcRequest::Capacity(_) => Kind::Capacity,
             RpcRequest::Stats(_) => Kind::Stats,
+            RpcRequest::Group(_) => Kind::Group,
         }
     }
 
@@ -111,6 +125,7 @@ impl RpcRequest {
             RpcRequest::Location(r) => r.topology,
             RpcRequest::Capacity(r) => r.topology,
             RpcRequest::Stats(r) => r.topology,
+            RpcRequest::Group(r) => r.topology,
         }
     }
 }
@@ -122,6 +137,7 @@ impl RpcResponse {
             RpcResponse::Location(_) => Kind::Location,
             RpcResponse::Capacity(_) => Kind::Capacity,
             RpcResponse::Stats(_) => Kind::Stats,
+            RpcResponse::Group(_) => Kind::Group,
         }
     }
 
@@ -132,6 +148,7 @@ impl RpcResponse {
             Kind::Location => RpcResponse::Location(Response::Refused(refusal)),
             Kind::Capacity => RpcResponse::Capacity(Response::Refused(refusal)),
             Kind::Stats => RpcResponse::Stats(Response::Refused(refusal)),
+            Kind::Group => RpcResponse::Group(Response::Refused(refusal)),
         }
     }
 }
@@ -166,6 +183,7 @@ exchange!(Token, TokenAck, Token);
 exchange!(LocationRequest, LocationResponse, Location);
 exchange!(PlacementRequest, PlacementResponse, Capacity);
 exchange!(StatsRequest, StatsResponse, Stats);
+exchange!(SurveyRequest, SurveyResponse, Group);
 
 #[cfg(test)]
 mod tests {
@@ -177,6 +195,7 @@ mod tests {
             assert_eq!(Kind::from_protocol(k.protocol()), Some(k));
         }
         assert_eq!(Kind::from_protocol("/scored/token/2"), None);
+        assert_eq!(Kind::from_protocol(GROUP_PROTOCOL), Some(Kind::Group));
         // A capacity request of any version is a capacity request; the newest is offered first.
         for id in [
             CAPACITY_PROTOCOL,

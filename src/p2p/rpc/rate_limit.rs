@@ -26,13 +26,15 @@ impl Quota {
     }
 }
 
-/// Per-peer allowances of the four request-response protocols.
+/// Per-peer allowances of the five request-response protocols.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimits {
     pub token: Quota,
     pub location: Quota,
     pub capacity: Quota,
     pub stats: Quota,
+    /// Group-move surveys (`/scored/group/1`).
+    pub group: Quota,
 }
 
 impl Default for RateLimits {
@@ -61,6 +63,14 @@ impl Default for RateLimits {
                 burst: 64,
                 per_second: 500,
             },
+            // One per group-move plan that counts this host in its rack or a destination rack:
+            // a plan waits for its surveys (a round trip) and then decides, capacity requests
+            // included (≥ 1 ms each), so one peer surveys one host < 800 times a second. Kept
+            // near that bound: an answer may take 1 MiB.
+            group: Quota {
+                burst: 64,
+                per_second: 1_000,
+            },
         }
     }
 }
@@ -72,6 +82,7 @@ impl RateLimits {
             Kind::Location => self.location,
             Kind::Capacity => self.capacity,
             Kind::Stats => self.stats,
+            Kind::Group => self.group,
         }
     }
 }
@@ -153,6 +164,7 @@ mod tests {
             location: q,
             capacity: q,
             stats: q,
+            group: q,
         })
     }
 
@@ -193,6 +205,9 @@ mod tests {
         l.admit(a, Kind::Token, t0).unwrap();
         assert!(l.admit(a, Kind::Token, t0).is_err());
         l.admit(a, Kind::Stats, t0).unwrap();
+        l.admit(a, Kind::Group, t0).unwrap();
+        l.admit(a, Kind::Group, t0).unwrap();
+        assert!(l.admit(a, Kind::Group, t0).is_err());
         l.admit(b, Kind::Token, t0).unwrap();
         l.admit(b, Kind::Token, t0).unwrap();
         assert!(l.admit(b, Kind::Token, t0).is_err());
@@ -244,6 +259,12 @@ mod tests {
         // A global-policy round every 10 ms for ten seconds.
         for i in 0..1_000u32 {
             l.admit(peer, Kind::Stats, t0 + 10 * MS * i).unwrap();
+        }
+        // Group-move plans back to back, each surveying this host once, a survey round trip
+        // and a decision (≥ 1.25 ms together) apart, for ten seconds.
+        for i in 0..8_000u32 {
+            l.admit(peer, Kind::Group, t0 + Duration::from_micros(1_250) * i)
+                .unwrap();
         }
     }
 
