@@ -162,6 +162,10 @@ pub struct Metrics {
     pub token: TokenMetrics,
     pub decisions: Family<OutcomeLabels, Counter>,
     pub decision_duration: Histogram,
+    /// Group moves planned at turns and recommended (`decision.group_moves = "recommend"`).
+    pub group_plans: Counter,
+    /// Hosts asked for a group-move survey (`/scored/group/1`).
+    pub group_surveys: Counter,
     pub migrations: MigrationMetrics,
     /// This host's share of Eq. 3.1 (its VMs' traffic × path cost), by level.
     pub communication_cost: Family<LevelLabels, FloatGauge>,
@@ -245,6 +249,8 @@ impl Metrics {
             },
             decisions: Family::default(),
             decision_duration: decision_buckets(),
+            group_plans: Counter::default(),
+            group_surveys: Counter::default(),
             migrations: MigrationMetrics {
                 started: Counter::default(),
                 succeeded: Counter::default(),
@@ -374,6 +380,16 @@ impl Metrics {
             "Time one decision took (flows, locations, capacity queries, Eq. 3.2)",
             Unit::Seconds,
             m.decision_duration.clone(),
+        );
+        r.register(
+            "group_plans",
+            "Group moves planned at this host's turns and recommended (decision.group_moves)",
+            m.group_plans.clone(),
+        );
+        r.register(
+            "group_surveys",
+            "Hosts asked for a group-move survey (/scored/group/1) by this host's turns",
+            m.group_surveys.clone(),
         );
 
         let g = &m.migrations;

@@ -46,6 +46,10 @@ pub struct DecisionConfig {
     /// Moving back to a remembered host needs a benefit of at least this fraction of the VM's
     /// current cost (on top of `c_m`), so a VM does not bounce back for a tiny gain.
     pub return_margin_fraction: f64,
+    /// Group moves (`decide::group`): `off`, or `recommend`: the holder also plans moving its VM
+    /// together with the partners bound to it in its rack, surveying the hosts involved
+    /// (`/scored/group/1`), and reports the plan; S-CORE's rule still decides what moves.
+    pub group_moves: GroupMoves,
 }
 
 impl Default for DecisionConfig {
@@ -66,6 +70,7 @@ impl Default for DecisionConfig {
             history_s: 24 * 3600,
             return_margin_fraction: 0.25,
             max_destination_cpu_load: 0.0,
+            group_moves: GroupMoves::Off,
         }
     }
 }
@@ -86,6 +91,18 @@ pub enum CostModel {
     Constant,
     /// Per VM and destination, from the migration forecast (`crate::cost::MoveCharge`).
     Forecast,
+}
+
+/// Whether the holder plans group moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupMoves {
+    /// S-CORE's rule alone.
+    #[default]
+    Off,
+    /// Plan a group move at every turn whose VM could lead one, and report it (the turn's
+    /// record, `scored plan`, the log, `scored_group_plans_total`); move nothing for it.
+    Recommend,
 }
 
 /// The largest `history_hosts` accepted.
@@ -146,6 +163,7 @@ impl Section for DecisionConfig {
             history_s: Live,
             return_margin_fraction: Live,
             max_destination_cpu_load: Live,
+            group_moves: Live,
         }
     );
     type Error = DecisionConfigError;

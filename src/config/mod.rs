@@ -45,7 +45,7 @@ mod section;
 mod token;
 
 pub use control::{ControlConfig, ControlConfigError};
-pub use decision::{CostModel, DecisionConfig, DecisionConfigError};
+pub use decision::{CostModel, DecisionConfig, DecisionConfigError, GroupMoves};
 pub use error::{ConfigError, ConfigErrors, Origin, Problem};
 pub use flows::{FlowsConfig, FlowsConfigError};
 pub use host::{HostConfig, HostConfigError};

@@ -89,19 +89,28 @@ impl<P: Peers> Daemon<P> {
         Ok((capacity, cap.cpus))
     }
 
-    /// The group-move survey (`/scored/group/1`): this host's VMs with their memory, whether
-    /// this daemon would let each move now, and its heaviest partners; the host's room. A
-    /// holder planning a group move reads it; nothing is held or changed.
+    /// The group-move survey (`/scored/group/1`) a peer asked for; see [`Self::survey_here`].
     pub async fn answer_survey(
         self: Arc<Self>,
         from: HostId,
         req: SurveyRequest,
         reply: Responder<SurveyResponse>,
     ) {
-        let (capacity, cpus) = match self.room(0).await {
-            Ok(r) => r,
-            Err(why) => return reply.refuse(why),
-        };
+        match self.survey_here().await {
+            Ok(r) => {
+                tracing::debug!(from = %self.host_name(from), at = ?req.at, vms = r.vms.len(), "survey answered");
+                reply.send(r)
+            }
+            Err(why) => reply.refuse(why),
+        }
+    }
+
+    /// This host as a group-move survey gives it: its VMs with their memory, whether this
+    /// daemon's gates would let each move now, and its heaviest partners; its room. What a peer
+    /// planning a group move reads, and what this host's own plans read of it. `Err`: the
+    /// hypervisor's failure.
+    pub(super) async fn survey_here(&self) -> Result<SurveyResponse, String> {
+        let (capacity, cpus) = self.room(0).await?;
         let config = self.config();
         let now = Instant::now();
         let window_open = self.rules().window(self.me, unix_ms() as i64).allows();
@@ -132,12 +141,11 @@ impl<P: Peers> Daemon<P> {
                 }
             })
             .collect();
-        tracing::debug!(from = %self.host_name(from), at = ?req.at, vms = out.len(), "survey answered");
-        reply.send(SurveyResponse {
+        Ok(SurveyResponse {
             vms: out,
             capacity,
             cpus,
-        });
+        })
     }
 
     /// Statistics for the global policy: each local VM's best expected benefit, from cached

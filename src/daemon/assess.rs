@@ -5,17 +5,19 @@
 //!
 //! Moves nothing and writes nothing but logs: migration is `migration`, the record `records`.
 
+use super::group_plan::GroupOutcome;
 use super::history::CooldownPolicy;
 use super::host::Daemon;
 use super::journal::Figures;
-use crate::config::{Config, VmRef};
+use crate::config::{Config, GroupMoves, VmRef};
 use crate::cost::{self, PartnerTraffic};
+use crate::decide::group::GroupPlan;
 use crate::decide::{self, Decider, Gates, Subject, TurnOutcome};
 use crate::hypervisor::{Capacity, Vm};
 use crate::p2p::{LocateOptions, PeerError, Peers};
 use crate::rules::Refusal;
 use crate::topology::HostId;
-use scored_proto::{PlacementRequest, PlacementResponse, VmId};
+use scored_proto::{CapacityResponse, PlacementRequest, PlacementResponse, VmId};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ pub struct Assessment {
     pub predicted: Option<Figures>,
     /// What the hypervisor reported of the migration, once one went through.
     pub actual: Option<Figures>,
+    /// A group move planned at this turn and recommended (`decision.group_moves`).
+    pub group: Option<GroupPlan>,
 }
 
 impl<P: Peers> Daemon<P> {
@@ -117,7 +121,7 @@ impl<P: Peers> Daemon<P> {
 
     /// What the ledger says of `vm` now: until when it cools down, the hosts it recently left
     /// (the return gate), and whether a migration of it is not settled.
-    fn rest(
+    pub(super) fn rest(
         &self,
         vm: VmId,
         config: &Config,
@@ -173,6 +177,7 @@ impl<P: Peers> Daemon<P> {
             detail,
             predicted: None,
             actual: None,
+            group: None,
         };
         if unsettled {
             return early(
@@ -367,6 +372,35 @@ impl<P: Peers> Daemon<P> {
         {
             detail = format!("{detail}; {f}");
         }
+        let mut group = None;
+        if config.decision.group_moves == GroupMoves::Recommend && !gates.pinned {
+            // What S-CORE's own move gains after its c_m: a group move must beat it.
+            let single = match d.outcome {
+                decide::Outcome::Migrate { benefit, .. }
+                    if matches!(outcome, TurnOutcome::Migrated | TurnOutcome::DryRun) =>
+                {
+                    benefit - d.migration_cost
+                }
+                _ => 0.0,
+            };
+            let at = self.holding().unwrap_or_default();
+            let g = self.plan_group(vm.id, single.max(0.0), at).await;
+            match g.plan.clone().filter(|p| p.worth_it() && p.net() > single) {
+                Some(p) => {
+                    self.metrics.group_plans.inc();
+                    detail = format!("{detail}; {}", self.describe_group(&p, single, &g));
+                    tracing::info!(vm = %vm.id, moves = p.moves.len(), benefit = p.benefit, migration_cost = p.migration_cost, "group move recommended");
+                    group = Some(p);
+                }
+                None if g.incomplete => {
+                    detail = format!(
+                        "{detail}; group move: not planned, hosts still lacking after {} surveys",
+                        g.surveyed
+                    );
+                }
+                None => {}
+            }
+        }
         Assessment {
             outcome,
             to,
@@ -375,7 +409,40 @@ impl<P: Peers> Daemon<P> {
             detail,
             predicted: to.and_then(|_| self.predicted(vm.id)),
             actual: None,
+            group,
         }
+    }
+
+    /// One sentence for a recommended group move: what moves where, what it gains, what the
+    /// surveys cost.
+    fn describe_group(&self, p: &GroupPlan, single: f64, g: &GroupOutcome) -> String {
+        let mut to: Vec<(String, usize)> = Vec::new();
+        for m in p.moves.iter().filter(|m| !m.evicted) {
+            let name = self.host_name(m.to);
+            match to.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, k)) => *k += 1,
+                None => to.push((name, 1)),
+            }
+        }
+        let to: Vec<String> = to.iter().map(|(n, k)| format!("{n} ×{k}")).collect();
+        let evicted = p.moves.iter().filter(|m| m.evicted).count();
+        format!(
+            "group move recommended: {} of a group of {} to {}{}; Eq. 3.1 drops {:.1} for c_m {:.1} \
+             (its own move: {:.1}); {} host(s) surveyed, {} did not answer",
+            p.moves.len() - evicted,
+            p.group,
+            to.join(", "),
+            if evicted > 0 {
+                format!(", {evicted} sent back to make room")
+            } else {
+                String::new()
+            },
+            p.benefit,
+            p.migration_cost,
+            single,
+            g.surveyed,
+            g.unanswered,
+        )
     }
 
     /// A capacity answer as the search takes it: the room (`None`: no answer), or the rule the
@@ -390,7 +457,7 @@ impl<P: Peers> Daemon<P> {
                 refused_by_rule: Some(rule),
                 ..
             }) => Err(rule),
-            Ok(r) => Ok(Some(capacity_of(self.topo.host(h), &r))),
+            Ok(r) => Ok(Some(capacity_of(self.topo.host(h), &r.capacity, r.cpus))),
             Err(e) => {
                 tracing::debug!(host = %self.host_name(h), error = %e, "no capacity answer");
                 Ok(None)
@@ -469,8 +536,11 @@ impl<P: Peers> Daemon<P> {
 
 /// A capacity answer as the decision reads it: a host that does not accept (maintenance,
 /// or too little room) reads as full.
-fn capacity_of(host: &crate::topology::Host, answer: &PlacementResponse) -> Capacity {
-    let r = &answer.capacity;
+pub(super) fn capacity_of(
+    host: &crate::topology::Host,
+    r: &CapacityResponse,
+    cpus: u32,
+) -> Capacity {
     let running = if r.accepts {
         host.max_vms
             .saturating_sub(r.free_slots)
@@ -484,6 +554,6 @@ fn capacity_of(host: &crate::topology::Host, answer: &PlacementResponse) -> Capa
         free_memory_mib: r.free_memory_mib.saturating_add(host.reserve_memory_mib),
         total_memory_mib: host.memory_mib,
         cpu_load: r.cpu_load,
-        cpus: answer.cpus,
+        cpus,
     }
 }

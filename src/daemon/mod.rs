@@ -17,6 +17,7 @@ pub mod commands;
 pub mod control;
 pub mod event_loop;
 mod group_members;
+mod group_plan;
 pub mod history;
 pub mod host;
 mod hypervisor_calls;

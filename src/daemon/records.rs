@@ -37,6 +37,28 @@ pub struct DecisionRecord {
     pub actual: Option<Figures>,
     pub epoch: u64,
     pub seq: u64,
+    /// The group move planned at this turn (`decision.group_moves = "recommend"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRecord>,
+}
+
+/// A group move as a turn's record gives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The moves in the order they would be carried out.
+    pub moves: Vec<GroupMoveRecord>,
+    /// The exact drop of Eq. 3.1 once every move is done, and the moves' migration costs.
+    pub benefit: f64,
+    pub migration_cost: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupMoveRecord {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    /// Sent out of a full destination to make room (not a member of the group).
+    pub evicted: bool,
 }
 
 /// The latest decisions, oldest first.

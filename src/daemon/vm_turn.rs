@@ -8,8 +8,9 @@
 use super::assess::Assessment;
 use super::host::{Daemon, unix_ms};
 use super::inventory::Read;
-use super::records::DecisionRecord;
+use super::records::{DecisionRecord, GroupMoveRecord, GroupRecord};
 use crate::decide::TurnOutcome;
+use crate::decide::group::GroupPlan;
 use crate::hypervisor::{HypervisorError, VmState};
 use crate::p2p::Peers;
 use crate::token::Neighbour;
@@ -50,6 +51,24 @@ impl<P: Peers> Daemon<P> {
             actual: a.actual.clone(),
             epoch: at.epoch,
             seq: at.seq,
+            group: a.group.as_ref().map(|p| self.group_record(p)),
+        }
+    }
+
+    fn group_record(&self, p: &GroupPlan) -> GroupRecord {
+        GroupRecord {
+            moves: p
+                .moves
+                .iter()
+                .map(|m| GroupMoveRecord {
+                    vm: m.vm.to_string(),
+                    from: self.host_name(m.from),
+                    to: self.host_name(m.to),
+                    evicted: m.evicted,
+                })
+                .collect(),
+            benefit: p.benefit,
+            migration_cost: p.migration_cost,
         }
     }
 
@@ -118,6 +137,7 @@ impl<P: Peers> Daemon<P> {
                 detail,
                 predicted: None,
                 actual: None,
+                group: None,
             };
             self.metrics.decided(a.outcome, started.elapsed());
             self.record(vm, &a, None, token, started_unix_ms);

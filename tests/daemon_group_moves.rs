@@ -1,0 +1,241 @@
+//! A holder whose VM S-CORE's rule cannot move (its rack-mate and their far partner pull it two
+//! ways) plans the group move instead, surveying the hosts involved over `/scored/group/1`:
+//! four real `Daemon`s over the in-process transport, one hypervisor for all. The decisions
+//! are taken by hand; `decision.group_moves = "recommend"` reports the plan and moves nothing.
+
+mod support;
+
+use scored::config::{Config, GroupMoves};
+use scored::cost::total_cost;
+use scored::daemon::Daemon;
+use scored::daemon::event_loop::drive;
+use scored::decide::TurnOutcome;
+use scored::flows::synthetic::Demand;
+use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
+use scored::p2p::{DirectNetwork, DirectPeers, Directory};
+use scored::proto::VmId;
+use scored::topology::{HostId, Topology};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::inprocess;
+
+/// Two racks of two hosts (a1, a2 | b1, b2); a rack link costs 1, the core 10 more.
+fn topology() -> Arc<Topology> {
+    let mut t = String::from(
+        "[levels]\nnames = [\"rack\", \"core\"]\nweights = [1.0, 10.0]\n\n\
+         [defaults]\nmax_vms = 4\nmemory_mib = 16384\nreserve_memory_mib = 256\n",
+    );
+    for (host, rack) in [("a1", "r1"), ("a2", "r1"), ("b1", "r2"), ("b2", "r2")] {
+        t.push_str(&format!(
+            "[[host]]\nname = \"{host}\"\npath = [\"core\", \"{rack}\"]\n"
+        ));
+    }
+    Arc::new(Topology::parse(Path::new("group-moves.toml"), &t).unwrap())
+}
+
+fn vm(k: u8) -> VmId {
+    VmId::from_ipv4(std::net::Ipv4Addr::new(10, 0, 0, k))
+}
+
+/// Polls `pred` every 50 ms until it holds; fails after a minute (a wait, not a measurement).
+async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Lab {
+    net: DirectNetwork,
+    nodes: Vec<Arc<Daemon<DirectPeers>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    sim: MemoryCluster,
+}
+
+/// u on a1 and v on a2 talk heavily; both talk to w on b1. `pin_v`: v's domain is pinned.
+async fn lab(topo: &Arc<Topology>, dir: &Path, group_moves: GroupMoves, pin_v: bool) -> Lab {
+    let sim = MemoryCluster::new(topo);
+    let (u, v, w) = (vm(1), vm(2), vm(3));
+    for (id, host) in [(u, 0), (v, 1), (w, 2)] {
+        sim.add_vm(HostId(host), synthetic_vm(id, 1024)).unwrap();
+    }
+    if pin_v {
+        sim.set_pinned(v, true).unwrap();
+    }
+    let links = [(u, v, 10_000.0), (u, w, 6_000.0), (v, w, 6_000.0)];
+    let demands_of = |local: VmId| -> Vec<Demand> {
+        links
+            .iter()
+            .filter_map(|&(a, b, rate)| {
+                let partner = if a == local {
+                    b
+                } else if b == local {
+                    a
+                } else {
+                    return None;
+                };
+                Some(Demand {
+                    vm: local,
+                    partner,
+                    bytes_per_sec: rate,
+                })
+            })
+            .collect()
+    };
+    let net = DirectNetwork::new(topo.clone());
+    let mut config = Config::default();
+    config.token.handoff_timeout_ms = 500;
+    // No token in this test: the decisions below are taken by hand.
+    config.token.regeneration_timeout_ms = Some(3_600_000);
+    config.decision.group_moves = group_moves;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut nodes = Vec::new();
+    for (h, local) in [(0, Some(u)), (1, Some(v)), (2, Some(w)), (3, None)] {
+        let me = HostId(h);
+        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
+        let node = inprocess::node(
+            topo,
+            me,
+            peers,
+            Arc::new(sim.host(me)),
+            local.map(demands_of).unwrap_or_default(),
+            config.clone(),
+            dir,
+        );
+        let mut stop = stop_rx.clone();
+        tokio::spawn(drive(node.clone(), inbound, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        nodes.push(node);
+    }
+    let a1 = nodes[0].clone();
+    wait_until("a1 knows where u's partners run", || {
+        a1.cached_partners(u).len() == 2
+    })
+    .await;
+    for n in &nodes {
+        n.traffic().tick(Instant::now());
+    }
+    Lab {
+        net,
+        nodes,
+        stop,
+        sim,
+    }
+}
+
+fn locations(sim: &MemoryCluster) -> HashMap<VmId, HostId> {
+    sim.placement().into_iter().collect()
+}
+
+#[test]
+fn a_vm_stuck_between_a_rack_mate_and_a_far_partner_gets_a_group_move_recommended() {
+    let rt = inprocess::runtime();
+    rt.block_on(async {
+        let topo = topology();
+        let dir = tempfile::tempdir().unwrap();
+        let lab = lab(&topo, dir.path(), GroupMoves::Recommend, false).await;
+        let a1 = lab.nodes[0].clone();
+        let u = a1.inventory().into_iter().find(|x| x.id == vm(1)).unwrap();
+        let before = locations(&lab.sim);
+
+        let a = a1.assess(&u).await;
+        // S-CORE's rule: u alone can only join v on a2 (w stays a core link away); moving to b1
+        // would lose v. Not carried out: assess moves nothing.
+        assert_eq!(a.outcome, TurnOutcome::Migrated, "{}", a.detail);
+        assert_eq!(a.to, Some(HostId(1)), "{}", a.detail);
+        let single = a.decision.as_ref().unwrap();
+        let plan = a.group.clone().expect("a group move");
+        let moves: Vec<(VmId, HostId, HostId)> =
+            plan.moves.iter().map(|m| (m.vm, m.from, m.to)).collect();
+        // v runs on a2: its partners, its gates and its host's room came from a2's survey.
+        assert_eq!(
+            moves,
+            vec![(vm(1), HostId(0), HostId(2)), (vm(2), HostId(1), HostId(2))],
+            "{plan:?}"
+        );
+        // The benefit is Eq. 3.1's exact drop under the rates the daemons measured (u's from
+        // a1, v's from a2): everything ends on b1, nothing is left to cost.
+        let rate = |node: &Daemon<DirectPeers>, x: VmId, y: VmId| {
+            node.cached_partners(x)
+                .into_iter()
+                .find(|p| p.0 == y)
+                .map(|p| p.2)
+                .unwrap()
+        };
+        let a2 = lab.nodes[1].clone();
+        let links = [
+            (vm(1), vm(2), rate(&a1, vm(1), vm(2))),
+            (vm(1), vm(3), rate(&a1, vm(1), vm(3))),
+            (vm(2), vm(3), rate(&a2, vm(2), vm(3))),
+        ];
+        let mut after = before.clone();
+        for &(v, _, to) in &moves {
+            after.insert(v, to);
+        }
+        assert_eq!(total_cost(&topo, links, &after), 0.0);
+        let drop = total_cost(&topo, links, &before);
+        assert!(
+            (plan.benefit - drop).abs() < 1e-6 * drop,
+            "{plan:?} against {drop}"
+        );
+        // It beats S-CORE's own move, after both pay their migration costs.
+        let best = single.best.unwrap();
+        assert!(
+            plan.net() > best.benefit - single.migration_cost,
+            "{plan:?} against {single:?}"
+        );
+        assert!(plan.worth_it(), "{plan:?}");
+        assert!(a.detail.contains("group move recommended"), "{}", a.detail);
+        // a2 (v's host), b1 and b2 (the destination rack) were surveyed; a1 reads itself.
+        assert_eq!(a1.metrics().group_surveys.get(), 3);
+        assert_eq!(a1.metrics().group_plans.get(), 1);
+        // Recommend-only: nothing moved.
+        assert_eq!(locations(&lab.sim), before);
+
+        // v's host stops answering: v takes no part, and u cannot gain alone in r2.
+        lab.net.set_reachable(HostId(1), false);
+        let a = a1.assess(&u).await;
+        assert!(a.group.is_none(), "{:?}", a.group);
+        assert_eq!(a1.metrics().group_plans.get(), 1);
+        let _ = lab.stop.send(true);
+    });
+}
+
+#[test]
+fn a_pinned_rack_mate_or_group_moves_off_mean_no_group_move() {
+    let rt = inprocess::runtime();
+    rt.block_on(async {
+        let topo = topology();
+        let dir = tempfile::tempdir().unwrap();
+        // v pinned on a2: a2's survey says it may not move; u alone cannot gain.
+        let lab_pinned = lab(&topo, dir.path(), GroupMoves::Recommend, true).await;
+        let a1 = lab_pinned.nodes[0].clone();
+        let u = a1.inventory().into_iter().find(|x| x.id == vm(1)).unwrap();
+        let a = a1.assess(&u).await;
+        assert!(a.group.is_none(), "{:?}", a.group);
+        assert_eq!(
+            a.outcome,
+            TurnOutcome::Migrated,
+            "S-CORE still joins v: {}",
+            a.detail
+        );
+        assert!(a1.metrics().group_surveys.get() >= 1, "a2 was asked");
+        assert_eq!(a1.metrics().group_plans.get(), 0);
+        let _ = lab_pinned.stop.send(true);
+
+        // Off (the default): no survey is sent.
+        let dir = tempfile::tempdir().unwrap();
+        let lab_off = lab(&topo, dir.path(), GroupMoves::Off, false).await;
+        let a1 = lab_off.nodes[0].clone();
+        let a = a1.assess(&u).await;
+        assert!(a.group.is_none());
+        assert_eq!(a.outcome, TurnOutcome::Migrated, "{}", a.detail);
+        assert!(!a.detail.contains("group"), "{}", a.detail);
+        assert_eq!(a1.metrics().group_surveys.get(), 0);
+        let _ = lab_off.stop.send(true);
+    });
+}
