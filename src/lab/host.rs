@@ -37,6 +37,9 @@ pub struct Counters {
     pub received: u64,
     pub regenerations: u64,
     pub migrations: u64,
+    /// Group moves recommended, and hosts surveyed to plan them (`decision.group_moves`).
+    pub group_plans: u64,
+    pub group_surveys: u64,
 }
 
 impl Counters {
@@ -53,6 +56,8 @@ impl Counters {
         self.received += o.received;
         self.regenerations += o.regenerations;
         self.migrations += o.migrations;
+        self.group_plans += o.group_plans;
+        self.group_surveys += o.group_surveys;
     }
 
     fn read(m: &Metrics, p: &P2pMetrics) -> Counters {
@@ -72,6 +77,8 @@ impl Counters {
             received: p.announcements_received.get(),
             regenerations: m.token.regenerations.get(),
             migrations: m.migrations.succeeded.get(),
+            group_plans: m.group_plans.get(),
+            group_surveys: m.group_surveys.get(),
         }
     }
 }

@@ -527,6 +527,9 @@ fn summarise(r: &mut Report, c: &Counters, conns: &[i64]) {
         .collect();
     r.regenerations = c.regenerations;
     r.migrations = c.migrations;
+    r.group_plans = c.group_plans;
+    r.group_surveys_per_decision =
+        (r.decisions > 0).then(|| c.group_surveys as f64 / r.decisions as f64);
     r.connections_per_host = if conns.is_empty() {
         0.0
     } else {

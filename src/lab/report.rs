@@ -59,6 +59,10 @@ pub struct Report {
     pub connections_max: i64,
     pub regenerations: u64,
     pub migrations: u64,
+    /// Group moves the turns planned and recommended (`--set decision.group_moves=recommend`),
+    /// and hosts surveyed for them per decision.
+    pub group_plans: u64,
+    pub group_surveys_per_decision: Option<f64>,
     /// Most daemons holding a token at once, over the run.
     pub holders_max: usize,
     pub holders_now: usize,
@@ -186,6 +190,13 @@ pub fn text(r: &Report) -> String {
         "network    {:.1} connections per host (max {}), {} hosts downed\n",
         r.connections_per_host, r.connections_max, r.hosts_downed
     );
+    if r.group_plans > 0 || r.group_surveys_per_decision.is_some_and(|v| v > 0.0) {
+        s += &format!(
+            "groups     {} group moves recommended; {} hosts surveyed per decision\n",
+            r.group_plans,
+            opt(r.group_surveys_per_decision, ""),
+        );
+    }
     s += &format!(
         "VMs        {} migrations; {} polls: {}\n",
         r.migrations,
