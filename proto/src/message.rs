@@ -241,6 +241,40 @@ pub struct SurveyResponse {
     pub cpus: u32,
 }
 
+/// "Migrate your VM `vm` to `to` now: one move of the group move I decided holding token
+/// `at`." Sent by the token holder to the host of a VM its plan moves; that host checks that
+/// the sender holds the token, applies its own gates and the destination's re-check, runs the
+/// migration and answers when it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRequest {
+    pub vm: VmId,
+    /// The destination's host name.
+    pub to: String,
+    pub at: Stamp,
+}
+
+/// A move carried out: how the migration ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveResponse {
+    pub bytes: u64,
+    pub time_ms: u64,
+    pub downtime_ms: u64,
+}
+
+/// What a `/scored/group/1` request asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRequest {
+    Survey(SurveyRequest),
+    Move(MoveRequest),
+}
+
+/// The answer to a [`GroupRequest`], of the same variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GroupResponse {
+    Survey(SurveyResponse),
+    Moved(MoveResponse),
+}
+
 /// A completed migration: `vm` left `from` for `to` under token `at`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationAnnounce {
@@ -367,6 +401,30 @@ impl Validate for StatsResponse {
 
 impl Validate for SurveyRequest {}
 
+impl Validate for MoveRequest {
+    fn validate(&self) -> Result<(), String> {
+        check_name("to", &self.to)
+    }
+}
+
+impl Validate for GroupRequest {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            GroupRequest::Survey(r) => r.validate(),
+            GroupRequest::Move(r) => r.validate(),
+        }
+    }
+}
+
+impl Validate for GroupResponse {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            GroupResponse::Survey(r) => r.validate(),
+            GroupResponse::Moved(_) => Ok(()),
+        }
+    }
+}
+
 impl Validate for SurveyResponse {
     fn validate(&self) -> Result<(), String> {
         self.capacity.validate()?;
@@ -462,6 +520,12 @@ postcard_message!(StatsRequest, "statistics request", SMALL_FRAME);
 postcard_message!(StatsResponse, "statistics response", STATS_RESPONSE_FRAME);
 postcard_message!(SurveyRequest, "survey request", SMALL_FRAME);
 postcard_message!(SurveyResponse, "survey response", SURVEY_RESPONSE_FRAME);
+postcard_message!(GroupRequest, "group request", SMALL_FRAME);
+postcard_message!(
+    GroupResponse,
+    "group response",
+    SURVEY_RESPONSE_FRAME + ENVELOPE
+);
 postcard_message!(Announcement, "announcement", ANNOUNCE_FRAME);
 
 impl WireMessage for LocationRequest {
@@ -636,4 +700,4 @@ protocol!(
     CapacityResponse
 );
 protocol!(StatsProtocol, STATS_PROTOCOL, StatsRequest, StatsResponse);
-protocol!(GroupProtocol, GROUP_PROTOCOL, SurveyRequest, SurveyResponse);
+protocol!(GroupProtocol, GROUP_PROTOCOL, GroupRequest, GroupResponse);
