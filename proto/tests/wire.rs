@@ -177,6 +177,15 @@ fn values_outside_their_domain_are_refused() {
         at: Stamp::ZERO,
     });
     assert!(encode(&bad_name).is_err());
+    let nowhere = Request {
+        topology: FINGERPRINT,
+        body: GroupRequest::Move(MoveRequest {
+            vm: vm(10, 0, 0, 1),
+            to: String::new(),
+            at: Stamp::ZERO,
+        }),
+    };
+    assert!(encode(&nowhere).is_err());
     let long_reason = Response::<TokenAck>::Refused(Refusal::Unavailable {
         reason: "x".repeat(MAX_REASON + 1),
     });
@@ -292,8 +301,8 @@ fn decode_all(bytes: &[u8]) {
     one::<Response<CapacityResponse>>(bytes);
     one::<Request<StatsRequest>>(bytes);
     one::<Response<StatsResponse>>(bytes);
-    one::<Request<SurveyRequest>>(bytes);
-    one::<Response<SurveyResponse>>(bytes);
+    one::<Request<GroupRequest>>(bytes);
+    one::<Response<GroupResponse>>(bytes);
     one::<Announcement>(bytes);
     one::<Request<PlacementRequest>>(bytes);
     one::<Response<PlacementResponse>>(bytes);
@@ -347,8 +356,8 @@ proptest! {
             0..20,
         ),
     ) {
-        roundtrip(&Request { topology: 4, body: SurveyRequest { at } });
-        roundtrip(&Response::Ok(SurveyResponse {
+        roundtrip(&Request { topology: 4, body: GroupRequest::Survey(SurveyRequest { at }) });
+        roundtrip(&Response::Ok(GroupResponse::Survey(SurveyResponse {
             vms: vms.into_iter().map(|(v, memory_mib, movable, partners)| SurveyedVm {
                 vm: VmId(v), memory_mib, movable,
                 partners: partners.into_iter().map(|(p, r)| (VmId(p), r)).collect(),
@@ -358,7 +367,18 @@ proptest! {
                 incoming_migrations: 0, accepts: true,
             },
             cpus,
-        }));
+        })));
+    }
+
+    #[test]
+    fn moves_round_trip(
+        v in any::<u32>(), to in arb_name(), at in arb_stamp(),
+        ran in any::<(u64, u64, u64)>(),
+    ) {
+        roundtrip(&Request { topology: 5, body: GroupRequest::Move(MoveRequest { vm: VmId(v), to, at }) });
+        roundtrip(&Response::Ok(GroupResponse::Moved(MoveResponse {
+            bytes: ran.0, time_ms: ran.1, downtime_ms: ran.2,
+        })));
     }
 
     #[test]

@@ -196,15 +196,24 @@ pub fn all() -> Vec<Example> {
                 ],
             }),
         ),
+        // `/scored/group/1`: a survey, or one move of a group move.
         example(
-            "survey_request",
-            req(SurveyRequest {
+            "group_request_survey",
+            req(GroupRequest::Survey(SurveyRequest {
                 at: Stamp::new((2 << 16) | 3, 41),
-            }),
+            })),
         ),
         example(
-            "survey_response",
-            Response::Ok(SurveyResponse {
+            "group_request_move",
+            req(GroupRequest::Move(MoveRequest {
+                vm: vm(10, 0, 0, 2),
+                to: "hv3".into(),
+                at: Stamp::new((2 << 16) | 3, 41),
+            })),
+        ),
+        example(
+            "group_response_survey",
+            Response::Ok(GroupResponse::Survey(SurveyResponse {
                 vms: vec![
                     SurveyedVm {
                         vm: vm(10, 0, 0, 1),
@@ -228,7 +237,15 @@ pub fn all() -> Vec<Example> {
                     accepts: true,
                 },
                 cpus: 64,
-            }),
+            })),
+        ),
+        example(
+            "group_response_moved",
+            Response::Ok(GroupResponse::Moved(MoveResponse {
+                bytes: 4_402_341_888,
+                time_ms: 38_250,
+                downtime_ms: 87,
+            })),
         ),
         example(
             "announce_migration",
