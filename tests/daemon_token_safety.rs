@@ -16,9 +16,9 @@ use scored::daemon::ring::{epoch_generation, next_epoch};
 use scored::p2p::{DirectPeers, Directory, PeerError, Peers, RequestFailure};
 use scored::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, GroupsAnnounce, LocationResponse, PlacementRequest, PlacementResponse,
-    PolicyKind, Stamp, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck,
-    VmId,
+    Announcement, GroupsAnnounce, LocationResponse, MoveRequest, MoveResponse, PlacementRequest,
+    PlacementResponse, PolicyKind, Stamp, StatsRequest, StatsResponse, SurveyRequest,
+    SurveyResponse, Token, TokenAck, VmId,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,6 +144,15 @@ impl Peers for Faulty {
         timeout: Duration,
     ) -> impl Future<Output = Result<SurveyResponse, PeerError>> + Send {
         self.inner.survey(host, request, timeout)
+    }
+
+    fn group_move(
+        &self,
+        host: HostId,
+        request: MoveRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<MoveResponse, PeerError>> + Send {
+        self.inner.group_move(host, request, timeout)
     }
 
     fn publish(&self, a: Announcement) -> impl Future<Output = Result<(), PeerError>> + Send {

@@ -1,6 +1,6 @@
 //! libp2p nodes on 127.0.0.1 in one process: token relay around every node, location,
-//! capacity and statistics queries, group-move surveys, announcements reaching everyone;
-//! outsiders, a different topology file, and garbage frames from an allowed peer.
+//! capacity and statistics queries, group-move surveys and moves, announcements reaching
+//! everyone; outsiders, a different topology file, and garbage frames from an allowed peer.
 
 mod support;
 
@@ -10,14 +10,15 @@ use libp2p::request_response as rr;
 use libp2p::swarm::SwarmEvent;
 use scored::p2p::{
     Directory, InboundEvent, Libp2pPeers, LocateOptions, P2pConfig, PeerError, Peers, Quota,
-    StartError,
+    RequestFailure, StartError,
 };
 use scored::topology::HostId;
 use scored_proto::{
     Announcement, CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, GROUP_PROTOCOL, GroupKind,
-    GroupRef, MovingVm, PlacementRequest, PlacementResponse, PolicyKind, Refusal, Request,
-    Response, Stamp, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, SurveyedVm,
-    TOKEN_PROTOCOL, Token, TokenAck, VmBenefit, VmGroups, WIRE_VERSION,
+    GroupRef, GroupRequest, GroupResponse, MoveRequest, MoveResponse, MovingVm, PlacementRequest,
+    PlacementResponse, PolicyKind, Refusal, Request, Response, Stamp, StatsRequest, StatsResponse,
+    SurveyRequest, SurveyResponse, SurveyedVm, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit,
+    VmGroups, WIRE_VERSION,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,7 @@ enum Seen {
 }
 
 /// A stand-in daemon: acknowledges tokens and relays them to the next host until `last_seq`,
-/// answers capacity, statistics and surveys from its index, and reports what it sees.
+/// answers capacity, statistics, surveys and moves from its index, and reports what it sees.
 fn daemon(
     i: usize,
     n: usize,
@@ -86,6 +87,11 @@ fn daemon(
                     vms: Vec::new(),
                     capacity: room(i),
                     cpus: 8 * i as u32,
+                }),
+                // A migration of `i` bytes, whatever it was asked to move.
+                InboundEvent::GroupMove { reply, .. } => reply.send(MoveResponse {
+                    bytes: i as u64,
+                    ..MoveResponse::default()
                 }),
                 InboundEvent::Announcement { from, announcement } => {
                     if matches!(announcement, Announcement::Migration(_)) {
@@ -191,6 +197,13 @@ async fn six_nodes_relay_the_token_answer_queries_and_hear_announcements() {
         .map(|(h, s)| (*h, s.as_ref().unwrap().capacity.free_slots))
         .collect();
     assert_eq!(rooms, others.iter().map(|h| (*h, h.0)).collect::<Vec<_>>());
+    let moving = MoveRequest {
+        vm: vm(4, 1),
+        to: "h5".into(),
+        at: Stamp::new(1, 1),
+    };
+    let moved = peers[0].group_move(HostId(4), moving, T).await.unwrap();
+    assert_eq!(moved.bytes, 4);
 
     // Announcements: once gossip has a mesh, one migration reaches every other host.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -569,6 +582,136 @@ async fn a_survey_is_answered_and_an_oversized_one_refused() {
             ),
             "{ev:?}"
         );
+    }
+}
+
+/// One move of a group move (`/scored/group/1`): the holder's request reaches the daemon of the
+/// VM's host as `InboundEvent::GroupMove`, exactly as sent; that daemon answers when the
+/// migration ended, later than any other request may take (a move has `move_timeout`, in the
+/// swarm and for the daemon's answer), and the answer comes back exactly. A move it refuses
+/// comes back as a refusal saying why. A peer answering a survey with a move's answer is a
+/// protocol error, not a survey.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_move_is_answered_when_its_migration_ended_or_refused() {
+    let l = loopback(3);
+    // Every other request gets a second; a move ten.
+    let config = |i: usize| {
+        let mut c = l.config(i);
+        c.request_timeout = Duration::from_secs(1);
+        c.move_timeout = Duration::from_secs(10);
+        c
+    };
+    let node = |i: usize| {
+        let dir = Arc::new(Directory::new(l.topology.clone(), HostId(i as u32)));
+        dir.set_local((1..=8).map(|k| (vm(i, k), Stamp::ZERO)));
+        Libp2pPeers::start(config(i), dir)
+    };
+    let (holder, _holder_inbound) = node(0).await.unwrap();
+    let (_host, mut inbound) = node(1).await.unwrap();
+    let ran = MoveResponse {
+        bytes: 3 << 30,
+        time_ms: 1_500,
+        downtime_ms: 42,
+    };
+    let daemon = tokio::spawn(async move {
+        let mut heard = Vec::new();
+        while let Some(e) = inbound.recv().await {
+            if let InboundEvent::GroupMove {
+                from,
+                request,
+                reply,
+            } = e
+            {
+                heard.push((from, request));
+                if heard.len() == 1 {
+                    // The migration outlasts the request timeout.
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    reply.send(ran);
+                } else {
+                    reply.refuse("not the holder");
+                    return heard;
+                }
+            }
+        }
+        panic!("node stopped");
+    });
+    let request = MoveRequest {
+        vm: vm(1, 2),
+        to: "h2".into(),
+        at: Stamp::new((2 << 16) | 1, 41),
+    };
+    let got = holder
+        .group_move(HostId(1), request.clone(), T)
+        .await
+        .unwrap();
+    assert_eq!(got, ran);
+
+    let stale = MoveRequest {
+        at: Stamp::new((2 << 16) | 1, 40),
+        ..request.clone()
+    };
+    let e = holder
+        .group_move(HostId(1), stale.clone(), T)
+        .await
+        .unwrap_err();
+    match &e {
+        PeerError::Refused {
+            refusal: Refusal::Unavailable { reason },
+            ..
+        } => assert!(reason.contains("not the holder"), "{e}"),
+        other => panic!("expected the daemon's refusal, got {other:?}"),
+    }
+    assert!(e.to_string().contains("not the holder"), "{e}");
+    let heard = daemon.await.unwrap();
+    assert_eq!(heard, vec![(HostId(0), request), (HostId(0), stale)]);
+
+    // h2 answers a survey with a move's answer.
+    let mut wrong = raw_swarm_on(&l.keys[2], RawCodec::default(), T, GROUP_PROTOCOL);
+    let port = l.topology.host(HostId(2)).p2p_port;
+    wrong
+        .listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+        .unwrap();
+    let asker = holder.clone();
+    let ask =
+        tokio::spawn(async move { asker.survey(HostId(2), SurveyRequest::default(), T).await });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::Behaviour(rr::Event::Message {
+                message:
+                    rr::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) = wrong.select_next_some().await
+            {
+                let r = scored_proto::decode::<Request<GroupRequest>>(&request).unwrap();
+                assert_eq!(r.body, GroupRequest::Survey(SurveyRequest::default()));
+                let answer = Response::Ok(GroupResponse::Moved(ran));
+                let answer = scored_proto::encode(&answer).unwrap();
+                wrong
+                    .behaviour_mut()
+                    .send_response(channel, answer)
+                    .unwrap();
+                return;
+            }
+        }
+    })
+    .await
+    .expect("h2 was not asked");
+    // Keep h2's side running until the answer is read.
+    let e = tokio::select! {
+        r = ask => r.unwrap().unwrap_err(),
+        _ = async { loop { wrong.select_next_some().await; } } => unreachable!(),
+    };
+    match &e {
+        PeerError::Protocol {
+            what: "survey request",
+            cause: RequestFailure::WrongKind {
+                got: "move response",
+            },
+            ..
+        } => {}
+        other => panic!("expected a wrong-kind answer, got {other:?}"),
     }
 }
 

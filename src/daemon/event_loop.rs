@@ -97,6 +97,14 @@ impl<P: Peers> Daemon<P> {
                 self.tasks
                     .spawn(self.clone().answer_survey(from, request, reply));
             }
+            InboundEvent::GroupMove {
+                from,
+                request,
+                reply,
+            } => {
+                self.tasks
+                    .spawn(self.clone().answer_move(from, request, reply));
+            }
             InboundEvent::Announcement { from, announcement } => {
                 self.on_announcement(from, announcement)
             }

@@ -111,7 +111,12 @@ pub(crate) fn build_swarm(
                     watch.clone(),
                     config.severed.clone(),
                 ),
-                rpc: Rpc::new(&watch, config.request_timeout, limits.max_requests_per_peer),
+                rpc: Rpc::new(
+                    &watch,
+                    config.request_timeout,
+                    config.move_timeout,
+                    limits.max_requests_per_peer,
+                ),
                 gossip,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())

@@ -10,8 +10,9 @@ use super::{
 };
 use crate::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, GroupsAnnounce, LocationResponse, PlacementRequest, PlacementResponse, Response,
-    StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck, VmId, WireMessage,
+    Announcement, GroupsAnnounce, LocationResponse, MoveRequest, MoveResponse, PlacementRequest,
+    PlacementResponse, Response, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token,
+    TokenAck, VmId, WireMessage,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -308,6 +309,27 @@ impl Peers for DirectPeers {
             scored_proto::GROUP_PROTOCOL,
             timeout,
             |reply| InboundEvent::Survey {
+                from,
+                request,
+                reply,
+            },
+        )
+        .await
+    }
+
+    async fn group_move(
+        &self,
+        host: HostId,
+        request: MoveRequest,
+        timeout: Duration,
+    ) -> Result<MoveResponse, PeerError> {
+        let from = self.me;
+        self.ask(
+            host,
+            super::rpc::MOVE_REQUEST,
+            scored_proto::GROUP_PROTOCOL,
+            timeout,
+            |reply| InboundEvent::GroupMove {
                 from,
                 request,
                 reply,
@@ -668,6 +690,55 @@ mod tests {
         assert_eq!(ask(|r| r.capacity.accepts).await, Some(HostId(9)));
         // Nobody acceptable: every batch asked, the answer is none.
         assert_eq!(ask(|_| false).await, None);
+    }
+
+    /// A move reaches the VM's host's daemon as a `GroupMove` from the asker, and its answer or
+    /// refusal comes back as over libp2p.
+    #[tokio::test]
+    async fn a_group_move_is_answered_or_refused_by_the_vms_host() {
+        let mut c = cluster(3);
+        let mut daemon1 = c.inbound.remove(1);
+        let ran = MoveResponse {
+            bytes: 1 << 30,
+            time_ms: 900,
+            downtime_ms: 12,
+        };
+        let host = tokio::spawn(async move {
+            while let Some(e) = daemon1.recv().await {
+                if let InboundEvent::GroupMove {
+                    from,
+                    request,
+                    reply,
+                } = e
+                {
+                    assert_eq!(from, HostId(0));
+                    match request.to.as_str() {
+                        "h2" => reply.send(ran),
+                        _ => {
+                            reply.refuse(format!("{} cannot go to {}", request.vm, request.to));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let ask = |to: &str| MoveRequest {
+            vm: vm(1, 3),
+            to: to.into(),
+            at: Stamp::new(1, 7),
+        };
+        let got = c.peers[0].group_move(HostId(1), ask("h2"), T).await;
+        assert_eq!(got.unwrap(), ran);
+        let e = c.peers[0]
+            .group_move(HostId(1), ask("h0"), T)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PeerError::Refused { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "host h1 refused the move request: unavailable: 10.0.1.3 cannot go to h0"
+        );
+        host.await.unwrap();
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use libp2p::metrics::Recorder;
 use libp2p::request_response::{self as rr, ResponseChannel};
 use libp2p::swarm::{ConnectionDenied, ConnectionId, DialError, ListenError, SwarmEvent};
 use libp2p::{PeerId, Swarm, connection_limits, identify, ping};
-use scored_proto::{Refusal, Response, TopologyFingerprint};
+use scored_proto::{GroupRequest, Refusal, Response, TopologyFingerprint};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,7 +64,10 @@ pub(crate) struct Driver {
     libp2p_metrics: Option<libp2p::metrics::Metrics>,
     commands: mpsc::UnboundedReceiver<Command>,
     refused: mpsc::Receiver<RefusedFrame>,
+    /// How long the daemon may take to answer a request.
     request_timeout: Duration,
+    /// How long it may take to answer a move of a group move: the migration's time.
+    move_timeout: Duration,
     pending: Pending,
     /// Outgoing dials under way, and to whom.
     dials: HashMap<ConnectionId, PeerId>,
@@ -98,6 +101,7 @@ impl Driver {
             commands: channels.commands,
             refused: channels.refused,
             request_timeout: config.request_timeout,
+            move_timeout: config.move_timeout,
             pending: Pending::default(),
             dials: HashMap::new(),
             limiter: RateLimiter::new(config.rate_limits),
@@ -355,26 +359,51 @@ impl Driver {
                     reply,
                 })
             }
-            RpcRequest::Group(r) => {
-                self.hand_to_daemon(channel, RpcResponse::Group, |reply| InboundEvent::Survey {
-                    from,
-                    request: r.body,
-                    reply,
-                })
-            }
+            RpcRequest::Group(r) => match r.body {
+                GroupRequest::Survey(request) => {
+                    self.hand_to_daemon(channel, RpcResponse::survey, |reply| {
+                        InboundEvent::Survey {
+                            from,
+                            request,
+                            reply,
+                        }
+                    })
+                }
+                // Answered when the migration ended: the daemon has the migration's time.
+                GroupRequest::Move(request) => self.hand_to_daemon_within(
+                    self.move_timeout,
+                    channel,
+                    RpcResponse::moved,
+                    |reply| InboundEvent::GroupMove {
+                        from,
+                        request,
+                        reply,
+                    },
+                ),
+            },
         }
     }
 
-    /// Queues a request for the daemon; its answer (or a refusal when the daemon gives none in
-    /// time) goes back on `channel`.
+    /// Queues a request for the daemon; its answer (or a refusal when the daemon gives none
+    /// within the request timeout) goes back on `channel`.
     fn hand_to_daemon<T: Send + 'static>(
         &mut self,
         channel: ResponseChannel<RpcResponse>,
         wrap: fn(Response<T>) -> RpcResponse,
         make_event: impl FnOnce(Responder<T>) -> InboundEvent,
     ) {
+        self.hand_to_daemon_within(self.request_timeout, channel, wrap, make_event);
+    }
+
+    /// [`Self::hand_to_daemon`], the daemon given `limit` to answer.
+    fn hand_to_daemon_within<T: Send + 'static>(
+        &mut self,
+        limit: Duration,
+        channel: ResponseChannel<RpcResponse>,
+        wrap: fn(Response<T>) -> RpcResponse,
+        make_event: impl FnOnce(Responder<T>) -> InboundEvent,
+    ) {
         let rx = deliver(&self.inbound, make_event);
-        let limit = self.request_timeout;
         self.answers.push(
             async move {
                 let r = match tokio::time::timeout(limit, rx).await {

@@ -1,6 +1,6 @@
-//! How daemons talk: token hand-off, location, capacity and statistics queries, group-move
-//! surveys, and announcements of completed migrations, behind one transport-independent trait,
-//! [`Peers`].
+//! How daemons talk: token hand-off, location, capacity and statistics queries, group moves
+//! (surveys, and the moves a holder's group move asks of VMs' hosts), and announcements of
+//! completed migrations, behind one transport-independent trait, [`Peers`].
 //!
 //! Two transports implement it: [`Libp2pPeers`] (TCP + Noise + Yamux between real hosts, only
 //! with peers the topology lists) and [`DirectPeers`] (in-process calls, for the simulator and
@@ -36,9 +36,9 @@ pub use zombies::{Zombie, Zombies};
 use crate::topology::{HostId, Topology};
 use futures::{FutureExt, StreamExt};
 use scored_proto::{
-    Announcement, EncodeError, GroupsAnnounce, LocationResponse, MigrationAnnounce,
-    PlacementRequest, PlacementResponse, Refusal, Response, Stamp, StatsRequest, StatsResponse,
-    SurveyRequest, SurveyResponse, Token, TokenAck, TopologyFingerprint, VmId,
+    Announcement, EncodeError, GroupsAnnounce, LocationResponse, MigrationAnnounce, MoveRequest,
+    MoveResponse, PlacementRequest, PlacementResponse, Refusal, Response, Stamp, StatsRequest,
+    StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck, TopologyFingerprint, VmId,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -213,6 +213,14 @@ pub enum InboundEvent {
         request: SurveyRequest,
         reply: Responder<SurveyResponse>,
     },
+    /// "Migrate your VM `request.vm` to `request.to`" (`/scored/group/1`): the token holder asks
+    /// this host to migrate one of its VMs as one move of its group move; answered when the
+    /// migration ended (the transport waits up to [`P2pConfig::move_timeout`] for the answer).
+    GroupMove {
+        from: HostId,
+        request: MoveRequest,
+        reply: Responder<MoveResponse>,
+    },
     /// A peer's announcement, already applied to the directory.
     Announcement {
         from: HostId,
@@ -260,6 +268,7 @@ pub(crate) fn deliver<T>(
             InboundEvent::Capacity { reply, .. } => reply.refuse(reason),
             InboundEvent::Stats { reply, .. } => reply.refuse(reason),
             InboundEvent::Survey { reply, .. } => reply.refuse(reason),
+            InboundEvent::GroupMove { reply, .. } => reply.refuse(reason),
             _ => {}
         }
     }
@@ -317,6 +326,17 @@ pub trait Peers: Send + Sync + 'static {
         request: SurveyRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<SurveyResponse, PeerError>> + Send;
+
+    /// Asks `host` to migrate its VM `request.vm` to `request.to`, as one move of the group move
+    /// this host decided holding the token at `request.at` (`/scored/group/1`), and waits for
+    /// the migration to end: `timeout` must cover a whole migration. A refusal says why that
+    /// host would not (or could not) move it.
+    fn group_move(
+        &self,
+        host: HostId,
+        request: MoveRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<MoveResponse, PeerError>> + Send;
 
     /// Sends `announcement` to every peer, best effort (a peer that misses it corrects its
     /// cache on its next lookup). Does not apply it to our own directory.

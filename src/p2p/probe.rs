@@ -145,6 +145,11 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
                             cpus: room.cpus,
                         });
                     }
+                    InboundEvent::GroupMove { from, request, reply } => {
+                        emit(json!({"event": "move-asked", "from": name(from),
+                            "vm": request.vm.to_string(), "to": request.to}));
+                        reply.refuse("a debug p2p node migrates nothing");
+                    }
                     InboundEvent::Announcement { from, announcement } => match announcement {
                         Announcement::Migration(m) => emit(json!({
                             "event": "announcement", "kind": "migration", "from": name(from),

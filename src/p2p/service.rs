@@ -9,7 +9,8 @@ use super::gossip::Gossip;
 use super::limits::TransportLimits;
 use super::metrics::P2pMetrics;
 use super::rpc::{
-    Exchange, FrameWatch, InboundBudget, RateLimits, RequestFailure, token_frame_limit,
+    Exchange, FrameWatch, InboundBudget, MOVE_REQUEST, RateLimits, RequestFailure,
+    group_answer_name, token_frame_limit,
 };
 use super::{Inbound, PeerError, Peers, fingerprint};
 use crate::topology::{HostId, Topology};
@@ -19,9 +20,10 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, TransportError};
 use prometheus_client::registry::Registry;
 use scored_proto::{
-    Announcement, GroupsAnnounce, LocationRequest, LocationResponse, PlacementRequest,
-    PlacementResponse, Request, Response, StatsRequest, StatsResponse, SurveyRequest,
-    SurveyResponse, Token, TokenAck, TopologyFingerprint, VmId,
+    Announcement, GroupRequest, GroupResponse, GroupsAnnounce, LocationRequest, LocationResponse,
+    MoveRequest, MoveResponse, PlacementRequest, PlacementResponse, Request, Response,
+    StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck,
+    TopologyFingerprint, VmId, WireMessage,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +42,13 @@ pub struct P2pConfig {
     /// Where to listen; by default the address and port the topology gives `me`.
     pub listen: Option<Multiaddr>,
     pub metrics: P2pMetrics,
-    /// Longest any request may take inside the swarm (callers usually give up sooner).
+    /// Longest a request may take inside the swarm (callers usually give up sooner) on every
+    /// protocol but `/scored/group/1`, and how long this daemon may take to answer any request
+    /// but a group move's.
     pub request_timeout: Duration,
+    /// How long a group move's request may wait for its migration: the group lane's swarm
+    /// request timeout and the limit on this daemon's answer to one.
+    pub move_timeout: Duration,
     /// A connection with no open stream and nothing to keep it closes after this long.
     pub idle_timeout: Duration,
     /// Liveness probe period on every connection.
@@ -70,6 +77,9 @@ impl P2pConfig {
             listen: None,
             metrics: P2pMetrics::default(),
             request_timeout: Duration::from_secs(60),
+            // Well over a migration under the daemon's defaults (`migration.timeout_s` = 300 s,
+            // the hypervisor call around it); the daemon sets it from its own configuration.
+            move_timeout: Duration::from_secs(15 * 60),
             // The gossip mesh keeps its own connections open; what a decision or a survey
             // opened to other hosts goes after a minute (at 300 s, one regeneration survey left
             // a connection to every host for five minutes: 58 per host at 256 hosts).
@@ -371,6 +381,38 @@ impl Libp2pPeers {
         body: E,
         timeout: Duration,
     ) -> Result<E::Answer, PeerError> {
+        self.request_named(host, body, timeout, E::NAME).await
+    }
+
+    /// One of `/scored/group/1`'s questions, `body`, called `what` in errors: its answer as
+    /// `take` finds it in the [`GroupResponse`]; the answer to the other question is a protocol
+    /// error.
+    async fn ask_group<A>(
+        &self,
+        host: HostId,
+        body: GroupRequest,
+        timeout: Duration,
+        what: &'static str,
+        take: fn(GroupResponse) -> Result<A, GroupResponse>,
+    ) -> Result<A, PeerError> {
+        let answer = self.request_named(host, body, timeout, what).await?;
+        take(answer).map_err(|other| PeerError::Protocol {
+            host: self.shared.topology.host(host).name.clone(),
+            what,
+            cause: RequestFailure::WrongKind {
+                got: group_answer_name(&other),
+            },
+        })
+    }
+
+    /// [`Self::request`], the request called `what` in errors.
+    async fn request_named<E: Exchange>(
+        &self,
+        host: HostId,
+        body: E,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<E::Answer, PeerError> {
         let peer = self.peer(host)?;
         let name = || self.shared.topology.host(host).name.clone();
         let (tx, rx) = oneshot::channel();
@@ -382,7 +424,6 @@ impl Libp2pPeers {
             .commands
             .send(Command::Request(peer, request, tx))
             .map_err(|_| PeerError::Closed)?;
-        let what = E::NAME;
         let timed_out = || PeerError::Timeout {
             host: name(),
             what,
@@ -500,7 +541,26 @@ impl Peers for Libp2pPeers {
         request: SurveyRequest,
         timeout: Duration,
     ) -> Result<SurveyResponse, PeerError> {
-        self.request(host, request, timeout).await
+        let body = GroupRequest::Survey(request);
+        self.ask_group(host, body, timeout, SurveyRequest::NAME, |r| match r {
+            GroupResponse::Survey(s) => Ok(s),
+            other => Err(other),
+        })
+        .await
+    }
+
+    async fn group_move(
+        &self,
+        host: HostId,
+        request: MoveRequest,
+        timeout: Duration,
+    ) -> Result<MoveResponse, PeerError> {
+        let body = GroupRequest::Move(request);
+        self.ask_group(host, body, timeout, MOVE_REQUEST, |r| match r {
+            GroupResponse::Moved(m) => Ok(m),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn publish(&self, announcement: Announcement) -> Result<(), PeerError> {

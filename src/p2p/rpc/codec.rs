@@ -25,8 +25,8 @@ use libp2p::PeerId;
 use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
-    CapacityRequest, CapacityResponse, DecodeError, LocationRequest, MAX_HOST_VMS, MAX_TOKEN_FRAME,
-    PlacementRequest, PlacementResponseV2, Request, Response, StatsRequest, SurveyRequest, Token,
+    CapacityRequest, CapacityResponse, DecodeError, GroupRequest, LocationRequest, MAX_HOST_VMS,
+    MAX_TOKEN_FRAME, PlacementRequest, PlacementResponseV2, Request, Response, StatsRequest, Token,
     WireMessage, encode,
 };
 use std::io;
@@ -358,8 +358,8 @@ impl libp2p::request_response::Codec for RpcCodec {
                 read_request_of::<StatsRequest, T>(io, limit, &mut bytes).await
             }
             Kind::Group => {
-                let limit = self.limit::<Request<SurveyRequest>>(kind);
-                read_request_of::<SurveyRequest, T>(io, limit, &mut bytes).await
+                let limit = self.limit::<Request<GroupRequest>>(kind);
+                read_request_of::<GroupRequest, T>(io, limit, &mut bytes).await
             }
         };
         self.report(kind, r)
@@ -391,7 +391,7 @@ impl libp2p::request_response::Codec for RpcCodec {
                 read_response_of::<PlacementRequest, T>(io, RpcResponse::Capacity).await
             }
             Kind::Stats => read_response_of::<StatsRequest, T>(io, RpcResponse::Stats).await,
-            Kind::Group => read_response_of::<SurveyRequest, T>(io, RpcResponse::Group).await,
+            Kind::Group => read_response_of::<GroupRequest, T>(io, RpcResponse::Group).await,
         };
         self.report(kind, r)
     }

@@ -29,26 +29,32 @@ pub(crate) struct Rpc {
 }
 
 impl Rpc {
-    /// `request_timeout` bounds every request inside the swarm (callers usually give up sooner).
+    /// `request_timeout` bounds every request inside the swarm, sent or answered (callers
+    /// usually give up sooner), except on the group lane, which `move_timeout` bounds when it is
+    /// longer: one move of a group move is answered only when its migration ended, minutes later.
     /// `max_requests_per_peer` is what the codec's budget lets one peer have in flight; each
     /// lane allows twice that per connection, so that the budget, which counts and names what
     /// it refuses, is what refuses (libp2p drops a stream over its own bound silently).
     pub(crate) fn new(
         watch: &FrameWatch,
         request_timeout: Duration,
+        move_timeout: Duration,
         max_requests_per_peer: usize,
     ) -> Self {
-        let config = rr::Config::default()
-            .with_request_timeout(request_timeout)
-            .with_max_concurrent_streams(2 * max_requests_per_peer);
         // A lane offers its versions newest first; the peer takes the first it speaks.
         let lane = |kind: Kind| {
+            let timeout = match kind {
+                Kind::Group => move_timeout.max(request_timeout),
+                _ => request_timeout,
+            };
             Lane::with_codec(
                 RpcCodec::new(watch.clone()),
                 kind.protocols()
                     .iter()
                     .map(|p| (StreamProtocol::new(p), ProtocolSupport::Full)),
-                config.clone(),
+                rr::Config::default()
+                    .with_request_timeout(timeout)
+                    .with_max_concurrent_streams(2 * max_requests_per_peer),
             )
         };
         Rpc {

@@ -1,5 +1,5 @@
 //! The request-response half of the transport: one [`RpcRequest`]/[`RpcResponse`] pair over the
-//! five request-response protocols (token, location, capacity, statistics, group survey), the
+//! five request-response protocols (token, location, capacity, statistics, group moves), the
 //! codec that frames them, the map of requests awaiting an answer, the per-peer limit on what a
 //! peer may ask, and the budget of requests and bytes in flight.
 //!
@@ -26,10 +26,11 @@ pub(crate) use rate_limit::{Limited, RateLimiter};
 pub use rate_limit::{Quota, RateLimits};
 
 use scored_proto::{
-    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL_V3, GROUP_PROTOCOL,
-    LOCATION_PROTOCOL, LocationRequest, LocationResponse, PlacementRequest, PlacementResponse,
-    Refusal, Request, Response, STATS_PROTOCOL, StatsRequest, StatsResponse, SurveyRequest,
-    SurveyResponse, TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint, WireMessage,
+    CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL_V3, GROUP_PROTOCOL, GroupRequest,
+    GroupResponse, LOCATION_PROTOCOL, LocationRequest, LocationResponse, MoveResponse,
+    PlacementRequest, PlacementResponse, Refusal, Request, Response, STATS_PROTOCOL, StatsRequest,
+    StatsResponse, SurveyResponse, TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint,
+    WireMessage,
 };
 
 /// Which request-response protocol a message belongs to.
@@ -39,7 +40,7 @@ pub(crate) enum Kind {
     Location,
     Capacity,
     Stats,
-    /// The group-move survey (`/scored/group/1`).
+    /// Group moves (`/scored/group/1`): a survey, or one move of a group move.
     Group,
 }
 
@@ -93,7 +94,7 @@ pub(crate) enum RpcRequest {
     Location(Request<LocationRequest>),
     Capacity(Request<PlacementRequest>),
     Stats(Request<StatsRequest>),
-    Group(Request<SurveyRequest>),
+    Group(Request<GroupRequest>),
 }
 
 /// A peer's answer; always of the kind of the request it answers (the codec reads it with the
@@ -104,7 +105,7 @@ pub(crate) enum RpcResponse {
     Location(Response<LocationResponse>),
     Capacity(Response<PlacementResponse>),
     Stats(Response<StatsResponse>),
-    Group(Response<SurveyResponse>),
+    Group(Response<GroupResponse>),
 }
 
 impl RpcRequest {
@@ -151,7 +152,41 @@ impl RpcResponse {
             Kind::Group => RpcResponse::Group(Response::Refused(refusal)),
         }
     }
+
+    /// The daemon's answer to a group survey, as it goes back on `/scored/group/1`.
+    pub(crate) fn survey(r: Response<SurveyResponse>) -> Self {
+        RpcResponse::Group(in_group(r, GroupResponse::Survey))
+    }
+
+    /// The daemon's answer to one move of a group move, as it goes back on `/scored/group/1`.
+    pub(crate) fn moved(r: Response<MoveResponse>) -> Self {
+        RpcResponse::Group(in_group(r, GroupResponse::Moved))
+    }
 }
+
+/// An answer to one of the group protocol's questions as the [`GroupResponse`] variant `as_`;
+/// a refusal stays a refusal.
+fn in_group<T>(r: Response<T>, as_: fn(T) -> GroupResponse) -> Response<GroupResponse> {
+    match r {
+        Response::Ok(v) => Response::Ok(as_(v)),
+        Response::Refused(refusal) => Response::Refused(refusal),
+    }
+}
+
+/// What a `/scored/group/1` answer answers, for the error about one that answers the other
+/// question.
+pub(crate) fn group_answer_name(r: &GroupResponse) -> &'static str {
+    match r {
+        GroupResponse::Survey(_) => SurveyResponse::NAME,
+        GroupResponse::Moved(_) => MOVE_RESPONSE,
+    }
+}
+
+/// What a move request is called in errors: it travels inside a [`GroupRequest`], so it has no
+/// [`WireMessage::NAME`] of its own.
+pub(crate) const MOVE_REQUEST: &str = "move request";
+/// What a move's answer is called in errors, as [`MOVE_REQUEST`].
+const MOVE_RESPONSE: &str = "move response";
 
 /// A request body and the answer it gets: how a typed call becomes an [`RpcRequest`] and how
 /// its [`RpcResponse`] becomes the typed answer again.
@@ -183,7 +218,7 @@ exchange!(Token, TokenAck, Token);
 exchange!(LocationRequest, LocationResponse, Location);
 exchange!(PlacementRequest, PlacementResponse, Capacity);
 exchange!(StatsRequest, StatsResponse, Stats);
-exchange!(SurveyRequest, SurveyResponse, Group);
+exchange!(GroupRequest, GroupResponse, Group);
 
 #[cfg(test)]
 mod tests {
@@ -217,5 +252,27 @@ mod tests {
             RpcResponse::refused(Kind::Stats, Refusal::Unavailable { reason: "x".into() }).kind(),
             Kind::Stats
         );
+    }
+
+    #[test]
+    fn the_daemons_group_answers_go_back_as_their_variant() {
+        let moved = MoveResponse {
+            bytes: 1,
+            time_ms: 2,
+            downtime_ms: 3,
+        };
+        assert!(matches!(
+            RpcResponse::moved(Response::Ok(moved)),
+            RpcResponse::Group(Response::Ok(GroupResponse::Moved(m))) if m == moved
+        ));
+        let refusal = Refusal::Unavailable {
+            reason: "pinned".into(),
+        };
+        assert!(matches!(
+            RpcResponse::survey(Response::Refused(refusal.clone())),
+            RpcResponse::Group(Response::Refused(r)) if r == refusal
+        ));
+        let answer = GroupResponse::Moved(moved);
+        assert_eq!(group_answer_name(&answer), "move response");
     }
 }

@@ -23,8 +23,10 @@ pub enum RequestFailure {
     #[error("stream failed: {0}")]
     Stream(#[source] Arc<std::io::Error>),
     /// The peer answered with a message of another protocol (cannot happen with this codec; kept
-    /// so that a future codec bug is an error, not a panic).
-    #[error("answer of the {got} protocol")]
+    /// so that a future codec bug is an error, not a panic), or answered one of
+    /// `/scored/group/1`'s questions with the other's answer (a bug of the peer's): `got` names
+    /// the protocol, or the answer it sent.
+    #[error("answered with another kind of message: {got}")]
     WrongKind { got: &'static str },
 }
 
