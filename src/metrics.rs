@@ -162,7 +162,7 @@ pub struct Metrics {
     pub token: TokenMetrics,
     pub decisions: Family<OutcomeLabels, Counter>,
     pub decision_duration: Histogram,
-    /// Group moves planned at turns and recommended (`decision.group_moves = "recommend"`).
+    /// Group moves planned at turns (recommended, or carried out with `act`).
     pub group_plans: Counter,
     /// Hosts asked for a group-move survey (`/scored/group/1`).
     pub group_surveys: Counter,
@@ -383,7 +383,7 @@ impl Metrics {
         );
         r.register(
             "group_plans",
-            "Group moves planned at this host's turns and recommended (decision.group_moves)",
+            "Group moves planned at this host's turns (recommended, or carried out under decision.group_moves = act)",
             m.group_plans.clone(),
         );
         r.register(

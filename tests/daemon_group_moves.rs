@@ -7,13 +7,13 @@ mod support;
 
 use scored::config::{Config, GroupMoves};
 use scored::cost::total_cost;
-use scored::daemon::Daemon;
 use scored::daemon::event_loop::drive;
+use scored::daemon::{Carried, Daemon};
 use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory};
-use scored::proto::VmId;
+use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::proto::{Announcement, MoveRequest, Stamp, VmId};
 use scored::topology::{HostId, Topology};
 use std::collections::HashMap;
 use std::path::Path;
@@ -56,7 +56,7 @@ struct Lab {
 }
 
 /// u on a1 and v on a2 talk heavily; both talk to w on b1. `pin_v`: v's domain is pinned.
-async fn lab(topo: &Arc<Topology>, dir: &Path, group_moves: GroupMoves, pin_v: bool) -> Lab {
+async fn start_lab(topo: &Arc<Topology>, dir: &Path, group_moves: GroupMoves, pin_v: bool) -> Lab {
     let sim = MemoryCluster::new(topo);
     let (u, v, w) = (vm(1), vm(2), vm(3));
     for (id, host) in [(u, 0), (v, 1), (w, 2)] {
@@ -137,7 +137,7 @@ fn a_vm_stuck_between_a_rack_mate_and_a_far_partner_gets_a_group_move_recommende
     rt.block_on(async {
         let topo = topology();
         let dir = tempfile::tempdir().unwrap();
-        let lab = lab(&topo, dir.path(), GroupMoves::Recommend, false).await;
+        let lab = start_lab(&topo, dir.path(), GroupMoves::Recommend, false).await;
         let a1 = lab.nodes[0].clone();
         let u = a1.inventory().into_iter().find(|x| x.id == vm(1)).unwrap();
         let before = locations(&lab.sim);
@@ -212,7 +212,7 @@ fn a_pinned_rack_mate_or_group_moves_off_mean_no_group_move() {
         let topo = topology();
         let dir = tempfile::tempdir().unwrap();
         // v pinned on a2: a2's survey says it may not move; u alone cannot gain.
-        let lab_pinned = lab(&topo, dir.path(), GroupMoves::Recommend, true).await;
+        let lab_pinned = start_lab(&topo, dir.path(), GroupMoves::Recommend, true).await;
         let a1 = lab_pinned.nodes[0].clone();
         let u = a1.inventory().into_iter().find(|x| x.id == vm(1)).unwrap();
         let a = a1.assess(&u).await;
@@ -229,7 +229,7 @@ fn a_pinned_rack_mate_or_group_moves_off_mean_no_group_move() {
 
         // Off (the default): no survey is sent.
         let dir = tempfile::tempdir().unwrap();
-        let lab_off = lab(&topo, dir.path(), GroupMoves::Off, false).await;
+        let lab_off = start_lab(&topo, dir.path(), GroupMoves::Off, false).await;
         let a1 = lab_off.nodes[0].clone();
         let a = a1.assess(&u).await;
         assert!(a.group.is_none());
@@ -237,5 +237,101 @@ fn a_pinned_rack_mate_or_group_moves_off_mean_no_group_move() {
         assert!(!a.detail.contains("group"), "{}", a.detail);
         assert_eq!(a1.metrics().group_surveys.get(), 0);
         let _ = lab_off.stop.send(true);
+    });
+}
+
+/// The holder's token as its peers hear of it: an epoch minted by a1 (host 0).
+async fn announce_holder(lab: &Lab, at: Stamp) {
+    lab.nodes[0]
+        .peers()
+        .publish(Announcement::TokenSeen {
+            host: "a1".into(),
+            at,
+            round: 0,
+        })
+        .await
+        .unwrap();
+    for n in &lab.nodes[1..] {
+        let n = n.clone();
+        wait_until("every host heard a1 holds the token", move || {
+            n.token_watch().holds(HostId(0), at)
+        })
+        .await;
+    }
+}
+
+#[test]
+fn a_group_move_is_carried_out_and_one_that_fails_is_undone() {
+    let rt = inprocess::runtime();
+    rt.block_on(async {
+        let topo = topology();
+        let at = Stamp::new(1 << 16, 5);
+
+        // Carried out: u (a1's own) and v (asked of a2) end beside w on b1.
+        let dir = tempfile::tempdir().unwrap();
+        let lab = start_lab(&topo, dir.path(), GroupMoves::Act, false).await;
+        let a1 = lab.nodes[0].clone();
+        announce_holder(&lab, at).await;
+        let u = a1.inventory().into_iter().find(|x| x.id == vm(1)).unwrap();
+        let a = a1.assess(&u).await;
+        assert!(a.detail.contains("group move chosen"), "{}", a.detail);
+        let plan = a.group.clone().expect("a group move");
+        assert_eq!(a1.carry_out_group(&plan, at).await, Carried::Done);
+        let placed = locations(&lab.sim);
+        for id in [vm(1), vm(2), vm(3)] {
+            assert_eq!(placed[&id], HostId(2), "{placed:?}");
+        }
+        lab.sim.check().unwrap();
+        // One entry for the plan on the holder: begun, two moves, ended.
+        let record = std::fs::read_to_string(dir.path().join("h0.journal.groups")).unwrap();
+        let kinds: Vec<&str> = record
+            .lines()
+            .map(|l| l.split('"').nth(3).unwrap())
+            .collect();
+        assert_eq!(kinds, ["begin", "step", "step", "end"], "{record}");
+        // A peer that does not hold the token is refused, whatever it names.
+        let e = lab.nodes[3]
+            .peers()
+            .group_move(
+                HostId(2),
+                MoveRequest {
+                    vm: vm(1),
+                    to: "b2".into(),
+                    at,
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("does not hold the token"), "{e}");
+        let _ = lab.stop.send(true);
+
+        // a2 stops taking part (set to recommend): v's move is refused after u's went through,
+        // and u is put back on a1 by b1 although it just arrived there (its cooldown does not
+        // hold a VM the failed plan moved).
+        let dir = tempfile::tempdir().unwrap();
+        let lab = start_lab(&topo, dir.path(), GroupMoves::Act, false).await;
+        let a1 = lab.nodes[0].clone();
+        announce_holder(&lab, at).await;
+        let before = locations(&lab.sim);
+        let a = a1.assess(&u).await;
+        let plan = a.group.clone().expect("a group move");
+        let mut recommend = lab.nodes[1].config();
+        recommend.decision.group_moves = GroupMoves::Recommend;
+        lab.nodes[1].set_config(recommend);
+        match a1.carry_out_group(&plan, at).await {
+            Carried::Undone {
+                failed,
+                why,
+                undone,
+            } => {
+                assert_eq!((failed, undone), (1, 1), "{why}");
+                assert!(why.contains("does not carry out group moves"), "{why}");
+            }
+            other => panic!("expected the plan undone, got {other:?}"),
+        }
+        assert_eq!(locations(&lab.sim), before);
+        lab.sim.check().unwrap();
+        let _ = lab.stop.send(true);
     });
 }

@@ -46,9 +46,10 @@ pub struct DecisionConfig {
     /// Moving back to a remembered host needs a benefit of at least this fraction of the VM's
     /// current cost (on top of `c_m`), so a VM does not bounce back for a tiny gain.
     pub return_margin_fraction: f64,
-    /// Group moves (`decide::group`): `off`, or `recommend`: the holder also plans moving its VM
+    /// Group moves (`decide::group`): `off`; `recommend`: the holder also plans moving its VM
     /// together with the partners bound to it in its rack, surveying the hosts involved
-    /// (`/scored/group/1`), and reports the plan; S-CORE's rule still decides what moves.
+    /// (`/scored/group/1`), and reports the plan; `act`: it carries the plan out when it beats
+    /// S-CORE's own move.
     pub group_moves: GroupMoves,
 }
 
@@ -103,6 +104,10 @@ pub enum GroupMoves {
     /// Plan a group move at every turn whose VM could lead one, and report it (the turn's
     /// record, `scored plan`, the log, `scored_group_plans_total`); move nothing for it.
     Recommend,
+    /// Plan and carry out group moves: the holder migrates its own VMs and asks the hosts of
+    /// the others to migrate theirs, in the plan's order, undoing the moves made when one
+    /// fails. A host carries out a peer's move only when it too is set to `act`.
+    Act,
 }
 
 /// The largest `history_hosts` accepted.

@@ -11,9 +11,9 @@ use crate::decide::Decider;
 use crate::p2p::{Peers, Responder};
 use crate::topology::HostId;
 use scored_proto::{
-    Announcement, CapacityResponse, MAX_SURVEY_PARTNERS, MAX_SURVEY_VMS, MoveRequest, MoveResponse,
-    PlacementRequest, PlacementResponse, Stamp, StatsRequest, StatsResponse, SurveyRequest,
-    SurveyResponse, SurveyedVm, VmBenefit, VmId,
+    Announcement, CapacityResponse, MAX_SURVEY_PARTNERS, MAX_SURVEY_VMS, PlacementRequest,
+    PlacementResponse, Stamp, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse,
+    SurveyedVm, VmBenefit, VmId,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,16 +227,6 @@ impl<P: Peers> Daemon<P> {
             }
             Announcement::Inventory { .. } => {}
         }
-    }
-
-    // PLACEHOLDER(answer_move): replaced on main
-    pub async fn answer_move(
-        self: Arc<Self>,
-        _from: HostId,
-        _req: MoveRequest,
-        reply: Responder<MoveResponse>,
-    ) {
-        reply.refuse("group moves not carried out yet");
     }
 }
 

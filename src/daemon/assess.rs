@@ -147,11 +147,26 @@ impl<P: Peers> Daemon<P> {
     /// migration of it unsettled, not running twice (a zombie). The host's window and
     /// maintenance are the caller's to add.
     pub(super) fn may_move(&self, vm: &Vm, config: &Config, now: Instant) -> bool {
+        self.gate(vm, config, now).is_ok()
+    }
+
+    /// [`Self::may_move`], saying which gate holds the VM.
+    pub(super) fn gate(&self, vm: &Vm, config: &Config, now: Instant) -> Result<(), String> {
+        if self.pinned(vm, config) {
+            return Err("it is pinned".into());
+        }
         let (cooling, _, unsettled) = self.rest(vm.id, config, now);
-        !self.pinned(vm, config)
-            && cooling.is_none()
-            && !unsettled
-            && self.zombie_hosts(vm.id).is_none()
+        if unsettled {
+            return Err("a migration of it is not settled".into());
+        }
+        if let Some(until) = cooling {
+            let left = until.saturating_duration_since(now).as_secs();
+            return Err(format!("it cools down for {left} s more"));
+        }
+        if self.zombie_hosts(vm.id).is_some() {
+            return Err("it runs on two hosts at once (zombie)".into());
+        }
+        Ok(())
     }
 
     /// Decides for one local VM now: the full S-CORE decision with capacity queries, and the
@@ -373,7 +388,7 @@ impl<P: Peers> Daemon<P> {
             detail = format!("{detail}; {f}");
         }
         let mut group = None;
-        if config.decision.group_moves == GroupMoves::Recommend && !gates.pinned {
+        if config.decision.group_moves != GroupMoves::Off && !gates.pinned {
             // What S-CORE's own move gains after its c_m: a group move must beat it.
             let single = match d.outcome {
                 decide::Outcome::Migrate { benefit, .. }
@@ -389,7 +404,7 @@ impl<P: Peers> Daemon<P> {
                 Some(p) => {
                     self.metrics.group_plans.inc();
                     detail = format!("{detail}; {}", self.describe_group(&p, single, &g));
-                    tracing::info!(vm = %vm.id, moves = p.moves.len(), benefit = p.benefit, migration_cost = p.migration_cost, "group move recommended");
+                    tracing::info!(vm = %vm.id, moves = p.moves.len(), benefit = p.benefit, migration_cost = p.migration_cost, "group move planned");
                     group = Some(p);
                 }
                 None if g.incomplete => {
@@ -413,6 +428,12 @@ impl<P: Peers> Daemon<P> {
         }
     }
 
+    /// Whether this host carries its group moves out (`act`, not in dry-run).
+    pub(super) fn acts_on_groups(&self) -> bool {
+        let c = self.config();
+        c.decision.group_moves == GroupMoves::Act && !c.decision.dry_run
+    }
+
     /// One sentence for a recommended group move: what moves where, what it gains, what the
     /// surveys cost.
     fn describe_group(&self, p: &GroupPlan, single: f64, g: &GroupOutcome) -> String {
@@ -427,8 +448,13 @@ impl<P: Peers> Daemon<P> {
         let to: Vec<String> = to.iter().map(|(n, k)| format!("{n} ×{k}")).collect();
         let evicted = p.moves.iter().filter(|m| m.evicted).count();
         format!(
-            "group move recommended: {} of a group of {} to {}{}; Eq. 3.1 drops {:.1} for c_m {:.1} \
+            "group move {}: {} of a group of {} to {}{}; Eq. 3.1 drops {:.1} for c_m {:.1} \
              (its own move: {:.1}); {} host(s) surveyed, {} did not answer",
+            if self.acts_on_groups() {
+                "chosen"
+            } else {
+                "recommended"
+            },
             p.moves.len() - evicted,
             p.group,
             to.join(", "),

@@ -5,6 +5,7 @@
 //!
 //! It never starts a migration (that is `migration`) and never decides for a VM.
 
+use super::group_log::{self, GroupLog};
 use super::history::{CooldownPolicy, History};
 use super::host::{Daemon, unix_ms};
 use super::journal::{self, Journal, JournalError};
@@ -26,12 +27,47 @@ pub(super) struct Ledger {
     moves: MoveLog,
     topo: Arc<Topology>,
     migrations_done: u64,
+    /// The group moves this host carries out as holder (`group_log`); `None` when the file
+    /// cannot be opened: then no group move is carried out.
+    groups: Option<GroupLog>,
 }
 
 impl Ledger {
     pub(super) fn new(journal: Journal, topo: Arc<Topology>) -> Self {
         let moves = MoveLog::open(&moves::path_beside(journal.path()), &topo, unix_ms());
+        let groups_path = group_log::path_beside(journal.path());
+        let groups = match GroupLog::open(&groups_path) {
+            Ok((log, interrupted)) => {
+                for p in interrupted {
+                    let done: Vec<String> = p
+                        .done
+                        .iter()
+                        .map(|&(i, undo)| {
+                            let m = &p.moves[i.min(p.moves.len().saturating_sub(1))];
+                            format!(
+                                "{}{} {}→{}",
+                                if undo { "undo " } else { "" },
+                                m.vm,
+                                m.from,
+                                m.to
+                            )
+                        })
+                        .collect();
+                    tracing::warn!(
+                        plan = p.id, epoch = p.at.epoch, seq = p.at.seq, moves = p.moves.len(),
+                        completed = %done.join(", "),
+                        "a group move was interrupted by a restart; its completed moves stay (each VM's migration is settled from the journal)"
+                    );
+                }
+                Some(log)
+            }
+            Err(e) => {
+                tracing::error!(path = %groups_path.display(), error = %e, "group move record cannot be opened: no group move will be carried out");
+                None
+            }
+        };
         Ledger {
+            groups,
             journal,
             unsettled: HashSet::new(),
             history: History::new(),
@@ -74,6 +110,11 @@ impl Ledger {
     /// Where the journal is on disk (read, not written, by the zombie report).
     pub(super) fn journal_path(&self) -> std::path::PathBuf {
         self.journal.path().to_path_buf()
+    }
+
+    /// The record of group moves, when it could be opened.
+    pub(super) fn groups(&mut self) -> Option<&mut GroupLog> {
+        self.groups.as_mut()
     }
 
     pub(super) fn migrations_done(&self) -> u64 {

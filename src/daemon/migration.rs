@@ -17,19 +17,19 @@ use crate::hypervisor::{Destination, HypervisorError, MigrationParams, Vm};
 use crate::metrics::{self, MigrationDirection};
 use crate::p2p::Peers;
 use crate::topology::HostId;
-use scored_proto::{Stamp, Token, VmId};
+use scored_proto::{Stamp, VmId};
 use std::time::Instant;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
 impl<P: Peers> Daemon<P> {
-    /// Live-migrates `vm` to `to`: journal first, the blocking call off the event loop with the
+    /// Live-migrates `vm` to `to` under token stamp `at`: journal first, the blocking call off the event loop with the
     /// token's heartbeat going on, then history, announcement and inventory.
     pub(super) async fn migrate(
         &self,
         vm: &Vm,
         to: HostId,
-        token: &Token,
+        at: Stamp,
         decided: Instant,
     ) -> Result<Ran, MigrateError> {
         let config = self.config();
@@ -38,10 +38,6 @@ impl<P: Peers> Daemon<P> {
             host: dest_host.name.clone(),
             libvirt_uri: dest_host.libvirt_uri.clone(),
             migration_uri: dest_host.migration_uri.clone(),
-        };
-        let at = Stamp {
-            epoch: token.epoch,
-            seq: token.seq,
         };
         let mut params = config.migration.params();
         let forecast = self.forecast(vm, &params);

@@ -16,7 +16,9 @@ mod assess;
 pub mod commands;
 pub mod control;
 pub mod event_loop;
+mod group_log;
 mod group_members;
+mod group_moves;
 mod group_plan;
 pub mod history;
 pub mod host;
@@ -40,5 +42,6 @@ mod vm_turn;
 pub mod zombies;
 
 pub use assess::Assessment;
+pub use group_moves::Carried;
 pub use host::{Daemon, Parts, heartbeat_interval, loss_timing};
 pub use hypervisor_calls::Outage;

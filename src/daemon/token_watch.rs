@@ -25,6 +25,9 @@ pub struct TokenWatch {
     /// (peer, reason) pairs already logged for an epoch rejected: one line each. Bounded by the
     /// topology's hosts times the reasons.
     rejections_logged: HashSet<(HostId, &'static str)>,
+    /// The newest token a peer announced holding (`TokenSeen`), and who: what a peer's request
+    /// to carry out a move of its group move is checked against.
+    heard_held: Option<(HostId, Stamp)>,
 }
 
 impl TokenWatch {
@@ -36,7 +39,21 @@ impl TokenWatch {
             gave_way: false,
             rounds_seen: BTreeMap::new(),
             rejections_logged: HashSet::new(),
+            heard_held: None,
         }
+    }
+
+    /// `from` announced holding the token at `at` (an announcement the ring admitted).
+    pub(super) fn heard_holding(&mut self, from: HostId, at: Stamp) {
+        if self.heard_held.is_none_or(|(_, seen)| at >= seen) {
+            self.heard_held = Some((from, at));
+        }
+    }
+
+    /// Whether `from` holds the token at `at` as far as this host heard: it announced that very
+    /// stamp last, and no newer epoch is known.
+    pub fn holds(&self, from: HostId, at: Stamp) -> bool {
+        self.heard_held == Some((from, at)) && !self.superseded(at.epoch)
     }
 
     /// Whether the token of `epoch` must not act any more: a newer epoch is known, or this

@@ -100,6 +100,7 @@ impl<P: Peers> Daemon<P> {
             return;
         }
         watch.round_heard(round, now);
+        watch.heard_holding(from, at);
         let Some(held) = watch.holding() else { return };
         if held.epoch == at.epoch && watch.ring().rival_copy(at.epoch, at.seq, from.0, self.me.0) {
             watch.give_way(held.epoch);

@@ -6,6 +6,7 @@
 //! It never walks the token (that is `token::walk` and `turn_loop`).
 
 use super::assess::Assessment;
+use super::group_moves::Carried;
 use super::host::{Daemon, unix_ms};
 use super::inventory::Read;
 use super::records::{DecisionRecord, GroupMoveRecord, GroupRecord};
@@ -162,16 +163,63 @@ impl<P: Peers> Daemon<P> {
                 }
             }
         }
+        let mut at = self.me;
+        if let Some(plan) = a
+            .group
+            .clone()
+            .filter(|_| self.acts_on_groups() && !draining)
+        {
+            if self.fenced(token) {
+                return None;
+            }
+            let stamp = Stamp {
+                epoch: token.epoch,
+                seq: token.seq,
+            };
+            let carried = self.carry_out_group(&plan, stamp).await;
+            (a.outcome, to) = match &carried {
+                Carried::Done => {
+                    a.detail = format!("{}; carried out", a.detail);
+                    let dest = plan.moves.iter().find(|m| m.vm == vm).map(|m| m.to);
+                    at = dest.unwrap_or(self.me);
+                    (TurnOutcome::Migrated, dest)
+                }
+                Carried::Undone {
+                    failed,
+                    why,
+                    undone,
+                } => {
+                    a.detail = format!(
+                        "{}; move {} of {} failed ({why}); {undone} of {failed} made undone",
+                        a.detail,
+                        failed + 1,
+                        plan.moves.len()
+                    );
+                    at = self.peers.directory().lookup(vm).unwrap_or(self.me);
+                    (TurnOutcome::Failed, None)
+                }
+                Carried::NotStarted(why) => {
+                    a.detail = format!("{}; not carried out: {why}", a.detail);
+                    (TurnOutcome::Failed, None)
+                }
+            };
+            self.metrics.decided(a.outcome, started.elapsed());
+            self.record(vm, &a, to, token, started_unix_ms);
+            return Some(self.neighbours(at, &a.partners));
+        }
         // From here to the job starting is a target of its own (≤ 100 ms, docs/evaluation.md).
         let decided = Instant::now();
-        let mut at = self.me;
         if a.outcome == TurnOutcome::Migrated
             && let Some(dest) = to
         {
             if self.fenced(token) {
                 return None;
             }
-            match self.migrate(&v, dest, token, decided).await {
+            let stamp = Stamp {
+                epoch: token.epoch,
+                seq: token.seq,
+            };
+            match self.migrate(&v, dest, stamp, decided).await {
                 Ok(ran) => {
                     at = dest;
                     a.detail = format!(

@@ -560,7 +560,7 @@ fn bandwidth(registry: &prometheus_client::registry::Registry) -> u64 {
 
 /// `scored sim`'s reduction on the same scenario after as many turns as the lab's, ending in the
 /// round the lab is in (whose traffic the lab's cost is under), with the daemons' c_m rule
-/// (constant, or a fraction of the deciding VM's cost) and return margin, and with `cooling`,
+/// (constant, or a fraction of the deciding VM's cost), return margin and group moves, and with `cooling`,
 /// their cooldown on a clock of that many milliseconds a turn.
 fn sim_reduction(
     dc: &DataCentre,
@@ -587,7 +587,9 @@ fn sim_reduction(
         verify_moves: false,
         rules: false,
         cooldown: cooling.map(|(c, _)| c),
-        group: None,
+        // The daemons' group moves, when they carry them out (one planner for both).
+        group: (config.decision.group_moves == crate::config::GroupMoves::Act)
+            .then(crate::decide::group::GroupOptions::default),
     };
     let run = engine::run(&sc, &opt, |_| {});
     // Under the traffic of the lab's round, wherever the simulated token is (a down host's VMs
