@@ -79,3 +79,30 @@ fn decisions_proceed_and_messages_per_decision_do_not_grow_with_the_hosts() {
         "requests per decision grew with the hosts: {s:.0} at 32 hosts, {l:.0} at 64"
     );
 }
+
+/// Group moves carried out by the daemons (`decision.group_moves = "act"`, #15): plans run
+/// across hosts over libp2p while hosts go down, every VM stays on exactly one host at every
+/// poll, and the daemons' reduction tracks the simulator's with the same planner on the same
+/// scenario after as many turns.
+#[test]
+fn group_moves_carried_out_by_the_daemons_track_the_simulator_and_lose_no_vm() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut a = args(32);
+    a.overrides
+        .push("decision.group_moves=act".parse().unwrap());
+    let r = rt.block_on(lab::run(&a, false)).unwrap();
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    eprintln!("{}", lab::report::text(&r));
+    assert_eq!(r.vm_check, None, "a VM lost or duplicated");
+    assert!(r.group_plans > 0, "no group move carried out: {r:?}");
+    let sim = r.sim_cost_reduction_pct.expect("the simulator's figure");
+    assert!(
+        (r.cost_reduction_pct - sim).abs() <= 5.0,
+        "daemons {:.1}% against the simulator's {sim:.1}%",
+        r.cost_reduction_pct
+    );
+}

@@ -192,7 +192,7 @@ pub fn text(r: &Report) -> String {
     );
     if r.group_plans > 0 || r.group_surveys_per_decision.is_some_and(|v| v > 0.0) {
         s += &format!(
-            "groups     {} group moves recommended; {} hosts surveyed per decision\n",
+            "groups     {} group moves planned (recommended or carried out); {} hosts surveyed per decision\n",
             r.group_plans,
             opt(r.group_surveys_per_decision, ""),
         );
