@@ -116,6 +116,28 @@ fn room(i: usize) -> CapacityResponse {
     }
 }
 
+/// Drives the raw peer until its request failed and the node it sent `what` to hung up on it:
+/// the node refused the frame without answering (an answer fails the test).
+async fn refused_and_disconnected(raw: &mut support::raw_peer::RawSwarm, what: &str) {
+    let (mut failed, mut closed) = (false, false);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while !(failed && closed) {
+            match raw.select_next_some().await {
+                SwarmEvent::Behaviour(rr::Event::OutboundFailure { .. }) => failed = true,
+                SwarmEvent::Behaviour(rr::Event::Message { .. }) => {
+                    panic!("{what}: answered instead of refused")
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => closed = true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "{what}: failed={failed} closed={closed}");
+}
+
 async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
@@ -546,23 +568,7 @@ async fn a_survey_is_answered_and_an_oversized_one_refused() {
         oversized,
         vec![surveyed.listen_addrs()[0].clone()],
     );
-    let (mut failed, mut closed) = (false, false);
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        while !(failed && closed) {
-            match raw.select_next_some().await {
-                SwarmEvent::Behaviour(rr::Event::OutboundFailure { .. }) => failed = true,
-                SwarmEvent::Behaviour(rr::Event::Message { .. }) => {
-                    panic!("the surveyed host answered an oversized survey")
-                }
-                SwarmEvent::ConnectionClosed {
-                    num_established: 0, ..
-                } => closed = true,
-                _ => {}
-            }
-        }
-    })
-    .await;
-    assert!(outcome.is_ok(), "failed={failed} closed={closed}");
+    refused_and_disconnected(&mut raw, "an oversized survey").await;
     // Counted before the disconnection, by a task that may not have run yet.
     tokio::time::timeout(Duration::from_secs(5), async {
         while surveyed.metrics().malformed_frames.get() < 1 {
@@ -782,23 +788,7 @@ async fn garbage_frames_are_refused_and_the_sender_disconnected() {
             bytes,
             vec![victim_addr.clone()],
         );
-        let (mut failed, mut closed) = (false, false);
-        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-            while !(failed && closed) {
-                match raw.select_next_some().await {
-                    SwarmEvent::Behaviour(rr::Event::OutboundFailure { .. }) => failed = true,
-                    SwarmEvent::Behaviour(rr::Event::Message { .. }) => {
-                        panic!("{what}: the victim answered a bad frame")
-                    }
-                    SwarmEvent::ConnectionClosed {
-                        num_established: 0, ..
-                    } => closed = true,
-                    _ => {}
-                }
-            }
-        })
-        .await;
-        assert!(outcome.is_ok(), "{what}: failed={failed} closed={closed}");
+        refused_and_disconnected(&mut raw, what).await;
         // The victim counts before it disconnects, but its task may not have run yet.
         let counted = tokio::time::timeout(Duration::from_secs(5), async {
             while victim.metrics().malformed_frames.get() < i as u64 + 1 {
