@@ -34,7 +34,8 @@ pub struct Assessment {
     pub predicted: Option<Figures>,
     /// What the hypervisor reported of the migration, once one went through.
     pub actual: Option<Figures>,
-    /// A group move planned at this turn and recommended (`decision.group_moves`).
+    /// A group move planned at this turn that beats S-CORE's own move (`decision.group_moves`:
+    /// recommended, or carried out by the turn with `act`).
     pub group: Option<GroupPlan>,
 }
 

@@ -179,7 +179,7 @@ impl<P: Peers> Daemon<P> {
                 failed = Some((i, "the token moved on (a newer epoch)".to_string()));
                 break;
             }
-            match self.one_move(m, at).await {
+            match self.one_move(m, at, false).await {
                 Ok(()) => self.record_step(id, i, false),
                 Err(why) => {
                     failed = Some((i, why));
@@ -201,7 +201,7 @@ impl<P: Peers> Daemon<P> {
                 to: m.from,
                 evicted: m.evicted,
             };
-            match self.one_move(&back, at).await {
+            match self.one_move(&back, at, true).await {
                 Ok(()) => {
                     self.record_step(id, i, true);
                     undone += 1;
@@ -219,14 +219,19 @@ impl<P: Peers> Daemon<P> {
         }
     }
 
-    /// One move of a plan: this host's VM migrated here, another's asked of its host.
-    async fn one_move(&self, m: &PlannedMove, at: Stamp) -> Result<(), String> {
+    /// One move of a plan (`undo`: putting a VM back): this host's VM migrated here, with the
+    /// window and budgets a move of its own meets; another's asked of its host, which applies
+    /// its own.
+    async fn one_move(&self, m: &PlannedMove, at: Stamp, undo: bool) -> Result<(), String> {
         let name = |h: HostId| self.host_name(h);
         if m.from == self.me {
             let vm = self
                 .inventory
                 .get(m.vm)
                 .ok_or_else(|| format!("VM {} no longer runs here", m.vm))?;
+            if !undo && let Some((_, why)) = self.held_back(&self.rules(), vm.id, m.to) {
+                return Err(format!("{} → {}: {why}", m.vm, name(m.to)));
+            }
             self.destination_takes(&vm, m.to)
                 .await
                 .map_err(|e| format!("{} → {}: {e}", m.vm, name(m.to)))?;
