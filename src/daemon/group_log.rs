@@ -66,7 +66,8 @@ pub fn path_beside(journal: &Path) -> PathBuf {
 
 #[derive(Debug)]
 pub struct GroupLog {
-    path: PathBuf,
+    /// Opened (and emptied) once per run; every record is appended and synced.
+    file: std::fs::File,
     next_id: u64,
 }
 
@@ -105,24 +106,21 @@ impl GroupLog {
                 Line::End { id, .. } => open.retain(|p| p.id != id),
             }
         }
-        // The ids go on from the highest seen, so a line of an older run never names a new plan.
-        let log = GroupLog {
-            path: path.to_path_buf(),
-            next_id,
-        };
-        std::fs::write(path, b"")?;
-        Ok((log, open))
+        // The ids go on from the highest the file held: the plans of a run and of the one
+        // before it have different ids in the log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        Ok((GroupLog { file, next_id }, open))
     }
 
     fn append(&self, line: &Line) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
         let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
         text.push('\n');
-        f.write_all(text.as_bytes())?;
-        f.sync_data()
+        (&self.file).write_all(text.as_bytes())?;
+        self.file.sync_data()
     }
 
     /// Records a plan about to start; its id.

@@ -35,7 +35,7 @@ pub enum Carried {
         why: String,
         undone: usize,
     },
-    /// Nothing started: the record could not be written, or the token moved on.
+    /// Nothing started: the group record could not be written.
     NotStarted(String),
 }
 
@@ -88,12 +88,7 @@ impl<P: Peers> Daemon<P> {
             .ok_or_else(|| format!("VM {} does not run here", req.vm))?;
         let now = Instant::now();
         // Put back by the plan that brought it: not a new move of it.
-        let undo = self
-            .peers
-            .directory()
-            .local_vms()
-            .iter()
-            .any(|l| l.vm == vm.id && l.since == req.at);
+        let undo = self.peers.directory().local_since(vm.id) == Some(req.at);
         if undo {
             if self.pinned(&vm, &config) {
                 return Err("it is pinned".into());

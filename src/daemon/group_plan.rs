@@ -30,7 +30,7 @@ use std::time::Instant;
 
 /// Planning passes at most: the deciding VM's rack, then the destination racks, then one to
 /// spare (a member found only once the first answers came).
-pub(super) const PASSES: usize = 4;
+const PASSES: usize = 4;
 
 /// What the surveys said, by host (`None`: asked, did not answer), and where each surveyed VM
 /// runs.

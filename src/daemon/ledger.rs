@@ -39,18 +39,14 @@ impl Ledger {
         let groups = match GroupLog::open(&groups_path) {
             Ok((log, interrupted)) => {
                 for p in interrupted {
+                    // A step naming no move of its plan (a damaged file) is left out.
                     let done: Vec<String> = p
                         .done
                         .iter()
-                        .map(|&(i, undo)| {
-                            let m = &p.moves[i.min(p.moves.len().saturating_sub(1))];
-                            format!(
-                                "{}{} {}→{}",
-                                if undo { "undo " } else { "" },
-                                m.vm,
-                                m.from,
-                                m.to
-                            )
+                        .filter_map(|&(i, undo)| {
+                            let m = p.moves.get(i)?;
+                            let undo = if undo { "undo " } else { "" };
+                            Some(format!("{undo}{} {}→{}", m.vm, m.from, m.to))
                         })
                         .collect();
                     tracing::warn!(

@@ -164,22 +164,30 @@ impl<P: Peers> Daemon<P> {
             }
         }
         let mut at = self.me;
-        if let Some(plan) = a
+        let plan = a
             .group
             .clone()
-            .filter(|_| self.acts_on_groups() && !draining)
-        {
-            if self.fenced(token) {
-                return None;
-            }
-            let stamp = Stamp {
-                epoch: token.epoch,
-                seq: token.seq,
-            };
-            let carried = self.carry_out_group(&plan, stamp).await;
-            (a.outcome, to) = match &carried {
+            .filter(|_| self.acts_on_groups() && !draining);
+        let moves = plan.is_some() || (a.outcome == TurnOutcome::Migrated && to.is_some());
+        // From here to the job starting is a target of its own (≤ 100 ms, docs/evaluation.md).
+        let decided = Instant::now();
+        if moves && self.fenced(token) {
+            return None;
+        }
+        let stamp = Stamp {
+            epoch: token.epoch,
+            seq: token.seq,
+        };
+        if let Some(plan) = plan {
+            (a.outcome, to) = match self.carry_out_group(&plan, stamp).await {
                 Carried::Done => {
                     a.detail = format!("{}; carried out", a.detail);
+                    // The partners the plan moved are where it took them.
+                    for (p, host, _) in &mut a.partners {
+                        if let Some(m) = plan.moves.iter().find(|m| m.vm == *p) {
+                            *host = m.to;
+                        }
+                    }
                     let dest = plan.moves.iter().find(|m| m.vm == vm).map(|m| m.to);
                     at = dest.unwrap_or(self.me);
                     (TurnOutcome::Migrated, dest)
@@ -203,22 +211,9 @@ impl<P: Peers> Daemon<P> {
                     (TurnOutcome::Failed, None)
                 }
             };
-            self.metrics.decided(a.outcome, started.elapsed());
-            self.record(vm, &a, to, token, started_unix_ms);
-            return Some(self.neighbours(at, &a.partners));
-        }
-        // From here to the job starting is a target of its own (≤ 100 ms, docs/evaluation.md).
-        let decided = Instant::now();
-        if a.outcome == TurnOutcome::Migrated
+        } else if a.outcome == TurnOutcome::Migrated
             && let Some(dest) = to
         {
-            if self.fenced(token) {
-                return None;
-            }
-            let stamp = Stamp {
-                epoch: token.epoch,
-                seq: token.seq,
-            };
             match self.migrate(&v, dest, stamp, decided).await {
                 Ok(ran) => {
                     at = dest;

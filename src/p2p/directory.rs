@@ -320,6 +320,11 @@ impl Directory {
         v
     }
 
+    /// The token stamp under which `vm` arrived here (`None`: it does not run here).
+    pub fn local_since(&self, vm: VmId) -> Option<Stamp> {
+        self.lock().local.get(&vm).copied()
+    }
+
     /// Where `vm` is believed to be: here, or the cached host.
     pub fn lookup(&self, vm: VmId) -> Option<HostId> {
         let s = self.lock();
