@@ -23,5 +23,12 @@ cargo build --workspace --no-default-features --locked
 cargo clippy --workspace --all-targets --no-default-features --locked -- -D warnings
 
 step "tests"
-# --no-fail-fast: one red test binary must not hide the others in a CI log.
-cargo test --workspace --locked --no-fail-fast
+# --no-fail-fast: one red test binary must not hide the others in a CI log. A CI log is often
+# read from its end: on failure, every failed test's panic message is repeated there, briefly.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"; then
+    step "failures (each test's panic, first lines)"
+    grep -A3 -E "^thread '.*' \([0-9]+\) panicked at|^thread '.*' panicked at" "$log" | cut -c1-400 | head -200 || true
+    exit 101
+fi

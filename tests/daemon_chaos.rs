@@ -327,7 +327,8 @@ fn kill_mid_migration(c: &mut Cluster, cursor: &mut Vec<usize>, restart: Restart
                 |c| {
                     watch(c, cursor);
                     let f = on_disk(c);
-                    f.in_flight().is_empty() && f.placement()[&vm_id] == job.to
+                    // Other daemons may have started migrations of their own meanwhile.
+                    !f.in_flight().iter().any(|j| j.vm == vm_id) && f.placement()[&vm_id] == job.to
                 },
             );
             assert!(
