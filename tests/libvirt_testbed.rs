@@ -183,25 +183,40 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
     });
 
     // And back, slowed down so that hv1 can be watched taking it in: while the job runs, hv1
-    // counts one incoming migration and does not list the guest as its own yet.
+    // counts one incoming migration and does not list the guest as its own yet, from the
+    // moment its paused copy exists there (libvirt first shows it "paused, starting up", then
+    // "paused, migration") until it runs.
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = {
         let (watching, uri) = (watching.clone(), h1.local_uri());
         std::thread::spawn(move || {
             let hv1 = LibvirtHypervisor::connect(LibvirtConfig::new(&uri)).expect("connect");
-            let (mut most, mut listed_while_incoming) = (0, false);
+            let conn = virt::connect::Connect::open(Some(&uri)).expect("connect");
+            let paused = || {
+                conn.lookup_domain_by_name("g1").is_ok_and(|d| {
+                    d.state().is_ok_and(|(st, _)| {
+                        st == virt::enumutil::Enum::Known(virt::domain::DomainState::Paused)
+                    })
+                })
+            };
+            let (mut most, mut listed_while_incoming, mut listed_while_paused) = (0, false, false);
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
                 let incoming = || hv1.capacity().map_or(0, |c| c.incoming_migrations);
                 let before = incoming();
                 most = most.max(before);
                 // Listed between two reads that both saw it incoming: listed while incoming
-                // (a guest goes from incoming to running, never back).
-                if before > 0 && hv1.vms().is_ok_and(|v| !v.is_empty()) && incoming() > 0 {
+                // (a guest goes from incoming to running, never back). Likewise paused.
+                let was_paused = paused();
+                let listed = hv1.vms().is_ok_and(|v| !v.is_empty());
+                if before > 0 && listed && incoming() > 0 {
                     listed_while_incoming = true;
+                }
+                if was_paused && listed && paused() {
+                    listed_while_paused = true;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            (most, listed_while_incoming)
+            (most, listed_while_incoming, listed_while_paused)
         })
     };
     let slow = MigrationParams {
@@ -212,12 +227,16 @@ fn live_migration_keeps_the_guest_running_and_defined_once() {
         .migrate_traced(id, &h1.destination(), &slow)
         .expect("migration back");
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (most_incoming, listed_while_incoming) = watcher.join().unwrap();
+    let (most_incoming, listed_while_incoming, listed_while_paused) = watcher.join().unwrap();
     eprintln!("hv2 -> hv1: {back:?}; hv1 counted at most {most_incoming} incoming");
     assert_eq!(most_incoming, 1, "hv1 must count the guest migrating in");
     assert!(
         !listed_while_incoming,
         "hv1 listed the guest before it arrived"
+    );
+    assert!(
+        !listed_while_paused,
+        "hv1 listed the guest as its own while its copy there was still paused"
     );
     // Once the job is over hv1 runs it as its own. Under heavy load one read right after the
     // migration call returned listed no domain at all (the suite at load 10–20): poll briefly.
