@@ -1,10 +1,14 @@
 //! What the daemon does about zombies (one VM running on more than one host, as the hosts' own
 //! inventories say: `p2p::zombies`). It keeps this host's inventory announced (at once when its
 //! VMs change, at the first inventory read that finds a peer to tell, and every
-//! `republish_every` ± 20 % anyway) so every peer can see a second copy; it says so
-//! (`scored_zombie_vms`, one warning when a zombie appears naming the hosts and this host's
-//! journal entry for the VM, one line when it is gone, `scored status`); and the assessment asks
-//! [`Daemon::zombie_hosts`] so no decision is taken for such a VM until one copy is gone.
+//! `republish_every` ± 20 % anyway) so every peer can see a second copy; the assessment asks
+//! [`Daemon::zombie_hosts`] so no decision is taken for such a VM until one copy is gone, from
+//! the first moment two hosts claim it; and once two hosts have claimed it for
+//! [`REPORT_AFTER`] it says so (`scored_zombie_vms`, one warning naming the hosts and this
+//! host's journal entry for the VM, one line when it is gone, `scored status`). Every live
+//! migration has two hosts claim its VM for a moment: the destination runs the guest and
+//! announces it before the source's word that it left arrives (about 2 s on the testbed); a
+//! warning and an alert at every migration would teach operators to ignore the real ones.
 //!
 //! It never stops, kills or migrates a copy: which one is the real VM is the operator's call.
 
@@ -19,14 +23,49 @@ use std::collections::HashMap;
 use std::time::Duration;
 use std::time::Instant;
 
+/// How long more than one host must claim a VM before it is reported as a zombie: well past a
+/// migration's hand-over (seconds), well inside what an operator waits for an alert.
+pub const REPORT_AFTER: Duration = Duration::from_secs(15);
+
 /// What this host last announced and last reported.
 #[derive(Default)]
 pub(super) struct ZombieWatch {
     /// The local VMs of the last inventory announcement that reached a peer, and when the next
     /// one is due even if they do not change.
     published: Option<(Vec<VmId>, Instant)>,
-    /// Zombies already logged, with their hosts (logged again when the hosts change).
+    /// VMs more than one host claimed at every read since when.
+    claimed_since: HashMap<VmId, Instant>,
+    /// Zombies reported, with their hosts (reported again when the hosts change).
     reported: HashMap<VmId, Vec<HostId>>,
+}
+
+impl ZombieWatch {
+    /// Takes in the VMs more than one host claims `now`; returns the zombies to report (claimed
+    /// for [`REPORT_AFTER`], and new or with other hosts than reported) and the reported ones
+    /// no longer claimed twice.
+    fn update(&mut self, seen: &[Zombie], now: Instant) -> (Vec<Zombie>, Vec<VmId>) {
+        self.claimed_since = seen
+            .iter()
+            .map(|z| (z.vm, self.claimed_since.get(&z.vm).copied().unwrap_or(now)))
+            .collect();
+        let lasting: Vec<&Zombie> = seen
+            .iter()
+            .filter(|z| now.saturating_duration_since(self.claimed_since[&z.vm]) >= REPORT_AFTER)
+            .collect();
+        let appeared = lasting
+            .iter()
+            .filter(|z| self.reported.get(&z.vm) != Some(&z.hosts))
+            .map(|z| (*z).clone())
+            .collect();
+        let gone = self
+            .reported
+            .keys()
+            .filter(|vm| !lasting.iter().any(|z| z.vm == **vm))
+            .copied()
+            .collect();
+        self.reported = lasting.iter().map(|z| (z.vm, z.hosts.clone())).collect();
+        (appeared, gone)
+    }
 }
 
 /// How long until the inventory is announced again if nothing changes, `jitter` in [0, 1):
@@ -95,22 +134,11 @@ impl<P: Peers> Daemon<P> {
         }
 
         let seen = self.zombies();
-        self.metrics.zombie_vms.set(seen.len() as i64);
         let (appeared, gone) = {
             let mut w = lock(&self.zombie_watch);
-            let appeared: Vec<Zombie> = seen
-                .iter()
-                .filter(|z| w.reported.get(&z.vm) != Some(&z.hosts))
-                .cloned()
-                .collect();
-            let gone: Vec<VmId> = w
-                .reported
-                .keys()
-                .filter(|vm| !seen.iter().any(|z| z.vm == **vm))
-                .copied()
-                .collect();
-            w.reported = seen.iter().map(|z| (z.vm, z.hosts.clone())).collect();
-            (appeared, gone)
+            let news = w.update(&seen, now);
+            self.metrics.zombie_vms.set(w.reported.len() as i64);
+            news
         };
         for z in appeared {
             let hosts = self.host_names(&z.hosts);
@@ -127,10 +155,12 @@ impl<P: Peers> Daemon<P> {
         }
     }
 
-    /// `scored status`'s list of zombies.
+    /// `scored status`'s list of zombies: those reported (claimed twice for [`REPORT_AFTER`]).
     pub(super) fn zombie_status(&self) -> Vec<ZombieStatus> {
+        let reported: Vec<VmId> = lock(&self.zombie_watch).reported.keys().copied().collect();
         self.zombies()
             .into_iter()
+            .filter(|z| reported.contains(&z.vm))
             .map(|z| ZombieStatus {
                 vm: z.vm.to_string(),
                 hosts: self.host_names(&z.hosts),
@@ -182,6 +212,37 @@ mod tests {
     use crate::p2p::zombies::{
         CLAIM_FRESH_FOR, INVENTORIES_PER_S, claims_fresh_for, republish_every,
     };
+
+    fn zombie(vm: u8, hosts: &[u32]) -> Zombie {
+        Zombie {
+            vm: VmId::from_ipv4(std::net::Ipv4Addr::new(10, 0, 0, vm)),
+            hosts: hosts.iter().map(|h| HostId(*h)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_migrations_hand_over_is_not_reported_a_lasting_double_claim_is() {
+        let mut w = ZombieWatch::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let (a, b) = (zombie(1, &[0, 1]), zombie(2, &[2, 3]));
+        // a: a hand-over, two hosts for 4 s; b: two copies that stay.
+        assert_eq!(w.update(&[a.clone(), b.clone()], at(0)), (vec![], vec![]));
+        assert_eq!(w.update(&[a.clone(), b.clone()], at(4)), (vec![], vec![]));
+        assert_eq!(w.update(&[b.clone()], at(6)), (vec![], vec![]));
+        assert_eq!(w.update(&[b.clone()], at(14)), (vec![], vec![]));
+        assert_eq!(w.update(&[b.clone()], at(15)), (vec![b.clone()], vec![]));
+        assert_eq!(w.reported.len(), 1);
+        // Reported once; again when its hosts change, without a new wait.
+        assert_eq!(w.update(&[b.clone()], at(17)), (vec![], vec![]));
+        let b3 = zombie(2, &[2, 3, 4]);
+        assert_eq!(w.update(&[b3.clone()], at(19)), (vec![b3.clone()], vec![]));
+        // Gone when no longer claimed twice; a later double claim waits afresh.
+        assert_eq!(w.update(&[], at(21)), (vec![], vec![b3.vm]));
+        assert_eq!(w.update(&[a.clone()], at(22)), (vec![], vec![]));
+        assert_eq!(w.update(&[a.clone()], at(36)), (vec![], vec![]));
+        assert_eq!(w.update(&[a.clone()], at(37)), (vec![a.clone()], vec![]));
+    }
 
     #[test]
     fn republishing_is_spread_and_stays_fresh() {
