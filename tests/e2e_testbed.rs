@@ -832,3 +832,146 @@ fn a_guest_that_would_not_converge_stays_until_post_copy_is_allowed() {
         .unwrap();
     assert!(tb.console("vm1").continuous(), "{:?}", tb.console("vm1"));
 }
+
+/// Where S-CORE's rule stops: a chatty pair in one rack (gu on hv1, gv on hv2) both talk to a
+/// partner pinned across the core (gw on hv4). Either VM moving alone gains only the rack hop: it
+/// takes its far link along but stretches its pair's across the core. With
+/// `decision.group_moves = "act"` the token holder surveys the hosts over `/scored/group/1`,
+/// plans both to gw's host as one decision and carries it out: its own VM through its libvirt,
+/// its rack-mate's by a move request to the rack-mate's daemon, which checks that the sender
+/// holds the token and migrates through its own libvirt. At no poll does a guest run on two
+/// hosts; the pair ends on hv4 in exactly two migrations, the plan is one entry of the holder's
+/// group record, and every guest keeps its boot.
+#[test]
+fn a_group_move_takes_a_chatty_pair_to_its_pinned_partner_across_the_core() {
+    if !testbed_ready("e2e group move") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tb = thesis_testbed("scegrp");
+    let ip = |last: u8| Ipv4Addr::new(10, 77, 1, last);
+    // gu and gv echo each other and gw; gw only answers: the pair's link carries twice what
+    // each far link does.
+    let mut gu = guest("gu", 31, 32);
+    gu.peers.push(ip(33));
+    let mut gv = guest("gv", 32, 31);
+    gv.peers.push(ip(33));
+    let mut gw = guest("gw", 33, 31);
+    gw.peers.clear();
+    gw.pinned = true;
+    for (host, g) in [(0, &gu), (1, &gv), (3, &gw)] {
+        tb.start_guest(host, g).expect("start guest");
+    }
+    let guests = ["gu", "gv", "gw"];
+    let mut first = HashMap::new();
+    for g in guests {
+        first.insert(g, tb.wait_heartbeat(g, 1, Duration::from_secs(90)).unwrap());
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_scored"));
+    let act = [scored::config::Override::new("decision.group_moves", "act")];
+    tb.start_daemons(exe, &act).expect("start the daemons");
+    tb.wait_daemons(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tails(&tb)));
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(180);
+    let mut polls = 0u32;
+    let done = loop {
+        let s = look(&tb);
+        check_at_all_times(&s, &guests);
+        assert_eq!(settled_host(&s, "gw"), Some(3), "gw is pinned: {s:?}");
+        polls += 1;
+        if settled_host(&s, "gu") == Some(3) && settled_host(&s, "gv") == Some(3) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pair did not reach gw's host within 180 s: {s:?}\n{}",
+            tails(&tb)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "pair on hv4 {:.1} s after the daemons were ready ({polls} polls): {done:?}",
+        started.elapsed().as_secs_f64()
+    );
+
+    // One plan, started and done by one holder, of the two moves; the group record says so.
+    // The holder ends the plan once the last move's answer is back: a moment after the guest
+    // settled.
+    wait_event(&tb, "group move done", Duration::from_secs(30), |e| {
+        message(e) == "group move done"
+    });
+    let all: Vec<(usize, serde_json::Value)> = tb
+        .state
+        .hosts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, h)| events(h).into_iter().map(move |e| (i, e)))
+        .collect();
+    let of = |m: &str| -> Vec<&(usize, serde_json::Value)> {
+        all.iter().filter(|(_, e)| message(e) == m).collect()
+    };
+    let starts = of("group move starting");
+    assert!(
+        !starts.is_empty() && starts.iter().all(|(_, e)| e["moves"] == 2),
+        "{starts:?}\n{}",
+        tails(&tb)
+    );
+    let holder = starts[0].0;
+    assert!(holder < 2, "the holder is gu's or gv's host: {starts:?}");
+    assert!(
+        of("group move done").iter().any(|(i, _)| *i == holder),
+        "no plan done on {}\n{}",
+        tb.state.hosts[holder].name,
+        tails(&tb)
+    );
+    assert!(
+        of("group move failed: undoing the moves made").is_empty()
+            && of("group move refused").is_empty(),
+        "{}",
+        tails(&tb)
+    );
+    // Two hosts claim each VM for a moment of its hand-over: no daemon takes that for a zombie.
+    let zombies: Vec<_> = all
+        .iter()
+        .filter(|(_, e)| message(e).starts_with("zombie:"))
+        .collect();
+    assert!(zombies.is_empty(), "{zombies:?}");
+    // Two migrations in all, each run by the VM's own host: the rack-mate's at the holder's
+    // request, through the rack-mate's libvirt.
+    let migrations: Vec<(usize, String)> = of("migration succeeded")
+        .iter()
+        .map(|(i, e)| (*i, e["vm"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let mut by_host: Vec<usize> = migrations.iter().map(|(i, _)| *i).collect();
+    by_host.sort_unstable();
+    assert_eq!(
+        by_host,
+        vec![0, 1],
+        "one migration on hv1 (gu) and one on hv2 (gv): {migrations:?}\n{}",
+        tails(&tb)
+    );
+    // `<journal>.groups`, as docs/operations.md tells the operator.
+    let journal = tb.state.hosts[holder].journal();
+    let record = std::fs::read_to_string(format!("{}.groups", journal.display()))
+        .expect("the holder's group record");
+    assert!(
+        record.contains("\"record\":\"begin\"")
+            && record.contains("\"record\":\"end\"")
+            && record.contains("\"outcome\":\"done\"")
+            && record.matches("\"record\":\"step\"").count() == 2,
+        "{record}"
+    );
+
+    // Every guest kept its boot and beats on.
+    for g in guests {
+        let before = tb.console(g).last().cloned().unwrap();
+        tb.wait_heartbeat(g, before.n + 2, Duration::from_secs(30))
+            .unwrap();
+        let c = tb.console(g);
+        assert!(c.continuous(), "{g} restarted or skipped back: {c:?}");
+        assert_eq!(c.boots[0], first[g].boot, "{g}");
+    }
+    check_at_all_times(&look(&tb), &guests);
+}
