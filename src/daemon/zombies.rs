@@ -229,19 +229,28 @@ mod tests {
         // a: a hand-over, two hosts for 4 s; b: two copies that stay.
         assert_eq!(w.update(&[a.clone(), b.clone()], at(0)), (vec![], vec![]));
         assert_eq!(w.update(&[a.clone(), b.clone()], at(4)), (vec![], vec![]));
-        assert_eq!(w.update(&[b.clone()], at(6)), (vec![], vec![]));
-        assert_eq!(w.update(&[b.clone()], at(14)), (vec![], vec![]));
-        assert_eq!(w.update(&[b.clone()], at(15)), (vec![b.clone()], vec![]));
+        assert_eq!(w.update(std::slice::from_ref(&b), at(6)), (vec![], vec![]));
+        assert_eq!(w.update(std::slice::from_ref(&b), at(14)), (vec![], vec![]));
+        assert_eq!(
+            w.update(std::slice::from_ref(&b), at(15)),
+            (vec![b.clone()], vec![])
+        );
         assert_eq!(w.reported.len(), 1);
         // Reported once; again when its hosts change, without a new wait.
-        assert_eq!(w.update(&[b.clone()], at(17)), (vec![], vec![]));
+        assert_eq!(w.update(std::slice::from_ref(&b), at(17)), (vec![], vec![]));
         let b3 = zombie(2, &[2, 3, 4]);
-        assert_eq!(w.update(&[b3.clone()], at(19)), (vec![b3.clone()], vec![]));
+        assert_eq!(
+            w.update(std::slice::from_ref(&b3), at(19)),
+            (vec![b3.clone()], vec![])
+        );
         // Gone when no longer claimed twice; a later double claim waits afresh.
         assert_eq!(w.update(&[], at(21)), (vec![], vec![b3.vm]));
-        assert_eq!(w.update(&[a.clone()], at(22)), (vec![], vec![]));
-        assert_eq!(w.update(&[a.clone()], at(36)), (vec![], vec![]));
-        assert_eq!(w.update(&[a.clone()], at(37)), (vec![a.clone()], vec![]));
+        assert_eq!(w.update(std::slice::from_ref(&a), at(22)), (vec![], vec![]));
+        assert_eq!(w.update(std::slice::from_ref(&a), at(36)), (vec![], vec![]));
+        assert_eq!(
+            w.update(std::slice::from_ref(&a), at(37)),
+            (vec![a.clone()], vec![])
+        );
     }
 
     #[test]
