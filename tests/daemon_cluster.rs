@@ -47,7 +47,7 @@ fn settle(c: &mut Cluster, rounds: u32, limit: Duration) -> u64 {
     c.shared().migrations()
 }
 
-fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
+fn simulated_reduction(c: &Cluster, policy: PolicyKind, group: bool) -> f64 {
     let mut params: ScenarioParams = c.scenario.params.clone();
     params.rounds = 6;
     let sc = Scenario::build(c.scenario.topology.clone(), params).unwrap();
@@ -64,7 +64,7 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
             verify_moves: false,
             rules: true,
             cooldown: None,
-            group: None,
+            group: group.then(scored::decide::group::GroupOptions::default),
         },
         |_| {},
     );
@@ -77,8 +77,19 @@ fn simulated_reduction(c: &Cluster, policy: PolicyKind) -> f64 {
 /// VM count, and every decision logged with its Eq. 3.2 numbers. Returns the cluster (still
 /// running) for the policy's own checks.
 fn cut_cost_like_the_simulator(policy: PolicyKind) -> Cluster {
+    cut_cost_like_the_simulator_with(policy, false)
+}
+
+/// [`cut_cost_like_the_simulator`]; `group`: every daemon set to carry out group moves
+/// (`decision.group_moves = "act"`), the simulator running the same planner.
+fn cut_cost_like_the_simulator_with(policy: PolicyKind, group: bool) -> Cluster {
+    let mut overrides = Vec::new();
+    if group {
+        overrides.push(("decision.group_moves".to_string(), "\"act\"".to_string()));
+    }
     let mut c = Cluster::new(Options {
         policy: policy.name(),
+        overrides,
         ..Options::default()
     });
     c.start_all();
@@ -93,7 +104,7 @@ fn cut_cost_like_the_simulator(policy: PolicyKind) -> Cluster {
         "VM count conserved"
     );
     let daemons = 1.0 - c.cost() / c.initial_cost();
-    let sim = simulated_reduction(&c, policy);
+    let sim = simulated_reduction(&c, policy, group);
     let round = (0..c.hosts.len())
         .filter_map(|i| c.status(i).map(|s| s.token.round))
         .max()
@@ -190,6 +201,38 @@ fn decisions(c: &Cluster) -> Vec<(u64, u64, u64, VmId)> {
 #[test]
 fn eight_daemons_cut_cost_like_the_simulator() {
     cut_cost_like_the_simulator(PolicyKind::Distributed);
+}
+
+/// The same with group moves carried out by the daemons (`act`): within 5 points of the
+/// simulator running the same planner, the cluster invariants checked every half second through
+/// every multi-VM decision, each plan one entry in its holder's group record, ended `done`.
+#[test]
+fn eight_daemons_with_group_moves_cut_cost_like_the_simulator() {
+    let c = cut_cost_like_the_simulator_with(PolicyKind::Distributed, true);
+    let events = c.events();
+    let count = |m: &str| events.iter().filter(|(_, e)| e["message"] == m).count();
+    let (started, done) = (count("group move starting"), count("group move done"));
+    eprintln!("group moves: {started} started, {done} done");
+    assert!(started > 0, "no group move on this scenario");
+    let group_lines: Vec<String> = events
+        .iter()
+        .filter(|(_, e)| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("group move"))
+                || e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("group move"))
+        })
+        .map(|(h, e)| format!("h{}: {e}", h + 1))
+        .collect();
+    assert_eq!(
+        started,
+        done,
+        "every plan carried out whole:\n{}",
+        group_lines.join("\n")
+    );
+    assert_eq!(count("group move failed: undoing the moves made"), 0);
 }
 
 /// Round-robin across real peers: each turn follows the previous one in the token code's

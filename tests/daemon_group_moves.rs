@@ -13,7 +13,7 @@ use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
-use scored::proto::{Announcement, MoveRequest, Stamp, VmId};
+use scored::proto::{Announcement, MoveRequest, Stamp, SurveyRequest, VmId};
 use scored::topology::{HostId, Topology};
 use std::collections::HashMap;
 use std::path::Path;
@@ -289,6 +289,40 @@ fn a_group_move_is_carried_out_and_one_that_fails_is_undone() {
             .map(|l| l.split('"').nth(3).unwrap())
             .collect();
         assert_eq!(kinds, ["begin", "step", "step", "end"], "{record}");
+        // Without a cooldown (b1 set so), u and v that just arrived still may not move in a
+        // group move: their rates at b1 are not measured yet, and would read them cold.
+        let b1 = lab.nodes[2].clone();
+        let mut no_cooldown = b1.config();
+        no_cooldown.decision.cooldown_base_s = 0;
+        b1.set_config(no_cooldown);
+        let survey = lab.nodes[3]
+            .peers()
+            .survey(HostId(2), SurveyRequest { at }, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let movable: Vec<(VmId, bool)> = survey.vms.iter().map(|s| (s.vm, s.movable)).collect();
+        assert_eq!(
+            movable,
+            vec![(vm(1), false), (vm(2), false), (vm(3), true)],
+            "{survey:?}"
+        );
+        // Asked at a later turn of a1's (at the plan's own stamp it would be an undo).
+        let later = Stamp::new(at.epoch, at.seq + 1);
+        announce_holder(&lab, later).await;
+        let e = a1
+            .peers()
+            .group_move(
+                HostId(2),
+                MoveRequest {
+                    vm: vm(2),
+                    to: "b2".into(),
+                    at: later,
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("still being measured"), "{e}");
         // A peer that does not hold the token is refused, whatever it names.
         let e = lab.nodes[3]
             .peers()

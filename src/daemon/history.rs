@@ -82,6 +82,11 @@ impl History {
         }
     }
 
+    /// When `vm` last moved, as far as this host heard (an arrival here: when this host saw it).
+    pub fn last_move(&self, vm: VmId) -> Option<Instant> {
+        self.moves.get(&vm).and_then(|q| q.back()).map(|m| m.at)
+    }
+
     /// Forgets the eighth of the VMs whose last move is oldest: O(n) once per n/8 new VMs.
     fn forget_oldest(&mut self) {
         let mut last: Vec<Instant> = self

@@ -137,6 +137,11 @@ impl Ledger {
         (self.history.cooldown_until(vm, cooldown, now), prev)
     }
 
+    /// When `vm` last moved (see [`super::history::History::last_move`]).
+    pub(super) fn last_move(&self, vm: VmId) -> Option<Instant> {
+        self.history.last_move(vm)
+    }
+
     /// A VM went from `from` to `to` (an arrival here or a peer's announcement).
     pub(super) fn moved(
         &mut self,
