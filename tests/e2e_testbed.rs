@@ -12,7 +12,7 @@ mod support;
 use scored::daemon::control::{self, Reply, Request, Status};
 use scored::hypervisor::GroupTag;
 use scored::rules::GroupKind;
-use scored::testbed::{GuestSpec, Testbed, TestbedConfig, TestbedHost};
+use scored::testbed::{GuestSpec, Heartbeat, Testbed, TestbedConfig, TestbedHost};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -277,7 +277,13 @@ fn daemons_co_locate_chatty_pairs_from_captured_traffic() {
     );
 
     // Every guest kept its heartbeat across the moves: one boot, never backwards, still beating.
-    for g in GUESTS {
+    kept_their_boot(&tb, &first, &GUESTS);
+}
+
+/// Every guest of `guests` still beats, on the boot `first` saw, its heartbeats never going
+/// back; and the invariants hold.
+fn kept_their_boot(tb: &Testbed, first: &HashMap<&str, Heartbeat>, guests: &[&str]) {
+    for &g in guests {
         let before = tb.console(g).last().cloned().unwrap();
         tb.wait_heartbeat(g, before.n + 2, Duration::from_secs(30))
             .unwrap();
@@ -285,7 +291,7 @@ fn daemons_co_locate_chatty_pairs_from_captured_traffic() {
         assert!(c.continuous(), "{g} restarted or skipped back: {c:?}");
         assert_eq!(c.boots[0], first[g].boot, "{g}");
     }
-    check_at_all_times(&look(&tb), &GUESTS);
+    check_at_all_times(&look(tb), guests);
 }
 
 /// Hosts where `g` is active right now (running, paused, or migrating in).
@@ -964,14 +970,5 @@ fn a_group_move_takes_a_chatty_pair_to_its_pinned_partner_across_the_core() {
         "{record}"
     );
 
-    // Every guest kept its boot and beats on.
-    for g in guests {
-        let before = tb.console(g).last().cloned().unwrap();
-        tb.wait_heartbeat(g, before.n + 2, Duration::from_secs(30))
-            .unwrap();
-        let c = tb.console(g);
-        assert!(c.continuous(), "{g} restarted or skipped back: {c:?}");
-        assert_eq!(c.boots[0], first[g].boot, "{g}");
-    }
-    check_at_all_times(&look(&tb), &guests);
+    kept_their_boot(&tb, &first, &guests);
 }

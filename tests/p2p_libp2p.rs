@@ -841,12 +841,13 @@ async fn garbage_frames_are_refused_and_the_sender_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
     let l = loopback(2);
-    let (node, mut inbound) = start(&l, 0).await;
-    // h1 runs the previous release: it speaks /scored/capacity/1 only.
+    // h1 runs the previous release: it speaks /scored/capacity/1 only. It listens before h0
+    // starts, so h0's first dial to it (its gossip finger) finds it up.
     let mut old = raw_swarm_on(&l.keys[1], RawCodec::default(), T, CAPACITY_PROTOCOL);
     let port = l.topology.host(HostId(1)).p2p_port;
     old.listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
         .unwrap();
+    let (node, mut inbound) = start(&l, 0).await;
     // The new node's daemon refuses whatever it is asked by a rule.
     let daemon = tokio::spawn(async move {
         while let Some(ev) = inbound.recv().await {
