@@ -24,7 +24,7 @@ pub const METADATA_NS: &str = "https://example.invalid/scored/xmlns/vm/1";
 /// paused for migration during the final stop-and-copy, but it does report its (outgoing) job,
 /// and a guest started here has no migration job while it starts up: that tells them apart.
 /// (The testbed measured the `starting up` phase at 0.7 s; read as a guest of this host then,
-/// the destination announced it, and every host warned of a zombie at each migration.)
+/// the destination announced it while the source still ran it.)
 pub(super) fn incoming_migration(dom: &Domain) -> bool {
     domain_state(dom).is_some_and(|state| incoming_in(dom, state))
 }
@@ -42,7 +42,7 @@ pub(super) fn domain_state(dom: &Domain) -> Option<DomainState> {
 }
 
 /// [`incoming_migration`] for a domain whose state is already read: asks for its job only in
-/// the one ambiguous state (paused for migration).
+/// the two ambiguous states (paused for migration, paused starting up).
 pub(super) fn incoming_in(dom: &Domain, s: DomainState) -> bool {
     if s.state == sys::VIR_DOMAIN_RUNNING && s.reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY {
         return true;
