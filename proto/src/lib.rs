@@ -143,6 +143,11 @@ pub struct Token {
 }
 
 impl Token {
+    /// Where the token is: its epoch and hand-off sequence.
+    pub fn stamp(&self) -> Stamp {
+        Stamp::new(self.epoch, self.seq)
+    }
+
     pub fn new(epoch: u64, policy: PolicyKind, mut vms: Vec<VmId>) -> Self {
         vms.sort_unstable();
         vms.dedup();

@@ -148,6 +148,16 @@ pub struct Reloaded {
 }
 
 impl Config {
+    /// How long one move of a group move may take, asked to answering: the migration's own
+    /// limit, the hypervisor call's on top of it, and 30 s for the gates, the destination's
+    /// re-check and the journal around it. The asker waits this long, and the host asked is
+    /// given as long by its transport: the asker never gives up on a move still running.
+    pub fn group_move_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.migration.timeout_s)
+            + self.hypervisor.call_timeout()
+            + std::time::Duration::from_secs(30)
+    }
+
     /// What a SIGHUP with the freshly loaded `new` configuration does: options marked
     /// [`Reload::Live`] take their new values; others keep the running value and are listed.
     pub fn reload(&self, new: &Config) -> Reloaded {

@@ -13,7 +13,6 @@
 
 use scored_proto::{Stamp, VmId};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One move of a plan as the file stores it (host names: stable across a changed topology).
@@ -117,10 +116,7 @@ impl GroupLog {
     }
 
     fn append(&self, line: &Line) -> std::io::Result<()> {
-        let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
-        text.push('\n');
-        (&self.file).write_all(text.as_bytes())?;
-        self.file.sync_data()
+        super::journal::append_json_line(&self.file, line)
     }
 
     /// Records a plan about to start; its id.
@@ -160,6 +156,7 @@ impl GroupLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn mv(vm: u32) -> LoggedMove {
         LoggedMove {

@@ -21,7 +21,7 @@ use crate::p2p::{Peers, Responder};
 use crate::topology::HostId;
 use scored_proto::{MoveRequest, MoveResponse, PlacementRequest, Stamp};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How a plan carried out ended.
 #[derive(Debug, PartialEq)]
@@ -236,12 +236,8 @@ impl<P: Peers> Daemon<P> {
                 .map(|_| ())
                 .map_err(|e| format!("{} → {}: {e}", m.vm, name(m.to)));
         }
-        let config = self.config();
-        // The answer comes when the migration ended: as long as a migration may take, and the
-        // capacity request before it.
-        let timeout = Duration::from_secs(config.migration.timeout_s)
-            + config.hypervisor.call_timeout()
-            + config.token.handoff_timeout();
+        // The answer comes when the migration ended.
+        let timeout = self.config().group_move_timeout();
         let req = MoveRequest {
             vm: m.vm,
             to: name(m.to),

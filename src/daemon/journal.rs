@@ -315,11 +315,7 @@ impl Journal {
     }
 
     fn append(&mut self, rec: &Record) -> Result<(), JournalError> {
-        let mut line = serde_json::to_string(rec).expect("journal records serialise");
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.sync_data())
+        append_json_line(&self.file, rec)
             .map_err(JournalError::io(&self.path, "cannot write journal record"))
     }
 
@@ -341,6 +337,15 @@ impl Journal {
         self.closed_records = 0;
         Ok(())
     }
+}
+
+/// Appends `v` to `file` as one JSON line and syncs it: on disk before what it tells happens.
+/// The journal's records and the group-move record (`group_log`) are written so.
+pub(super) fn append_json_line<T: Serialize>(mut file: &File, v: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(v).map_err(std::io::Error::other)?;
+    line.push('\n');
+    file.write_all(line.as_bytes())?;
+    file.sync_data()
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use std::time::Instant;
 const MIB: f64 = 1024.0 * 1024.0;
 
 impl<P: Peers> Daemon<P> {
-    /// Live-migrates `vm` to `to` under token stamp `at`: journal first, the blocking call off the event loop with the
-    /// token's heartbeat going on, then history, announcement and inventory.
+    /// Live-migrates `vm` to `to` under token stamp `at`: journal first, the blocking call off
+    /// the event loop with the token's heartbeat going on, then history, announcement and
+    /// inventory.
     pub(super) async fn migrate(
         &self,
         vm: &Vm,

@@ -224,12 +224,9 @@ pub async fn start(node: Node, registry: &mut Registry) -> anyhow::Result<Starte
     p2p.listen = config.p2p.listen.clone();
     p2p.limits = config.p2p.limits();
     p2p.idle_timeout = Duration::from_secs(config.p2p.idle_connection_timeout_s.into());
-    // A move of a group move is answered when its migration ended: the migration's own limit,
-    // the hypervisor call's on top of it, and time for the gates and the journal around it.
-    // Taken at start: a longer `migration.timeout_s` reloaded on SIGHUP counts after a restart.
-    p2p.move_timeout = Duration::from_secs(config.migration.timeout_s)
-        + config.hypervisor.call_timeout()
-        + Duration::from_secs(30);
+    // A move of a group move is answered when its migration ended. Taken at start: a longer
+    // `migration.timeout_s` reloaded on SIGHUP counts after a restart.
+    p2p.move_timeout = config.group_move_timeout();
     p2p.metrics = p2p_metrics;
     p2p.severed = severed;
     let (peers, inbound) = Libp2pPeers::start_observed(p2p, directory, Some(registry))

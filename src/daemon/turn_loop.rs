@@ -75,10 +75,7 @@ impl<P: Peers> Daemon<P> {
                     return;
                 }
                 watch.on_token(token.epoch, token.seq, now);
-                watch.hold(Stamp {
-                    epoch: token.epoch,
-                    seq: token.seq,
-                });
+                watch.hold(token.stamp());
                 drop(watch);
                 reply.send(TokenAck::Accepted);
                 self.metrics
@@ -159,15 +156,7 @@ impl<P: Peers> Daemon<P> {
     /// (capacity answers, a long migration).
     async fn turn(self: Arc<Self>, token: Token) {
         self.metrics.token.held.set(1);
-        let stamp = |t: &Token| {
-            (
-                Stamp {
-                    epoch: t.epoch,
-                    seq: t.seq,
-                },
-                t.round,
-            )
-        };
+        let stamp = |t: &Token| (t.stamp(), t.round);
         let (beat_tx, mut beat_rx) = tokio::sync::watch::channel(stamp(&token));
         let beat = heartbeat_interval(&self.config());
         // The heartbeat runs beside the walk, within this task: it ends when the walk does.

@@ -81,11 +81,7 @@ impl<P: Peers> Daemon<P> {
         token: &Token,
         started_unix_ms: u64,
     ) {
-        let at = Stamp {
-            epoch: token.epoch,
-            seq: token.seq,
-        };
-        let rec = self.decision_record(vm, a, to, at, started_unix_ms);
+        let rec = self.decision_record(vm, a, to, token.stamp(), started_unix_ms);
         tracing::info!(
             vm = %rec.vm, outcome = %rec.outcome, started_unix_ms = rec.started_unix_ms,
             unix_ms = rec.unix_ms, epoch = rec.epoch, seq = rec.seq, round = token.round,
@@ -174,10 +170,7 @@ impl<P: Peers> Daemon<P> {
         if moves && self.fenced(token) {
             return None;
         }
-        let stamp = Stamp {
-            epoch: token.epoch,
-            seq: token.seq,
-        };
+        let stamp = token.stamp();
         if let Some(plan) = plan {
             (a.outcome, to) = match self.carry_out_group(&plan, stamp).await {
                 Carried::Done => {

@@ -37,7 +37,7 @@ pub struct Counters {
     pub received: u64,
     pub regenerations: u64,
     pub migrations: u64,
-    /// Group moves recommended, and hosts surveyed to plan them (`decision.group_moves`).
+    /// Group moves planned (recommended or carried out), and hosts surveyed to plan them.
     pub group_plans: u64,
     pub group_surveys: u64,
 }

@@ -560,8 +560,8 @@ fn bandwidth(registry: &prometheus_client::registry::Registry) -> u64 {
 
 /// `scored sim`'s reduction on the same scenario after as many turns as the lab's, ending in the
 /// round the lab is in (whose traffic the lab's cost is under), with the daemons' c_m rule
-/// (constant, or a fraction of the deciding VM's cost), return margin and group moves, and with `cooling`,
-/// their cooldown on a clock of that many milliseconds a turn.
+/// (constant, or a fraction of the deciding VM's cost), return margin and group moves, and with
+/// `cooling`, their cooldown on a clock of that many milliseconds a turn.
 fn sim_reduction(
     dc: &DataCentre,
     config: &crate::config::Config,

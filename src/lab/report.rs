@@ -59,8 +59,8 @@ pub struct Report {
     pub connections_max: i64,
     pub regenerations: u64,
     pub migrations: u64,
-    /// Group moves the turns planned and recommended (`--set decision.group_moves=recommend`),
-    /// and hosts surveyed for them per decision.
+    /// Group moves the turns planned (`--set decision.group_moves=recommend` or `act`), and
+    /// hosts surveyed for them per decision.
     pub group_plans: u64,
     pub group_surveys_per_decision: Option<f64>,
     /// Most daemons holding a token at once, over the run.

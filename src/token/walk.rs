@@ -215,13 +215,7 @@ impl TurnMachine {
 
     /// The token's stamp and round, for the heartbeat.
     pub fn stamp(&self) -> (Stamp, u32) {
-        (
-            Stamp {
-                epoch: self.token.epoch,
-                seq: self.token.seq,
-            },
-            self.token.round,
-        )
+        (self.token.stamp(), self.token.round)
     }
 
     /// Takes the answer to the last action and gives the next one. An input that does not
