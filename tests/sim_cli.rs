@@ -156,6 +156,8 @@ fn on_the_irregular_topology_the_re_placement_is_a_yardstick() {
         "topology/irregular.toml",
         "--rounds",
         "2",
+        "--seed",
+        "3",
         "--sweep",
         "none",
         "--out",
@@ -177,8 +179,12 @@ fn on_the_irregular_topology_the_re_placement_is_a_yardstick() {
     let plan = cost("centralised, re-placement");
     let bound = cost("lower bound on Eq. 3.1 (capacity only)");
     assert!(bound > 0.0 && bound <= plan, "{rows:?}");
+    // Seed 3: round-robin with group moves ended 0.2 points below a re-placement that was not
+    // polished with them.
     for policy in ["round-robin", "global", "distributed", "load-aware"] {
         assert!(plan <= cost(policy), "{policy}: {rows:?}");
+        let grouped = format!("{policy} + group moves");
+        assert!(plan <= cost(&grouped), "{grouped}: {rows:?}");
     }
 }
 

@@ -388,11 +388,13 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     if let Some(b) = &report.baseline {
         let _ = writeln!(
             s,
-            "\ncentralised baseline (both plans, {:.1} s): {} moves + {} swaps over {} sweeps; {} of {} re-placement plans from a fresh traffic-built allocation; a plan's migrations = VMs not on their initial host",
+            "\ncentralised baseline (both plans, {:.1} s): {} moves + {} swaps over {} sweeps; re-placement polished with {} group plans ({} moves); {} of {} re-placement plans from a fresh traffic-built allocation; a plan's migrations = VMs not on their initial host",
             report.baseline_time.as_secs_f64(),
             b.work.moves,
             b.work.swaps,
             b.work.sweeps,
+            b.work.group_plans,
+            b.work.group_moves,
             b.constructive,
             b.costs.len()
         );

@@ -248,13 +248,17 @@ fn the_re_placement_works_on_an_irregular_tree() {
         }
         assert!(per_host.iter().zip(&sc.slots).all(|(c, s)| c <= s));
         for p in PolicyKind::ALL {
-            let r = run(&sc, p);
-            assert!(
-                b.costs[last] <= r.final_cost(),
-                "seed {seed}, {p}: re-placement {} above the policy's {}",
-                b.costs[last],
-                r.final_cost()
-            );
+            for (moves, r) in [
+                ("single moves", run(&sc, p)),
+                ("group moves", engine::run(&sc, &grouping(p), |_| {})),
+            ] {
+                assert!(
+                    b.costs[last] <= r.final_cost(),
+                    "seed {seed}, {p} with {moves}: re-placement {} above the policy's {}",
+                    b.costs[last],
+                    r.final_cost()
+                );
+            }
         }
     }
 }
