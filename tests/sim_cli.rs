@@ -52,6 +52,7 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         "| lower bound on Eq. 3.1 (capacity only) | ",
         "| global, per-VM c_m over 600 s |",
         "| global + group moves |",
+        "| global + group moves, per-VM c_m over 600 s |",
         "group moves (`decide::group`)",
         "c_m sweep",
         "protocol traffic",
@@ -72,8 +73,8 @@ fn a_small_run_writes_every_output_and_repeats_exactly() {
         traffic.starts_with("run,reduction,migrations,migrated_gib,gib_per_reduction_point\n"),
         "{traffic}"
     );
-    // Four policies, with group moves, with a per-VM c_m, and the two plans.
-    assert_eq!(traffic.lines().count(), 1 + 4 + 4 + 4 + 2, "{traffic}");
+    // Four policies, with group moves, with a per-VM c_m, with both, and the two plans.
+    assert_eq!(traffic.lines().count(), 1 + 4 + 4 + 4 + 4 + 2, "{traffic}");
     // The lower bound is a row of summary.csv whose name says so, with no migrations.
     let summary = std::fs::read_to_string(out_dir.join("summary.csv")).unwrap();
     let bound = summary

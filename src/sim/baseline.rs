@@ -264,9 +264,9 @@ impl<'s> LocalSearch<'s> {
                     members: &self.members,
                     slots: &self.slots,
                 };
-                let Some(plan) = self
-                    .decider
-                    .plan_group(&mut view, self.sc.ids[u as usize], &opt, 0.0)
+                let Some(plan) =
+                    self.decider
+                        .plan_group(&mut view, self.sc.ids[u as usize], &opt, 0.0)
                 else {
                     continue;
                 };
@@ -477,9 +477,9 @@ impl GroupView for PlanView<'_> {
         if sc.rules.groups_of(vm).is_empty() {
             return true;
         }
-        let check = sc.rules.check_located(&sc.topology, vm, |m| {
-            placed(m).or_else(|| self.host_of(m))
-        });
+        let check = sc
+            .rules
+            .check_located(&sc.topology, vm, |m| placed(m).or_else(|| self.host_of(m)));
         check.allows(from, to).is_ok()
     }
 

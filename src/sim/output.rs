@@ -105,6 +105,14 @@ pub fn rows(sc: &Scenario, report: &Report) -> Vec<Row> {
         let name = format!("{}, per-VM c_m over {:.0} s", r.policy.name(), m.horizon_s);
         out.push(row(r, name, t.as_secs_f64()));
     }
+    for (m, r, t) in &report.per_move_group {
+        let name = format!(
+            "{}, per-VM c_m over {:.0} s",
+            group_row(r.policy),
+            m.horizon_s
+        );
+        out.push(row(r, name, t.as_secs_f64()));
+    }
     if let Some(b) = &report.baseline {
         for (name, costs, moved, placement) in [
             (

@@ -74,6 +74,8 @@ pub struct Report {
     pub runs: Vec<PolicyRun>,
     /// The runs under each per-VM `c_m` of `Study::per_move`, with their wall times.
     pub per_move: Vec<(PerMove, PolicyRun, Duration)>,
+    /// The same with group moves (`Study::group`).
+    pub per_move_group: Vec<(PerMove, PolicyRun, Duration)>,
     /// Each policy with group moves (`Study::group`), with its wall time.
     pub group: Vec<(PolicyRun, Duration)>,
     /// The same runs ignoring the scenario's placement rules (empty when it has none): what
@@ -136,6 +138,8 @@ enum Run {
     Sweep,
     /// Under a per-VM c_m, its fraction the floor.
     PerMove(PerMove),
+    /// The same with group moves: the row `<policy> + group moves, per-VM c_m over <h> s`.
+    PerMoveGroup(PerMove),
     /// With group moves: the row `<policy> + group moves` (and a sweep point when swept).
     Group,
     /// A point of the c_m sweep with group moves.
@@ -170,6 +174,9 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     }
     if study.group.is_some() {
         each_policy(study.cm_fraction, Run::Group);
+        for &m in &study.per_move {
+            each_policy(study.cm_fraction, Run::PerMoveGroup(m));
+        }
     }
     for &f in &study.sweep {
         if f != study.cm_fraction {
@@ -197,7 +204,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                                 migration_cost: f * unit,
                                 migration_cost_fraction: 0.0,
                                 per_move: match run {
-                                    Run::PerMove(m) => Some(PerMove {
+                                    Run::PerMove(m) | Run::PerMoveGroup(m) => Some(PerMove {
                                         disruption: m.disruption * unit,
                                         ..m
                                     }),
@@ -210,7 +217,9 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                                 rules: run != Run::WithoutRules,
                                 cooldown: study.cooldown,
                                 group: match run {
-                                    Run::Group | Run::GroupSweep => study.group,
+                                    Run::Group | Run::GroupSweep | Run::PerMoveGroup(_) => {
+                                        study.group
+                                    }
                                     _ => None,
                                 },
                             };
@@ -233,6 +242,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
     let mut report = Report {
         runs: Vec::new(),
         per_move: Vec::new(),
+        per_move_group: Vec::new(),
         group: Vec::new(),
         without_rules: Vec::new(),
         without_rules_times: Vec::new(),
@@ -261,6 +271,10 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                 match kind {
                     Run::PerMove(m) => {
                         report.per_move.push((m, *run, t));
+                        continue;
+                    }
+                    Run::PerMoveGroup(m) => {
+                        report.per_move_group.push((m, *run, t));
                         continue;
                     }
                     Run::WithoutRules => {

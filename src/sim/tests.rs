@@ -674,6 +674,29 @@ fn a_per_move_charge_counts_each_migration_bytes_and_never_moves_more_than_none(
         // A charge spread over an hour weighs less than over a minute.
         let long = charged(3600.0);
         assert!(long.migrations >= short.migrations, "{p:?}");
+        // Group moves are charged the same way, each of a plan's moves its own bytes.
+        let grouped = |per_move| {
+            engine::run(
+                &sc,
+                &RunOptions {
+                    per_move,
+                    ..grouping(p)
+                },
+                |_| {},
+            )
+        };
+        let free = grouped(None);
+        let charged = grouped(Some(engine::PerMove {
+            horizon_s: 60.0,
+            disruption: 0.0,
+        }));
+        assert_eq!(charged.bad_moves, 0, "{p:?}");
+        assert!(charged.drift < 1e-9, "{p:?}");
+        assert!(
+            charged.migrations < free.migrations,
+            "{p:?} with group moves"
+        );
+        assert!(charged.migrated_bytes < free.migrated_bytes, "{p:?}");
     }
 }
 
