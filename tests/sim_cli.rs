@@ -191,7 +191,7 @@ fn on_the_irregular_topology_the_re_placement_is_a_yardstick() {
 
 #[test]
 fn bad_input_is_named() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (
             &["--topology", FAT_TREE, "--policy", "fastest"],
             "unknown policy `fastest`",
@@ -207,6 +207,10 @@ fn bad_input_is_named() {
         (
             &["--topology", FAT_TREE, "--cm=-1"],
             "--cm -1 must be a non-negative fraction",
+        ),
+        (
+            &["--topology", FAT_TREE, "--cm-own=NaN"],
+            "--cm-own NaN must be a non-negative fraction",
         ),
         (
             &["--topology", "topology/missing.toml"],

@@ -30,6 +30,10 @@ pub struct SimArgs {
     /// Migration cost c_m as a fraction of the mean per-VM share of the initial overall cost.
     #[arg(long, default_value_t = 0.0)]
     pub cm: f64,
+    /// c_m also at least this share of the deciding VM's own current cost (the daemon's
+    /// `[decision] migration_cost_fraction`, 0.05 there; 0: the constant `--cm` alone).
+    #[arg(long, default_value_t = 0.0)]
+    pub cm_own: f64,
     /// Token rounds (iterations): in each, every VM holds the token once.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -249,6 +253,11 @@ impl SimArgs {
             self.cm
         );
         anyhow::ensure!(
+            self.cm_own.is_finite() && self.cm_own >= 0.0,
+            "--cm-own {} must be a non-negative fraction",
+            self.cm_own
+        );
+        anyhow::ensure!(
             self.fill > 0.0 && self.fill <= 1.0,
             "--fill {} must be in (0, 1]",
             self.fill
@@ -347,6 +356,7 @@ impl SimArgs {
                 PolicyChoice::One(p) => vec![p],
             },
             cm_fraction: self.cm,
+            cm_own_fraction: self.cm_own,
             sweep: parse_sweep(&self.sweep)?,
             baseline: !self.no_baseline,
             per_move: parse_horizons(&self.cm_horizon)?

@@ -239,9 +239,17 @@ pub fn summary_text(sc: &Scenario, report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "c_m = {:.0}% of the mean per-VM cost ({:.4e}); initial cost {:.4e}; wall {:.1} s\n",
+        "c_m = {:.0}% of the mean per-VM cost ({:.4e}){}; initial cost {:.4e}; wall {:.1} s\n",
         report.cm_fraction * 100.0,
         report.cm_fraction * report.cost_per_vm,
+        if report.cm_own_fraction > 0.0 {
+            format!(
+                ", and at least {}% of the deciding VM's own cost",
+                report.cm_own_fraction * 100.0
+            )
+        } else {
+            String::new()
+        },
         report.initial_costs[0],
         report.wall.as_secs_f64()
     );

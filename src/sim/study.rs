@@ -19,6 +19,9 @@ pub struct Study {
     pub policies: Vec<PolicyKind>,
     /// `c_m` as a fraction of the mean per-VM cost at the start (see [`cost_per_vm`]).
     pub cm_fraction: f64,
+    /// `c_m` at least this share of the deciding VM's own cost in every run (the daemon's
+    /// `migration_cost_fraction`; 0: the constant alone).
+    pub cm_own_fraction: f64,
     /// Fractions for the c_m sweep (Fig. 5.3); empty: no sweep.
     pub sweep: Vec<f64>,
     pub baseline: bool,
@@ -41,6 +44,7 @@ impl Default for Study {
         Study {
             policies: PolicyKind::ALL.to_vec(),
             cm_fraction: 0.0,
+            cm_own_fraction: 0.0,
             sweep: vec![0.0, 0.1, 0.2, 0.3, 1.0, 3.0, 10.0, 30.0],
             baseline: true,
             per_move: Vec::new(),
@@ -93,6 +97,8 @@ pub struct Report {
     pub initial_costs: Vec<f64>,
     pub cost_per_vm: f64,
     pub cm_fraction: f64,
+    /// `Study::cm_own_fraction`.
+    pub cm_own_fraction: f64,
     /// Wall time of each run (same order as `runs`), the baseline's, and the whole study's.
     pub run_times: Vec<Duration>,
     pub baseline_time: Duration,
@@ -202,7 +208,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
                             let opt = RunOptions {
                                 policy,
                                 migration_cost: f * unit,
-                                migration_cost_fraction: 0.0,
+                                migration_cost_fraction: study.cm_own_fraction,
                                 per_move: match run {
                                     Run::PerMove(m) | Run::PerMoveGroup(m) => Some(PerMove {
                                         disruption: m.disruption * unit,
@@ -253,6 +259,7 @@ pub fn simulate(sc: &Scenario, study: &Study, progress: &(dyn Fn(u64) + Sync)) -
         initial_costs,
         cost_per_vm: unit,
         cm_fraction: study.cm_fraction,
+        cm_own_fraction: study.cm_own_fraction,
         run_times: Vec::new(),
         baseline_time: Duration::ZERO,
         wall: Duration::ZERO,

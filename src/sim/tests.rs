@@ -700,6 +700,41 @@ fn a_per_move_charge_counts_each_migration_bytes_and_never_moves_more_than_none(
     }
 }
 
+/// `--cm-own`: every run of a study charges at least that share of the deciding VM's own cost,
+/// as the daemon's `migration_cost_fraction` does (S-CORE's single moves then move less; with
+/// group moves the trajectory changes and a run may move more: fewer single moves leave more
+/// for plans), and the summary says which c_m applied.
+#[test]
+fn a_study_can_charge_the_daemons_share_of_the_vms_own_cost() {
+    let sc = scenario(9, 0.75);
+    let study = |cm_own_fraction| Study {
+        policies: vec![PolicyKind::Global],
+        cm_own_fraction,
+        sweep: Vec::new(),
+        baseline: false,
+        threads: 2,
+        ..Study::default()
+    };
+    let free = study::simulate(&sc, &study(0.0), &|_| {});
+    let own = study::simulate(&sc, &study(0.05), &|_| {});
+    let (a, b) = (&free.runs[0], &own.runs[0]);
+    assert!(
+        b.migrations < a.migrations,
+        "{} ≥ {}",
+        b.migrations,
+        a.migrations
+    );
+    for r in own.runs_with_rules() {
+        assert_eq!(r.bad_moves, 0);
+        assert!(r.drift < 1e-9, "drift {}", r.drift);
+    }
+    let text = output::summary_text(&sc, &own);
+    assert!(
+        text.contains("and at least 5% of the deciding VM's own cost"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_vm_sits_out_its_cooldown_as_in_the_daemon() {
     // Three rounds of 192 turns, a turn a second: a cooldown of an hour covers the run, one of
