@@ -184,19 +184,12 @@ impl<'s> LocalSearch<'s> {
     }
 
     fn optimise(&mut self, rates: &Rates, stats: &mut Work) {
-        let topo = &self.sc.topology;
         let n = self.loc.len();
         let mut order: Vec<(f64, u32)> = Vec::with_capacity(n);
         let mut partners = std::mem::take(&mut self.partners);
         for _ in 0..MAX_SWEEPS {
             stats.sweeps += 1;
-            order.clear();
-            for v in 0..n {
-                self.fill(rates, v, &mut partners);
-                order.push((cost::vm_cost(topo, self.loc[v], &partners), v as u32));
-            }
-            let total: f64 = order.iter().map(|o| o.0).sum();
-            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let total = self.by_cost(rates, &mut partners, &mut order);
             let mut gained = 0.0;
             // VMs are visited by falling cost; once the rest together carry less than
             // NEGLIGIBLE of the total, no move among them can matter (a move gains at most twice
@@ -233,25 +226,36 @@ impl<'s> LocalSearch<'s> {
         self.partners = partners;
     }
 
+    /// Every VM with its own cost, most expensive first, in `order`; returns their sum.
+    fn by_cost(
+        &self,
+        rates: &Rates,
+        partners: &mut Vec<PartnerTraffic>,
+        order: &mut Vec<(f64, u32)>,
+    ) -> f64 {
+        let topo = &self.sc.topology;
+        order.clear();
+        for v in 0..self.loc.len() {
+            self.fill(rates, v, partners);
+            order.push((cost::vm_cost(topo, self.loc[v], partners), v as u32));
+        }
+        let total = order.iter().map(|o| o.0).sum();
+        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        total
+    }
+
     /// Group plans (`decide::group`, as a token policy with group moves would make them, with no
     /// migration cost) for every VM, most expensive first, each applied when it lowers the cost,
     /// then local search again; until a round of both gains < `MIN_SWEEP_GAIN` of the cost.
     fn polish(&mut self, round: usize, stats: &mut Work) {
         let sc = self.sc;
         let rates = &sc.rates[round];
-        let topo = &sc.topology;
         let n = self.loc.len();
         let opt = GroupOptions::default();
         let mut partners = std::mem::take(&mut self.partners);
         let mut order: Vec<(f64, u32)> = Vec::with_capacity(n);
         for _ in 0..MAX_POLISH {
-            order.clear();
-            for v in 0..n {
-                self.fill(rates, v, &mut partners);
-                order.push((cost::vm_cost(topo, self.loc[v], &partners), v as u32));
-            }
-            let total: f64 = order.iter().map(|o| o.0).sum();
-            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let total = self.by_cost(rates, &mut partners, &mut order);
             let mut gained = 0.0;
             for &(c, u) in &order {
                 if c <= 0.0 {
