@@ -234,6 +234,14 @@ pub enum TurnOutcome {
 }
 
 impl TurnOutcome {
+    /// Turns that end in a decision: the VM was judged (it moved, there was no gain, or no
+    /// room), as opposed to put off or held by a gate.
+    pub const DECIDED: [TurnOutcome; 3] = [
+        TurnOutcome::Migrated,
+        TurnOutcome::NoBenefit,
+        TurnOutcome::NoCapacity,
+    ];
+
     pub const ALL: [TurnOutcome; 16] = [
         TurnOutcome::Migrated,
         TurnOutcome::NoBenefit,

@@ -166,6 +166,11 @@ pub struct Metrics {
     pub group_plans: Counter,
     /// Hosts asked for a group-move survey (`/scored/group/1`).
     pub group_surveys: Counter,
+    /// What the turns that ended in a decision had to reach: the distinct other hosts running
+    /// the VM's located partners, and the distinct hosts asked for capacity. Their sum bounds
+    /// the messages a decision should need (issue: ≤ 4 × it).
+    pub decision_partner_hosts: Counter,
+    pub decision_candidates: Counter,
     pub migrations: MigrationMetrics,
     /// This host's share of Eq. 3.1 (its VMs' traffic × path cost), by level.
     pub communication_cost: Family<LevelLabels, FloatGauge>,
@@ -251,6 +256,8 @@ impl Metrics {
             decision_duration: decision_buckets(),
             group_plans: Counter::default(),
             group_surveys: Counter::default(),
+            decision_partner_hosts: Counter::default(),
+            decision_candidates: Counter::default(),
             migrations: MigrationMetrics {
                 started: Counter::default(),
                 succeeded: Counter::default(),
@@ -390,6 +397,16 @@ impl Metrics {
             "group_surveys",
             "Hosts asked for a group-move survey (/scored/group/1) by this host's turns",
             m.group_surveys.clone(),
+        );
+        r.register(
+            "decision_partner_hosts",
+            "Other hosts running the located partners of VMs whose turn ended in a decision (migrated, no benefit, no capacity), summed over those turns",
+            m.decision_partner_hosts.clone(),
+        );
+        r.register(
+            "decision_candidates_asked",
+            "Hosts asked for capacity by turns that ended in a decision, summed over those turns",
+            m.decision_candidates.clone(),
         );
 
         let g = &m.migrations;
@@ -578,6 +595,15 @@ impl Metrics {
         self.decision_duration.observe(took.as_secs_f64());
     }
 
+    /// What a turn that ended in a decision reached: `partner_hosts` other hosts run its
+    /// partners, `candidates` hosts were asked for capacity. Other outcomes are not counted.
+    pub fn reached(&self, outcome: TurnOutcome, partner_hosts: usize, candidates: usize) {
+        if TurnOutcome::DECIDED.contains(&outcome) {
+            self.decision_partner_hosts.inc_by(partner_hosts as u64);
+            self.decision_candidates.inc_by(candidates as u64);
+        }
+    }
+
     /// Sets this host's communication cost and traffic per level (`names[i]` is level `i + 1`).
     pub fn set_levels(&self, names: &[String], cost: &[f64], traffic: &[f64]) {
         for (i, name) in names.iter().enumerate() {
@@ -716,6 +742,30 @@ impl ProcessStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only turns that ended in a decision count what they reached, so the lab's "requests per
+    /// host reached" divides by the same turns as its "per decision".
+    #[test]
+    fn reach_is_counted_for_decided_turns_only() {
+        let mut registry = Registry::with_prefix("scored");
+        let m = Metrics::register(&mut registry, &[]);
+        m.reached(TurnOutcome::Migrated, 3, 2);
+        m.reached(TurnOutcome::NoCapacity, 1, 4);
+        m.reached(TurnOutcome::Busy, 9, 9);
+        m.reached(TurnOutcome::Cooldown, 9, 9);
+        assert_eq!(m.decision_partner_hosts.get(), 4);
+        assert_eq!(m.decision_candidates.get(), 6);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("scored_decision_partner_hosts_total 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scored_decision_candidates_asked_total 6"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn reads_own_process() {

@@ -77,6 +77,16 @@ fn decisions_proceed_and_messages_per_decision_do_not_grow_with_the_hosts() {
             r.outcomes,
             r.deferral_reasons
         );
+        // What the decisions had to reach is counted (the report's "reach" line: requests per
+        // host reached, the #12 target of ≤ 4, is a figure of the report, not asserted here).
+        assert!(
+            r.partner_hosts_per_decision.is_some_and(|p| p > 0.0)
+                && r.requests_per_host_reached.is_some(),
+            "{} hosts: reach not counted: {:?} {:?}",
+            r.hosts,
+            r.partner_hosts_per_decision,
+            r.requests_per_host_reached
+        );
     }
     // What deciding costs (hand-offs, lookups, capacity: requests and their answers) must not
     // grow with the data centre; gossip, heard by every host, does, and is reported apart.

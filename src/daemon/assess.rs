@@ -18,7 +18,7 @@ use crate::p2p::{LocateOptions, PeerError, Peers};
 use crate::rules::Refusal;
 use crate::topology::HostId;
 use scored_proto::{CapacityResponse, PlacementRequest, PlacementResponse, VmId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Flow windows (`flows.window_s`, the rate average's time constant) a VM's traffic must have
@@ -45,6 +45,8 @@ pub struct Assessment {
     /// A group move planned at this turn that beats S-CORE's own move (`decision.group_moves`:
     /// recommended, or carried out by the turn with `act`).
     pub group: Option<GroupPlan>,
+    /// Distinct hosts asked for capacity (`/scored/capacity/*`) by the search of this turn.
+    pub candidates_asked: usize,
 }
 
 impl<P: Peers> Daemon<P> {
@@ -213,6 +215,7 @@ impl<P: Peers> Daemon<P> {
             predicted: None,
             actual: None,
             group: None,
+            candidates_asked: 0,
         };
         if unsettled {
             return early(
@@ -287,6 +290,7 @@ impl<P: Peers> Daemon<P> {
         // order, so the result is the same as asking one by one, in one round trip instead of
         // several. Hosts that join later (rack alternates) are asked when the search needs them.
         let first: Vec<HostId> = search.queue().iter().take(max).map(|c| c.host).collect();
+        let mut candidates_asked: HashSet<HostId> = first.iter().copied().collect();
         let mut answers = self
             .peers
             .query_capacities(&first, req.clone(), timeout)
@@ -327,6 +331,7 @@ impl<P: Peers> Daemon<P> {
             let cap = match known.remove(&h) {
                 Some(c) => c,
                 None => {
+                    candidates_asked.insert(h);
                     let r = self.peers.query_capacity(h, req.clone(), timeout).await;
                     self.capacity_answer(h, r)
                 }
@@ -445,6 +450,7 @@ impl<P: Peers> Daemon<P> {
             predicted: to.and_then(|_| self.predicted(vm.id)),
             actual: None,
             group,
+            candidates_asked: candidates_asked.len(),
         }
     }
 

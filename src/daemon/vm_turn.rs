@@ -17,6 +17,7 @@ use crate::p2p::Peers;
 use crate::token::Neighbour;
 use crate::topology::HostId;
 use scored_proto::{Stamp, Token, VmId};
+use std::collections::HashSet;
 use std::time::Instant;
 
 impl<P: Peers> Daemon<P> {
@@ -135,6 +136,7 @@ impl<P: Peers> Daemon<P> {
                 predicted: None,
                 actual: None,
                 group: None,
+                candidates_asked: 0,
             };
             self.metrics.decided(a.outcome, started.elapsed());
             self.record(vm, &a, None, token, started_unix_ms);
@@ -232,6 +234,14 @@ impl<P: Peers> Daemon<P> {
             }
         }
         self.metrics.decided(a.outcome, started.elapsed());
+        let partner_hosts: HashSet<HostId> = a
+            .partners
+            .iter()
+            .map(|p| p.1)
+            .filter(|h| *h != self.me)
+            .collect();
+        self.metrics
+            .reached(a.outcome, partner_hosts.len(), a.candidates_asked);
         self.record(vm, &a, to, token, started_unix_ms);
         Some(self.neighbours(at, &a.partners))
     }

@@ -40,6 +40,9 @@ pub struct Counters {
     /// Group moves planned (recommended or carried out), and hosts surveyed to plan them.
     pub group_plans: u64,
     pub group_surveys: u64,
+    /// Over the decided turns: other hosts running their partners, hosts asked for capacity.
+    pub partner_hosts: u64,
+    pub candidates: u64,
 }
 
 impl Counters {
@@ -58,6 +61,8 @@ impl Counters {
         self.migrations += o.migrations;
         self.group_plans += o.group_plans;
         self.group_surveys += o.group_surveys;
+        self.partner_hosts += o.partner_hosts;
+        self.candidates += o.candidates;
     }
 
     fn read(m: &Metrics, p: &P2pMetrics) -> Counters {
@@ -79,6 +84,8 @@ impl Counters {
             migrations: m.migrations.succeeded.get(),
             group_plans: m.group_plans.get(),
             group_surveys: m.group_surveys.get(),
+            partner_hosts: m.decision_partner_hosts.get(),
+            candidates: m.decision_candidates.get(),
         }
     }
 }

@@ -520,6 +520,11 @@ fn summarise(r: &mut Report, c: &Counters, conns: &[i64]) {
     r.messages_per_decision = (r.decisions > 0).then(|| r.messages as f64 / r.decisions as f64);
     r.requests = c.sent + c.served;
     r.requests_per_decision = (r.decisions > 0).then(|| r.requests as f64 / r.decisions as f64);
+    r.partner_hosts_per_decision =
+        (r.decisions > 0).then(|| c.partner_hosts as f64 / r.decisions as f64);
+    r.candidates_per_decision = (r.decisions > 0).then(|| c.candidates as f64 / r.decisions as f64);
+    let reached = c.partner_hosts + c.candidates;
+    r.requests_per_host_reached = (reached > 0).then(|| r.requests as f64 / reached as f64);
     r.requests_sent_by_protocol = crate::p2p::metrics::PROTOCOLS
         .iter()
         .zip(c.sent_by)

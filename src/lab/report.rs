@@ -7,11 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 
 /// Turns that end in a decision (the VM was judged: it moved, or there was no gain, or no room).
-pub const DECIDED: [TurnOutcome; 3] = [
-    TurnOutcome::Migrated,
-    TurnOutcome::NoBenefit,
-    TurnOutcome::NoCapacity,
-];
+pub const DECIDED: [TurnOutcome; 3] = TurnOutcome::DECIDED;
 
 /// Turns put off: the VM was not judged this time.
 pub const DEFERRED: [TurnOutcome; 3] = [
@@ -52,6 +48,13 @@ pub struct Report {
     pub requests_per_decision: Option<f64>,
     /// Requests sent, by protocol.
     pub requests_sent_by_protocol: BTreeMap<String, u64>,
+    /// Over the decided turns, per decision: the other hosts running the VM's located partners
+    /// and the hosts asked for capacity (each counted once per decision).
+    pub partner_hosts_per_decision: Option<f64>,
+    pub candidates_per_decision: Option<f64>,
+    /// `requests` ÷ (partner hosts + candidates) over the decided turns: the target is
+    /// ≤ 4 (a request and its answer to each host a decision must reach, twice over).
+    pub requests_per_host_reached: Option<f64>,
     /// Bytes in and out of every swarm (libp2p's bandwidth counters; hosts alive at the end).
     pub bytes: u64,
     pub bytes_per_decision: Option<f64>,
@@ -186,6 +189,12 @@ pub fn text(r: &Report) -> String {
         .map(|(p, n)| format!("{p} {n}"))
         .collect();
     s += &format!("           requests sent: {}\n", by.join(", "));
+    s += &format!(
+        "reach      per decision {} partner hosts + {} hosts asked for capacity; {} requests and answers per host reached (target ≤ 4; gossip not counted)\n",
+        opt(r.partner_hosts_per_decision, ""),
+        opt(r.candidates_per_decision, ""),
+        opt(r.requests_per_host_reached, ""),
+    );
     s += &format!(
         "network    {:.1} connections per host (max {}), {} hosts downed\n",
         r.connections_per_host, r.connections_max, r.hosts_downed
