@@ -7,11 +7,13 @@
 
 pub mod codec;
 mod compact;
+pub mod location;
 pub mod message;
 pub mod placement;
 
 pub use codec::{DecodeError, EncodeError, WIRE_VERSION, WireMessage, decode, encode};
 pub use compact::MAX_SLOT_LEVEL;
+pub use location::*;
 pub use message::*;
 pub use placement::*;
 

@@ -44,12 +44,12 @@ pub const MAX_SURVEY_VMS: usize = 512;
 pub const MAX_SURVEY_PARTNERS: usize = 64;
 
 const SMALL_FRAME: usize = 1 << 10;
-const LOCATION_REQUEST_FRAME: usize = 512 << 10;
-const LOCATION_RESPONSE_FRAME: usize = 8 << 20;
+pub(crate) const LOCATION_REQUEST_FRAME: usize = 512 << 10;
+pub(crate) const LOCATION_RESPONSE_FRAME: usize = 8 << 20;
 const STATS_RESPONSE_FRAME: usize = 2 << 20;
 /// 512 VMs × (header + 64 partners × (id + rate)) with postcard's varints: ≤ 1 MiB.
 const SURVEY_RESPONSE_FRAME: usize = 1 << 20;
-const ANNOUNCE_FRAME: usize = 2 << 20;
+pub(crate) const ANNOUNCE_FRAME: usize = 2 << 20;
 /// Room for the fingerprint varint of a request envelope or the tag of a response.
 const ENVELOPE: usize = 10;
 
@@ -701,3 +701,9 @@ protocol!(
 );
 protocol!(StatsProtocol, STATS_PROTOCOL, StatsRequest, StatsResponse);
 protocol!(GroupProtocol, GROUP_PROTOCOL, GroupRequest, GroupResponse);
+protocol!(
+    LocationProtocolV2,
+    crate::LOCATION_PROTOCOL_V2,
+    crate::LocationQuery,
+    crate::LocationAnswer
+);

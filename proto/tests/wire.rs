@@ -94,6 +94,50 @@ fn frames_over_the_limit_are_refused_from_the_prefix_alone() {
         frame_len::<Announcement>([0; 4]),
         Err(DecodeError::Empty { .. })
     ));
+    // A v2 location answer may be as long as a v1 answer and an inventory announcement
+    // together, and not a byte longer.
+    let max = <Response<LocationAnswer> as WireMessage>::MAX_FRAME - LENGTH_PREFIX;
+    assert!(max > <Response<LocationResponse> as WireMessage>::MAX_FRAME);
+    assert!(frame_len::<Response<LocationAnswer>>((max as u32).to_be_bytes()).is_ok());
+    let e = frame_len::<Response<LocationAnswer>>((max as u32 + 1).to_be_bytes()).unwrap_err();
+    assert!(e.to_string().contains("location response"), "{e}");
+}
+
+#[test]
+fn a_location_answer_with_an_inventory_over_the_limit_is_refused_both_ways() {
+    let entry = |i: u32| Located {
+        vm: VmId(i),
+        since: Stamp::ZERO,
+    };
+    let mut a = LocationAnswer {
+        inventory: Some((0..MAX_HOST_VMS as u32).map(entry).collect()),
+        ..LocationAnswer::default()
+    };
+    let whole = encode(&Response::Ok(a.clone())).unwrap();
+    assert_eq!(
+        decode::<Response<LocationAnswer>>(&whole).unwrap(),
+        Response::Ok(a.clone())
+    );
+    if let Some(inv) = a.inventory.as_mut() {
+        inv.push(entry(u32::MAX));
+    }
+    assert!(matches!(
+        encode(&Response::Ok(a)),
+        Err(EncodeError::Invalid { .. })
+    ));
+    // The same count on the wire, however many entries follow: refused for the count.
+    let mut frame = encode(&Response::Ok(LocationAnswer {
+        inventory: Some(Vec::new()),
+        ..LocationAnswer::default()
+    }))
+    .unwrap();
+    assert_eq!(frame.pop(), Some(0)); // the inventory's count
+    frame.extend_from_slice(&[0x81, 0x80, 0x04]); // 65,537
+    frame.extend(std::iter::repeat_n(0u8, 3 * (MAX_HOST_VMS + 1)));
+    let len = (frame.len() - LENGTH_PREFIX) as u32;
+    frame[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    let e = decode::<Response<LocationAnswer>>(&frame).unwrap_err();
+    assert!(e.to_string().contains("inventory of 65537 VMs exceeds"), "{e}");
 }
 
 #[test]
@@ -307,6 +351,8 @@ fn decode_all(bytes: &[u8]) {
     one::<Request<PlacementRequest>>(bytes);
     one::<Response<PlacementResponse>>(bytes);
     one::<GroupsAnnounce>(bytes);
+    one::<Request<LocationQuery>>(bytes);
+    one::<Response<LocationAnswer>>(bytes);
 }
 
 proptest! {
@@ -323,11 +369,16 @@ proptest! {
         here in prop::collection::vec((any::<u32>(), arb_stamp()), 0..30),
         moved in prop::collection::vec((any::<u32>(), arb_name(), arb_stamp()), 0..30),
     ) {
-        roundtrip(&Request { topology: 1, body: LocationRequest { vms: ids.into_iter().map(VmId).collect() } });
-        roundtrip(&Response::Ok(LocationResponse {
-            here: here.into_iter().map(|(v, since)| Located { vm: VmId(v), since }).collect(),
-            moved: moved.into_iter().map(|(v, to, at)| Moved { vm: VmId(v), to, at }).collect(),
-        }));
+        roundtrip(&Request { topology: 1, body: LocationRequest { vms: ids.iter().copied().map(VmId).collect() } });
+        let here: Vec<Located> = here.into_iter().map(|(v, since)| Located { vm: VmId(v), since }).collect();
+        let moved: Vec<Moved> = moved.into_iter().map(|(v, to, at)| Moved { vm: VmId(v), to, at }).collect();
+        roundtrip(&Response::Ok(LocationResponse { here: here.clone(), moved: moved.clone() }));
+        // Version 2: the same, with and without the answering host's inventory.
+        let vms: Vec<VmId> = ids.into_iter().map(VmId).collect();
+        roundtrip(&Request { topology: 1, body: LocationQuery { vms: vms.clone(), inventory: true } });
+        roundtrip(&Request { topology: 1, body: LocationQuery { vms, inventory: false } });
+        roundtrip(&Response::Ok(LocationAnswer { here: here.clone(), moved: moved.clone(), inventory: None }));
+        roundtrip(&Response::Ok(LocationAnswer { inventory: Some(here.clone()), here, moved }));
     }
 
     #[test]

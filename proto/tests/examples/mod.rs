@@ -311,6 +311,49 @@ pub fn all() -> Vec<Example> {
                 expected: 0x0102_0304_0506_0708,
             }),
         ),
+        // Location, version 2 (`/scored/location/2`: the answering host's inventory, when
+        // asked for).
+        example(
+            "location2_request_with_inventory",
+            req(LocationQuery {
+                vms: vec![vm(10, 0, 0, 1), vm(10, 0, 0, 2), vm(10, 0, 2, 9)],
+                inventory: true,
+            }),
+        ),
+        example(
+            "location2_response_with_inventory",
+            Response::Ok(LocationAnswer {
+                here: vec![Located {
+                    vm: vm(10, 0, 0, 1),
+                    since: Stamp::ZERO,
+                }],
+                moved: vec![Moved {
+                    vm: vm(10, 0, 2, 9),
+                    to: "hv3".into(),
+                    at: Stamp::new(3, 1),
+                }],
+                inventory: Some(vec![
+                    Located {
+                        vm: vm(10, 0, 0, 1),
+                        since: Stamp::ZERO,
+                    },
+                    Located {
+                        vm: vm(10, 0, 0, 7),
+                        since: Stamp::new(2, 40),
+                    },
+                ]),
+            }),
+        ),
+        example(
+            "location2_response_without_inventory",
+            Response::Ok(LocationAnswer::default()),
+        ),
+        example(
+            "location2_refused_topology",
+            Response::<LocationAnswer>::Refused(Refusal::TopologyMismatch {
+                expected: 0x0102_0304_0506_0708,
+            }),
+        ),
         example(
             "announce2_groups",
             GroupsAnnounce {

@@ -1,0 +1,11 @@
+//! Fuzzes the `Request<LocationQuery>` decoder (version 2: the flag asking for the answering host's inventory): it may refuse any input, never panic, and whatever
+//! it accepts must re-encode to bytes that decode to the same value.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use scored_proto::*;
+
+#[path = "round_trip.rs"]
+mod round_trip;
+
+fuzz_target!(|data: &[u8]| round_trip::check::<Request<LocationQuery>>(data));
