@@ -16,9 +16,9 @@ use scored::daemon::ring::{epoch_generation, next_epoch};
 use scored::p2p::{DirectPeers, Directory, PeerError, Peers, RequestFailure};
 use scored::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, GroupsAnnounce, LocationResponse, MoveRequest, MoveResponse, PlacementRequest,
-    PlacementResponse, PolicyKind, Stamp, StatsRequest, StatsResponse, SurveyRequest,
-    SurveyResponse, Token, TokenAck, VmId,
+    Announcement, GroupsAnnounce, LocationAnswer, LocationQuery, MoveRequest, MoveResponse,
+    PlacementRequest, PlacementResponse, PolicyKind, Stamp, StatsRequest, StatsResponse,
+    SurveyRequest, SurveyResponse, Token, TokenAck, VmId,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -113,10 +113,10 @@ impl Peers for Faulty {
     fn query_locations(
         &self,
         host: HostId,
-        vms: Vec<VmId>,
+        query: LocationQuery,
         timeout: Duration,
-    ) -> impl Future<Output = Result<LocationResponse, PeerError>> + Send {
-        self.inner.query_locations(host, vms, timeout)
+    ) -> impl Future<Output = Result<LocationAnswer, PeerError>> + Send {
+        self.inner.query_locations(host, query, timeout)
     }
 
     fn query_capacity(

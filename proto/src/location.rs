@@ -17,13 +17,13 @@
 //! before anything is allocated, checked on decode and before encode, never a panic on a peer's
 //! bytes.
 
+use crate::VmId;
 use crate::codec::{DecodeError, EncodeError, WireMessage, done, put, take};
 use crate::compact::{self, Reader};
 use crate::message::{
     ANNOUNCE_FRAME, LOCATION_REQUEST_FRAME, LOCATION_RESPONSE_FRAME, Located, LocationRequest,
     LocationResponse, MAX_HOST_VMS, MAX_LOCATION_BATCH, Moved, Validate,
 };
-use crate::VmId;
 
 /// The location protocol whose request may ask for the answering host's inventory (v1:
 /// `/scored/location/1`).

@@ -137,7 +137,10 @@ fn a_location_answer_with_an_inventory_over_the_limit_is_refused_both_ways() {
     let len = (frame.len() - LENGTH_PREFIX) as u32;
     frame[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
     let e = decode::<Response<LocationAnswer>>(&frame).unwrap_err();
-    assert!(e.to_string().contains("inventory of 65537 VMs exceeds"), "{e}");
+    assert!(
+        e.to_string().contains("inventory of 65537 VMs exceeds"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -10,9 +10,9 @@ use super::{
 };
 use crate::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, GroupsAnnounce, LocationResponse, MoveRequest, MoveResponse, PlacementRequest,
-    PlacementResponse, Response, StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token,
-    TokenAck, VmId, WireMessage,
+    Announcement, GroupsAnnounce, LocationAnswer, LocationQuery, MoveRequest, MoveResponse,
+    PlacementRequest, PlacementResponse, Response, StatsRequest, StatsResponse, SurveyRequest,
+    SurveyResponse, Token, TokenAck, WireMessage,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -216,12 +216,12 @@ impl Peers for DirectPeers {
     async fn query_locations(
         &self,
         host: HostId,
-        vms: Vec<VmId>,
+        query: LocationQuery,
         _timeout: Duration,
-    ) -> Result<LocationResponse, PeerError> {
+    ) -> Result<LocationAnswer, PeerError> {
         self.metrics.sent(scored_proto::LOCATION_PROTOCOL);
         let (_, directory) = self.network.route(self.me, host)?;
-        Ok(directory.answer(&vms))
+        Ok(directory.answer_query(&query))
     }
 
     async fn query_capacity(
@@ -397,7 +397,7 @@ impl Peers for DirectPeers {
 mod tests {
     use super::*;
     use crate::p2p::{LocateOptions, Responder};
-    use scored_proto::{Located, Refusal, Stamp};
+    use scored_proto::{Located, Refusal, Stamp, VmId};
     use std::path::Path;
 
     /// `n` hosts, two per rack, no identities (the direct transport needs none).
@@ -537,11 +537,20 @@ mod tests {
         assert_eq!(again.queries, 0, "cache hits need no query");
         assert_eq!(again.found.len(), want.len());
 
-        c.net.set_reachable(HostId(3), false);
+        // No inventory was announced, but each host asked answered with its own: their VMs not
+        // asked about are known too.
         let unknown = [vm(2, 2), vm(3, 2)];
-        let partial = c.peers[0].locate(&unknown, LocateOptions::default()).await;
+        let known = c.peers[0].locate(&unknown, LocateOptions::default()).await;
+        assert_eq!(known.queries, 0, "{known:?}");
+        assert_eq!(known.found[&vm(3, 2)], HostId(3));
+        c.net.set_reachable(HostId(3), false);
+        let verify = LocateOptions {
+            verify: true,
+            ..LocateOptions::default()
+        };
+        let partial = c.peers[0].locate(&unknown, verify).await;
         assert_eq!(partial.found[&vm(2, 2)], HostId(2));
-        // No inventory was announced: h3 may run it, and did not answer.
+        // h3 runs it as far as anyone knows, and did not answer.
         assert_eq!(partial.uncertain, vec![vm(3, 2)]);
         assert!(partial.missing.is_empty());
         assert_eq!(partial.failures.len(), 1);
@@ -576,15 +585,22 @@ mod tests {
         assert_eq!(sure.queries, 3);
         assert_eq!(c.peers[0].directory().lookup(v), Some(HostId(4)));
 
-        // A host that forgot the VM entirely (restarted): fall back to asking everyone.
+        // A host that forgot the VM entirely (restarted) while it went to h4, which announced
+        // its inventory: with no cache entry, the hosts whose inventory names it are asked.
         let w = vm(1, 3);
         c.peers[0].locate(&[w], LocateOptions::default()).await;
         c.peers[1]
             .directory()
             .set_local((1..=2).map(|k| (vm(1, k), Stamp::ZERO)));
         c.peers[4].directory().arrived(w, Stamp::new(2, 1));
+        c.peers[4].announce_inventory().await.unwrap();
+        c.peers[0].directory().forget_cached();
         let found = c.peers[0].locate(&[w], opts).await;
         assert_eq!(found.found[&w], HostId(4));
+        assert_eq!(
+            found.queries, 2,
+            "h1 and h4, whose inventories name it: {found:?}"
+        );
     }
 
     #[tokio::test]

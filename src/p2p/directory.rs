@@ -31,7 +31,9 @@ use external::External;
 pub use external::MAX_EXTERNAL;
 pub use groups::{GroupMember, Known, Reservation};
 pub use locate::{LocateOptions, Locations, MAX_UNHEARD_ASKED, locate};
-use scored_proto::{Announcement, Located, LocationResponse, Moved, Stamp, VmId};
+use scored_proto::{
+    Announcement, Located, LocationAnswer, LocationQuery, MAX_HOST_VMS, Moved, Stamp, VmId,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -52,6 +54,17 @@ struct State {
     clock: TokenClock,
     /// Metadata groups: this host's, its peers', and the room it holds for VMs on their way.
     groups: groups::Groups,
+}
+
+/// The VMs running here, sorted by id: this host's inventory, gossiped and answered alike.
+fn sorted_local(s: &State) -> Vec<Located> {
+    let mut v: Vec<Located> = s
+        .local
+        .iter()
+        .map(|(&vm, &since)| Located { vm, since })
+        .collect();
+    v.sort_unstable_by_key(|l| l.vm);
+    v
 }
 
 /// A VM that appeared on this host after its former host said it would: this host announces it.
@@ -291,19 +304,13 @@ impl Directory {
         self.lock().local.contains_key(&vm)
     }
 
-    /// The VMs running here, sorted.
+    /// The VMs running here, sorted: this host's inventory.
     pub fn local_vms(&self) -> Vec<Located> {
-        let s = self.lock();
-        let mut v: Vec<Located> = s
-            .local
-            .iter()
-            .map(|(&vm, &since)| Located { vm, since })
-            .collect();
-        v.sort_unstable_by_key(|l| l.vm);
-        v
+        sorted_local(&self.lock())
     }
 
-    /// The announcement of this host's inventory.
+    /// The announcement of this host's inventory (gossiped; the same list answers a location
+    /// request that asks for it, [`Self::answer_query`]).
     pub fn inventory(&self) -> Announcement {
         Announcement::Inventory {
             host: self.topology.host(self.me).name.clone(),
@@ -409,11 +416,15 @@ impl Directory {
         }
     }
 
-    /// This host's answer to a location request.
-    pub fn answer(&self, vms: &[VmId]) -> LocationResponse {
+    /// This host's answer to a location request (`/scored/location/2`; a v1 request reads as
+    /// one that does not ask for the inventory): which of the VMs asked about run here or left,
+    /// and, when asked for, every VM that runs here, as the inventory announcement lists them
+    /// ([`Self::inventory`]), read under the same lock as the answer so the two agree. An
+    /// inventory longer than the wire carries is left out, as gossip would not carry it either.
+    pub fn answer_query(&self, query: &LocationQuery) -> LocationAnswer {
         let s = self.lock();
-        let mut out = LocationResponse::default();
-        for &vm in vms {
+        let mut out = LocationAnswer::default();
+        for &vm in &query.vms {
             if let Some(&since) = s.local.get(&vm) {
                 out.here.push(Located { vm, since });
             } else if let Some(&(to, at)) = s.departed.get(&vm) {
@@ -424,6 +435,10 @@ impl Directory {
                 });
             }
         }
+        out.inventory = query
+            .inventory
+            .then(|| sorted_local(&s))
+            .filter(|vms| vms.len() <= MAX_HOST_VMS);
         out
     }
 

@@ -332,8 +332,11 @@ impl Driver {
         };
         match request {
             RpcRequest::Location(r) => {
+                // The inventory, when asked for, is this host's own word about itself: the
+                // asker knows who answers from the connection (Noise, the peer id the topology
+                // lists), which is all a gossip signature would add.
                 let answer =
-                    RpcResponse::Location(Response::Ok(self.directory.answer(&r.body.vms)));
+                    RpcResponse::Location(Response::Ok(self.directory.answer_query(&r.body)));
                 self.respond(channel, answer, true);
             }
             RpcRequest::Token(r) => {

@@ -36,9 +36,10 @@ pub use zombies::{Zombie, Zombies};
 use crate::topology::{HostId, Topology};
 use futures::{FutureExt, StreamExt};
 use scored_proto::{
-    Announcement, EncodeError, GroupsAnnounce, LocationResponse, MigrationAnnounce, MoveRequest,
-    MoveResponse, PlacementRequest, PlacementResponse, Refusal, Response, Stamp, StatsRequest,
-    StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck, TopologyFingerprint, VmId,
+    Announcement, EncodeError, GroupsAnnounce, LocationAnswer, LocationQuery, MigrationAnnounce,
+    MoveRequest, MoveResponse, PlacementRequest, PlacementResponse, Refusal, Response, Stamp,
+    StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck,
+    TopologyFingerprint, VmId,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -294,13 +295,15 @@ pub trait Peers: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<TokenAck, PeerError>> + Send;
 
-    /// Asks `host` which of `vms` it runs (one batch).
+    /// Asks `host` which of `query.vms` it runs (one batch), and with `query.inventory` every
+    /// VM it runs (`/scored/location/2`; a host that speaks only `/scored/location/1` answers
+    /// without an inventory).
     fn query_locations(
         &self,
         host: HostId,
-        vms: Vec<VmId>,
+        query: LocationQuery,
         timeout: Duration,
-    ) -> impl Future<Output = Result<LocationResponse, PeerError>> + Send;
+    ) -> impl Future<Output = Result<LocationAnswer, PeerError>> + Send;
 
     /// Asks `host` for room, naming the VM that would move when `request.moving` is set (the
     /// destination then judges it by the placement rules too).

@@ -20,10 +20,10 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, TransportError};
 use prometheus_client::registry::Registry;
 use scored_proto::{
-    Announcement, GroupRequest, GroupResponse, GroupsAnnounce, LocationRequest, LocationResponse,
+    Announcement, GroupRequest, GroupResponse, GroupsAnnounce, LocationAnswer, LocationQuery,
     MoveRequest, MoveResponse, PlacementRequest, PlacementResponse, Request, Response,
     StatsRequest, StatsResponse, SurveyRequest, SurveyResponse, Token, TokenAck,
-    TopologyFingerprint, VmId, WireMessage,
+    TopologyFingerprint, WireMessage,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -511,10 +511,10 @@ impl Peers for Libp2pPeers {
     async fn query_locations(
         &self,
         host: HostId,
-        vms: Vec<VmId>,
+        query: LocationQuery,
         timeout: Duration,
-    ) -> Result<LocationResponse, PeerError> {
-        self.request(host, LocationRequest { vms }, timeout).await
+    ) -> Result<LocationAnswer, PeerError> {
+        self.request(host, query, timeout).await
     }
 
     async fn query_capacity(

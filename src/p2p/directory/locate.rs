@@ -5,20 +5,48 @@
 //! that does not answer leaves uncertain only the VMs it may run. A host's own answer "here" is
 //! the strongest fact there is: it replaces whatever the cache believed.
 //!
+//!
+//! A host whose inventory is unknown is asked for it along with its answer
+//! (`/scored/location/2`), so that one lookup is enough to hear from every host it asked: the
+//! next lookup asks only the hosts still unheard, and once every host is heard, an address no
+//! inventory names costs no query at all. A host that speaks only `/scored/location/1` answers
+//! without it and stays unheard until its gossiped inventory arrives.
+//!
 //! Sends queries only through [`Peers`]; it decides nothing with what it finds.
 
-use super::Directory;
+use super::{AnnouncementRejected, Applied, Directory};
 use crate::p2p::{PeerError, Peers};
 use crate::topology::HostId;
 use rand::seq::SliceRandom;
-use scored_proto::{LocationResponse, MAX_LOCATION_BATCH, VmId};
+use scored_proto::{
+    Announcement, Located, LocationAnswer, LocationQuery, MAX_LOCATION_BATCH, VmId,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 impl Directory {
+    /// Applies the inventory `asked` sent with its answer, exactly as the same inventory
+    /// gossiped by that host: the same checks (its size against the host's slots, stamps from
+    /// the future, never over a newer fact) and the same record of what the host claims, which
+    /// makes it heard. It may speak for itself without a gossip signature: the answer came on a
+    /// connection whose Noise handshake proved the peer id the topology lists for `asked`, and
+    /// the inventory speaks for no other host (the name is the asked host's, set here, never
+    /// read from the answer).
+    fn heard_from(
+        &self,
+        asked: HostId,
+        vms: Vec<Located>,
+    ) -> Result<Applied, AnnouncementRejected> {
+        let inventory = Announcement::Inventory {
+            host: self.topology.host(asked).name.clone(),
+            vms,
+        };
+        self.apply(asked, &inventory)
+    }
+
     /// Applies one host's answer to a batch it was asked about. Stamps from the future are
     /// ignored (the VM counts as not answered).
-    fn absorb(&self, asked: HostId, batch: &[VmId], answer: &LocationResponse) -> Absorbed {
+    fn absorb(&self, asked: HostId, batch: &[VmId], answer: &LocationAnswer) -> Absorbed {
         let in_batch: BTreeSet<VmId> = batch.iter().copied().collect();
         let mut answered = BTreeSet::new();
         let mut out = Absorbed::default();
@@ -61,8 +89,9 @@ impl Directory {
     ///
     /// At most `max_unheard` hosts whose inventory is unknown are asked, drawn at random: a host
     /// that has just started knows no inventory, and one lookup must not open a connection to
-    /// every host of the data centre. The second value counts those left out: a VM none of the
-    /// asked hosts runs may run on one of them, so it is uncertain, not missing.
+    /// every host of the data centre. The plan names the hosts drawn (they are asked for their
+    /// inventory too) and counts those left out: a VM none of the asked hosts runs may run on
+    /// one of them, so it is uncertain, not missing.
     fn whom_to_ask(
         &self,
         vms: &BTreeSet<VmId>,
@@ -70,7 +99,7 @@ impl Directory {
         reachable: &[HostId],
         max_unheard: usize,
         now: Instant,
-    ) -> (HashMap<HostId, Vec<VmId>>, usize) {
+    ) -> Plan {
         let mut unheard = self.zombies.unheard(reachable, now);
         let left_out = unheard.len().saturating_sub(max_unheard);
         if left_out > 0 {
@@ -99,7 +128,11 @@ impl Directory {
                 }
             }
         }
-        (plan, left_out)
+        Plan {
+            batches: plan,
+            unheard: unheard.into_iter().collect(),
+            left_out,
+        }
     }
 
     /// Every host that might run `vms` was asked and none does.
@@ -109,6 +142,15 @@ impl Directory {
             s.external.insert(vm, now);
         }
     }
+}
+
+/// Whom a lookup asks about the VMs no host is known to run.
+struct Plan {
+    batches: HashMap<HostId, Vec<VmId>>,
+    /// The hosts whose inventory is unknown drawn for this lookup: asked for it.
+    unheard: BTreeSet<HostId>,
+    /// Hosts whose inventory is unknown not drawn.
+    left_out: usize,
 }
 
 /// One answer, sorted out.
@@ -171,6 +213,10 @@ pub struct Locations {
     /// Queries sent: one batch per host asked, per round (never one per host of the data
     /// centre, however many VMs no host is known to run).
     pub queries: usize,
+    /// Inventories that came with an answer and were refused, as the same inventory gossiped
+    /// would have been (more VMs than the host's slots, stamps from the future): the host that
+    /// sent each, and why.
+    pub rejected_inventories: Vec<(HostId, AnnouncementRejected)>,
 }
 
 impl Locations {
@@ -213,7 +259,9 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
     while !targeted.is_empty() {
         let batch: Vec<(HostId, Vec<VmId>)> = targeted.drain().collect();
         let mut next: HashMap<HostId, Vec<VmId>> = HashMap::new();
-        for (host, ids, result) in query_batches(peers, batch, options.timeout, &mut out).await {
+        let results =
+            query_batches(peers, batch, &BTreeSet::new(), options.timeout, &mut out).await;
+        for (host, ids, result) in results {
             for vm in &ids {
                 asked.entry(*vm).or_default().push(host);
             }
@@ -252,17 +300,17 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
 
     // Nobody we know of has them: ask the hosts that may, then follow any hints once more.
     if !unknown.is_empty() {
-        let (plan, left_out) =
-            dir.whom_to_ask(&unknown, &asked, &peers.others(), options.max_unheard, now);
-        let searched: BTreeSet<VmId> = plan.values().flatten().copied().collect();
-        out.unheard_not_asked = left_out;
-        if left_out > 0 {
+        let plan = dir.whom_to_ask(&unknown, &asked, &peers.others(), options.max_unheard, now);
+        let searched: BTreeSet<VmId> = plan.batches.values().flatten().copied().collect();
+        out.unheard_not_asked = plan.left_out;
+        if plan.left_out > 0 {
             // Hosts whose inventory is unknown were left out: any VM searched for may run there.
             silent.extend(searched.iter().copied());
         }
         let mut hints: HashMap<VmId, HostId> = HashMap::new();
-        let plan: Vec<(HostId, Vec<VmId>)> = plan.into_iter().collect();
-        for (host, ids, result) in query_batches(peers, plan, options.timeout, &mut out).await {
+        let batches: Vec<(HostId, Vec<VmId>)> = plan.batches.into_iter().collect();
+        let results = query_batches(peers, batches, &plan.unheard, options.timeout, &mut out).await;
+        for (host, ids, result) in results {
             match result {
                 Ok(answer) => {
                     let a = dir.absorb(host, &ids, &answer);
@@ -289,7 +337,9 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
             }
         }
         let follow: Vec<(HostId, Vec<VmId>)> = follow.into_iter().collect();
-        for (host, ids, result) in query_batches(peers, follow, options.timeout, &mut out).await {
+        let results =
+            query_batches(peers, follow, &BTreeSet::new(), options.timeout, &mut out).await;
+        for (host, ids, result) in results {
             match result {
                 Ok(answer) => {
                     for vm in dir.absorb(host, &ids, &answer).here {
@@ -316,18 +366,29 @@ pub async fn locate<P: Peers>(peers: &P, vms: &[VmId], options: LocateOptions) -
     out
 }
 
-/// Sends each host its batch (split at the protocol's batch limit), concurrently.
+/// Sends each host its batch (split at the protocol's batch limit), concurrently, asking the
+/// hosts of `inventory_from` for their inventory (once each, with their first chunk). An
+/// inventory that comes back is applied before the answers are returned, so the caller sorts
+/// out the answers against a directory that already knows it.
 async fn query_batches<P: Peers>(
     peers: &P,
     batches: Vec<(HostId, Vec<VmId>)>,
+    inventory_from: &BTreeSet<HostId>,
     timeout: Duration,
     out: &mut Locations,
-) -> Vec<(HostId, Vec<VmId>, Result<LocationResponse, PeerError>)> {
-    let jobs: Vec<(HostId, Vec<VmId>)> = batches
+) -> Vec<(HostId, Vec<VmId>, Result<LocationAnswer, PeerError>)> {
+    let jobs: Vec<(HostId, LocationQuery)> = batches
         .into_iter()
         .flat_map(|(h, ids)| {
             ids.chunks(MAX_LOCATION_BATCH)
-                .map(|c| (h, c.to_vec()))
+                .enumerate()
+                .map(|(k, c)| {
+                    let query = LocationQuery {
+                        vms: c.to_vec(),
+                        inventory: k == 0 && inventory_from.contains(&h),
+                    };
+                    (h, query)
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -336,15 +397,28 @@ async fn query_batches<P: Peers>(
     // fan_out runs over indices into `jobs`, so one host can have several chunks.
     let jobs = &jobs;
     let results = crate::p2p::fan_out(&hosts, |i| {
-        let (h, ids) = &jobs[i.index()];
-        peers.query_locations(*h, ids.clone(), timeout)
+        let (h, query) = &jobs[i.index()];
+        peers.query_locations(*h, query.clone(), timeout)
     })
     .await;
+    let dir = peers.directory();
     results
         .into_iter()
-        .map(|(i, r)| {
-            let (h, ids) = &jobs[i.index()];
-            (*h, ids.clone(), r)
+        .map(|(i, mut r)| {
+            let (h, query) = &jobs[i.index()];
+            if let Ok(answer) = &mut r
+                && let Some(vms) = answer.inventory.take()
+            {
+                if let Err(e) = dir.heard_from(*h, vms) {
+                    tracing::warn!(
+                        host = %peers.topology().host(*h).name,
+                        error = %e,
+                        "inventory sent with a location answer refused, as its gossip would be"
+                    );
+                    out.rejected_inventories.push((*h, e));
+                }
+            }
+            (*h, query.vms.clone(), r)
         })
         .collect()
 }

@@ -86,27 +86,39 @@ async fn an_address_no_inventory_names_is_external_without_a_query() {
 
 #[tokio::test]
 async fn only_hosts_never_heard_from_are_asked_and_their_no_is_remembered() {
-    let c = cluster(16, &[5]).await;
+    let c = cluster(16, &[5, 6]).await;
+    // h6 is down from the start: it was never heard of.
+    c.net.set_reachable(HostId(6), false);
     let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
-    assert_eq!(r.queries, 1, "h5 alone: {r:?}");
-    assert_eq!(r.missing, vec![GATEWAY]);
-    // Asked again: h5's "not here" still holds.
-    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
-    assert_eq!(r.queries, 0, "{r:?}");
-    // h5's own VM is found by asking h5 alone.
+    assert_eq!(r.queries, 2, "h5 and h6 alone: {r:?}");
+    assert_eq!(r.uncertain, vec![GATEWAY], "h6 may run it: {r:?}");
+    // h5 answered with its inventory: its own VMs are known without asking.
     let r = c.peers[0].locate(&[on(5, 1)], options(false)).await;
-    assert_eq!((r.found[&on(5, 1)], r.queries), (HostId(5), 1));
-    // h5 goes down: an address not asked of it yet may run there, and stays uncertain…
-    c.net.set_reachable(HostId(5), false);
-    let client = VmId(0x0a63_0002);
-    let r = c.peers[0].locate(&[client], options(false)).await;
-    assert_eq!((r.queries, r.uncertain.clone()), (1, vec![client]), "{r:?}");
+    assert_eq!((r.found[&on(5, 1)], r.queries), (HostId(5), 0));
+    // Asked again, only h6 is left to ask: still uncertain…
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!(
+        (r.queries, r.uncertain.clone()),
+        (1, vec![GATEWAY]),
+        "{r:?}"
+    );
     // …until the start-up grace is over: a host never heard of by then counts as down with
     // no VMs.
     c.peers[0].directory().zombies().set_grace(Duration::ZERO);
-    let r = c.peers[0].locate(&[client], options(false)).await;
-    assert_eq!((r.queries, r.missing.clone()), (0, vec![client]), "{r:?}");
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (0, vec![GATEWAY]), "{r:?}");
     assert!(r.uncertain.is_empty(), "{r:?}");
+    // Within the grace again, h6 is asked once it is back, answers with its inventory and is
+    // heard: nobody is left to ask, and its "not here" is remembered.
+    c.peers[0]
+        .directory()
+        .zombies()
+        .set_grace(Duration::from_secs(3600));
+    c.net.set_reachable(HostId(6), true);
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (1, vec![GATEWAY]), "{r:?}");
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!((r.queries, r.missing.clone()), (0, vec![GATEWAY]), "{r:?}");
 }
 
 #[tokio::test]
@@ -200,14 +212,17 @@ async fn an_address_outside_the_vm_networks_is_never_asked_about() {
 
 /// A host that has just started knows no inventory: one lookup asks a bounded draw of the hosts
 /// whose inventory is unknown, not all of them (200 here, 2,000 in a data centre: as many
-/// connections). What it did not ask may still run the VM: uncertain, never missing.
+/// connections). What it did not ask may still run the VM: uncertain, never missing. Each host
+/// asked answers with its inventory, so the next lookup draws from those still unheard, and a
+/// few lookups have heard every host.
 #[tokio::test]
 async fn a_lookup_asks_a_bounded_draw_of_the_hosts_never_heard_from() {
     let n = 200;
     let silent: Vec<usize> = (0..n).collect();
     let c = cluster(n, &silent).await;
     let far = on(150, 1);
-    for _ in 0..10 {
+    let mut unheard = n - 1;
+    while unheard > MAX_UNHEARD_ASKED {
         let r = c.peers[0].locate(&[far, GATEWAY], options(false)).await;
         assert!(r.queries <= MAX_UNHEARD_ASKED, "{} queries", r.queries);
         assert!(
@@ -215,13 +230,21 @@ async fn a_lookup_asks_a_bounded_draw_of_the_hosts_never_heard_from() {
             "concluded missing without asking everyone: {r:?}"
         );
         assert!(r.uncertain.contains(&GATEWAY), "{r:?}");
-        assert_eq!(r.unheard_not_asked, n - 1 - MAX_UNHEARD_ASKED);
+        unheard -= MAX_UNHEARD_ASKED;
+        assert_eq!(r.unheard_not_asked, unheard);
         match r.found.get(&far) {
             Some(h) => assert_eq!(*h, HostId(150)),
             None => assert!(r.uncertain.contains(&far), "{r:?}"),
         }
     }
-    // Allowed to ask every host, the lookup settles both: one found, the other no VM at all.
+    // The last of them: both settled, one found, the other no VM at all.
+    let r = c.peers[0].locate(&[far, GATEWAY], options(false)).await;
+    assert_eq!(r.found.get(&far), Some(&HostId(150)), "{r:?}");
+    assert_eq!(r.missing, vec![GATEWAY], "{r:?}");
+    assert!(r.queries <= unheard, "{r:?}");
+
+    // Allowed to ask every host, one lookup settles both.
+    let c = cluster(n, &silent).await;
     let all = LocateOptions {
         max_unheard: n,
         ..options(false)
@@ -230,4 +253,135 @@ async fn a_lookup_asks_a_bounded_draw_of_the_hosts_never_heard_from() {
     assert_eq!(r.found.get(&far), Some(&HostId(150)), "{r:?}");
     assert_eq!(r.missing, vec![GATEWAY], "{r:?}");
     assert_eq!(r.queries, n - 1);
+}
+
+/// A daemon that starts after the others announced knows no inventory: a lookup of an address
+/// no known inventory names asks a draw of the hosts whose inventory is unknown, and each of
+/// them answers with its inventory (`/scored/location/2`), so it is heard from then on: the
+/// next lookup asks only the hosts not drawn yet, and once every host was heard an address no
+/// inventory names is settled without a query.
+#[tokio::test]
+async fn the_hosts_a_lookup_asked_are_heard_and_not_asked_again() {
+    let n = 100;
+    let silent: Vec<usize> = (0..n).collect();
+    let c = cluster(n, &silent).await;
+    let me = &c.peers[0];
+    let others = me.others();
+    let now = std::time::Instant::now;
+    assert_eq!(
+        me.directory().zombies().unheard(&others, now()).len(),
+        n - 1
+    );
+
+    let r = me.locate(&[GATEWAY], options(false)).await;
+    assert_eq!(r.queries, MAX_UNHEARD_ASKED, "{r:?}");
+    assert_eq!(r.uncertain, vec![GATEWAY], "hosts were left out: {r:?}");
+    // The hosts asked are heard: each one's inventory is known, down to the VMs not asked about.
+    let unheard = me.directory().zombies().unheard(&others, now());
+    assert_eq!(unheard.len(), n - 1 - MAX_UNHEARD_ASKED, "{unheard:?}");
+    let asked: Vec<HostId> = others
+        .iter()
+        .copied()
+        .filter(|h| !unheard.contains(h))
+        .collect();
+    for h in &asked {
+        let i = h.index();
+        assert_eq!(me.directory().lookup(on(i, 1)), Some(*h));
+        assert_eq!(me.directory().lookup(on(i, 2)), Some(*h));
+    }
+
+    // Asking any of them again would now fail: the next lookup asks the others alone.
+    for h in &asked {
+        c.net.set_reachable(*h, false);
+    }
+    let client = VmId(0x0a63_0002);
+    let r = me.locate(&[client], options(false)).await;
+    assert_eq!(r.queries, n - 1 - MAX_UNHEARD_ASKED, "{r:?}");
+    assert!(r.failures.is_empty(), "asked a host already heard: {r:?}");
+    assert_eq!(r.missing, vec![client], "{r:?}");
+    assert_eq!(r.unheard_not_asked, 0);
+    assert!(me.directory().zombies().unheard(&others, now()).is_empty());
+    // Every host heard: no address no inventory names costs a query any more.
+    let r = me.locate(&[VmId(0x0a63_0003)], options(false)).await;
+    assert_eq!((r.queries, r.missing.len()), (0, 1), "{r:?}");
+}
+
+/// An inventory that comes with an answer is checked as the same inventory gossiped by its
+/// host would be: h2's lists more VMs than its slots, h3's is stamped from the future (both
+/// refused whole), h1's names a VM the asker knows has since arrived on h4 (that newer fact
+/// stands). The asker ends up knowing exactly what it would know had the four inventories been
+/// gossiped to it.
+#[tokio::test]
+async fn an_inventory_in_an_answer_is_refused_or_applied_as_its_gossip_would_be() {
+    let topo = topology(5);
+    let c = cluster_on(topo.clone(), &[0, 1, 2, 3, 4]).await;
+    let me = c.peers[0].directory();
+    let reference = Directory::new(topo.clone(), HostId(0));
+    // h2 runs six VMs on four slots; h3 claims a VM under a stamp far beyond the token.
+    c.peers[2]
+        .directory()
+        .set_local((1..=6).map(|k| (on(2, k), Stamp::ZERO)));
+    c.peers[3]
+        .directory()
+        .arrived(on(3, 3), Stamp::new(0, u64::MAX / 2));
+    // on(1, 2) moved to h4 under 0.5; h1 still lists it (its hypervisor has not caught up).
+    let arrival = Announcement::Migration(scored_proto::MigrationAnnounce {
+        vm: on(1, 2),
+        from: "h1".into(),
+        to: "h4".into(),
+        at: Stamp::new(0, 5),
+    });
+    for d in [&**me, &reference] {
+        d.observe_token(Stamp::new(0, 5));
+        d.apply(HostId(4), &arrival).unwrap();
+    }
+
+    let r = c.peers[0].locate(&[GATEWAY], options(false)).await;
+    assert_eq!(r.queries, 4, "{r:?}");
+    assert_eq!(r.missing, vec![GATEWAY], "{r:?}");
+    // The lookup says which inventories it refused, and why.
+    let mut refused: Vec<(HostId, &str)> = r
+        .rejected_inventories
+        .iter()
+        .map(|(h, e)| (*h, e.reason()))
+        .collect();
+    refused.sort_unstable();
+    assert_eq!(
+        refused,
+        vec![
+            (HostId(2), "inventory_too_large"),
+            (HostId(3), "future_stamp")
+        ]
+    );
+
+    let gossiped: Vec<_> = (1..5)
+        .map(|i| reference.apply(HostId(i as u32), &c.peers[i].directory().inventory()))
+        .collect();
+    assert!(
+        matches!(
+            gossiped[1],
+            Err(AnnouncementRejected::InventoryTooLarge { vms: 6, .. })
+        ),
+        "{gossiped:?}"
+    );
+    assert!(
+        matches!(gossiped[2], Err(AnnouncementRejected::FromTheFuture { .. })),
+        "{gossiped:?}"
+    );
+    for i in 1..5 {
+        for k in 1..=6 {
+            let vm = on(i, k);
+            assert_eq!(me.lookup(vm), reference.lookup(vm), "VM {vm} of h{i}");
+        }
+    }
+    assert_eq!(me.lookup(on(1, 1)), Some(HostId(1)));
+    assert_eq!(me.lookup(on(1, 2)), Some(HostId(4)));
+    assert_eq!(me.lookup(on(2, 1)), None);
+    assert_eq!(me.lookup(on(3, 1)), None);
+    let others = c.peers[0].others();
+    let now = std::time::Instant::now();
+    assert_eq!(
+        me.zombies().unheard(&others, now),
+        reference.zombies().unheard(&others, now)
+    );
 }

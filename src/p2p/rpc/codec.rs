@@ -18,6 +18,7 @@ use super::capacity_old::{
     capacity_v1, capacity_v2, request_from_v1, request_to_v1, response_from_v1, response_from_v2,
     response_to_v1, response_to_v2,
 };
+use super::location_old::{self, location_v1};
 use super::{Exchange, Kind, RpcRequest, RpcResponse};
 use crate::p2p::metrics::P2pMetrics;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,9 +26,9 @@ use libp2p::PeerId;
 use libp2p::StreamProtocol;
 use scored_proto::codec::{LENGTH_PREFIX, decode_payload, frame_len};
 use scored_proto::{
-    CapacityRequest, CapacityResponse, DecodeError, GroupRequest, LocationRequest, MAX_HOST_VMS,
-    MAX_TOKEN_FRAME, PlacementRequest, PlacementResponseV2, Request, Response, StatsRequest, Token,
-    WireMessage, encode,
+    CapacityRequest, CapacityResponse, DecodeError, GroupRequest, LocationQuery, LocationRequest,
+    LocationResponse, MAX_HOST_VMS, MAX_TOKEN_FRAME, PlacementRequest, PlacementResponseV2,
+    Request, Response, StatsRequest, Token, WireMessage, encode,
 };
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -339,9 +340,15 @@ impl libp2p::request_response::Codec for RpcCodec {
                 let limit = self.limit::<Request<Token>>(kind);
                 read_request_of::<Token, T>(io, limit, &mut bytes).await
             }
-            Kind::Location => {
+            Kind::Location if location_v1(p) => {
                 let limit = self.limit::<Request<LocationRequest>>(kind);
-                read_request_of::<LocationRequest, T>(io, limit, &mut bytes).await
+                read_frame::<Request<LocationRequest>, T>(io, limit, Some(&mut bytes))
+                    .await
+                    .map(location_old::request_from_v1)
+            }
+            Kind::Location => {
+                let limit = self.limit::<Request<LocationQuery>>(kind);
+                read_request_of::<LocationQuery, T>(io, limit, &mut bytes).await
             }
             Kind::Capacity if capacity_v1(p) => {
                 let limit = self.limit::<Request<CapacityRequest>>(kind);
@@ -372,9 +379,13 @@ impl libp2p::request_response::Codec for RpcCodec {
         let kind = kind_of(p)?;
         let r = match kind {
             Kind::Token => read_response_of::<Token, T>(io, RpcResponse::Token).await,
-            Kind::Location => {
-                read_response_of::<LocationRequest, T>(io, RpcResponse::Location).await
+            Kind::Location if location_v1(p) => {
+                let limit = <Response<LocationResponse> as WireMessage>::MAX_FRAME;
+                read_frame::<Response<LocationResponse>, T>(io, limit, None)
+                    .await
+                    .map(location_old::response_from_v1)
             }
+            Kind::Location => read_response_of::<LocationQuery, T>(io, RpcResponse::Location).await,
             Kind::Capacity if capacity_v1(p) => {
                 let limit = <Response<CapacityResponse> as WireMessage>::MAX_FRAME;
                 read_frame::<Response<CapacityResponse>, T>(io, limit, None)
@@ -410,6 +421,9 @@ impl libp2p::request_response::Codec for RpcCodec {
         }
         match req {
             RpcRequest::Token(r) => write_frame(io, r).await,
+            RpcRequest::Location(r) if location_v1(p) => {
+                write_frame(io, location_old::request_to_v1(r)).await
+            }
             RpcRequest::Location(r) => write_frame(io, r).await,
             RpcRequest::Capacity(r) if capacity_v1(p) => write_frame(io, request_to_v1(r)).await,
             RpcRequest::Capacity(r) => write_frame(io, r).await,
@@ -432,6 +446,9 @@ impl libp2p::request_response::Codec for RpcCodec {
         }
         match res {
             RpcResponse::Token(r) => write_frame(io, r).await,
+            RpcResponse::Location(r) if location_v1(p) => {
+                write_frame(io, location_old::response_to_v1(r)).await
+            }
             RpcResponse::Location(r) => write_frame(io, r).await,
             RpcResponse::Capacity(r) if capacity_v1(p) => write_frame(io, response_to_v1(r)).await,
             RpcResponse::Capacity(r) if capacity_v2(p) => write_frame(io, response_to_v2(r)).await,

@@ -8,12 +8,15 @@
 //! Capacity speaks three versions: `/scored/capacity/3` answers with the host's CPU count,
 //! `/scored/capacity/2` carries the moving VM and its groups, and `/scored/capacity/1` is still
 //! offered and answered, the codec converting, for peers that have not been upgraded yet.
+//! Location speaks two: `/scored/location/2` may ask for the answering host's inventory, and
+//! `/scored/location/1` is still offered and answered the same way.
 //! Nothing here decides how to answer: the driver does, from the directory or through the daemon.
 
 mod budget;
 mod capacity_old;
 mod codec;
 mod lanes;
+mod location_old;
 mod pending;
 mod rate_limit;
 
@@ -27,10 +30,10 @@ pub use rate_limit::{Quota, RateLimits};
 
 use scored_proto::{
     CAPACITY_PROTOCOL, CAPACITY_PROTOCOL_V2, CAPACITY_PROTOCOL_V3, GROUP_PROTOCOL, GroupRequest,
-    GroupResponse, LOCATION_PROTOCOL, LocationRequest, LocationResponse, MoveResponse,
-    PlacementRequest, PlacementResponse, Refusal, Request, Response, STATS_PROTOCOL, StatsRequest,
-    StatsResponse, SurveyResponse, TOKEN_PROTOCOL, Token, TokenAck, TopologyFingerprint,
-    WireMessage,
+    GroupResponse, LOCATION_PROTOCOL, LOCATION_PROTOCOL_V2, LocationAnswer, LocationQuery,
+    MoveResponse, PlacementRequest, PlacementResponse, Refusal, Request, Response, STATS_PROTOCOL,
+    StatsRequest, StatsResponse, SurveyResponse, TOKEN_PROTOCOL, Token, TokenAck,
+    TopologyFingerprint, WireMessage,
 };
 
 /// Which request-response protocol a message belongs to.
@@ -71,7 +74,7 @@ impl Kind {
     pub fn protocols(self) -> &'static [&'static str] {
         match self {
             Kind::Token => &[TOKEN_PROTOCOL],
-            Kind::Location => &[LOCATION_PROTOCOL],
+            Kind::Location => &[LOCATION_PROTOCOL_V2, LOCATION_PROTOCOL],
             Kind::Capacity => &[
                 CAPACITY_PROTOCOL_V3,
                 CAPACITY_PROTOCOL_V2,
@@ -91,7 +94,7 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub(crate) enum RpcRequest {
     Token(Request<Token>),
-    Location(Request<LocationRequest>),
+    Location(Request<LocationQuery>),
     Capacity(Request<PlacementRequest>),
     Stats(Request<StatsRequest>),
     Group(Request<GroupRequest>),
@@ -102,7 +105,7 @@ pub(crate) enum RpcRequest {
 #[derive(Debug)]
 pub(crate) enum RpcResponse {
     Token(Response<TokenAck>),
-    Location(Response<LocationResponse>),
+    Location(Response<LocationAnswer>),
     Capacity(Response<PlacementResponse>),
     Stats(Response<StatsResponse>),
     Group(Response<GroupResponse>),
@@ -215,7 +218,7 @@ macro_rules! exchange {
 }
 
 exchange!(Token, TokenAck, Token);
-exchange!(LocationRequest, LocationResponse, Location);
+exchange!(LocationQuery, LocationAnswer, Location);
 exchange!(PlacementRequest, PlacementResponse, Capacity);
 exchange!(StatsRequest, StatsResponse, Stats);
 exchange!(GroupRequest, GroupResponse, Group);
@@ -248,6 +251,16 @@ mod tests {
             ]
         );
         assert_eq!(Kind::Capacity.protocol(), CAPACITY_PROTOCOL);
+        // Location: v2 offered first, v1 still spoken; the metrics' name stays v1's.
+        assert_eq!(
+            Kind::Location.protocols(),
+            [LOCATION_PROTOCOL_V2, LOCATION_PROTOCOL]
+        );
+        assert_eq!(
+            Kind::from_protocol(LOCATION_PROTOCOL_V2),
+            Some(Kind::Location)
+        );
+        assert_eq!(Kind::Location.protocol(), LOCATION_PROTOCOL);
         assert_eq!(
             RpcResponse::refused(Kind::Stats, Refusal::Unavailable { reason: "x".into() }).kind(),
             Kind::Stats
