@@ -15,7 +15,8 @@ use scored::p2p::{
 use scored::topology::HostId;
 use scored_proto::{
     Announcement, CAPACITY_PROTOCOL, CapacityRequest, CapacityResponse, GROUP_PROTOCOL, GroupKind,
-    GroupRef, GroupRequest, GroupResponse, MoveRequest, MoveResponse, MovingVm, PlacementRequest,
+    GroupRef, GroupRequest, GroupResponse, LOCATION_PROTOCOL, Located, LocationQuery,
+    LocationRequest, LocationResponse, MoveRequest, MoveResponse, MovingVm, PlacementRequest,
     PlacementResponse, PolicyKind, Refusal, Request, Response, Stamp, StatsRequest, StatsResponse,
     SurveyRequest, SurveyResponse, SurveyedVm, TOKEN_PROTOCOL, Token, TokenAck, VmBenefit,
     VmGroups, WIRE_VERSION,
@@ -347,7 +348,7 @@ async fn an_outsider_is_refused_before_anything_is_served() {
         "outsider got {e:?}"
     );
     let e = outsider
-        .query_locations(HostId(0), vec![vm(0, 1)], T)
+        .query_locations(HostId(0), LocationQuery::vms(vec![vm(0, 1)]), T)
         .await
         .unwrap_err();
     assert!(
@@ -389,7 +390,7 @@ async fn a_different_topology_file_is_refused_clearly() {
     c.gossip_heartbeat = Duration::from_millis(150);
     let (b, _b_inbound) = Libp2pPeers::start(c, dir).await.unwrap();
     let e = b
-        .query_locations(HostId(0), vec![vm(0, 1)], T)
+        .query_locations(HostId(0), LocationQuery::vms(vec![vm(0, 1)]), T)
         .await
         .unwrap_err();
     match &e {
@@ -457,7 +458,7 @@ async fn a_peer_over_its_allowance_is_refused_and_counted() {
     // The refused request never reached the daemon; other protocols have their own allowance.
     let mut inbound = answered.await.unwrap();
     let found = asker
-        .query_locations(HostId(0), vec![vm(0, 1)], T)
+        .query_locations(HostId(0), LocationQuery::vms(vec![vm(0, 1)]), T)
         .await
         .unwrap();
     assert_eq!(found.here.len(), 1);
@@ -930,6 +931,118 @@ async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
     daemon.await.unwrap();
 }
 
+/// Starts host i (running 10.0.i.1 ..= 10.0.i.8) without the transport's own inventory
+/// announcements: what the others learn of its VMs, they learn by asking it.
+async fn start_unannounced(l: &Loopback, i: usize) -> (Libp2pPeers, scored::p2p::Inbound) {
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(i as u32)));
+    dir.set_local((1..=8).map(|k| (vm(i, k), Stamp::ZERO)));
+    let mut config = l.config(i);
+    config.inventory_interval = None;
+    Libp2pPeers::start(config, dir).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_peer_still_answers_lookups_and_a_v2_peer_answers_with_its_inventory() {
+    let l = loopback(3);
+    // h1 runs the previous release: it speaks /scored/location/1 only, and runs 10.0.1.1..=8.
+    let mut old = raw_swarm_on(&l.keys[1], RawCodec::default(), T, LOCATION_PROTOCOL);
+    let port = l.topology.host(HostId(1)).p2p_port;
+    old.listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+        .unwrap();
+    // h0 and h2 run this release; neither announces its inventory, so h0 knows none.
+    let (node, _inbound0) = start_unannounced(&l, 0).await;
+    let (_h2, _inbound2) = start_unannounced(&l, 2).await;
+    let dir = node.directory().clone();
+    let (h1, h2) = (HostId(1), HostId(2));
+    assert_eq!(
+        dir.zombies().unheard(&[h1, h2], std::time::Instant::now()),
+        [h1, h2]
+    );
+
+    // The old peer asks h0 in v1, and is answered in v1.
+    let v1 = scored_proto::encode(&Request {
+        topology: node.fingerprint(),
+        body: LocationRequest {
+            vms: vec![vm(0, 2), vm(7, 7)],
+        },
+    })
+    .unwrap();
+    old.behaviour_mut().send_request_with_addresses(
+        &node.peer_id(),
+        v1,
+        vec![node.listen_addrs()[0].clone()],
+    );
+    let asker = node.clone();
+    let lookup = tokio::spawn(async move {
+        let options = LocateOptions {
+            timeout: T,
+            ..LocateOptions::default()
+        };
+        asker.locate(&[vm(1, 3), vm(2, 5)], options).await
+    });
+    let (mut answered, mut asked) = (None, false);
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while answered.is_none() || !asked {
+            match old.select_next_some().await {
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    message: rr::Message::Response { response, .. },
+                    ..
+                }) => answered = Some(response),
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    message:
+                        rr::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                }) => {
+                    // h0's lookup reaches the old peer as the v1 request it always read.
+                    let r = scored_proto::decode::<Request<LocationRequest>>(&request).unwrap();
+                    assert_eq!(r.body.vms, vec![vm(1, 3), vm(2, 5)]);
+                    let here = LocationResponse {
+                        here: vec![Located {
+                            vm: vm(1, 3),
+                            since: Stamp::ZERO,
+                        }],
+                        moved: Vec::new(),
+                    };
+                    let answer = scored_proto::encode(&Response::Ok(here)).unwrap();
+                    old.behaviour_mut().send_response(channel, answer).unwrap();
+                    asked = true;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the old peer was not asked or not answered");
+    let answer = scored_proto::decode::<Response<LocationResponse>>(&answered.unwrap()).unwrap();
+    assert_eq!(
+        answer,
+        Response::Ok(LocationResponse {
+            here: vec![Located {
+                vm: vm(0, 2),
+                since: Stamp::ZERO,
+            }],
+            moved: Vec::new(),
+        })
+    );
+
+    let r = lookup.await.unwrap();
+    assert!(r.failures.is_empty(), "{r:?}");
+    assert_eq!(r.found.get(&vm(1, 3)), Some(&h1), "{r:?}");
+    assert_eq!(r.found.get(&vm(2, 5)), Some(&h2), "{r:?}");
+    // h2 answered in v2 with its inventory: its other VMs are known, and it is heard. The old
+    // peer could not: it stays unheard, its VMs not asked about unknown.
+    for k in 1..=8 {
+        assert_eq!(dir.lookup(vm(2, k)), Some(h2), "10.0.2.{k}");
+    }
+    assert_eq!(dir.lookup(vm(1, 7)), None);
+    assert_eq!(
+        dir.zombies().unheard(&[h1, h2], std::time::Instant::now()),
+        [h1]
+    );
+}
+
 fn capacity(accepts: bool) -> CapacityResponse {
     CapacityResponse {
         free_slots: 1,
@@ -992,7 +1105,10 @@ async fn a_request_does_not_fail_with_a_dial_older_than_it() {
         }
         let asked = {
             let a = a.clone();
-            tokio::spawn(async move { a.query_locations(HostId(1), vec![vm(1, 1)], T).await })
+            tokio::spawn(async move {
+                a.query_locations(HostId(1), LocationQuery::vms(vec![vm(1, 1)]), T)
+                    .await
+            })
         };
         // Let the request join the hanging dial, then end that dial.
         tokio::time::sleep(Duration::from_millis(500)).await;
