@@ -408,15 +408,14 @@ async fn query_batches<P: Peers>(
             let (h, query) = &jobs[i.index()];
             if let Ok(answer) = &mut r
                 && let Some(vms) = answer.inventory.take()
+                && let Err(e) = dir.heard_from(*h, vms)
             {
-                if let Err(e) = dir.heard_from(*h, vms) {
-                    tracing::warn!(
-                        host = %peers.topology().host(*h).name,
-                        error = %e,
-                        "inventory sent with a location answer refused, as its gossip would be"
-                    );
-                    out.rejected_inventories.push((*h, e));
-                }
+                tracing::warn!(
+                    host = %peers.topology().host(*h).name,
+                    error = %e,
+                    "inventory sent with a location answer refused, as its gossip would be"
+                );
+                out.rejected_inventories.push((*h, e));
             }
             (*h, query.vms.clone(), r)
         })
