@@ -196,6 +196,10 @@ impl Peers for DirectPeers {
         &self.directory
     }
 
+    fn counters(&self) -> Option<&P2pMetrics> {
+        Some(&self.metrics)
+    }
+
     async fn send_token(
         &self,
         to: HostId,

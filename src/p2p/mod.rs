@@ -445,6 +445,12 @@ pub trait Peers: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// This transport's counters, where it keeps them: an inventory a lookup receives and
+    /// refuses counts in `scored_p2p_rejected_total` as the same inventory gossiped would.
+    fn counters(&self) -> Option<&P2pMetrics> {
+        None
+    }
+
     /// Where `vms` run: from the directory when it knows, else by asking peers (batched).
     fn locate<'a>(
         &'a self,

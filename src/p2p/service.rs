@@ -483,6 +483,10 @@ impl Peers for Libp2pPeers {
         &self.shared.directory
     }
 
+    fn counters(&self) -> Option<&P2pMetrics> {
+        Some(&self.shared.metrics)
+    }
+
     fn neighbours(&self) -> Vec<HostId> {
         super::gossip::finger_hosts(&self.shared.topology, self.shared.me)
     }

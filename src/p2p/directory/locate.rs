@@ -415,6 +415,9 @@ async fn query_batches<P: Peers>(
                     error = %e,
                     "inventory sent with a location answer refused, as its gossip would be"
                 );
+                if let Some(m) = peers.counters() {
+                    m.reject(e.reason());
+                }
                 out.rejected_inventories.push((*h, e));
             }
             (*h, query.vms.clone(), r)

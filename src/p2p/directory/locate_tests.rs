@@ -353,6 +353,10 @@ async fn an_inventory_in_an_answer_is_refused_or_applied_as_its_gossip_would_be(
             (HostId(3), "future_stamp")
         ]
     );
+    // And counts them where gossip counts what it refuses.
+    let counted = c.peers[0].metrics();
+    assert_eq!(counted.rejected_count("inventory_too_large"), 1);
+    assert_eq!(counted.rejected_count("future_stamp"), 1);
 
     let gossiped: Vec<_> = (1..5)
         .map(|i| reference.apply(HostId(i as u32), &c.peers[i].directory().inventory()))
