@@ -19,10 +19,9 @@
 
 use crate::VmId;
 use crate::codec::{DecodeError, EncodeError, WireMessage, done, put, take};
-use crate::compact::{self, Reader};
 use crate::message::{
     ANNOUNCE_FRAME, LOCATION_REQUEST_FRAME, LOCATION_RESPONSE_FRAME, Located, LocationRequest,
-    LocationResponse, MAX_HOST_VMS, MAX_LOCATION_BATCH, Moved, Validate,
+    LocationResponse, MAX_HOST_VMS, Moved, Validate, put_vm_batch, read_vm_batch,
 };
 
 /// The location protocol whose request may ask for the answering host's inventory (v1:
@@ -44,7 +43,7 @@ const _: () = assert!(MAX_HOST_VMS * MAX_LOCATED_BYTES + INVENTORY_HEADER < ANNO
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocationQuery {
     /// Sorted and unique after decoding; any order when encoding. At most
-    /// [`MAX_LOCATION_BATCH`].
+    /// [`crate::message::MAX_LOCATION_BATCH`].
     pub vms: Vec<VmId>,
     /// Answer with this host's inventory too: set for hosts whose inventory the asker does not
     /// know.
@@ -132,26 +131,17 @@ impl WireMessage for LocationQuery {
     const VERSION: u8 = LOCATION_VERSION;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        if self.vms.len() > MAX_LOCATION_BATCH {
-            return Err(EncodeError::Invalid {
-                message: Self::NAME,
-                reason: format!(
-                    "{} VMs exceed the batch limit of {MAX_LOCATION_BATCH}",
-                    self.vms.len()
-                ),
-            });
-        }
+        // The batch is checked before anything is written.
+        let mut ids = Vec::new();
+        put_vm_batch(Self::NAME, &self.vms, &mut ids)?;
         put(Self::NAME, &self.inventory, out)?;
-        compact::put_id_set(out, &self.vms);
+        out.extend_from_slice(&ids);
         Ok(())
     }
 
     fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
         let (inventory, rest): (bool, _) = take(Self::NAME, body)?;
-        let mut r = Reader::new(rest);
-        let vms = compact::read_id_set(&mut r, MAX_LOCATION_BATCH, "VM ids")
-            .map_err(|m| DecodeError::from_compact(Self::NAME, m))?;
-        done(Self::NAME, r.rest())?;
+        let vms = read_vm_batch(Self::NAME, rest)?;
         Ok(LocationQuery { vms, inventory })
     }
 }
@@ -311,7 +301,9 @@ mod tests {
         let e = decode::<Request<LocationQuery>>(&v1).unwrap_err();
         assert!(e.to_string().contains("version 1"), "{e}");
         let too_many = LocationQuery {
-            vms: (0..=MAX_LOCATION_BATCH as u32).map(VmId).collect(),
+            vms: (0..=crate::message::MAX_LOCATION_BATCH as u32)
+                .map(VmId)
+                .collect(),
             inventory: false,
         };
         assert!(encode(&too_many).is_err());

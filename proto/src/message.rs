@@ -528,29 +528,44 @@ postcard_message!(
 );
 postcard_message!(Announcement, "announcement", ANNOUNCE_FRAME);
 
+/// A location request's VM ids (both versions): at most [`MAX_LOCATION_BATCH`], as id runs.
+pub(crate) fn put_vm_batch(
+    message: &'static str,
+    vms: &[VmId],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    if vms.len() > MAX_LOCATION_BATCH {
+        return Err(EncodeError::Invalid {
+            message,
+            reason: format!(
+                "{} VMs exceed the batch limit of {MAX_LOCATION_BATCH}",
+                vms.len()
+            ),
+        });
+    }
+    compact::put_id_set(out, vms);
+    Ok(())
+}
+
+/// Reads what [`put_vm_batch`] wrote, which must be the rest of the body.
+pub(crate) fn read_vm_batch(message: &'static str, body: &[u8]) -> Result<Vec<VmId>, DecodeError> {
+    let mut r = Reader::new(body);
+    let vms = compact::read_id_set(&mut r, MAX_LOCATION_BATCH, "VM ids")
+        .map_err(|m| DecodeError::from_compact(message, m))?;
+    done(message, r.rest())?;
+    Ok(vms)
+}
+
 impl WireMessage for LocationRequest {
     const NAME: &'static str = "location request";
     const MAX_FRAME: usize = LOCATION_REQUEST_FRAME;
 
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        if self.vms.len() > MAX_LOCATION_BATCH {
-            return Err(EncodeError::Invalid {
-                message: Self::NAME,
-                reason: format!(
-                    "{} VMs exceed the batch limit of {MAX_LOCATION_BATCH}",
-                    self.vms.len()
-                ),
-            });
-        }
-        compact::put_id_set(out, &self.vms);
-        Ok(())
+        put_vm_batch(Self::NAME, &self.vms, out)
     }
 
     fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
-        let vms = compact::read_id_set(&mut r, MAX_LOCATION_BATCH, "VM ids")
-            .map_err(|m| DecodeError::from_compact(Self::NAME, m))?;
-        done(Self::NAME, r.rest())?;
+        let vms = read_vm_batch(Self::NAME, body)?;
         Ok(LocationRequest { vms })
     }
 }
