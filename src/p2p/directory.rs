@@ -34,7 +34,7 @@ pub use locate::{LocateOptions, Locations, MAX_UNHEARD_ASKED, locate};
 use scored_proto::{
     Announcement, Located, LocationAnswer, LocationQuery, MAX_HOST_VMS, Moved, Stamp, VmId,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Departures remembered to answer "moved to" (oldest forgotten first).
@@ -54,6 +54,9 @@ struct State {
     clock: TokenClock,
     /// Metadata groups: this host's, its peers', and the room it holds for VMs on their way.
     groups: groups::Groups,
+    /// (host, reason) of inventories refused from location answers and already logged: counted
+    /// every time, logged once each, as gossip does. Bounded by the topology's hosts × reasons.
+    refusals_logged: HashSet<(HostId, &'static str)>,
 }
 
 /// The VMs running here, sorted by id: this host's inventory, gossiped and answered alike.
@@ -175,6 +178,7 @@ impl Directory {
             expected: HashMap::new(),
             clock: TokenClock::new(DEFAULT_STAMP_SKEW),
             groups: groups::Groups::default(),
+            refusals_logged: HashSet::new(),
         };
         Directory {
             // The directory starts listening to announcements now: the grace of hosts never

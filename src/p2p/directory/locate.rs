@@ -44,6 +44,13 @@ impl Directory {
         self.apply(asked, &inventory)
     }
 
+    /// Whether a refusal of `host`'s answered inventory for `reason` is the first: a host that
+    /// stays unheard because its inventory is refused is asked again at every lookup, and its
+    /// refusals would otherwise fill the log.
+    fn first_refusal(&self, host: HostId, reason: &'static str) -> bool {
+        self.lock().refusals_logged.insert((host, reason))
+    }
+
     /// Applies one host's answer to a batch it was asked about. Stamps from the future are
     /// ignored (the VM counts as not answered).
     fn absorb(&self, asked: HostId, batch: &[VmId], answer: &LocationAnswer) -> Absorbed {
@@ -410,11 +417,13 @@ async fn query_batches<P: Peers>(
                 && let Some(vms) = answer.inventory.take()
                 && let Err(e) = dir.heard_from(*h, vms)
             {
-                tracing::warn!(
-                    host = %peers.topology().host(*h).name,
-                    error = %e,
-                    "inventory sent with a location answer refused, as its gossip would be"
-                );
+                if dir.first_refusal(*h, e.reason()) {
+                    tracing::warn!(
+                        host = %peers.topology().host(*h).name,
+                        error = %e,
+                        "inventory sent with a location answer refused, as its gossip would be (logged once per host and reason; counted in scored_p2p_rejected_total)"
+                    );
+                }
                 if let Some(m) = peers.counters() {
                     m.reject(e.reason());
                 }

@@ -25,6 +25,37 @@ fn on(h: usize, k: u32) -> VmId {
     VmId(0x0a00_0000 + (h as u32) * 16 + k)
 }
 
+/// What a test logs, line by line.
+#[derive(Clone, Default)]
+struct LogLines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
+    type Writer = LogLines;
+    fn make_writer(&'a self) -> LogLines {
+        self.clone()
+    }
+}
+
+impl LogLines {
+    fn matching(&self, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(String::from)
+            .collect()
+    }
+}
+
 /// An address no host runs: the data centre's gateway.
 const GATEWAY: VmId = VmId(0x0a63_0001);
 
@@ -388,4 +419,43 @@ async fn an_inventory_in_an_answer_is_refused_or_applied_as_its_gossip_would_be(
         me.zombies().unheard(&others, now),
         reference.zombies().unheard(&others, now)
     );
+}
+
+/// A host whose answered inventory is too long to keep whole stays unheard (`zombies`), so every
+/// lookup asks it again and refuses its inventory again: counted every time, logged once per
+/// host and reason (before, one warning per lookup: a host could fill the asker's log).
+#[tokio::test]
+async fn an_inventory_refused_at_every_lookup_is_logged_once() {
+    let topo = topology(3);
+    let c = cluster_on(topo.clone(), &[0, 1, 2]).await;
+    // h1 answers with 1,100 VMs on its 4 slots: more than a claim keeps whole.
+    c.peers[1]
+        .directory()
+        .set_local((1..=1100).map(|k| (VmId(0x0a01_0000 + k), Stamp::ZERO)));
+    let log = LogLines::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    for (k, gateway) in [GATEWAY, VmId(0x0a63_0002), VmId(0x0a63_0003)]
+        .into_iter()
+        .enumerate()
+    {
+        let r = c.peers[0].locate(&[gateway], options(false)).await;
+        let refused: Vec<_> = r
+            .rejected_inventories
+            .iter()
+            .map(|(h, e)| (*h, e.reason()))
+            .collect();
+        assert_eq!(refused, vec![(HostId(1), "inventory_too_large")], "{r:?}");
+        assert_eq!(
+            c.peers[0].metrics().rejected_count("inventory_too_large"),
+            k as u64 + 1
+        );
+    }
+    let lines = log.matching("inventory sent with a location answer refused");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("host=h1"), "{lines:#?}");
 }
