@@ -14,7 +14,7 @@
 use crate::config::DecisionConfig;
 use crate::topology::{HostId, Topology};
 use scored_proto::{
-    Announcement, CapacityResponse, Located, LocationRequest, LocationResponse, MigrationAnnounce,
+    Announcement, CapacityResponse, Located, LocationAnswer, LocationQuery, MigrationAnnounce,
     MovingVm, PlacementRequest, PlacementResponse, Request, Response, Stamp, StatsRequest,
     StatsResponse, Token, TokenAck, TokenView, VmBenefit, VmId, WireMessage, encode,
 };
@@ -162,14 +162,16 @@ impl Wire {
         })
     }
 
-    /// A batched location query for `vms` at their host, answered "here" for each.
+    /// A batched location query for `vms` at their host, answered "here" for each, as the
+    /// daemon asks a host whose inventory it knows (`/scored/location/2`, no inventory asked).
     pub fn lookup(&self, vms: &[VmId]) -> u64 {
         frame_len(&Request {
             topology: self.fingerprint,
-            body: LocationRequest { vms: vms.to_vec() },
-        }) + frame_len(&Response::Ok(LocationResponse {
+            body: LocationQuery::vms(vms.to_vec()),
+        }) + frame_len(&Response::Ok(LocationAnswer {
             here: vms.iter().map(|&vm| Located { vm, since: STAMP }).collect(),
             moved: Vec::new(),
+            inventory: None,
         }))
     }
 }

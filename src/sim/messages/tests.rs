@@ -134,6 +134,25 @@ fn a_round_counted_by_hand() {
     // Warm caches: no lookup; verified, v0 and v2 would each ask their partner's host.
     assert_eq!(c.lookups.messages, 0);
     assert_eq!(c.lookups_if_verified.messages, 2 * 2);
+    // Each a one-VM batch, in the frames the daemon sends a host whose inventory it knows
+    // (`/scored/location/2`, no inventory asked for, none sent).
+    let query = encode(&Request {
+        topology: fp,
+        body: scored_proto::LocationQuery::vms(vec![sc.ids[0]]),
+    })
+    .unwrap()
+    .len() as u64;
+    let answer = encode(&Response::Ok(scored_proto::LocationAnswer {
+        here: vec![scored_proto::Located {
+            vm: sc.ids[0],
+            since: STAMP,
+        }],
+        moved: Vec::new(),
+        inventory: None,
+    }))
+    .unwrap()
+    .len() as u64;
+    assert_eq!(c.lookups_if_verified.bytes, 2 * (query + answer));
     // Round-robin gathers no statistics.
     assert_eq!((c.stats.messages, c.stats_rounds), (0, 0));
 }
