@@ -2,11 +2,27 @@
 //! `file:line:col: message` prefix, serde/toml messages in the file's vocabulary, and an error
 //! list written one line per error. The topology file and the daemon configuration both use it.
 //!
-//! This module formats positions only: it knows no file format, reads no file and decides
-//! nothing about what is an error.
+//! Also how a long list of names is cut for a person to read ([`first_of`]).
+//!
+//! This module formats positions and lists only: it knows no file format, reads no file and
+//! decides nothing about what is an error.
 
 use std::fmt;
 use std::path::Path;
+
+/// The first `shown` of `names`, comma-separated, and how many more there are: `a, b … and 3
+/// more`. For messages whose lists grow with the data centre (hosts not answering, groups).
+pub fn first_of(names: &[impl AsRef<str>], shown: usize) -> String {
+    let mut s = names[..names.len().min(shown)]
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > shown {
+        s.push_str(&format!(" … and {} more", names.len() - shown));
+    }
+    s
+}
 
 /// 1-based line and character column of a byte offset in `text` (an offset past the end is the
 /// end).

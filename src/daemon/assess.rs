@@ -93,24 +93,7 @@ impl<P: Peers> Daemon<P> {
             ..LocateOptions::default()
         };
         let located = self.peers.locate(&ids, options).await;
-        let unplaced = (!located.uncertain.is_empty()).then(|| {
-            let silent = located.not_answering();
-            let mut why = Vec::new();
-            if !silent.is_empty() {
-                why.push(format!("may run on {}, not answering", silent.join(", ")));
-            }
-            if located.unheard_not_asked > 0 {
-                why.push(format!(
-                    "may run on one of {} hosts whose inventory is not known yet, not asked",
-                    located.unheard_not_asked
-                ));
-            }
-            format!(
-                "{} partner(s) could not be located ({})",
-                located.uncertain.len(),
-                why.join("; ")
-            )
-        });
+        let unplaced = located.why_uncertain("partner");
         let found = located.found;
         (
             rates

@@ -5,6 +5,7 @@
 //! reproducible in tests. Decides nothing.
 
 use super::{GroupKind, Rules, Window, WindowState, scope_name};
+use crate::diagnostics::first_of;
 use crate::topology::Topology;
 use jiff::Timestamp;
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ pub fn summary(rules: &Rules, topo: &Topology, now_unix_ms: i64) -> String {
             out,
             "    {kind}, scope {}: {}",
             scope_name(topo, scope),
-            first_of(&names)
+            first_of(&names, SHOWN)
         );
     }
     let _ = writeln!(out, "  exclusions  {}", rules.exclusions().len());
@@ -101,15 +102,6 @@ pub fn summary(rules: &Rules, topo: &Topology, now_unix_ms: i64) -> String {
 /// How many items of one kind the summary names before it only counts the rest: a file for a
 /// whole data centre may hold thousands of groups.
 const SHOWN: usize = 12;
-
-/// The first [`SHOWN`] names, and how many more there are.
-fn first_of(names: &[String]) -> String {
-    let mut s = names[..names.len().min(SHOWN)].join(", ");
-    if names.len() > SHOWN {
-        let _ = write!(s, " … and {} more", names.len() - SHOWN);
-    }
-    s
-}
 
 /// `nights: mon-fri 22:00-06:00 Europe/Paris, every host; next opens Wed 2026-12-02 22:00 CET`
 fn window(w: &Window, now: i64) -> String {

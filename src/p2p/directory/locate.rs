@@ -174,6 +174,9 @@ struct Absorbed {
 /// queries ([`crate::p2p::MAX_CONCURRENT_QUERIES`]).
 pub const MAX_UNHEARD_ASKED: usize = 64;
 
+/// Hosts not answering that [`Locations::why_uncertain`] names before it only counts the rest.
+pub const NAMED_SILENT_HOSTS: usize = 6;
+
 /// How [`locate`] trusts the directory.
 #[derive(Clone, Copy, Debug)]
 pub struct LocateOptions {
@@ -231,6 +234,35 @@ impl Locations {
     pub fn not_answering(&self) -> Vec<&str> {
         let names: BTreeSet<&str> = self.failures.iter().filter_map(|e| e.host()).collect();
         names.into_iter().collect()
+    }
+
+    /// Why VMs are uncertain, for a turn's record and the log: `N partner(s) could not be
+    /// located (may run on hv3, hv9, not answering; may run on one of 40 hosts whose inventory
+    /// is not known yet, not asked)`. At most [`NAMED_SILENT_HOSTS`] hosts are named (a saturated
+    /// data centre can leave dozens silent), then counted. `None` when every VM was settled.
+    pub fn why_uncertain(&self, what: &str) -> Option<String> {
+        if self.uncertain.is_empty() {
+            return None;
+        }
+        let silent = self.not_answering();
+        let mut why = Vec::new();
+        if !silent.is_empty() {
+            why.push(format!(
+                "may run on {}, not answering",
+                crate::diagnostics::first_of(&silent, NAMED_SILENT_HOSTS)
+            ));
+        }
+        if self.unheard_not_asked > 0 {
+            why.push(format!(
+                "may run on one of {} hosts whose inventory is not known yet, not asked",
+                self.unheard_not_asked
+            ));
+        }
+        Some(format!(
+            "{} {what}(s) could not be located ({})",
+            self.uncertain.len(),
+            why.join("; ")
+        ))
     }
 }
 

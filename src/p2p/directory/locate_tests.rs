@@ -459,3 +459,31 @@ async fn an_inventory_refused_at_every_lookup_is_logged_once() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("host=h1"), "{lines:#?}");
 }
+
+/// Why a lookup left VMs uncertain, as a turn records it: the silent hosts named up to
+/// [`NAMED_SILENT_HOSTS`], then counted (a CPU-bound 400-daemon lab left 39 silent hosts in one
+/// turn's reason, every name of them), and the hosts never asked counted.
+#[tokio::test]
+async fn why_vms_are_uncertain_names_a_few_silent_hosts_and_counts_the_rest() {
+    let c = cluster(16, &[]).await;
+    let partners: Vec<VmId> = (1..=10).map(|h| on(h, 1)).collect();
+    for h in 1..=10 {
+        c.net.set_reachable(HostId(h), false);
+    }
+    let r = c.peers[0].locate(&partners, options(true)).await;
+    assert_eq!(r.uncertain.len(), 10, "{r:?}");
+    assert_eq!(
+        r.why_uncertain("partner").as_deref(),
+        Some(
+            "10 partner(s) could not be located \
+             (may run on h1, h10, h2, h3, h4, h5 … and 4 more, not answering)"
+        )
+    );
+    let one = c.peers[0].locate(&partners[..1], options(true)).await;
+    assert_eq!(
+        one.why_uncertain("partner").as_deref(),
+        Some("1 partner(s) could not be located (may run on h1, not answering)")
+    );
+    let settled = c.peers[0].locate(&[on(12, 1)], options(true)).await;
+    assert_eq!(settled.why_uncertain("partner"), None, "{settled:?}");
+}
