@@ -219,6 +219,11 @@ impl<P: Peers> Daemon<P> {
         self.token_watch().holding()
     }
 
+    /// The stamp of the token this host may act on ([`TokenWatch::acting`]).
+    pub fn acting(&self) -> Option<Stamp> {
+        self.token_watch().acting()
+    }
+
     /// The highest epoch this host has seen.
     pub fn highest_epoch(&self) -> u64 {
         self.token_watch().ring().highest_epoch()

@@ -1,7 +1,7 @@
 //! What this host knows of the token: the ring's fencing and loss state, the stamp of the token
 //! it works on (set by the turn when the token arrives or is minted, cleared when the turn hands
-//! it on or ends), whether that token gave way to another copy of its epoch, and when each round
-//! began (for pacing and `scored status`).
+//! it on or ends), whether it is on its way to the next host, whether that token gave way to
+//! another copy of its epoch, and when each round began (for pacing and `scored status`).
 //!
 //! Plain state with methods: no sending, no sleeping, no clock of its own.
 
@@ -20,6 +20,10 @@ pub struct TokenWatch {
     /// The token held here gave way to another copy of its epoch: it must not act any more.
     /// Cleared with the holding, so a later visit of that epoch's (single) token acts again.
     gave_way: bool,
+    /// The token held here is on its way to the next host (its hand-off request is out, no
+    /// answer yet): the turn is over, it does not act any more. Cleared with the holding, or
+    /// when the hand-off fails and the token stays here.
+    handing_on: bool,
     /// When this host first heard of each token round.
     rounds_seen: BTreeMap<u32, Instant>,
     /// (peer, reason) pairs already logged for an epoch rejected: one line each. Bounded by the
@@ -37,6 +41,7 @@ impl TokenWatch {
             ring: Ring::new(Instant::now(), loss, stagger, hosts),
             holding: None,
             gave_way: false,
+            handing_on: false,
             rounds_seen: BTreeMap::new(),
             rejections_logged: HashSet::new(),
             heard_held: None,
@@ -97,6 +102,7 @@ impl TokenWatch {
     pub fn hold(&mut self, at: Stamp) {
         self.holding = Some(at);
         self.gave_way = false;
+        self.handing_on = false;
     }
 
     /// The token of `epoch` left this host (handed on, dropped); a newer one that arrived
@@ -105,7 +111,25 @@ impl TokenWatch {
         if self.holding.is_some_and(|h| h.epoch == epoch) {
             self.holding = None;
             self.gave_way = false;
+            self.handing_on = false;
         }
+    }
+
+    /// The token of `epoch` held here is being handed on (`on`), or its hand-off failed and it
+    /// stays here (`!on`).
+    pub(super) fn handing_on(&mut self, epoch: u64, on: bool) {
+        if self.holding.is_some_and(|h| h.epoch == epoch) {
+            self.handing_on = on;
+        }
+    }
+
+    /// The stamp of the token this host may act on: held, not on its way to the next host, not
+    /// given way to another copy of its epoch, not fenced by a newer one. What "one token in
+    /// the data centre" means for safety: a host holding a token it is handing on still holds
+    /// it until the next host's answer arrives, but moves nothing for it.
+    pub fn acting(&self) -> Option<Stamp> {
+        self.holding
+            .filter(|h| !self.handing_on && !self.superseded(h.epoch))
     }
 
     /// The latest round this host has heard of.
@@ -147,5 +171,38 @@ impl TokenWatch {
             idle_ms: idle.map(|d| d.as_millis().min(u32::MAX as u128) as u32),
             held,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that holds a token acts on it until it hands it on; while the hand-off is out it
+    /// still holds it (the next host has not answered) but acts no more; a failed hand-off
+    /// gives it back; a copy that gave way or a fenced epoch never acts.
+    #[test]
+    fn a_token_on_its_way_to_the_next_host_is_held_but_not_acted_on() {
+        let mut w = TokenWatch::new(Duration::from_secs(10), Duration::from_secs(1), 4);
+        let at = Stamp { epoch: 1, seq: 3 };
+        assert_eq!(w.acting(), None);
+        w.hold(at);
+        assert_eq!((w.holding(), w.acting()), (Some(at), Some(at)));
+        w.handing_on(1, true);
+        assert_eq!((w.holding(), w.acting()), (Some(at), None));
+        // The hand-off failed: the token stays here and acts again.
+        w.handing_on(1, false);
+        assert_eq!(w.acting(), Some(at));
+        // Another epoch's hand-off says nothing of this one.
+        w.handing_on(2, true);
+        assert_eq!(w.acting(), Some(at));
+        w.handing_on(1, true);
+        w.release(1);
+        assert_eq!((w.holding(), w.acting()), (None, None));
+        // A new visit acts, whatever the last hand-off was.
+        w.hold(Stamp { epoch: 1, seq: 9 });
+        assert!(w.acting().is_some());
+        w.give_way(1);
+        assert_eq!(w.acting(), None, "a copy that gave way does not act");
     }
 }

@@ -400,7 +400,18 @@ impl<P: Peers> Daemon<P> {
             .copied()
     }
 
+    /// Hands `token` to `host` ([`Self::try_hand_to`]); meanwhile this host still holds the
+    /// token but no longer acts on it (`TokenWatch::acting`).
     async fn hand_to(&self, host: HostId, token: &Token, timeout: Duration) -> Handoff {
+        self.token_watch().handing_on(token.epoch, true);
+        let r = self.try_hand_to(host, token, timeout).await;
+        if !matches!(r, Handoff::Done) {
+            self.token_watch().handing_on(token.epoch, false);
+        }
+        r
+    }
+
+    async fn try_hand_to(&self, host: HostId, token: &Token, timeout: Duration) -> Handoff {
         let mut ambiguous = false;
         for attempt in 1..=HANDOFF_ATTEMPTS {
             let started = Instant::now();

@@ -384,16 +384,18 @@ pub async fn run(args: &LabArgs, live: bool) -> anyhow::Result<Report> {
         }
 
         // Tokens.
+        // Hosts acting on a token (the safety figure: at most one), and hosts holding one,
+        // counting those whose hand-off to the next host is still waiting for its answer.
+        let daemon = |i: &usize| hosts[*i].running.as_ref().map(|x| &x.daemon);
         let holding: Vec<usize> = (0..n)
-            .filter(|i| {
-                hosts[*i]
-                    .running
-                    .as_ref()
-                    .is_some_and(|x| x.daemon.holding().is_some())
-            })
+            .filter(|i| daemon(i).is_some_and(|d| d.acting().is_some()))
             .collect();
+        let held = (0..n)
+            .filter(|i| daemon(i).is_some_and(|d| d.holding().is_some()))
+            .count();
         r.holders_now = holding.len();
         r.holders_max = r.holders_max.max(holding.len());
+        r.holding_max = r.holding_max.max(held);
         if let Some(p) = partition.as_mut() {
             watch_partition(p, &holding, now, loss);
         }

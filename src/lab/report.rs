@@ -66,9 +66,13 @@ pub struct Report {
     /// hosts surveyed for them per decision.
     pub group_plans: u64,
     pub group_surveys_per_decision: Option<f64>,
-    /// Most daemons holding a token at once, over the run.
+    /// Most daemons acting on a token at once, over the run (holding it, not handing it on,
+    /// not fenced; `TokenWatch::acting`), and at the end.
     pub holders_max: usize,
     pub holders_now: usize,
+    /// Most daemons holding a token at once, counting a holder whose hand-off is waiting for
+    /// the next host's answer (so two, or more on a slow machine, for one token).
+    pub holding_max: usize,
     pub hosts_downed: u64,
     /// `None`: every poll found each VM on exactly one host.
     pub vm_check: Option<String>,
@@ -150,12 +154,13 @@ pub fn text(r: &Report) -> String {
         r.hosts, r.start_s, r.vms, r.policy, r.seed, r.elapsed_s
     );
     s += &format!(
-        "token      {} rounds, {} per round, {} regenerations, at most {} holders at once ({} now)\n",
+        "token      {} rounds, {} per round, {} regenerations, at most {} hosts acting on a token at once ({} now; {} holding one, hand-offs waiting for their answer included)\n",
         r.rounds,
         opt(r.round_time_s, " s"),
         r.regenerations,
         r.holders_max,
-        r.holders_now
+        r.holders_now,
+        r.holding_max
     );
     s += &format!(
         "turns      {}: {} decided, {} deferred ({:.1}%)\n",
