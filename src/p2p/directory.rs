@@ -59,6 +59,19 @@ struct State {
     refusals_logged: HashSet<(HostId, &'static str)>,
 }
 
+/// `vm` runs here again: its departure is forgotten, and its place in the order with it (a
+/// stale place would later evict the VM's next departure before its time).
+fn forget_departure(
+    departed: &mut HashMap<VmId, (HostId, Stamp)>,
+    order: &mut VecDeque<VmId>,
+    vm: VmId,
+) {
+    if departed.remove(&vm).is_some() {
+        // Rare (a VM that comes back), and at most MAX_DEPARTED places to look through.
+        order.retain(|v| *v != vm);
+    }
+}
+
 /// The VMs running here, sorted by id: this host's inventory, gossiped and answered alike.
 fn sorted_local(s: &State) -> Vec<Located> {
     let mut v: Vec<Located> = s
@@ -232,13 +245,14 @@ impl Directory {
         let State {
             local,
             departed,
+            departed_order,
             cache,
             expected,
             groups,
             ..
         } = &mut *s;
         for vm in local.keys() {
-            departed.remove(vm);
+            forget_departure(departed, departed_order, *vm);
             cache.remove(*vm);
             expected.remove(vm);
             // Arrived: its groups are now this host's own, read from the hypervisor.
@@ -282,7 +296,12 @@ impl Directory {
         let mut s = self.lock();
         s.clock.observe(at);
         s.local.insert(vm, at);
-        s.departed.remove(&vm);
+        let State {
+            departed,
+            departed_order,
+            ..
+        } = &mut *s;
+        forget_departure(departed, departed_order, vm);
         s.cache.remove(vm);
         s.expected.remove(&vm);
         s.groups.release(vm);

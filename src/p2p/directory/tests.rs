@@ -271,3 +271,38 @@ fn stamps_learned_before_the_token_was_heard_of_are_judged_once_it_is() {
     .unwrap();
     assert_eq!(dir.token_clock(), Some(Stamp::new(epoch(1), 5)));
 }
+
+/// A VM that left, came back and left again is remembered by its last departure, for as long
+/// as any of the newest [`MAX_DEPARTED`] departures: its first departure, forgotten when it
+/// came back, must not take the newer one with it when the oldest are dropped (it did: the
+/// stale place in the order evicted the VM's current entry while 4,095 younger ones stayed).
+#[test]
+fn a_vm_that_left_twice_is_remembered_by_its_last_departure() {
+    let dir = Directory::new(topology(4), HostId(0));
+    let a = vm(1);
+    let at = |seq: u64| Stamp {
+        epoch: epoch(1),
+        seq,
+    };
+    dir.departed(a, HostId(1), at(1));
+    dir.arrived(a, at(2));
+    dir.departed(a, HostId(2), at(3));
+    // 4,095 more departures: with a's, exactly the newest MAX_DEPARTED.
+    for i in 0..(MAX_DEPARTED as u32 - 1) {
+        dir.departed(VmId(0x0b00_0000 + i), HostId(3), at(4 + i as u64));
+    }
+    let answer = dir.answer_query(&LocationQuery::vms(vec![a]));
+    assert_eq!(
+        answer.moved.len(),
+        1,
+        "a's departure was forgotten: {answer:?}"
+    );
+    assert_eq!(
+        (answer.moved[0].to.as_str(), answer.moved[0].at),
+        ("h2", at(3))
+    );
+    // One more departure and a's, now the oldest, goes.
+    dir.departed(VmId(0x0c00_0000), HostId(3), at(1 << 20));
+    let answer = dir.answer_query(&LocationQuery::vms(vec![a]));
+    assert!(answer.moved.is_empty(), "{answer:?}");
+}
