@@ -105,41 +105,51 @@ where
     }
 }
 
+/// What a test logs, kept in memory: a `MakeWriter` for a test's subscriber.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl<'a> MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
+#[cfg(test)]
+impl LogBuffer {
+    /// Every line logged so far.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// The lines logged so far that contain `text`.
+    pub(crate) fn matching(&self, text: &str) -> Vec<String> {
+        let mut lines = self.lines();
+        lines.retain(|l| l.contains(text));
+        lines
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-        fn make_writer(&'a self) -> Buffer {
-            self.clone()
-        }
-    }
-
-    impl Buffer {
-        fn lines(&self) -> Vec<String> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(String::from)
-                .collect()
-        }
-    }
 
     fn config(format: LogFormat, level: &str) -> LogConfig {
         LogConfig {
@@ -150,7 +160,7 @@ mod tests {
 
     #[test]
     fn json_lines_carry_the_numbers() {
-        let buf = Buffer::default();
+        let buf = LogBuffer::default();
         let (s, _) = subscriber(&config(LogFormat::Json, "info"), buf.clone(), true).unwrap();
         tracing::subscriber::with_default(s, || {
             tracing::info!(vm = "10.0.0.7", benefit = 41.5, c_m = 2.0, "migrate");
@@ -167,7 +177,7 @@ mod tests {
 
     #[test]
     fn text_lines_and_a_live_level_change() {
-        let buf = Buffer::default();
+        let buf = LogBuffer::default();
         let (s, handle) = subscriber(&config(LogFormat::Text, "warn"), buf.clone(), false).unwrap();
         tracing::subscriber::with_default(s, || {
             tracing::info!("hidden");
@@ -192,7 +202,7 @@ mod tests {
     fn bad_filters_are_refused() {
         let e = subscriber(
             &config(LogFormat::Text, "scored=["),
-            Buffer::default(),
+            LogBuffer::default(),
             true,
         )
         .err()

@@ -25,37 +25,6 @@ fn on(h: usize, k: u32) -> VmId {
     VmId(0x0a00_0000 + (h as u32) * 16 + k)
 }
 
-/// What a test logs, line by line.
-#[derive(Clone, Default)]
-struct LogLines(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogLines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
-    type Writer = LogLines;
-    fn make_writer(&'a self) -> LogLines {
-        self.clone()
-    }
-}
-
-impl LogLines {
-    fn matching(&self, text: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(text))
-            .map(String::from)
-            .collect()
-    }
-}
-
 /// An address no host runs: the data centre's gateway.
 const GATEWAY: VmId = VmId(0x0a63_0001);
 
@@ -432,13 +401,15 @@ async fn an_inventory_refused_at_every_lookup_is_logged_once() {
     c.peers[1]
         .directory()
         .set_local((1..=1100).map(|k| (VmId(0x0a01_0000 + k), Stamp::ZERO)));
-    let log = LogLines::default();
+    let log = crate::logging::LogBuffer::default();
     let _logging = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
             .with_writer(log.clone())
             .with_ansi(false)
             .finish(),
     );
+    // Tests on other threads may have cached "nobody listens" for the warning's callsite.
+    tracing::callsite::rebuild_interest_cache();
     for (k, gateway) in [GATEWAY, VmId(0x0a63_0002), VmId(0x0a63_0003)]
         .into_iter()
         .enumerate()
