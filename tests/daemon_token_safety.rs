@@ -62,6 +62,10 @@ impl Peers for Faulty {
         self.inner.directory()
     }
 
+    fn connected(&self) -> Vec<HostId> {
+        self.inner.connected()
+    }
+
     async fn send_token(
         &self,
         to: HostId,

@@ -146,7 +146,8 @@ impl<P: Peers> Daemon<P> {
             .collect();
         let (cost, _) = self.cost_by_level();
         let mut peers: Vec<String> = self
-            .reachable()
+            .peers
+            .connected()
             .iter()
             .map(|h| topo.host(*h).name.clone())
             .collect();

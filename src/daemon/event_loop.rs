@@ -108,32 +108,28 @@ impl<P: Peers> Daemon<P> {
             InboundEvent::Announcement { from, announcement } => {
                 self.on_announcement(from, announcement)
             }
-            InboundEvent::PeerUp(h) => {
-                let n = {
-                    let mut r = self.reachable();
-                    r.insert(h);
-                    r.len()
-                };
+            InboundEvent::PeerUp(_) => {
                 // No announcement here: gossip delivers to every host, not to the one that just
                 // connected, so one per connection was N² deliveries for a fan-out to N hosts
                 // after the idle close. The inventory task announces at its next read (≤ 2 s)
                 // until one announcement has reached a peer (the one at start reaches nobody
                 // while gossip has no peer), then on change and every ~30 s: a peer that
                 // (re)joined learns this host's VMs within one republish period.
-                self.metrics.peers.connected.set(n as i64);
+                self.count_connected();
             }
-            InboundEvent::PeerDown(h) => {
-                let n = {
-                    let mut r = self.reachable();
-                    r.remove(&h);
-                    r.len()
-                };
-                self.metrics.peers.connected.set(n as i64);
-            }
+            InboundEvent::PeerDown(_) => self.count_connected(),
         }
     }
 
+    /// `scored_peers_connected`, from the transport: an event dropped from a full queue is
+    /// made good here, at the next peer event or gauge update.
+    fn count_connected(&self) {
+        let n = self.peers.connected().len();
+        self.metrics.peers.connected.set(n as i64);
+    }
+
     fn update_gauges(&self) {
+        self.count_connected();
         let (cost, traffic) = self.cost_by_level();
         self.metrics
             .set_levels(self.topo.level_names(), &cost, &traffic);

@@ -23,7 +23,6 @@ use crate::metrics::Metrics;
 use crate::p2p::Peers;
 use crate::topology::{HostId, Topology};
 use scored_proto::{Stamp, VmId};
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -47,8 +46,6 @@ pub struct Daemon<P: Peers> {
     decisions: Mutex<Decisions>,
     /// The placement rules in force (`rules`).
     pub(super) rules: Mutex<PlacementRules>,
-    /// Hosts with a live connection to us.
-    reachable: Mutex<HashSet<HostId>>,
     pub(super) tasks: Tasks,
     commands: CommandSender,
     /// Taken by the event loop when it starts: it alone answers control commands.
@@ -143,7 +140,6 @@ impl<P: Peers> Daemon<P> {
             operator: Mutex::new(Operator::new(maintenance)),
             decisions: Mutex::new(Decisions::default()),
             rules: Mutex::default(),
-            reachable: Mutex::new(HashSet::new()),
             tasks: Tasks::new(),
             commands: CommandSender::new(tx),
             command_queue: Mutex::new(Some(rx)),
@@ -263,10 +259,6 @@ impl<P: Peers> Daemon<P> {
 
     pub(super) fn decisions(&self) -> MutexGuard<'_, Decisions> {
         lock(&self.decisions)
-    }
-
-    pub(super) fn reachable(&self) -> MutexGuard<'_, HashSet<HostId>> {
-        lock(&self.reachable)
     }
 
     /// Shutting down: hand the token on, start nothing new.

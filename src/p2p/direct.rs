@@ -196,6 +196,20 @@ impl Peers for DirectPeers {
         &self.directory
     }
 
+    fn connected(&self) -> Vec<HostId> {
+        let hosts = self.network.lock();
+        if !hosts.get(&self.me).is_some_and(|n| n.reachable) {
+            return Vec::new();
+        }
+        let mut up: Vec<HostId> = hosts
+            .iter()
+            .filter(|(h, n)| **h != self.me && n.reachable)
+            .map(|(h, _)| *h)
+            .collect();
+        up.sort_unstable();
+        up
+    }
+
     fn counters(&self) -> Option<&P2pMetrics> {
         Some(&self.metrics)
     }

@@ -51,6 +51,8 @@ pub(crate) struct Channels {
     pub inbound: mpsc::Sender<InboundEvent>,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub refused: mpsc::Receiver<RefusedFrame>,
+    /// Kept here as connections open and close, read by the daemon through its handle.
+    pub connected: super::Connected,
 }
 
 pub(crate) struct Driver {
@@ -59,6 +61,7 @@ pub(crate) struct Driver {
     fingerprint: TopologyFingerprint,
     directory: Arc<Directory>,
     inbound: mpsc::Sender<InboundEvent>,
+    connected: super::Connected,
     metrics: P2pMetrics,
     /// libp2p's own metrics, when the daemon registered them.
     libp2p_metrics: Option<libp2p::metrics::Metrics>,
@@ -96,6 +99,7 @@ impl Driver {
             fingerprint,
             directory,
             inbound: channels.inbound,
+            connected: channels.connected,
             metrics: config.metrics.clone(),
             libp2p_metrics,
             commands: channels.commands,
@@ -537,6 +541,7 @@ impl Driver {
                     && let Some(h) = self.topology.host_by_peer(&peer_id)
                 {
                     tracing::debug!(peer = %h.name, "peer up");
+                    self.connected.set(h.id, true);
                     let _ = self.inbound.try_send(InboundEvent::PeerUp(h.id));
                 }
             }
@@ -550,6 +555,7 @@ impl Driver {
                     && let Some(h) = self.topology.host_by_peer(&peer_id)
                 {
                     tracing::debug!(peer = %h.name, cause = ?cause, "peer down");
+                    self.connected.set(h.id, false);
                     let _ = self.inbound.try_send(InboundEvent::PeerDown(h.id));
                 }
             }

@@ -276,6 +276,27 @@ pub(crate) fn deliver<T>(
     rx
 }
 
+/// The hosts a transport has a connection to now, kept by the transport itself and read by the
+/// daemon ([`Peers::connected`]).
+#[derive(Clone, Default)]
+pub struct Connected(Arc<std::sync::Mutex<std::collections::BTreeSet<HostId>>>);
+
+impl Connected {
+    pub(crate) fn set(&self, host: HostId, up: bool) {
+        let mut hosts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            hosts.insert(host);
+        } else {
+            hosts.remove(&host);
+        }
+    }
+
+    pub fn hosts(&self) -> Vec<HostId> {
+        let hosts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.iter().copied().collect()
+    }
+}
+
 /// The transport the daemon talks through. Every method names the peer by [`HostId`]; errors
 /// name it by host name. Timeouts are the caller's: each call gives up after `timeout`.
 pub trait Peers: Send + Sync + 'static {
@@ -438,6 +459,11 @@ pub trait Peers: Send + Sync + 'static {
     {
         fan_out(hosts, move |h| self.survey(h, request, timeout))
     }
+
+    /// The hosts this host has a connection to now, as the transport knows them: what `scored
+    /// status` and `scored_peers_connected` report. The transport's "peer up" and "peer down"
+    /// events say when it changes, but are dropped when the daemon's queue is full; this is not.
+    fn connected(&self) -> Vec<HostId>;
 
     /// The peers this host keeps connections to whatever happens (its gossip overlay fingers):
     /// asking them costs no new connection. Empty for a transport without kept connections.

@@ -165,6 +165,7 @@ struct Shared {
     metrics: P2pMetrics,
     listen: Vec<Multiaddr>,
     commands: mpsc::UnboundedSender<Command>,
+    connected: super::Connected,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -274,10 +275,12 @@ impl Libp2pPeers {
         tracing::info!(host = %host.name, %peer_id, address = %bound, "p2p node listening");
 
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let connected = super::Connected::default();
         let channels = Channels {
             inbound: inbound_tx,
             commands: commands_rx,
             refused,
+            connected: connected.clone(),
         };
         let driver = Driver::new(
             swarm,
@@ -304,6 +307,7 @@ impl Libp2pPeers {
                     metrics: config.metrics,
                     listen: vec![bound],
                     commands,
+                    connected,
                     task,
                 }),
             },
@@ -485,6 +489,10 @@ impl Peers for Libp2pPeers {
 
     fn counters(&self) -> Option<&P2pMetrics> {
         Some(&self.shared.metrics)
+    }
+
+    fn connected(&self) -> Vec<HostId> {
+        self.shared.connected.hosts()
     }
 
     fn neighbours(&self) -> Vec<HostId> {
