@@ -279,7 +279,7 @@ pub(crate) fn deliver<T>(
 /// The hosts a transport has a connection to now, kept by the transport itself and read by the
 /// daemon ([`Peers::connected`]).
 #[derive(Clone, Default)]
-pub struct Connected(Arc<std::sync::Mutex<std::collections::BTreeSet<HostId>>>);
+pub(crate) struct Connected(Arc<std::sync::Mutex<std::collections::BTreeSet<HostId>>>);
 
 impl Connected {
     pub(crate) fn set(&self, host: HostId, up: bool) {
@@ -291,7 +291,7 @@ impl Connected {
         }
     }
 
-    pub fn hosts(&self) -> Vec<HostId> {
+    pub(crate) fn hosts(&self) -> Vec<HostId> {
         let hosts = self.0.lock().unwrap_or_else(|p| p.into_inner());
         hosts.iter().copied().collect()
     }
