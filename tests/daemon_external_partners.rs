@@ -62,7 +62,7 @@ fn a_host_that_is_down_defers_only_the_vms_whose_partners_it_may_run() {
         let sim = MemoryCluster::new(&topo);
         // S on h0 talks to ten partners, six of them on h5, and to the gateway. B on h0 talks
         // to P on h15, the host that goes down. C on h0 talks to a partner on h6 and is in a
-        // placement group with a replica that runs nowhere (stopped).
+        // placement group with a replica that runs nowhere (stopped) and with P.
         let (s, b, p, c) = (on(0, 1), on(0, 2), on(15, 1), on(0, 3));
         let partners = [
             on(5, 1),
@@ -107,7 +107,7 @@ fn a_host_that_is_down_defers_only_the_vms_whose_partners_it_may_run() {
         std::fs::write(
             &rules_file,
             format!(
-                "[[group]]\nname = \"db\"\nkind = \"anti-affinity\"\nscope = \"host\"\nmembers = [\"{c}\", \"10.0.12.7\"]\n"
+                "[[group]]\nname = \"db\"\nkind = \"anti-affinity\"\nscope = \"host\"\nmembers = [\"{c}\", \"10.0.12.7\", \"{p}\"]\n"
             ),
         )
         .unwrap();
@@ -160,7 +160,8 @@ fn a_host_that_is_down_defers_only_the_vms_whose_partners_it_may_run() {
             let a = h0.assess(&vm_of(b)).await;
             assert_ne!(a.outcome, TurnOutcome::Busy, "B: {}", a.detail);
             assert_eq!(a.partners, vec![(p, HostId(15), a.partners[0].2)]);
-            // C's other replica is found to run nowhere: nothing to keep C away from.
+            // C's other replica is found to run nowhere, P where h15 last said: nothing keeps C
+            // from h6.
             let a = h0.assess(&vm_of(c)).await;
             assert_eq!(a.outcome, TurnOutcome::Migrated, "C: {}", a.detail);
             assert_eq!(a.to, Some(HostId(6)), "C: {}", a.detail);
@@ -176,6 +177,17 @@ fn a_host_that_is_down_defers_only_the_vms_whose_partners_it_may_run() {
         assert!(
             a.detail
                 .contains("1 partner(s) could not be located (may run on h15, not answering)"),
+            "{}",
+            a.detail
+        );
+        // C's group member P may run on h15 too: deciding without it could put the two
+        // together, so C waits, and says for which host.
+        let a = h0.assess(&vm_of(c)).await;
+        assert_eq!(a.outcome, TurnOutcome::Busy, "C: {}", a.detail);
+        assert!(
+            a.detail.contains(
+                "1 placement-group member(s) could not be located (may run on h15, not answering)"
+            ),
             "{}",
             a.detail
         );

@@ -230,15 +230,9 @@ impl<P: Peers> Daemon<P> {
             );
         }
         let placement = self.rule_inputs(vm.id).await;
-        if placement.unplaced > 0 {
+        if let Some(why) = &placement.unplaced {
             // Deciding without a group member's location could put two replicas together.
-            return early(
-                TurnOutcome::Busy,
-                format!(
-                    "{} member(s) of its placement groups could not be located (hosts not answering); deferred",
-                    placement.unplaced
-                ),
-            );
+            return early(TurnOutcome::Busy, format!("{why}; deferred"));
         }
         let check = placement.check(&self.topo, vm.id);
         let gates = Gates {

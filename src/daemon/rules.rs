@@ -82,8 +82,9 @@ pub(super) struct RuleInputs {
     pub extra: Vec<GroupId>,
     /// Where the other members of its groups run, as far as known.
     pub members: Vec<Member>,
-    /// Members whose host could not be asked (a lookup failed): deciding could break a rule.
-    pub unplaced: usize,
+    /// Why members may run on a host that did not answer (a lookup failed), when some may:
+    /// deciding could break a rule.
+    pub unplaced: Option<String>,
 }
 
 impl RuleInputs {
@@ -148,20 +149,20 @@ impl<P: Peers> Daemon<P> {
     /// Where the members of `groups` run: what this host knows without asking
     /// (`known_group_members`: rules-file members the directory places, local VMs by their
     /// metadata, peers' VMs by their groups announcements, room held here), then the rules-file
-    /// members still unplaced looked up as partners are. Also how many members may run on a
-    /// host that did not answer.
+    /// members still unplaced looked up as partners are. Also why members may run on a host
+    /// that did not answer, when some may.
     pub(super) async fn group_members(
         &self,
         rules: &Rules,
         groups: &[GroupId],
-    ) -> (Vec<Member>, usize) {
+    ) -> (Vec<Member>, Option<String>) {
         let mut out = self.known_group_members(rules, groups);
         let ids: Vec<VmId> = file_members(rules, groups)
             .into_iter()
             .filter(|vm| !out.iter().any(|m| m.vm == *vm))
             .collect();
         if ids.is_empty() {
-            return (out, 0);
+            return (out, None);
         }
         let options = LocateOptions {
             timeout: self.config().token.handoff_timeout(),
@@ -169,7 +170,7 @@ impl<P: Peers> Daemon<P> {
             ..LocateOptions::default()
         };
         let located = self.peers.locate(&ids, options).await;
-        let unplaced = located.uncertain.len();
+        let unplaced = located.why_uncertain("placement-group member");
         for &g in groups {
             for vm in &rules.group(g).members {
                 if let Some(&host) = located.found.get(vm) {
@@ -226,7 +227,7 @@ impl<P: Peers> Daemon<P> {
     pub(super) async fn rule_inputs(&self, vm: VmId) -> RuleInputs {
         let (rules, extra, groups) = self.groups_of(vm);
         let (members, unplaced) = if groups.is_empty() {
-            (Vec::new(), 0)
+            (Vec::new(), None)
         } else {
             self.group_members(&rules, &groups).await
         };
@@ -246,7 +247,7 @@ impl<P: Peers> Daemon<P> {
             rules,
             extra,
             members,
-            unplaced: 0,
+            unplaced: None,
         }
     }
 
