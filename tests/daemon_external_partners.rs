@@ -11,13 +11,13 @@ use scored::daemon::event_loop::drive;
 use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::p2p::{DirectNetwork, DirectPeers, Peers};
 use scored::proto::VmId;
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::inprocess;
+use support::{direct, inprocess};
 
 /// Sixteen hosts, four racks of four (h0..h3 under tor0, h4..h7 under tor1, …).
 fn topology() -> Arc<Topology> {
@@ -123,16 +123,9 @@ fn a_host_that_is_down_defers_only_the_vms_whose_partners_it_may_run() {
         let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
         for h in 0..16 {
             let me = HostId(h);
-            let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
-            let node = inprocess::node(
-                &topo,
-                me,
-                peers,
-                Arc::new(sim.host(me)),
-                if h == 0 { demands.clone() } else { Vec::new() },
-                config.clone(),
-                dir.path(),
-            );
+            let mine = if h == 0 { demands.clone() } else { Vec::new() };
+            let (node, inbound) =
+                direct::joined(&net, &topo, &sim, me, mine, config.clone(), dir.path());
             let mut stop = stop_rx.clone();
             tokio::spawn(drive(node.clone(), inbound, async move {
                 let _ = stop.wait_for(|s| *s).await;

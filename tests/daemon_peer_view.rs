@@ -13,7 +13,7 @@ use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use support::inprocess;
+use support::{direct, inprocess};
 
 #[test]
 fn a_daemon_whose_peer_events_were_dropped_still_reports_the_peers_it_has() {
@@ -29,16 +29,7 @@ fn a_daemon_whose_peer_events_were_dropped_still_reports_the_peers_it_has() {
         let mut config = Config::default();
         config.token.regeneration_timeout_ms = Some(3_600_000);
         let me = HostId(0);
-        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
-        let node = inprocess::node(
-            &topo,
-            me,
-            peers,
-            Arc::new(sim.host(me)),
-            Vec::new(),
-            config,
-            dir.path(),
-        );
+        let (node, inbound) = direct::joined(&net, &topo, &sim, me, Vec::new(), config, dir.path());
         // h1..h3 join (three "peer up" events), then h3 flaps more times than h0's queue holds
         // and ends up, then h2 goes down: h2's "down" and h3's last events find the queue full.
         let _others: Vec<_> = (1..4)

@@ -21,7 +21,7 @@ use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::inprocess;
+use support::{direct, inprocess};
 
 /// Polls `pred` every 50 ms until it holds; fails after a minute (a wait, not a measurement).
 async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
@@ -206,16 +206,7 @@ fn a_burst_of_new_connections_publishes_the_inventory_once() {
         let mut config = Config::default();
         // No token: its heartbeats are announcements too, and would blur the count.
         config.token.regeneration_timeout_ms = Some(24 * 3600 * 1000);
-        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
-        let node = inprocess::node(
-            &topo,
-            me,
-            peers,
-            Arc::new(sim.host(me)),
-            Vec::new(),
-            config,
-            dir.path(),
-        );
+        let (node, inbound) = direct::joined(&net, &topo, &sim, me, Vec::new(), config, dir.path());
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
         node
     };

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod direct;
 pub mod four_hosts;
 pub mod host;
 pub mod inprocess;
