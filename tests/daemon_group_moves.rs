@@ -12,14 +12,14 @@ use scored::daemon::{Carried, Daemon};
 use scored::decide::TurnOutcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::p2p::{DirectNetwork, DirectPeers, Peers};
 use scored::proto::{Announcement, MoveRequest, Stamp, SurveyRequest, VmId};
 use scored::topology::{HostId, Topology};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::inprocess;
+use support::{direct, inprocess};
 
 /// Two racks of two hosts (a1, a2 | b1, b2); a rack link costs 1, the core 10 more.
 fn topology() -> Arc<Topology> {
@@ -95,16 +95,8 @@ async fn start_lab(topo: &Arc<Topology>, dir: &Path, group_moves: GroupMoves, pi
     let mut nodes = Vec::new();
     for (h, local) in [(0, Some(u)), (1, Some(v)), (2, Some(w)), (3, None)] {
         let me = HostId(h);
-        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
-        let node = inprocess::node(
-            topo,
-            me,
-            peers,
-            Arc::new(sim.host(me)),
-            local.map(demands_of).unwrap_or_default(),
-            config.clone(),
-            dir,
-        );
+        let mine = local.map(demands_of).unwrap_or_default();
+        let (node, inbound) = direct::joined(&net, topo, &sim, me, mine, config.clone(), dir);
         let mut stop = stop_rx.clone();
         tokio::spawn(drive(node.clone(), inbound, async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -15,14 +15,14 @@ use scored::decide::Outcome;
 use scored::flows::synthetic::Demand;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
 use scored::hypervisor::{GroupTag, Vm};
-use scored::p2p::{DirectNetwork, DirectPeers, Directory, Peers};
+use scored::p2p::{DirectNetwork, DirectPeers, Peers};
 use scored::proto::VmId;
 use scored::rules::{GroupKind, Member, Rules};
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{inprocess, time};
+use support::{direct, inprocess, time};
 
 /// Four hosts, two racks of two.
 fn topology() -> Topology {
@@ -72,7 +72,6 @@ fn four_hosts(
     let mut nodes: Vec<Arc<Daemon<DirectPeers>>> = Vec::new();
     for h in 0..4u32 {
         let me = HostId(h);
-        let (peers, inbound) = net.join(me, Arc::new(Directory::new(topo.clone(), me)));
         let demands = demands
             .iter()
             .filter(|(at, _, _)| *at == me)
@@ -82,15 +81,8 @@ fn four_hosts(
                 bytes_per_sec: 1e6,
             })
             .collect();
-        let node = inprocess::node(
-            topo,
-            me,
-            peers,
-            Arc::new(sim.host(me)),
-            demands,
-            config.clone(),
-            dir.path(),
-        );
+        let (node, inbound) =
+            direct::joined(&net, topo, sim, me, demands, config.clone(), dir.path());
         rt.block_on(node.refresh_inventory()).unwrap();
         node.traffic().tick(Instant::now());
         rt.spawn(drive(node.clone(), inbound, std::future::pending()));
