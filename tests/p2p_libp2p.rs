@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::host::free_ports;
 use support::loopback::{self, HostSpec, Loopback, loopback, vm};
-use support::raw_peer::{RawCodec, raw_swarm, raw_swarm_on};
+use support::raw_peer::{RawCodec, answer_one_and_hear_back, raw_swarm, raw_swarm_on};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(5);
@@ -889,35 +889,14 @@ async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
     };
     let asker = node.clone();
     let ask = tokio::spawn(async move { asker.query_capacity(HostId(1), moving, T).await });
-    let (mut answered, mut asked) = (None, false);
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while answered.is_none() || !asked {
-            match old.select_next_some().await {
-                SwarmEvent::Behaviour(rr::Event::Message {
-                    message: rr::Message::Response { response, .. },
-                    ..
-                }) => answered = Some(response),
-                SwarmEvent::Behaviour(rr::Event::Message {
-                    message:
-                        rr::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                }) => {
-                    let r = scored_proto::decode::<Request<CapacityRequest>>(&request).unwrap();
-                    assert_eq!(r.body.memory_mib, 256);
-                    let answer = scored_proto::encode(&Response::Ok(capacity(true))).unwrap();
-                    old.behaviour_mut().send_response(channel, answer).unwrap();
-                    asked = true;
-                }
-                _ => {}
-            }
-        }
+    let answered = answer_one_and_hear_back(&mut old, |request| {
+        let r = scored_proto::decode::<Request<CapacityRequest>>(request).unwrap();
+        assert_eq!(r.body.memory_mib, 256);
+        scored_proto::encode(&Response::Ok(capacity(true))).unwrap()
     })
-    .await
-    .expect("the old peer was not asked or not answered");
+    .await;
     // The old peer reads a v1 answer: no room, which is what it makes of the refusal.
-    let answer = scored_proto::decode::<Response<CapacityResponse>>(&answered.unwrap()).unwrap();
+    let answer = scored_proto::decode::<Response<CapacityResponse>>(&answered).unwrap();
     assert_eq!(answer, Response::Ok(capacity(false)));
     let theirs = ask.await.unwrap().unwrap();
     assert_eq!(
@@ -980,42 +959,21 @@ async fn a_v1_peer_still_answers_lookups_and_a_v2_peer_answers_with_its_inventor
         };
         asker.locate(&[vm(1, 3), vm(2, 5)], options).await
     });
-    let (mut answered, mut asked) = (None, false);
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while answered.is_none() || !asked {
-            match old.select_next_some().await {
-                SwarmEvent::Behaviour(rr::Event::Message {
-                    message: rr::Message::Response { response, .. },
-                    ..
-                }) => answered = Some(response),
-                SwarmEvent::Behaviour(rr::Event::Message {
-                    message:
-                        rr::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                }) => {
-                    // h0's lookup reaches the old peer as the v1 request it always read.
-                    let r = scored_proto::decode::<Request<LocationRequest>>(&request).unwrap();
-                    assert_eq!(r.body.vms, vec![vm(1, 3), vm(2, 5)]);
-                    let here = LocationResponse {
-                        here: vec![Located {
-                            vm: vm(1, 3),
-                            since: Stamp::ZERO,
-                        }],
-                        moved: Vec::new(),
-                    };
-                    let answer = scored_proto::encode(&Response::Ok(here)).unwrap();
-                    old.behaviour_mut().send_response(channel, answer).unwrap();
-                    asked = true;
-                }
-                _ => {}
-            }
-        }
+    let answered = answer_one_and_hear_back(&mut old, |request| {
+        // h0's lookup reaches the old peer as the v1 request it always read.
+        let r = scored_proto::decode::<Request<LocationRequest>>(request).unwrap();
+        assert_eq!(r.body.vms, vec![vm(1, 3), vm(2, 5)]);
+        let here = LocationResponse {
+            here: vec![Located {
+                vm: vm(1, 3),
+                since: Stamp::ZERO,
+            }],
+            moved: Vec::new(),
+        };
+        scored_proto::encode(&Response::Ok(here)).unwrap()
     })
-    .await
-    .expect("the old peer was not asked or not answered");
-    let answer = scored_proto::decode::<Response<LocationResponse>>(&answered.unwrap()).unwrap();
+    .await;
+    let answer = scored_proto::decode::<Response<LocationResponse>>(&answered).unwrap();
     assert_eq!(
         answer,
         Response::Ok(LocationResponse {

@@ -126,3 +126,40 @@ pub fn raw_swarm_on(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
 }
+
+/// Drives `swarm` (a peer of the previous release, say) until it has both answered one request
+/// it received, with `answer` made from the request's bytes, and received the answer to the
+/// request it sent itself; returns that answer's bytes. Fails the test after 15 s.
+pub async fn answer_one_and_hear_back(
+    swarm: &mut RawSwarm,
+    mut answer: impl FnMut(&[u8]) -> Vec<u8>,
+) -> Vec<u8> {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    let (mut answered, mut asked) = (None, false);
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while answered.is_none() || !asked {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    message: rr::Message::Response { response, .. },
+                    ..
+                }) => answered = Some(response),
+                SwarmEvent::Behaviour(rr::Event::Message {
+                    message:
+                        rr::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                }) => {
+                    let bytes = answer(&request);
+                    swarm.behaviour_mut().send_response(channel, bytes).unwrap();
+                    asked = true;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the peer was not asked or not answered");
+    answered.unwrap()
+}
