@@ -95,6 +95,17 @@ pub enum Response<T> {
     Refused(Refusal),
 }
 
+impl<T> Response<T> {
+    /// The same response with its answer turned into another (another version's), a refusal
+    /// kept as it is.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Response<U> {
+        match self {
+            Response::Ok(a) => Response::Ok(f(a)),
+            Response::Refused(r) => Response::Refused(r),
+        }
+    }
+}
+
 /// Why a peer did not answer a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {

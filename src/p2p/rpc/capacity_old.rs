@@ -26,17 +26,11 @@ pub(super) fn capacity_v2(p: &StreamProtocol) -> bool {
 }
 
 pub(super) fn response_to_v2(r: Response<PlacementResponse>) -> Response<PlacementResponseV2> {
-    match r {
-        Response::Ok(p) => Response::Ok(p.into()),
-        Response::Refused(r) => Response::Refused(r),
-    }
+    r.map(Into::into)
 }
 
 pub(super) fn response_from_v2(r: Response<PlacementResponseV2>) -> RpcResponse {
-    RpcResponse::Capacity(match r {
-        Response::Ok(p) => Response::Ok(p.into()),
-        Response::Refused(r) => Response::Refused(r),
-    })
+    RpcResponse::Capacity(r.map(Into::into))
 }
 
 pub(super) fn request_to_v1(r: Request<PlacementRequest>) -> Request<CapacityRequest> {
@@ -56,21 +50,15 @@ pub(super) fn request_from_v1(r: Request<CapacityRequest>) -> RpcRequest {
 }
 
 pub(super) fn response_to_v1(r: Response<PlacementResponse>) -> Response<CapacityResponse> {
-    match r {
-        Response::Ok(p) => Response::Ok(p.capacity),
-        Response::Refused(r) => Response::Refused(r),
-    }
+    r.map(|p| p.capacity)
 }
 
 pub(super) fn response_from_v1(r: Response<CapacityResponse>) -> RpcResponse {
-    RpcResponse::Capacity(match r {
-        Response::Ok(capacity) => Response::Ok(PlacementResponse {
-            capacity,
-            refused_by_rule: None,
-            cpus: 0,
-        }),
-        Response::Refused(r) => Response::Refused(r),
-    })
+    RpcResponse::Capacity(r.map(|capacity| PlacementResponse {
+        capacity,
+        refused_by_rule: None,
+        cpus: 0,
+    }))
 }
 
 #[cfg(test)]

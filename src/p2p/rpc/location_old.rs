@@ -32,17 +32,11 @@ pub(super) fn request_from_v1(r: Request<LocationRequest>) -> RpcRequest {
 }
 
 pub(super) fn response_to_v1(r: Response<LocationAnswer>) -> Response<LocationResponse> {
-    match r {
-        Response::Ok(a) => Response::Ok(a.into()),
-        Response::Refused(r) => Response::Refused(r),
-    }
+    r.map(Into::into)
 }
 
 pub(super) fn response_from_v1(r: Response<LocationResponse>) -> RpcResponse {
-    RpcResponse::Location(match r {
-        Response::Ok(a) => Response::Ok(a.into()),
-        Response::Refused(r) => Response::Refused(r),
-    })
+    RpcResponse::Location(r.map(Into::into))
 }
 
 #[cfg(test)]
