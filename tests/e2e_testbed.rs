@@ -747,11 +747,16 @@ fn a_guest_that_would_not_converge_stays_until_post_copy_is_allowed() {
     for g in ["vm1", "vm2"] {
         tb.wait_heartbeat(g, 1, Duration::from_secs(90)).unwrap();
     }
-    // 32 MiB/s with a 300 ms budget: 9.6 MiB fit the last copy, never the 48 MiB rewritten.
+    // 32 MiB/s with a 50 ms budget: 1.6 MiB fit the last copy. The forecast takes a guest to
+    // dirty in any shorter interval what it dirtied in the rate's 1 s window, so a guest measured
+    // above 1.6 MiB/s never fits. Under software emulation the measured rate depends on the
+    // machine and is coarse (libvirt samples 128 pages of this guest: 2 MiB/s a page): 6-44
+    // MiB/s here, about 6.5-8.5 MiB/s on a loaded CI machine, where a 300 ms budget (9.6 MiB)
+    // once let it converge.
     let link = |dry_run: bool, post_copy: bool| -> Vec<scored::config::Override> {
         vec![
             "migration.bandwidth_mib_s=32".parse().unwrap(),
-            "migration.max_downtime_ms=300".parse().unwrap(),
+            "migration.max_downtime_ms=50".parse().unwrap(),
             "migration.auto_converge=false".parse().unwrap(),
             format!("migration.post_copy={post_copy}").parse().unwrap(),
             format!("decision.dry_run={dry_run}").parse().unwrap(),
@@ -784,7 +789,7 @@ fn a_guest_that_would_not_converge_stays_until_post_copy_is_allowed() {
         .iter()
         .find(|v| v.id == vm1)
         .expect("vm1 in hv1's status");
-    assert!(v.dirty_mib_s.is_some_and(|d| d > 8.0), "{v:?}");
+    assert!(v.dirty_mib_s.is_some_and(|d| d > 1.6), "{v:?}");
     assert_eq!(v.first_pass_basis.as_deref(), Some("guest-used"), "{v:?}");
 
     // Moves on: vm1 stays, its decision says why, and no migration of it starts.
