@@ -1036,6 +1036,56 @@ async fn a_host_listed_without_a_peer_id_is_never_asked() {
     assert_eq!(r.missing, vec![gateway]);
 }
 
+/// A node dials from a port of its own, never from the port it listens on. libp2p's default
+/// reuses the listening port for outgoing TCP connections (for NAT hole punching, which a data
+/// centre does not need): two nodes dialling each other at the same instant from their listening
+/// ports then make one TCP connection by simultaneous open, both start Noise as its initiator,
+/// and both dials fail with every request waiting on them. Seen in CI: a peer of the previous
+/// release and a node that asked each other at once both lost their requests ("handshake
+/// failed: input error" on both sides).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dials_from_a_port_of_its_own_not_its_listening_one() {
+    let l = loopback(2);
+    let mut other = raw_swarm(&l.keys[1], RawCodec::default(), T);
+    let port = l.topology.host(HostId(1)).p2p_port;
+    other
+        .listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+        .unwrap();
+    let (node, _inbound) = start(&l, 0).await;
+    let asker = node.clone();
+    let ask = tokio::spawn(async move {
+        asker
+            .query_capacity(HostId(1), PlacementRequest::room(1), T)
+            .await
+    });
+    let from = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished {
+                endpoint: libp2p::core::ConnectedPoint::Listener { send_back_addr, .. },
+                ..
+            } = other.select_next_some().await
+            {
+                return send_back_addr;
+            }
+        }
+    })
+    .await
+    .expect("the node never connected");
+    let listening = node.listen_addrs()[0].clone();
+    let port_of = |a: &libp2p::Multiaddr| {
+        a.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+    };
+    assert_ne!(
+        port_of(&from),
+        port_of(&listening),
+        "dialled from {from}, listening on {listening}"
+    );
+    ask.abort();
+}
+
 /// A request queued while an older dial to its peer is still under way (the finger dial every
 /// node makes when it starts, before that peer listened) must not fail with that dial: it gets
 /// a dial of its own. Here the older dial reaches a listener that accepts and then hangs up, and

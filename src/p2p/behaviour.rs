@@ -1,8 +1,9 @@
 //! What a scored libp2p node is made of: the connection limits, the allowlist, the
 //! request-response [`Rpc`], gossipsub for announcements, identify, and ping for liveness,
 //! composed in that order, and the swarm built around them (TCP + Noise + Yamux, with a
-//! handshake timeout and a bound on streams per connection). Construction only: nothing here
-//! runs the swarm or looks at a message.
+//! handshake timeout, a bound on streams per connection, and outgoing connections from ports of
+//! their own: [`FreshPortDials`]). Construction only: nothing here runs the swarm or looks at a
+//! message.
 //!
 //! Liveness is libp2p ping on every connection (a failed ping closes it, and the daemon sees
 //! `PeerDown`) rather than a Heartbeat message of our own: it already runs on every connection
@@ -12,12 +13,16 @@ use super::allowlist::Allowlist;
 use super::limits::{PendingGate, connection_limits};
 use super::rpc::{FrameWatch, Rpc};
 use super::service::{P2pConfig, StartError};
+use libp2p::Multiaddr;
+use libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent};
 use libp2p::core::upgrade::Version;
 use libp2p::gossipsub;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, Transport, identify, noise, ping, tcp, yamux};
 use prometheus_client::registry::Registry;
 use scored_proto::{Announcement, IDENTIFY_PROTOCOL, TopologyFingerprint, WireMessage};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -85,13 +90,13 @@ pub(crate) fn build_swarm(
         // nothing would be held for ever.
         .with_other_transport(
             |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                Ok(
-                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .upgrade(Version::V1Lazy)
-                        .authenticate(noise::Config::new(key)?)
-                        .multiplex(yamux)
-                        .timeout(limits.handshake_timeout),
-                )
+                Ok(FreshPortDials(tcp::tokio::Transport::new(
+                    tcp::Config::default().nodelay(true),
+                ))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux)
+                .timeout(limits.handshake_timeout))
             },
         )
         .map_err(|e| StartError::setup("TCP transport", e))?
@@ -133,4 +138,51 @@ pub(crate) fn build_swarm(
         })
         .build();
     Ok(swarm)
+}
+
+/// A transport whose every outgoing connection leaves from a new port, never from the port the
+/// node listens on. libp2p dials from the listening port unless told otherwise (port reuse, for
+/// NAT hole punching, which hosts of one data centre do not need), and request-response dials
+/// with that default. Two daemons that dial each other at the same instant from their listening
+/// ports make one TCP connection (a simultaneous open), on which both start Noise as its
+/// initiator: both dials fail, and with them every request waiting on them. From ports of their
+/// own, the two dials are two connections, and both succeed.
+pub(crate) struct FreshPortDials<T>(pub T);
+
+impl<T: Transport + Unpin> Transport for FreshPortDials<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        self.0.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.0.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        let opts = DialOpts {
+            port_use: PortUse::New,
+            ..opts
+        };
+        self.0.dial(addr, opts)
+    }
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        Pin::new(&mut self.get_mut().0).poll(cx)
+    }
 }
