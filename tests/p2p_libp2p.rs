@@ -753,13 +753,14 @@ async fn a_node_that_cannot_listen_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frames_are_refused_and_the_sender_disconnected() {
-    // Shown only when the test fails.
+    // Shown only when a test fails (the test writer goes to the harness's capture; the
+    // subscriber is the process's, so it serves the tests that run after this one too).
     let _ = tracing_subscriber::fmt()
+        .with_test_writer()
         .with_env_filter("scored=debug")
         .try_init();
     let l = loopback(2);
     let (victim, mut victim_inbound) = start(&l, 0).await;
-    // h1's key, speaking raw bytes instead of scored frames.
     // h1's key, speaking raw bytes instead of scored frames. Our side never closes an idle
     // connection: any close below is the victim's doing.
     let mut raw = raw_swarm(&l.keys[1], RawCodec::default(), Duration::from_secs(5));
