@@ -1,9 +1,13 @@
 //! Daemon idle overhead (issue 6 target: ≤ 1% of a core, ≤ 30 MB RSS with 16 VMs × 100 flows).
 //!
 //! Two release `scored run` processes on 127.0.0.1 with the shipped defaults (2 s hand-off,
-//! 60 s rounds): h1 runs 16 simulated VMs, each with 100 partners (16 on h2, 84 outside the
-//! cluster), h2 runs the 16 partner VMs; metrics served on a loopback port. After a warm-up, h1's CPU time and RSS are read from
-//! /proc over a measurement window. `cargo bench --bench daemon_idle`; prints one line per figure.
+//! 60 s rounds) but `decision.dry_run`: h1 runs 16 simulated VMs, each with 100 partners (16 on
+//! h2, 84 outside the cluster), h2 runs the 16 partner VMs; metrics served on a loopback port.
+//! Every turn is decided, nothing moves: without dry-run h1's VMs move to h2 one every 8 s
+//! (their simulated migration) and take their flows along, so the first version of this bench
+//! measured h1 while it migrated, ending with half its VMs (800 entries). After a warm-up,
+//! h1's CPU time and RSS are read from /proc over a measurement window; the run fails unless h1
+//! tracks all 1,600 flows at its end. `cargo bench --bench daemon_idle`; prints one line per figure.
 
 use scored::hypervisor::file::set_shared_traffic;
 use scored::hypervisor::memory::{MemoryCluster, synthetic_vm};
@@ -107,7 +111,8 @@ fn main() {
             "[host]\nname = \"{name}\"\nkey = \"{name}.key\"\ntopology = \"topology.toml\"\n\n\
              [hypervisor]\nuri = \"sim+file://{}\"\n\n\
              [control]\nsocket = \"{}\"\n\n[journal]\npath = \"{name}.journal\"\n\n\
-             [log]\nlevel = \"warn\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+             [log]\nlevel = \"warn\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n\
+             [decision]\ndry_run = true\n",
             shared.display(),
             dir.path().join(format!("{name}.sock")).display(),
             metrics_port
@@ -158,6 +163,15 @@ fn main() {
         .find_map(|l| l.strip_prefix("scored_flow_entries "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no scored_flow_entries in the metrics page:\n{page}"));
+    if flows != f64::from(VMS * PARTNERS) {
+        let log = std::fs::read_to_string(dir.path().join("h1.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "h1 tracks {flows} flows, not {}: the figures would be for fewer. h1's log ends:\n{}",
+            VMS * PARTNERS,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     let cpu = (t1 - t0) as f64 / hz / start.elapsed().as_secs_f64();
     println!(
         "daemon_idle: {VMS} VMs x {PARTNERS} flows ({flows} flow-table entries), release build, {} s window after {} s warm-up: \
