@@ -18,6 +18,7 @@ use crate::decide::TurnOutcome;
 use crate::sim::ScenarioParams;
 use crate::sim::engine::{self, RunOptions};
 use crate::topology::{HostId, Topology};
+
 use anyhow::{Context, anyhow};
 use datacentre::{DataCentre, TrafficShape};
 use host::{Counters, LabHost};
@@ -25,7 +26,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use report::{PartitionReport, Report};
-use scored_proto::{PolicyKind, VmId};
+use scored_proto::{PolicyKind, Stamp, VmId};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -387,9 +388,16 @@ pub async fn run(args: &LabArgs, live: bool) -> anyhow::Result<Report> {
         // Hosts acting on a token (the safety figure: at most one), and hosts holding one,
         // counting those whose hand-off to the next host is still waiting for its answer.
         let daemon = |i: &usize| hosts[*i].running.as_ref().map(|x| &x.daemon);
-        let holding: Vec<usize> = (0..n)
-            .filter(|i| daemon(i).is_some_and(|d| d.acting().is_some()))
+        let acting: Vec<(usize, Stamp)> = (0..n)
+            .filter_map(|i| daemon(&i).and_then(|d| d.acting()).map(|at| (i, at)))
             .collect();
+        if acting.len() > 1 {
+            r.acting_overlaps += 1;
+            if r.first_overlap.is_none() {
+                r.first_overlap = Some(overlap(&dc.scenario.topology, &acting, now));
+            }
+        }
+        let holding: Vec<usize> = acting.iter().map(|(i, _)| *i).collect();
         let held = (0..n)
             .filter(|i| daemon(i).is_some_and(|d| d.holding().is_some()))
             .count();
@@ -487,6 +495,16 @@ fn watch_partition(p: &mut Partition, holding: &[usize], now: Duration, loss: Du
             p.report.holders_after_3_loss_timeouts = Some(holding.len());
         }
     }
+}
+
+/// Who acted on which token (epoch.seq) at once: two stamps of one epoch are one token twice
+/// (a hand-off both sides act on), two epochs a regenerated token and the one it replaces.
+fn overlap(topo: &Topology, acting: &[(usize, Stamp)], now: Duration) -> String {
+    let who: Vec<String> = acting
+        .iter()
+        .map(|(i, at)| format!("{} on {at}", topo.host(HostId(*i as u32)).name))
+        .collect();
+    format!("at {:.0} s: {}", now.as_secs_f64(), who.join(", "))
 }
 
 /// A record's detail without its numbers, so that like reasons count together.
@@ -607,5 +625,23 @@ fn sim_reduction(
         100.0 * (before - sc.cost(last, &run.placement)) / before
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overlap_names_each_host_and_the_token_it_acts_on() {
+        let text = "[levels]\nweights = [1, 3]\n\
+            [[host]]\nname = \"a\"\npath = [\"agg\", \"tor1\"]\naddress = \"10.0.0.1\"\np2p_port = 7070\n\
+            [[host]]\nname = \"b\"\npath = [\"agg\", \"tor1\"]\naddress = \"10.0.0.2\"\np2p_port = 7070\n";
+        let topo = Topology::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let acting = [(0, Stamp::new(1 << 16, 40)), (1, Stamp::new(2 << 16, 2))];
+        assert_eq!(
+            overlap(&topo, &acting, Duration::from_millis(312_400)),
+            "at 312 s: a on 65536.40, b on 131072.2"
+        );
     }
 }

@@ -70,6 +70,10 @@ pub struct Report {
     /// not fenced; `TokenWatch::acting`), and at the end.
     pub holders_max: usize,
     pub holders_now: usize,
+    /// Polls at which more than one daemon acted on a token, and the first of them: who, on
+    /// which token (epoch.seq).
+    pub acting_overlaps: u64,
+    pub first_overlap: Option<String>,
     /// Most daemons holding a token at once, counting a holder whose hand-off is waiting for
     /// the next host's answer (so two, or more on a slow machine, for one token).
     pub holding_max: usize,
@@ -162,6 +166,12 @@ pub fn text(r: &Report) -> String {
         r.holders_now,
         r.holding_max
     );
+    if let Some(first) = &r.first_overlap {
+        s += &format!(
+            "           more than one acting at {} of {} polls; the first {first}\n",
+            r.acting_overlaps, r.polls
+        );
+    }
     s += &format!(
         "turns      {}: {} decided, {} deferred ({:.1}%)\n",
         r.turns,
