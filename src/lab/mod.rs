@@ -18,7 +18,6 @@ use crate::decide::TurnOutcome;
 use crate::sim::ScenarioParams;
 use crate::sim::engine::{self, RunOptions};
 use crate::topology::{HostId, Topology};
-
 use anyhow::{Context, anyhow};
 use datacentre::{DataCentre, TrafficShape};
 use host::{Counters, LabHost};
