@@ -1042,7 +1042,7 @@ async fn a_host_listed_without_a_peer_id_is_never_asked() {
 /// centre does not need): two nodes dialling each other at the same instant from their listening
 /// ports then make one TCP connection by simultaneous open, both start Noise as its initiator,
 /// and both dials fail with every request waiting on them. Seen in CI as a time-out of the
-/// previous-release test below (the peer and the node ask each other at once); a trace of it
+/// previous-release test (the old peer and the node ask each other at once); a trace of it
 /// here showed "handshake failed: input error" on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_dials_from_a_port_of_its_own_not_its_listening_one() {
