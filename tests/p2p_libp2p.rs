@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::host::free_ports;
 use support::loopback::{self, HostSpec, Loopback, loopback, vm};
-use support::raw_peer::{RawCodec, answer_one_and_hear_back, raw_swarm, raw_swarm_on};
+use support::raw_peer::{RawCodec, answer_one_and_hear_back, listen_as, raw_swarm, raw_swarm_on};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(5);
@@ -674,10 +674,7 @@ async fn a_group_move_is_answered_when_its_migration_ended_or_refused() {
 
     // h2 answers a survey with a move's answer.
     let mut wrong = raw_swarm_on(&l.keys[2], RawCodec::default(), T, GROUP_PROTOCOL);
-    let port = l.topology.host(HostId(2)).p2p_port;
-    wrong
-        .listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
-        .unwrap();
+    listen_as(&mut wrong, l.topology.host(HostId(2)).p2p_port);
     let asker = holder.clone();
     let ask =
         tokio::spawn(async move { asker.survey(HostId(2), SurveyRequest::default(), T).await });
@@ -846,9 +843,7 @@ async fn a_peer_of_the_previous_release_is_asked_and_answered_in_version_1() {
     // h1 runs the previous release: it speaks /scored/capacity/1 only. It listens before h0
     // starts, so h0's first dial to it (its gossip finger) finds it up.
     let mut old = raw_swarm_on(&l.keys[1], RawCodec::default(), T, CAPACITY_PROTOCOL);
-    let port = l.topology.host(HostId(1)).p2p_port;
-    old.listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
-        .unwrap();
+    listen_as(&mut old, l.topology.host(HostId(1)).p2p_port);
     let (node, mut inbound) = start(&l, 0).await;
     // The new node's daemon refuses whatever it is asked by a rule.
     let daemon = tokio::spawn(async move {
@@ -926,9 +921,7 @@ async fn a_v1_peer_still_answers_lookups_and_a_v2_peer_answers_with_its_inventor
     let l = loopback(3);
     // h1 runs the previous release: it speaks /scored/location/1 only, and runs 10.0.1.1..=8.
     let mut old = raw_swarm_on(&l.keys[1], RawCodec::default(), T, LOCATION_PROTOCOL);
-    let port = l.topology.host(HostId(1)).p2p_port;
-    old.listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
-        .unwrap();
+    listen_as(&mut old, l.topology.host(HostId(1)).p2p_port);
     // h0 and h2 run this release; neither announces its inventory, so h0 knows none.
     let (node, _inbound0) = start_unannounced(&l, 0).await;
     let (_h2, _inbound2) = start_unannounced(&l, 2).await;
@@ -1048,10 +1041,7 @@ async fn a_host_listed_without_a_peer_id_is_never_asked() {
 async fn a_node_dials_from_a_port_of_its_own_not_its_listening_one() {
     let l = loopback(2);
     let mut other = raw_swarm(&l.keys[1], RawCodec::default(), T);
-    let port = l.topology.host(HostId(1)).p2p_port;
-    other
-        .listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
-        .unwrap();
+    listen_as(&mut other, l.topology.host(HostId(1)).p2p_port);
     let (node, _inbound) = start(&l, 0).await;
     let asker = node.clone();
     let ask = tokio::spawn(async move {

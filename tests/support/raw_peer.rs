@@ -127,6 +127,14 @@ pub fn raw_swarm_on(
         .build()
 }
 
+/// Makes `swarm` listen on 127.0.0.1 at `port` (a listed host's `p2p_port`), so that it answers
+/// in that host's place.
+pub fn listen_as(swarm: &mut RawSwarm, port: u16) {
+    swarm
+        .listen_on(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap())
+        .unwrap();
+}
+
 /// Drives `swarm` (a peer of the previous release, say) until it has both answered one request
 /// it received, with `answer` made from the request's bytes, and received the answer to the
 /// request it sent itself; returns that answer's bytes. Fails the test after 15 s.
