@@ -23,6 +23,8 @@ fn settle(c: &mut Cluster, rounds: u32, limit: Duration) -> u64 {
     let start = Instant::now();
     let mut mark: Option<(u32, u64, usize, usize)> = None;
     let vms = c.scenario.ids.len();
+    // Turns and deferred turns so far, read from the logs as they grow.
+    let (mut cursor, mut turns, mut busy) = (Vec::new(), 0, 0);
     while start.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(500));
         let f = c.shared();
@@ -30,15 +32,12 @@ fn settle(c: &mut Cluster, rounds: u32, limit: Duration) -> u64 {
         let migrations = f.migrations();
         // A turn put off (a partner not located, a VM claimed by two hosts for a moment after
         // its migration, a hypervisor outage) is not a settled one.
-        let events = c.events();
-        let decisions: Vec<_> = events
-            .iter()
-            .filter(|(_, e)| e["message"] == "decision")
-            .collect();
-        let busy = decisions
-            .iter()
-            .filter(|(_, e)| DEFERRED.iter().any(|o| e["outcome"] == o.name()))
-            .count();
+        for (_, e) in c.new_events(&mut cursor) {
+            if e["message"] == "decision" {
+                turns += 1;
+                busy += usize::from(DEFERRED.iter().any(|o| e["outcome"] == o.name()));
+            }
+        }
         let round = (0..c.hosts.len())
             .filter_map(|i| c.status(i).map(|s| s.token.round))
             .max()
@@ -48,11 +47,11 @@ fn settle(c: &mut Cluster, rounds: u32, limit: Duration) -> u64 {
         // at 3 migrations in 4 rounds, 17% against the simulator's 47%.
         match mark {
             Some((r0, m0, b0, d0)) if m0 == migrations && b0 == busy => {
-                if round >= rounds && round >= r0 + 2 && decisions.len() >= d0 + vms {
+                if round >= rounds && round >= r0 + 2 && turns >= d0 + vms {
                     break;
                 }
             }
-            _ => mark = Some((round, migrations, busy, decisions.len())),
+            _ => mark = Some((round, migrations, busy, turns)),
         }
     }
     c.shared().migrations()
@@ -126,7 +125,7 @@ fn cut_cost_like_the_simulator_with(policy: PolicyKind, group: bool) -> Cluster 
         sim * 100.0
     );
     assert!(migrations > 0);
-    // What the turns ended in, for a failure's message.
+    // What the turns ended in (for a failure's message), and how many were logged.
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for (_, e) in c.events() {
         if e["message"] == "decision" {
@@ -141,11 +140,7 @@ fn cut_cost_like_the_simulator_with(policy: PolicyKind, group: bool) -> Cluster 
         daemons * 100.0,
         sim * 100.0
     );
-    let decisions = c
-        .events()
-        .into_iter()
-        .filter(|(_, e)| e["message"] == "decision")
-        .count();
+    let decisions: usize = outcomes.values().sum();
     assert!(
         decisions >= c.scenario.ids.len(),
         "{decisions} decisions logged"
