@@ -352,16 +352,20 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
     let tb = testbed("sclvstl");
     let ip = Ipv4Addr::new(10, 77, 1, 30);
     let mut g = GuestSpec::new("g3", ip);
-    // 48 MiB rewritten as fast as a TCG guest can, through a link capped at 32 MiB/s whose
-    // 300 ms downtime budget fits under 10 MiB: every pass leaves more than the budget behind.
+    // 16 MiB rewritten as fast as a TCG guest can, through a link capped at 4 MiB/s whose
+    // 300 ms downtime budget fits 1.2 MiB: every pass leaves more than the budget behind. The
+    // link is that slow because an emulated guest's rate is not ours to set: it read 6 to 66
+    // MiB/s on the same machine from run to run (busybox's dd under TCG, slower on a busy
+    // machine), and a pre-copy migration converges whenever the guest dirties slower than the
+    // link. A small set keeps the first pass (every non-zero page, at 4 MiB/s) short.
     g.memory_mib = 256;
-    g.dirty_mib = 48;
+    g.dirty_mib = 16;
     tb.start_guest(0, &g).expect("start guest");
     let before = tb.wait_heartbeat("g3", 3, Duration::from_secs(60)).unwrap();
     let id = VmId::from_ipv4(ip);
     let hv1 = backend(&tb.state.hosts[0]);
     let params = MigrationParams {
-        bandwidth_mib_s: 32,
+        bandwidth_mib_s: 4,
         max_downtime: Duration::from_millis(300),
         auto_converge: false,
         stall_timeout: Duration::from_secs(4),
@@ -378,10 +382,15 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
         first.dirty_mib_s.is_none() && first.dirty_rate_pending,
         "{first:?}"
     );
+    // libvirt samples 128 of the guest's pages (2 MiB/s a page), of which the rewritten set
+    // holds about 8: one reading may miss most of them. A guest that dirties faster than the
+    // link is seen to do so within a few readings; one that does not cannot be the subject here.
+    let link = params.bandwidth_mib_s as f64;
     let mut measured = None;
+    let mut readings = Vec::new();
     wait_until(
-        "g3's dirty rate and used memory measured",
-        Duration::from_secs(30),
+        "g3's dirty rate (above the link's) and used memory measured",
+        Duration::from_secs(60),
         || {
             hv1.vms().expect("vms");
             measured = hv1
@@ -389,22 +398,27 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
                 .expect("measure")
                 .into_iter()
                 .find(|m| m.vm == id && m.dirty_mib_s.is_some() && m.guest_used_mib.is_some());
-            measured.is_some()
+            if let Some(d) = measured.as_ref().and_then(|m| m.dirty_mib_s) {
+                if readings.last() != Some(&d) {
+                    readings.push(d);
+                }
+            }
+            measured
+                .as_ref()
+                .is_some_and(|m| m.dirty_mib_s > Some(link))
         },
     );
+    eprintln!("g3's dirty rate readings (MiB/s): {readings:?}");
     let m = measured.unwrap();
     eprintln!("g3 measured: {m:?}");
     let (resident, dirty) = (m.resident_mib.unwrap(), m.dirty_mib_s.unwrap());
     assert!(resident > 0 && resident <= 512, "{m:?}");
-    // The guest's own account (balloon statistics) holds its 56 MiB random source and the
-    // 48 MiB it rewrites, and it started here: no arrival figures.
+    // The guest's own account (balloon statistics) holds its 24 MiB random source and the
+    // 16 MiB it rewrites, and it started here: no arrival figures.
     let used = m.guest_used_mib.unwrap();
-    assert!((104..=256).contains(&used), "{m:?}");
+    assert!((40..=256).contains(&used), "{m:?}");
     assert_eq!(m.arrived_nonzero_mib, None, "{m:?}");
-    assert!(
-        dirty > 8.0,
-        "a guest rewriting 48 MiB dirties memory: {m:?}"
-    );
+    assert!(dirty > link, "{m:?}");
     let workload = forecast::Workload::measured(&m, g.memory_mib).unwrap();
     let limits = forecast::Limits::of(&params).unwrap();
     assert!(
@@ -446,7 +460,7 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
     // before the stall rule would have, and the guest runs on at hv2.
     let params = MigrationParams {
         post_copy: true,
-        stall_timeout: Duration::from_secs(30),
+        stall_timeout: Duration::from_secs(90),
         ..params
     };
     let choice = forecast::choose(&workload, &forecast::Limits::of(&params).unwrap());
