@@ -398,10 +398,10 @@ fn a_migration_that_cannot_converge_is_aborted_and_the_guest_stays() {
                 .expect("measure")
                 .into_iter()
                 .find(|m| m.vm == id && m.dirty_mib_s.is_some() && m.guest_used_mib.is_some());
-            if let Some(d) = measured.as_ref().and_then(|m| m.dirty_mib_s) {
-                if readings.last() != Some(&d) {
-                    readings.push(d);
-                }
+            if let Some(d) = measured.as_ref().and_then(|m| m.dirty_mib_s)
+                && readings.last() != Some(&d)
+            {
+                readings.push(d);
             }
             measured
                 .as_ref()
