@@ -1121,3 +1121,93 @@ async fn a_request_does_not_fail_with_a_dial_older_than_it() {
     }
     panic!("h1 dialled h0 in every draw of keys");
 }
+
+/// libp2p closes a connection after its idle timeout only when none of its streams is open,
+/// and gossipsub keeps streams open on every connection to a subscribed peer
+/// (libp2p/rust-libp2p#5190): a host asked once stayed connected for good, and a host's
+/// connections grew towards every host it ever asked. Now a connection outside the gossip
+/// overlay closes once nothing has used it for the idle timeout; a request in flight keeps it
+/// however long it takes; the overlay's connections stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_nothing_uses_closes_and_the_overlays_stay() {
+    let l = loopback(16);
+    let idle = Duration::from_secs(1);
+    let me = HostId(0);
+    let overlay: Vec<HostId> = scored::p2p::overlay_neighbours(&l.topology, me)
+        .iter()
+        .map(|p| l.topology.host_by_peer(p).unwrap().id)
+        .collect();
+    let finger = overlay[0];
+    let outside = (1..16)
+        .map(|i| HostId(i as u32))
+        .find(|h| !overlay.contains(h))
+        .expect("a host outside host 0's overlay");
+    let node = |h: HostId| {
+        let i = h.index();
+        let mut c = l.config(i);
+        c.idle_timeout = idle;
+        c.move_timeout = Duration::from_secs(10);
+        let dir = Arc::new(Directory::new(l.topology.clone(), h));
+        dir.set_local((1..=8).map(|k| (vm(i, k), Stamp::ZERO)));
+        Libp2pPeers::start(c, dir)
+    };
+    let (peers, _inbound) = node(me).await.unwrap();
+    let (_finger_peers, _finger_inbound) = node(finger).await.unwrap();
+    let (_outside_peers, mut inbound) = node(outside).await.unwrap();
+    // The host outside answers a capacity query at once and a group move after 4 s.
+    tokio::spawn(async move {
+        while let Some(e) = inbound.recv().await {
+            match e {
+                InboundEvent::Capacity { reply, .. } => reply.send(PlacementResponse {
+                    capacity: room(1),
+                    refused_by_rule: None,
+                    cpus: 8,
+                }),
+                InboundEvent::GroupMove { reply, .. } => {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    reply.send(MoveResponse::default());
+                }
+                _ => {}
+            }
+        }
+    });
+    let connected = |h: HostId| {
+        let peers = peers.clone();
+        async move { peers.connected().await.contains(&h) }
+    };
+    support::time::wait_until_async("host 0 connected to its finger", T, || connected(finger))
+        .await;
+
+    // A move that takes four idle timeouts: its connection stays until the answer.
+    let request = MoveRequest {
+        vm: vm(outside.index(), 1),
+        to: "h0".into(),
+        at: Stamp::new(1 << 16, 1),
+    };
+    peers
+        .group_move(outside, request, Duration::from_secs(10))
+        .await
+        .expect("the move answered over the connection it was asked on");
+
+    // Then nothing uses it: closed within the timeout and a redial tick (1 s each here).
+    peers
+        .query_capacity(outside, PlacementRequest::room(1), T)
+        .await
+        .unwrap();
+    assert!(connected(outside).await);
+    support::time::wait_until_async(
+        "host 0's connection to a host outside its overlay closed",
+        Duration::from_secs(10),
+        || async { !connected(outside).await },
+    )
+    .await;
+    // The overlay's connection, as idle, stays.
+    tokio::time::sleep(3 * idle).await;
+    assert!(connected(finger).await, "the finger's connection closed");
+    assert!(!connected(outside).await);
+    // And a new request opens a new one.
+    peers
+        .query_capacity(outside, PlacementRequest::room(1), T)
+        .await
+        .unwrap();
+}

@@ -9,6 +9,7 @@
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::directory::Directory;
 use super::gossip::Gossip;
+use super::idle::IdleConnections;
 use super::metrics::P2pMetrics;
 use super::rpc::{
     Limited, Pending, RateLimiter, Refused, RefusedFrame, Reply, RpcEvent, RpcRequest, RpcResponse,
@@ -81,6 +82,8 @@ pub(crate) struct Driver {
     severed: super::Severed,
     /// Peers already named in the log for a transport limit, with the limit's reason.
     over_limit_logged: HashSet<(PeerId, &'static str)>,
+    /// When each connection was last used, so the ones gossip alone keeps open can close.
+    idle: IdleConnections,
 }
 
 impl Driver {
@@ -114,6 +117,10 @@ impl Driver {
             mismatch_logged: HashSet::new(),
             severed: config.severed.clone(),
             over_limit_logged: HashSet::new(),
+            idle: IdleConnections::new(
+                config.idle_timeout,
+                super::gossip::overlay_neighbours(&config.topology, config.me),
+            ),
         }
     }
 
@@ -144,6 +151,7 @@ impl Driver {
                 }
                 _ = redial.tick() => {
                     self.drop_severed();
+                    self.close_idle();
                     self.dial_fingers();
                     self.limiter.prune(Instant::now());
                 }
@@ -166,6 +174,15 @@ impl Driver {
             .copied()
             .collect();
         for p in cut {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    /// Closes the connections nothing has used for the idle timeout, which libp2p itself
+    /// keeps open for gossip's streams (`idle`).
+    fn close_idle(&mut self) {
+        for p in self.idle.idle(self.swarm.connected_peers(), Instant::now()) {
+            tracing::debug!(peer = %self.host_name(&p), "closing an idle connection");
             let _ = self.swarm.disconnect_peer_id(p);
         }
     }
@@ -213,6 +230,7 @@ impl Driver {
         let copy = joins_older_dial.then(|| (peer, request.clone()));
         let (kind, id) = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
         self.pending.insert(kind, id, reply, copy);
+        self.idle.started(peer, Instant::now());
     }
 
     /// Sends a response; `counted` responses whose peer still waits count as served.
@@ -438,8 +456,12 @@ impl Driver {
                         request, channel, ..
                     },
                 ..
-            } => self.inbound_request(peer, request, channel),
+            } => {
+                self.idle.started(peer, Instant::now());
+                self.inbound_request(peer, request, channel)
+            }
             rr::Event::Message {
+                peer,
                 message:
                     rr::Message::Response {
                         request_id,
@@ -447,12 +469,17 @@ impl Driver {
                     },
                 ..
             } => {
+                self.idle.ended(peer, Instant::now());
                 self.pending.settle(kind, request_id, Ok(response));
             }
             // A response that failed to decode was reported by the codec already.
             rr::Event::OutboundFailure {
-                request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             } => {
+                self.idle.ended(peer, Instant::now());
                 if let Some((peer, request, reply)) =
                     self.pending.settle(kind, request_id, Err(error.into()))
                 {
@@ -461,9 +488,10 @@ impl Driver {
                 }
             }
             rr::Event::InboundFailure { peer, error, .. } => {
+                self.idle.ended(peer, Instant::now());
                 tracing::debug!(%peer, protocol = kind.protocol(), %error, "inbound request failed");
             }
-            rr::Event::ResponseSent { .. } => {}
+            rr::Event::ResponseSent { peer, .. } => self.idle.ended(peer, Instant::now()),
         }
     }
 
@@ -537,6 +565,7 @@ impl Driver {
                 ..
             } => {
                 self.dials.remove(&connection_id);
+                self.idle.used(peer_id, Instant::now());
                 if num_established.get() == 1
                     && let Some(h) = self.topology.host_by_peer(&peer_id)
                 {
@@ -551,6 +580,9 @@ impl Driver {
                 cause,
                 ..
             } => {
+                if num_established == 0 {
+                    self.idle.closed(&peer_id);
+                }
                 if num_established == 0
                     && let Some(h) = self.topology.host_by_peer(&peer_id)
                 {

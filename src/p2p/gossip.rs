@@ -293,15 +293,44 @@ fn fingers(topology: &Topology, me: HostId) -> Vec<PeerId> {
 
 /// The hosts [`fingers`] names: the peers `me` dials and keeps connections to.
 pub(crate) fn finger_hosts(topology: &Topology, me: HostId) -> Vec<HostId> {
+    let hosts = ring(topology);
+    match hosts.iter().position(|h| h.id == me) {
+        Some(i) => fingers_at(&hosts, i),
+        None => vec![],
+    }
+}
+
+/// Every host whose connection to `me` the overlay keeps: `me`'s fingers and the hosts that
+/// have `me` among theirs (they dial it and keep the connection from their end).
+pub fn overlay_neighbours(topology: &Topology, me: HostId) -> Vec<PeerId> {
+    let hosts = ring(topology);
+    let Some(i) = hosts.iter().position(|h| h.id == me) else {
+        return vec![];
+    };
+    let mut out = fingers_at(&hosts, i);
+    for j in (0..hosts.len()).filter(|&j| j != i) {
+        if fingers_at(&hosts, j).contains(&me) && !out.contains(&hosts[j].id) {
+            out.push(hosts[j].id);
+        }
+    }
+    out.into_iter()
+        .filter_map(|h| topology.host(h).peer_id)
+        .collect()
+}
+
+/// The hosts of the overlay in its order: those with a peer id and an address, by name.
+fn ring(topology: &Topology) -> Vec<&crate::topology::Host> {
     let mut hosts: Vec<_> = topology
         .hosts()
         .iter()
         .filter(|h| h.peer_id.is_some() && h.address.is_some())
         .collect();
     hosts.sort_by(|a, b| a.name.cmp(&b.name));
-    let Some(i) = hosts.iter().position(|h| h.id == me) else {
-        return vec![];
-    };
+    hosts
+}
+
+/// The fingers of the `i`th host of [`ring`].
+fn fingers_at(hosts: &[&crate::topology::Host], i: usize) -> Vec<HostId> {
     let n = hosts.len();
     let host_at = |d: usize| Some(hosts[(i + d) % n].id).filter(|_| !d.is_multiple_of(n));
     let mut out: Vec<HostId> = host_at(1).into_iter().collect();
@@ -378,7 +407,12 @@ mod tests {
     }
 
     fn overlay(n: usize) -> Vec<HashSet<usize>> {
-        let topo = topology_with_identities(n);
+        overlay_of(&topology_with_identities(n))
+    }
+
+    /// Each host's neighbours in the overlay: the hosts it dials and those that dial it.
+    fn overlay_of(topo: &Topology) -> Vec<HashSet<usize>> {
+        let n = topo.hosts().len();
         let index: HashMap<PeerId, usize> = topo
             .hosts()
             .iter()
@@ -386,7 +420,7 @@ mod tests {
             .collect();
         let mut adjacent = vec![HashSet::new(); n];
         for h in topo.hosts() {
-            let fingers = fingers(&topo, h.id);
+            let fingers = fingers(topo, h.id);
             assert!(
                 fingers.len() <= CHORDS + 1,
                 "n={n}: {} dialled",
@@ -424,5 +458,20 @@ mod tests {
             eccentricity(&adjacent, &down).is_some(),
             "not connected with 2% of the hosts down"
         );
+    }
+
+    #[test]
+    fn a_hosts_overlay_neighbours_are_the_hosts_it_dials_and_those_that_dial_it() {
+        for n in [1usize, 2, 3, 8, 40] {
+            let topo = topology_with_identities(n);
+            let adjacent = overlay_of(&topo);
+            for h in topo.hosts() {
+                let got: HashSet<usize> = overlay_neighbours(&topo, h.id)
+                    .iter()
+                    .map(|p| topo.host_by_peer(p).unwrap().id.index())
+                    .collect();
+                assert_eq!(got, adjacent[h.id.index()], "n={n}, host {}", h.name);
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod direct;
 pub mod directory;
 mod driver;
 pub(crate) mod gossip;
+mod idle;
 mod limits;
 pub mod metrics;
 pub mod probe;
@@ -26,6 +27,7 @@ pub use direct::{DirectNetwork, DirectPeers};
 pub use directory::{
     AnnouncementRejected, Directory, GroupMember, Known, LocateOptions, Locations, Reservation,
 };
+pub use gossip::overlay_neighbours;
 pub use limits::TransportLimits;
 pub use metrics::P2pMetrics;
 pub use rpc::{Quota, RateLimits, RequestFailure};

@@ -34,3 +34,19 @@ pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// [`wait_until`] for a condition that must be awaited (a p2p node's state), inside a runtime.
+pub async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + timeout;
+    while !pred().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
