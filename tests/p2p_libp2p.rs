@@ -1211,3 +1211,63 @@ async fn a_connection_nothing_uses_closes_and_the_overlays_stay() {
         .await
         .unwrap();
 }
+
+/// A peer that stops reading (its process stuck): gossip to it backs up, gossipsub gives up on
+/// what it cannot send, and the host counts every message given up
+/// (`scored_p2p_gossip_dropped_total`) and names the peer once in its log. Before, gossipsub's
+/// report of it was ignored: gossip lost on the way left no trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_a_stuck_peer_cannot_take_is_counted_as_dropped() {
+    let l = loopback(2);
+    let (node, _inbound) = start(&l, 0).await;
+    // Host 1 on a runtime of its own, whose one thread the test stops.
+    let (config, topology) = (l.config(1), l.topology.clone());
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+    let (stuck_tx, stuck_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let stuck = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let dir = Arc::new(Directory::new(topology, HostId(1)));
+            let (peers, inbound) = Libp2pPeers::start(config, dir).await.unwrap();
+            let _ = up_tx.send(());
+            while stuck_rx.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Blocks the runtime's only thread: nothing of host 1 runs, nothing is read.
+            let _ = release_rx.recv();
+            drop((peers, inbound));
+        });
+    });
+    up_rx.await.unwrap();
+    support::time::wait_until_async("host 1 in host 0's gossip mesh", T, || {
+        let node = node.clone();
+        async move { node.gossip_mesh().await >= 1 }
+    })
+    .await;
+    stuck_tx.send(()).unwrap();
+    let dropped = || node.counters().unwrap().gossip_dropped.get();
+    assert_eq!(dropped(), 0);
+    // 20,000 announcements of ≈ 200 bytes each on the wire: far more than the multiplexer's
+    // window to a reader that never reads, and than gossipsub's queue of 5,000 behind it.
+    for seq in 1..=20_000u64 {
+        let _ = node
+            .publish(Announcement::TokenSeen {
+                host: "h0".into(),
+                at: Stamp::new(1 << 16, seq),
+                round: 0,
+            })
+            .await;
+    }
+    support::time::wait_until_async("gossip to the stuck peer counted as dropped", T, || {
+        let n = dropped();
+        async move { n > 0 }
+    })
+    .await;
+    eprintln!("{} gossip messages dropped", dropped());
+    release_tx.send(()).unwrap();
+    stuck.join().unwrap();
+}

@@ -35,6 +35,8 @@ pub struct Counters {
     pub served: u64,
     pub published: u64,
     pub received: u64,
+    /// Gossip messages given up on the way to a slow peer.
+    pub gossip_dropped: u64,
     pub regenerations: u64,
     pub migrations: u64,
     /// Group moves planned (recommended or carried out), and hosts surveyed to plan them.
@@ -57,6 +59,7 @@ impl Counters {
         self.served += o.served;
         self.published += o.published;
         self.received += o.received;
+        self.gossip_dropped += o.gossip_dropped;
         self.regenerations += o.regenerations;
         self.migrations += o.migrations;
         self.group_plans += o.group_plans;
@@ -80,6 +83,7 @@ impl Counters {
             served: p.served_total(),
             published: p.announcements_published.get(),
             received: p.announcements_received.get(),
+            gossip_dropped: p.gossip_dropped.get(),
             regenerations: m.token.regenerations.get(),
             migrations: m.migrations.succeeded.get(),
             group_plans: m.group_plans.get(),

@@ -536,6 +536,7 @@ fn summarise(r: &mut Report, c: &Counters, conns: &[i64]) {
         0.0
     };
     r.messages = c.sent + c.served + c.published + c.received;
+    r.gossip_dropped = c.gossip_dropped;
     r.messages_per_decision = (r.decisions > 0).then(|| r.messages as f64 / r.decisions as f64);
     r.requests = c.sent + c.served;
     r.requests_per_decision = (r.decisions > 0).then(|| r.requests as f64 / r.decisions as f64);

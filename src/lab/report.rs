@@ -55,6 +55,9 @@ pub struct Report {
     /// `requests` ÷ (partner hosts + candidates) over the decided turns: the target is
     /// ≤ 4 (a request and its answer to each host a decision must reach, twice over).
     pub requests_per_host_reached: Option<f64>,
+    /// Gossip messages a host gave up sending to a peer (queue full, or queued too long), all
+    /// hosts: gossip lost on the way, not by design.
+    pub gossip_dropped: u64,
     /// Bytes in and out of every swarm (libp2p's bandwidth counters; hosts alive at the end).
     pub bytes: u64,
     pub bytes_per_decision: Option<f64>,
@@ -211,8 +214,8 @@ pub fn text(r: &Report) -> String {
         opt(r.requests_per_host_reached, ""),
     );
     s += &format!(
-        "network    {:.1} connections per host (max {}), {} hosts downed\n",
-        r.connections_per_host, r.connections_max, r.hosts_downed
+        "network    {:.1} connections per host (max {}), {} hosts downed, {} gossip messages dropped on the way to a slow peer\n",
+        r.connections_per_host, r.connections_max, r.hosts_downed, r.gossip_dropped
     );
     if r.group_plans > 0 || r.group_surveys_per_decision.is_some_and(|v| v > 0.0) {
         s += &format!(

@@ -84,6 +84,8 @@ pub(crate) struct Driver {
     over_limit_logged: HashSet<(PeerId, &'static str)>,
     /// When each connection was last used, so the ones gossip alone keeps open can close.
     idle: IdleConnections,
+    /// Peers already named in the log for gossip dropped on the way to them.
+    slow_logged: HashSet<PeerId>,
 }
 
 impl Driver {
@@ -121,6 +123,7 @@ impl Driver {
                 config.idle_timeout,
                 super::gossip::overlay_neighbours(&config.topology, config.me),
             ),
+            slow_logged: HashSet::new(),
         }
     }
 
@@ -519,6 +522,20 @@ impl Driver {
                     .receive(gossip, propagation_source, message_id, message);
                 if verdict != gossipsub::MessageAcceptance::Accept {
                     self.metrics.rejected_announcements.inc();
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            }) => {
+                let dropped = failed_messages.priority + failed_messages.non_priority;
+                self.metrics.gossip_dropped.inc_by(dropped as u64);
+                if self.slow_logged.insert(peer_id) {
+                    tracing::warn!(
+                        peer = %self.host_name(&peer_id),
+                        dropped,
+                        "gossip could not keep up with a peer: messages to it were dropped (logged once per peer; scored_p2p_gossip_dropped_total counts them all)"
+                    );
                 }
             }
             BehaviourEvent::Gossip(_) => {}

@@ -57,6 +57,10 @@ pub struct P2pMetrics {
     pub announcements_published: Counter,
     /// Announcements from peers that reached this host (valid or not, repeats included).
     pub announcements_received: Counter,
+    /// Gossip messages (announcements this host published or forwarded, and gossip's own
+    /// control messages) that gossipsub gave up sending to a peer: its queue to that peer was
+    /// full, or a message waited longer than gossipsub lets it (1 s to forward, 5 s to publish).
+    pub gossip_dropped: Counter,
 }
 
 impl P2pMetrics {
@@ -131,6 +135,11 @@ impl P2pMetrics {
             "scored_p2p_announcements_received",
             "Announcements from peers delivered to this host by gossip, repeats and rejected ones included",
             self.announcements_received.clone(),
+        );
+        registry.register(
+            "scored_p2p_gossip_dropped",
+            "Gossip messages this host gave up sending to a peer (its queue to the peer full, or a message queued past gossipsub's limit): a slow peer, or this host overloaded",
+            self.gossip_dropped.clone(),
         );
         registry.register(
             "scored_p2p_pending_incoming_connections",
