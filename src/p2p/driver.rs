@@ -1,7 +1,8 @@
 //! The one task that owns the swarm: it takes commands from [`Libp2pPeers`] handles, sends
 //! requests and settles their answers, admits or refuses what peers ask (rate limit, topology
 //! fingerprint), counts and logs what the transport's limits refused, answers location queries from the directory, hands every other request to the
-//! daemon and sends its answer back, and reacts to connections, gossip, identify and ping.
+//! daemon and sends its answer back, reacts to connections, gossip, identify and ping, and closes
+//! the connections nothing uses ([`super::idle`]).
 //! It decides nothing for the daemon and never waits on it: answers come back as futures.
 //!
 //! [`Libp2pPeers`]: super::Libp2pPeers
