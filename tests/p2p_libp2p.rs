@@ -1234,7 +1234,8 @@ async fn gossip_a_stuck_peer_cannot_take_is_counted_as_dropped() {
             let dir = Arc::new(Directory::new(topology, HostId(1)));
             let (peers, inbound) = Libp2pPeers::start(config, dir).await.unwrap();
             let _ = up_tx.send(());
-            while stuck_rx.try_recv().is_err() {
+            // Until told to stop (or the test has ended without telling it).
+            while let Err(std::sync::mpsc::TryRecvError::Empty) = stuck_rx.try_recv() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // Blocks the runtime's only thread: nothing of host 1 runs, nothing is read.
