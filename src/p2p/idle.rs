@@ -11,7 +11,8 @@
 //! The driver therefore closes, on its redial tick, every connection to a peer that is not one
 //! of this host's overlay neighbours (its fingers and the hosts whose finger it is: the
 //! connections gossip runs over, kept by both ends), has no request in flight either way, and
-//! has not been used for `timeout`. Within `timeout` plus a tick of the last use.
+//! has not been used for `timeout`: it closes between `timeout` and `timeout` plus a tick after
+//! its last use.
 
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
