@@ -54,15 +54,6 @@ pub(crate) fn agent(fp: TopologyFingerprint) -> String {
 /// graph of degree 4 is connected; publishing floods to every connected peer), and each host
 /// receives about 3 copies of an announcement instead of 5, each one a signature check.
 pub(crate) const MESH_N: usize = 4;
-
-/// Gossip messages that may wait to be sent to one peer (libp2p's default: 5,000). A message
-/// to forward is given up once it has waited 1 s, one to publish after 5 s, but only when it
-/// reaches the front of the queue: behind a peer that reads slowly, a queue of 5,000 fills with
-/// messages that will be thrown away, each held until then (an inventory is up to a few KB).
-/// The 400-daemon lab, whose saturated process reads slowly, grew by 110 MB a minute that way
-/// after its connections stopped piling up; 500 is still tens of seconds of a data centre's
-/// gossip to one peer, far past what the time limits let through.
-pub(crate) const GOSSIP_QUEUE_LEN: usize = 500;
 pub(crate) const MESH_N_LOW: usize = 3;
 pub(crate) const MESH_N_HIGH: usize = 6;
 pub(crate) const MESH_OUTBOUND_MIN: usize = 2;
@@ -83,7 +74,6 @@ pub(crate) fn build_swarm(
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(<Announcement as WireMessage>::MAX_FRAME + 1024)
-        .connection_handler_queue_len(GOSSIP_QUEUE_LEN)
         .build()
         .map_err(|e| StartError::setup("gossipsub configuration", e))?;
     let ping_config = ping::Config::new()
