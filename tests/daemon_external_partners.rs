@@ -16,7 +16,7 @@ use scored::proto::VmId;
 use scored::topology::{HostId, Topology};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::{direct, inprocess};
 
 /// Sixteen hosts, four racks of four (h0..h3 under tor0, h4..h7 under tor1, …).
@@ -42,15 +42,6 @@ fn on(h: u8, k: u8) -> VmId {
 /// The gateway: no host runs it.
 fn gateway() -> VmId {
     VmId::from_ipv4(std::net::Ipv4Addr::new(10, 99, 0, 1))
-}
-
-/// Polls `pred` every 50 ms until it holds; fails after a minute (a wait, not a measurement).
-async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]
@@ -135,7 +126,7 @@ fn a_host_that_is_down_defers_only_the_vms_whose_partners_it_may_run() {
         nodes[0].set_rules(rules);
         // h0 has heard every host's inventory (h15's included) before h15 goes down.
         let h0 = nodes[0].clone();
-        wait_until("h0 knows where every partner runs", || {
+        support::time::poll_until("h0 knows where every partner runs", || {
             h0.cached_partners(s).len() == partners.len() && h0.cached_partners(b).len() == 1
         })
         .await;

@@ -39,15 +39,6 @@ fn vm(k: u8) -> VmId {
     VmId::from_ipv4(std::net::Ipv4Addr::new(10, 0, 0, k))
 }
 
-/// Polls `pred` every 50 ms until it holds; fails after a minute (a wait, not a measurement).
-async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 struct Lab {
     net: DirectNetwork,
     nodes: Vec<Arc<Daemon<DirectPeers>>>,
@@ -104,7 +95,7 @@ async fn start_lab(topo: &Arc<Topology>, dir: &Path, group_moves: GroupMoves, pi
         nodes.push(node);
     }
     let a1 = nodes[0].clone();
-    wait_until("a1 knows where u's partners run", || {
+    support::time::poll_until("a1 knows where u's partners run", || {
         a1.cached_partners(u).len() == 2
     })
     .await;
@@ -245,7 +236,7 @@ async fn announce_holder(lab: &Lab, at: Stamp) {
         .unwrap();
     for n in &lab.nodes[1..] {
         let n = n.clone();
-        wait_until("every host heard a1 holds the token", move || {
+        support::time::poll_until("every host heard a1 holds the token", move || {
             n.token_watch().holds(HostId(0), at)
         })
         .await;

@@ -23,17 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{direct, inprocess};
 
-/// Polls `pred` every 50 ms until it holds; fails after a minute (a wait, not a measurement).
-async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let started = Instant::now();
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!("{what}: after {:?}", started.elapsed());
-}
-
 fn topology() -> Arc<Topology> {
     let t = "[levels]\nnames = [\"rack\"]\nweights = [1.0]\n\n\
              [defaults]\nmax_vms = 4\nmemory_mib = 4096\nreserve_memory_mib = 256\n\n\
@@ -108,7 +97,7 @@ fn a_vm_running_on_two_hosts_is_decided_by_nobody_and_reported_by_everyone() {
         }
         // Every daemon sees V on h1 and h2, from their own inventories.
         let both = vec![HostId(0), HostId(1)];
-        wait_until("every daemon sees the zombie", || {
+        support::time::poll_until("every daemon sees the zombie", || {
             nodes
                 .iter()
                 .all(|n| n.zombies().iter().any(|z| z.vm == V && z.hosts == both))
@@ -116,7 +105,7 @@ fn a_vm_running_on_two_hosts_is_decided_by_nobody_and_reported_by_everyone() {
         .await;
         for (i, n) in nodes.iter().enumerate() {
             // The gauge is set by the inventory task, right after the same reading.
-            wait_until("the gauge shows the zombie", || {
+            support::time::poll_until("the gauge shows the zombie", || {
                 n.metrics().zombie_vms.get() == 1
             })
             .await;
@@ -163,14 +152,14 @@ fn a_vm_running_on_two_hosts_is_decided_by_nobody_and_reported_by_everyone() {
             .host(HostId(1))
             .migrate(V, &elsewhere, &MigrationParams::default())
             .unwrap();
-        wait_until("every daemon sees the zombie gone", || {
+        support::time::poll_until("every daemon sees the zombie gone", || {
             nodes
                 .iter()
                 .all(|n| n.zombies().is_empty() && n.metrics().zombie_vms.get() == 0)
         })
         .await;
         // And V is decided for again: it joins its partner on h3.
-        wait_until("V moves to its partner's host", || {
+        support::time::poll_until("V moves to its partner's host", || {
             main.host_of(V) == Some(HostId(2))
         })
         .await;
@@ -219,7 +208,7 @@ fn a_burst_of_new_connections_publishes_the_inventory_once() {
     // Seven hosts come up at once: seven new connections at h1.
     let others: Vec<_> = (1..HOSTS).map(start).collect();
     let mine = VmId(0x0a00_0101);
-    rt.block_on(wait_until(
+    rt.block_on(support::time::poll_until(
         "every host knows h1's VM from its announcement",
         || {
             others

@@ -35,18 +35,27 @@ pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// [`wait_until`] for a condition that must be awaited (a p2p node's state), inside a runtime.
+/// [`wait_until`] inside a runtime, for a condition that may have to be awaited (a p2p node's
+/// state): polls every 50 ms without holding the runtime's thread; returns how long it took.
 pub async fn wait_until_async<F: std::future::Future<Output = bool>>(
     what: &str,
     timeout: Duration,
     mut pred: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + timeout;
+) -> Duration {
+    let started = Instant::now();
     while !pred().await {
         assert!(
-            Instant::now() < deadline,
+            started.elapsed() < timeout,
             "timed out after {timeout:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    started.elapsed()
+}
+
+/// [`wait_until_async`] for a plain condition, for up to a minute (a wait, not a measurement:
+/// the time it took is printed).
+pub async fn poll_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let took = wait_until_async(what, Duration::from_secs(60), || std::future::ready(pred())).await;
+    eprintln!("{what}: after {took:?}");
 }
