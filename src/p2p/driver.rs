@@ -79,15 +79,18 @@ pub(crate) struct Driver {
     limiter: RateLimiter,
     answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     gossip: Gossip,
-    mismatch_logged: HashSet<PeerId>,
     severed: super::Severed,
-    /// Peers already named in the log for a transport limit, with the limit's reason.
-    over_limit_logged: HashSet<(PeerId, &'static str)>,
+    /// Peers already named in the log, with why (a transport limit's reason, a topology
+    /// mismatch, gossip dropped on the way to them): each is logged once, counted always.
+    /// Bounded by the topology's hosts × the reasons.
+    named: HashSet<(PeerId, &'static str)>,
     /// When each connection was last used, so the ones gossip alone keeps open can close.
     idle: IdleConnections,
-    /// Peers already named in the log for gossip dropped on the way to them.
-    slow_logged: HashSet<PeerId>,
 }
+
+/// [`Driver::named`]'s reasons beside the transport limits'.
+const TOPOLOGY_MISMATCH: &str = "topology_mismatch";
+const GOSSIP_DROPPED: &str = "gossip_dropped";
 
 impl Driver {
     pub(crate) fn new(
@@ -117,14 +120,12 @@ impl Driver {
             limiter: RateLimiter::new(config.rate_limits),
             answers: FuturesUnordered::new(),
             gossip,
-            mismatch_logged: HashSet::new(),
             severed: config.severed.clone(),
-            over_limit_logged: HashSet::new(),
+            named: HashSet::new(),
             idle: IdleConnections::new(
                 config.idle_timeout,
                 super::gossip::overlay_neighbours(&config.topology, config.me),
             ),
-            slow_logged: HashSet::new(),
         }
     }
 
@@ -265,7 +266,7 @@ impl Driver {
                 // its stream is dropped, its connection kept. The codec counted it.
                 let reason = over.reason();
                 if let Some(peer) = bad.peer
-                    && self.over_limit_logged.insert((peer, reason))
+                    && self.named.insert((peer, reason))
                 {
                     tracing::warn!(peer = %self.host_name(&peer), protocol = bad.protocol, %over, "dropped a request stream over the transport's budget (logged once per peer and reason)");
                 }
@@ -290,7 +291,7 @@ impl Driver {
         let reason = super::metrics::CONNECTION_LIMIT;
         if let Some(peer) = peer
             && self.topology.host_by_peer(&peer).is_some()
-            && self.over_limit_logged.insert((peer, reason))
+            && self.named.insert((peer, reason))
         {
             tracing::warn!(peer = %self.host_name(&peer), %exceeded, "refused a connection over the transport's limits (logged once per peer)");
         }
@@ -303,7 +304,7 @@ impl Driver {
     fn admit(&mut self, peer: &PeerId, request: &RpcRequest) -> Result<HostId, Refusal> {
         if request.topology() != self.fingerprint {
             self.metrics.topology_mismatches.inc();
-            if self.mismatch_logged.insert(*peer) {
+            if self.named.insert((*peer, TOPOLOGY_MISMATCH)) {
                 tracing::error!(
                     peer = %self.host_name(peer),
                     theirs = format!("{:016x}", request.topology()),
@@ -531,7 +532,7 @@ impl Driver {
             }) => {
                 let dropped = failed_messages.priority + failed_messages.non_priority;
                 self.metrics.gossip_dropped.inc_by(dropped as u64);
-                if self.slow_logged.insert(peer_id) {
+                if self.named.insert((peer_id, GOSSIP_DROPPED)) {
                     tracing::warn!(
                         peer = %self.host_name(&peer_id),
                         dropped,
@@ -542,7 +543,9 @@ impl Driver {
             BehaviourEvent::Gossip(_) => {}
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let ours = format!("topology={:016x}", self.fingerprint);
-                if !info.agent_version.contains(&ours) && self.mismatch_logged.insert(peer_id) {
+                if !info.agent_version.contains(&ours)
+                    && self.named.insert((peer_id, TOPOLOGY_MISMATCH))
+                {
                     tracing::error!(
                         peer = %self.host_name(&peer_id),
                         agent = %info.agent_version,
@@ -592,18 +595,15 @@ impl Driver {
                     let _ = self.inbound.try_send(InboundEvent::PeerUp(h.id));
                 }
             }
+            // The last connection to a peer closed (others may still be open otherwise).
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
             } => {
-                if num_established == 0 {
-                    self.idle.closed(&peer_id);
-                }
-                if num_established == 0
-                    && let Some(h) = self.topology.host_by_peer(&peer_id)
-                {
+                self.idle.closed(&peer_id);
+                if let Some(h) = self.topology.host_by_peer(&peer_id) {
                     tracing::debug!(peer = %h.name, cause = ?cause, "peer down");
                     self.connected.set(h.id, false);
                     let _ = self.inbound.try_send(InboundEvent::PeerDown(h.id));
