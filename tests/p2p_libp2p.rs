@@ -1219,7 +1219,14 @@ async fn a_connection_nothing_uses_closes_and_the_overlays_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_a_stuck_peer_cannot_take_is_counted_as_dropped() {
     let l = loopback(2);
-    let (node, _inbound) = start(&l, 0).await;
+    // Host 0 pings once a minute: with the tests' 2 s pings its liveness probe closed the
+    // connection to the stuck peer (a 4 s timeout) before a loaded machine had published
+    // enough to fill the queue, and nothing was dropped (one full suite in four).
+    let mut config = l.config(0);
+    config.ping_interval = Duration::from_secs(60);
+    let dir = Arc::new(Directory::new(l.topology.clone(), HostId(0)));
+    dir.set_local((1..=8).map(|k| (vm(0, k), Stamp::ZERO)));
+    let (node, _inbound) = Libp2pPeers::start(config, dir).await.unwrap();
     // Host 1 on a runtime of its own, whose one thread the test stops.
     let (config, topology) = (l.config(1), l.topology.clone());
     let (up_tx, up_rx) = tokio::sync::oneshot::channel();
